@@ -1,0 +1,280 @@
+"""The advbayes command line: run, show, list, plugins, ui, compare."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+import tomli_w
+
+from advbayes.errors import AdvbayesError, RunError
+
+KIND_CHOICES = ("datasets", "models", "defenses", "attacks", "metrics", "experiments")
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    from advbayes.plugins import PluginLoadWarning
+
+    if issubclass(category, PluginLoadWarning):
+        click.echo(f"advbayes: warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
+class AdvbayesGroup(click.Group):
+    """A click group that reports advbayes errors as one line with exit status 2 (a traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        warnings.showwarning = _show_warning
+        try:
+            return super().invoke(ctx)
+        except AdvbayesError as exc:
+            if _debug(ctx):
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: the tracked run is marked KILLED; resume it with --resume RUN_ID", err=True)
+            ctx.exit(130)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool((ctx.obj or {}).get("debug")) or "--debug" in sys.argv
+
+
+def registry_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--registry PATH (repeatable): files merged over the default registry, later winning."""
+    return click.option(
+        "--registry",
+        "registry_files",
+        multiple=True,
+        type=click.Path(dir_okay=False),
+        help="A registry TOML file merged over the default one (repeatable; later wins).",
+    )(func)
+
+
+def debug_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--debug: show tracebacks."""
+    return click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")(func)
+
+
+def tracking_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--tracking-uri."""
+    return click.option(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
+    )(func)
+
+
+@click.group(cls=AdvbayesGroup)
+@click.version_option(package_name="advbayes")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """A registry of adversarial defenses and attacks for stochastic and Bayesian neural networks."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command("run")
+@click.argument("experiment", required=False)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key (dotted, TOML value).")
+@registry_option
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@tracking_option
+@click.option("--no-track", is_flag=True, help="Run without MLflow tracking.")
+@click.option("--resume", "resume", default=None, metavar="RUN_ID", help="Continue a tracked run from its checkpoint.")
+@debug_option
+def run_command(
+    experiment: str | None,
+    overrides: Sequence[str],
+    registry_files: Sequence[str],
+    device: str,
+    tracking_uri: str | None,
+    no_track: bool,
+    resume: str | None,
+    debug: bool,
+) -> None:
+    """Train and attack the experiment EXPERIMENT; print the results table."""
+    from advbayes.engine import run
+    from advbayes.registry import parse_override
+
+    parsed = [parse_override(text) for text in overrides]
+    try:
+        result = run(
+            experiment,
+            registry=registry_files,
+            device=device,
+            tracking_uri=tracking_uri,
+            track=not no_track,
+            resume=resume,
+            progress=sys.stderr.isatty(),
+            overrides=parsed,
+        )
+    except AdvbayesError:
+        raise
+    except Exception as exc:  # the hooks have marked the tracked run FAILED; report it in one line
+        if debug or "--debug" in sys.argv:
+            raise
+        from advbayes.tracking import error_text
+
+        raise RunError(f"run failed: {error_text(exc)} (again with --debug for the traceback)") from exc
+    click.echo(result.format())
+    if result.run_id:
+        click.echo(f"\nMLflow run {result.run_id} ({_store_text(tracking_uri)}); see it with: advbayes ui")
+
+
+def _store_text(tracking_uri: str | None) -> str:
+    from advbayes.tracking import default_tracking_uri
+
+    return tracking_uri or default_tracking_uri()
+
+
+@cli.command("show")
+@click.argument("entry")
+@registry_option
+@debug_option
+def show_command(entry: str, registry_files: Sequence[str], debug: bool) -> None:
+    """Print the fully resolved ENTRY (name or kind.name) as TOML."""
+    from advbayes.registry import load_registry
+
+    registry = load_registry(registry_files)
+    kind, name = registry.locate(entry)
+    raw = registry.find(kind, name)
+    where = (raw.file if raw else "registry", f"{kind}.{name}", "")
+    if kind == "experiments":
+        resolved = registry.resolve_experiment(name)
+    else:
+        resolved = registry.resolve(kind, name, where=where)
+    click.echo(tomli_w.dumps({kind: {name: resolved}}).rstrip())
+
+
+@cli.command("list")
+@click.argument("kind", required=False, type=click.Choice(KIND_CHOICES))
+@registry_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@debug_option
+def list_command(kind: str | None, registry_files: Sequence[str], as_json: bool, debug: bool) -> None:
+    """List registry entries and registered components (of one KIND, or all)."""
+    from advbayes.registry import load_registry
+
+    registry = load_registry(registry_files)
+    kinds = [kind] if kind else list(KIND_CHOICES)
+    listing = {k: _kind_listing(registry, k) for k in kinds}
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    for k in kinds:
+        click.echo(f"{k}:")
+        for item in listing[k]["entries"]:
+            status = "" if item["available"] else f"  [unavailable: {item['unavailable']}]"
+            use = f" (use {item['use']})" if item.get("use") and item["use"] != item["name"] else ""
+            text = f"  {item['name']}{use}"
+            if item.get("description"):
+                text += f"  {item['description']}"
+            click.echo(f"{text}  [{item['file']}]{status}")
+        if k != "experiments":
+            names = ", ".join(f"{c['name']}" for c in listing[k]["components"])
+            click.echo(f"  components: {names or 'none'}")
+        click.echo("")
+
+
+def _kind_listing(registry: Any, kind: str) -> dict[str, Any]:
+    entries = []
+    for name in registry.names(kind):
+        raw = registry.find(kind, name)
+        item: dict[str, Any] = {"name": name, "file": raw.file, "available": True}
+        try:
+            where = (raw.file, f"{kind}.{name}", "")
+            resolved = registry.resolve(kind, name, where=where)
+            item["use"] = resolved.get("use")
+            if kind == "experiments":
+                item["description"] = resolved.get("description", "")
+        except AdvbayesError as exc:  # listed as unavailable, not fatal: `run` reports it when the entry is used
+            item["available"] = False
+            item["unavailable"] = str(exc)
+        entries.append(item)
+    components = []
+    if kind != "experiments":
+        for name in registry.pm.components.names(kind):
+            registration = registry.pm.components.get(kind, name)
+            components.append({"name": name, "plugin": registration.plugin, "summary": registration.cls.summary()})
+    return {"entries": entries, "components": components}
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@debug_option
+def plugins_command(as_json: bool, debug: bool) -> None:
+    """List installed plugins: name, version, hooks and the components each registers."""
+    from advbayes.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    index = pm.components
+    plugins = [
+        {
+            "name": info.name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "builtin": info.builtin,
+            "hooks": pm.hooks_of(info.name),
+            "components": index.of_plugin(info.name),
+        }
+        for info in pm.info.values()
+    ]
+    failures = [{"name": f.name, "distribution": f.distribution, "error": f.error} for f in pm.failures]
+    if as_json:
+        click.echo(json.dumps({"plugins": plugins, "failed": failures}, indent=2))
+        return
+    for plugin in plugins:
+        origin = "built-in" if plugin["builtin"] else plugin["distribution"]
+        click.echo(f"{plugin['name']} {plugin['version']} ({origin})")
+        click.echo(f"  hooks: {', '.join(plugin['hooks'])}")
+        for kind, names in plugin["components"].items():
+            click.echo(f"  {kind}: {', '.join(names)}")
+    for failure in failures:
+        click.echo(f"{failure['name']} ({failure['distribution']}) FAILED TO LOAD: {failure['error']}")
+
+
+@cli.command("ui")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
+@tracking_option
+def ui_command(port: int, tracking_uri: str | None) -> None:
+    """Serve the MLflow UI on 127.0.0.1 over the same store runs are tracked in."""
+    from advbayes.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        raise RunError(f"--tracking-uri {uri} is a server already: open it in a browser")
+    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}", err=True)
+    args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    os.execv(sys.executable, args)
+
+
+@cli.command("compare")
+@click.argument("experiments", nargs=-1, required=True)
+@click.option("--metric", default="accuracy", show_default=True, help="The metric shown per attack and eps.")
+@tracking_option
+@debug_option
+def compare_command(experiments: Sequence[str], metric: str, tracking_uri: str | None, debug: bool) -> None:
+    """Print the tracked runs of EXPERIMENTS as a table: one row per run, one column per attack x eps."""
+    from advbayes.compare import compare_table
+
+    click.echo(compare_table(tracking_uri, experiments, metric))
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="advbayes")
+
+
+if __name__ == "__main__":
+    main()

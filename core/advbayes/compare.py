@@ -1,0 +1,54 @@
+"""`advbayes compare`: tracked parent runs as a terminal table, one column per attack x eps."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from advbayes.results import format_grid
+from advbayes.tracking import tracked_runs
+
+COLUMN = re.compile(r"^(?P<attack>.+)/(?P<metric>[^/]+)/eps_(?P<eps>[0-9.]+)$")
+
+
+def metric_columns(runs: Sequence[Any], metric: str) -> list[tuple[str, float, str]]:
+    """(attack, eps, metric key) of every per-eps value of `metric` in the runs, attacks in first-seen order."""
+    attacks: dict[str, None] = {}
+    columns: dict[str, tuple[str, float]] = {}
+    for run in runs:
+        for key in run.data.metrics:
+            match = COLUMN.match(key)
+            if match and match["metric"] == metric:
+                attacks.setdefault(match["attack"])
+                columns[key] = (match["attack"], float(match["eps"]))
+    order = list(attacks)
+    return sorted(((a, e, k) for k, (a, e) in columns.items()), key=lambda c: (order.index(c[0]), c[1]))
+
+
+def compare_table(tracking_uri: str | None, experiments: Sequence[str], metric: str) -> str:
+    """The runs of `experiments` (newest first) with their `metric` per attack and eps."""
+    runs = tracked_runs(tracking_uri, experiments)
+    if not runs:
+        return f"no tracked runs of {', '.join(experiments)}"
+    columns = metric_columns(runs, metric)
+    header = ["run", "experiment", "status", "started", "defense", *(f"{a} eps={e:g}" for a, e, _ in columns)]
+    rows = []
+    for run in runs:
+        started = dt.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+        tags = run.data.tags
+        values = [
+            f"{run.data.metrics[key]:.4f}" if key in run.data.metrics else "-" for _attack, _eps, key in columns
+        ]
+        rows.append(
+            [
+                run.info.run_id[:12],
+                tags.get("advbayes.experiment", "?"),
+                run.info.status,
+                started,
+                tags.get("advbayes.defense", "?"),
+                *values,
+            ]
+        )
+    return format_grid(header, rows)

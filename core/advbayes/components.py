@@ -1,0 +1,224 @@
+"""The five component interfaces (Dataset, Model, Defense, Attack, Metric) and the records they exchange."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import attrs
+import torch
+import torchmetrics
+from torch import nn
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import Subset, TensorDataset
+
+from advbayes.params import param
+
+KINDS = ("datasets", "models", "defenses", "attacks", "metrics")
+SUBSET_SEED = 20190101  # subsets are the same in every run, whatever the run's seed
+
+
+@attrs.frozen(kw_only=True)
+class Component:
+    """Base of every registered component: an attrs configuration whose fields are its registry parameters."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the class docstring."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+@attrs.frozen(kw_only=True)
+class AttackResult:
+    """What an attack returns: adversarial inputs, the applied perturbation and diagnostics."""
+
+    x_adv: torch.Tensor
+    delta: torch.Tensor
+    diagnostics: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class LossOutput:
+    """A defense's training loss and its named parts (logged per epoch)."""
+
+    loss: torch.Tensor
+    parts: Mapping[str, float] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class EvalBatch:
+    """One attacked test batch, as every metric sees it; `probs` are predictions on x_adv with S_I fresh draws."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    result: AttackResult
+    probs: torch.Tensor
+    attack: Attack
+    eps: float
+    inference_samples: int
+    device: torch.device
+
+
+@attrs.define(kw_only=True)
+class TrainContext:
+    """What a defense sees during training: data, device, sizes, and how to build other registry entries."""
+
+    dataset: Dataset
+    train: TorchDataset
+    device: torch.device
+    n_train: int
+    seed: int
+    build_attack: Callable[[Any], Attack]
+    epoch: int = 0
+    step: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- interfaces
+
+
+@attrs.frozen(kw_only=True)
+class Dataset(Component):
+    """A data set with train and test splits of float inputs in `value_range` and integer labels."""
+
+    kind: ClassVar[str] = "datasets"
+    n_train: int | None = param(None, kind=int, ge=1, optional=True, help="use this many training examples")
+    n_test: int | None = param(None, kind=int, ge=1, optional=True, help="use this many test examples")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        raise NotImplementedError
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input, without the batch dimension."""
+        raise NotImplementedError
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The valid input range attacks clamp to."""
+        return (0.0, 1.0)
+
+    def load(self, split: str) -> TorchDataset:
+        """The whole split ("train" or "test") as a torch Dataset; a TensorDataset for data held in memory."""
+        raise NotImplementedError
+
+    def data(self, split: str) -> TorchDataset:
+        """The split with the n_train / n_test subset applied (a fixed seeded choice)."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        full = self.load(split)
+        limit = self.n_train if split == "train" else self.n_test
+        if limit is None or limit >= len(full):
+            return full
+        generator = torch.Generator().manual_seed(SUBSET_SEED)
+        index = torch.randperm(len(full), generator=generator)[:limit].sort().values
+        if isinstance(full, TensorDataset):
+            return TensorDataset(*(t[index] for t in full.tensors))
+        return Subset(full, index.tolist())
+
+
+@attrs.frozen(kw_only=True)
+class Model(Component):
+    """A network builder; normalization lives inside the network so attacks work in the data's value range."""
+
+    kind: ClassVar[str] = "models"
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        """A fresh network for inputs of `input_shape` and `num_classes` outputs."""
+        raise NotImplementedError
+
+
+@attrs.frozen(kw_only=True)
+class Defense(Component):
+    """A training procedure: prepares the network, then gives the loss of each batch."""
+
+    kind: ClassVar[str] = "defenses"
+    default_optimizer: ClassVar[str] = "adam"
+    default_lr: ClassVar[float] = 1e-3
+    inference_samples: int = param(1, kind=int, ge=1, help="S_I: draws averaged at prediction")
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Turn the built network into the one this defense trains (e.g. make it Bayesian)."""
+        return model
+
+    def before_training(self, context: TrainContext) -> None:
+        """Work done once before the first epoch (e.g. offline adversarial data)."""
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], context: TrainContext) -> LossOutput:
+        """The training loss of one batch; `model` takes forward(x, samples=S) -> [S, B, k]."""
+        raise NotImplementedError
+
+
+@attrs.frozen(kw_only=True)
+class Attack(Component):
+    """An attack: perturbs a batch within an eps ball of the given norm, clamped to the data's value range."""
+
+    kind: ClassVar[str] = "attacks"
+    uses_eps: ClassVar[bool] = True
+    eps: float = param(0.0, ge=0.0, help="perturbation budget")
+    norm: str = param("inf", kind=str, choices=("inf", "2"), help="'inf' (L_inf) or '2' (L2)")
+    samples: int = param(1, kind=int, ge=1, help="S_A: draws the attack averages over")
+    value_range: tuple[float, float] = attrs.field(default=(-math.inf, math.inf), metadata={"internal": True})
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+        """Adversarial examples for (x, y) against `model` (forward(x, samples=S) -> [S, B, k])."""
+        raise NotImplementedError
+
+    def clamp(self, x: torch.Tensor) -> torch.Tensor:
+        """Clamp inputs to the data's value range."""
+        low, high = self.value_range
+        if math.isinf(low) and math.isinf(high):
+            return x
+        return x.clamp(low, high)
+
+
+class MetricState(torchmetrics.Metric):
+    """Accumulated state of a metric over evaluation batches; compute() gives named scalars."""
+
+    full_state_update: bool = False
+
+    def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
+        """Accumulate one attacked batch."""
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """Named scalar results."""
+        raise NotImplementedError
+
+    def figures(self) -> dict[str, Any]:
+        """Optional matplotlib figures to log, by file name."""
+        return {}
+
+
+@attrs.frozen(kw_only=True)
+class Metric(Component):
+    """A metric configuration; create() gives a fresh torchmetrics state updated with EvalBatch records."""
+
+    kind: ClassVar[str] = "metrics"
+
+    def create(self) -> MetricState:
+        """A fresh metric state."""
+        raise NotImplementedError
+
+
+BASES: dict[str, type[Component]] = {
+    "datasets": Dataset,
+    "models": Model,
+    "defenses": Defense,
+    "attacks": Attack,
+    "metrics": Metric,
+}
+
+
+def parameter_fields(cls: type[Component]) -> dict[str, attrs.Attribute]:
+    """The fields of a component class that a registry entry may set."""
+    return {a.name: a for a in attrs.fields(cls) if not a.metadata.get("internal")}

@@ -1,0 +1,396 @@
+"""The run engine: seed, build, train with a progress bar and checkpoints, attack x eps evaluation, hooks."""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from advbayes.components import Attack, Dataset, Defense, EvalBatch, TrainContext
+from advbayes.data import Batches
+from advbayes.errors import RunError
+from advbayes.experiment import Experiment
+from advbayes.plugins import PluginManager, get_plugin_manager
+from advbayes.registry import Registry, apply_override, load_registry
+from advbayes.results import EvalRecord, RunResult, eps_label
+from advbayes.stochastic import as_sampled, predict
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@attrs.define(kw_only=True)
+class RunInfo:
+    """A run as the lifecycle hooks see it; plugins keep their own state (e.g. MLflow run ids) in `tracking`."""
+
+    experiment: str
+    spec: dict[str, Any]
+    seed: int
+    device: str
+    plugins: dict[str, str]
+    track: bool = True
+    tracking_uri: str | None = None
+    resume_run_id: str | None = None
+    tracking: dict[str, Any] = attrs.field(factory=dict)
+
+
+def resolve_device(requested: str) -> torch.device:
+    """'auto' picks CUDA when available; asking for CUDA without it is an error before any work."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise RunError(f"--device: expected auto, cpu, cuda or cuda:N, got {requested!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_optimizer(experiment: Experiment, defense: Defense, parameters: Any) -> torch.optim.Optimizer:
+    """The experiment's optimizer, falling back to the defense's defaults."""
+    name = experiment.optimizer or defense.default_optimizer
+    lr = experiment.lr if experiment.lr is not None else defense.default_lr
+    params = [p for p in parameters if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=experiment.momentum, weight_decay=experiment.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=experiment.weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=experiment.weight_decay)
+
+
+def plugin_versions(pm: PluginManager) -> dict[str, str]:
+    """name -> version of every loaded plugin."""
+    return {name: info.version for name, info in sorted(pm.info.items())}
+
+
+class Run:
+    """One experiment run: built components, training and evaluation, reported through the lifecycle hooks."""
+
+    def __init__(
+        self,
+        name: str,
+        spec: dict[str, Any],
+        *,
+        registry: Registry,
+        device: torch.device,
+        info: RunInfo,
+        progress: bool,
+        checkpoint: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.registry = registry
+        self.pm = registry.pm
+        self.device = device
+        self.info = info
+        self.progress = progress
+        self.checkpoint = checkpoint
+        self.experiment: Experiment = registry.build("experiments", spec)
+        self.dataset: Dataset = registry.build("datasets", spec["dataset"])
+        self.model_builder = registry.build("models", spec["model"])
+        self.defense: Defense = registry.build("defenses", spec["defense"])
+        self.attacks: list[tuple[str, Attack]] = [(a["name"], registry.build("attacks", a)) for a in spec["attacks"]]
+        self.history: list[dict[str, float]] = list(checkpoint["history"]) if checkpoint else []
+        self.workdir = Path(tempfile.mkdtemp(prefix="advbayes-run-"))
+
+    def build_attack(self, entry: Any) -> Attack:
+        """Build an attack entry (name or table) bound to this run's data range."""
+        where = ("run", f"experiments.{self.name}", "attack")
+        resolved = entry if isinstance(entry, dict) and "use" in entry else self.registry.resolve("attacks", entry, where=where)
+        attack = self.registry.build("attacks", resolved)
+        return attrs.evolve(attack, value_range=self.dataset.value_range)
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def train(self, net: torch.nn.Module, train: Batches, context: TrainContext) -> None:
+        """Epochs of defense.loss; checkpoint and epoch_finished after each."""
+        experiment = self.experiment
+        optimizer = make_optimizer(experiment, self.defense, net.parameters())
+        start_epoch = 0
+        if self.checkpoint is not None:
+            optimizer.load_state_dict(self.checkpoint["optimizer"])
+            start_epoch = int(self.checkpoint["epoch"])
+            _set_rng_state(self.checkpoint["rng"])
+        generator = torch.Generator().manual_seed(experiment.seed)
+        if self.checkpoint is not None and "generator" in self.checkpoint:
+            generator.set_state(self.checkpoint["generator"])
+        for epoch in range(start_epoch, experiment.epochs):
+            context.epoch = epoch + 1
+            net.train()
+            sums: dict[str, torch.Tensor] = {}
+            seen = 0
+            started = time.perf_counter()
+            bar = tqdm(
+                total=len(train),
+                unit="img",
+                desc=f"{self.name} epoch {epoch + 1}/{experiment.epochs}",
+                disable=not self.progress,
+                leave=True,
+                dynamic_ncols=True,
+            )
+            for step, (x, y) in enumerate(train.iterate(experiment.batch_size, shuffle=True, generator=generator)):
+                context.step += 1
+                output = self.defense.loss(net, (x, y), context)
+                optimizer.zero_grad(set_to_none=True)
+                output.loss.backward()
+                optimizer.step()
+                batch = len(y)
+                seen += batch
+                for key, value in {"loss": output.loss, **output.parts}.items():
+                    value = torch.as_tensor(value).detach().float()
+                    sums[key] = sums.get(key, 0.0) + value * batch
+                bar.update(batch)
+                if step % 10 == 0:
+                    loss_now = float(output.loss.detach())
+                    if not math.isfinite(loss_now):
+                        raise RunError(f"training diverged: loss is {loss_now} at epoch {epoch + 1}, step {step + 1}")
+                    rate = seen / max(time.perf_counter() - started, 1e-9)
+                    bar.set_postfix({k: f"{float(v) / seen:.4g}" for k, v in sums.items()} | {"img/s": f"{rate:.0f}"})
+            elapsed = time.perf_counter() - started
+            metrics = {k: float(v) / max(seen, 1) for k, v in sums.items()}
+            if not math.isfinite(metrics.get("loss", 0.0)):
+                raise RunError(f"training diverged: mean loss is {metrics['loss']} in epoch {epoch + 1}")
+            metrics["images_per_s"] = seen / max(elapsed, 1e-9)
+            metrics["epoch_seconds"] = elapsed
+            bar.close()
+            if not self.progress:
+                parts = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                print(f"{self.name} epoch {epoch + 1}/{experiment.epochs}: {parts}", file=sys.stderr)
+            self.history.append({"epoch": epoch + 1, **metrics})
+            path = self.save_checkpoint(net, optimizer, generator, epoch + 1)
+            self.pm.hook.epoch_finished(run=self.info, epoch=epoch + 1, metrics=metrics, checkpoint=path)
+
+    def save_checkpoint(
+        self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, epoch: int
+    ) -> Path:
+        """Write everything needed to resume after `epoch` (atomically: a crash never leaves half a file)."""
+        path = self.workdir / CHECKPOINT_NAME
+        partial = path.with_suffix(".partial")
+        state = {
+            "experiment": self.name,
+            "spec": self.spec,
+            "epoch": epoch,
+            "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": _rng_state(),
+            "generator": generator.get_state(),
+            "history": self.history,
+        }
+        torch.save(state, partial)
+        partial.replace(path)
+        return path
+
+    # ------------------------------------------------------------------------------------------- evaluation
+
+    def evaluate(self, net: torch.nn.Module, test: Batches) -> list[EvalRecord]:
+        """Every attack at every eps of the experiment on the test split; metrics on S_I fresh draws."""
+        net.eval()
+        records: list[EvalRecord] = []
+        samples_i = self.defense.inference_samples
+        for attack_name, attack_base in self.attacks:
+            eps_values = list(self.experiment.eps) or [attack_base.eps]
+            figures: dict[str, Any] = {}
+            attack_records: list[EvalRecord] = []
+            measured = eps_values if attack_base.uses_eps else eps_values[:1]
+            bar = tqdm(
+                total=len(test) * len(measured),
+                unit="img",
+                desc=f"{self.name} attack {attack_name}",
+                disable=not self.progress,
+                dynamic_ncols=True,
+            )
+            for eps in measured:
+                attack = attrs.evolve(attack_base, eps=eps, value_range=self.dataset.value_range)
+                states = {m["name"]: self.registry.build("metrics", m).create().to(self.device) for m in self.spec["metrics"]}
+                l2_sum, linf_max, count = 0.0, 0.0, 0
+                for x, y in test.iterate(self.experiment.eval_batch_size, shuffle=False):
+                    result = attack(net, x, y)
+                    with torch.no_grad():
+                        probs, _ = predict(net, result.x_adv, samples_i)  # fresh draws, independent of the attack's
+                    batch = EvalBatch(
+                        model=net,
+                        x=x,
+                        y=y,
+                        result=result,
+                        probs=probs,
+                        attack=attack,
+                        eps=eps,
+                        inference_samples=samples_i,
+                        device=self.device,
+                    )
+                    for state in states.values():
+                        state.update(batch)
+                    flat = result.delta.detach().flatten(1)
+                    l2_sum += float(flat.norm(dim=1).sum())
+                    linf_max = max(linf_max, float(flat.abs().amax())) if flat.numel() else linf_max
+                    count += len(y)
+                    bar.update(len(y))
+                values: dict[str, float] = {}
+                for metric_name, state in states.items():
+                    for key, value in state.compute().items():
+                        values[key] = float(value)
+                    for file_name, figure in state.figures().items():
+                        figures[f"{metric_name}/{eps_label(eps)}/{file_name}"] = figure
+                record_eps = [eps] if attack_base.uses_eps else eps_values
+                for reported in record_eps:
+                    attack_records.append(
+                        EvalRecord(
+                            attack=attack_name,
+                            eps=reported,
+                            metrics=values,
+                            attack_samples=attack.samples,
+                            inference_samples=samples_i,
+                            mean_l2=l2_sum / max(count, 1),
+                            max_linf=linf_max,
+                            examples=count,
+                        )
+                    )
+            bar.close()
+            records.extend(attack_records)
+            self.pm.hook.evaluation_finished(run=self.info, attack=attack_name, records=attack_records, figures=figures)
+        return records
+
+    # ------------------------------------------------------------------------------------------- whole run
+
+    def execute(self) -> RunResult:
+        """Build data and network, train, evaluate; returns the result (hooks report it)."""
+        train_split = self.dataset.data("train")
+        test_split = self.dataset.data("test")
+        train = Batches(train_split, self.device)
+        test = Batches(test_split, self.device)
+        network = self.model_builder.build(tuple(self.dataset.input_shape), self.dataset.num_classes)
+        net = as_sampled(self.defense.prepare(network)).to(self.device)
+        if self.checkpoint is not None:
+            net.load_state_dict(self.checkpoint["model"])
+        context = TrainContext(
+            dataset=self.dataset,
+            train=train_split,
+            device=self.device,
+            n_train=len(train),
+            seed=self.experiment.seed,
+            build_attack=self.build_attack,
+        )
+        if self.checkpoint is None:
+            self.defense.before_training(context)
+        self.train(net, train, context)
+        records = self.evaluate(net, test)
+        return RunResult(
+            experiment=self.name,
+            spec=self.spec,
+            records=records,
+            history=self.history,
+            model=net,
+            run_id=self.info.tracking.get("mlflow_run_id"),
+            seed=self.experiment.seed,
+            device=str(self.device),
+        )
+
+
+def run(
+    name: str | None = None,
+    *,
+    registry: Sequence[str | Path] = (),
+    device: str = "auto",
+    tracking_uri: str | None = None,
+    track: bool = True,
+    resume: str | None = None,
+    progress: bool = False,
+    overrides: Sequence[tuple[str, Any]] = (),
+    pm: PluginManager | None = None,
+    **kwargs: Any,
+) -> RunResult:
+    """Run the experiment `name` (or resume tracked run `resume`); keyword arguments are dotted-key overrides."""
+    pm = pm or get_plugin_manager()
+    loaded = load_registry(registry, pm=pm)
+    all_overrides = [*overrides, *kwargs.items()]
+    torch_device = resolve_device(device)
+    checkpoint = None
+    if resume is not None:
+        if not track:
+            raise RunError("--resume needs tracking: the checkpoint is read from the tracked run")
+        checkpoint = _fetch_checkpoint(pm, resume, tracking_uri)
+        stored_name = checkpoint["experiment"]
+        if name is not None and name != stored_name:
+            raise RunError(f"--resume {resume}: that run is of experiment '{stored_name}', not '{name}'")
+        name = stored_name
+        spec = dict(checkpoint["spec"])
+        for key, value in all_overrides:
+            apply_override(spec, key, value)
+        spec = loaded.resolve_inline_experiment(spec, source=f"run {resume}")
+    else:
+        if name is None:
+            raise RunError("name an experiment to run (advbayes list experiments shows them)")
+        spec = loaded.resolve_experiment(name, all_overrides)
+    seed = int(spec["seed"])
+    seed_everything(seed)
+    if checkpoint is not None:
+        _set_rng_state(checkpoint["rng"])
+    info = RunInfo(
+        experiment=name,
+        spec=spec,
+        seed=seed,
+        device=str(torch_device),
+        plugins=plugin_versions(pm),
+        track=track,
+        tracking_uri=tracking_uri,
+        resume_run_id=resume,
+    )
+    engine = Run(name, spec, registry=loaded, device=torch_device, info=info, progress=progress, checkpoint=checkpoint)
+    pm.hook.run_started(run=info)
+    try:
+        result = engine.execute()
+    except KeyboardInterrupt as exc:
+        pm.hook.run_finished(run=info, result=None, status="KILLED", error=exc)
+        raise
+    except BaseException as exc:
+        pm.hook.run_finished(run=info, result=None, status="FAILED", error=exc)
+        raise
+    finally:
+        shutil.rmtree(engine.workdir, ignore_errors=True)
+    result.run_id = info.tracking.get("mlflow_run_id")
+    pm.hook.run_finished(run=info, result=result, status="FINISHED", error=None)
+    return result
+
+
+def _fetch_checkpoint(pm: PluginManager, run_id: str, tracking_uri: str | None) -> dict[str, Any]:
+    destination = Path(tempfile.mkdtemp(prefix="advbayes-resume-"))
+    try:
+        path = pm.hook.load_checkpoint(run_id=run_id, tracking_uri=tracking_uri, destination=destination)
+        if path is None:
+            raise RunError(f"--resume {run_id}: no plugin could fetch a checkpoint (is tracking disabled?)")
+        return torch.load(path, map_location="cpu", weights_only=False)
+    finally:
+        shutil.rmtree(destination, ignore_errors=True)

@@ -1,0 +1,40 @@
+"""Errors that the CLI reports as one line with exit status 2."""
+
+from __future__ import annotations
+
+
+class AdvbayesError(Exception):
+    """A user-facing error: the CLI prints its message as one line and exits with status 2."""
+
+    exit_code = 2
+
+
+class PluginError(AdvbayesError):
+    """A plugin could not be loaded or registered something that clashes with another plugin."""
+
+
+class RegistryError(AdvbayesError):
+    """A registry file or entry is invalid; the message names file, entry and key."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        entry: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.file = file
+        self.entry = entry
+        self.key = key
+        self.detail = message
+        where = ": ".join(
+            part
+            for part in (file, entry and f"entry {entry}", key and f"key '{key}'")
+            if part
+        )
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class RunError(AdvbayesError):
+    """A run cannot start as asked (no CUDA device, nothing to resume, ...)."""

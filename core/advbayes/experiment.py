@@ -1,0 +1,32 @@
+"""The experiment: which data set, model, defense, attacks, budgets and metrics make one run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from advbayes.params import entry_list_param, entry_param, list_param, param
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@attrs.frozen(kw_only=True)
+class Experiment:
+    """A run composed from registry entries: train `model` on `dataset` with `defense`, then attack it."""
+
+    dataset: Any = entry_param("datasets", optional=False, help="data set entry")
+    model: Any = entry_param("models", optional=False, help="model entry")
+    defense: Any = entry_param("defenses", "standard", optional=False, help="defense entry")
+    attacks: list[Any] = entry_list_param("attacks", ("none",), nonempty=True, help="attack entries to evaluate")
+    eps: tuple[float, ...] = list_param((), ge=0.0, help="budgets; empty = each attack's own eps")
+    metrics: list[Any] = entry_list_param("metrics", ("accuracy",), nonempty=True, help="metric entries")
+    epochs: int = param(1, kind=int, ge=0, help="training epochs")
+    seed: int = param(0, kind=int, ge=0, help="seed of python, numpy and torch")
+    batch_size: int = param(128, kind=int, ge=1, help="training batch size")
+    eval_batch_size: int = param(256, kind=int, ge=1, help="evaluation batch size")
+    optimizer: str | None = param(None, kind=str, choices=OPTIMIZERS, optional=True, help="default: the defense's")
+    lr: float | None = param(None, gt=0.0, optional=True, help="learning rate; default: the defense's")
+    weight_decay: float = param(0.0, ge=0.0, help="weight decay")
+    momentum: float = param(0.9, ge=0.0, lt=1.0, help="SGD momentum")
+    description: str = param("", kind=str, help="one line shown by `advbayes list`")

@@ -1,0 +1,208 @@
+"""Typed, validated attrs fields for component parameters, with errors that name the expected and given value."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+_NOTHING = attrs.NOTHING
+ENTRY_KIND = "advbayes_entry_kind"
+HELP = "advbayes_help"
+ENTRY_LIST = "advbayes_entry_list"
+
+
+class ParamError(ValueError):
+    """A parameter value failed validation; `key` is the field name."""
+
+    def __init__(self, key: str, expected: str, value: Any) -> None:
+        self.key = key
+        self.expected = expected
+        self.value = value
+        super().__init__(f"expected {expected}, got {describe(value)}")
+
+
+def describe(value: Any) -> str:
+    """Render a given value with its type, as error messages show it."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _type_name(kind: type) -> str:
+    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}[kind]
+
+
+def _bounds_text(ge: float | None, gt: float | None, le: float | None, lt: float | None) -> str:
+    parts = []
+    if ge is not None:
+        parts.append(f">= {ge}")
+    if gt is not None:
+        parts.append(f"> {gt}")
+    if le is not None:
+        parts.append(f"<= {le}")
+    if lt is not None:
+        parts.append(f"< {lt}")
+    return " and ".join(parts)
+
+
+def _check_scalar(
+    key: str,
+    value: Any,
+    kind: type,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[str] | None = None,
+    what: str | None = None,
+) -> None:
+    bounds = _bounds_text(ge, gt, le, lt)
+    expected = what or (_type_name(kind) + (f" {bounds}" if bounds else ""))
+    if choices is not None:
+        expected = "one of " + ", ".join(repr(c) for c in choices)
+    ok_type = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, float) and math.isnan(value):
+        ok_type = False
+    if not ok_type:
+        raise ParamError(key, expected, value)
+    if choices is not None and value not in choices:
+        raise ParamError(key, expected, value)
+    if (
+        (ge is not None and value < ge)
+        or (gt is not None and value <= gt)
+        or (le is not None and value > le)
+        or (lt is not None and value >= lt)
+    ):
+        raise ParamError(key, expected, value)
+
+
+def _to_float(value: Any) -> Any:
+    # TOML writes 0 for 0.0; accept integers where a float is asked for, never booleans.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _scalar_validator(kind: type, optional: bool, **checks: Any) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def validate(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None and optional:
+            return
+        _check_scalar(attribute.name, value, kind, **checks)
+
+    return validate
+
+
+def param(
+    default: Any = _NOTHING,
+    *,
+    kind: type = float,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[str] | None = None,
+    optional: bool = False,
+    help: str = "",
+) -> Any:
+    """A scalar parameter (float, int, str or bool) with bounds or choices; None allowed when optional."""
+    converter = _to_float if kind is float else None
+    return attrs.field(
+        default=default,
+        converter=converter,
+        validator=_scalar_validator(kind, optional, ge=ge, gt=gt, le=le, lt=lt, choices=choices),
+        metadata={HELP: help},
+        kw_only=True,
+    )
+
+
+def list_param(
+    default: Sequence[Any] = (),
+    *,
+    kind: type = float,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    nonempty: bool = False,
+    help: str = "",
+) -> Any:
+    """A list parameter whose items are scalars of one kind with optional bounds; stored as a tuple."""
+    bounds = _bounds_text(ge, gt, le, lt)
+    item_text = _type_name(kind).replace("a ", "").replace("an ", "") + "s" + (f" {bounds}" if bounds else "")
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return tuple(_to_float(v) if kind is float else v for v in value)
+        return value
+
+    def validate(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        expected = f"a {'non-empty ' if nonempty else ''}list of {item_text}"
+        if not isinstance(value, tuple) or (nonempty and not value):
+            raise ParamError(attribute.name, expected, value)
+        for item in value:
+            try:
+                _check_scalar(attribute.name, item, kind, ge=ge, gt=gt, le=le, lt=lt)
+            except ParamError:
+                raise ParamError(attribute.name, expected, list(value)) from None
+
+    return attrs.field(
+        factory=lambda: tuple(default),
+        converter=convert,
+        validator=validate,
+        metadata={HELP: help},
+        kw_only=True,
+    )
+
+
+def entry_param(kind: str, default: Any = None, *, optional: bool = True, help: str = "") -> Any:
+    """A reference to a registry entry of `kind` (name or inline table), resolved by the registry to a table."""
+
+    def validate(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, (str, dict)) or (isinstance(value, str) and not value):
+            raise ParamError(attribute.name, f"the name of a {kind[:-1]} entry or an inline table", value)
+
+    return attrs.field(
+        default=default,
+        validator=validate,
+        metadata={HELP: help, ENTRY_KIND: kind},
+        kw_only=True,
+    )
+
+
+def entry_list_param(kind: str, default: Sequence[str] = (), *, nonempty: bool = False, help: str = "") -> Any:
+    """A list of references to registry entries of `kind` (names or inline tables)."""
+
+    def convert(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    def validate(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        expected = f"a {'non-empty ' if nonempty else ''}list of {kind[:-1]} entry names or inline tables"
+        if not isinstance(value, list) or (nonempty and not value):
+            raise ParamError(attribute.name, expected, value)
+        if any(not isinstance(item, (str, dict)) or item == "" for item in value):
+            raise ParamError(attribute.name, expected, value)
+
+    return attrs.field(
+        factory=lambda: list(default),
+        converter=convert,
+        validator=validate,
+        metadata={HELP: help, ENTRY_KIND: kind, ENTRY_LIST: True},
+        kw_only=True,
+    )
+
+
+def entry_kind(attribute: attrs.Attribute) -> str | None:
+    """The registry kind an entry-reference field points to, or None for a plain parameter."""
+    return attribute.metadata.get(ENTRY_KIND)
+
+
+def is_entry_list(attribute: attrs.Attribute) -> bool:
+    """True when the field holds a list of entry references."""
+    return bool(attribute.metadata.get(ENTRY_LIST))

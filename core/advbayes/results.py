@@ -1,0 +1,128 @@
+"""Evaluation records, the results table (attack rows, eps columns), CSV and the accuracy-vs-eps plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+from torch import nn
+
+
+@attrs.frozen(kw_only=True)
+class EvalRecord:
+    """The metrics of one attack at one eps, with the sample counts and the perturbation actually applied."""
+
+    attack: str
+    eps: float
+    metrics: dict[str, float]
+    attack_samples: int
+    inference_samples: int
+    mean_l2: float
+    max_linf: float
+    examples: int
+
+
+def eps_label(eps: float) -> str:
+    """A fixed-width eps label that sorts and compares well (eps_0.0314)."""
+    return f"eps_{eps:.4f}"
+
+
+def metric_names(records: Iterable[EvalRecord]) -> list[str]:
+    """Metric names in first-seen order."""
+    names: dict[str, None] = {}
+    for record in records:
+        names.update(dict.fromkeys(record.metrics))
+    return list(names)
+
+
+def pivot(records: Sequence[EvalRecord], metric: str) -> tuple[list[str], list[float], dict[str, dict[float, float]]]:
+    """Attack names, eps values and table[attack][eps] of one metric."""
+    attacks = list(dict.fromkeys(r.attack for r in records))
+    eps_values = sorted({r.eps for r in records})
+    table: dict[str, dict[float, float]] = {a: {} for a in attacks}
+    for record in records:
+        if metric in record.metrics:
+            table[record.attack][record.eps] = record.metrics[metric]
+    return attacks, eps_values, table
+
+
+def format_grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain aligned text table (first column left-aligned, others right-aligned)."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def format_table(records: Sequence[EvalRecord], metric: str) -> str:
+    """One metric as a text table: attack rows, eps columns."""
+    attacks, eps_values, table = pivot(records, metric)
+    header = [metric, *(f"eps={e:g}" for e in eps_values)]
+    rows = [
+        [attack, *(f"{table[attack][e]:.4f}" if e in table[attack] else "-" for e in eps_values)] for attack in attacks
+    ]
+    return format_grid(header, rows)
+
+
+def to_csv(records: Sequence[EvalRecord]) -> str:
+    """Long-format CSV: one row per attack, eps and metric."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["attack", "eps", "metric", "value", "attack_samples", "inference_samples", "mean_l2", "max_linf"])
+    for r in records:
+        for name, value in r.metrics.items():
+            writer.writerow([r.attack, r.eps, name, value, r.attack_samples, r.inference_samples, r.mean_l2, r.max_linf])
+    return out.getvalue()
+
+
+def plot_metric_vs_eps(records: Sequence[EvalRecord], metric: str, title: str = "") -> Any:
+    """A matplotlib figure of one metric against eps, one line per attack."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks, eps_values, table = pivot(records, metric)
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    for attack in attacks:
+        points = sorted(table[attack].items())
+        axes.plot([e for e, _ in points], [v for _, v in points], marker="o", label=attack)
+    axes.set_xlabel("eps")
+    axes.set_ylabel(metric)
+    if metric == "accuracy":
+        axes.set_ylim(-0.02, 1.02)
+    axes.set_title(title or f"{metric} vs eps")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+@attrs.define(kw_only=True)
+class RunResult:
+    """What a run returns: the resolved experiment, per-epoch history, evaluation records, model, MLflow run id."""
+
+    experiment: str
+    spec: dict[str, Any]
+    records: list[EvalRecord]
+    history: list[dict[str, float]]
+    model: nn.Module
+    run_id: str | None
+    seed: int
+    device: str
+
+    def table(self, metric: str = "accuracy") -> dict[str, dict[float, float]]:
+        """table[attack][eps] of one metric."""
+        return pivot(self.records, metric)[2]
+
+    def format(self) -> str:
+        """Every metric as a text table."""
+        return "\n\n".join(format_table(self.records, m) for m in metric_names(self.records))

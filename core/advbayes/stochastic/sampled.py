@@ -1,0 +1,38 @@
+"""The sample-dimension contract: every model answers forward(x, samples=S) with logits [S, B, k]."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SAMPLES_ATTRIBUTE = "takes_samples"
+
+
+def takes_samples(model: nn.Module) -> bool:
+    """True when the model's forward accepts `samples` and returns [S, B, k] itself."""
+    return bool(getattr(model, SAMPLES_ATTRIBUTE, False))
+
+
+class DeterministicSampled(nn.Module):
+    """Wraps a deterministic network so forward(x, samples=S) returns [1, B, k]: all draws are the same."""
+
+    takes_samples = True
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, samples: int = 1) -> torch.Tensor:
+        """Logits of the one deterministic network, with a sample dimension of size 1."""
+        return self.net(x).unsqueeze(0)
+
+
+def as_sampled(model: nn.Module) -> nn.Module:
+    """Return `model` if it already takes a sample dimension, else wrap it as a deterministic sampled model."""
+    return model if takes_samples(model) else DeterministicSampled(model)
+
+
+def predict(model: nn.Module, x: torch.Tensor, samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Averaged softmax probabilities [B, k] over `samples` draws, and the per-draw logits [S, B, k]."""
+    logits = as_sampled(model)(x, samples=samples)
+    return logits.softmax(dim=-1).mean(dim=0), logits

@@ -1,0 +1,280 @@
+"""The built-in MLflow tracking plugin: a parent run per experiment run and a nested child run per attack."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import copy
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import tomli_w
+
+from advbayes.errors import RunError
+from advbayes.hookspecs import hookimpl
+from advbayes.results import EvalRecord, RunResult, eps_label, metric_names, plot_metric_vs_eps, to_csv
+
+DEFAULT_STORE = "mlflow.db"
+PARENT_ROLE = "parent"
+CHILD_ROLE = "attack"
+ROLE_TAG = "advbayes.role"
+CHECKPOINT_DIR = "checkpoints"
+MAX_TAG = 4000
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the embedded store ./mlflow.db (an absolute sqlite URI)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, or None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(urlparse(uri).path) if uri.startswith("sqlite:////") else Path(uri[len("sqlite:///") :])
+
+
+def client_for(uri: str | None) -> Any:
+    """An MlflowClient on `uri` (or the default store)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri or default_tracking_uri())
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """The MLflow experiment of an advbayes experiment, created with artifacts beside a sqlite store."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    database = sqlite_path(client.tracking_uri)
+    if database is not None:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        location = (database.resolve().parent / "mlartifacts" / slug).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a resolved entry to dotted MLflow params; entry lists are keyed by entry name."""
+    flat: dict[str, str] = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{path}."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+            for item in value:
+                flat.update(flatten(item, f"{path}.{item['name']}."))
+        else:
+            flat[path] = str(value)
+    return flat
+
+
+def git_commit() -> str | None:
+    """The commit of the working directory's git checkout, if there is one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def error_text(error: BaseException) -> str:
+    """One line: the exception's type and message."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {message}"[:MAX_TAG] if message else type(error).__name__
+
+
+def _log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k[:250], v[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+def _log_metrics(client: Any, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for start in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[start : start + 500])
+
+
+def _log_figure(client: Any, run_id: str, figure: Any, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    client.log_figure(run_id, figure, path)
+    plt.close(figure)
+
+
+@hookimpl
+def run_started(run: Any) -> None:
+    """Open (or reopen, when resuming) the parent run; log params, tags and the resolved experiment."""
+    if not run.track:
+        return
+    client = client_for(run.tracking_uri)
+    run.tracking["mlflow_uri"] = client.tracking_uri
+    if run.resume_run_id:
+        client.update_run(run.resume_run_id, status="RUNNING")
+        run.tracking["mlflow_run_id"] = run.resume_run_id
+        return
+    spec = run.spec
+    tags = {
+        ROLE_TAG: PARENT_ROLE,
+        "advbayes.experiment": run.experiment,
+        "advbayes.dataset": spec["dataset"]["name"],
+        "advbayes.model": spec["model"]["name"],
+        "advbayes.defense": spec["defense"]["name"],
+        "advbayes.seed": str(run.seed),
+        "advbayes.device": run.device,
+        **{f"advbayes.plugin.{name}": version for name, version in run.plugins.items()},
+    }
+    commit = git_commit()
+    if commit:
+        tags["advbayes.git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    created = client.create_run(experiment_id(client, run.experiment), run_name=run.experiment, tags=tags)
+    run_id = created.info.run_id
+    run.tracking["mlflow_run_id"] = run_id
+    _log_params(client, run_id, flatten(spec))
+    client.log_text(run_id, tomli_w.dumps({"experiments": {run.experiment: spec}}), "experiment.toml")
+
+
+@hookimpl
+def epoch_finished(run: Any, epoch: int, metrics: Mapping[str, float], checkpoint: Path) -> None:
+    """Per-epoch training metrics (step = epoch) and the latest checkpoint."""
+    run_id = run.tracking.get("mlflow_run_id")
+    if not run.track or run_id is None:
+        return
+    client = client_for(run.tracking["mlflow_uri"])
+    _log_metrics(client, run_id, {f"train/{k}": v for k, v in metrics.items()}, step=epoch)
+    client.log_artifact(run_id, str(checkpoint), CHECKPOINT_DIR)
+
+
+@hookimpl
+def evaluation_finished(run: Any, attack: str, records: Sequence[EvalRecord], figures: Mapping[str, Any]) -> None:
+    """A nested child run for the attack: its parameters, one metric per eps, figures; copies on the parent."""
+    parent_id = run.tracking.get("mlflow_run_id")
+    if not run.track or parent_id is None:
+        return
+    client = client_for(run.tracking["mlflow_uri"])
+    parent = client.get_run(parent_id)
+    entry = next(a for a in run.spec["attacks"] if a["name"] == attack)
+    child = client.create_run(
+        parent.info.experiment_id,
+        run_name=attack,
+        tags={"mlflow.parentRunId": parent_id, ROLE_TAG: CHILD_ROLE, "advbayes.attack": attack},
+    )
+    child_id = child.info.run_id
+    run.tracking["open_child"] = child_id
+    first = records[0]
+    params = flatten(entry)
+    params.update(
+        {
+            "attack_samples": str(first.attack_samples),
+            "inference_samples": str(first.inference_samples),
+            "eps_values": str([r.eps for r in records]),
+        }
+    )
+    _log_params(client, child_id, params)
+    child_metrics: dict[str, float] = {}
+    parent_metrics: dict[str, float] = {}
+    for record in records:
+        values = {**record.metrics, "mean_l2": record.mean_l2, "max_linf": record.max_linf}
+        for key, value in values.items():
+            child_metrics[f"{key}/{eps_label(record.eps)}"] = value
+            parent_metrics[f"{attack}/{key}/{eps_label(record.eps)}"] = value
+    _log_metrics(client, child_id, child_metrics)
+    for step, record in enumerate(sorted(records, key=lambda r: r.eps)):  # eps-ordered series for charts
+        _log_metrics(client, child_id, {**record.metrics, "eps": record.eps}, step=step)
+    _log_metrics(client, parent_id, parent_metrics)
+    for path, figure in figures.items():
+        _log_figure(client, child_id, figure, f"figures/{path}")
+    client.set_terminated(child_id, status="FINISHED")
+    run.tracking.pop("open_child", None)
+
+
+@hookimpl
+def run_finished(run: Any, result: RunResult | None, status: str, error: BaseException | None) -> None:
+    """Results artifacts and the model on success; the error as a tag on failure; the final status."""
+    run_id = run.tracking.get("mlflow_run_id")
+    if not run.track or run_id is None:
+        return
+    client = client_for(run.tracking["mlflow_uri"])
+    open_child = run.tracking.pop("open_child", None)
+    if open_child is not None:
+        client.set_terminated(open_child, status=status)
+    if error is not None:
+        client.set_tag(run_id, "error", error_text(error))
+    if result is not None:
+        client.log_text(run_id, to_csv(result.records), "results.csv")
+        client.log_text(run_id, result.format() + "\n", "results.txt")
+        for metric in metric_names(result.records):
+            figure = plot_metric_vs_eps(result.records, metric, title=f"{run.experiment}: {metric} vs eps")
+            _log_figure(client, run_id, figure, f"{metric}_vs_eps.png")
+        log_model(client.tracking_uri, run_id, result.model)
+    client.set_terminated(run_id, status=status)
+
+
+def log_model(uri: str, run_id: str, model: Any) -> None:
+    """Log the trained network with mlflow.pytorch.log_model (pickled: it carries a sample dimension)."""
+    import mlflow
+    import mlflow.pytorch
+
+    previous = mlflow.get_tracking_uri()
+    pytorch_logger = logging.getLogger("mlflow.pytorch")
+    level = pytorch_logger.level
+    mlflow.set_tracking_uri(uri)
+    pytorch_logger.setLevel(logging.ERROR)  # its pickle caution is printed on every run; the README states it
+    try:
+        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+            mlflow.pytorch.log_model(
+                copy.deepcopy(model).cpu(),  # the caller keeps its model where it was
+                name="model",
+                serialization_format="pickle",
+                pip_requirements=["torch", "advbayes"],
+            )
+    finally:
+        pytorch_logger.setLevel(level)
+        mlflow.set_tracking_uri(previous)
+
+
+@hookimpl
+def load_checkpoint(run_id: str, tracking_uri: str | None, destination: Path) -> Path:
+    """Download the last checkpoint of a tracked run."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise RunError(f"--resume {run_id}: no such run in {client.tracking_uri}") from None
+    try:
+        local = client.download_artifacts(run_id, f"{CHECKPOINT_DIR}/checkpoint.pt", str(destination))
+    except (MlflowException, OSError):
+        raise RunError(f"--resume {run_id}: the run has no checkpoint (it stopped before its first epoch ended)") from None
+    return Path(local)
+
+
+def tracked_runs(uri: str | None, experiments: Sequence[str]) -> list[Any]:
+    """Parent runs of the named experiments, newest first; an unknown experiment is an error."""
+    client = client_for(uri)
+    ids = []
+    for name in experiments:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise RunError(f"no tracked runs of experiment '{name}' in {client.tracking_uri}")
+        ids.append(found.experiment_id)
+    return client.search_runs(
+        ids, filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'", order_by=["attributes.start_time DESC"]
+    )
+
