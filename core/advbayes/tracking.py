@@ -7,7 +7,8 @@ import os
 import re
 import copy
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -225,18 +226,38 @@ def run_finished(run: Any, result: RunResult | None, status: str, error: BaseExc
     client.set_terminated(run_id, status=status)
 
 
+@contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at `uri` for a block, then restore its global and MLFLOW_TRACKING_URI exactly.
+
+    mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI; left behind, it would redirect later runs.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    old_global = getattr(tracking_utils, "_tracking_uri", None)
+    old_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old_global)
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
+
+
 def log_model(uri: str, run_id: str, model: Any) -> None:
     """Log the trained network with mlflow.pytorch.log_model (pickled: it carries a sample dimension)."""
     import mlflow
     import mlflow.pytorch
 
-    previous = mlflow.get_tracking_uri()
     pytorch_logger = logging.getLogger("mlflow.pytorch")
     level = pytorch_logger.level
-    mlflow.set_tracking_uri(uri)
     pytorch_logger.setLevel(logging.ERROR)  # its pickle caution is printed on every run; the README states it
     try:
-        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        with fluent_tracking_uri(uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
             mlflow.pytorch.log_model(
                 copy.deepcopy(model).cpu(),  # the caller keeps its model where it was
                 name="model",
@@ -245,7 +266,6 @@ def log_model(uri: str, run_id: str, model: Any) -> None:
             )
     finally:
         pytorch_logger.setLevel(level)
-        mlflow.set_tracking_uri(previous)
 
 
 @hookimpl

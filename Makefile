@@ -1,0 +1,28 @@
+# Set-up and checks. `make demo` and `make test` create .venv and install everything they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
+STAMP := $(VENV)/.advbayes-installed
+
+.PHONY: install demo test clean
+
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "advbayes needs Python 3.10 or newer"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch and torchvision as a matched pair from the package index (loose lower bounds).
+	$(BIN)/python -m pip install --quiet "torch>=2.2" "torchvision>=0.17"
+	$(BIN)/python -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGIN_DIRS),-e ./$(p))
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/advbayes run quickstart
+
+test: install
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build dist core/*.egg-info plugins/*/*.egg-info

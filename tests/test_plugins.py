@@ -1,0 +1,156 @@
+"""Plugins through the real plugin manager: built-ins, register/unregister, entry points, selection, clashes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from click.testing import CliRunner
+from helpers import FailingDefense, ShiftAttack, TestComponents, install_fixture_plugin
+
+from advbayes import hookspecs
+from advbayes.cli import cli
+from advbayes.errors import PluginError
+from advbayes.plugins import PluginInfo, PluginLoadWarning, create_plugin_manager
+
+GOOD_PLUGIN = '''
+from typing import ClassVar
+import attrs
+import torch
+from advbayes import Attack, AttackResult, hookimpl
+
+@attrs.frozen(kw_only=True)
+class Flip(Attack):
+    """Negates the input."""
+    name: ClassVar[str] = "flip"
+    def __call__(self, model, x, y):
+        return AttackResult(x_adv=-x, delta=-2 * x)
+
+@hookimpl
+def register_attacks(register):
+    register(Flip)
+'''
+
+
+def test_builtins_are_plugins_with_their_components() -> None:
+    pm = create_plugin_manager(entry_points=False)
+    assert {"advbayes.builtins", "advbayes.tracking"} <= set(pm.info)
+    assert pm.info["advbayes.builtins"].builtin
+    index = pm.components
+    assert index.names("datasets") == ["half-moons"]
+    assert index.names("models") == ["mlp"]
+    assert index.names("defenses") == ["standard"]
+    assert index.names("attacks") == ["none"]
+    assert index.names("metrics") == ["accuracy"]
+    assert pm.hooks_of("advbayes.tracking") == [
+        "epoch_finished",
+        "evaluation_finished",
+        "load_checkpoint",
+        "run_finished",
+        "run_started",
+    ]
+
+
+def test_register_and_unregister_a_plugin() -> None:
+    pm = create_plugin_manager(entry_points=False)
+    assert pm.components.get("attacks", "shift") is None
+    pm.register_plugin(TestComponents(), PluginInfo("test-components", "tests", "0", builtin=False))
+    registration = pm.components.get("attacks", "shift")
+    assert registration is not None and registration.cls is ShiftAttack
+    assert registration.plugin == "test-components"
+    assert pm.components.get("defenses", "failing").cls is FailingDefense
+    assert pm.components.of_plugin("test-components") == {"defenses": ["diverging", "failing"], "attacks": ["shift"]}
+    pm.unregister_plugin("test-components")
+    assert pm.components.get("attacks", "shift") is None
+    assert "test-components" not in pm.info
+
+
+def test_two_plugins_registering_one_name_is_an_error_naming_both() -> None:
+    @attrs.frozen(kw_only=True)
+    class OtherShift(ShiftAttack):
+        """Another attack under the same name."""
+
+    class Again:
+        @hookspecs.hookimpl
+        def register_attacks(self, register: Any) -> None:
+            register(OtherShift)
+
+    pm = create_plugin_manager(entry_points=False)
+    pm.register_plugin(TestComponents(), PluginInfo("first-plugin", "a", "0", builtin=False))
+    pm.register_plugin(Again(), PluginInfo("second-plugin", "b", "0", builtin=False))
+    with pytest.raises(PluginError, match=r"attack 'shift' is registered by two plugins: 'first-plugin' and 'second-plugin'"):
+        pm.components
+
+
+def test_registering_something_that_is_not_a_component_is_an_error() -> None:
+    class Bad:
+        @hookspecs.hookimpl
+        def register_models(self, register: Any) -> None:
+            register(dict)
+
+    pm = create_plugin_manager(entry_points=False)
+    pm.register_plugin(Bad(), PluginInfo("bad-plugin", "bad", "0", builtin=False))
+    with pytest.raises(PluginError, match=r"plugin 'bad-plugin': register_models expected an attrs subclass of advbayes.Model"):
+        pm.components
+
+
+def test_entry_point_plugin_is_discovered_with_its_version(plugin_site: Path) -> None:
+    install_fixture_plugin(plugin_site, "advbayes-fixture-good", GOOD_PLUGIN, version="1.2.3")
+    pm = create_plugin_manager()
+    assert pm.info["advbayes-fixture-good"].version == "1.2.3"
+    assert pm.info["advbayes-fixture-good"].distribution == "advbayes-fixture-good"
+    assert pm.components.get("attacks", "flip").plugin == "advbayes-fixture-good"
+
+
+def test_a_plugin_that_fails_to_import_is_reported_by_name_and_others_still_load(plugin_site: Path) -> None:
+    install_fixture_plugin(plugin_site, "advbayes-fixture-good", GOOD_PLUGIN)
+    install_fixture_plugin(plugin_site, "advbayes-fixture-broken", "raise ImportError('needs libfoo')\n")
+    with pytest.warns(PluginLoadWarning, match=r"plugin 'advbayes-fixture-broken' .* failed to load .*needs libfoo"):
+        pm = create_plugin_manager()
+    assert [f.name for f in pm.failures] == ["advbayes-fixture-broken"]
+    assert pm.components.get("attacks", "flip") is not None
+
+
+def test_load_and_disable_environment_variables(plugin_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fixture_plugin(plugin_site, "advbayes-fixture-good", GOOD_PLUGIN)
+    monkeypatch.setenv("ADVBAYES_LOAD_PLUGINS", "")
+    assert "advbayes-fixture-good" not in create_plugin_manager().info
+    monkeypatch.setenv("ADVBAYES_LOAD_PLUGINS", "advbayes-fixture-good")
+    assert "advbayes-fixture-good" in create_plugin_manager().info
+    monkeypatch.delenv("ADVBAYES_LOAD_PLUGINS")
+    monkeypatch.setenv("ADVBAYES_DISABLE_PLUGINS", "advbayes-fixture-good, advbayes.tracking")
+    pm = create_plugin_manager()
+    assert "advbayes-fixture-good" not in pm.info
+    assert "advbayes.tracking" not in pm.info
+    assert "advbayes.builtins" in pm.info
+
+
+def test_plugins_command_lists_builtins_and_installed_plugins(plugin_site: Path) -> None:
+    install_fixture_plugin(plugin_site, "advbayes-fixture-good", GOOD_PLUGIN, version="0.4.0")
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    listing = {p["name"]: p for p in json.loads(result.output)["plugins"]}
+    assert listing["advbayes.builtins"]["components"]["datasets"] == ["half-moons"]
+    assert listing["advbayes-fixture-good"] == {
+        "name": "advbayes-fixture-good",
+        "distribution": "advbayes-fixture-good",
+        "version": "0.4.0",
+        "builtin": False,
+        "hooks": ["register_attacks"],
+        "components": {"attacks": ["flip"]},
+    }
+    text = CliRunner().invoke(cli, ["plugins"]).output
+    assert "advbayes-fixture-good 0.4.0 (advbayes-fixture-good)" in text
+    assert "  attacks: flip" in text
+
+
+def test_every_hook_is_documented() -> None:
+    documentation = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    hooks = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "advbayes_spec")]
+    assert len(hooks) == 11
+    for hook in hooks:
+        assert re.search(rf"^#+ `?{hook}\(", documentation, re.MULTILINE), f"{hook} is not documented"

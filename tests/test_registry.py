@@ -1,0 +1,208 @@
+"""registry.toml: resolution, extends, references, overrides, and every error kind as one line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import tomli_w
+from click.testing import CliRunner
+from helpers import write
+
+from advbayes.cli import cli
+from advbayes.errors import RegistryError
+from advbayes.registry import apply_override, load_registry, parse_override, tomllib
+
+BASE = """
+[models.wide]
+use = "mlp"
+widths = [64, 64]
+
+[models.wider]
+extends = "wide"
+widths = [256]
+dropout = 0.1
+
+[experiments.tiny]
+dataset = { use = "half-moons", train_size = 200, test_size = 100 }
+model = "wider"
+attacks = ["none"]
+epochs = 2
+"""
+
+
+def registry_from(tmp_path: Path, text: str):
+    return load_registry([write(tmp_path / "user.toml", text)])
+
+
+def test_quickstart_resolves_fully(tmp_path: Path) -> None:
+    spec = load_registry().resolve_experiment("quickstart")
+    assert spec["dataset"] == {"name": "half-moons", "use": "half-moons", "train_size": 1000, "test_size": 500,
+                               "noise": 0.1, "seed": 0}
+    assert spec["model"] == {"name": "mlp-small", "use": "mlp", "widths": [32, 32], "dropout": 0.0}
+    assert spec["attacks"][0]["use"] == "none"
+    assert spec["epochs"] == 5 and spec["eps"] == [0.0]
+    assert "optimizer" not in spec  # None values are left out (TOML has no null)
+
+
+def test_extends_inherits_and_overrides(tmp_path: Path) -> None:
+    registry = registry_from(tmp_path, BASE)
+    wider = registry.resolve("models", "wider", where=("t", "t", "t"))
+    assert wider == {"name": "wider", "use": "mlp", "widths": [256], "dropout": 0.1}
+    spec = registry.resolve_experiment("tiny")
+    assert spec["model"]["widths"] == [256]
+    assert spec["dataset"]["train_size"] == 200 and spec["dataset"]["name"] == "half-moons"
+
+
+def test_resolved_experiment_is_a_fixed_point(tmp_path: Path) -> None:
+    registry = registry_from(tmp_path, BASE)
+    spec = registry.resolve_experiment("tiny")
+    assert registry.resolve_inline_experiment(spec, source="again") == spec
+
+
+def test_user_registry_is_merged_over_the_default_later_wins(tmp_path: Path) -> None:
+    first = write(tmp_path / "first.toml", '[experiments.quickstart]\ndataset = "half-moons"\nmodel = "mlp"\nepochs = 7\n')
+    second = write(tmp_path / "second.toml", '[experiments.quickstart]\ndataset = "half-moons"\nmodel = "mlp"\nepochs = 9\n')
+    assert load_registry([first]).resolve_experiment("quickstart")["epochs"] == 7
+    assert load_registry([first, second]).resolve_experiment("quickstart")["epochs"] == 9
+    assert load_registry().resolve_experiment("quickstart")["epochs"] == 5
+
+
+def test_working_directory_registry_is_merged(isolated_cwd: Path) -> None:
+    write(isolated_cwd / "registry.toml", '[experiments.local]\ndataset = "half-moons"\nmodel = "mlp"\n')
+    assert load_registry().resolve_experiment("local")["model"]["use"] == "mlp"
+
+
+def test_overrides_reach_nested_entries_and_list_items(tmp_path: Path) -> None:
+    registry = registry_from(tmp_path, BASE)
+    overrides = [parse_override(t) for t in ("epochs=3", "model.dropout=0.5", "attacks.none.samples=4", "eps=[0, 0.1]")]
+    spec = registry.resolve_experiment("tiny", overrides)
+    assert spec["epochs"] == 3
+    assert spec["model"]["dropout"] == 0.5
+    assert spec["attacks"][0]["samples"] == 4
+    assert spec["eps"] == [0.0, 0.1]
+    swapped = registry.resolve_experiment("tiny", [parse_override("model=wide")])
+    assert swapped["model"]["widths"] == [64, 64]
+
+
+def test_parse_override_reads_toml_values() -> None:
+    assert parse_override("a.b=1") == ("a.b", 1)
+    assert parse_override("x=0.25") == ("x", 0.25)
+    assert parse_override("x=[1, 2]") == ("x", [1, 2])
+    assert parse_override("x=true") == ("x", True)
+    assert parse_override("x=banana") == ("x", "banana")
+    assert parse_override('x="1"') == ("x", "1")
+    with pytest.raises(RegistryError, match="expected KEY=VALUE"):
+        parse_override("novalue")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[models.m]\nuse = "mlp"\nwidht = [3]\n',
+         r"user.toml: entry models.m: key 'widht': unknown key; did you mean 'widths'\? parameters of model 'mlp': dropout, widths"),
+        ('[models.m]\nuse = "mlp"\nwidths = "wide"\n',
+         r"user.toml: entry models.m: key 'widths': expected a list of integers >= 1, got 'wide' \(str\)"),
+        ('[models.m]\nuse = "mlp"\ndropout = 1.5\n',
+         r"user.toml: entry models.m: key 'dropout': expected a number >= 0.0 and < 1.0, got 1.5 \(float\)"),
+        ('[models.m]\nuse = "mlq"\n',
+         r"user.toml: entry models.m: key 'use': unknown model component 'mlq'; did you mean 'mlp'\? registered: mlp"),
+        ('[models.a]\nextends = "b"\n[models.b]\nextends = "a"\n',
+         r"user.toml: entry models.\w: key 'extends': cycle in extends: (a -> b -> a|b -> a -> b)"),
+        ('[models.a]\nextends = "nope"\n',
+         r"user.toml: entry models.a: key 'extends': extends unknown model entry 'nope'"),
+        ('[models.m\nuse = "mlp"\n', r"user.toml: TOML syntax error: .*\(at line 1, column \d+\)"),
+        ('[model.m]\nuse = "mlp"\n', r"user.toml: key 'model': unknown table \[model\]; did you mean 'models'\?"),
+        ('[experiments.e]\ndataset = "half-moon"\nmodel = "mlp"\n',
+         r"user.toml: entry experiments.e: key 'dataset': unknown dataset 'half-moon'; did you mean 'half-moons'\? known: half-moons"),
+        ('[experiments.e]\ndataset = "half-moons"\nmodel = "mlp"\nepochs = "many"\n',
+         r"user.toml: entry experiments.e: key 'epochs': expected an integer >= 0, got 'many' \(str\)"),
+        ('[experiments.e]\ndataset = "half-moons"\nmodel = "mlp"\nattacks = []\n',
+         r"key 'attacks': expected a non-empty list of attack entry names or inline tables, got \[\] \(list\)"),
+        ('[experiments.e]\ndataset = "half-moons"\nmodel = "mlp"\nseed = true\n',
+         r"key 'seed': expected an integer >= 0, got True \(bool\)"),
+        ('[experiments.e]\ndataset = "half-moons"\nmodel = { use = "mlp", widths = [0] }\n',
+         r"entry experiments.e.model: key 'widths': expected a list of integers >= 1, got \[0\] \(list\)"),
+    ],
+)
+def test_every_error_kind_is_one_line_naming_file_entry_and_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(RegistryError) as raised:
+        registry = registry_from(tmp_path, text)
+        for name in registry.names("experiments"):
+            if name != "quickstart":
+                registry.resolve_experiment(name)
+        for kind in ("models",):
+            for name in registry.names(kind):
+                registry.resolve(kind, name, where=("user.toml", name, ""))
+    text_of_error = str(raised.value)
+    assert "\n" not in text_of_error
+    assert raised.value.file and raised.value.file.endswith("user.toml")
+    assert re.search(message, text_of_error), text_of_error
+
+
+def test_entry_of_an_uninstalled_plugin_is_an_error_only_when_used(tmp_path: Path) -> None:
+    registry = registry_from(
+        tmp_path,
+        '[providers]\n"advbayes-attacks" = ["pgd"]\n[attacks.pgd-20]\nuse = "pgd"\nsteps = 20\n'
+        '[experiments.uses-pgd]\ndataset = "half-moons"\nmodel = "mlp"\nattacks = ["pgd-20"]\n',
+    )
+    assert registry.resolve_experiment("quickstart")["epochs"] == 5
+    with pytest.raises(RegistryError, match=r"key 'use': attack 'pgd' is not installed: it is provided by advbayes-attacks"):
+        registry.resolve_experiment("uses-pgd")
+
+
+def test_unknown_experiment_suggests_close_names() -> None:
+    with pytest.raises(RegistryError, match=r"unknown experiment 'quikstart'; did you mean 'quickstart'\?"):
+        load_registry().resolve_experiment("quikstart")
+
+
+def test_override_errors_name_the_key() -> None:
+    registry = load_registry()
+    with pytest.raises(RegistryError, match=r"--set: entry experiments.quickstart: key 'epochs': expected an integer"):
+        registry.resolve_experiment("quickstart", [("epochs", "banana")])
+    with pytest.raises(RegistryError, match=r"--set: key 'model.widht': unknown key; did you mean 'widths'\?"):
+        spec = registry.resolve_experiment("quickstart")
+        apply_override(spec, "model.widht.x", 1)
+    with pytest.raises(RegistryError, match=r"--set: entry experiments.quickstart.model: key 'widht': unknown key; did you mean 'widths'\?"):
+        registry.resolve_experiment("quickstart", [("model.widht", 3)])
+    with pytest.raises(RegistryError, match=r"no entry 'fgsm' in this list"):
+        registry.resolve_experiment("quickstart", [("attacks.fgsm.eps", 0.1)])
+
+
+def test_cli_errors_exit_2_with_one_line_and_traceback_only_with_debug() -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", "quickstart", "--set", "epochs=banana"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0
+    assert "key 'epochs': expected an integer >= 0, got 'banana' (str)" in result.output
+    result = runner.invoke(cli, ["run", "quikstart"])
+    assert result.exit_code == 2
+    assert "did you mean 'quickstart'?" in result.output and "Traceback" not in result.output
+    result = runner.invoke(cli, ["--debug", "run", "quikstart"])
+    assert isinstance(result.exception, RegistryError)
+
+
+def test_show_prints_the_resolved_entry_as_toml(tmp_path: Path) -> None:
+    user = write(tmp_path / "user.toml", BASE)
+    result = CliRunner().invoke(cli, ["show", "wider", "--registry", str(user)])
+    assert result.exit_code == 0, result.output
+    assert tomllib.loads(result.output) == {
+        "models": {"wider": {"name": "wider", "use": "mlp", "widths": [256], "dropout": 0.1}}
+    }
+    result = CliRunner().invoke(cli, ["show", "tiny", "--registry", str(user)])
+    shown = tomllib.loads(result.output)["experiments"]["tiny"]
+    assert shown == load_registry([user]).resolve_experiment("tiny")
+    assert tomli_w.dumps(shown)
+
+
+def test_list_shows_entries_components_and_unavailable_ones(tmp_path: Path) -> None:
+    user = write(
+        tmp_path / "user.toml",
+        '[providers]\n"advbayes-attacks" = ["pgd"]\n[attacks.pgd-20]\nuse = "pgd"\n',
+    )
+    result = CliRunner().invoke(cli, ["list", "attacks", "--registry", str(user)])
+    assert result.exit_code == 0, result.output
+    assert "pgd-20 (use pgd)" not in result.output  # unresolvable: shown as unavailable with its distribution
+    assert "pgd-20" in result.output and "unavailable" in result.output and "advbayes-attacks" in result.output
+    assert "components: none" in result.output

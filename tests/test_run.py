@@ -1,0 +1,228 @@
+"""The run engine and MLflow tracking, end to end on the built-ins, read back from the MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import TestComponents, write
+from mlflow import MlflowClient
+
+import advbayes
+from advbayes.cli import cli
+from advbayes.errors import RunError
+from advbayes.plugins import PluginInfo, create_plugin_manager
+from advbayes.registry import load_registry
+
+FAST = {"epochs": 2, "dataset.train_size": 300, "dataset.test_size": 200}
+
+
+def plugin_manager_with_test_components():
+    pm = create_plugin_manager(entry_points=False)
+    pm.register_plugin(TestComponents(), PluginInfo("test-components", "tests", "0", builtin=False))
+    return pm
+
+
+def children_of(client: MlflowClient, run) -> list:
+    return client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
+    )
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_quickstart_tracked_run_reads_back_from_mlflow(store: str) -> None:
+    result = advbayes.run("quickstart", tracking_uri=store, **FAST)
+    client = MlflowClient(store)
+    parent = client.get_run(result.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["advbayes.dataset"] == "half-moons"
+    assert parent.data.tags["advbayes.defense"] == "standard"
+    assert parent.data.tags["advbayes.plugin.advbayes.builtins"] == advbayes.__version__
+    assert parent.data.params["epochs"] == "2"
+    assert parent.data.params["model.widths"] == "[32, 32]"
+    assert parent.data.params["attacks.none.use"] == "none"
+    loss_history = client.get_metric_history(result.run_id, "train/loss")
+    assert [m.step for m in loss_history] == [1, 2]
+    assert loss_history[1].value == pytest.approx(result.history[1]["loss"])
+    children = children_of(client, parent)
+    assert [c.info.run_name for c in children] == ["none"]
+    child = children[0]
+    assert child.info.status == "FINISHED"
+    assert child.data.params["inference_samples"] == "1" and child.data.params["attack_samples"] == "1"
+    assert child.data.metrics["accuracy/eps_0.0000"] == pytest.approx(result.table()["none"][0.0])
+    assert parent.data.metrics["none/accuracy/eps_0.0000"] == pytest.approx(result.table()["none"][0.0])
+    artifacts = artifact_paths(client, result.run_id)
+    assert {"experiment.toml", "results.csv", "results.txt", "accuracy_vs_eps.png", "checkpoints/checkpoint.pt"} <= artifacts
+    stored = client.download_artifacts(result.run_id, "experiment.toml")
+    assert 'use = "half-moons"' in Path(stored).read_text()
+    logged = client.search_logged_models([parent.info.experiment_id])
+    assert len(logged) == 1 and logged[0].source_run_id == result.run_id
+
+
+def test_logged_model_reproduces_the_reported_accuracy(store: str) -> None:
+    result = advbayes.run("quickstart", tracking_uri=store, **FAST)
+    mlflow.set_tracking_uri(store)
+    logged = MlflowClient(store).search_logged_models(
+        [MlflowClient(store).get_run(result.run_id).info.experiment_id]
+    )[0]
+    model = mlflow.pytorch.load_model(logged.model_uri)
+    dataset = load_registry().build("datasets", result.spec["dataset"])
+    x, y = dataset.data("test").tensors
+    with torch.no_grad():
+        accuracy = (model(x, samples=1).softmax(-1).mean(0).argmax(-1) == y).float().mean().item()
+    assert accuracy == pytest.approx(result.table()["none"][0.0])
+
+
+def test_accuracy_metric_equals_an_independent_count() -> None:
+    result = advbayes.run("quickstart", track=False, **FAST)
+    dataset = load_registry().build("datasets", result.spec["dataset"])
+    x, y = dataset.data("test").tensors
+    with torch.no_grad():
+        predictions = result.model(x, samples=1)[0].argmax(-1)
+    assert result.table()["none"][0.0] == pytest.approx((predictions == y).double().mean().item(), abs=1e-7)
+
+
+def test_same_seed_same_run_other_seed_other_run() -> None:
+    first = advbayes.run("quickstart", track=False, **FAST)
+    second = advbayes.run("quickstart", track=False, **FAST)
+    other = advbayes.run("quickstart", track=False, seed=1, **FAST)
+    assert [h["loss"] for h in first.history] == [h["loss"] for h in second.history]
+    assert first.table() == second.table()
+    for a, b in zip(first.model.parameters(), second.model.parameters()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(first.model.parameters(), other.model.parameters()))
+
+
+def test_attack_at_every_eps_is_a_metric_per_eps_in_one_child_run(store: str) -> None:
+    pm = plugin_manager_with_test_components()
+    result = advbayes.run(
+        "quickstart", tracking_uri=store, pm=pm, attacks=["none", "shift"], eps=[0.0, 0.5, 2.0], **FAST
+    )
+    table = result.table()
+    assert set(table) == {"none", "shift"}
+    assert table["shift"][0.0] == table["none"][0.0]  # a zero shift is the clean input
+    assert table["none"][0.5] == table["none"][0.0] == table["none"][2.0]  # `none` is measured once
+    shift_records = [r for r in result.records if r.attack == "shift"]
+    assert [r.max_linf for r in shift_records] == pytest.approx([0.0, 0.5, 2.0])
+    assert [r.mean_l2 for r in shift_records] == pytest.approx([0.0, 0.5 * 2**0.5, 2.0 * 2**0.5], rel=1e-5)
+    client = MlflowClient(store)
+    children = {c.info.run_name: c for c in children_of(client, client.get_run(result.run_id))}
+    assert set(children) == {"none", "shift"}
+    shift = children["shift"].data.metrics
+    for eps in (0.0, 0.5, 2.0):
+        assert shift[f"accuracy/eps_{eps:.4f}"] == pytest.approx(table["shift"][eps])
+        assert shift[f"max_linf/eps_{eps:.4f}"] == pytest.approx(eps)
+    series = client.get_metric_history(children["shift"].info.run_id, "accuracy")
+    assert [m.value for m in sorted(series, key=lambda m: m.step)] == pytest.approx([table["shift"][e] for e in (0.0, 0.5, 2.0)])
+
+
+def test_a_defense_that_raises_ends_the_run_failed_with_the_error_tag(store: str) -> None:
+    pm = plugin_manager_with_test_components()
+    with pytest.raises(RuntimeError, match="exploded"):
+        advbayes.run("quickstart", tracking_uri=store, pm=pm, defense="failing")
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "RuntimeError: defense exploded on purpose"
+
+
+def test_ctrl_c_ends_the_run_killed(store: str) -> None:
+    pm = plugin_manager_with_test_components()
+    with pytest.raises(KeyboardInterrupt):
+        advbayes.run("quickstart", tracking_uri=store, pm=pm, defense={"use": "failing", "interrupt": True})
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    assert run.info.status == "KILLED"
+
+
+def test_a_diverging_loss_stops_the_run_with_a_clear_error() -> None:
+    pm = plugin_manager_with_test_components()
+    with pytest.raises(RunError, match=r"training diverged: loss is nan at epoch 1, step 1"):
+        advbayes.run("quickstart", track=False, pm=pm, defense="diverging")
+
+
+def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(store: str) -> None:
+    whole = advbayes.run("quickstart", tracking_uri=store, epochs=4, **{"dataset.train_size": 300})
+    first = advbayes.run("quickstart", tracking_uri=store, epochs=2, **{"dataset.train_size": 300})
+    resumed = advbayes.run(tracking_uri=store, resume=first.run_id, epochs=4)
+    assert resumed.run_id == first.run_id
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    assert resumed.table() == whole.table()
+    client = MlflowClient(store)
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(first.run_id, "train/loss")] == [1, 2, 3, 4]
+
+
+def test_resume_errors() -> None:
+    with pytest.raises(RunError, match="--resume needs tracking"):
+        advbayes.run(resume="abc", track=False)
+    with pytest.raises(RunError, match="no such run"):
+        advbayes.run(resume="0123456789abcdef")
+
+
+def test_a_run_leaves_mlflow_global_tracking_state_as_it_was(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    advbayes.run("quickstart", tracking_uri=store, epochs=1)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    advbayes.run("quickstart", epochs=1)
+    assert os.environ["MLFLOW_TRACKING_URI"] == store
+
+
+def test_no_track_writes_no_store(isolated_cwd: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", "quickstart", "--no-track", "--set", "epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert "none" in result.output and "eps=0" in result.output
+    assert not (isolated_cwd / "mlflow.db").exists()
+
+
+def test_cli_run_uses_the_embedded_store_in_the_working_directory_and_compare_reads_it(isolated_cwd: Path) -> None:
+    runner = CliRunner()
+    for _ in range(2):
+        result = runner.invoke(cli, ["run", "quickstart", "--set", "epochs=1"])
+        assert result.exit_code == 0, result.output
+    assert (isolated_cwd / "mlflow.db").exists()
+    compared = runner.invoke(cli, ["compare", "quickstart"])
+    assert compared.exit_code == 0, compared.output
+    lines = compared.output.strip().splitlines()
+    assert "none eps=0" in lines[0]
+    assert len(lines) == 4 and all("FINISHED" in line for line in lines[2:])
+    missing = runner.invoke(cli, ["compare", "nothing-here"])
+    assert missing.exit_code == 2 and "no tracked runs of experiment 'nothing-here'" in missing.output
+
+
+def test_device_cuda_without_a_gpu_is_an_error_before_any_work(isolated_cwd: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    result = CliRunner().invoke(cli, ["run", "quickstart", "--device", "cuda"])
+    assert result.exit_code == 2
+    assert "no CUDA device is available" in result.output
+    assert not (isolated_cwd / "mlflow.db").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quickstart_on_cuda(store: str) -> None:
+    result = advbayes.run("quickstart", tracking_uri=store, device="cuda", **FAST)
+    assert result.device.startswith("cuda") and result.table()["none"][0.0] > 0.9
+
+
+def test_user_experiment_file_runs_through_the_cli(isolated_cwd: Path) -> None:
+    user = write(
+        isolated_cwd / "mine.toml",
+        '[experiments.mine]\ndataset = { use = "half-moons", train_size = 100, test_size = 50 }\nmodel = "mlp"\nepochs = 1\n',
+    )
+    result = CliRunner().invoke(cli, ["run", "mine", "--registry", str(user), "--no-track"])
+    assert result.exit_code == 0, result.output
