@@ -226,3 +226,20 @@ def test_user_experiment_file_runs_through_the_cli(isolated_cwd: Path) -> None:
     )
     result = CliRunner().invoke(cli, ["run", "mine", "--registry", str(user), "--no-track"])
     assert result.exit_code == 0, result.output
+
+
+def test_api_example_script_runs_and_reads_back(store: str) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "examples" / "api_quickstart.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--tracking-uri", store, "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "parent run" in done.stdout and "FINISHED" in done.stdout
+    assert "child run none: {" in done.stdout and "accuracy/eps_0.0000" in done.stdout
+    assert "results.csv" in done.stdout
