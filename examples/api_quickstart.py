@@ -1,6 +1,6 @@
 """Run an experiment from Python, then read its results back from the MLflow store.
 
-    python examples/api_quickstart.py [--tracking-uri URI] [--epochs N]
+    python examples/api_quickstart.py [--experiment NAME] [--tracking-uri URI] [--epochs N]
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from advbayes.tracking import default_tracking_uri
 
 
 def main() -> None:
-    """Run quickstart, print its table, then print what MLflow stored for it."""
+    """Run an experiment, print its table, then print what MLflow stored for it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default="quickstart", help="registry experiment to run")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: ./mlflow.db)")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
 
-    result = advbayes.run("quickstart", tracking_uri=args.tracking_uri, epochs=args.epochs)
+    result = advbayes.run(args.experiment, tracking_uri=args.tracking_uri, epochs=args.epochs)
     print(result.format())
 
     client = MlflowClient(args.tracking_uri or default_tracking_uri())

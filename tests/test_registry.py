@@ -36,8 +36,8 @@ def registry_from(tmp_path: Path, text: str):
     return load_registry([write(tmp_path / "user.toml", text)])
 
 
-def test_quickstart_resolves_fully(tmp_path: Path) -> None:
-    spec = load_registry().resolve_experiment("quickstart")
+def test_moons_resolves_fully(tmp_path: Path) -> None:
+    spec = load_registry().resolve_experiment("moons")
     assert spec["dataset"] == {"name": "half-moons", "use": "half-moons", "train_size": 1000, "test_size": 500,
                                "noise": 0.1, "seed": 0}
     assert spec["model"] == {"name": "mlp-small", "use": "mlp", "widths": [32, 32], "dropout": 0.0}
@@ -62,11 +62,11 @@ def test_resolved_experiment_is_a_fixed_point(tmp_path: Path) -> None:
 
 
 def test_user_registry_is_merged_over_the_default_later_wins(tmp_path: Path) -> None:
-    first = write(tmp_path / "first.toml", '[experiments.quickstart]\ndataset = "half-moons"\nmodel = "mlp"\nepochs = 7\n')
-    second = write(tmp_path / "second.toml", '[experiments.quickstart]\ndataset = "half-moons"\nmodel = "mlp"\nepochs = 9\n')
-    assert load_registry([first]).resolve_experiment("quickstart")["epochs"] == 7
-    assert load_registry([first, second]).resolve_experiment("quickstart")["epochs"] == 9
-    assert load_registry().resolve_experiment("quickstart")["epochs"] == 5
+    first = write(tmp_path / "first.toml", '[experiments.moons]\ndataset = "half-moons"\nmodel = "mlp"\nepochs = 7\n')
+    second = write(tmp_path / "second.toml", '[experiments.moons]\ndataset = "half-moons"\nmodel = "mlp"\nepochs = 9\n')
+    assert load_registry([first]).resolve_experiment("moons")["epochs"] == 7
+    assert load_registry([first, second]).resolve_experiment("moons")["epochs"] == 9
+    assert load_registry().resolve_experiment("moons")["epochs"] == 5
 
 
 def test_working_directory_registry_is_merged(isolated_cwd: Path) -> None:
@@ -130,7 +130,7 @@ def test_every_error_kind_is_one_line_naming_file_entry_and_key(tmp_path: Path, 
     with pytest.raises(RegistryError) as raised:
         registry = registry_from(tmp_path, text)
         for name in registry.names("experiments"):
-            if name != "quickstart":
+            if name != "moons":
                 registry.resolve_experiment(name)
         for kind in ("models",):
             for name in registry.names(kind):
@@ -147,7 +147,7 @@ def test_entry_of_an_uninstalled_plugin_is_an_error_only_when_used(tmp_path: Pat
         '[providers]\n"advbayes-attacks" = ["pgd"]\n[attacks.pgd-20]\nuse = "pgd"\nsteps = 20\n'
         '[experiments.uses-pgd]\ndataset = "half-moons"\nmodel = "mlp"\nattacks = ["pgd-20"]\n',
     )
-    assert registry.resolve_experiment("quickstart")["epochs"] == 5
+    assert registry.resolve_experiment("moons")["epochs"] == 5
     with pytest.raises(RegistryError, match=r"key 'use': attack 'pgd' is not installed: it is provided by advbayes-attacks"):
         registry.resolve_experiment("uses-pgd")
 
@@ -159,20 +159,20 @@ def test_unknown_experiment_suggests_close_names() -> None:
 
 def test_override_errors_name_the_key() -> None:
     registry = load_registry()
-    with pytest.raises(RegistryError, match=r"--set: entry experiments.quickstart: key 'epochs': expected an integer"):
-        registry.resolve_experiment("quickstart", [("epochs", "banana")])
+    with pytest.raises(RegistryError, match=r"--set: entry experiments.moons: key 'epochs': expected an integer"):
+        registry.resolve_experiment("moons", [("epochs", "banana")])
     with pytest.raises(RegistryError, match=r"--set: key 'model.widht': unknown key; did you mean 'widths'\?"):
-        spec = registry.resolve_experiment("quickstart")
+        spec = registry.resolve_experiment("moons")
         apply_override(spec, "model.widht.x", 1)
-    with pytest.raises(RegistryError, match=r"--set: entry experiments.quickstart.model: key 'widht': unknown key; did you mean 'widths'\?"):
-        registry.resolve_experiment("quickstart", [("model.widht", 3)])
+    with pytest.raises(RegistryError, match=r"--set: entry experiments.moons.model: key 'widht': unknown key; did you mean 'widths'\?"):
+        registry.resolve_experiment("moons", [("model.widht", 3)])
     with pytest.raises(RegistryError, match=r"no entry 'fgsm' in this list"):
-        registry.resolve_experiment("quickstart", [("attacks.fgsm.eps", 0.1)])
+        registry.resolve_experiment("moons", [("attacks.fgsm.eps", 0.1)])
 
 
 def test_cli_errors_exit_2_with_one_line_and_traceback_only_with_debug() -> None:
     runner = CliRunner()
-    result = runner.invoke(cli, ["run", "quickstart", "--set", "epochs=banana"])
+    result = runner.invoke(cli, ["run", "moons", "--set", "epochs=banana"])
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0
     assert "key 'epochs': expected an integer >= 0, got 'banana' (str)" in result.output
@@ -206,3 +206,11 @@ def test_list_shows_entries_components_and_unavailable_ones(tmp_path: Path) -> N
     assert "pgd-20 (use pgd)" not in result.output  # unresolvable: shown as unavailable with its distribution
     assert "pgd-20" in result.output and "unavailable" in result.output and "advbayes-attacks" in result.output
     assert "components: none" in result.output
+
+
+def test_quickstart_without_the_vision_plugin_names_the_package_to_install() -> None:
+    from advbayes.plugins import create_plugin_manager
+
+    registry = load_registry(pm=create_plugin_manager(entry_points=False))
+    with pytest.raises(RegistryError, match=r"dataset 'mnist-5k' is not installed: it is provided by advbayes-vision"):
+        registry.resolve_experiment("quickstart")

@@ -41,7 +41,7 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
 
 
 def test_quickstart_tracked_run_reads_back_from_mlflow(store: str) -> None:
-    result = advbayes.run("quickstart", tracking_uri=store, **FAST)
+    result = advbayes.run("moons", tracking_uri=store, **FAST)
     client = MlflowClient(store)
     parent = client.get_run(result.run_id)
     assert parent.info.status == "FINISHED"
@@ -70,7 +70,7 @@ def test_quickstart_tracked_run_reads_back_from_mlflow(store: str) -> None:
 
 
 def test_logged_model_reproduces_the_reported_accuracy(store: str) -> None:
-    result = advbayes.run("quickstart", tracking_uri=store, **FAST)
+    result = advbayes.run("moons", tracking_uri=store, **FAST)
     mlflow.set_tracking_uri(store)
     logged = MlflowClient(store).search_logged_models(
         [MlflowClient(store).get_run(result.run_id).info.experiment_id]
@@ -84,7 +84,7 @@ def test_logged_model_reproduces_the_reported_accuracy(store: str) -> None:
 
 
 def test_accuracy_metric_equals_an_independent_count() -> None:
-    result = advbayes.run("quickstart", track=False, **FAST)
+    result = advbayes.run("moons", track=False, **FAST)
     dataset = load_registry().build("datasets", result.spec["dataset"])
     x, y = dataset.data("test").tensors
     with torch.no_grad():
@@ -93,9 +93,9 @@ def test_accuracy_metric_equals_an_independent_count() -> None:
 
 
 def test_same_seed_same_run_other_seed_other_run() -> None:
-    first = advbayes.run("quickstart", track=False, **FAST)
-    second = advbayes.run("quickstart", track=False, **FAST)
-    other = advbayes.run("quickstart", track=False, seed=1, **FAST)
+    first = advbayes.run("moons", track=False, **FAST)
+    second = advbayes.run("moons", track=False, **FAST)
+    other = advbayes.run("moons", track=False, seed=1, **FAST)
     assert [h["loss"] for h in first.history] == [h["loss"] for h in second.history]
     assert first.table() == second.table()
     for a, b in zip(first.model.parameters(), second.model.parameters()):
@@ -106,7 +106,7 @@ def test_same_seed_same_run_other_seed_other_run() -> None:
 def test_attack_at_every_eps_is_a_metric_per_eps_in_one_child_run(store: str) -> None:
     pm = plugin_manager_with_test_components()
     result = advbayes.run(
-        "quickstart", tracking_uri=store, pm=pm, attacks=["none", "shift"], eps=[0.0, 0.5, 2.0], **FAST
+        "moons", tracking_uri=store, pm=pm, attacks=["none", "shift"], eps=[0.0, 0.5, 2.0], **FAST
     )
     table = result.table()
     assert set(table) == {"none", "shift"}
@@ -129,9 +129,9 @@ def test_attack_at_every_eps_is_a_metric_per_eps_in_one_child_run(store: str) ->
 def test_a_defense_that_raises_ends_the_run_failed_with_the_error_tag(store: str) -> None:
     pm = plugin_manager_with_test_components()
     with pytest.raises(RuntimeError, match="exploded"):
-        advbayes.run("quickstart", tracking_uri=store, pm=pm, defense="failing")
+        advbayes.run("moons", tracking_uri=store, pm=pm, defense="failing")
     client = MlflowClient(store)
-    (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("moons").experiment_id])
     assert run.info.status == "FAILED"
     assert run.data.tags["error"] == "RuntimeError: defense exploded on purpose"
 
@@ -139,21 +139,21 @@ def test_a_defense_that_raises_ends_the_run_failed_with_the_error_tag(store: str
 def test_ctrl_c_ends_the_run_killed(store: str) -> None:
     pm = plugin_manager_with_test_components()
     with pytest.raises(KeyboardInterrupt):
-        advbayes.run("quickstart", tracking_uri=store, pm=pm, defense={"use": "failing", "interrupt": True})
+        advbayes.run("moons", tracking_uri=store, pm=pm, defense={"use": "failing", "interrupt": True})
     client = MlflowClient(store)
-    (run,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("moons").experiment_id])
     assert run.info.status == "KILLED"
 
 
 def test_a_diverging_loss_stops_the_run_with_a_clear_error() -> None:
     pm = plugin_manager_with_test_components()
     with pytest.raises(RunError, match=r"training diverged: loss is nan at epoch 1, step 1"):
-        advbayes.run("quickstart", track=False, pm=pm, defense="diverging")
+        advbayes.run("moons", track=False, pm=pm, defense="diverging")
 
 
 def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(store: str) -> None:
-    whole = advbayes.run("quickstart", tracking_uri=store, epochs=4, **{"dataset.train_size": 300})
-    first = advbayes.run("quickstart", tracking_uri=store, epochs=2, **{"dataset.train_size": 300})
+    whole = advbayes.run("moons", tracking_uri=store, epochs=4, **{"dataset.train_size": 300})
+    first = advbayes.run("moons", tracking_uri=store, epochs=2, **{"dataset.train_size": 300})
     resumed = advbayes.run(tracking_uri=store, resume=first.run_id, epochs=4)
     assert resumed.run_id == first.run_id
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
@@ -175,15 +175,15 @@ def test_resume_errors() -> None:
 def test_a_run_leaves_mlflow_global_tracking_state_as_it_was(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    advbayes.run("quickstart", tracking_uri=store, epochs=1)
+    advbayes.run("moons", tracking_uri=store, epochs=1)
     assert "MLFLOW_TRACKING_URI" not in os.environ
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    advbayes.run("quickstart", epochs=1)
+    advbayes.run("moons", epochs=1)
     assert os.environ["MLFLOW_TRACKING_URI"] == store
 
 
 def test_no_track_writes_no_store(isolated_cwd: Path) -> None:
-    result = CliRunner().invoke(cli, ["run", "quickstart", "--no-track", "--set", "epochs=1"])
+    result = CliRunner().invoke(cli, ["run", "moons", "--no-track", "--set", "epochs=1"])
     assert result.exit_code == 0, result.output
     assert "none" in result.output and "eps=0" in result.output
     assert not (isolated_cwd / "mlflow.db").exists()
@@ -192,10 +192,10 @@ def test_no_track_writes_no_store(isolated_cwd: Path) -> None:
 def test_cli_run_uses_the_embedded_store_in_the_working_directory_and_compare_reads_it(isolated_cwd: Path) -> None:
     runner = CliRunner()
     for _ in range(2):
-        result = runner.invoke(cli, ["run", "quickstart", "--set", "epochs=1"])
+        result = runner.invoke(cli, ["run", "moons", "--set", "epochs=1"])
         assert result.exit_code == 0, result.output
     assert (isolated_cwd / "mlflow.db").exists()
-    compared = runner.invoke(cli, ["compare", "quickstart"])
+    compared = runner.invoke(cli, ["compare", "moons"])
     assert compared.exit_code == 0, compared.output
     lines = compared.output.strip().splitlines()
     assert "none eps=0" in lines[0]
@@ -207,7 +207,7 @@ def test_cli_run_uses_the_embedded_store_in_the_working_directory_and_compare_re
 def test_device_cuda_without_a_gpu_is_an_error_before_any_work(isolated_cwd: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    result = CliRunner().invoke(cli, ["run", "quickstart", "--device", "cuda"])
+    result = CliRunner().invoke(cli, ["run", "moons", "--device", "cuda"])
     assert result.exit_code == 2
     assert "no CUDA device is available" in result.output
     assert not (isolated_cwd / "mlflow.db").exists()
@@ -215,7 +215,7 @@ def test_device_cuda_without_a_gpu_is_an_error_before_any_work(isolated_cwd: Pat
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_quickstart_on_cuda(store: str) -> None:
-    result = advbayes.run("quickstart", tracking_uri=store, device="cuda", **FAST)
+    result = advbayes.run("moons", tracking_uri=store, device="cuda", **FAST)
     assert result.device.startswith("cuda") and result.table()["none"][0.0] > 0.9
 
 
@@ -234,7 +234,7 @@ def test_api_example_script_runs_and_reads_back(store: str) -> None:
 
     script = Path(__file__).parents[1] / "examples" / "api_quickstart.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--tracking-uri", store, "--epochs", "1"],
+        [sys.executable, str(script), "--experiment", "moons", "--tracking-uri", store, "--epochs", "1"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -80,7 +80,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 
 
 def test_run_tracked_on_a_real_mlflow_server(mlflow_server: str, tmp_path: Path) -> None:
-    result = advbayes.run("quickstart", tracking_uri=mlflow_server, epochs=1)
+    result = advbayes.run("moons", tracking_uri=mlflow_server, epochs=1)
     client = MlflowClient(mlflow_server)
     parent = client.get_run(result.run_id)
     assert parent.info.status == "FINISHED"
@@ -95,14 +95,14 @@ def test_run_tracked_on_a_real_mlflow_server(mlflow_server: str, tmp_path: Path)
 
 
 def test_ui_serves_the_mlflow_page_on_localhost(isolated_cwd: Path) -> None:
-    advbayes.run("quickstart", epochs=1)
+    advbayes.run("moons", epochs=1)
     port = free_port()
     process = start([sys.executable, "-m", "advbayes.cli", "ui", "--port", str(port)], isolated_cwd)
     try:
         page = wait_for(f"http://127.0.0.1:{port}/", process)
         assert "MLflow" in page or "mlflow" in page
         served = MlflowClient(f"http://127.0.0.1:{port}")  # the UI serves the store the run was tracked in
-        experiment = served.get_experiment_by_name("quickstart")
+        experiment = served.get_experiment_by_name("moons")
         assert experiment is not None and len(served.search_runs([experiment.experiment_id])) == 2
     finally:
         stop(process)
