@@ -1,5 +1,25 @@
 """The stochastic substrate: models with a sample dimension ([B, ...] -> logits [S, B, k])."""
 
+from advbayes.stochastic.layers import BayesBatchNorm2d, BayesConv2d, BayesLinear, Folded, GaussianParameter, StochasticLayer
+from advbayes.stochastic.model import StochasticModel, frozen, kl, to_bayesian
 from advbayes.stochastic.sampled import DeterministicSampled, as_sampled, predict, takes_samples
+from advbayes.stochastic.strategy import chosen_strategies, forget_choices
 
-__all__ = ["DeterministicSampled", "as_sampled", "predict", "takes_samples"]
+__all__ = [
+    "BayesBatchNorm2d",
+    "BayesConv2d",
+    "BayesLinear",
+    "DeterministicSampled",
+    "Folded",
+    "GaussianParameter",
+    "StochasticLayer",
+    "StochasticModel",
+    "as_sampled",
+    "chosen_strategies",
+    "forget_choices",
+    "frozen",
+    "kl",
+    "predict",
+    "takes_samples",
+    "to_bayesian",
+]

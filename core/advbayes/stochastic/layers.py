@@ -1,0 +1,212 @@
+"""Mean-field Gaussian layers whose activations carry a leading sample dimension [S', B, ...] (S' = 1 or S).
+
+A layer holds mean and log-std parameters. Before a forward pass its model draws eps [S, *shape] for every
+stochastic parameter; the layer then evaluates all S draws at once: w_s = mu + exp(log_sigma) * eps_s.
+An input with S' = 1 (the deterministic trunk's output) is shared by all draws and never copied S times.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advbayes.stochastic import strategy as strategies
+
+
+class GaussianParameter(nn.Module):
+    """A tensor parameter with a factorized Gaussian posterior N(mu, exp(log_sigma)^2)."""
+
+    def __init__(self, mean: torch.Tensor, init_sigma: float) -> None:
+        super().__init__()
+        self.mu = nn.Parameter(mean.detach().clone())
+        self.log_sigma = nn.Parameter(torch.full_like(mean, math.log(init_sigma)))
+        self.eps: torch.Tensor | None = None  # [S, *shape], set by the model before each forward
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """Standard deviation."""
+        return self.log_sigma.exp()
+
+    def draws(self, samples: int) -> torch.Tensor:
+        """The S weight draws [S, *shape] (fresh standard-normal noise if the model set none)."""
+        eps = self.eps
+        if eps is None or eps.shape[0] != samples:
+            eps = torch.randn((samples, *self.mu.shape), device=self.mu.device, dtype=self.mu.dtype)
+        return self.mu + self.log_sigma.exp() * eps
+
+    def kl(self, prior_sigma: float) -> torch.Tensor:
+        """KL(q || N(0, prior_sigma^2)) summed over the tensor's entries."""
+        sigma2 = (2 * self.log_sigma).exp()
+        return (math.log(prior_sigma) - self.log_sigma + (sigma2 + self.mu**2) / (2 * prior_sigma**2) - 0.5).sum()
+
+
+def _draw_count(x: torch.Tensor, samples: int) -> int:
+    if x.shape[0] not in (1, samples):
+        raise ValueError(f"input has {x.shape[0]} draws in its sample dimension, expected 1 or {samples}")
+    return x.shape[0]
+
+
+class StochasticLayer(nn.Module):
+    """Base of the Gaussian layers: the number of draws of the current forward pass and the strategy."""
+
+    samples: int = 1
+    strategy: str = "auto"
+
+    def gaussian_parameters(self) -> list[GaussianParameter]:
+        """The layer's Gaussian parameters."""
+        return [m for m in self.children() if isinstance(m, GaussianParameter)]
+
+    def kl(self, prior_sigma: float) -> torch.Tensor:
+        """Closed-form KL of all of the layer's Gaussian parameters."""
+        return sum(p.kl(prior_sigma) for p in self.gaussian_parameters())
+
+    def _run(self, key: tuple[Any, ...], candidates: dict[str, Any], inputs: list[torch.Tensor]) -> torch.Tensor:
+        name = self.strategy
+        if name == "auto":
+            detached = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
+            trial = {k: (lambda f=f: f(*detached)) for k, f in candidates.items()}
+            name = strategies.choose(key, trial, detached, inputs[0].device)
+        return candidates[name](*inputs)
+
+
+class BayesLinear(StochasticLayer):
+    """Linear layer with Gaussian weights and bias: [S', B, in] -> [S, B, out]."""
+
+    def __init__(self, linear: nn.Linear, init_sigma: float) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.weight = GaussianParameter(linear.weight, init_sigma)
+        self.bias = GaussianParameter(linear.bias, init_sigma) if linear.bias is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """All draws at once."""
+        samples = self.samples
+        weight = self.weight.draws(samples)
+        bias = self.bias.draws(samples) if self.bias is not None else None
+        shared = _draw_count(x, samples) == 1
+        key = ("linear", samples, shared, tuple(x.shape[1:]), x.device.type, x.dtype)
+        inputs = [x, weight] + ([bias] if bias is not None else [])
+        return self._run(key, {"loop": _linear_loop, "batched": _linear_batched}, inputs)
+
+
+def _linear_loop(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    rows = [
+        F.linear(x[0 if x.shape[0] == 1 else s], weight[s], None if bias is None else bias[s])
+        for s in range(weight.shape[0])
+    ]
+    return torch.stack(rows)
+
+
+def _linear_batched(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    samples, out_features, _ = weight.shape
+    if x.shape[0] == 1:  # one GEMM with the S weight matrices stacked: the shared input is read once
+        out = x[0] @ weight.reshape(samples * out_features, -1).T
+        out = out.view(x.shape[1], samples, out_features).transpose(0, 1)
+    else:
+        out = torch.bmm(x, weight.transpose(1, 2))
+    return out if bias is None else out + bias.unsqueeze(1)
+
+
+class BayesConv2d(StochasticLayer):
+    """2-D convolution with Gaussian kernels and bias: [S', B, C, H, W] -> [S, B, O, H', W']."""
+
+    def __init__(self, conv: nn.Conv2d, init_sigma: float) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"only zero padding is supported, got {conv.padding_mode!r}")
+        self.in_channels = conv.in_channels
+        self.out_channels = conv.out_channels
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.weight = GaussianParameter(conv.weight, init_sigma)
+        self.bias = GaussianParameter(conv.bias, init_sigma) if conv.bias is not None else None
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """All draws at once."""
+        samples = self.samples
+        weight = self.weight.draws(samples)
+        bias = self.bias.draws(samples) if self.bias is not None else None
+        shared = _draw_count(x, samples) == 1
+        key = ("conv2d", samples, shared, tuple(x.shape[1:]), tuple(weight.shape[1:]), self.stride, x.device.type, x.dtype)
+        inputs = [x, weight] + ([bias] if bias is not None else [])
+        return self._run(key, {"loop": self._loop, "batched": self._batched}, inputs)
+
+    def _loop(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        rows = [
+            self._conv(x[0 if x.shape[0] == 1 else s], weight[s], None if bias is None else bias[s], self.groups)
+            for s in range(weight.shape[0])
+        ]
+        return torch.stack(rows)
+
+    def _batched(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        samples, out_channels = weight.shape[:2]
+        stacked_weight = weight.reshape(samples * out_channels, *weight.shape[2:])
+        stacked_bias = None if bias is None else bias.reshape(-1)
+        batch = x.shape[1]
+        if x.shape[0] == 1:  # one dense convolution with S x O output channels over the shared input
+            out = self._conv(x[0], stacked_weight, stacked_bias, self.groups)
+        else:  # a grouped convolution: draw s sees only its own input channels
+            folded = x.transpose(0, 1).reshape(batch, samples * x.shape[2], *x.shape[3:])
+            out = self._conv(folded, stacked_weight, stacked_bias, self.groups * samples)
+        return out.view(batch, samples, out_channels, *out.shape[2:]).transpose(0, 1)
+
+
+class BayesBatchNorm2d(StochasticLayer):
+    """BatchNorm2d with Gaussian affine parameters; in training, statistics are per draw (as S separate nets)."""
+
+    def __init__(self, norm: nn.BatchNorm2d, init_sigma: float) -> None:
+        super().__init__()
+        if not norm.affine:
+            raise ValueError("a BatchNorm2d without affine parameters has nothing to make Bayesian")
+        self.num_features = norm.num_features
+        self.eps_value = norm.eps
+        self.momentum = norm.momentum if norm.momentum is not None else 0.1
+        self.track_running_stats = norm.track_running_stats
+        self.weight = GaussianParameter(norm.weight, init_sigma)
+        self.bias = GaussianParameter(norm.bias, init_sigma)
+        if norm.track_running_stats:
+            self.register_buffer("running_mean", norm.running_mean.detach().clone())
+            self.register_buffer("running_var", norm.running_var.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize each draw with its own batch statistics (training) or the running ones (evaluation)."""
+        samples = self.samples
+        _draw_count(x, samples)
+        if self.training or not self.track_running_stats:
+            mean = x.mean(dim=(1, 3, 4), keepdim=True)
+            var = x.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
+            if self.training and self.track_running_stats:
+                count = x.shape[1] * x.shape[3] * x.shape[4]
+                with torch.no_grad():  # one update with the draws' mean statistics
+                    batch_mean = mean.mean(dim=0).flatten()
+                    batch_var = var.mean(dim=0).flatten() * count / max(count - 1, 1)
+                    self.running_mean.lerp_(batch_mean, self.momentum)
+                    self.running_var.lerp_(batch_var, self.momentum)
+        else:
+            mean = self.running_mean.view(1, 1, -1, 1, 1)
+            var = self.running_var.view(1, 1, -1, 1, 1)
+        normalized = (x - mean) * torch.rsqrt(var + self.eps_value)
+        weight = self.weight.draws(samples).view(samples, 1, -1, 1, 1)
+        bias = self.bias.draws(samples).view(samples, 1, -1, 1, 1)
+        return normalized * weight + bias
+
+
+class Folded(nn.Module):
+    """Runs a deterministic module on [S', B, ...] by folding the sample dimension into the batch (a view)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[S', B, ...] -> module([S' * B, ...]) -> [S', B, ...]."""
+        draws, batch = x.shape[:2]
+        out = self.module(x.reshape(draws * batch, *x.shape[2:]))
+        return out.view(draws, batch, *out.shape[1:])

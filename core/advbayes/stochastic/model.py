@@ -1,0 +1,229 @@
+"""StochasticModel (forward(x, samples=S) -> [S, B, k]), to_bayesian, the KL, and draw control."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from advbayes.stochastic.layers import (
+    BayesBatchNorm2d,
+    BayesConv2d,
+    BayesLinear,
+    Folded,
+    GaussianParameter,
+    StochasticLayer,
+)
+from advbayes.stochastic.strategy import STRATEGIES, default_strategy
+
+# Elementwise modules work on [S', B, ...] as they are; every other deterministic leaf is Folded.
+ELEMENTWISE = (
+    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
+    nn.Dropout, nn.ReLU6, nn.Hardtanh, nn.Mish,
+)
+CONVERTIBLE = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
+
+
+class StochasticModel(nn.Module):
+    """A network with Gaussian layers: forward(x, samples=S) gives logits [S, B, k], one weight draw per s.
+
+    Layers before the first stochastic layer run once per batch on [1, B, ...]; the first stochastic layer
+    makes S draws of its output. `max_batch` bounds S x B per pass (draws are split into chunks, same result).
+    """
+
+    takes_samples = True
+
+    def __init__(self, net: nn.Module, *, strategy: str | None = None, max_batch: int | None = None, seed: int | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.strategy = strategy or default_strategy()
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy: expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        self.max_batch = max_batch
+        self._seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._frozen = False
+        self._frozen_samples: int | None = None
+
+    # ------------------------------------------------------------------------------------------- draws
+
+    def stochastic_layers(self) -> list[StochasticLayer]:
+        """The Gaussian layers, in module order."""
+        return [m for m in self.net.modules() if isinstance(m, StochasticLayer)]
+
+    def gaussian_parameters(self) -> list[GaussianParameter]:
+        """Every Gaussian parameter of the network."""
+        return [p for layer in self.stochastic_layers() for p in layer.gaussian_parameters()]
+
+    def seed(self, seed: int) -> None:
+        """Restart the model's draw generator: the same seed reproduces every draw."""
+        self._seed = seed
+        self._generators.clear()
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The model's generator on `device` (created from the seed on first use)."""
+        if device not in self._generators:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self._seed)
+            self._generators[device] = generator
+        return self._generators[device]
+
+    def draw(self, samples: int) -> None:
+        """Draw S fresh noise tensors for every Gaussian parameter (unless the draws are frozen)."""
+        if self._frozen and self._frozen_samples is not None:
+            if samples != self._frozen_samples:
+                raise ValueError(f"draws are frozen at samples={self._frozen_samples}, got samples={samples}")
+            return
+        for parameter in self.gaussian_parameters():
+            generator = self.generator(parameter.mu.device)
+            parameter.eps = torch.randn(
+                (samples, *parameter.mu.shape), generator=generator, device=parameter.mu.device, dtype=parameter.mu.dtype
+            )
+        if self._frozen:
+            self._frozen_samples = samples
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Within the block, consecutive calls see the same draws (the first call's)."""
+        previous = (self._frozen, self._frozen_samples)
+        self._frozen, self._frozen_samples = True, None
+        try:
+            yield
+        finally:
+            self._frozen, self._frozen_samples = previous
+
+    # ------------------------------------------------------------------------------------------- forward
+
+    def forward(self, x: torch.Tensor, samples: int = 1, *, sampled_input: bool = False) -> torch.Tensor:
+        """Logits [S, B, k] (or [1, B, k] when the network has no stochastic layer).
+
+        With sampled_input, x is already [S, B, ...] (e.g. an input replicated per draw for per-draw gradients).
+        """
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        layers = self.stochastic_layers()
+        inputs = x if sampled_input else x.unsqueeze(0)
+        if not layers:  # nothing random: one pass, [1, B, k] (or [S, B, k] for a sampled input)
+            return self.net(inputs)
+        self.draw(samples)
+        chunk = self._chunk_size(samples, x.shape[1] if sampled_input else x.shape[0])
+        if chunk >= samples:
+            return self._forward_draws(inputs, layers, 0, samples)
+        outputs = [
+            self._forward_draws(inputs if inputs.shape[0] == 1 else inputs[start : start + chunk], layers, start, min(samples, start + chunk))
+            for start in range(0, samples, chunk)
+        ]
+        return torch.cat(outputs)
+
+    def _chunk_size(self, samples: int, batch: int) -> int:
+        if self.max_batch is None or samples * batch <= self.max_batch:
+            return samples
+        return max(1, self.max_batch // max(batch, 1))
+
+    def _forward_draws(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], start: int, stop: int) -> torch.Tensor:
+        full = {id(p): p.eps for layer in layers for p in layer.gaussian_parameters()}
+        try:
+            for layer in layers:
+                layer.samples = stop - start
+                layer.strategy = self.strategy
+                for parameter in layer.gaussian_parameters():
+                    parameter.eps = full[id(parameter)][start:stop]
+            out = self.net(inputs)
+        finally:
+            for layer in layers:
+                for parameter in layer.gaussian_parameters():
+                    parameter.eps = full[id(parameter)]
+        if out.shape[0] == 1 and stop - start > 1:  # no stochastic layer on the path to the output
+            out = out.expand(stop - start, *out.shape[1:])
+        return out
+
+
+def kl(model: nn.Module, prior_sigma: float) -> torch.Tensor:
+    """Closed-form KL(q || N(0, prior_sigma^2)) summed over every Gaussian layer of the model."""
+    layers = [m for m in model.modules() if isinstance(m, StochasticLayer)]
+    if not layers:
+        return torch.zeros(())
+    return sum(layer.kl(prior_sigma) for layer in layers)
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Freeze the draws of a StochasticModel for the block (a no-op for deterministic models)."""
+    if isinstance(model, StochasticModel):
+        with model.frozen():
+            yield
+    else:
+        yield
+
+
+def _select(model: nn.Module, which: str | float | Sequence[str]) -> set[str]:
+    """Names of the modules to convert: 'all', the last fraction of the weight layers, or given names."""
+    convertible = [(name, m) for name, m in model.named_modules() if isinstance(m, CONVERTIBLE)]
+    if which == "all":
+        return {name for name, _ in convertible}
+    if isinstance(which, (int, float)) and not isinstance(which, bool):
+        if not 0 < which <= 1:
+            raise ValueError(f"which: a fraction must be in (0, 1], got {which}")
+        weighted = [i for i, (_, m) in enumerate(convertible) if isinstance(m, (nn.Linear, nn.Conv2d))]
+        keep = max(1, math.ceil(which * len(weighted)))
+        first = weighted[len(weighted) - keep]
+        return {name for name, _ in convertible[first:]}  # batch norms after the first chosen layer come along
+    names = set(which)
+    known = {name for name, _ in model.named_modules()}
+    unknown = names - known
+    if unknown:
+        raise ValueError(f"which: no modules named {sorted(unknown)}")
+    return names
+
+
+def _convert(module: nn.Module, init_sigma: float) -> nn.Module:
+    if isinstance(module, nn.Linear):
+        return BayesLinear(module, init_sigma)
+    if isinstance(module, nn.Conv2d):
+        return BayesConv2d(module, init_sigma)
+    return BayesBatchNorm2d(module, init_sigma)
+
+
+def to_bayesian(
+    model: nn.Module,
+    which: str | float | Sequence[str] = "all",
+    *,
+    init_sigma: float = 0.05,
+    strategy: str | None = None,
+    max_batch: int | None = None,
+    seed: int | None = None,
+) -> StochasticModel:
+    """Make Linear / Conv2d / BatchNorm2d layers Gaussian (weights copied into the means) and add a sample dimension.
+
+    `which`: "all", a fraction (the last part of the weight layers, e.g. 0.25), or module names.
+    Selected modules that cannot be converted, and parametrized modules of other types, stay deterministic
+    and are listed in a warning.
+    """
+    if init_sigma <= 0:
+        raise ValueError(f"init_sigma must be > 0, got {init_sigma}")
+    selected = _select(model, which)
+    skipped: list[str] = []
+
+    def rebuild(module: nn.Module, prefix: str) -> nn.Module:
+        if prefix in selected and isinstance(module, CONVERTIBLE):
+            try:
+                return _convert(module, init_sigma)
+            except ValueError as exc:
+                skipped.append(f"{prefix} ({exc})")
+        children = list(module.named_children())
+        if not children:
+            if any(True for _ in module.parameters(recurse=False)) and not isinstance(module, CONVERTIBLE):
+                skipped.append(f"{prefix or type(module).__name__} ({type(module).__name__})")
+            return module if isinstance(module, ELEMENTWISE) else Folded(module)
+        for name, child in children:
+            setattr(module, name, rebuild(child, f"{prefix}.{name}" if prefix else name))
+        return module
+
+    network = rebuild(model, "")
+    if skipped:
+        warnings.warn(f"to_bayesian left these modules deterministic: {', '.join(skipped)}", stacklevel=2)
+    return StochasticModel(network, strategy=strategy, max_batch=max_batch, seed=seed)

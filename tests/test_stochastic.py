@@ -1,0 +1,216 @@
+"""The sample dimension against independent references: per-draw plain torch networks with the same draws."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+from advbayes.stochastic import (
+    BayesBatchNorm2d,
+    BayesConv2d,
+    BayesLinear,
+    StochasticLayer,
+    frozen,
+    kl,
+    predict,
+    to_bayesian,
+)
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1, stride=2), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Flatten(), nn.Linear(6 * 2 * 2, 5),
+    )
+
+
+class Residual(nn.Module):
+    """A deterministic stem, then a block whose conv is Bayesian and whose shortcut is the identity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(2, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        return self.head(h + self.conv(h))
+
+
+def draw_network(original: nn.Module, stochastic: nn.Module, s: int) -> nn.Module:
+    """Draw s of the stochastic model as a plain torch network: the original with w = mu + sigma * eps[s]."""
+    plain = copy.deepcopy(original)
+    for name, module in stochastic.net.named_modules():
+        if isinstance(module, StochasticLayer):
+            target = plain.get_submodule(name)
+            for attr in ("weight", "bias"):
+                gaussian = getattr(module, attr)
+                if gaussian is not None:
+                    value = gaussian.mu + gaussian.sigma * gaussian.eps[s]
+                    setattr(target, attr, nn.Parameter(value.detach().clone()))
+            if isinstance(module, BayesBatchNorm2d):
+                target.running_mean.copy_(module.running_mean)
+                target.running_var.copy_(module.running_var)
+    return plain
+
+
+def assert_matches_per_draw_networks(original: nn.Module, model: nn.Module, x: torch.Tensor, samples: int, train: bool) -> None:
+    model.train(train)
+    with torch.no_grad():
+        out = model(x, samples=samples)
+        assert out.shape == (samples, x.shape[0], out.shape[-1])
+        for s in range(samples):
+            reference = draw_network(original, model, s).train(train)
+            torch.testing.assert_close(out[s], reference(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "batched", "auto"])
+@pytest.mark.parametrize("train", [True, False])
+def test_mlp_draws_equal_per_draw_networks(strategy: str, train: bool) -> None:
+    original = mlp()
+    model = to_bayesian(copy.deepcopy(original), init_sigma=0.1, strategy=strategy, seed=1)
+    assert_matches_per_draw_networks(original, model, torch.randn(7, 3, 4), samples=5, train=train)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "batched", "auto"])
+@pytest.mark.parametrize("train", [True, False])
+def test_cnn_with_batchnorm_draws_equal_per_draw_networks(strategy: str, train: bool) -> None:
+    original = cnn()
+    model = to_bayesian(copy.deepcopy(original), init_sigma=0.1, strategy=strategy, seed=1)
+    if not train:  # give the running statistics non-trivial values first
+        model.train()
+        model(torch.randn(16, 2, 8, 8), samples=3)
+    assert_matches_per_draw_networks(original, model, torch.randn(6, 2, 8, 8), samples=4, train=train)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "batched"])
+def test_shared_trunk_with_residual_equals_full_expansion_and_runs_once(strategy: str) -> None:
+    original = Residual()
+    model = to_bayesian(copy.deepcopy(original), which=["conv", "head.1"], init_sigma=0.1, strategy=strategy, seed=2)
+    calls = []
+    model.net.stem.module.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    x = torch.randn(5, 2, 8, 8)
+    with torch.no_grad():
+        out = model(x, samples=6)
+    assert calls == [torch.Size([5, 2, 8, 8])]  # the deterministic stem ran once, on the batch alone
+    for s in range(6):
+        torch.testing.assert_close(out[s], draw_network(original, model, s)(x), rtol=1e-4, atol=1e-5)
+
+
+def test_last_fraction_makes_only_the_back_bayesian() -> None:
+    model = to_bayesian(cnn(), which=0.34, seed=0)  # 3 weight layers: the last one (ceil(0.34 * 3) = 2 -> conv2 + fc)
+    kinds = {name: type(m).__name__ for name, m in model.net.named_children()}
+    assert kinds["0"] == "Folded" and kinds["4"] == "BayesConv2d" and kinds["5"] == "BayesBatchNorm2d"
+    assert kinds["8"] == "BayesLinear"
+
+
+def test_every_strategy_gives_the_same_numbers() -> None:
+    x = torch.randn(9, 2, 8, 8)
+    outputs = []
+    for strategy in ("loop", "batched", "auto"):
+        model = to_bayesian(cnn(), init_sigma=0.2, strategy=strategy, seed=5)
+        outputs.append(model(x, samples=7))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outputs[0], outputs[2], rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_draws_equal_unchunked() -> None:
+    x = torch.randn(8, 2, 8, 8)
+    whole = to_bayesian(cnn(), init_sigma=0.2, seed=3).eval()(x, samples=10)
+    chunked_model = to_bayesian(cnn(), init_sigma=0.2, seed=3, max_batch=24).eval()
+    chunked = chunked_model(x, samples=10)
+    torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_sigma_keeps_the_converted_models_outputs() -> None:
+    original = cnn().eval()
+    x = torch.randn(4, 2, 8, 8)
+    model = to_bayesian(copy.deepcopy(original), init_sigma=1e-8).eval()
+    out = model(x, samples=3)
+    for s in range(3):
+        torch.testing.assert_close(out[s], original(x), rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_reach_means_and_log_stds() -> None:
+    model = to_bayesian(cnn(), init_sigma=0.1, seed=0)
+    loss = model(torch.randn(4, 2, 8, 8), samples=3).logsumexp(-1).mean() + kl(model, 0.1) * 1e-3
+    loss.backward()
+    for parameter in model.gaussian_parameters():
+        assert parameter.mu.grad is not None and parameter.mu.grad.abs().sum() > 0
+        assert parameter.log_sigma.grad is not None and parameter.log_sigma.grad.abs().sum() > 0
+
+
+def test_same_seed_same_draws_other_seed_other_draws() -> None:
+    x = torch.randn(3, 2, 8, 8)
+    first = to_bayesian(cnn(), seed=11)(x, samples=4)
+    second = to_bayesian(cnn(), seed=11)(x, samples=4)
+    other = to_bayesian(cnn(), seed=12)(x, samples=4)
+    assert torch.equal(first, second) and not torch.equal(first, other)
+    model = to_bayesian(cnn(), seed=11)
+    model.seed(11)
+    assert torch.equal(model(x, samples=4), first)
+
+
+def test_frozen_draws_repeat_and_fresh_draws_differ() -> None:
+    model = to_bayesian(mlp(), init_sigma=0.5, seed=0)
+    x = torch.randn(2, 3, 4)
+    with frozen(model):
+        first = model(x, samples=3)
+        assert torch.equal(model(x, samples=3), first)
+        with pytest.raises(ValueError, match="frozen at samples=3"):
+            model(x, samples=4)
+    assert not torch.equal(model(x, samples=3), first)
+
+
+def test_kl_equals_torch_distributions() -> None:
+    model = to_bayesian(cnn(), init_sigma=0.07, seed=0)
+    with torch.no_grad():
+        for parameter in model.gaussian_parameters():
+            parameter.log_sigma.uniform_(-4, -1)
+    expected = sum(
+        kl_divergence(Normal(p.mu, p.sigma), Normal(torch.zeros_like(p.mu), 0.15)).sum()
+        for p in model.gaussian_parameters()
+    )
+    torch.testing.assert_close(kl(model, 0.15), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_deterministic_networks_answer_with_one_draw() -> None:
+    model = to_bayesian(mlp(), which=[], seed=0)
+    out = model(torch.randn(5, 3, 4), samples=10)
+    assert out.shape == (1, 5, 3)
+    probs, logits = predict(mlp(), torch.randn(5, 3, 4), samples=10)
+    assert logits.shape == (1, 5, 3) and torch.allclose(probs.sum(-1), torch.ones(5))
+
+
+def test_sampled_input_gives_per_draw_input_gradients_in_one_backward() -> None:
+    model = to_bayesian(mlp(), init_sigma=0.3, seed=4)
+    x = torch.randn(2, 3, 4)
+    replicated = x.unsqueeze(0).repeat(5, 1, 1, 1).requires_grad_(True)
+    with frozen(model):
+        out = model(replicated, samples=5, sampled_input=True)
+        (grad,) = torch.autograd.grad(out[..., 0].sum(), replicated)
+        for s in range(5):
+            single = x.clone().requires_grad_(True)
+            (expected,) = torch.autograd.grad(model(single, samples=5)[s, :, 0].sum(), single)
+            torch.testing.assert_close(grad[s], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_unconvertible_parametrized_modules_are_listed_in_a_warning() -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    with pytest.warns(UserWarning, match=r"left these modules deterministic: 2 \(LayerNorm\)"):
+        model = to_bayesian(net)
+    assert isinstance(model.net[1], BayesLinear) and model(torch.randn(3, 3, 4), samples=2).shape == (2, 3, 2)
+    assert BayesConv2d  # converted conv layers are tested above
