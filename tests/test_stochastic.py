@@ -127,6 +127,17 @@ def test_every_strategy_gives_the_same_numbers() -> None:
     torch.testing.assert_close(outputs[0], outputs[2], rtol=1e-4, atol=1e-5)
 
 
+def test_auto_measurement_has_no_side_effects_on_draws_or_running_statistics() -> None:
+    x = torch.randn(40, 2, 8, 8)
+    auto = to_bayesian(cnn(), init_sigma=0.2, strategy="auto", seed=5).train()
+    loop = to_bayesian(cnn(), init_sigma=0.2, strategy="loop", seed=5).train()
+    for _ in range(2):
+        torch.testing.assert_close(auto(x, samples=8), loop(x, samples=8), rtol=1e-4, atol=1e-5)
+    assert auto.chunk_timings  # auto measured the draws-per-pass candidates
+    for (name, a), (_, b) in zip(auto.named_buffers(), loop.named_buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_chunked_draws_equal_unchunked() -> None:
     x = torch.randn(8, 2, 8, 8)
     whole = to_bayesian(cnn(), init_sigma=0.2, seed=3).eval()(x, samples=10)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +28,12 @@ ELEMENTWISE = (
     nn.Dropout, nn.ReLU6, nn.Hardtanh, nn.Mish,
 )
 CONVERTIBLE = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
+CHUNK_TARGET = 256  # besides all draws and one draw per pass, auto tries passes of about this many examples
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class StochasticModel(nn.Module):
@@ -48,6 +56,8 @@ class StochasticModel(nn.Module):
         self._generators: dict[torch.device, torch.Generator] = {}
         self._frozen = False
         self._frozen_samples: int | None = None
+        self._chunks: dict[tuple[object, ...], int] = {}
+        self.chunk_timings: dict[tuple[object, ...], dict[int, float]] = {}
 
     # ------------------------------------------------------------------------------------------- draws
 
@@ -110,19 +120,68 @@ class StochasticModel(nn.Module):
         if not layers:  # nothing random: one pass, [1, B, k] (or [S, B, k] for a sampled input)
             return self.net(inputs)
         self.draw(samples)
-        chunk = self._chunk_size(samples, x.shape[1] if sampled_input else x.shape[0])
+        batch = inputs.shape[1]
+        return self._run_chunks(inputs, layers, samples, self._chunk_size(inputs, layers, samples, batch))
+
+    def _run_chunks(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, chunk: int) -> torch.Tensor:
         if chunk >= samples:
             return self._forward_draws(inputs, layers, 0, samples)
-        outputs = [
-            self._forward_draws(inputs if inputs.shape[0] == 1 else inputs[start : start + chunk], layers, start, min(samples, start + chunk))
-            for start in range(0, samples, chunk)
-        ]
+        outputs = []
+        for start in range(0, samples, chunk):
+            part = inputs if inputs.shape[0] == 1 else inputs[start : start + chunk]
+            outputs.append(self._forward_draws(part, layers, start, min(samples, start + chunk)))
         return torch.cat(outputs)
 
-    def _chunk_size(self, samples: int, batch: int) -> int:
-        if self.max_batch is None or samples * batch <= self.max_batch:
+    def _chunk_size(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, batch: int) -> int:
+        """Draws per pass: max_batch when set; under "auto", the fastest of a few sizes, measured once."""
+        if self.max_batch is not None:
+            return samples if samples * batch <= self.max_batch else max(1, self.max_batch // max(batch, 1))
+        if self.strategy != "auto" or samples == 1:
             return samples
-        return max(1, self.max_batch // max(batch, 1))
+        grad = torch.is_grad_enabled()
+        key = (samples, tuple(inputs.shape), inputs.device.type, inputs.dtype, grad, self.training)
+        if key not in self._chunks:
+            self._chunks[key] = self._measure_chunk(inputs, layers, samples, batch, grad)
+        return self._chunks[key]
+
+    def _measure_chunk(
+        self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, batch: int, grad: bool
+    ) -> int:
+        """Time whole passes (forward, and backward when gradients are on) for a few chunk sizes; no side effects.
+
+        One pass over S x B examples can be slower than S passes over B on a CPU (cache); a GPU favours one.
+        """
+        candidates = sorted({samples, max(1, min(samples, CHUNK_TARGET // max(batch, 1))), 1}, reverse=True)
+        saved = {name: buffer.clone() for name, buffer in self.named_buffers()}
+        probe = inputs.detach().requires_grad_(inputs.requires_grad)
+        weights = [p for p in self.parameters() if p.requires_grad] if grad else []
+        timings: dict[int, float] = {}
+        try:
+            for chunk in candidates:
+                def run(chunk: int = chunk) -> None:
+                    out = self._run_chunks(probe, layers, samples, chunk)
+                    targets = [t for t in (probe, *weights) if t.requires_grad]
+                    if grad and targets:
+                        torch.autograd.grad(out.float().sum(), targets, allow_unused=True)
+
+                try:
+                    run()  # warm-up, and the per-layer strategy measurements
+                    _synchronize(inputs.device)
+                    started = time.perf_counter()
+                    run()
+                    _synchronize(inputs.device)
+                    timings[chunk] = time.perf_counter() - started
+                except torch.OutOfMemoryError:  # too large to hold: not a candidate
+                    if inputs.device.type == "cuda":
+                        torch.cuda.empty_cache()
+        finally:
+            with torch.no_grad():
+                for name, buffer in self.named_buffers():
+                    buffer.copy_(saved[name])
+        if not timings:
+            raise torch.OutOfMemoryError(f"no chunk of {samples} draws x batch {batch} fits in memory")
+        self.chunk_timings[(samples, tuple(inputs.shape))] = timings
+        return min(timings, key=timings.__getitem__)
 
     def _forward_draws(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], start: int, stop: int) -> torch.Tensor:
         full = {id(p): p.eps for layer in layers for p in layer.gaussian_parameters()}
@@ -197,7 +256,7 @@ def to_bayesian(
     max_batch: int | None = None,
     seed: int | None = None,
 ) -> StochasticModel:
-    """Make Linear / Conv2d / BatchNorm2d layers Gaussian (weights copied into the means) and add a sample dimension.
+    """A copy of `model` with Gaussian Linear / Conv2d / BatchNorm2d layers (means = its weights) and a sample dimension.
 
     `which`: "all", a fraction (the last part of the weight layers, e.g. 0.25), or module names.
     Selected modules that cannot be converted, and parametrized modules of other types, stay deterministic
@@ -205,6 +264,7 @@ def to_bayesian(
     """
     if init_sigma <= 0:
         raise ValueError(f"init_sigma must be > 0, got {init_sigma}")
+    model = copy.deepcopy(model)  # the caller's network stays as it was
     selected = _select(model, which)
     skipped: list[str] = []
 
