@@ -10,8 +10,11 @@ import attrs
 import torch
 from torch import nn
 
+import copy
+
 from advbayes import Attack, AttackResult, Defense, LossOutput, TrainContext, hookimpl
 from advbayes.params import param
+from advbayes.stochastic import BayesBatchNorm2d, StochasticLayer
 
 
 def install_fixture_plugin(site: Path, name: str, source: str, version: str = "0.1.0") -> None:
@@ -80,3 +83,20 @@ class TestComponents:
     @hookimpl
     def register_attacks(self, register: Any) -> None:
         register(ShiftAttack)
+
+
+def draw_network(original: nn.Module, stochastic: nn.Module, s: int) -> nn.Module:
+    """Draw s of the stochastic model as a plain torch network: the original with w = mu + sigma * eps[s]."""
+    plain = copy.deepcopy(original)
+    for name, module in stochastic.net.named_modules():
+        if isinstance(module, StochasticLayer):
+            target = plain.get_submodule(name)
+            for attr in ("weight", "bias"):
+                gaussian = getattr(module, attr)
+                if gaussian is not None:
+                    value = gaussian.mu + gaussian.sigma * gaussian.eps[s]
+                    setattr(target, attr, nn.Parameter(value.detach().clone()))
+            if isinstance(module, BayesBatchNorm2d):
+                target.running_mean.copy_(module.running_mean)
+                target.running_var.copy_(module.running_var)
+    return plain

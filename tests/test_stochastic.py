@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from helpers import draw_network
 from torch.distributions import Normal, kl_divergence
 
 from advbayes.stochastic import (
@@ -48,23 +49,6 @@ class Residual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.stem(x))
         return self.head(h + self.conv(h))
-
-
-def draw_network(original: nn.Module, stochastic: nn.Module, s: int) -> nn.Module:
-    """Draw s of the stochastic model as a plain torch network: the original with w = mu + sigma * eps[s]."""
-    plain = copy.deepcopy(original)
-    for name, module in stochastic.net.named_modules():
-        if isinstance(module, StochasticLayer):
-            target = plain.get_submodule(name)
-            for attr in ("weight", "bias"):
-                gaussian = getattr(module, attr)
-                if gaussian is not None:
-                    value = gaussian.mu + gaussian.sigma * gaussian.eps[s]
-                    setattr(target, attr, nn.Parameter(value.detach().clone()))
-            if isinstance(module, BayesBatchNorm2d):
-                target.running_mean.copy_(module.running_mean)
-                target.running_var.copy_(module.running_var)
-    return plain
 
 
 def assert_matches_per_draw_networks(original: nn.Module, model: nn.Module, x: torch.Tensor, samples: int, train: bool) -> None:

@@ -1,0 +1,208 @@
+"""FGSM, FGM, PGD (L_inf and L2, EOT, restarts, best iterate) and random-sign attacks on stochastic classifiers."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import ClassVar
+
+import attrs
+import torch
+from torch import nn
+
+from advbayes.components import Attack, AttackResult
+from advbayes.params import ParamError, param
+from advbayes.stochastic import frozen
+from advbayes_attacks.losses import EXPECTATIONS, LOSSES, attack_loss
+
+RESAMPLING = ("step", "attack")
+KEEP = ("best", "last")
+
+
+def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def ascent_direction(gradient: torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest-ascent unit step: sign(g) for L_inf, g / ||g||_2 per example for L2 (0 for a zero gradient)."""
+    if norm == "inf":
+        return gradient.sign()
+    length = _per_example_norm(gradient)
+    return torch.where(length > 0, gradient / length.clamp_min(1e-30), torch.zeros_like(gradient))
+
+
+def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project perturbations onto the eps ball of the norm."""
+    if norm == "inf":
+        return delta.clamp(-eps, eps)
+    length = _per_example_norm(delta)
+    return delta * torch.clamp(eps / length.clamp_min(1e-30), max=1.0)
+
+
+def random_start_delta(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """A uniform point of the L_inf ball, or a uniform point of the L2 ball."""
+    if norm == "inf":
+        return (torch.rand_like(x) * 2 - 1) * eps
+    direction = torch.randn_like(x)
+    direction = direction / _per_example_norm(direction).clamp_min(1e-30)
+    dims = x[0].numel()
+    radius = torch.rand(x.shape[0], device=x.device, dtype=x.dtype) ** (1.0 / dims) * eps
+    return direction * radius.view(-1, *([1] * (x.dim() - 1)))
+
+
+def lengths(delta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Applied L2 and L_inf lengths per example."""
+    flat = delta.detach().flatten(1)
+    return {"l2": flat.norm(dim=1), "linf": flat.abs().amax(dim=1)}
+
+
+@attrs.frozen(kw_only=True)
+class GradientAttack(Attack):
+    """Base of the gradient attacks: the attack loss, its expectation over S_A draws, and how draws are renewed."""
+
+    loss: str = param("ce", kind=str, choices=LOSSES, help="ce, cw or margin")
+    kappa: float = param(0.0, ge=0.0, help="confidence of the CW loss")
+    expectation: str = param("probs", kind=str, choices=EXPECTATIONS, help="averaged over draws: probs, logits or loss")
+    resample: str = param(
+        "step", kind=str, choices=RESAMPLING, help="step: fresh S_A draws every iteration; attack: one set for the attack"
+    )
+
+    def loss_and_gradient(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example attack loss and its input gradient: one call with S_A draws and one backward."""
+        x = x.detach().requires_grad_(True)
+        logits = model(x, samples=self.samples)
+        losses = attack_loss(logits, y, self.loss, self.expectation, self.kappa)
+        (gradient,) = torch.autograd.grad(losses.sum(), x)
+        return losses.detach(), gradient
+
+    def evaluate_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example attack loss without a gradient."""
+        with torch.no_grad():
+            return attack_loss(model(x, samples=self.samples), y, self.loss, self.expectation, self.kappa)
+
+    @contextlib.contextmanager
+    def draws(self, model: nn.Module) -> Iterator[None]:
+        """Freeze the model's draws for the whole attack when resample = "attack"."""
+        if self.resample == "attack":
+            with frozen(model):
+                yield
+        else:
+            yield
+
+    def unchanged(self, x: torch.Tensor) -> AttackResult:
+        """The result of a zero budget: x itself."""
+        delta = torch.zeros_like(x)
+        return AttackResult(x_adv=x, delta=delta, diagnostics={**lengths(delta), "zero_grad_share": 0.0})
+
+
+@attrs.frozen(kw_only=True)
+class FGSM(GradientAttack):
+    """Fast gradient sign method: one step of size eps along the ascent direction (L_inf; L2 with norm = "2")."""
+
+    name: ClassVar[str] = "fgsm"
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+        """x + eps * direction(grad), clamped to the value range."""
+        if self.eps == 0:
+            return self.unchanged(x)
+        with self.draws(model):
+            losses, gradient = self.loss_and_gradient(model, x, y)
+        x_adv = self.clamp(x + self.eps * ascent_direction(gradient, self.norm)).detach()
+        delta = x_adv - x
+        return AttackResult(
+            x_adv=x_adv,
+            delta=delta,
+            diagnostics={
+                **lengths(delta),
+                "loss_history": losses.mean().view(1, 1).cpu(),
+                "zero_grad_share": float((gradient == 0).float().mean()),
+            },
+        )
+
+
+@attrs.frozen(kw_only=True)
+class FGM(FGSM):
+    """Fast gradient method in L2: x + eps * grad / ||grad||_2."""
+
+    name: ClassVar[str] = "fgm"
+    norm: str = param("2", kind=str, choices=("inf", "2"), help="'2' (L2) or 'inf'")
+
+
+@attrs.frozen(kw_only=True)
+class PGD(GradientAttack):
+    """Projected gradient descent (Madry et al.) in L_inf or L2, with EOT over S_A draws, restarts and best iterate."""
+
+    name: ClassVar[str] = "pgd"
+    steps: int = param(20, kind=int, ge=1, help="iterations")
+    step_size: float | None = param(None, gt=0.0, optional=True, help="step length; default 2.5 * eps / steps")
+    random_start: bool = param(True, kind=bool, help="start from a uniform point of the eps ball")
+    restarts: int = param(1, kind=int, ge=1, help="independent runs; each example keeps its highest-loss result")
+    keep: str = param("best", kind=str, choices=KEEP, help="best: the iterate with the highest attack loss; last")
+
+    @property
+    def alpha(self) -> float:
+        """The step length actually used."""
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+        """The worst case over restarts of the best (or last) iterate of each run."""
+        if self.eps == 0:
+            return self.unchanged(x)
+        x = x.detach()
+        best_x = x.clone()
+        best_loss = torch.full((x.shape[0],), -math.inf, device=x.device)
+        history = torch.zeros(self.restarts, self.steps + 1)
+        zeros = 0
+        total = 0
+        with self.draws(model):
+            for restart in range(self.restarts):
+                x_adv = self.clamp(x + random_start_delta(x, self.eps, self.norm)) if self.random_start else x.clone()
+                run_x, run_loss = x_adv.clone(), torch.full_like(best_loss, -math.inf)
+                for step in range(self.steps):
+                    losses, gradient = self.loss_and_gradient(model, x_adv, y)
+                    history[restart, step] = losses.mean().item()
+                    zeros += int((gradient == 0).sum())
+                    total += gradient.numel()
+                    better = losses > run_loss
+                    run_x[better], run_loss[better] = x_adv[better], losses[better]
+                    stepped = x_adv + self.alpha * ascent_direction(gradient, self.norm)
+                    x_adv = self.clamp(x + project(stepped - x, self.eps, self.norm)).detach()
+                final = self.evaluate_loss(model, x_adv, y)
+                history[restart, self.steps] = final.mean().item()
+                if self.keep == "last":
+                    run_x, run_loss = x_adv, final
+                else:
+                    better = final > run_loss
+                    run_x[better], run_loss[better] = x_adv[better], final[better]
+                improved = run_loss > best_loss
+                best_x[improved], best_loss[improved] = run_x[improved], run_loss[improved]
+        delta = best_x - x
+        return AttackResult(
+            x_adv=best_x,
+            delta=delta,
+            diagnostics={
+                **lengths(delta),
+                "attack_loss": best_loss.cpu(),
+                "loss_history": history,
+                "zero_grad_share": zeros / max(total, 1),
+            },
+        )
+
+
+@attrs.frozen(kw_only=True)
+class RandomSign(Attack):
+    """Each input component moved by +eps or -eps at random (Carbone et al.'s baseline; L_inf)."""
+
+    name: ClassVar[str] = "random-sign"
+
+    def __attrs_post_init__(self) -> None:
+        if self.norm != "inf":
+            raise ParamError("norm", "'inf' (random sign perturbs every component by eps)", self.norm)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+        """x + eps * random signs, clamped."""
+        signs = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
+        x_adv = self.clamp(x + self.eps * signs)
+        delta = x_adv - x
+        return AttackResult(x_adv=x_adv, delta=delta, diagnostics=lengths(delta))

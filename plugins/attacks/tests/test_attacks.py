@@ -1,0 +1,184 @@
+"""Attacks against closed forms, independent per-draw references and mathematical properties."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import draw_network
+from torch import nn
+
+import advbayes
+from advbayes.plugins import create_plugin_manager
+from advbayes.registry import load_registry
+from advbayes.stochastic import as_sampled, frozen, to_bayesian
+
+
+def attack(spec: dict, value_range=(-math.inf, math.inf)):
+    """Build an attack through the real plugin manager and the registry's validation."""
+    registry = load_registry(pm=create_plugin_manager())
+    resolved = registry.resolve("attacks", spec, where=("test", "test", "attack"))
+    import attrs
+
+    return attrs.evolve(registry.build("attacks", resolved), value_range=value_range)
+
+
+def linear_model(classes: int = 2, dims: int = 6) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(dims, classes))
+
+
+@pytest.mark.parametrize("spec", [{"use": "fgsm", "eps": 0.25}, {"use": "pgd", "eps": 0.25, "steps": 1, "step_size": 0.25, "random_start": False}])
+def test_linf_one_step_is_the_closed_form_optimum_on_a_linear_model(spec) -> None:
+    net = linear_model()
+    x = torch.randn(8, 6)
+    y = torch.randint(0, 2, (8,))
+    result = attack(spec)(as_sampled(net), x, y)
+    weight = net[1].weight.detach()
+    direction = weight[1 - y] - weight[y]  # the margin z_other - z_true grows fastest along sign(w_other - w_true)
+    torch.testing.assert_close(result.delta, 0.25 * direction.sign())
+    margin = lambda z: (z.gather(1, (1 - y).view(-1, 1)) - z.gather(1, y.view(-1, 1))).squeeze(1)  # noqa: E731
+    gain = margin(net(result.x_adv)) - margin(net(x))
+    torch.testing.assert_close(gain, 0.25 * direction.abs().sum(1), rtol=1e-5, atol=1e-5)  # eps * ||w||_1
+
+
+@pytest.mark.parametrize("spec", [{"use": "fgm", "eps": 0.5}, {"use": "pgd", "norm": "2", "eps": 0.5, "steps": 1, "step_size": 0.5, "random_start": False}])
+def test_l2_one_step_is_the_closed_form_optimum_on_a_linear_model(spec) -> None:
+    net = linear_model()
+    x = torch.randn(8, 6)
+    y = torch.randint(0, 2, (8,))
+    result = attack(spec)(as_sampled(net), x, y)
+    weight = net[1].weight.detach()
+    direction = weight[1 - y] - weight[y]
+    torch.testing.assert_close(result.delta, 0.5 * direction / direction.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(result.diagnostics["l2"], torch.full((8,), 0.5))
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_pgd_stays_in_the_ball_and_the_value_range(norm: str) -> None:
+    torch.manual_seed(1)
+    model = to_bayesian(nn.Sequential(nn.Flatten(), nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4)), init_sigma=0.3, seed=0)
+    x = torch.rand(32, 20)
+    y = torch.randint(0, 4, (32,))
+    eps = 0.2 if norm == "inf" else 1.5
+    result = attack({"use": "pgd", "norm": norm, "eps": eps, "steps": 15, "step_size": eps / 2, "samples": 3}, (0.0, 1.0))(model, x, y)
+    assert float(result.x_adv.min()) >= 0.0 and float(result.x_adv.max()) <= 1.0
+    delta = result.x_adv - x
+    if norm == "inf":
+        assert float(delta.abs().max()) <= eps + 1e-6
+    else:
+        assert float(delta.flatten(1).norm(dim=1).max()) <= eps + 1e-5
+    torch.testing.assert_close(result.diagnostics["linf"], delta.abs().flatten(1).amax(1))
+    assert 0.0 <= result.diagnostics["zero_grad_share"] <= 1.0
+    assert result.diagnostics["loss_history"].shape == (1, 16)
+
+
+def test_eot_on_a_deterministic_model_equals_plain_pgd_bit_for_bit() -> None:
+    net = as_sampled(nn.Sequential(nn.Flatten(), nn.Linear(20, 10), nn.ReLU(), nn.Linear(10, 3)))
+    x, y = torch.rand(16, 20), torch.randint(0, 3, (16,))
+    results = []
+    for samples in (1, 7, 30):
+        torch.manual_seed(5)
+        results.append(attack({"use": "pgd", "eps": 0.1, "steps": 10, "samples": samples}, (0.0, 1.0))(net, x, y).x_adv)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
+@pytest.mark.parametrize("expectation", ["probs", "logits", "loss"])
+def test_vectorized_eot_gradient_equals_the_loop_over_per_draw_networks(expectation: str) -> None:
+    torch.manual_seed(2)
+    original = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+    model = to_bayesian(copy.deepcopy(original), init_sigma=0.2, seed=3)
+    x, y = torch.rand(5, 1, 6, 6), torch.randint(0, 4, (5,))
+    pgd = attack({"use": "pgd", "eps": 0.1, "samples": 6, "expectation": expectation})
+    with frozen(model):
+        _, vectorized = pgd.loss_and_gradient(model, x, y)
+        x_ref = x.clone().requires_grad_(True)
+        logits = torch.stack([draw_network(original, model, s)(x_ref) for s in range(6)])
+    if expectation == "probs":
+        loss = -torch.log(logits.softmax(-1).mean(0).gather(1, y.view(-1, 1))).sum()
+    elif expectation == "logits":
+        loss = F.cross_entropy(logits.mean(0), y, reduction="sum")
+    else:
+        loss = sum(F.cross_entropy(logits[s], y, reduction="sum") for s in range(6)) / 6
+    (reference,) = torch.autograd.grad(loss, x_ref)
+    torch.testing.assert_close(vectorized, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_same_seed_same_adversarial_examples() -> None:
+    x, y = torch.rand(8, 1, 6, 6), torch.randint(0, 4, (8,))
+    base = nn.Sequential(nn.Flatten(), nn.Linear(36, 4))
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = to_bayesian(base, init_sigma=0.2, seed=9)
+        outputs.append(attack({"use": "pgd", "eps": 0.1, "samples": 2})(model, x, y).x_adv)
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_restarts_and_best_iterate_never_lower_the_attack_loss() -> None:
+    torch.manual_seed(4)
+    net = as_sampled(nn.Sequential(nn.Flatten(), nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 5)))
+    x, y = torch.rand(64, 20), torch.randint(0, 5, (64,))
+    spec = {"use": "pgd", "eps": 0.3, "steps": 5, "step_size": 0.2}
+    torch.manual_seed(0)
+    single = attack({**spec, "keep": "last"})(net, x, y)
+    torch.manual_seed(0)
+    best = attack(spec)(net, x, y)
+    torch.manual_seed(0)
+    restarted = attack({**spec, "restarts": 4})(net, x, y)
+    assert bool((best.diagnostics["attack_loss"] >= single.diagnostics["attack_loss"]).all())
+    assert bool((restarted.diagnostics["attack_loss"] >= best.diagnostics["attack_loss"]).all())
+    assert float(restarted.diagnostics["attack_loss"].mean()) > float(single.diagnostics["attack_loss"].mean())
+
+
+def test_resample_attack_freezes_one_set_of_draws() -> None:
+    model = to_bayesian(nn.Sequential(nn.Flatten(), nn.Linear(20, 3)), init_sigma=0.5, seed=0, strategy="batched")
+    x, y = torch.rand(4, 20), torch.randint(0, 3, (4,))
+    frozen_attack = attack({"use": "pgd", "eps": 0.1, "steps": 3, "resample": "attack", "samples": 2})
+    seen = []
+    hook = model.net[1].register_forward_hook(lambda module, args, out: seen.append(module.weight.eps.clone()))
+    frozen_attack(model, x, y)
+    hook.remove()
+    assert len(seen) == 4 and all(torch.equal(seen[0], e) for e in seen)
+    fresh = attack({"use": "pgd", "eps": 0.1, "steps": 3, "samples": 2})
+    seen.clear()
+    model.net[1].register_forward_hook(lambda module, args, out: seen.append(module.weight.eps.clone()))
+    fresh(model, x, y)
+    assert not torch.equal(seen[0], seen[1])
+
+
+def test_random_sign_moves_every_component_by_eps() -> None:
+    x = torch.full((4, 10), 0.5)
+    result = attack({"use": "random-sign", "eps": 0.1}, (0.0, 1.0))(as_sampled(nn.Linear(10, 2)), x, torch.zeros(4, dtype=torch.long))
+    torch.testing.assert_close(result.delta.abs(), torch.full((4, 10), 0.1))
+    with pytest.raises(advbayes.RegistryError, match=r"key 'norm': expected 'inf'"):
+        attack({"use": "random-sign", "norm": "2"})
+
+
+def test_cw_and_margin_losses() -> None:
+    from advbayes_attacks.losses import attack_loss
+
+    logits = torch.tensor([[[2.0, 1.0, -1.0]], [[0.0, 3.0, 0.0]]])  # two draws, one example, true class 0
+    y = torch.tensor([0])
+    assert attack_loss(logits, y, "cw", "probs").item() == pytest.approx(2.0 - 1.0)  # on averaged logits [1, 2, -0.5]
+    assert attack_loss(logits, y, "cw", "loss").item() == pytest.approx((max(1 - 2, 0) + (3 - 0)) / 2)  # clamped at -kappa
+    assert attack_loss(logits, y, "cw", "probs", kappa=0.5).item() == pytest.approx(1.0)
+    probs = logits.softmax(-1).mean(0)[0]
+    assert attack_loss(logits, y, "margin", "probs").item() == pytest.approx(float(probs[1] - probs[0]), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_undefended_mnist_cnn_accuracy_falls_with_eps_and_pgd_is_at_least_as_strong_as_fgsm() -> None:
+    result = advbayes.run(
+        "quickstart", track=False, pm=create_plugin_manager(),
+        attacks=["fgsm", "pgd-20"], eps=[0.0, 0.1, 0.2, 0.3], **{"dataset.n_test": 300},
+    )
+    fgsm, pgd = result.table()["fgsm"], result.table()["pgd-20"]
+    eps = [0.0, 0.1, 0.2, 0.3]
+    assert fgsm[0.0] > 0.9 and fgsm[0.0] == pgd[0.0]
+    assert all(fgsm[a] > fgsm[b] for a, b in zip(eps, eps[1:]))
+    assert all(pgd[a] > pgd[b] for a, b in zip(eps[:-1], eps[1:-1])) and pgd[0.3] <= pgd[0.2]
+    assert all(pgd[e] <= fgsm[e] for e in eps)
