@@ -243,3 +243,28 @@ def test_api_example_script_runs_and_reads_back(store: str) -> None:
     assert "parent run" in done.stdout and "FINISHED" in done.stdout
     assert "child run none: {" in done.stdout and "accuracy/eps_0.0000" in done.stdout
     assert "results.csv" in done.stdout
+
+
+def test_an_experiment_with_several_defenses_tracks_one_run_per_defense(store: str) -> None:
+    from advbayes.results import RunGroup
+
+    group = advbayes.run(
+        "moons", tracking_uri=store, defense=None,
+        defenses=["standard", {"use": "standard", "name": "two-draws", "train_samples": 2}], **FAST,
+    )
+    assert isinstance(group, RunGroup)
+    assert [r.spec["defense"]["name"] for r in group.results] == ["standard", "two-draws"]
+    assert [r.history[0]["loss"] for r in group.results][0] == pytest.approx(group.results[1].history[0]["loss"])
+    client = MlflowClient(store)
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name("moons").experiment_id], filter_string="tags.`advbayes.role` = 'parent'"
+    )}
+    assert set(runs) == {"standard", "two-draws"} and all(r.info.status == "FINISHED" for r in runs.values())
+    assert set(group.run_ids) == {r.info.run_id for r in runs.values()}
+    assert "== two-draws ==" in group.format()
+    assert set(group.table()) == {"standard", "two-draws"}
+
+
+def test_defense_and_defenses_together_are_an_error() -> None:
+    with pytest.raises(advbayes.RegistryError, match=r"key 'defenses': expected either `defense` or `defenses`, not both"):
+        advbayes.run("moons", track=False, defenses=["standard"])

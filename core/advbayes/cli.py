@@ -128,8 +128,9 @@ def run_command(
 
         raise RunError(f"run failed: {error_text(exc)} (again with --debug for the traceback)") from exc
     click.echo(result.format())
-    if result.run_id:
-        click.echo(f"\nMLflow run {result.run_id} ({_store_text(tracking_uri)}); see it with: advbayes ui")
+    run_ids = [r for r in getattr(result, "run_ids", [result.run_id]) if r]
+    if run_ids:
+        click.echo(f"\nMLflow run {', '.join(run_ids)} ({_store_text(tracking_uri)}); see it with: advbayes ui")
 
 
 def _store_text(tracking_uri: str | None) -> str:

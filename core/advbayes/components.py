@@ -49,7 +49,7 @@ class LossOutput:
     """A defense's training loss and its named parts (logged per epoch)."""
 
     loss: torch.Tensor
-    parts: Mapping[str, float] = attrs.field(factory=dict)
+    parts: Mapping[str, float | torch.Tensor] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -23,7 +24,7 @@ from advbayes.errors import RunError
 from advbayes.experiment import Experiment
 from advbayes.plugins import PluginManager, get_plugin_manager
 from advbayes.registry import Registry, apply_override, load_registry
-from advbayes.results import EvalRecord, RunResult, eps_label
+from advbayes.results import EvalRecord, RunGroup, RunResult, eps_label
 from advbayes.stochastic import as_sampled, predict
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -125,13 +126,17 @@ class Run:
         self.attacks: list[tuple[str, Attack]] = [(a["name"], registry.build("attacks", a)) for a in spec["attacks"]]
         self.history: list[dict[str, float]] = list(checkpoint["history"]) if checkpoint else []
         self.workdir = Path(tempfile.mkdtemp(prefix="advbayes-run-"))
+        self._attack_cache: dict[str, Attack] = {}
 
     def build_attack(self, entry: Any) -> Attack:
-        """Build an attack entry (name or table) bound to this run's data range."""
-        where = ("run", f"experiments.{self.name}", "attack")
-        resolved = entry if isinstance(entry, dict) and "use" in entry else self.registry.resolve("attacks", entry, where=where)
-        attack = self.registry.build("attacks", resolved)
-        return attrs.evolve(attack, value_range=self.dataset.value_range)
+        """Build an attack entry (name or table) bound to this run's data range; built once per entry."""
+        key = json.dumps(entry, sort_keys=True)
+        if key not in self._attack_cache:
+            where = ("run", f"experiments.{self.name}", "attack")
+            resolved = entry if isinstance(entry, dict) and "use" in entry else self.registry.resolve("attacks", entry, where=where)
+            attack = self.registry.build("attacks", resolved)
+            self._attack_cache[key] = attrs.evolve(attack, value_range=self.dataset.value_range)
+        return self._attack_cache[key]
 
     # ------------------------------------------------------------------------------------------- training
 
@@ -331,8 +336,11 @@ def run(
     overrides: Sequence[tuple[str, Any]] = (),
     pm: PluginManager | None = None,
     **kwargs: Any,
-) -> RunResult:
-    """Run the experiment `name` (or resume tracked run `resume`); keyword arguments are dotted-key overrides."""
+) -> RunResult | RunGroup:
+    """Run the experiment `name` (or resume tracked run `resume`); keyword arguments are dotted-key overrides.
+
+    An experiment with `defenses` runs each defense as its own run and returns a RunGroup.
+    """
     pm = pm or get_plugin_manager()
     loaded = load_registry(registry, pm=pm)
     all_overrides = [*overrides, *kwargs.items()]
@@ -354,6 +362,29 @@ def run(
         if name is None:
             raise RunError("name an experiment to run (advbayes list experiments shows them)")
         spec = loaded.resolve_experiment(name, all_overrides)
+    if spec.get("defenses"):
+        variants = []
+        for defense in spec["defenses"]:
+            variant = {k: v for k, v in spec.items() if k != "defenses"}
+            variant["defense"] = defense
+            variants.append(_run_one(name, variant, loaded, pm, torch_device, track, tracking_uri, progress, None, None))
+        return RunGroup(experiment=name, results=variants)
+    return _run_one(name, spec, loaded, pm, torch_device, track, tracking_uri, progress, resume, checkpoint)
+
+
+def _run_one(
+    name: str,
+    spec: dict[str, Any],
+    registry: Registry,
+    pm: PluginManager,
+    device: torch.device,
+    track: bool,
+    tracking_uri: str | None,
+    progress: bool,
+    resume: str | None,
+    checkpoint: Mapping[str, Any] | None,
+) -> RunResult:
+    """Train and evaluate one defense, reporting through the lifecycle hooks."""
     seed = int(spec["seed"])
     seed_everything(seed)
     if checkpoint is not None:
@@ -362,13 +393,13 @@ def run(
         experiment=name,
         spec=spec,
         seed=seed,
-        device=str(torch_device),
+        device=str(device),
         plugins=plugin_versions(pm),
         track=track,
         tracking_uri=tracking_uri,
         resume_run_id=resume,
     )
-    engine = Run(name, spec, registry=loaded, device=torch_device, info=info, progress=progress, checkpoint=checkpoint)
+    engine = Run(name, spec, registry=registry, device=device, info=info, progress=progress, checkpoint=checkpoint)
     pm.hook.run_started(run=info)
     try:
         result = engine.execute()

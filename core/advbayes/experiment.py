@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from advbayes.params import entry_list_param, entry_param, list_param, param
+from advbayes.params import ParamError, entry_list_param, entry_param, list_param, param
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -17,7 +17,8 @@ class Experiment:
 
     dataset: Any = entry_param("datasets", optional=False, help="data set entry")
     model: Any = entry_param("models", optional=False, help="model entry")
-    defense: Any = entry_param("defenses", "standard", optional=False, help="defense entry")
+    defense: Any = entry_param("defenses", None, help="defense entry (default: standard)")
+    defenses: list[Any] = entry_list_param("defenses", (), help="several defenses, each trained and attacked as its own run")
     attacks: list[Any] = entry_list_param("attacks", ("none",), nonempty=True, help="attack entries to evaluate")
     eps: tuple[float, ...] = list_param((), ge=0.0, help="budgets; empty = each attack's own eps")
     metrics: list[Any] = entry_list_param("metrics", ("accuracy",), nonempty=True, help="metric entries")
@@ -30,3 +31,9 @@ class Experiment:
     weight_decay: float = param(0.0, ge=0.0, help="weight decay")
     momentum: float = param(0.9, ge=0.0, lt=1.0, help="SGD momentum")
     description: str = param("", kind=str, help="one line shown by `advbayes list`")
+
+    def __attrs_post_init__(self) -> None:
+        if self.defense is not None and self.defenses:
+            raise ParamError("defenses", "either `defense` or `defenses`, not both", self.defenses)
+        if self.defense is None and not self.defenses:
+            object.__setattr__(self, "defense", "standard")

@@ -126,3 +126,24 @@ class RunResult:
     def format(self) -> str:
         """Every metric as a text table."""
         return "\n\n".join(format_table(self.records, m) for m in metric_names(self.records))
+
+
+@attrs.define(kw_only=True)
+class RunGroup:
+    """The runs of an experiment with several defenses: one RunResult (and one tracked run) per defense."""
+
+    experiment: str
+    results: list[RunResult]
+
+    def table(self, metric: str = "accuracy") -> dict[str, dict[str, dict[float, float]]]:
+        """table[defense][attack][eps] of one metric."""
+        return {r.spec["defense"]["name"]: r.table(metric) for r in self.results}
+
+    def format(self) -> str:
+        """Each defense's tables under its name."""
+        return "\n\n".join(f"== {r.spec['defense']['name']} ==\n{r.format()}" for r in self.results)
+
+    @property
+    def run_ids(self) -> list[str | None]:
+        """The tracked run of each defense."""
+        return [r.run_id for r in self.results]

@@ -143,7 +143,8 @@ def run_started(run: Any) -> None:
     if commit:
         tags["advbayes.git_commit"] = commit
         tags["mlflow.source.git.commit"] = commit
-    created = client.create_run(experiment_id(client, run.experiment), run_name=run.experiment, tags=tags)
+    # The MLflow experiment is the advbayes experiment; its runs are named by defense, so variants line up.
+    created = client.create_run(experiment_id(client, run.experiment), run_name=spec["defense"]["name"], tags=tags)
     run_id = created.info.run_id
     run.tracking["mlflow_run_id"] = run_id
     _log_params(client, run_id, flatten(spec))

@@ -6,17 +6,11 @@ from typing import ClassVar
 
 import attrs
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from advbayes.components import Defense, LossOutput, TrainContext
+from advbayes.losses import ensemble_accuracy, mean_cross_entropy
 from advbayes.params import param
-
-
-def mean_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy averaged over draws and batch, for logits [S, B, k]."""
-    samples = logits.shape[0]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat(samples))
 
 
 @attrs.frozen(kw_only=True)
@@ -31,5 +25,4 @@ class Standard(Defense):
         x, y = batch
         logits = model(x, samples=self.train_samples)
         loss = mean_cross_entropy(logits, y)
-        accuracy = (logits.softmax(-1).mean(0).argmax(-1) == y).float().mean()
-        return LossOutput(loss=loss, parts={"ce": loss.item(), "acc": accuracy.item()})
+        return LossOutput(loss=loss, parts={"ce": loss.detach(), "acc": ensemble_accuracy(logits.detach(), y)})

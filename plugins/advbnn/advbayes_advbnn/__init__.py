@@ -1,0 +1,31 @@
+"""advbayes-advbnn: BNN, Adv-BNN, adversarial training and posterior weight statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from advbayes.hookspecs import hookimpl
+from advbayes_advbnn.defenses import BNN, AdvBNN, AdversarialTraining
+from advbayes_advbnn.metrics import WeightStats
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def register_defenses(register: Any) -> None:
+    """bnn, adv-bnn, adversarial-training."""
+    for defense in (BNN, AdvBNN, AdversarialTraining):
+        register(defense)
+
+
+@hookimpl
+def register_metrics(register: Any) -> None:
+    """weight-stats."""
+    register(WeightStats)
+
+
+@hookimpl
+def registry_files() -> Path:
+    """The paper's defense entries and the advbnn-mnist-5k experiment."""
+    return Path(__file__).with_name("registry.toml")
