@@ -12,7 +12,6 @@ per-draw losses (expectation = "loss"), the same quantity EOTPGD averages. Ratio
 from __future__ import annotations
 
 import argparse
-import time
 
 import attrs
 import torch
@@ -20,14 +19,9 @@ import torch.nn.functional as F
 
 from advbayes.registry import load_registry
 from advbayes.stochastic import to_bayesian
+from common import build_network, timed  # benchmarks/common.py, beside this script
 
 SAMPLES, STEPS, EPS, ALPHA = 10, 20, 0.3, 0.03
-
-
-def build(kind: str) -> torch.nn.Module:
-    registry = load_registry()
-    spec = {"use": "mlp", "widths": [128, 128]} if kind == "mlp" else {"use": "mnist-cnn"}
-    return registry.build("models", registry.resolve("models", spec, where=("benchmark", kind, "model"))).build((1, 28, 28), 10)
 
 
 def loop_eot_pgd(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -41,20 +35,6 @@ def loop_eot_pgd(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             gradient += torch.autograd.grad(loss, x_adv)[0]
         x_adv = (x + (x_adv.detach() + ALPHA * gradient.sign() - x).clamp(-EPS, EPS)).clamp(0, 1)
     return x_adv
-
-
-def timed(run, device: torch.device, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -79,7 +59,7 @@ def main() -> None:
     header = f"{'network':<22}{'B':>5}{'loop s':>9}{'advbayes s':>12}{'ratio':>8}"
     print(header + (f"{'torchattacks s':>16}{'ratio':>8}" if torchattacks else "  (torchattacks not installed)"))
     for kind, which in (("mlp", "all"), ("mnist-cnn", "all"), ("mnist-cnn last 1/4", 0.25)):
-        model = to_bayesian(build(kind.split()[0]), which=which, init_sigma=0.05, seed=0).to(device).eval()
+        model = to_bayesian(build_network(kind.split()[0]), which=which, init_sigma=0.05, seed=0).to(device).eval()
         for batch in args.batches:
             x = torch.rand(batch, 1, 28, 28, device=device)
             y = torch.randint(0, 10, (batch,), device=device)

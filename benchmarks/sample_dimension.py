@@ -12,20 +12,12 @@ network with one draw each, as torchattacks' EOTPGD computes its expectation). R
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
 
-from advbayes.registry import load_registry
 from advbayes.stochastic import StochasticModel, forget_choices, to_bayesian
-
-
-def build(kind: str) -> torch.nn.Module:
-    registry = load_registry()
-    spec = {"use": "mlp", "widths": [128, 128]} if kind == "mlp" else {"use": "mnist-cnn"}
-    resolved = registry.resolve("models", spec, where=("benchmark", kind, "model"))
-    return registry.build("models", resolved).build((1, 28, 28), 10)
+from common import build_network, timed  # benchmarks/common.py, beside this script
 
 
 def step(model: StochasticModel, x: torch.Tensor, y: torch.Tensor, samples: int, loop: bool) -> None:
@@ -36,20 +28,6 @@ def step(model: StochasticModel, x: torch.Tensor, y: torch.Tensor, samples: int,
         logits = model(x, samples=samples)
     loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(logits.shape[0]))
     loss.backward()
-
-
-def timed(run, device: torch.device, repeats: int) -> float:
-    run()  # warm-up (and, for auto, the one-time measurement of each layer signature)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -64,7 +42,7 @@ def main() -> None:
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; median of {args.repeats}")
     print(f"{'network':<22}{'B':>5}{'S':>4}{'loop ms':>10}{'loop-strat':>12}{'batched':>10}{'auto':>10}  ratios (loop / strategy)")
     for kind, which in (("mlp", "all"), ("mnist-cnn", "all"), ("mnist-cnn last 1/4", 0.25)):
-        base = build(kind.split()[0])
+        base = build_network(kind.split()[0])
         for batch in args.batches:
             x = torch.rand(batch, 1, 28, 28, device=device)
             y = torch.randint(0, 10, (batch,), device=device)

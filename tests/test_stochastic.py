@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -209,3 +210,14 @@ def test_unconvertible_parametrized_modules_are_listed_in_a_warning() -> None:
         model = to_bayesian(net)
     assert isinstance(model.net[1], BayesLinear) and model(torch.randn(3, 3, 4), samples=2).shape == (2, 3, 2)
     assert BayesConv2d  # converted conv layers are tested above
+
+
+def test_means_start_uniform_within_one_over_sqrt_fan_in_and_log_sigma_at_log_init_sigma() -> None:
+    torch.manual_seed(0)
+    model = to_bayesian(nn.Sequential(nn.Flatten(), nn.Linear(400, 300)), init_sigma=0.08, seed=0)
+    layer = model.net[1]
+    bound = 1 / 400**0.5
+    mu = layer.weight.mu.detach()
+    assert float(mu.abs().max()) <= bound
+    assert float(mu.std()) == pytest.approx(bound / 3**0.5, rel=0.02)  # the std of U(-b, b) is b / sqrt(3)
+    assert torch.allclose(layer.weight.log_sigma, torch.full_like(mu, math.log(0.08)))

@@ -81,6 +81,16 @@ class TrainContext:
     step: int = 0
 
 
+@attrs.define(kw_only=True)
+class EvalContext:
+    """What an attack may use before evaluation: models trained earlier in this run, tracked models, other entries."""
+
+    models: Mapping[str, nn.Module]
+    load_tracked_model: Callable[[str], nn.Module]
+    build_attack: Callable[[Any], Attack]
+    device: torch.device
+
+
 # ---------------------------------------------------------------------------------------------- interfaces
 
 
@@ -172,6 +182,10 @@ class Attack(Component):
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
         """Adversarial examples for (x, y) against `model` (forward(x, samples=S) -> [S, B, k])."""
         raise NotImplementedError
+
+    def bind(self, context: EvalContext) -> Attack:
+        """Called once before evaluation; an attack that needs other models or entries returns a bound copy."""
+        return self
 
     def clamp(self, x: torch.Tensor) -> torch.Tensor:
         """Clamp inputs to the data's value range."""

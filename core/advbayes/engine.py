@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from advbayes.components import Attack, Dataset, Defense, EvalBatch, TrainContext
+from advbayes.components import Attack, Dataset, Defense, EvalBatch, EvalContext, TrainContext
 from advbayes.data import Batches
 from advbayes.errors import RunError
 from advbayes.experiment import Experiment
@@ -110,8 +110,10 @@ class Run:
         info: RunInfo,
         progress: bool,
         checkpoint: Mapping[str, Any] | None = None,
+        peers: Mapping[str, torch.nn.Module] | None = None,
     ) -> None:
         self.name = name
+        self.peers = dict(peers or {})
         self.spec = spec
         self.registry = registry
         self.pm = registry.pm
@@ -137,6 +139,13 @@ class Run:
             attack = self.registry.build("attacks", resolved)
             self._attack_cache[key] = attrs.evolve(attack, value_range=self.dataset.value_range)
         return self._attack_cache[key]
+
+    def load_tracked_model(self, run_id: str) -> torch.nn.Module:
+        """A tracked run's model, on this run's device, in eval mode."""
+        model = self.pm.hook.load_model(run_id=run_id, tracking_uri=self.info.tracking_uri)
+        if model is None:
+            raise RunError(f"no plugin can load tracked run {run_id} (is tracking disabled?)")
+        return model.to(self.device).eval()
 
     # ------------------------------------------------------------------------------------------- training
 
@@ -225,7 +234,14 @@ class Run:
         net.eval()
         records: list[EvalRecord] = []
         samples_i = self.defense.inference_samples
-        for attack_name, attack_base in self.attacks:
+        context = EvalContext(
+            models={**self.peers, self.spec["defense"]["name"]: net},
+            load_tracked_model=self.load_tracked_model,
+            build_attack=self.build_attack,
+            device=self.device,
+        )
+        for attack_name, unbound in self.attacks:
+            attack_base = unbound.bind(context)
             eps_values = list(self.experiment.eps) or [attack_base.eps]
             figures: dict[str, Any] = {}
             attack_records: list[EvalRecord] = []
@@ -363,11 +379,14 @@ def run(
             raise RunError("name an experiment to run (advbayes list experiments shows them)")
         spec = loaded.resolve_experiment(name, all_overrides)
     if spec.get("defenses"):
-        variants = []
+        variants: list[RunResult] = []
         for defense in spec["defenses"]:
             variant = {k: v for k, v in spec.items() if k != "defenses"}
             variant["defense"] = defense
-            variants.append(_run_one(name, variant, loaded, pm, torch_device, track, tracking_uri, progress, None, None))
+            peers = {r.spec["defense"]["name"]: r.model for r in variants}  # sources for transfer attacks
+            variants.append(
+                _run_one(name, variant, loaded, pm, torch_device, track, tracking_uri, progress, None, None, peers)
+            )
         return RunGroup(experiment=name, results=variants)
     return _run_one(name, spec, loaded, pm, torch_device, track, tracking_uri, progress, resume, checkpoint)
 
@@ -383,6 +402,7 @@ def _run_one(
     progress: bool,
     resume: str | None,
     checkpoint: Mapping[str, Any] | None,
+    peers: Mapping[str, torch.nn.Module] | None = None,
 ) -> RunResult:
     """Train and evaluate one defense, reporting through the lifecycle hooks."""
     seed = int(spec["seed"])
@@ -399,7 +419,9 @@ def _run_one(
         tracking_uri=tracking_uri,
         resume_run_id=resume,
     )
-    engine = Run(name, spec, registry=registry, device=device, info=info, progress=progress, checkpoint=checkpoint)
+    engine = Run(
+        name, spec, registry=registry, device=device, info=info, progress=progress, checkpoint=checkpoint, peers=peers
+    )
     pm.hook.run_started(run=info)
     try:
         result = engine.execute()

@@ -63,3 +63,8 @@ def run_finished(run: Any, result: Any, status: str, error: Any) -> None:
 @hookspec(firstresult=True)
 def load_checkpoint(run_id: str, tracking_uri: Any, destination: Any) -> Any:
     """Fetch the last checkpoint of tracked run `run_id` into `destination`; return its path or None."""
+
+
+@hookspec(firstresult=True)
+def load_model(run_id: str, tracking_uri: Any) -> Any:
+    """Load the trained model of tracked run `run_id` (e.g. the source of a transfer attack)."""

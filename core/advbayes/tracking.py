@@ -299,3 +299,21 @@ def tracked_runs(uri: str | None, experiments: Sequence[str]) -> list[Any]:
         ids, filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'", order_by=["attributes.start_time DESC"]
     )
 
+
+
+@hookimpl
+def load_model(run_id: str, tracking_uri: str | None) -> Any:
+    """The model logged by a tracked run (mlflow.pytorch.load_model of its logged model)."""
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise RunError(f"no tracked run {run_id} in {client.tracking_uri}") from None
+    logged = [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run_id]
+    if not logged:
+        raise RunError(f"tracked run {run_id} logged no model (it did not finish)")
+    with fluent_tracking_uri(client.tracking_uri):
+        return mlflow.pytorch.load_model(logged[0].model_uri, map_location="cpu")

@@ -1,4 +1,4 @@
-"""advbayes-attacks: gradient attacks (FGSM, FGM, PGD with EOT, restarts, best iterate) and random sign."""
+"""advbayes-attacks: gradient attacks (FGSM, FGM, PGD with EOT, restarts, best iterate), random sign, transfer."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from advbayes.hookspecs import hookimpl
-from advbayes_attacks.attacks import FGM, FGSM, PGD, RandomSign
+from advbayes_attacks.attacks import FGM, FGSM, PGD, RandomSign, Transfer
 
 __version__ = "0.1.0"
 
 
 @hookimpl
 def register_attacks(register: Any) -> None:
-    """fgsm, fgm, pgd, random-sign."""
-    for attack in (FGSM, FGM, PGD, RandomSign):
+    """fgsm, fgm, pgd, random-sign, transfer."""
+    for attack in (FGSM, FGM, PGD, RandomSign, Transfer):
         register(attack)
 
 

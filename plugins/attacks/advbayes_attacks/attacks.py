@@ -1,19 +1,20 @@
-"""FGSM, FGM, PGD (L_inf and L2, EOT, restarts, best iterate) and random-sign attacks on stochastic classifiers."""
+"""FGSM, FGM, PGD (L_inf and L2, EOT, restarts, best iterate), random-sign and transfer attacks."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import torch
 from torch import nn
 
-from advbayes.components import Attack, AttackResult
-from advbayes.params import ParamError, param
-from advbayes.stochastic import frozen
+from advbayes.components import Attack, AttackResult, EvalContext
+from advbayes.errors import RunError
+from advbayes.params import ParamError, entry_param, param
+from advbayes.stochastic import as_sampled, frozen
 from advbayes_attacks.losses import EXPECTATIONS, LOSSES, attack_loss
 
 RESAMPLING = ("step", "attack")
@@ -206,3 +207,40 @@ class RandomSign(Attack):
         x_adv = self.clamp(x + self.eps * signs)
         delta = x_adv - x
         return AttackResult(x_adv=x_adv, delta=delta, diagnostics=lengths(delta))
+
+
+@attrs.frozen(kw_only=True)
+class Transfer(Attack):
+    """Black-box transfer: `attack` crafted on a source model, evaluated on the run's model.
+
+    The source is a defense of the same experiment trained before this one (e.g. "standard"), or a tracked
+    model given as "run:<MLflow run id>".
+    """
+
+    name: ClassVar[str] = "transfer"
+    source: str = param("standard", kind=str, help="a defense trained earlier in this experiment, or run:<RUN_ID>")
+    attack: Any = entry_param("attacks", "pgd-40", optional=False, help="the attack run on the source model")
+    source_model: Any = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})
+    inner: Any = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})
+
+    def bind(self, context: EvalContext) -> Attack:
+        """Fetch the source model and build the inner attack."""
+        if self.source.startswith("run:"):
+            model = context.load_tracked_model(self.source[len("run:") :])
+        elif self.source in context.models:
+            model = context.models[self.source]
+        else:
+            available = ", ".join(sorted(context.models)) or "none yet"
+            raise RunError(
+                f"transfer source '{self.source}' is not a defense trained earlier in this experiment "
+                f"(trained so far: {available}); list it before the defenses it attacks, or use run:<RUN_ID>"
+            )
+        inner = context.build_attack(self.attack)
+        return attrs.evolve(self, source_model=as_sampled(model).eval(), inner=inner)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+        """The inner attack at this eps against the source; the target only sees the result."""
+        if self.inner is None:
+            raise RunError("transfer attack used before bind(): the run engine binds it to its source model")
+        crafted = attrs.evolve(self.inner, eps=self.eps, value_range=self.value_range)(self.source_model, x, y)
+        return AttackResult(x_adv=crafted.x_adv, delta=crafted.delta, diagnostics=dict(crafted.diagnostics))

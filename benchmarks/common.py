@@ -1,0 +1,33 @@
+"""Shared pieces of the benchmark scripts: building a registered network and timing a callable."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from advbayes.registry import load_registry
+
+
+def build_network(kind: str) -> torch.nn.Module:
+    """A freshly initialized mlp (2 x 128) or mnist-cnn for 1 x 28 x 28 inputs and 10 classes."""
+    registry = load_registry()
+    spec = {"use": "mlp", "widths": [128, 128]} if kind == "mlp" else {"use": "mnist-cnn"}
+    resolved = registry.resolve("models", spec, where=("benchmark", kind, "model"))
+    return registry.build("models", resolved).build((1, 28, 28), 10)
+
+
+def timed(run: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median seconds of `repeats` calls after one warm-up call (synchronizing CUDA around each)."""
+    run()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]

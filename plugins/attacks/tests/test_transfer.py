@@ -1,0 +1,61 @@
+"""Transfer attacks: from a defense trained earlier in the run, and from a tracked MLflow run."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import torch
+
+import advbayes
+from advbayes.plugins import create_plugin_manager
+from advbayes.registry import load_registry
+
+FAST = {"epochs": 2, "dataset.train_size": 300, "dataset.test_size": 200, "eps": [0.0, 0.3]}
+FGSM_TRANSFER = {"use": "transfer", "name": "fgsm-from-standard", "source": "standard", "attack": {"use": "fgsm"}}
+
+
+def fgsm_accuracy(source, target, dataset_spec, eps: float) -> float:
+    """Independent reference: FGSM crafted on `source`, accuracy of `target` on it."""
+    registry = load_registry(pm=create_plugin_manager())
+    x, y = registry.build("datasets", dataset_spec).data("test").tensors
+    x_req = x.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(source(x_req, samples=1)[0], y, reduction="sum")
+    (gradient,) = torch.autograd.grad(loss, x_req)
+    with torch.no_grad():
+        predictions = target(x + eps * gradient.sign(), samples=1)[0].argmax(-1)
+    return (predictions == y).double().mean().item()
+
+
+def test_transfer_from_a_defense_trained_earlier_in_the_experiment() -> None:
+    group = advbayes.run(
+        "moons", track=False, pm=create_plugin_manager(), defense=None,
+        defenses=["standard", {"use": "standard", "name": "other"}],
+        attacks=["fgsm", FGSM_TRANSFER], model={"use": "mlp", "widths": [16]}, **FAST,
+    )
+    standard, other = group.results
+    # transfer from a model to itself is the white-box attack
+    assert standard.table()["fgsm-from-standard"] == standard.table()["fgsm"]
+    assert other.table()["fgsm-from-standard"][0.3] == pytest.approx(
+        fgsm_accuracy(standard.model, other.model, other.spec["dataset"], 0.3), abs=1e-6
+    )
+
+
+def test_transfer_from_a_tracked_run(store: str) -> None:
+    pm = create_plugin_manager()
+    source = advbayes.run("moons", tracking_uri=store, pm=pm, model={"use": "mlp", "widths": [8]}, **FAST)
+    target = advbayes.run(
+        "moons", tracking_uri=store, pm=pm, seed=3,
+        attacks=[{**FGSM_TRANSFER, "source": f"run:{source.run_id}"}], **FAST,
+    )
+    assert target.table()["fgsm-from-standard"][0.3] == pytest.approx(
+        fgsm_accuracy(source.model.cpu(), target.model, target.spec["dataset"], 0.3), abs=1e-6
+    )
+
+
+def test_an_unknown_transfer_source_is_a_clear_error() -> None:
+    with pytest.raises(advbayes.RunError, match=r"transfer source 'nobody' is not a defense trained earlier .*trained so far: standard"):
+        advbayes.run("moons", track=False, pm=create_plugin_manager(), attacks=[{**FGSM_TRANSFER, "source": "nobody"}], **FAST)
+    registry = load_registry(pm=create_plugin_manager())
+    unbound = registry.build("attacks", registry.resolve("attacks", FGSM_TRANSFER, where=("t", "t", "t")))
+    with pytest.raises(advbayes.RunError, match="used before bind"):
+        attrs.evolve(unbound, eps=0.1)(None, torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
