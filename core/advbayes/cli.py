@@ -128,7 +128,7 @@ def run_command(
 
         raise RunError(f"run failed: {error_text(exc)} (again with --debug for the traceback)") from exc
     click.echo(result.format())
-    run_ids = [r for r in getattr(result, "run_ids", [result.run_id]) if r]
+    run_ids = [r for r in result.run_ids if r]
     if run_ids:
         click.echo(f"\nMLflow run {', '.join(run_ids)} ({_store_text(tracking_uri)}); see it with: advbayes ui")
 

@@ -218,6 +218,7 @@ class Metric(Component):
     """A metric configuration; create() gives a fresh torchmetrics state updated with EvalBatch records."""
 
     kind: ClassVar[str] = "metrics"
+    per_attack: ClassVar[bool] = True  # False: it describes the model, computed once on the clean test split
 
     def create(self) -> MetricState:
         """A fresh metric state."""

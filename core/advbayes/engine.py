@@ -126,6 +126,7 @@ class Run:
         self.model_builder = registry.build("models", spec["model"])
         self.defense: Defense = registry.build("defenses", spec["defense"])
         self.attacks: list[tuple[str, Attack]] = [(a["name"], registry.build("attacks", a)) for a in spec["attacks"]]
+        self.metrics: list[tuple[str, Any]] = [(m["name"], registry.build("metrics", m)) for m in spec["metrics"]]
         self.history: list[dict[str, float]] = list(checkpoint["history"]) if checkpoint else []
         self.workdir = Path(tempfile.mkdtemp(prefix="advbayes-run-"))
         self._attack_cache: dict[str, Attack] = {}
@@ -255,7 +256,7 @@ class Run:
             )
             for eps in measured:
                 attack = attrs.evolve(attack_base, eps=eps, value_range=self.dataset.value_range)
-                states = {m["name"]: self.registry.build("metrics", m).create().to(self.device) for m in self.spec["metrics"]}
+                states = {name: metric.create().to(self.device) for name, metric in self.metrics if metric.per_attack}
                 l2_sum, linf_max, count = 0.0, 0.0, 0
                 for x, y in test.iterate(self.experiment.eval_batch_size, shuffle=False):
                     result = attack(net, x, y)
@@ -304,6 +305,30 @@ class Run:
             self.pm.hook.evaluation_finished(run=self.info, attack=attack_name, records=attack_records, figures=figures)
         return records
 
+    def evaluate_model(self, net: torch.nn.Module, test: Batches) -> tuple[dict[str, float], dict[str, Any]]:
+        """Metrics of the model itself (per_attack = False), once on the clean test split."""
+        states = {name: metric.create().to(self.device) for name, metric in self.metrics if not metric.per_attack}
+        if not states:
+            return {}, {}
+        samples_i = self.defense.inference_samples
+        clean = self.registry.build("attacks", {"name": "none", "use": "none"})  # the built-in clean "attack"
+        for x, y in test.iterate(self.experiment.eval_batch_size, shuffle=False):
+            result = clean(net, x, y)
+            with torch.no_grad():
+                probs, _ = predict(net, x, samples_i)
+            batch = EvalBatch(
+                model=net, x=x, y=y, result=result, probs=probs, attack=clean, eps=0.0,
+                inference_samples=samples_i, device=self.device,
+            )
+            for state in states.values():
+                state.update(batch)
+        values: dict[str, float] = {}
+        figures: dict[str, Any] = {}
+        for metric_name, state in states.items():
+            values.update({key: float(value) for key, value in state.compute().items()})
+            figures.update({f"{metric_name}/{file}": figure for file, figure in state.figures().items()})
+        return values, figures
+
     # ------------------------------------------------------------------------------------------- whole run
 
     def execute(self) -> RunResult:
@@ -328,7 +353,10 @@ class Run:
             self.defense.before_training(context)
         self.train(net, train, context)
         records = self.evaluate(net, test)
+        model_metrics, figures = self.evaluate_model(net, test)
         return RunResult(
+            model_metrics=model_metrics,
+            figures=figures,
             experiment=self.name,
             spec=self.spec,
             records=records,

@@ -62,12 +62,18 @@ def format_grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
+def format_value(value: float) -> str:
+    """Four decimals in the usual range, scientific notation for very small or large values."""
+    return f"{value:.4f}" if value == 0 or 0.01 <= abs(value) < 1e5 else f"{value:.3e}"
+
+
 def format_table(records: Sequence[EvalRecord], metric: str) -> str:
     """One metric as a text table: attack rows, eps columns."""
     attacks, eps_values, table = pivot(records, metric)
     header = [metric, *(f"eps={e:g}" for e in eps_values)]
     rows = [
-        [attack, *(f"{table[attack][e]:.4f}" if e in table[attack] else "-" for e in eps_values)] for attack in attacks
+        [attack, *(format_value(table[attack][e]) if e in table[attack] else "-" for e in eps_values)]
+        for attack in attacks
     ]
     return format_grid(header, rows)
 
@@ -118,14 +124,25 @@ class RunResult:
     run_id: str | None
     seed: int
     device: str
+    model_metrics: dict[str, float] = attrs.field(factory=dict)
+    figures: dict[str, Any] = attrs.field(factory=dict)
 
     def table(self, metric: str = "accuracy") -> dict[str, dict[float, float]]:
         """table[attack][eps] of one metric."""
         return pivot(self.records, metric)[2]
 
     def format(self) -> str:
-        """Every metric as a text table."""
-        return "\n\n".join(format_table(self.records, m) for m in metric_names(self.records))
+        """Every per-attack metric as a table, then the model's own metrics."""
+        parts = [format_table(self.records, m) for m in metric_names(self.records)]
+        if self.model_metrics:
+            rows = [[name, format_value(value)] for name, value in self.model_metrics.items()]
+            parts.append(format_grid(["model metric", "value"], rows))
+        return "\n\n".join(parts)
+
+    @property
+    def run_ids(self) -> list[str | None]:
+        """The tracked run, as a list (like RunGroup's)."""
+        return [self.run_id]
 
 
 @attrs.define(kw_only=True)

@@ -223,6 +223,9 @@ def run_finished(run: Any, result: RunResult | None, status: str, error: BaseExc
         for metric in metric_names(result.records):
             figure = plot_metric_vs_eps(result.records, metric, title=f"{run.experiment}: {metric} vs eps")
             _log_figure(client, run_id, figure, f"{metric}_vs_eps.png")
+        _log_metrics(client, run_id, {f"model/{k}": v for k, v in result.model_metrics.items()})
+        for path, figure in result.figures.items():
+            _log_figure(client, run_id, figure, f"figures/{path}")
         log_model(client.tracking_uri, run_id, result.model)
     client.set_terminated(run_id, status=status)
 

@@ -43,7 +43,7 @@ class BNN(Defense):
     default_lr: ClassVar[float] = 1e-3
     prior_sigma: float = param(0.15, gt=0.0, help="prior std s0 (Adv-BNN: CIFAR-10 0.05, others 0.15)")
     alpha: float = param(0.02, gt=0.0, le=1.0, help="KL weight (Adv-BNN: CIFAR-10 1.0, others 1/50)")
-    init_sigma: float = param(0.05, gt=0.0, help="initial posterior std exp(s)")
+    init_sigma: float = param(0.01, gt=0.0, help="initial posterior std exp(s)")
     train_samples: int = param(1, kind=int, ge=1, help="draws per training step")
     inference_samples: int = param(10, kind=int, ge=1, help="S_I: draws averaged at prediction (paper: 10-20)")
 

@@ -94,6 +94,7 @@ class WeightStats(Metric):
     """Posterior weight statistics: mean of mu, mean of sigma^2 and KL per parameter, per layer and overall."""
 
     name: ClassVar[str] = "weight-stats"
+    per_attack: ClassVar[bool] = False
     prior_sigma: float = param(0.15, gt=0.0, help="prior std of the KL")
 
     def create(self) -> MetricState:

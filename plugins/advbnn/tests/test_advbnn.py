@@ -120,3 +120,19 @@ def test_adv_bnn_training_lowers_its_loss_on_mnist_5k() -> None:
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0], losses
     assert result.history[-1]["kl"] > 0 and 0 < result.history[-1]["mean_sigma2"]
+
+
+def test_weight_stats_are_model_metrics_logged_once_on_the_parent_run(store: str) -> None:
+    from mlflow import MlflowClient
+
+    result = advbayes.run(
+        "moons", tracking_uri=store, pm=create_plugin_manager(), defense="bnn", metrics=["accuracy", "weight-stats"],
+        epochs=1, **{"dataset.train_size": 200, "dataset.test_size": 100},
+    )
+    assert "weight_mean_sigma2" in result.model_metrics and "weight_mean_sigma2" not in result.records[0].metrics
+    assert "model metric" in result.format() and result.format().count("weight_mean_sigma2") == 1
+    client = MlflowClient(store)
+    parent = client.get_run(result.run_id)
+    assert parent.data.metrics["model/weight_mean_sigma2"] == pytest.approx(result.model_metrics["weight_mean_sigma2"])
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "figures/weight-stats")}
+    assert artifacts == {"figures/weight-stats/log_sigma_histogram.png"}

@@ -153,8 +153,8 @@ class PGD(GradientAttack):
         x = x.detach()
         best_x = x.clone()
         best_loss = torch.full((x.shape[0],), -math.inf, device=x.device)
-        history = torch.zeros(self.restarts, self.steps + 1)
-        zeros = 0
+        history = torch.zeros(self.restarts, self.steps + 1, device=x.device)  # on the device: no sync per step
+        zeros = torch.zeros((), device=x.device)
         total = 0
         with self.draws(model):
             for restart in range(self.restarts):
@@ -162,15 +162,15 @@ class PGD(GradientAttack):
                 run_x, run_loss = x_adv.clone(), torch.full_like(best_loss, -math.inf)
                 for step in range(self.steps):
                     losses, gradient = self.loss_and_gradient(model, x_adv, y)
-                    history[restart, step] = losses.mean().item()
-                    zeros += int((gradient == 0).sum())
+                    history[restart, step] = losses.mean()
+                    zeros += (gradient == 0).sum()
                     total += gradient.numel()
                     better = losses > run_loss
                     run_x[better], run_loss[better] = x_adv[better], losses[better]
                     stepped = x_adv + self.alpha * ascent_direction(gradient, self.norm)
                     x_adv = self.clamp(x + project(stepped - x, self.eps, self.norm)).detach()
                 final = self.evaluate_loss(model, x_adv, y)
-                history[restart, self.steps] = final.mean().item()
+                history[restart, self.steps] = final.mean()
                 if self.keep == "last":
                     run_x, run_loss = x_adv, final
                 else:
@@ -185,8 +185,8 @@ class PGD(GradientAttack):
             diagnostics={
                 **lengths(delta),
                 "attack_loss": best_loss.cpu(),
-                "loss_history": history,
-                "zero_grad_share": zeros / max(total, 1),
+                "loss_history": history.cpu(),
+                "zero_grad_share": float(zeros) / max(total, 1),
             },
         )
 
