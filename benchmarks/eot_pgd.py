@@ -24,6 +24,17 @@ from common import build_network, timed  # benchmarks/common.py, beside this scr
 SAMPLES, STEPS, EPS, ALPHA = 10, 20, 0.3, 0.03
 
 
+class OneDraw(torch.nn.Module):
+    """A stochastic model as torchattacks sees it: each call returns one draw's logits [B, k]."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, samples=1)[0]
+
+
 def loop_eot_pgd(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The naive expectation: S_A calls with one draw each per step."""
     x_adv = x.clone()
@@ -68,7 +79,7 @@ def main() -> None:
             line = f"{kind:<22}{batch:>5}{loop:>9.2f}{ours:>12.2f}{loop / ours:>7.2f}x"
             if torchattacks:
                 attack = torchattacks.EOTPGD(
-                    lambda inputs: model(inputs, samples=1)[0], eps=EPS, alpha=ALPHA, steps=STEPS,
+                    OneDraw(model).eval(), eps=EPS, alpha=ALPHA, steps=STEPS,
                     eot_iter=SAMPLES, random_start=False,
                 )
                 attack.set_device(device)

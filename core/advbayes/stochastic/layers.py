@@ -67,6 +67,8 @@ class StochasticLayer(nn.Module):
     def _run(self, key: tuple[Any, ...], candidates: dict[str, Any], inputs: list[torch.Tensor]) -> torch.Tensor:
         name = self.strategy
         if name == "auto":
+            name = strategies.cached(key) or ""
+        if not name:  # first call of this signature: measure both on detached copies
             detached = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
             trial = {k: (lambda f=f: f(*detached)) for k, f in candidates.items()}
             name = strategies.choose(key, trial, detached, inputs[0].device)

@@ -62,6 +62,11 @@ def choose(
     return _CHOSEN[key]
 
 
+def cached(key: tuple[Any, ...]) -> str | None:
+    """The strategy already measured for this signature, if any."""
+    return _CHOSEN.get(key)
+
+
 def chosen_strategies() -> dict[tuple[Any, ...], tuple[str, dict[str, float]]]:
     """Every signature measured so far with its winner and timings (for benchmarks and diagnostics)."""
     return {key: (name, _TIMINGS.get(key, {})) for key, name in _CHOSEN.items()}
