@@ -27,13 +27,30 @@ def metric_columns(runs: Sequence[Any], metric: str) -> list[tuple[str, float, s
     return sorted(((a, e, k) for k, (a, e) in columns.items()), key=lambda c: (order.index(c[0]), c[1]))
 
 
+def collapse_constant(runs: Sequence[Any], columns: list[tuple[str, float, str]]) -> list[tuple[str, float | None, str]]:
+    """One column for an attack whose value is the same at every eps in every run (e.g. the clean `none`)."""
+    collapsed: list[tuple[str, float | None, str]] = []
+    by_attack: dict[str, list[tuple[str, float, str]]] = {}
+    for column in columns:
+        by_attack.setdefault(column[0], []).append(column)
+    for attack, group in by_attack.items():
+        constant = len(group) > 1 and all(
+            len({run.data.metrics[key] for _a, _e, key in group if key in run.data.metrics}) <= 1 for run in runs
+        )
+        collapsed.extend([(attack, None, group[0][2])] if constant else group)
+    return collapsed
+
+
 def compare_table(tracking_uri: str | None, experiments: Sequence[str], metric: str) -> str:
     """The runs of `experiments` (newest first) with their `metric` per attack and eps."""
     runs = tracked_runs(tracking_uri, experiments)
     if not runs:
         return f"no tracked runs of {', '.join(experiments)}"
-    columns = metric_columns(runs, metric)
-    header = ["run", "experiment", "status", "started", "defense", *(f"{a} eps={e:g}" for a, e, _ in columns)]
+    columns = collapse_constant(runs, metric_columns(runs, metric))
+    header = [
+        "run", "experiment", "status", "started", "defense",
+        *(attack if eps is None else f"{attack} eps={eps:g}" for attack, eps, _ in columns),
+    ]
     rows = []
     for run in runs:
         started = dt.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
