@@ -214,3 +214,16 @@ def test_quickstart_without_the_vision_plugin_names_the_package_to_install() -> 
     registry = load_registry(pm=create_plugin_manager(entry_points=False))
     with pytest.raises(RegistryError, match=r"dataset 'mnist-5k' is not installed: it is provided by advbayes-vision"):
         registry.resolve_experiment("quickstart")
+
+
+def test_every_shipped_entry_resolves_with_the_installed_plugins() -> None:
+    registry = load_registry()
+    installed = {info.distribution for info in registry.pm.info.values()}
+    for kind in ("datasets", "models", "defenses", "attacks", "metrics", "experiments"):
+        for name in registry.names(kind):
+            raw = registry.find(kind, name)
+            try:
+                registry.resolve(kind, name, where=(raw.file, name, ""))
+            except RegistryError as exc:
+                # only an entry of a plugin that is not installed here may fail, and it must say so
+                assert "is not installed" in str(exc) and not any(d in str(exc) for d in installed), str(exc)

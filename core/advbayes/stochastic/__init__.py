@@ -1,7 +1,14 @@
 """The stochastic substrate: models with a sample dimension ([B, ...] -> logits [S, B, k])."""
 
 from advbayes.stochastic.layers import BayesBatchNorm2d, BayesConv2d, BayesLinear, Folded, GaussianParameter, StochasticLayer
-from advbayes.stochastic.model import StochasticModel, frozen, kl, to_bayesian
+from advbayes.stochastic.model import (
+    StochasticModel,
+    frozen,
+    hierarchical_regularizer_terms,
+    kl,
+    posterior_statistics,
+    to_bayesian,
+)
 from advbayes.stochastic.sampled import DeterministicSampled, as_sampled, predict, takes_samples
 from advbayes.stochastic.strategy import chosen_strategies, forget_choices
 
@@ -18,7 +25,9 @@ __all__ = [
     "chosen_strategies",
     "forget_choices",
     "frozen",
+    "hierarchical_regularizer_terms",
     "kl",
+    "posterior_statistics",
     "predict",
     "takes_samples",
     "to_bayesian",

@@ -31,11 +31,19 @@ class GaussianParameter(nn.Module):
         """Standard deviation."""
         return self.log_sigma.exp()
 
+    def sample_noise(self, samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noise for S draws, [S, ...]: standard normal (subclasses may add channels, e.g. variance draws)."""
+        return torch.randn((samples, *self.mu.shape), generator=generator, device=self.mu.device, dtype=self.mu.dtype)
+
     def draws(self, samples: int) -> torch.Tensor:
-        """The S weight draws [S, *shape] (fresh standard-normal noise if the model set none)."""
+        """The S weight draws [S, *shape] (fresh noise if the model set none)."""
         eps = self.eps
         if eps is None or eps.shape[0] != samples:
-            eps = torch.randn((samples, *self.mu.shape), device=self.mu.device, dtype=self.mu.dtype)
+            eps = self.sample_noise(samples)
+        return self.weights_from(eps)
+
+    def weights_from(self, eps: torch.Tensor) -> torch.Tensor:
+        """w = mu + sigma * eps, for noise [S, *shape]."""
         return self.mu + self.log_sigma.exp() * eps
 
     def kl(self, prior_sigma: float) -> torch.Tensor:
@@ -67,7 +75,8 @@ class StochasticLayer(nn.Module):
     def _run(self, key: tuple[Any, ...], candidates: dict[str, Any], inputs: list[torch.Tensor]) -> torch.Tensor:
         name = self.strategy
         if name == "auto":
-            name = strategies.cached(key) or ""
+            # a Python loop over more than MAX_LOOP draws loses to one batched kernel everywhere; do not time it
+            name = strategies.cached(key) or ("batched" if self.samples > strategies.MAX_LOOP else "")
         if not name:  # first call of this signature: measure both on detached copies
             detached = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
             trial = {k: (lambda f=f: f(*detached)) for k, f in candidates.items()}

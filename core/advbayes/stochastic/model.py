@@ -29,6 +29,7 @@ ELEMENTWISE = (
 )
 CONVERTIBLE = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
 CHUNK_TARGET = 256  # besides all draws and one draw per pass, auto tries passes of about this many examples
+MAX_PASSES = 64  # and never more passes than this (1,000 draws are not timed as 1,000 passes)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -89,10 +90,7 @@ class StochasticModel(nn.Module):
                 raise ValueError(f"draws are frozen at samples={self._frozen_samples}, got samples={samples}")
             return
         for parameter in self.gaussian_parameters():
-            generator = self.generator(parameter.mu.device)
-            parameter.eps = torch.randn(
-                (samples, *parameter.mu.shape), generator=generator, device=parameter.mu.device, dtype=parameter.mu.dtype
-            )
+            parameter.eps = parameter.sample_noise(samples, self.generator(parameter.mu.device))
         if self._frozen:
             self._frozen_samples = samples
 
@@ -151,7 +149,9 @@ class StochasticModel(nn.Module):
 
         One pass over S x B examples can be slower than S passes over B on a CPU (cache); a GPU favours one.
         """
-        candidates = sorted({samples, max(1, min(samples, CHUNK_TARGET // max(batch, 1))), 1}, reverse=True)
+        fewest = math.ceil(samples / MAX_PASSES)  # never time more than MAX_PASSES passes
+        per_target = max(1, min(samples, CHUNK_TARGET // max(batch, 1)))
+        candidates = sorted({samples, max(per_target, fewest), max(1, fewest)}, reverse=True)
         saved = {name: buffer.clone() for name, buffer in self.named_buffers()}
         probe = inputs.detach().requires_grad_(inputs.requires_grad)
         weights = [p for p in self.parameters() if p.requires_grad] if grad else []
@@ -291,3 +291,29 @@ def to_bayesian(
     if skipped:
         warnings.warn(f"to_bayesian left these modules deterministic: {', '.join(skipped)}", stacklevel=2)
     return StochasticModel(network, strategy=strategy, max_batch=max_batch, seed=seed)
+
+
+def posterior_statistics(model: nn.Module, prior_sigma: float) -> dict[str, float]:
+    """Over all Gaussian weights: count, mean of mu, mean of sigma^2, KL per weight to N(0, prior_sigma^2), and
+    R = mean of (1/2) log(1 + mu^2 / sigma^2), the hierarchical-VI regularizer (0 count for deterministic models)."""
+    parameters = [p for m in model.modules() if isinstance(m, StochasticLayer) for p in m.gaussian_parameters()]
+    count = sum(p.mu.numel() for p in parameters)
+    if not count:
+        return {"count": 0, "mean_mu": 0.0, "mean_sigma2": 0.0, "kl_per_param": 0.0, "r": 0.0}
+    with torch.no_grad():
+        mu_sum = float(sum(p.mu.sum() for p in parameters))
+        sigma2_sum = float(sum((2 * p.log_sigma).exp().sum() for p in parameters))
+        kl_sum = float(sum(p.kl(prior_sigma) for p in parameters))
+        r_sum = float(sum(hierarchical_regularizer_terms(p).sum() for p in parameters))
+    return {
+        "count": count,
+        "mean_mu": mu_sum / count,
+        "mean_sigma2": sigma2_sum / count,
+        "kl_per_param": kl_sum / count,
+        "r": r_sum / count,
+    }
+
+
+def hierarchical_regularizer_terms(parameter: GaussianParameter) -> torch.Tensor:
+    """(1/2) log(1 + mu^2 / sigma^2) per weight, computed as (1/2) log1p(mu^2 exp(-2 log_sigma))."""
+    return 0.5 * torch.log1p(parameter.mu**2 * torch.exp(-2 * parameter.log_sigma))

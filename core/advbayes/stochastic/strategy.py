@@ -14,6 +14,7 @@ import torch
 
 STRATEGIES = ("auto", "loop", "batched")
 STRATEGY_ENV = "ADVBAYES_STRATEGY"
+MAX_LOOP = 64
 _CHOSEN: dict[tuple[Any, ...], str] = {}
 _TIMINGS: dict[tuple[Any, ...], dict[str, float]] = {}
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import attrs
@@ -13,25 +11,8 @@ from torch import nn
 from advbayes.components import Defense, LossOutput, TrainContext
 from advbayes.losses import ensemble_accuracy, mean_cross_entropy
 from advbayes.params import entry_param, param
-from advbayes.stochastic import StochasticModel, kl, to_bayesian
-
-
-@contextmanager
-def evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """Craft training attacks in eval mode, so BatchNorm neither uses nor updates statistics of attack iterates."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def adversarial_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, context: TrainContext, entry: Any) -> torch.Tensor:
-    """The training attack's examples for the batch (the attack is a registry entry, built once per run)."""
-    attack = context.build_attack(entry)
-    with evaluation_mode(model):
-        return attack(model, x, y).x_adv.detach()
+from advbayes.stochastic import kl, posterior_statistics, to_bayesian
+from advbayes.training import adversarial_examples
 
 
 @attrs.frozen(kw_only=True)
@@ -62,14 +43,15 @@ class BNN(Defense):
         logits = model(inputs, samples=self.train_samples)
         ce = mean_cross_entropy(logits, y)
         divergence = kl(model, self.prior_sigma)
-        stats = posterior_summary(model)
+        stats = posterior_statistics(model, self.prior_sigma)
         return LossOutput(
             loss=ce + self.alpha / context.n_train * divergence,
             parts={
                 "ce": ce.detach(),
                 "kl": divergence.detach(),
-                "kl_per_param": divergence.detach() / max(stats["count"], 1),
+                "kl_per_param": stats["kl_per_param"],
                 "mean_sigma2": stats["mean_sigma2"],
+                "r": stats["r"],
                 "acc": ensemble_accuracy(logits.detach(), y),
             },
         )
@@ -84,7 +66,7 @@ class AdvBNN(BNN):
 
     def training_inputs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, context: TrainContext) -> torch.Tensor:
         """PGD examples (each PGD step draws new weights: the attack calls the model once per step)."""
-        return adversarial_inputs(model, x, y, context, self.train_attack)
+        return adversarial_examples(model, x, y, context, self.train_attack)
 
 
 @attrs.frozen(kw_only=True)
@@ -97,17 +79,7 @@ class AdversarialTraining(Defense):
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], context: TrainContext) -> LossOutput:
         """Cross-entropy on adversarial examples of the batch."""
         x, y = batch
-        logits = model(adversarial_inputs(model, x, y, context, self.train_attack), samples=1)
+        logits = model(adversarial_examples(model, x, y, context, self.train_attack), samples=1)
         ce = mean_cross_entropy(logits, y)
         return LossOutput(loss=ce, parts={"ce": ce.detach(), "acc": ensemble_accuracy(logits.detach(), y)})
 
-
-def posterior_summary(model: nn.Module) -> dict[str, Any]:
-    """Count of stochastic weights and their mean variance (0 for a deterministic model)."""
-    if not isinstance(model, StochasticModel):
-        return {"count": 0, "mean_sigma2": torch.zeros(())}
-    with torch.no_grad():
-        parameters = model.gaussian_parameters()
-        count = sum(p.mu.numel() for p in parameters)
-        total = sum((2 * p.log_sigma).exp().sum() for p in parameters)
-    return {"count": count, "mean_sigma2": total / max(count, 1)}

@@ -10,33 +10,18 @@ from torch import nn
 
 from advbayes.components import EvalBatch, Metric, MetricState
 from advbayes.params import param
-from advbayes.stochastic import StochasticLayer
+from advbayes.stochastic import StochasticLayer, posterior_statistics
 
 
 def layer_statistics(model: nn.Module, prior_sigma: float) -> dict[str, dict[str, float]]:
-    """name -> {count, mean_mu, mean_sigma2, kl_per_param} for every Gaussian layer, plus "overall"."""
-    stats: dict[str, dict[str, float]] = {}
-    totals = {"count": 0, "mu": 0.0, "sigma2": 0.0, "kl": 0.0}
-    with torch.no_grad():
-        for name, layer in model.named_modules():
-            if not isinstance(layer, StochasticLayer):
-                continue
-            parameters = layer.gaussian_parameters()
-            count = sum(p.mu.numel() for p in parameters)
-            mu = float(sum(p.mu.sum() for p in parameters))
-            sigma2 = float(sum((2 * p.log_sigma).exp().sum() for p in parameters))
-            divergence = float(layer.kl(prior_sigma))
-            stats[name] = {"count": count, "mean_mu": mu / count, "mean_sigma2": sigma2 / count, "kl_per_param": divergence / count}
-            for key, value in (("count", count), ("mu", mu), ("sigma2", sigma2), ("kl", divergence)):
-                totals[key] += value
-    if totals["count"]:
-        count = totals["count"]
-        stats["overall"] = {
-            "count": count,
-            "mean_mu": totals["mu"] / count,
-            "mean_sigma2": totals["sigma2"] / count,
-            "kl_per_param": totals["kl"] / count,
-        }
+    """name -> {count, mean_mu, mean_sigma2, kl_per_param, r} for every Gaussian layer, plus "overall"."""
+    stats = {
+        name: posterior_statistics(layer, prior_sigma)
+        for name, layer in model.named_modules()
+        if isinstance(layer, StochasticLayer)
+    }
+    if stats:
+        stats["overall"] = posterior_statistics(model, prior_sigma)
     return stats
 
 
@@ -63,11 +48,11 @@ class WeightStatsState(MetricState):
         self.log_sigma = torch.cat(values) if values else torch.zeros(0)
 
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        """weight_mean_mu, weight_mean_sigma2, weight_kl_per_param overall and per layer (none for a deterministic model)."""
+        """weight_mean_mu, _mean_sigma2, _kl_per_param, _r (the HVI regularizer) overall and per layer."""
         out: dict[str, torch.Tensor] = {}
         for name, values in self.stats.items():
             prefix = "weight" if name == "overall" else f"weight/{name}"
-            for key in ("mean_mu", "mean_sigma2", "kl_per_param"):
+            for key in ("mean_mu", "mean_sigma2", "kl_per_param", "r"):
                 out[f"{prefix}_{key}" if name == "overall" else f"{prefix}/{key}"] = torch.tensor(values[key])
         return out
 

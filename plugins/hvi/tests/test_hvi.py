@@ -1,0 +1,130 @@
+"""The hierarchical-VI regularizer and KL against the note's closed forms, Monte Carlo and autograd."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.optimize import minimize
+from torch import nn
+
+from advbayes.components import TrainContext
+from advbayes.plugins import create_plugin_manager
+from advbayes.registry import load_registry
+from advbayes.stochastic import frozen, to_bayesian
+from advbayes_hvi.defenses import regularizer
+from advbayes_hvi.nig import NIGParameter, nig_kl, nu_term, optimal_kl, standard_gamma
+
+
+def build_defense(spec: dict):
+    registry = load_registry(pm=create_plugin_manager())
+    return registry.build("defenses", registry.resolve("defenses", spec, where=("test", "test", "defense")))
+
+
+def random_model(seed: int = 0):
+    torch.manual_seed(seed)
+    model = to_bayesian(nn.Sequential(nn.Flatten(), nn.Linear(10, 7), nn.ReLU(), nn.Linear(7, 3)), seed=seed)
+    with torch.no_grad():
+        for p in model.gaussian_parameters():
+            p.mu.normal_(0, 0.3)
+            p.log_sigma.uniform_(-4, 0)
+    return model
+
+
+def test_regularizer_against_the_closed_form() -> None:
+    model = random_model()
+    mus = np.concatenate([p.mu.detach().numpy().ravel() for p in model.gaussian_parameters()]).astype(np.float64)
+    sigmas = np.concatenate([p.sigma.detach().numpy().ravel() for p in model.gaussian_parameters()]).astype(np.float64)
+    expected = np.mean(0.5 * np.log(1 + mus**2 / sigmas**2))
+    assert float(regularizer(model)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_optimal_kl_is_the_notes_checked_value_and_the_minimum_over_lambda_and_psi() -> None:
+    mu0, sigma0, nu = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.1, dtype=torch.float64), 50.0
+    assert float(optimal_kl(mu0, sigma0, nu)) == pytest.approx(1.15631, abs=1e-5)
+
+    def objective(log_params: np.ndarray) -> float:
+        lam, psi = (torch.tensor(math.exp(v), dtype=torch.float64) for v in log_params)
+        return float(nig_kl(mu0, sigma0, nu, lam, psi))
+
+    found = minimize(objective, x0=np.array([0.0, 0.5]), method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-12})
+    assert found.fun == pytest.approx(1.15631, abs=1e-5)
+    assert math.exp(found.x[1]) == pytest.approx(1.0, abs=1e-3)  # psi* = 1
+    assert math.exp(found.x[0]) == pytest.approx(1.0 / (nu * (0.3**2 + 0.1**2)), rel=1e-3)  # lambda*
+
+
+def test_the_first_kl_term_against_monte_carlo() -> None:
+    # E_{sigma^2 ~ IG(nu, psi)} [ KL(N(mu0, sigma0^2) || N(0, sigma^2 / lambda)) ] vs its closed form
+    mu0, sigma0, nu, lam, psi = 0.3, 0.1, 50.0, 0.7, 1.3
+    generator = torch.Generator().manual_seed(0)
+    sigma2 = psi / standard_gamma(nu, (2_000_000,), generator, torch.device("cpu")).double()
+    prior_var = sigma2 / lam
+    monte_carlo = (0.5 * (prior_var / sigma0**2).log() + (sigma0**2 + mu0**2) / (2 * prior_var) - 0.5).mean()
+    digamma = float(torch.special.digamma(torch.tensor(nu, dtype=torch.float64)))
+    closed = lam * nu * (sigma0**2 + mu0**2) / (2 * psi) + 0.5 * (math.log(psi) - digamma - math.log(lam) - math.log(sigma0**2)) - 0.5
+    assert float(monte_carlo) == pytest.approx(closed, abs=2e-3)
+
+
+def test_nu_term_vanishes_as_nu_grows() -> None:
+    values = [nu_term(nu) for nu in (2.0, 10.0, 100.0, 1000.0)]
+    assert all(a > b > 0 for a, b in zip(values, values[1:])) and nu_term(math.inf) == 0.0
+
+
+@pytest.mark.parametrize("shape_parameter", [0.7, 2.5, 50.0])
+def test_gamma_sampler_moments(shape_parameter: float) -> None:
+    draws = standard_gamma(shape_parameter, (400_000,), torch.Generator().manual_seed(1), torch.device("cpu")).double()
+    assert float(draws.mean()) == pytest.approx(shape_parameter, rel=0.01)
+    assert float(draws.var()) == pytest.approx(shape_parameter, rel=0.03)
+
+
+def test_regularizer_decreases_when_sigma_grows_at_fixed_mu() -> None:
+    model = random_model()
+    values = []
+    for _ in range(5):
+        values.append(float(regularizer(model)))
+        with torch.no_grad():
+            for p in model.gaussian_parameters():
+                p.log_sigma += 0.5
+    assert all(a > b for a, b in zip(values, values[1:]))
+
+
+def test_gradient_of_r_with_respect_to_log_sigma_is_analytic() -> None:
+    model = random_model(1)
+    regularizer(model).backward()
+    count = sum(p.mu.numel() for p in model.gaussian_parameters())
+    for p in model.gaussian_parameters():
+        mu2, sigma2 = p.mu.detach() ** 2, p.sigma.detach() ** 2
+        torch.testing.assert_close(p.log_sigma.grad, -(1 / count) * mu2 / (mu2 + sigma2), rtol=1e-4, atol=1e-9)
+
+
+def test_hvi_loss_is_cross_entropy_plus_beta_r() -> None:
+    defense = build_defense({"use": "hvi", "beta": 0.7, "init_variance": 0.01, "train_samples": 2})
+    model = defense.prepare(nn.Sequential(nn.Flatten(), nn.Linear(10, 3)))
+    x, y = torch.rand(6, 10), torch.randint(0, 3, (6,))
+    context = TrainContext(dataset=None, train=None, device=torch.device("cpu"), n_train=6, seed=0, build_attack=None)
+    with frozen(model):
+        output = defense.loss(model, (x, y), context)
+        logits = model(x, samples=2)
+    expected = F.cross_entropy(logits.flatten(0, 1), y.repeat(2)) + 0.7 * regularizer(model)
+    torch.testing.assert_close(output.loss, expected)
+
+
+def test_finite_nu_draws_have_the_hierarchical_variance_and_follow_the_models_seed() -> None:
+    defense = build_defense({"use": "hvi", "init_variance": 0.04, "nu": 6.0})
+    model = defense.prepare(nn.Sequential(nn.Linear(1, 1, bias=False)))
+    parameter = model.net[0].weight
+    assert isinstance(parameter, NIGParameter)
+    model.seed(3)
+    x = torch.ones(1, 1)
+    outputs = model(x, samples=200_000)[:, 0, 0].double()
+    # Var(w) = sigma0^2 + psi E[IG(nu, 1)] = 0.04 + 1 / (nu - 1)
+    assert float(outputs.var()) == pytest.approx(0.04 + 1 / 5, rel=0.03)
+    assert float(outputs.mean()) == pytest.approx(float(parameter.mu), abs=0.01)
+    model.seed(3)
+    assert torch.equal(model(x, samples=200_000)[:, 0, 0].double(), outputs)
+    expected_r = float(regularizer(model)) + nu_term(6.0)
+    context = TrainContext(dataset=None, train=None, device=torch.device("cpu"), n_train=1, seed=0, build_attack=None)
+    assert float(defense.loss(model, (x, torch.zeros(1, dtype=torch.long)), context).parts["r"]) == pytest.approx(expected_r)
