@@ -1,0 +1,90 @@
+"""D3 (Bender et al. 2020): a partially Bayesian network trained with diversity penalties on per-draw input gradients."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advbayes.components import Defense, LossOutput, TrainContext
+from advbayes.losses import ensemble_accuracy, mean_cross_entropy
+from advbayes.params import param
+from advbayes.stochastic import kl, to_bayesian
+from advbayes_d3.penalties import omega_m, omega_s, omega_v1, omega_v2, omega_v3, unit_directions
+
+VARIANCE_PENALTIES = ("v1", "v2", "v3")
+
+
+def per_draw_input_gradients(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, gradient_of: str, create_graph: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [K, B, k] and the input gradient of each draw's output [K, B, ...], from ONE backward pass.
+
+    The input is replicated K times along the sample dimension, so draw k's output depends on copy k only and
+    the gradient of the sum over draws w.r.t. the copies is the K per-draw gradients.
+    """
+    replicated = x.detach().unsqueeze(0).repeat(draws, *([1] * x.dim())).requires_grad_(True)
+    logits = model(replicated, samples=draws, sampled_input=True)
+    if gradient_of == "loss":
+        per_draw = F.cross_entropy(logits.flatten(0, 1), y.repeat(draws), reduction="none")
+    else:  # the true-class logit
+        per_draw = logits.gather(-1, y.view(1, -1, 1).expand(draws, -1, 1)).flatten()
+    # retain the graph: the classification loss backpropagates through the same logits afterwards
+    (gradients,) = torch.autograd.grad(per_draw.sum(), replicated, create_graph=create_graph, retain_graph=True)
+    return logits, gradients
+
+
+@attrs.frozen(kw_only=True)
+class D3(Defense):
+    """D3: a Bayesian back (last `bayesian_fraction` of the weight layers), K draws per step, diversity penalties."""
+
+    name: ClassVar[str] = "d3"
+    default_optimizer: ClassVar[str] = "adam"
+    default_lr: ClassVar[float] = 1e-3
+    bayesian_fraction: float = param(0.25, gt=0.0, le=1.0, help="last fraction of the weight layers made Bayesian")
+    draws: int = param(10, kind=int, ge=2, help="K: posterior draws per training step")
+    lambda_m: float = param(0.0, ge=0.0, help="weight of the mean penalty Omega_M")
+    lambda_v: float = param(0.0, ge=0.0, help="weight of the variance penalty")
+    variance_penalty: str = param("v3", kind=str, choices=VARIANCE_PENALTIES, help="v1 min, v2 soft-min, v3 target")
+    temperature: float = param(10.0, gt=0.0, help="soft-min temperature of Omega_V2")
+    lambda_s: float = param(0.0, ge=0.0, help="weight of the non-sparsity penalty Omega_S")
+    gradient_of: str = param("loss", kind=str, choices=("loss", "true-logit"), help="the output whose input gradient is penalized")
+    prior_sigma: float = param(0.15, gt=0.0, help="prior std of the ELBO's KL")
+    alpha: float = param(0.02, gt=0.0, le=1.0, help="KL weight (alpha / N_train)")
+    init_sigma: float = param(0.01, gt=0.0, help="initial posterior std")
+    inference_samples: int = param(10, kind=int, ge=1, help="S_I (the paper: as many draws as in training)")
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The last `bayesian_fraction` of the weight layers become Gaussian; the front stays deterministic."""
+        return to_bayesian(model, which=self.bayesian_fraction, init_sigma=self.init_sigma)
+
+    def penalties(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The active penalties, averaged over the batch."""
+        values: dict[str, torch.Tensor] = {"omega_m": omega_m(u).mean()}
+        if self.lambda_v > 0:
+            penalty = {"v1": lambda: omega_v1(u), "v2": lambda: omega_v2(u, self.temperature), "v3": lambda: omega_v3(u)}
+            values["omega_v"] = penalty[self.variance_penalty]().mean()
+        if self.lambda_s > 0:
+            values["omega_s"] = omega_s(u).mean()
+        return values
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], context: TrainContext) -> LossOutput:
+        """Eq. 19: CE over draws + lambda_M Omega_M + lambda_V Omega_V + lambda_S Omega_S + (alpha / N) KL."""
+        x, y = batch
+        penalized = self.lambda_m > 0 or self.lambda_v > 0 or self.lambda_s > 0
+        logits, gradients = per_draw_input_gradients(model, x, y, self.draws, self.gradient_of, create_graph=penalized)
+        values = self.penalties(unit_directions(gradients))
+        ce = mean_cross_entropy(logits, y)
+        total = ce + self.alpha / context.n_train * kl(model, self.prior_sigma)
+        weights = {"omega_m": self.lambda_m, "omega_v": self.lambda_v, "omega_s": self.lambda_s}
+        for name, value in values.items():
+            if weights[name] > 0:
+                total = total + weights[name] * value
+        return LossOutput(
+            loss=total,
+            parts={"ce": ce.detach(), **{k: v.detach() for k, v in values.items()}, "acc": ensemble_accuracy(logits.detach(), y)},
+        )
+
