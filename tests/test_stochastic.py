@@ -12,10 +12,8 @@ from helpers import draw_network
 from torch.distributions import Normal, kl_divergence
 
 from advbayes.stochastic import (
-    BayesBatchNorm2d,
     BayesConv2d,
     BayesLinear,
-    StochasticLayer,
     frozen,
     kl,
     predict,
