@@ -257,35 +257,8 @@ class Run:
             for eps in measured:
                 attack = attrs.evolve(attack_base, eps=eps, value_range=self.dataset.value_range)
                 states = {name: metric.create().to(self.device) for name, metric in self.metrics if metric.per_attack}
-                l2_sum, linf_max, count = 0.0, 0.0, 0
-                for x, y in test.iterate(self.experiment.eval_batch_size, shuffle=False):
-                    result = attack(net, x, y)
-                    with torch.no_grad():
-                        probs, _ = predict(net, result.x_adv, samples_i)  # fresh draws, independent of the attack's
-                    batch = EvalBatch(
-                        model=net,
-                        x=x,
-                        y=y,
-                        result=result,
-                        probs=probs,
-                        attack=attack,
-                        eps=eps,
-                        inference_samples=samples_i,
-                        device=self.device,
-                    )
-                    for state in states.values():
-                        state.update(batch)
-                    flat = result.delta.detach().flatten(1)
-                    l2_sum += float(flat.norm(dim=1).sum())
-                    linf_max = max(linf_max, float(flat.abs().amax())) if flat.numel() else linf_max
-                    count += len(y)
-                    bar.update(len(y))
-                values: dict[str, float] = {}
-                for metric_name, state in states.items():
-                    for key, value in state.compute().items():
-                        values[key] = float(value)
-                    for file_name, figure in state.figures().items():
-                        figures[f"{metric_name}/{eps_label(eps)}/{file_name}"] = figure
+                values, metric_figures, (l2_sum, linf_max, count) = self.measure(net, test, attack, eps, states, bar)
+                figures.update({f"{metric}/{eps_label(eps)}/{file}": f for (metric, file), f in metric_figures.items()})
                 record_eps = [eps] if attack_base.uses_eps else eps_values
                 for reported in record_eps:
                     attack_records.append(
@@ -310,24 +283,42 @@ class Run:
         states = {name: metric.create().to(self.device) for name, metric in self.metrics if not metric.per_attack}
         if not states:
             return {}, {}
-        samples_i = self.defense.inference_samples
         clean = self.registry.build("attacks", {"name": "none", "use": "none"})  # the built-in clean "attack"
+        values, metric_figures, _ = self.measure(net, test, clean, 0.0, states)
+        return values, {f"{metric}/{file}": figure for (metric, file), figure in metric_figures.items()}
+
+    def measure(
+        self, net: torch.nn.Module, test: Batches, attack: Attack, eps: float, states: dict[str, Any], bar: Any = None
+    ) -> tuple[dict[str, float], dict[tuple[str, str], Any], tuple[float, float, int]]:
+        """Attack the test split, predict on S_I fresh draws, update the metric states.
+
+        Returns the metric values, their figures by (metric, file) and the applied perturbation
+        (sum of L2 lengths, max L_inf, examples).
+        """
+        samples_i = self.defense.inference_samples
+        l2_sum, linf_max, count = 0.0, 0.0, 0
         for x, y in test.iterate(self.experiment.eval_batch_size, shuffle=False):
-            result = clean(net, x, y)
+            result = attack(net, x, y)
             with torch.no_grad():
-                probs, _ = predict(net, x, samples_i)
+                probs, _ = predict(net, result.x_adv, samples_i)  # fresh draws, independent of the attack's
             batch = EvalBatch(
-                model=net, x=x, y=y, result=result, probs=probs, attack=clean, eps=0.0,
+                model=net, x=x, y=y, result=result, probs=probs, attack=attack, eps=eps,
                 inference_samples=samples_i, device=self.device,
             )
             for state in states.values():
                 state.update(batch)
+            flat = result.delta.detach().flatten(1)
+            l2_sum += float(flat.norm(dim=1).sum())
+            linf_max = max(linf_max, float(flat.abs().amax())) if flat.numel() else linf_max
+            count += len(y)
+            if bar is not None:
+                bar.update(len(y))
         values: dict[str, float] = {}
-        figures: dict[str, Any] = {}
+        figures: dict[tuple[str, str], Any] = {}
         for metric_name, state in states.items():
             values.update({key: float(value) for key, value in state.compute().items()})
-            figures.update({f"{metric_name}/{file}": figure for file, figure in state.figures().items()})
-        return values, figures
+            figures.update({(metric_name, file): figure for file, figure in state.figures().items()})
+        return values, figures, (l2_sum, linf_max, count)
 
     # ------------------------------------------------------------------------------------------- whole run
 
