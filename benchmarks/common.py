@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from advbayes.registry import load_registry
+from advbayes.stochastic.strategy import synchronize
 
 
 def build_network(kind: str) -> torch.nn.Module:
@@ -23,11 +24,9 @@ def timed(run: Callable[[], object], device: torch.device, repeats: int) -> floa
     run()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         started = time.perf_counter()
         run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - started)
     return sorted(times)[len(times) // 2]

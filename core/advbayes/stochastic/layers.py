@@ -17,6 +17,16 @@ from torch import nn
 from advbayes.stochastic import strategy as strategies
 
 
+def kl_terms(mu2: torch.Tensor, log_sigma: torch.Tensor, sigma2: torch.Tensor, prior_sigma: float) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, prior_sigma^2)) per weight, from mu^2, log sigma and sigma^2."""
+    return math.log(prior_sigma) - log_sigma + (sigma2 + mu2) / (2 * prior_sigma**2) - 0.5
+
+
+def regularizer_terms(mu2: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
+    """(1/2) log(1 + mu^2 / sigma^2) per weight: hierarchical VI's regularizer."""
+    return 0.5 * torch.log1p(mu2 / sigma2)
+
+
 class GaussianParameter(nn.Module):
     """A tensor parameter with a factorized Gaussian posterior N(mu, exp(log_sigma)^2)."""
 
@@ -48,8 +58,7 @@ class GaussianParameter(nn.Module):
 
     def kl(self, prior_sigma: float) -> torch.Tensor:
         """KL(q || N(0, prior_sigma^2)) summed over the tensor's entries."""
-        sigma2 = (2 * self.log_sigma).exp()
-        return (math.log(prior_sigma) - self.log_sigma + (sigma2 + self.mu**2) / (2 * prior_sigma**2) - 0.5).sum()
+        return kl_terms(self.mu.square(), self.log_sigma, (2 * self.log_sigma).exp(), prior_sigma).sum()
 
 
 def _draw_count(x: torch.Tensor, samples: int) -> int:

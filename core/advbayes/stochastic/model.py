@@ -19,8 +19,10 @@ from advbayes.stochastic.layers import (
     Folded,
     GaussianParameter,
     StochasticLayer,
+    kl_terms,
+    regularizer_terms,
 )
-from advbayes.stochastic.strategy import STRATEGIES, default_strategy
+from advbayes.stochastic.strategy import STRATEGIES, default_strategy, synchronize
 
 # Elementwise modules work on [S', B, ...] as they are; every other deterministic leaf is Folded.
 ELEMENTWISE = (
@@ -30,11 +32,6 @@ ELEMENTWISE = (
 CONVERTIBLE = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
 CHUNK_TARGET = 256  # besides all draws and one draw per pass, auto tries passes of about this many examples
 MAX_PASSES = 64  # and never more passes than this (1,000 draws are not timed as 1,000 passes)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class StochasticModel(nn.Module):
@@ -118,8 +115,7 @@ class StochasticModel(nn.Module):
         if not layers:  # nothing random: one pass, [1, B, k] (or [S, B, k] for a sampled input)
             return self.net(inputs)
         self.draw(samples)
-        batch = inputs.shape[1]
-        return self._run_chunks(inputs, layers, samples, self._chunk_size(inputs, layers, samples, batch))
+        return self._run_chunks(inputs, layers, samples, self._chunk_size(inputs, layers, samples))
 
     def _run_chunks(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, chunk: int) -> torch.Tensor:
         if chunk >= samples:
@@ -130,8 +126,9 @@ class StochasticModel(nn.Module):
             outputs.append(self._forward_draws(part, layers, start, min(samples, start + chunk)))
         return torch.cat(outputs)
 
-    def _chunk_size(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, batch: int) -> int:
+    def _chunk_size(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int) -> int:
         """Draws per pass: max_batch when set; under "auto", the fastest of a few sizes, measured once."""
+        batch = inputs.shape[1]
         if self.max_batch is not None:
             return samples if samples * batch <= self.max_batch else max(1, self.max_batch // max(batch, 1))
         if self.strategy != "auto" or samples == 1:
@@ -139,16 +136,15 @@ class StochasticModel(nn.Module):
         grad = torch.is_grad_enabled()
         key = (samples, tuple(inputs.shape), inputs.device.type, inputs.dtype, grad, self.training)
         if key not in self._chunks:
-            self._chunks[key] = self._measure_chunk(inputs, layers, samples, batch, grad)
+            self._chunks[key] = self._measure_chunk(inputs, layers, samples, grad)
         return self._chunks[key]
 
-    def _measure_chunk(
-        self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, batch: int, grad: bool
-    ) -> int:
+    def _measure_chunk(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, grad: bool) -> int:
         """Time whole passes (forward, and backward when gradients are on) for a few chunk sizes; no side effects.
 
         One pass over S x B examples can be slower than S passes over B on a CPU (cache); a GPU favours one.
         """
+        batch = inputs.shape[1]
         fewest = math.ceil(samples / MAX_PASSES)  # never time more than MAX_PASSES passes
         per_target = max(1, min(samples, CHUNK_TARGET // max(batch, 1)))
         candidates = sorted({samples, max(per_target, fewest), max(1, fewest)}, reverse=True)
@@ -169,10 +165,10 @@ class StochasticModel(nn.Module):
                     run()  # warm-up, and the per-layer strategy measurements
                     best = math.inf
                     for _ in range(2):
-                        _synchronize(inputs.device)
+                        synchronize(inputs.device)
                         started = time.perf_counter()
                         run()
-                        _synchronize(inputs.device)
+                        synchronize(inputs.device)
                         best = min(best, time.perf_counter() - started)
                     timings[chunk] = best
                 except torch.OutOfMemoryError:  # too large to hold: not a candidate
@@ -300,11 +296,15 @@ def posterior_statistics(model: nn.Module, prior_sigma: float) -> dict[str, floa
     count = sum(p.mu.numel() for p in parameters)
     if not count:
         return {"count": 0, "mean_mu": 0.0, "mean_sigma2": 0.0, "kl_per_param": 0.0, "r": 0.0}
-    with torch.no_grad():
-        mu_sum = float(sum(p.mu.sum() for p in parameters))
-        sigma2_sum = float(sum((2 * p.log_sigma).exp().sum() for p in parameters))
-        kl_sum = float(sum(p.kl(prior_sigma) for p in parameters))
-        r_sum = float(sum(hierarchical_regularizer_terms(p).sum() for p in parameters))
+    mu_sum = sigma2_sum = kl_sum = r_sum = 0.0
+    with torch.no_grad():  # one pass per tensor: mu^2 and sigma^2 are computed once for all four statistics
+        for p in parameters:
+            mu2 = p.mu.square()
+            sigma2 = (2 * p.log_sigma).exp()
+            mu_sum += float(p.mu.sum())
+            sigma2_sum += float(sigma2.sum())
+            kl_sum += float(kl_terms(mu2, p.log_sigma, sigma2, prior_sigma).sum())
+            r_sum += float(regularizer_terms(mu2, sigma2).sum())
     return {
         "count": count,
         "mean_mu": mu_sum / count,
@@ -315,5 +315,5 @@ def posterior_statistics(model: nn.Module, prior_sigma: float) -> dict[str, floa
 
 
 def hierarchical_regularizer_terms(parameter: GaussianParameter) -> torch.Tensor:
-    """(1/2) log(1 + mu^2 / sigma^2) per weight, computed as (1/2) log1p(mu^2 exp(-2 log_sigma))."""
-    return 0.5 * torch.log1p(parameter.mu**2 * torch.exp(-2 * parameter.log_sigma))
+    """(1/2) log(1 + mu^2 / sigma^2) per weight of one Gaussian parameter (differentiable)."""
+    return regularizer_terms(parameter.mu.square(), (2 * parameter.log_sigma).exp())

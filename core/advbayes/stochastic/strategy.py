@@ -27,7 +27,8 @@ def default_strategy() -> str:
     return value
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU), so wall-clock timings are real."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -37,12 +38,12 @@ def _time_candidate(run: Callable[[], torch.Tensor], inputs: list[torch.Tensor],
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     times = []
     for repeat in range(4):
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         out = run()
         if grad:
             torch.autograd.grad(out.sum(), [t for t in inputs if t.requires_grad], allow_unused=True)
-        _synchronize(device)
+        synchronize(device)
         if repeat:  # the first call warms up caches and kernels
             times.append(time.perf_counter() - started)
     return sorted(times)[len(times) // 2]
