@@ -12,7 +12,7 @@ from torch import nn
 from advbayes.components import Defense, LossOutput, TrainContext
 from advbayes.losses import ensemble_accuracy, mean_cross_entropy
 from advbayes.params import entry_param, param
-from advbayes.stochastic import StochasticLayer, StochasticModel, hierarchical_regularizer_terms, posterior_statistics, to_bayesian
+from advbayes.stochastic import StochasticLayer, hierarchical_regularizer_terms, posterior_statistics, to_bayesian
 from advbayes.training import adversarial_examples
 from advbayes_hvi.nig import NIGParameter, nu_term
 
@@ -55,14 +55,14 @@ class HVI(Defense):
         logits = model(inputs, samples=self.train_samples)
         ce = mean_cross_entropy(logits, y)
         r = regularizer(model) + nu_term(self.nu)
-        stats = posterior_statistics(model, self.prior_sigma) if isinstance(model, StochasticModel) else {}
+        stats = posterior_statistics(model, self.prior_sigma)
         return LossOutput(
             loss=ce + self.beta * r,
             parts={
                 "ce": ce.detach(),
                 "r": r.detach(),
-                "mean_sigma2": stats.get("mean_sigma2", 0.0),
-                "kl_per_param": stats.get("kl_per_param", 0.0),
+                "mean_sigma2": stats["mean_sigma2"],
+                "kl_per_param": stats["kl_per_param"],
                 "acc": ensemble_accuracy(logits.detach(), y),
             },
         )
