@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Subset, TensorDataset
 
+from advbayes.errors import RunError
 from advbayes.params import param
 
 KINDS = ("datasets", "models", "defenses", "attacks", "metrics")
@@ -65,11 +66,38 @@ class EvalBatch:
     eps: float
     inference_samples: int
     device: torch.device
+    prediction_average: str = "probs"
 
 
 @attrs.define(kw_only=True)
-class TrainContext:
-    """What a defense sees during training: data, device, sizes, and how to build other registry entries."""
+class ModelSources:
+    """Models a component may use besides the one it works on: defenses trained earlier in this run, tracked runs."""
+
+    models: Mapping[str, nn.Module] = attrs.field(factory=dict)
+    load_tracked_model: Callable[[str], nn.Module] | None = None
+
+    def source_model(self, source: str) -> nn.Module:
+        """`source` is a defense trained earlier in this experiment or "run:<MLflow run id>"."""
+        if source.startswith("run:"):
+            if self.load_tracked_model is None:
+                raise RunError(f"source '{source}': tracked models cannot be loaded here")
+            return self.load_tracked_model(source[len("run:") :])
+        if source in self.models:
+            return self.models[source]
+        available = ", ".join(sorted(self.models)) or "none yet"
+        raise RunError(
+            f"source '{source}' is not a defense trained earlier in this experiment (trained so far: {available}); "
+            "list it before the defenses that use it, or give run:<RUN_ID>"
+        )
+
+
+@attrs.define(kw_only=True)
+class TrainContext(ModelSources):
+    """What a defense sees during training: data, device, sizes, other models, and how to build registry entries.
+
+    `build_network` gives a fresh deterministic network of the experiment's architecture and `fit` trains one
+    with plain cross-entropy (what offline adversarial training needs for its source model).
+    """
 
     dataset: Dataset
     train: TorchDataset
@@ -77,18 +105,20 @@ class TrainContext:
     n_train: int
     seed: int
     build_attack: Callable[[Any], Attack]
+    build_network: Callable[[], nn.Module] | None = None
+    fit: Callable[[nn.Module, int], nn.Module] | None = None
+    progress: bool = False
     epoch: int = 0
     step: int = 0
 
 
 @attrs.define(kw_only=True)
-class EvalContext:
-    """What an attack may use before evaluation: models trained earlier in this run, tracked models, other entries."""
+class EvalContext(ModelSources):
+    """What an attack or metric may use before evaluation: models trained earlier in this run, tracked models."""
 
-    models: Mapping[str, nn.Module]
-    load_tracked_model: Callable[[str], nn.Module]
     build_attack: Callable[[Any], Attack]
     device: torch.device
+    prediction_average: str = "probs"
 
 
 # ---------------------------------------------------------------------------------------------- interfaces
@@ -154,14 +184,19 @@ class Defense(Component):
     kind: ClassVar[str] = "defenses"
     default_optimizer: ClassVar[str] = "adam"
     default_lr: ClassVar[float] = 1e-3
+    prediction_average: ClassVar[str] = "probs"  # "probs": mean softmax over draws; "logits": softmax of mean logits
     inference_samples: int = param(1, kind=int, ge=1, help="S_I: draws averaged at prediction")
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Turn the built network into the one this defense trains (e.g. make it Bayesian)."""
         return model
 
-    def before_training(self, context: TrainContext) -> None:
-        """Work done once before the first epoch (e.g. offline adversarial data)."""
+    def before_training(self, context: TrainContext) -> TorchDataset | None:
+        """Work done before the first epoch; may return a replacement training split (e.g. offline adversarial data).
+
+        The engine runs it with its own seeded random state, also when a run resumes, so it must be deterministic.
+        """
+        return None
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], context: TrainContext) -> LossOutput:
         """The training loss of one batch; `model` takes forward(x, samples=S) -> [S, B, k]."""
@@ -223,6 +258,10 @@ class Metric(Component):
     def create(self) -> MetricState:
         """A fresh metric state."""
         raise NotImplementedError
+
+    def bind(self, context: EvalContext) -> Metric:
+        """Called once before evaluation; a metric that needs other models or entries returns a bound copy."""
+        return self
 
 
 BASES: dict[str, type[Component]] = {

@@ -22,6 +22,7 @@ from advbayes.components import Attack, Dataset, Defense, EvalBatch, EvalContext
 from advbayes.data import Batches
 from advbayes.errors import RunError
 from advbayes.experiment import Experiment
+from advbayes.losses import mean_cross_entropy
 from advbayes.plugins import PluginManager, get_plugin_manager
 from advbayes.registry import Registry, apply_override, load_registry
 from advbayes.results import EvalRecord, RunGroup, RunResult, eps_label
@@ -228,19 +229,49 @@ class Run:
         partial.replace(path)
         return path
 
+    def build_network(self) -> torch.nn.Module:
+        """A fresh network of the experiment's architecture for its data set."""
+        return self.model_builder.build(tuple(self.dataset.input_shape), self.dataset.num_classes)
+
+    def fit(self, model: torch.nn.Module, train: Batches, epochs: int) -> torch.nn.Module:
+        """Train a deterministic `model` with plain cross-entropy (Adam, lr 1e-3, the experiment's batch size)."""
+        model = as_sampled(model).to(self.device).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        generator = torch.Generator().manual_seed(self.experiment.seed)
+        batch_size = self.experiment.batch_size
+        for epoch in range(epochs):
+            bar = tqdm(
+                total=len(train), unit="img", desc=f"{self.name} source model epoch {epoch + 1}/{epochs}",
+                disable=not self.progress, dynamic_ncols=True,
+            )
+            for x, y in train.iterate(batch_size, shuffle=True, generator=generator):
+                loss = mean_cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                bar.update(len(y))
+            bar.close()
+        return model.eval()
+
     # ------------------------------------------------------------------------------------------- evaluation
+
+    def eval_context(self, net: torch.nn.Module) -> EvalContext:
+        """What attacks and metrics may bind to: this run's model, earlier defenses of the experiment, tracked runs."""
+        return EvalContext(
+            models={**self.peers, self.spec["defense"]["name"]: net},
+            load_tracked_model=self.load_tracked_model,
+            build_attack=self.build_attack,
+            device=self.device,
+            prediction_average=self.defense.prediction_average,
+        )
 
     def evaluate(self, net: torch.nn.Module, test: Batches) -> list[EvalRecord]:
         """Every attack at every eps of the experiment on the test split; metrics on S_I fresh draws."""
         net.eval()
         records: list[EvalRecord] = []
         samples_i = self.defense.inference_samples
-        context = EvalContext(
-            models={**self.peers, self.spec["defense"]["name"]: net},
-            load_tracked_model=self.load_tracked_model,
-            build_attack=self.build_attack,
-            device=self.device,
-        )
+        context = self.eval_context(net)
+        metrics = [(name, metric.bind(context)) for name, metric in self.metrics if metric.per_attack]
         for attack_name, unbound in self.attacks:
             attack_base = unbound.bind(context)
             eps_values = list(self.experiment.eps) or [attack_base.eps]
@@ -256,7 +287,7 @@ class Run:
             )
             for eps in measured:
                 attack = attrs.evolve(attack_base, eps=eps, value_range=self.dataset.value_range)
-                states = {name: metric.create().to(self.device) for name, metric in self.metrics if metric.per_attack}
+                states = {name: metric.create().to(self.device) for name, metric in metrics}
                 values, metric_figures, (l2_sum, linf_max, count) = self.measure(net, test, attack, eps, states, bar)
                 figures.update({f"{metric}/{eps_label(eps)}/{file}": f for (metric, file), f in metric_figures.items()})
                 record_eps = [eps] if attack_base.uses_eps else eps_values
@@ -280,7 +311,10 @@ class Run:
 
     def evaluate_model(self, net: torch.nn.Module, test: Batches) -> tuple[dict[str, float], dict[str, Any]]:
         """Metrics of the model itself (per_attack = False), once on the clean test split."""
-        states = {name: metric.create().to(self.device) for name, metric in self.metrics if not metric.per_attack}
+        context = self.eval_context(net)
+        states = {
+            name: metric.bind(context).create().to(self.device) for name, metric in self.metrics if not metric.per_attack
+        }
         if not states:
             return {}, {}
         clean = self.registry.build("attacks", {"name": "none", "use": "none"})  # the built-in clean "attack"
@@ -296,14 +330,15 @@ class Run:
         (sum of L2 lengths, max L_inf, examples).
         """
         samples_i = self.defense.inference_samples
+        average = self.defense.prediction_average
         l2_sum, linf_max, count = 0.0, 0.0, 0
         for x, y in test.iterate(self.experiment.eval_batch_size, shuffle=False):
             result = attack(net, x, y)
             with torch.no_grad():
-                probs, _ = predict(net, result.x_adv, samples_i)  # fresh draws, independent of the attack's
+                probs, _ = predict(net, result.x_adv, samples_i, average)  # fresh draws, independent of the attack's
             batch = EvalBatch(
                 model=net, x=x, y=y, result=result, probs=probs, attack=attack, eps=eps,
-                inference_samples=samples_i, device=self.device,
+                inference_samples=samples_i, device=self.device, prediction_average=average,
             )
             for state in states.values():
                 state.update(batch)
@@ -328,7 +363,7 @@ class Run:
         test_split = self.dataset.data("test")
         train = Batches(train_split, self.device)
         test = Batches(test_split, self.device)
-        network = self.model_builder.build(tuple(self.dataset.input_shape), self.dataset.num_classes)
+        network = self.build_network()
         net = as_sampled(self.defense.prepare(network)).to(self.device)
         if self.checkpoint is not None:
             net.load_state_dict(self.checkpoint["model"])
@@ -339,9 +374,21 @@ class Run:
             n_train=len(train),
             seed=self.experiment.seed,
             build_attack=self.build_attack,
+            models=self.peers,
+            load_tracked_model=self.load_tracked_model,
+            build_network=lambda: self.build_network().to(self.device),
+            fit=lambda model, epochs: self.fit(model, train, epochs),
+            progress=self.progress,
         )
-        if self.checkpoint is None:
-            self.defense.before_training(context)
+        # Its own seeded random state: the main training's stream is the same with or without it, and a resumed
+        # run recomputes exactly the same data.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.experiment.seed)
+            replacement = self.defense.before_training(context)
+        if replacement is not None:
+            train_split = replacement
+            train = Batches(train_split, self.device)
+            context.train, context.n_train = train_split, len(train)
         self.train(net, train, context)
         records = self.evaluate(net, test)
         model_metrics, figures = self.evaluate_model(net, test)

@@ -32,7 +32,20 @@ def as_sampled(model: nn.Module) -> nn.Module:
     return model if takes_samples(model) else DeterministicSampled(model)
 
 
-def predict(model: nn.Module, x: torch.Tensor, samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Averaged softmax probabilities [B, k] over `samples` draws, and the per-draw logits [S, B, k]."""
+AVERAGES = ("probs", "logits")
+
+
+def predict(
+    model: nn.Module, x: torch.Tensor, samples: int = 1, average: str = "probs"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictive probabilities [B, k] over `samples` draws, and the per-draw logits [S, B, k].
+
+    average "probs" is the Bayesian model average (mean softmax); "logits" is the softmax of the mean logits
+    (how D3 predicts).
+    """
     logits = as_sampled(model)(x, samples=samples)
+    if average == "logits":
+        return logits.mean(dim=0).softmax(dim=-1), logits
+    if average != "probs":
+        raise ValueError(f"predict: average must be one of {AVERAGES}, got {average!r}")
     return logits.softmax(dim=-1).mean(dim=0), logits

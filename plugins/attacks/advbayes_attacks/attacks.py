@@ -225,16 +225,7 @@ class Transfer(Attack):
 
     def bind(self, context: EvalContext) -> Attack:
         """Fetch the source model and build the inner attack."""
-        if self.source.startswith("run:"):
-            model = context.load_tracked_model(self.source[len("run:") :])
-        elif self.source in context.models:
-            model = context.models[self.source]
-        else:
-            available = ", ".join(sorted(context.models)) or "none yet"
-            raise RunError(
-                f"transfer source '{self.source}' is not a defense trained earlier in this experiment "
-                f"(trained so far: {available}); list it before the defenses it attacks, or use run:<RUN_ID>"
-            )
+        model = context.source_model(self.source)
         inner = context.build_attack(self.attack)
         return attrs.evolve(self, source_model=as_sampled(model).eval(), inner=inner)
 

@@ -53,7 +53,7 @@ def test_transfer_from_a_tracked_run(store: str) -> None:
 
 
 def test_an_unknown_transfer_source_is_a_clear_error() -> None:
-    with pytest.raises(advbayes.RunError, match=r"transfer source 'nobody' is not a defense trained earlier .*trained so far: standard"):
+    with pytest.raises(advbayes.RunError, match=r"source 'nobody' is not a defense trained earlier .*trained so far: standard"):
         advbayes.run("moons", track=False, pm=create_plugin_manager(), attacks=[{**FGSM_TRANSFER, "source": "nobody"}], **FAST)
     registry = load_registry(pm=create_plugin_manager())
     unbound = registry.build("attacks", registry.resolve("attacks", FGSM_TRANSFER, where=("t", "t", "t")))

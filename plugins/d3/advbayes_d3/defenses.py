@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch.utils.data import Dataset as TorchDataset
+
 from advbayes.components import Defense, LossOutput, TrainContext
-from advbayes.losses import ensemble_accuracy, mean_cross_entropy
-from advbayes.params import param
+from advbayes.losses import mean_cross_entropy
+from advbayes.params import entry_param, param
 from advbayes.stochastic import kl, to_bayesian
+from advbayes_d3.offline import adversarial_split, source_model
 from advbayes_d3.penalties import omega_m, omega_s, omega_v1, omega_v2, omega_v3, unit_directions
 
 VARIANCE_PENALTIES = ("v1", "v2", "v3")
@@ -42,6 +45,7 @@ class D3(Defense):
     """D3: a Bayesian back (last `bayesian_fraction` of the weight layers), K draws per step, diversity penalties."""
 
     name: ClassVar[str] = "d3"
+    prediction_average: ClassVar[str] = "logits"  # the paper averages logits over draws at inference
     default_optimizer: ClassVar[str] = "adam"
     default_lr: ClassVar[float] = 1e-3
     bayesian_fraction: float = param(0.25, gt=0.0, le=1.0, help="last fraction of the weight layers made Bayesian")
@@ -56,6 +60,18 @@ class D3(Defense):
     alpha: float = param(0.02, gt=0.0, le=1.0, help="KL weight (alpha / N_train)")
     init_sigma: float = param(0.01, gt=0.0, help="initial posterior std")
     inference_samples: int = param(10, kind=int, ge=1, help="S_I (the paper: as many draws as in training)")
+    offline_attack: Any = entry_param("attacks", None, help="-Off: this attack's examples on a deterministic model are appended to the training set")
+    offline_source: str = param(
+        "", kind=str, help="the deterministic model: a defense trained earlier in the experiment, run:<RUN_ID>, or '' to train one here"
+    )
+    offline_epochs: int = param(3, kind=int, ge=1, help="epochs of the deterministic model trained here (offline_source '')")
+
+    def before_training(self, context: TrainContext) -> TorchDataset | None:
+        """-Off: append the offline attack's examples on a deterministic same-architecture model, once."""
+        if self.offline_attack is None:
+            return None
+        model = source_model(context, self.offline_source, self.offline_epochs)
+        return adversarial_split(context, model, self.offline_attack, description="d3 offline adversarial examples")
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """The last `bayesian_fraction` of the weight layers become Gaussian; the front stays deterministic."""
@@ -85,6 +101,6 @@ class D3(Defense):
                 total = total + weights[name] * value
         return LossOutput(
             loss=total,
-            parts={"ce": ce.detach(), **{k: v.detach() for k, v in values.items()}, "acc": ensemble_accuracy(logits.detach(), y)},
+            parts={"ce": ce.detach(), **{k: v.detach() for k, v in values.items()}, "acc": (logits.detach().mean(0).argmax(-1) == y).float().mean()},
         )
 

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import copy
 
+import attrs
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import draw_network
 from torch import nn
+from torch.utils.data import TensorDataset
 
 import advbayes
+from advbayes.components import EvalBatch, EvalContext, TrainContext
+from advbayes.engine import Run
 from advbayes.plugins import create_plugin_manager
 from advbayes.registry import load_registry
 from advbayes.stochastic import frozen
 from advbayes_d3.defenses import per_draw_input_gradients
+from advbayes_d3.metrics import clearly_below
 from advbayes_d3.penalties import omega_m, omega_s, omega_v1, omega_v2, omega_v3, unit_directions
 
 
@@ -121,3 +126,153 @@ def test_training_with_lambda_m_lowers_omega_m_on_mnist_5k() -> None:
     penalized = advbayes.run("quickstart", defense={"use": "d3", "bayesian_fraction": 0.5, "lambda_m": 20.0}, **common)
     assert penalized.history[-1]["omega_m"] < plain.history[-1]["omega_m"]
     assert penalized.history[-1]["omega_m"] < penalized.history[0]["omega_m"]
+
+
+# ------------------------------------------------------------------------------------------- offline training
+
+def test_offline_augmentation_appends_one_adversarial_copy_and_leaves_the_test_split(monkeypatch) -> None:
+    """Through the real engine: the defense trains on 2N examples (N clean + N FGSM), evaluation sees the test split."""
+    seen: dict[str, object] = {}
+    original_train, original_evaluate = Run.train, Run.evaluate
+
+    def train(self, net, train, context):
+        seen["train"] = train.dataset
+        return original_train(self, net, train, context)
+
+    def evaluate(self, net, test):
+        seen["test"] = test.dataset
+        seen["dataset"] = self.dataset
+        return original_evaluate(self, net, test)
+
+    monkeypatch.setattr(Run, "train", train)
+    monkeypatch.setattr(Run, "evaluate", evaluate)
+    defense = {"use": "d3", "bayesian_fraction": 0.5, "draws": 2, "offline_attack": {"use": "fgsm", "eps": 0.25}, "offline_epochs": 1}
+    advbayes.run(
+        "moons", track=False, pm=create_plugin_manager(), defense=defense, epochs=1, attacks=["none"],
+        model={"use": "mlp", "widths": [16]},
+    )
+    dataset = seen["dataset"]
+    clean_x, clean_y = dataset.data("train").tensors
+    train_x, train_y = seen["train"].tensors
+    assert len(train_x) == 2 * len(clean_x)
+    torch.testing.assert_close(train_x[: len(clean_x)], clean_x)  # the clean examples first, unchanged
+    torch.testing.assert_close(train_y, torch.cat([clean_y, clean_y]))
+    shift = (train_x[len(clean_x) :] - clean_x).abs()
+    assert shift.max() <= 0.25 + 1e-6 and shift.max() > 0.2  # FGSM moves every coordinate by eps
+    test_x, test_y = seen["test"].tensors
+    expected_x, expected_y = dataset.data("test").tensors
+    torch.testing.assert_close(test_x.cpu(), expected_x)
+    torch.testing.assert_close(test_y.cpu(), expected_y)
+
+
+def test_offline_source_from_an_earlier_defense_and_a_resumed_run_gets_the_same_data() -> None:
+    """The -Off data from a peer model are reproducible: the augmentation runs in its own seeded random state."""
+    registry = load_registry(pm=create_plugin_manager())
+    defense = build_defense({"use": "d3", "offline_attack": {"use": "pgd", "eps": 0.2, "steps": 3}, "offline_source": "cnn"})
+    torch.manual_seed(0)
+    source = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.rand(10, 1, 2, 2), torch.randint(0, 3, (10,))
+
+    def build_attack(entry):
+        resolved = registry.resolve("attacks", entry, where=("t", "t", "t"))
+        return attrs.evolve(registry.build("attacks", resolved), value_range=(0.0, 1.0))
+
+    def context():
+        return TrainContext(
+            dataset=None, train=TensorDataset(x, y), device=torch.device("cpu"), n_train=10, seed=0,
+            build_attack=build_attack, models={"cnn": advbayes.stochastic.as_sampled(source)},
+        )
+
+    torch.manual_seed(1)
+    first = defense.before_training(context()).tensors[0]
+    torch.manual_seed(1)
+    second = defense.before_training(context()).tensors[0]
+    torch.testing.assert_close(first, second)
+    assert first.shape == (20, 1, 2, 2) and float((first[10:] - x).abs().max()) <= 0.2 + 1e-6
+    with pytest.raises(advbayes.RunError, match="source 'nobody' is not a defense trained earlier"):
+        attrs.evolve(defense, offline_source="nobody").before_training(context())
+
+
+# ------------------------------------------------------------------------------------------- obfuscation metric
+
+class Quantized(nn.Module):
+    """A network behind a rounding step: its input gradient is zero everywhere (gradient masking by construction)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.round(x * 4) / 4 + 0 * x)  # keeps a graph whose gradient is zero
+
+
+def obfuscation_values(target: nn.Module, source: nn.Module, x, y, eps: float) -> dict[str, float]:
+    """The metric bound to `source`, updated with FGSM examples crafted white-box on `target`."""
+    registry = load_registry(pm=create_plugin_manager())
+
+    def build_attack(entry):
+        return registry.build("attacks", registry.resolve("attacks", entry, where=("t", "t", "t")))
+
+    metric = registry.build("metrics", registry.resolve("metrics", {"use": "obfuscation", "source": "src", "attack": {"use": "fgsm"}}, where=("t", "t", "t")))
+    context = EvalContext(models={"src": source}, build_attack=build_attack, device=torch.device("cpu"))
+    state = metric.bind(context).create()
+    attack = attrs.evolve(build_attack({"use": "fgsm"}), eps=eps, value_range=(0.0, 1.0))
+    sampled = advbayes.stochastic.as_sampled(target)
+    result = attack(sampled, x, y)
+    probs, _ = advbayes.stochastic.predict(sampled, result.x_adv)
+    state.update(EvalBatch(model=sampled, x=x, y=y, result=result, probs=probs, attack=attack, eps=eps, inference_samples=1, device=torch.device("cpu")))
+    return {k: float(v) for k, v in state.compute().items()}
+
+
+def test_obfuscation_flags_a_masked_gradient_and_not_an_honest_model() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(400, 2)
+    y = (x[:, 0] > x[:, 1]).long()
+    plain = nn.Linear(2, 2)
+    with torch.no_grad():
+        plain.weight.copy_(torch.tensor([[-5.0, 5.0], [5.0, -5.0]]))
+        plain.bias.zero_()
+    # the honest model attacked white-box by the same FGSM as the transfer source (itself): no gap, no flag
+    honest = obfuscation_values(plain, plain, x, y, 0.2)
+    assert honest["obfuscation_gap"] == 0.0 and honest["obfuscation_flag"] == 0.0
+    # behind rounding, white-box FGSM sees a zero gradient and fails; transfer from the plain model succeeds
+    masked = obfuscation_values(Quantized(plain), plain, x, y, 0.2)
+    clean = float((Quantized(plain)(x).argmax(-1) == y).float().mean())
+    assert masked["white_box_accuracy"] == pytest.approx(clean)
+    assert masked["black_box_accuracy"] < masked["white_box_accuracy"] - 0.1
+    assert masked["obfuscation_flag"] == 1.0
+
+
+def test_clearly_below_needs_the_margin_and_two_standard_errors() -> None:
+    assert clearly_below(0.9, 0.5, 200, 0.05)
+    assert not clearly_below(0.52, 0.5, 10_000, 0.05)  # significant but below the margin
+    assert not clearly_below(0.6, 0.5, 20, 0.05)  # above the margin but within noise (SE ~ 0.16)
+
+
+def test_d3_predicts_by_averaging_logits() -> None:
+    assert build_defense("d3-m").prediction_average == "logits"
+    logits = torch.randn(5, 3, 4)
+    model = type("Fixed", (nn.Module,), {"takes_samples": True, "forward": lambda self, x, samples=1: logits})()
+    probs, _ = advbayes.stochastic.predict(model, torch.zeros(3, 1), 5, "logits")
+    torch.testing.assert_close(probs, torch.softmax(logits.mean(0), -1))
+    probs, _ = advbayes.stochastic.predict(model, torch.zeros(3, 1), 5, "probs")
+    torch.testing.assert_close(probs, torch.softmax(logits, -1).mean(0))
+
+
+@pytest.mark.slow
+def test_d3_mnist_5k_experiment_runs_on_a_subset() -> None:
+    """The claims experiment resolves and runs end to end (1 epoch, a tiny subset); the findings come from the full run."""
+    group = advbayes.run(
+        "d3-mnist-5k", track=False, pm=create_plugin_manager(), epochs=1,
+        **{"dataset.n_train": 128, "dataset.n_test": 32},
+        attacks=["none", "fgsm", {"extends": "pgd-40", "name": "pgd-40", "steps": 2}, {"extends": "eot-pgd-40", "name": "eot-pgd-40", "steps": 2}, "transfer-pgd-40"],
+        metrics=["accuracy", {"extends": "obfuscation", "name": "obfuscation", "attack": {"extends": "pgd-40", "steps": 2}}],
+    )
+    names = [r.spec["defense"]["name"] for r in group.results]
+    assert names == ["standard", "d3-bnn", "d3-m", "d3-m-s", "d3-m-s-off"]
+    for result in group.results:
+        table = result.table()
+        assert set(table) == {"none", "fgsm", "pgd-40", "eot-pgd-40", "transfer-pgd-40"}
+        record = next(r for r in result.records if r.attack == "pgd-40")
+        assert {"white_box_accuracy", "black_box_accuracy", "obfuscation_gap", "obfuscation_flag"} <= set(record.metrics)
+        assert record.metrics["white_box_accuracy"] == record.metrics["accuracy"]
