@@ -272,3 +272,19 @@ def test_an_experiment_with_several_defenses_tracks_one_run_per_defense(store: s
 def test_defense_and_defenses_together_are_an_error() -> None:
     with pytest.raises(advbayes.RegistryError, match=r"key 'defenses': expected either `defense` or `defenses`, not both"):
         advbayes.run("moons", track=False, defenses=["standard"])
+
+
+def test_sample_sweeps_become_one_child_run_per_combination(store: str) -> None:
+    result = advbayes.run(
+        "moons", tracking_uri=store, pm=create_plugin_manager(), attack_samples=[1, 3], inference_samples=[2, 5]
+    )
+    combos = {(r.attack, r.attack_samples, r.inference_samples, r.entry) for r in result.records}
+    assert combos == {(f"none:sa{a}:si{i}", a, i, "none") for a in (1, 3) for i in (2, 5)}
+    client = MlflowClient(store)
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("moons").experiment_id], filter_string="tags.`advbayes.role` = 'parent'"
+    )
+    children = {c.info.run_name: c.data.params for c in children_of(client, parent)}
+    assert children["none:sa3:si5"]["attack_samples"] == "3"
+    assert children["none:sa3:si5"]["inference_samples"] == "5"
+    assert len(children) == 4

@@ -265,49 +265,56 @@ class Run:
             prediction_average=self.defense.prediction_average,
         )
 
+    def sample_sweep(self, attack: Attack) -> list[tuple[int, int]]:
+        """(S_A, S_I) combinations: the experiment's sweeps, or the attack's and the defense's own counts."""
+        attack_samples = list(self.experiment.attack_samples) or [attack.samples]
+        inference_samples = list(self.experiment.inference_samples) or [self.defense.inference_samples]
+        return [(a, i) for a in attack_samples for i in inference_samples]
+
     def evaluate(self, net: torch.nn.Module, test: Batches) -> list[EvalRecord]:
-        """Every attack at every eps of the experiment on the test split; metrics on S_I fresh draws."""
+        """Every attack (x every S_A, S_I of a sweep) at every eps of the experiment; metrics on S_I fresh draws."""
         net.eval()
         records: list[EvalRecord] = []
-        samples_i = self.defense.inference_samples
         context = self.eval_context(net)
         metrics = [(name, metric.bind(context)) for name, metric in self.metrics if metric.per_attack]
         for attack_name, unbound in self.attacks:
-            attack_base = unbound.bind(context)
-            eps_values = list(self.experiment.eps) or [attack_base.eps]
-            figures: dict[str, Any] = {}
-            attack_records: list[EvalRecord] = []
-            measured = eps_values if attack_base.uses_eps else eps_values[:1]
-            bar = tqdm(
-                total=len(test) * len(measured),
-                unit="img",
-                desc=f"{self.name} attack {attack_name}",
-                disable=not self.progress,
-                dynamic_ncols=True,
-            )
-            for eps in measured:
-                attack = attrs.evolve(attack_base, eps=eps, value_range=self.dataset.value_range)
-                states = {name: metric.create().to(self.device) for name, metric in metrics}
-                values, metric_figures, (l2_sum, linf_max, count) = self.measure(net, test, attack, eps, states, bar)
-                figures.update({f"{metric}/{eps_label(eps)}/{file}": f for (metric, file), f in metric_figures.items()})
-                record_eps = [eps] if attack_base.uses_eps else eps_values
-                for reported in record_eps:
-                    attack_records.append(
-                        EvalRecord(
-                            attack=attack_name,
-                            eps=reported,
-                            metrics=values,
-                            attack_samples=attack.samples,
-                            inference_samples=samples_i,
-                            mean_l2=l2_sum / max(count, 1),
-                            max_linf=linf_max,
-                            examples=count,
-                        )
-                    )
-            bar.close()
-            records.extend(attack_records)
-            self.pm.hook.evaluation_finished(run=self.info, attack=attack_name, records=attack_records, figures=figures)
+            attack_bound = unbound.bind(context)
+            combinations = self.sample_sweep(attack_bound)
+            for samples_a, samples_i in combinations:
+                label = attack_name if len(combinations) == 1 else f"{attack_name}:sa{samples_a}:si{samples_i}"  # MLflow-safe
+                attack_base = attrs.evolve(attack_bound, samples=samples_a)
+                attack_records, figures = self.evaluate_attack(net, test, label, attack_base, samples_i, metrics)
+                attack_records = [attrs.evolve(r, entry=attack_name) for r in attack_records]
+                records.extend(attack_records)
+                self.pm.hook.evaluation_finished(run=self.info, attack=label, records=attack_records, figures=figures)
         return records
+
+    def evaluate_attack(
+        self, net: torch.nn.Module, test: Batches, label: str, attack_base: Attack, samples_i: int, metrics: list[tuple[str, Any]]
+    ) -> tuple[list[EvalRecord], dict[str, Any]]:
+        """One attack at one (S_A, S_I): records for every eps and the metrics' figures."""
+        eps_values = list(self.experiment.eps) or [attack_base.eps]
+        figures: dict[str, Any] = {}
+        attack_records: list[EvalRecord] = []
+        measured = eps_values if attack_base.uses_eps else eps_values[:1]
+        bar = tqdm(
+            total=len(test) * len(measured), unit="img", desc=f"{self.name} attack {label}",
+            disable=not self.progress, dynamic_ncols=True,
+        )
+        for eps in measured:
+            attack = attrs.evolve(attack_base, eps=eps, value_range=self.dataset.value_range)
+            states = {name: metric.create().to(self.device) for name, metric in metrics}
+            values, metric_figures, (l2_sum, linf_max, count) = self.measure(net, test, attack, eps, states, bar, samples_i)
+            figures.update({f"{metric}/{eps_label(eps)}/{file}": f for (metric, file), f in metric_figures.items()})
+            for reported in [eps] if attack_base.uses_eps else eps_values:
+                attack_records.append(
+                    EvalRecord(
+                        attack=label, eps=reported, metrics=values, attack_samples=attack.samples,
+                        inference_samples=samples_i, mean_l2=l2_sum / max(count, 1), max_linf=linf_max, examples=count,
+                    )
+                )
+        bar.close()
+        return attack_records, figures
 
     def evaluate_model(self, net: torch.nn.Module, test: Batches) -> tuple[dict[str, float], dict[str, Any]]:
         """Metrics of the model itself (per_attack = False), once on the clean test split."""
@@ -322,14 +329,21 @@ class Run:
         return values, {f"{metric}/{file}": figure for (metric, file), figure in metric_figures.items()}
 
     def measure(
-        self, net: torch.nn.Module, test: Batches, attack: Attack, eps: float, states: dict[str, Any], bar: Any = None
+        self,
+        net: torch.nn.Module,
+        test: Batches,
+        attack: Attack,
+        eps: float,
+        states: dict[str, Any],
+        bar: Any = None,
+        samples_i: int | None = None,
     ) -> tuple[dict[str, float], dict[tuple[str, str], Any], tuple[float, float, int]]:
         """Attack the test split, predict on S_I fresh draws, update the metric states.
 
         Returns the metric values, their figures by (metric, file) and the applied perturbation
         (sum of L2 lengths, max L_inf, examples).
         """
-        samples_i = self.defense.inference_samples
+        samples_i = samples_i or self.defense.inference_samples
         average = self.defense.prediction_average
         l2_sum, linf_max, count = 0.0, 0.0, 0
         for x, y in test.iterate(self.experiment.eval_batch_size, shuffle=False):

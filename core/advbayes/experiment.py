@@ -21,6 +21,8 @@ class Experiment:
     defenses: list[Any] = entry_list_param("defenses", (), help="several defenses, each trained and attacked as its own run")
     attacks: list[Any] = entry_list_param("attacks", ("none",), nonempty=True, help="attack entries to evaluate")
     eps: tuple[float, ...] = list_param((), ge=0.0, help="budgets; empty = each attack's own eps")
+    attack_samples: tuple[int, ...] = list_param((), kind=int, ge=1, help="S_A sweep: each value re-runs every attack (a child run each)")
+    inference_samples: tuple[int, ...] = list_param((), kind=int, ge=1, help="S_I sweep: each value re-evaluates every attack")
     metrics: list[Any] = entry_list_param("metrics", ("accuracy",), nonempty=True, help="metric entries")
     epochs: int = param(1, kind=int, ge=0, help="training epochs")
     seed: int = param(0, kind=int, ge=0, help="seed of python, numpy and torch")

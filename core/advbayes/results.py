@@ -23,6 +23,7 @@ class EvalRecord:
     mean_l2: float
     max_linf: float
     examples: int
+    entry: str = ""  # the attack's registry entry; `attack` adds :saN:siM when an experiment sweeps them
 
 
 def eps_label(eps: float) -> str:

@@ -170,7 +170,8 @@ def evaluation_finished(run: Any, attack: str, records: Sequence[EvalRecord], fi
         return
     client = client_for(run.tracking["mlflow_uri"])
     parent = client.get_run(parent_id)
-    entry = next(a for a in run.spec["attacks"] if a["name"] == attack)
+    first = records[0]
+    entry = next(a for a in run.spec["attacks"] if a["name"] == (first.entry or attack))
     child = client.create_run(
         parent.info.experiment_id,
         run_name=attack,
@@ -178,7 +179,6 @@ def evaluation_finished(run: Any, attack: str, records: Sequence[EvalRecord], fi
     )
     child_id = child.info.run_id
     run.tracking["open_child"] = child_id
-    first = records[0]
     params = flatten(entry)
     params.update(
         {

@@ -211,8 +211,8 @@ def kl(model: nn.Module, prior_sigma: float) -> torch.Tensor:
 
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[None]:
-    """Freeze the draws of a StochasticModel for the block (a no-op for deterministic models)."""
-    if isinstance(model, StochasticModel):
+    """Freeze the draws of a stochastic model (anything with a frozen() context) for the block; no-op otherwise."""
+    if callable(getattr(model, "frozen", None)):
         with model.frozen():
             yield
     else:
