@@ -1,0 +1,46 @@
+"""advbayes-robustness: robustness-condition metrics, gradient-limit measurements, MC dropout and randomized smoothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from advbayes.hookspecs import hookimpl
+from advbayes_robustness.defenses import MCDropout, Smoothing
+from advbayes_robustness.metrics import (
+    GradientLimit,
+    PredictionVariance,
+    RobustnessCondition,
+    SoftmaxRobustness,
+    TransferCorrelation,
+)
+from advbayes_robustness.summary import sweep_figures
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def register_defenses(register: Any) -> None:
+    """mc-dropout, smoothing."""
+    register(MCDropout)
+    register(Smoothing)
+
+
+@hookimpl
+def register_metrics(register: Any) -> None:
+    """robustness-condition, prediction-variance, gradient-limit, softmax-robustness, transfer-correlation."""
+    for metric in (RobustnessCondition, PredictionVariance, GradientLimit, SoftmaxRobustness, TransferCorrelation):
+        register(metric)
+
+
+@hookimpl(tryfirst=True)
+def run_finished(run: Any, result: Any, status: str, error: Any) -> None:
+    """Figures across the run's cells (accuracy vs S_A / S_I, cos(alpha) per S_A, fractions vs eps), before tracking logs them."""
+    if result is not None:
+        result.figures.update(sweep_figures(result.records))
+
+
+@hookimpl
+def registry_files() -> Path:
+    """Entries and the sampling-fashion-style experiment."""
+    return Path(__file__).with_name("registry.toml")
