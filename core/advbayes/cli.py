@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import warnings
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -270,6 +271,24 @@ def compare_command(experiments: Sequence[str], metric: str, tracking_uri: str |
     from advbayes.compare import compare_table
 
     click.echo(compare_table(tracking_uri, experiments, metric))
+
+
+@cli.command("report")
+@click.argument("experiments", nargs=-1, required=True)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory to write into.")
+@click.option("--file", "file", default="report.md", show_default=True, help="Name of the Markdown file in --out.")
+@click.option("--preamble", type=click.Path(dir_okay=False, path_type=Path), help="Markdown put before the generated sections.")
+@click.option("--metric", "metrics", multiple=True, help="Only these per-attack metrics (repeatable; default all).")
+@tracking_option
+@debug_option
+def report_command(
+    experiments: Sequence[str], out: Path, file: str, preamble: Path | None, metrics: Sequence[str], tracking_uri: str | None, debug: bool
+) -> None:
+    """Write a Markdown report (tables and figures) of the newest finished runs of EXPERIMENTS, read back from MLflow."""
+    from advbayes.report import write_report
+
+    path = write_report(experiments, out, tracking_uri=tracking_uri, file=file, preamble=preamble, metrics=metrics or None)
+    click.echo(str(path))
 
 
 def main() -> None:

@@ -1,0 +1,141 @@
+"""`advbayes report`: tracked runs read back from MLflow into a self-contained Markdown report with its figures."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from advbayes.errors import RunError
+from advbayes.results import format_value
+from advbayes.tracking import client_for, tracked_runs
+
+TRAIN_COLUMNS = ("loss", "ce", "acc", "kl_per_param", "mean_sigma2", "r", "omega_m", "omega_s", "epoch_seconds")
+
+
+def latest_per_defense(runs: Sequence[Any]) -> list[Any]:
+    """The newest FINISHED parent run of each defense, in training order (oldest first)."""
+    chosen: dict[str, Any] = {}
+    for run in runs:  # newest first
+        defense = run.data.tags.get("advbayes.defense", "?")
+        if run.info.status == "FINISHED" and defense not in chosen:
+            chosen[defense] = run
+    return sorted(chosen.values(), key=lambda r: r.info.start_time)
+
+
+def read_results(client: Any, run_id: str, scratch: Path) -> list[dict[str, str]]:
+    """The rows of a run's results.csv artifact."""
+    path = client.download_artifacts(run_id, "results.csv", str(scratch))
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def metric_table(results: dict[str, list[dict[str, str]]], metric: str) -> str:
+    """Rows defense / attack, columns eps, for one metric of every run."""
+    eps_values = sorted({float(r["eps"]) for rows in results.values() for r in rows if r["metric"] == metric})
+    rows = []
+    for defense, records in results.items():
+        attacks = list(dict.fromkeys(r["attack"] for r in records if r["metric"] == metric))
+        for attack in attacks:
+            values = {float(r["eps"]): float(r["value"]) for r in records if r["metric"] == metric and r["attack"] == attack}
+            rows.append([defense, attack, *(format_value(values[e]) if e in values else "-" for e in eps_values)])
+    return markdown_table(["defense", "attack", *(f"eps {e:g}" for e in eps_values)], rows)
+
+
+def copy_figures(client: Any, run: Any, scratch: Path, destination: Path) -> list[Path]:
+    """The run-level figures (metric vs eps, the parent's figures/ tree), copied under `destination`."""
+    copied: list[Path] = []
+    pending = [""]
+    while pending:
+        folder = pending.pop()
+        for item in client.list_artifacts(run.info.run_id, folder or None):
+            if item.is_dir and not item.path.startswith(("checkpoints", "model")):
+                pending.append(item.path)
+            elif item.path.endswith(".png"):
+                local = Path(client.download_artifacts(run.info.run_id, item.path, str(scratch)))
+                target = destination / item.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(local, target)
+                copied.append(target)
+    return sorted(copied)
+
+
+def experiment_section(client: Any, name: str, out: Path, figures_dir: Path, scratch: Path, metrics: Sequence[str] | None) -> str:
+    """The Markdown of one experiment: setting, tables per metric, training summary, model metrics, figures."""
+    runs = latest_per_defense(tracked_runs(client.tracking_uri, [name]))
+    if not runs:
+        raise RunError(f"experiment '{name}' has no FINISHED runs in {client.tracking_uri}")
+    first = runs[0]
+    params = first.data.params
+    started = dt.datetime.fromtimestamp(first.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+    setting = ", ".join(
+        f"{label} {params[key]}" for label, key in (
+            ("data", "dataset.name"), ("n_train", "dataset.n_train"), ("n_test", "dataset.n_test"), ("model", "model.name"),
+            ("epochs", "epochs"), ("batch", "batch_size"), ("seed", "seed"),
+        ) if key in params
+    )
+    parts = [f"## {name}", "", params.get("description", ""), "",
+             f"Setting: {setting}; device {first.data.tags.get('advbayes.device', '?')}; started {started}; "
+             f"commit {first.data.tags.get('advbayes.git_commit', 'unknown')[:12]}.", ""]
+    parts.append(markdown_table(["defense", "run id"], [[r.data.tags.get("advbayes.defense", "?"), f"`{r.info.run_id}`"] for r in runs]))
+    results = {r.data.tags.get("advbayes.defense", "?"): read_results(client, r.info.run_id, scratch) for r in runs}
+    names = list(dict.fromkeys(row["metric"] for rows in results.values() for row in rows))
+    for metric in [m for m in names if metrics is None or m in metrics]:
+        parts += ["", f"### {metric}", "", metric_table(results, metric)]
+    train_keys = [k for k in TRAIN_COLUMNS if any(f"train/{k}" in r.data.metrics for r in runs)]
+    if train_keys:
+        rows = [[r.data.tags.get("advbayes.defense", "?"), *(format_value(r.data.metrics[f"train/{k}"]) if f"train/{k}" in r.data.metrics else "-" for k in train_keys)] for r in runs]
+        parts += ["", "### training (last epoch)", "", markdown_table(["defense", *train_keys], rows)]
+    model_keys = list(dict.fromkeys(k for r in runs for k in r.data.metrics if k.startswith("model/")))
+    if model_keys:
+        rows = [[k[len("model/"):], *(format_value(r.data.metrics[k]) if k in r.data.metrics else "-" for r in runs)] for k in model_keys]
+        parts += ["", "### model metrics", "", markdown_table(["metric", *(r.data.tags.get("advbayes.defense", "?") for r in runs)], rows)]
+    for run in runs:
+        defense = run.data.tags.get("advbayes.defense", "?")
+        copied = copy_figures(client, run, scratch, figures_dir / name / defense)
+        if copied:
+            parts += ["", f"### figures: {defense}", ""]
+            parts += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in copied]
+    return "\n".join(parts)
+
+
+def write_report(
+    experiments: Sequence[str],
+    out: Path,
+    *,
+    tracking_uri: str | None = None,
+    file: str = "report.md",
+    preamble: Path | None = None,
+    metrics: Sequence[str] | None = None,
+) -> Path:
+    """Write OUT/FILE (and its figures beside it) for the newest finished runs of `experiments`."""
+    client = client_for(tracking_uri)
+    out.mkdir(parents=True, exist_ok=True)
+    figures_dir = out / f"{Path(file).stem}_figures"
+    if figures_dir.exists():
+        shutil.rmtree(figures_dir)
+    sections = []
+    if preamble is not None:
+        if not preamble.is_file():
+            raise RunError(f"--preamble {preamble}: no such file")
+        sections.append(preamble.read_text().rstrip())
+    else:
+        sections.append(f"# advbayes report: {', '.join(experiments)}")
+    sections.append(f"Generated by `advbayes report {' '.join(experiments)}` from {client.tracking_uri}.")
+    with tempfile.TemporaryDirectory(prefix="advbayes-report-") as scratch:
+        for name in experiments:
+            sections.append(experiment_section(client, name, out, figures_dir, Path(scratch), metrics))
+    path = out / file
+    path.write_text("\n\n".join(sections) + "\n")
+    return path

@@ -1,0 +1,44 @@
+"""`advbayes report` reads tracked runs back from MLflow into Markdown tables and figures."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from click.testing import CliRunner
+
+import advbayes
+from advbayes.cli import cli
+from advbayes.plugins import create_plugin_manager
+from advbayes.results import format_value
+
+
+def test_report_of_a_small_tracked_run_has_the_tables_and_figures(store: str, tmp_path: Path) -> None:
+    group = advbayes.run(
+        "moons", tracking_uri=store, pm=create_plugin_manager(), defense=None,
+        defenses=["standard", {"use": "standard", "name": "second"}], eps=[0.0, 0.2],
+    )
+    preamble = tmp_path / "claims.md"
+    preamble.write_text("# Findings\n\nThe claims.\n")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        cli, ["report", "moons", "--out", str(out), "--preamble", str(preamble), "--tracking-uri", store]
+    )
+    assert result.exit_code == 0, result.output
+    text = (out / "report.md").read_text()
+    assert text.startswith("# Findings")
+    assert "## moons" in text and "### accuracy" in text and "### training (last epoch)" in text
+    for member in group.results:
+        name = member.spec["defense"]["name"]
+        value = format_value(member.table()["none"][0.0])
+        assert re.search(rf"\| {name} \| none \| {re.escape(value)} \|", text), (name, value, text)
+        assert member.run_id in text
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert "report_figures/moons/standard/accuracy_vs_eps.png" in images
+    assert all((out / image).is_file() and (out / image).stat().st_size > 1000 for image in images)
+
+
+def test_report_of_an_unknown_experiment_is_a_one_line_error(store: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["report", "nothing-here", "--out", str(tmp_path), "--tracking-uri", store])
+    assert result.exit_code == 2
+    assert "no tracked runs of experiment 'nothing-here'" in result.output
