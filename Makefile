@@ -7,13 +7,13 @@ STAMP := $(VENV)/.advbayes-installed
 
 .PHONY: install demo test clean
 
-$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) examples/my-defense-plugin/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "advbayes needs Python 3.10 or newer"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch and torchvision as a matched pair from the package index (loose lower bounds).
 	$(BIN)/python -m pip install --quiet "torch>=2.2" "torchvision>=0.17"
-	$(BIN)/python -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGIN_DIRS),-e ./$(p))
+	$(BIN)/python -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGIN_DIRS),-e ./$(p)) -e ./examples/my-defense-plugin
 	touch $@
 
 install: $(STAMP)

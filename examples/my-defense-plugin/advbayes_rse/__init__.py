@@ -1,0 +1,23 @@
+"""advbayes-rse: an example third-party plugin adding the Random Self-Ensemble defense."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from advbayes.hookspecs import hookimpl
+from advbayes_rse.defense import RandomSelfEnsemble
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def register_defenses(register: Any) -> None:
+    """rse."""
+    register(RandomSelfEnsemble)
+
+
+@hookimpl
+def registry_files() -> Path:
+    """Named entries and an experiment using the defense."""
+    return Path(__file__).with_name("registry.toml")

@@ -1,0 +1,34 @@
+"""Each claims experiment resolves and runs end to end with one epoch on a subset (the findings come from full runs).
+
+d3-mnist-5k and sampling-fashion-style have the same check, with more, in their plugins' tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import advbayes
+from advbayes.plugins import create_plugin_manager
+
+SUBSET = {"epochs": 1, "dataset.n_train": 128, "dataset.n_test": 32, "eps": [0.1]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("experiment", "defenses", "model_metric"),
+    [
+        ("advbnn-mnist-5k", ["standard", "adversarial-training", "bnn", "adv-bnn"], "weight_mean_sigma2"),
+        ("hvi-vs-advbnn-mnist-5k", ["adv-bnn", "adv-hvi"], "weight_mean_sigma2"),
+        ("gradient-limit-mnist-5k", ["bnn"], "expected_gradient_abs/s250_mean"),
+    ],
+)
+def test_claims_experiment_runs_on_a_subset(experiment: str, defenses: list[str], model_metric: str) -> None:
+    outcome = advbayes.run(experiment, track=False, pm=create_plugin_manager(), **SUBSET)
+    results = getattr(outcome, "results", [outcome])
+    assert [r.spec["defense"]["name"] for r in results] == defenses
+    for result in results:
+        attacks = {a["name"] for a in result.spec["attacks"]}
+        assert {r.attack for r in result.records} == attacks
+        assert all(0.0 <= r.metrics["accuracy"] <= 1.0 for r in result.records)
+    bayesian = [r for r in results if r.spec["defense"]["use"] in ("bnn", "adv-bnn", "hvi")]
+    assert bayesian and all(model_metric in r.model_metrics for r in bayesian)
