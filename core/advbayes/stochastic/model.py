@@ -7,6 +7,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 from contextlib import contextmanager
 
 import torch
@@ -22,6 +23,7 @@ from advbayes.stochastic.layers import (
     kl_terms,
     regularizer_terms,
 )
+from advbayes.stochastic.strategy import CHUNK_CHOICES as _CHUNK_CHOICES
 from advbayes.stochastic.strategy import STRATEGIES, default_strategy, synchronize
 
 # Elementwise modules work on [S', B, ...] as they are; every other deterministic leaf is Folded.
@@ -54,7 +56,7 @@ class StochasticModel(nn.Module):
         self._generators: dict[torch.device, torch.Generator] = {}
         self._frozen = False
         self._frozen_samples: int | None = None
-        self._chunks: dict[tuple[object, ...], int] = {}
+        self._architecture: tuple[Any, ...] | None = None
         self.chunk_timings: dict[tuple[object, ...], dict[int, float]] = {}
 
     # ------------------------------------------------------------------------------------------- draws
@@ -134,10 +136,19 @@ class StochasticModel(nn.Module):
         if self.strategy != "auto" or samples == 1:
             return samples
         grad = torch.is_grad_enabled()
-        key = (samples, tuple(inputs.shape), inputs.device.type, inputs.dtype, grad, self.training)
-        if key not in self._chunks:
-            self._chunks[key] = self._measure_chunk(inputs, layers, samples, grad)
-        return self._chunks[key]
+        key = (self.architecture(), samples, tuple(inputs.shape), inputs.device.type, inputs.dtype, grad, self.training)
+        if key not in _CHUNK_CHOICES:  # shared by every model of this architecture (e.g. the defenses of one experiment)
+            _CHUNK_CHOICES[key] = self._measure_chunk(inputs, layers, samples, grad)
+        return _CHUNK_CHOICES[key]
+
+    def architecture(self) -> tuple[Any, ...]:
+        """A signature of the network: its modules' types and parameter shapes (what the timing depends on)."""
+        if self._architecture is None:
+            self._architecture = tuple(
+                (name, type(module).__name__, tuple(tuple(p.shape) for p in module.parameters(recurse=False)))
+                for name, module in self.net.named_modules()
+            )
+        return self._architecture
 
     def _measure_chunk(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, grad: bool) -> int:
         """Time whole passes (forward, and backward when gradients are on) for a few chunk sizes; no side effects.

@@ -49,6 +49,9 @@ def _time_candidate(run: Callable[[], torch.Tensor], inputs: list[torch.Tensor],
     return sorted(times)[len(times) // 2]
 
 
+CHUNK_CHOICES: dict[tuple[Any, ...], int] = {}  # draws per pass, by model architecture and call signature
+
+
 def choose(
     key: tuple[Any, ...],
     candidates: dict[str, Callable[[], torch.Tensor]],
@@ -78,3 +81,4 @@ def forget_choices() -> None:
     """Forget measured choices (the next call of each signature measures again)."""
     _CHOSEN.clear()
     _TIMINGS.clear()
+    CHUNK_CHOICES.clear()
