@@ -53,8 +53,8 @@ def metric_table(results: dict[str, list[dict[str, str]]], metric: str) -> str:
     return markdown_table(["defense", "attack", *(f"eps {e:g}" for e in eps_values)], rows)
 
 
-def copy_figures(client: Any, run: Any, scratch: Path, destination: Path) -> list[Path]:
-    """The run-level figures (metric vs eps, the parent's figures/ tree), copied under `destination`."""
+def copy_figures(client: Any, run: Any, scratch: Path, destination: Path, metrics: Sequence[str] | None = None) -> list[Path]:
+    """The run-level figures (metric vs eps, only `metrics`' when given; the figures/ tree), copied under `destination`."""
     copied: list[Path] = []
     pending = [""]
     while pending:
@@ -63,6 +63,8 @@ def copy_figures(client: Any, run: Any, scratch: Path, destination: Path) -> lis
             if item.is_dir and not item.path.startswith(("checkpoints", "model")):
                 pending.append(item.path)
             elif item.path.endswith(".png"):
+                if metrics is not None and "/" not in item.path and item.path.removesuffix("_vs_eps.png") not in metrics:
+                    continue
                 local = Path(client.download_artifacts(run.info.run_id, item.path, str(scratch)))
                 target = destination / item.path
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,7 @@ def experiment_section(client: Any, name: str, out: Path, figures_dir: Path, scr
         parts += ["", "### model metrics", "", markdown_table(["metric", *(r.data.tags.get("advbayes.defense", "?") for r in runs)], rows)]
     for run in runs:
         defense = run.data.tags.get("advbayes.defense", "?")
-        copied = copy_figures(client, run, scratch, figures_dir / name / defense)
+        copied = copy_figures(client, run, scratch, figures_dir / name / defense, metrics)
         if copied:
             parts += ["", f"### figures: {defense}", ""]
             parts += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in copied]
