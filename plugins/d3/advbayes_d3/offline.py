@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import torch
 from torch.utils.data import ConcatDataset, TensorDataset
 from torch.utils.data import Dataset as TorchDataset
@@ -30,8 +29,7 @@ def adversarial_split(
     context: TrainContext, model: torch.nn.Module, attack_entry: Any, description: str = "offline examples"
 ) -> TorchDataset:
     """The training split with `attack_entry`'s examples against `model` appended (labels kept)."""
-    attack = context.build_attack(attack_entry)
-    attack = attrs.evolve(attack, value_range=context.dataset.value_range) if context.dataset is not None else attack
+    attack = context.build_attack(attack_entry)  # the engine's build_attack binds the data's value range
     data = Batches(context.train, context.device)
     crafted: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []

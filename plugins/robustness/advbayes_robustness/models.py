@@ -17,9 +17,9 @@ DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 class DrawSource(nn.Module):
     """A seeded generator per device; frozen() replays the same random stream, so repeated calls see the same draws."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int | None) -> None:
         super().__init__()
-        self._seed = seed
+        self._seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self._replay: dict[torch.device, torch.Tensor] | None = None
 
@@ -90,13 +90,17 @@ class MCDropoutModel(DrawSource):
     takes_samples = True
 
     def __init__(self, net: nn.Module, seed: int | None = None) -> None:
-        super().__init__(int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed)
+        super().__init__(seed)
         layers = dropout_layers(net)
         if not layers:
             raise ValueError("mc-dropout: the network has no dropout layer (give the model a dropout rate, or the defense a `rate`)")
         for name, module in layers:
             _replace(net, name, AlwaysDropout(float(module.p), self.generator))
         self.net = net
+        # a Sequential's layers before the first dropout are deterministic: they run once per batch
+        self.trunk_length = (
+            next(i for i, m in enumerate(net) if isinstance(m, AlwaysDropout)) if isinstance(net, nn.Sequential) else 0
+        )
 
     @property
     def rates(self) -> list[float]:
@@ -112,14 +116,17 @@ class MCDropoutModel(DrawSource):
             draws, batch = x.shape[:2]
             return self.net(x.flatten(0, 1)).view(draws, batch, -1)
         batch = x.shape[0]
-        if isinstance(self.net, nn.Sequential):  # the deterministic trunk before the first dropout runs once
-            layers = list(self.net)
-            first = next(i for i, m in enumerate(layers) if isinstance(m, AlwaysDropout))
-            h = nn.Sequential(*layers[:first])(x)
-            h = h.unsqueeze(0).expand(samples, *h.shape).flatten(0, 1)
-            return nn.Sequential(*layers[first:])(h).view(samples, batch, -1)
-        replicated = x.unsqueeze(0).expand(samples, *x.shape).flatten(0, 1)
-        return self.net(replicated).view(samples, batch, -1)
+        if not self.trunk_length:
+            replicated = x.unsqueeze(0).expand(samples, *x.shape).flatten(0, 1)
+            return self.net(replicated).view(samples, batch, -1)
+        layers = list(self.net)
+        h = x
+        for layer in layers[: self.trunk_length]:
+            h = layer(h)
+        h = h.unsqueeze(0).expand(samples, *h.shape).flatten(0, 1)
+        for layer in layers[self.trunk_length :]:
+            h = layer(h)
+        return h.view(samples, batch, -1)
 
 
 class Smoothed(DrawSource):
@@ -128,7 +135,7 @@ class Smoothed(DrawSource):
     takes_samples = True
 
     def __init__(self, inner: nn.Module, noise_variance: float, seed: int | None = None) -> None:
-        super().__init__(int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed)
+        super().__init__(seed)
         if noise_variance <= 0:
             raise ValueError(f"noise_variance must be > 0, got {noise_variance}")
         self.inner = inner.net if isinstance(inner, DeterministicSampled) else inner

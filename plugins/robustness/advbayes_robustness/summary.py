@@ -21,32 +21,29 @@ def sweep_figures(records: Sequence[EvalRecord]) -> dict[str, Any]:
     """Figures a person would rather look at than read, by artifact path."""
     figures: dict[str, Any] = {}
     for entry, group in _by_entry(records).items():
-        attack_counts = sorted({r.attack_samples for r in group})
-        inference_counts = sorted({r.inference_samples for r in group})
-        eps_values = sorted({r.eps for r in group})
+        cells = {(r.eps, r.attack_samples, r.inference_samples): r for r in group}
+        attack_counts = sorted({a for _, a, _ in cells})
+        inference_counts = sorted({i for _, _, i in cells})
+        eps_values = sorted({e for e, _, _ in cells})
+        top_a, top_i = attack_counts[-1], inference_counts[-1]
+
+        def accuracy(eps: float, a: int, i: int) -> float:
+            record = cells.get((eps, a, i))
+            return record.metrics.get("accuracy", float("nan")) if record else float("nan")
+
         if len(attack_counts) > 1:
-            top_i = inference_counts[-1]
-            series = {
-                f"eps {eps:g}": (attack_counts, [_metric(group, "accuracy", eps, a, top_i) for a in attack_counts])
-                for eps in eps_values
-            }
+            series = {f"eps {e:g}": (attack_counts, [accuracy(e, a, top_i) for a in attack_counts]) for e in eps_values}
             figures[f"{entry}/accuracy_vs_attack_samples.png"] = lines_figure(
                 series, f"{entry}: accuracy vs S_A (S_I = {top_i})", "S_A (attack samples)", "accuracy", logx=True
             )
-            stats = {
-                f"S_A={a}": _quantiles(group, "cos_alpha", eps_values[-1], a, top_i) for a in attack_counts
-            }
+            stats = {f"S_A={a}": _quantiles(cells.get((eps_values[-1], a, top_i)), "cos_alpha") for a in attack_counts}
             stats = {k: v for k, v in stats.items() if v is not None}
             if stats:
                 figures[f"{entry}/cos_alpha_by_attack_samples.png"] = quantile_box_figure(
                     stats, f"{entry}: cos(alpha) per S_A (eps {eps_values[-1]:g}, S_I = {top_i})", "cos(alpha)"
                 )
         if len(inference_counts) > 1:
-            top_a = attack_counts[-1]
-            series = {
-                f"eps {eps:g}": (inference_counts, [_metric(group, "accuracy", eps, top_a, i) for i in inference_counts])
-                for eps in eps_values
-            }
+            series = {f"eps {e:g}": (inference_counts, [accuracy(e, top_a, i) for i in inference_counts]) for e in eps_values}
             figures[f"{entry}/accuracy_vs_inference_samples.png"] = lines_figure(
                 series, f"{entry}: accuracy vs S_I (S_A = {top_a})", "S_I (inference samples)", "accuracy", logx=True
             )
@@ -64,18 +61,10 @@ def sweep_figures(records: Sequence[EvalRecord]) -> dict[str, Any]:
     return figures
 
 
-def _metric(group: Sequence[EvalRecord], name: str, eps: float, attack_samples: int, inference_samples: int) -> float:
-    for record in group:
-        if (record.eps, record.attack_samples, record.inference_samples) == (eps, attack_samples, inference_samples):
-            return record.metrics.get(name, float("nan"))
-    return float("nan")
-
-
-def _quantiles(group: Sequence[EvalRecord], prefix: str, eps: float, attack_samples: int, inference_samples: int) -> dict[str, float] | None:
+def _quantiles(record: EvalRecord | None, prefix: str) -> dict[str, float] | None:
+    """mean and q05..q95 of `prefix` logged by a record, or None when absent or NaN."""
     keys = ("mean", "q05", "q25", "q50", "q75", "q95")
-    for record in group:
-        if (record.eps, record.attack_samples, record.inference_samples) == (eps, attack_samples, inference_samples):
-            if all(f"{prefix}_{k}" in record.metrics for k in keys):
-                values = {k: record.metrics[f"{prefix}_{k}"] for k in keys}
-                return None if any(v != v for v in values.values()) else values
-    return None
+    if record is None or not all(f"{prefix}_{k}" in record.metrics for k in keys):
+        return None
+    values = {k: record.metrics[f"{prefix}_{k}"] for k in keys}
+    return None if any(v != v for v in values.values()) else values
