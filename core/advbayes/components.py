@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -55,7 +57,11 @@ class LossOutput:
 
 @attrs.frozen(kw_only=True)
 class EvalBatch:
-    """One attacked test batch, as every metric sees it; `probs` are predictions on x_adv with S_I fresh draws."""
+    """One attacked test batch, as every metric sees it; `probs` are predictions on x_adv with S_I fresh draws.
+
+    `repeated_probs` [R, B, k] holds R independent such predictions (the first is `probs`) when the attack asks
+    for R > 1 verdicts on a stochastic model; None otherwise.
+    """
 
     model: nn.Module
     x: torch.Tensor
@@ -67,6 +73,7 @@ class EvalBatch:
     inference_samples: int
     device: torch.device
     prediction_average: str = "probs"
+    repeated_probs: torch.Tensor | None = None
 
 
 @attrs.define(kw_only=True)
@@ -203,20 +210,71 @@ class Defense(Component):
         raise NotImplementedError
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every module in eval mode for the block, then restore each module's own mode."""
+    if not isinstance(model, nn.Module):  # a plain callable has no modes
+        yield model
+        return
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _crafting_in_eval_mode(call: Callable[..., AttackResult]) -> Callable[..., AttackResult]:
+    """Wrap an attack's __call__ so it crafts on the model in eval mode (BatchNorm running statistics, no
+    batch statistics; stochastic layers keep drawing) and leaves the model's modes as they were."""
+
+    @functools.wraps(call)
+    def crafted(self: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+        with eval_mode(model):
+            return call(self, model, x, y)
+
+    crafted.__crafts_in_eval_mode__ = True  # type: ignore[attr-defined]
+    return crafted
+
+
 @attrs.frozen(kw_only=True)
 class Attack(Component):
-    """An attack: perturbs a batch within an eps ball of the given norm, clamped to the data's value range."""
+    """An attack: perturbs a batch within an eps ball of the given norm, clamped to the data's value range.
+
+    Every attack crafts on the model in eval mode and restores the model's modes afterwards (as torchattacks
+    does), whatever mode the caller left it in. `value_range` defaults to [0, 1] (images); the run engine sets
+    the data set's range, and so does `inference_samples` / `prediction_average` (how the defense predicts).
+    """
 
     kind: ClassVar[str] = "attacks"
     uses_eps: ClassVar[bool] = True
+    access: ClassVar[str] = "white-box"  # "black-box" (queries or a surrogate only) or "none"; masking checks use it
     eps: float = param(0.0, ge=0.0, help="perturbation budget")
     norm: str = param("inf", kind=str, choices=("inf", "2"), help="'inf' (L_inf) or '2' (L2)")
     samples: int = param(1, kind=int, ge=1, help="S_A: draws the attack averages over")
-    value_range: tuple[float, float] = attrs.field(default=(-math.inf, math.inf), metadata={"internal": True})
+    value_range: tuple[float, float] = attrs.field(default=(0.0, 1.0), metadata={"internal": True})
+    inference_samples: int = attrs.field(default=1, metadata={"internal": True})
+    prediction_average: str = attrs.field(default="probs", metadata={"internal": True})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("__call__")
+        if call is not None and not getattr(call, "__crafts_in_eval_mode__", False):
+            cls.__call__ = _crafting_in_eval_mode(call)  # type: ignore[method-assign]
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
         """Adversarial examples for (x, y) against `model` (forward(x, samples=S) -> [S, B, k])."""
         raise NotImplementedError
+
+    @property
+    def verdict_repeats(self) -> int:
+        """R: independent S_I predictions that judge each attacked example (1 unless the attack asks for more)."""
+        return 1
+
+    def deterministic_only(self, build_attack: Callable[[Any], Attack]) -> str | None:
+        """The name of the (sub-)attack that cannot judge a stochastic model, or None; checked before training."""
+        return None
 
     def bind(self, context: EvalContext) -> Attack:
         """Called once before evaluation; an attack that needs other models or entries returns a bound copy."""

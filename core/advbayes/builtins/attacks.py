@@ -23,6 +23,7 @@ class NoAttack(Attack):
 
     name: ClassVar[str] = "none"
     uses_eps: ClassVar[bool] = False
+    access: ClassVar[str] = "none"
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
         """Return x itself with a zero perturbation."""

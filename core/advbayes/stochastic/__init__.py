@@ -9,7 +9,7 @@ from advbayes.stochastic.model import (
     posterior_statistics,
     to_bayesian,
 )
-from advbayes.stochastic.sampled import DeterministicSampled, as_sampled, predict, takes_samples
+from advbayes.stochastic.sampled import DeterministicSampled, as_sampled, is_stochastic, predict, predict_repeated, takes_samples
 from advbayes.stochastic.strategy import chosen_strategies, forget_choices
 
 __all__ = [
@@ -26,9 +26,11 @@ __all__ = [
     "forget_choices",
     "frozen",
     "hierarchical_regularizer_terms",
+    "is_stochastic",
     "kl",
     "posterior_statistics",
     "predict",
+    "predict_repeated",
     "takes_samples",
     "to_bayesian",
 ]

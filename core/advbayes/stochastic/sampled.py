@@ -49,3 +49,34 @@ def predict(
     if average != "probs":
         raise ValueError(f"predict: average must be one of {AVERAGES}, got {average!r}")
     return logits.softmax(dim=-1).mean(dim=0), logits
+
+
+PROBE_EXAMPLES = 8
+
+
+def is_stochastic(model: nn.Module, x: torch.Tensor) -> bool:
+    """True when two identical calls on (a few examples of) x give different logits: the model draws at random.
+
+    Call it outside frozen(): frozen draws make a stochastic model answer deterministically, as they should.
+    """
+    if isinstance(model, DeterministicSampled) or not takes_samples(model):
+        return False
+    probe = x[:PROBE_EXAMPLES].detach()
+    with torch.no_grad():
+        return not torch.equal(model(probe, samples=1), model(probe, samples=1))
+
+
+def predict_repeated(
+    model: nn.Module, x: torch.Tensor, samples: int, repeats: int, average: str = "probs"
+) -> torch.Tensor:
+    """`repeats` independent predictions [R, B, k], each averaging `samples` fresh draws, from ONE call of R x S draws."""
+    logits = as_sampled(model)(x, samples=repeats * samples)
+    if logits.shape[0] == repeats * samples:
+        groups = logits.reshape(repeats, samples, *logits.shape[1:])
+    else:  # a deterministic model answers one draw whatever is asked: every repeat is the same
+        groups = logits.unsqueeze(0).expand(repeats, *logits.shape)
+    if average == "logits":
+        return groups.mean(dim=1).softmax(dim=-1)
+    if average != "probs":
+        raise ValueError(f"predict_repeated: average must be one of {AVERAGES}, got {average!r}")
+    return groups.softmax(dim=-1).mean(dim=1)

@@ -1,4 +1,4 @@
-"""FGSM, FGM, PGD (L_inf and L2, EOT, restarts, best iterate), random-sign and transfer attacks."""
+"""FGSM, FGM, PGD (L_inf and L2, EOT, restarts, last or best iterate), random-sign and transfer attacks."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from torch import nn
 from advbayes.components import Attack, AttackResult, EvalContext
 from advbayes.errors import RunError
 from advbayes.params import ParamError, entry_param, param
-from advbayes.stochastic import as_sampled, frozen
-from advbayes_attacks.losses import EXPECTATIONS, LOSSES, attack_loss
+from advbayes.stochastic import as_sampled, frozen, is_stochastic
+from advbayes_attacks.losses import EXPECTATIONS, LOSSES, attack_loss, predictive_log_probs
+from advbayes_attacks.selection import KEEP, IterateSelection, misclassification_score
 
 RESAMPLING = ("step", "attack")
-KEEP = ("best", "last")
 
 
 def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
@@ -62,25 +62,39 @@ def lengths(delta: torch.Tensor) -> dict[str, torch.Tensor]:
 class GradientAttack(Attack):
     """Base of the gradient attacks: the attack loss, its expectation over S_A draws, and how draws are renewed."""
 
-    loss: str = param("ce", kind=str, choices=LOSSES, help="ce, cw or margin")
+    loss: str = param("ce", kind=str, choices=LOSSES, help="ce, cw, margin or dlr")
     kappa: float = param(0.0, ge=0.0, help="confidence of the CW loss")
     expectation: str = param("probs", kind=str, choices=EXPECTATIONS, help="averaged over draws: probs, logits or loss")
     resample: str = param(
         "step", kind=str, choices=RESAMPLING, help="step: fresh S_A draws every iteration; attack: one set for the attack"
     )
 
-    def loss_and_gradient(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def losses_of(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example attack loss of per-draw logits [S, B, k]."""
+        return attack_loss(logits, y, self.loss, self.expectation, self.kappa, target)
+
+    def loss_and_gradient(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example attack loss and its input gradient: one call with S_A draws and one backward."""
+        losses, gradient, _ = self.loss_gradient_logits(model, x, y, target)
+        return losses, gradient
+
+    def loss_gradient_logits(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss, input gradient and the (detached) per-draw logits of one call with S_A draws."""
         x = x.detach().requires_grad_(True)
-        logits = model(x, samples=self.samples)
-        losses = attack_loss(logits, y, self.loss, self.expectation, self.kappa)
-        (gradient,) = torch.autograd.grad(losses.sum(), x)
-        return losses.detach(), gradient
+        with torch.enable_grad():
+            logits = model(x, samples=self.samples)
+            losses = self.losses_of(logits, y, target)
+            (gradient,) = torch.autograd.grad(losses.sum(), x)
+        return losses.detach(), gradient, logits.detach()
 
     def evaluate_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example attack loss without a gradient."""
         with torch.no_grad():
-            return attack_loss(model(x, samples=self.samples), y, self.loss, self.expectation, self.kappa)
+            return self.losses_of(model(x, samples=self.samples), y)
 
     @contextlib.contextmanager
     def draws(self, model: nn.Module) -> Iterator[None]:
@@ -131,15 +145,71 @@ class FGM(FGSM):
 
 
 @attrs.frozen(kw_only=True)
-class PGD(GradientAttack):
-    """Projected gradient descent (Madry et al.) in L_inf or L2, with EOT over S_A draws, restarts and best iterate."""
+class IterativeAttack(GradientAttack):
+    """Base of the multi-step attacks: steps, restarts, and which iterate each example keeps."""
+
+    steps: int = param(20, kind=int, ge=1, le=1_000_000, help="iterations")
+    restarts: int = param(1, kind=int, ge=1, le=10_000, help="independent runs; each example keeps its strongest result")
+    keep: str = param(
+        "last", kind=str, choices=KEEP,
+        help="last: each run's final iterate; best: the strongest iterate, on a stochastic model judged on fresh draws",
+    )
+    selection_samples: int = param(
+        10, kind=int, ge=1, le=100_000, help="draws of the paired comparison that picks iterates of a stochastic model"
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.resample == "attack" and (self.keep == "best" or self.restarts > 1):
+            key, value = ("keep", self.keep) if self.keep == "best" else ("restarts", self.restarts)
+            raise ParamError(
+                key, f"keep = 'last' and restarts = 1 with resample = 'attack' (the frozen draws that produced the "
+                "iterates cannot judge them)", value,
+            )
+
+    def deterministic_score(self, losses: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The step's own loss, raised where the prediction is already wrong (exact on a deterministic model)."""
+        return misclassification_score(losses, predictive_log_probs(logits, self.prediction_average), y)
+
+    def paired_comparison(
+        self, model: nn.Module, y: torch.Tensor, target: torch.Tensor | None = None
+    ) -> Any:
+        """(candidates, incumbents, index) -> candidate stronger, judged in one call on `selection_samples` fresh draws."""
+
+        def compare(candidate: torch.Tensor, incumbent: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
+            labels = y[index]
+            chosen_target = None if target is None else target[index]
+            both_y = torch.cat([labels, labels])
+            both_target = None if chosen_target is None else torch.cat([chosen_target, chosen_target])
+            with torch.no_grad():
+                logits = model(torch.cat([candidate, incumbent]), samples=self.selection_samples)  # one set of draws
+                scores = misclassification_score(
+                    self.losses_of(logits, both_y, both_target), predictive_log_probs(logits, self.prediction_average), both_y
+                )
+            return scores[: len(labels)] > scores[len(labels) :]
+
+        return compare
+
+    def selection(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, stochastic: bool, target: torch.Tensor | None = None
+    ) -> tuple[IterateSelection, bool]:
+        """A selection that starts from x (it loses to any iterate); True when it compares on fresh draws."""
+        if stochastic:
+            return IterateSelection(x, None, self.paired_comparison(model, y, target)), True
+        return IterateSelection(x, torch.full((len(x),), -math.inf, device=x.device), None), False
+
+
+@attrs.frozen(kw_only=True)
+class PGD(IterativeAttack):
+    """Projected gradient descent (Madry et al.) in L_inf or L2, with EOT over S_A draws and restarts.
+
+    keep = "last" (the default, as Madry et al., torchattacks and Adv-BNN's Algorithm 1) returns each run's
+    final iterate; keep = "best" the strongest iterate, judged on a stochastic model by a paired comparison on
+    fresh draws (one extra forward per step).
+    """
 
     name: ClassVar[str] = "pgd"
-    steps: int = param(20, kind=int, ge=1, help="iterations")
     step_size: float | None = param(None, gt=0.0, optional=True, help="step length; default 2.5 * eps / steps")
     random_start: bool = param(True, kind=bool, help="start from a uniform point of the eps ball")
-    restarts: int = param(1, kind=int, ge=1, help="independent runs; each example keeps its highest-loss result")
-    keep: str = param("best", kind=str, choices=KEEP, help="best: the iterate with the highest attack loss; last")
 
     @property
     def alpha(self) -> float:
@@ -147,48 +217,57 @@ class PGD(GradientAttack):
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
-        """The worst case over restarts of the best (or last) iterate of each run."""
+        """The strongest over restarts of each run's last (or best) iterate."""
         if self.eps == 0:
             return self.unchanged(x)
-        x = x.detach()
-        best_x = x.clone()
-        best_loss = torch.full((x.shape[0],), -math.inf, device=x.device)
+        x, y = x.detach(), y.long()
+        stochastic = (self.keep == "best" or self.restarts > 1) and is_stochastic(model, x)
         history = torch.zeros(self.restarts, self.steps + 1, device=x.device)  # on the device: no sync per step
         zeros = torch.zeros((), device=x.device)
         total = 0
+        chosen, paired = self.selection(model, x, y, stochastic)
+        first = True
         with self.draws(model):
             for restart in range(self.restarts):
                 x_adv = self.clamp(x + random_start_delta(x, self.eps, self.norm)) if self.random_start else x.clone()
-                run_x, run_loss = x_adv.clone(), torch.full_like(best_loss, -math.inf)
                 for step in range(self.steps):
-                    losses, gradient = self.loss_and_gradient(model, x_adv, y)
+                    losses, gradient, logits = self.loss_gradient_logits(model, x_adv, y)
                     history[restart, step] = losses.mean()
                     zeros += (gradient == 0).sum()
                     total += gradient.numel()
-                    better = losses > run_loss
-                    run_x[better], run_loss[better] = x_adv[better], losses[better]
+                    if self.keep == "best":
+                        self._offer(chosen, paired, first, x_adv, losses, logits, y)
+                        first = False
                     stepped = x_adv + self.alpha * ascent_direction(gradient, self.norm)
                     x_adv = self.clamp(x + project(stepped - x, self.eps, self.norm)).detach()
-                final = self.evaluate_loss(model, x_adv, y)
+                with torch.no_grad():
+                    final_logits = model(x_adv, samples=self.samples)
+                final = self.losses_of(final_logits, y)
                 history[restart, self.steps] = final.mean()
-                if self.keep == "last":
-                    run_x, run_loss = x_adv, final
-                else:
-                    better = final > run_loss
-                    run_x[better], run_loss[better] = x_adv[better], final[better]
-                improved = run_loss > best_loss
-                best_x[improved], best_loss[improved] = run_x[improved], run_loss[improved]
-        delta = best_x - x
-        return AttackResult(
-            x_adv=best_x,
-            delta=delta,
-            diagnostics={
-                **lengths(delta),
-                "attack_loss": best_loss.cpu(),
-                "loss_history": history.cpu(),
-                "zero_grad_share": float(zeros) / max(total, 1),
-            },
-        )
+                self._offer(chosen, paired, first, x_adv, final, final_logits, y)
+                first = False
+        delta = chosen.x - x
+        diagnostics: dict[str, Any] = {
+            **lengths(delta),
+            "loss_history": history.cpu(),
+            "zero_grad_share": float(zeros) / max(total, 1),
+        }
+        if not paired:  # the loss of each returned point (on a stochastic model any one value would be a noisy draw)
+            single_last = self.keep == "last" and self.restarts == 1
+            diagnostics["attack_loss"] = (final if single_last else self.evaluate_loss(model, chosen.x, y)).cpu()
+        return AttackResult(x_adv=chosen.x, delta=delta, diagnostics=diagnostics)
+
+    def _offer(
+        self, chosen: IterateSelection, paired: bool, first: bool, x_adv: torch.Tensor, losses: torch.Tensor,
+        logits: torch.Tensor, y: torch.Tensor,
+    ) -> None:
+        """The first candidate is taken as it is; later ones by the selection's rule."""
+        if first:
+            chosen.x = x_adv.detach().clone()
+            if not paired:
+                chosen.score = self.deterministic_score(losses, logits, y)
+            return
+        chosen.offer(x_adv, None if paired else self.deterministic_score(losses, logits, y))
 
 
 @attrs.frozen(kw_only=True)
@@ -196,6 +275,7 @@ class RandomSign(Attack):
     """Each input component moved by +eps or -eps at random (Carbone et al.'s baseline; L_inf)."""
 
     name: ClassVar[str] = "random-sign"
+    access: ClassVar[str] = "black-box"
 
     def __attrs_post_init__(self) -> None:
         if self.norm != "inf":
@@ -218,6 +298,7 @@ class Transfer(Attack):
     """
 
     name: ClassVar[str] = "transfer"
+    access: ClassVar[str] = "black-box"
     source: str = param("standard", kind=str, help="a defense trained earlier in this experiment, or run:<RUN_ID>")
     attack: Any = entry_param("attacks", "pgd-40", optional=False, help="the attack run on the source model")
     source_model: Any = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})

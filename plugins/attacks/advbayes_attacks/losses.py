@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("ce", "cw", "margin")
+LOSSES = ("ce", "cw", "margin", "dlr")
 EXPECTATIONS = ("probs", "logits", "loss")
 
 
@@ -17,34 +17,65 @@ def _other_max(values: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return values.masked_fill(mask, float("-inf")).amax(dim=-1)
 
 
-def _true(values: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _at(values: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """values[..., y] per example."""
     index = y.view(*([1] * (values.dim() - 2)), -1, 1).expand(*values.shape[:-1], 1)
     return values.gather(-1, index).squeeze(-1)
 
 
-def _loss(kind: str, logits: torch.Tensor, log_probs: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
+def dlr(z: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Croce & Hein's difference-of-logits ratio (targeted when `target` is given); shift and scale invariant in z."""
+    ordered = z.sort(dim=-1).values
+    if target is None:
+        return -(_at(z, y) - _other_max(z, y)) / (ordered[..., -1] - ordered[..., -3] + 1e-12)
+    return -(_at(z, y) - _at(z, target)) / (ordered[..., -1] - 0.5 * (ordered[..., -3] + ordered[..., -4]) + 1e-12)
+
+
+def _loss(
+    kind: str, logits: torch.Tensor, log_probs: torch.Tensor, y: torch.Tensor, kappa: float, target: torch.Tensor | None
+) -> torch.Tensor:
     if kind == "ce":
-        return -_true(log_probs, y)
+        return -_at(log_probs, y) if target is None else _at(log_probs, target)
     if kind == "cw":
-        return (_other_max(logits, y) - _true(logits, y)).clamp_min(-kappa)
+        if target is not None:
+            return (_at(logits, target) - _other_max(logits, target)).clamp_max(kappa)
+        return (_other_max(logits, y) - _at(logits, y)).clamp_min(-kappa)
+    if kind == "dlr":
+        return dlr(log_probs, y, target)  # log-probabilities differ from logits by a per-draw shift only
     probs = log_probs.exp()
-    return _other_max(probs, y) - _true(probs, y)
+    if target is not None:
+        return _at(probs, target) - _other_max(probs, target)
+    return _other_max(probs, y) - _at(probs, y)
+
+
+def predictive_log_probs(logits: torch.Tensor, average: str = "probs") -> torch.Tensor:
+    """log of the averaged prediction [B, k] from per-draw logits [S, B, k]: log-mean-softmax, or log-softmax of mean logits."""
+    if average == "logits":
+        return F.log_softmax(logits.mean(dim=0), dim=-1)
+    return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
 
 
 def attack_loss(
-    logits: torch.Tensor, y: torch.Tensor, loss: str = "ce", expectation: str = "probs", kappa: float = 0.0
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    loss: str = "ce",
+    expectation: str = "probs",
+    kappa: float = 0.0,
+    target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-example attack loss [B] from per-draw logits [S, B, k]; the attacker maximizes it.
 
     probs: loss of the averaged probabilities (CW on the averaged logits); logits: loss of the averaged
     logits; loss: the mean over draws of each draw's loss. Log-probabilities are computed stably
     (log-mean-exp over draws), so a saturated softmax does not zero the gradient by round-off alone.
+    With `target`, the loss rises as the target class gains on all others (targeted attacks).
+    Labels of any integer dtype are accepted (one_hot and gather need int64).
     """
+    y = y.long()
+    target = None if target is None else target.long()
     if expectation == "loss":
-        return _loss(loss, logits, F.log_softmax(logits, dim=-1), y, kappa).mean(dim=0)
+        return _loss(loss, logits, F.log_softmax(logits, dim=-1), y, kappa, target).mean(dim=0)
     mean_logits = logits.mean(dim=0)
     if expectation == "logits":
-        return _loss(loss, mean_logits, F.log_softmax(mean_logits, dim=-1), y, kappa)
-    log_mean_probs = torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
-    return _loss(loss, mean_logits, log_mean_probs, y, kappa)
+        return _loss(loss, mean_logits, F.log_softmax(mean_logits, dim=-1), y, kappa, target)
+    return _loss(loss, mean_logits, predictive_log_probs(logits), y, kappa, target)
