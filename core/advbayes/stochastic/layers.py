@@ -109,7 +109,7 @@ class BayesLinear(StochasticLayer):
         weight = self.weight.draws(samples)
         bias = self.bias.draws(samples) if self.bias is not None else None
         shared = _draw_count(x, samples) == 1
-        key = ("linear", samples, shared, tuple(x.shape[1:]), x.device.type, x.dtype)
+        key = ("linear", samples, shared, (strategies.size_bucket(x.shape[1]), *x.shape[2:]), x.device.type, x.dtype)
         inputs = [x, weight] + ([bias] if bias is not None else [])
         return self._run(key, {"loop": _linear_loop, "batched": _linear_batched}, inputs)
 
@@ -154,7 +154,10 @@ class BayesConv2d(StochasticLayer):
         weight = self.weight.draws(samples)
         bias = self.bias.draws(samples) if self.bias is not None else None
         shared = _draw_count(x, samples) == 1
-        key = ("conv2d", samples, shared, tuple(x.shape[1:]), tuple(weight.shape[1:]), self.stride, x.device.type, x.dtype)
+        key = (
+            "conv2d", samples, shared, (strategies.size_bucket(x.shape[1]), *x.shape[2:]), tuple(weight.shape[1:]),
+            self.stride, x.device.type, x.dtype,
+        )
         inputs = [x, weight] + ([bias] if bias is not None else [])
         return self._run(key, {"loop": self._loop, "batched": self._batched}, inputs)
 

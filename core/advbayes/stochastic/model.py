@@ -24,7 +24,7 @@ from advbayes.stochastic.layers import (
     regularizer_terms,
 )
 from advbayes.stochastic.strategy import CHUNK_CHOICES as _CHUNK_CHOICES
-from advbayes.stochastic.strategy import STRATEGIES, default_strategy, synchronize
+from advbayes.stochastic.strategy import STRATEGIES, default_strategy, size_bucket, synchronize
 
 # Elementwise modules work on [S', B, ...] as they are; every other deterministic leaf is Folded.
 ELEMENTWISE = (
@@ -136,7 +136,8 @@ class StochasticModel(nn.Module):
         if self.strategy != "auto" or samples == 1:
             return samples
         grad = torch.is_grad_enabled()
-        key = (self.architecture(), samples, tuple(inputs.shape), inputs.device.type, inputs.dtype, grad, self.training)
+        shape = (inputs.shape[0], size_bucket(batch), *inputs.shape[2:])  # nearby batch sizes share one measurement
+        key = (self.architecture(), samples, shape, inputs.device.type, inputs.dtype, grad, self.training)
         if key not in _CHUNK_CHOICES:  # shared by every model of this architecture (e.g. the defenses of one experiment)
             _CHUNK_CHOICES[key] = self._measure_chunk(inputs, layers, samples, grad)
         return _CHUNK_CHOICES[key]

@@ -27,6 +27,13 @@ def default_strategy() -> str:
     return value
 
 
+def size_bucket(size: int) -> int:
+    """The power of two at or above `size`: timings are keyed by it, so an attack that shrinks its batch to the
+    still-robust examples (APGD, AutoAttack's worst case) reuses the measurement of a nearby size instead of
+    measuring every new size again (seconds each on a CPU)."""
+    return 1 << max(size - 1, 0).bit_length()
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on CPU), so wall-clock timings are real."""
     if device.type == "cuda":
