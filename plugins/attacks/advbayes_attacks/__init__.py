@@ -1,4 +1,4 @@
-"""advbayes-attacks: gradient attacks (FGSM, FGM, PGD with EOT, restarts, best iterate), random sign, transfer."""
+"""advbayes-attacks: FGSM, FGM, PGD (EOT, restarts), APGD / APGD-T, Square, FAB-T, AutoAttack's worst case, random sign, transfer."""
 
 from __future__ import annotations
 
@@ -6,19 +6,22 @@ from pathlib import Path
 from typing import Any
 
 from advbayes.hookspecs import hookimpl
+from advbayes_attacks.apgd import APGD
 from advbayes_attacks.attacks import FGM, FGSM, PGD, RandomSign, Transfer
+from advbayes_attacks.ensemble import FABTargeted, WorstCase
+from advbayes_attacks.square import Square
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 @hookimpl
 def register_attacks(register: Any) -> None:
-    """fgsm, fgm, pgd, random-sign, transfer."""
-    for attack in (FGSM, FGM, PGD, RandomSign, Transfer):
+    """fgsm, fgm, pgd, apgd, square, fab-t, worst-case, random-sign, transfer."""
+    for attack in (FGSM, FGM, PGD, APGD, Square, FABTargeted, WorstCase, RandomSign, Transfer):
         register(attack)
 
 
 @hookimpl
 def registry_files() -> Path:
-    """The papers' attack entries: pgd-20, pgd-40, eot-pgd-10, training attacks."""
+    """The papers' attack entries (pgd-20, pgd-40, eot-pgd-10, training attacks) and autoattack / autoattack-rand."""
     return Path(__file__).with_name("registry.toml")

@@ -1,0 +1,122 @@
+"""AutoAttack's protocol: the worst case per example over several attacks, judged on independent draws; FAB-T adapter."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+import torch
+from torch import nn
+
+from advbayes.components import Attack, AttackResult, EvalContext
+from advbayes.errors import RunError
+from advbayes.params import entry_list_param, param
+from advbayes.stochastic import is_stochastic, predict_repeated
+from advbayes_attacks.attacks import lengths
+
+
+def correct_counts(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, samples: int, average: str
+) -> torch.Tensor:
+    """How many of `repeats` independent predictions (each averaging `samples` fresh draws) are right, per example."""
+    with torch.no_grad():
+        probs = predict_repeated(model, x, samples, repeats, average)
+    return (probs.argmax(dim=-1) == y.long()).sum(dim=0)
+
+
+@attrs.frozen(kw_only=True)
+class WorstCase(Attack):
+    """The worst case per example over `attacks`, each run on the examples no earlier attack broke (AutoAttack).
+
+    An example counts as broken only when all R independent predictions (S_I fresh draws each) misclassify it;
+    on a deterministic model one prediction decides (R = 1). The sub-attacks take this entry's eps, norm, S_A,
+    value range and prediction rule.
+    """
+
+    name: ClassVar[str] = "worst-case"
+    access: ClassVar[str] = "ensemble"
+    attacks: list[Any] = entry_list_param("attacks", (), nonempty=True, help="the attacks, run in this order")
+    repeats: int = param(5, kind=int, ge=1, le=10_000, help="R: independent S_I predictions that judge each example")
+    inner: tuple[Attack, ...] = attrs.field(default=(), eq=False, repr=False, metadata={"internal": True})
+
+    @property
+    def verdict_repeats(self) -> int:
+        """The evaluation judges the result with the same R."""
+        return self.repeats
+
+    def deterministic_only(self, build_attack: Any) -> str | None:
+        """The first sub-attack that needs a deterministic model, if any."""
+        for entry in self.attacks:
+            found = build_attack(entry).deterministic_only(build_attack)
+            if found is not None:
+                return found
+        return None
+
+    def bind(self, context: EvalContext) -> Attack:
+        """Build and bind the sub-attacks."""
+        return attrs.evolve(self, inner=tuple(context.build_attack(entry).bind(context) for entry in self.attacks))
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+        """Run each attack on the still-robust examples; keep per example the result with the fewest right predictions."""
+        if not self.inner:
+            raise RunError("attack 'worst-case' used before bind(): the run engine binds it to its sub-attacks")
+        x, y = x.detach(), y.long()
+        repeats = self.repeats if is_stochastic(model, x) else 1
+        best_x = x.clone()
+        right = correct_counts(model, x, y, repeats, self.inference_samples, self.prediction_average)
+        diagnostics: dict[str, Any] = {"robust_clean": float((right > 0).float().mean())}
+        for attack in self.inner:
+            active = (right > 0).nonzero().squeeze(1)
+            if active.numel() == 0:
+                break
+            configured = attrs.evolve(
+                attack, eps=self.eps, norm=self.norm, samples=self.samples, value_range=self.value_range,
+                inference_samples=self.inference_samples, prediction_average=self.prediction_average,
+            )
+            found = configured(model, x[active], y[active]).x_adv.detach()
+            found_right = correct_counts(model, found, y[active], repeats, self.inference_samples, self.prediction_average)
+            better = found_right < right[active]
+            chosen, counts = best_x[active], right[active]
+            chosen[better], counts[better] = found[better], found_right[better]
+            best_x[active], right[active] = chosen, counts
+            diagnostics[f"robust_after_{attack.name}"] = float((right > 0).float().mean())
+        delta = best_x - x
+        return AttackResult(x_adv=best_x, delta=delta, diagnostics={**lengths(delta), **diagnostics})
+
+
+@attrs.frozen(kw_only=True)
+class FABTargeted(Attack):
+    """FAB-T (Croce & Hein), the official AutoAttack implementation through an adapter; deterministic models only.
+
+    FAB is a minimum-norm attack that decides success from single evaluations, which is meaningless under
+    randomness: on a stochastic model it is an error (use autoattack-rand there).
+    """
+
+    name: ClassVar[str] = "fab-t"
+    steps: int = param(100, kind=int, ge=1, le=1_000_000, help="iterations")
+    restarts: int = param(1, kind=int, ge=1, le=10_000, help="random restarts")
+    targets: int = param(9, kind=int, ge=1, le=100_000, help="target classes tried (the top ones after the label)")
+
+    def deterministic_only(self, build_attack: Any) -> str | None:
+        """FAB-T judges single evaluations."""
+        return self.name
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
+        """The official FABAttack_PT, targeted, on the model's single deterministic prediction."""
+        from pyautoattack.fab_pt import FABAttack_PT
+
+        if is_stochastic(model, x):
+            raise RunError("attack 'fab-t': the model is stochastic; FAB judges single evaluations (use autoattack-rand)")
+        if self.value_range != (0.0, 1.0):
+            raise RunError(f"attack 'fab-t': the official FAB works in [0, 1]; the data's range is {self.value_range}")
+        classes = int(model(x[:1], samples=1).shape[-1])
+        seed = int(torch.randint(0, 2**31 - 1, ()))  # drawn from the run's stream; FAB reseeds the global RNG itself
+        fab = FABAttack_PT(
+            lambda inputs: model(inputs, samples=1)[0], norm="Linf" if self.norm == "inf" else "L2",
+            n_restarts=self.restarts, n_iter=self.steps, eps=self.eps, seed=seed, targeted=True,
+            n_target_classes=min(self.targets, classes - 1), device=x.device,
+        )
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            x_adv = fab.perturb(x.detach(), y.long()).detach()
+        delta = x_adv - x
+        return AttackResult(x_adv=x_adv, delta=delta, diagnostics=lengths(delta))
