@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import advbayes
 from advbayes.cli import cli
 from advbayes.plugins import create_plugin_manager
-from advbayes.results import format_value
+from advbayes.intervals import format_interval, wilson_interval
 
 
 def test_report_of_a_small_tracked_run_has_the_tables_and_figures(store: str, tmp_path: Path) -> None:
@@ -30,7 +30,8 @@ def test_report_of_a_small_tracked_run_has_the_tables_and_figures(store: str, tm
     assert "## moons" in text and "### accuracy" in text and "### training (last epoch)" in text
     for member in group.results:
         name = member.spec["defense"]["name"]
-        value = format_value(member.table()["none"][0.0])
+        metrics = next(r.metrics for r in member.records if r.attack == "none")
+        value = format_interval(metrics["accuracy"], *wilson_interval(metrics["accuracy"] * metrics["accuracy_n"], int(metrics["accuracy_n"])))
         assert re.search(rf"\| {name} \| none \| {re.escape(value)} \|", text), (name, value, text)
         assert member.run_id in text
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)

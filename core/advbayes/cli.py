@@ -13,7 +13,7 @@ from typing import Any
 import click
 import tomli_w
 
-from advbayes.errors import AdvbayesError, RunError
+from advbayes.errors import AdvbayesError, EvaluationWarning, RunError
 
 KIND_CHOICES = ("datasets", "models", "defenses", "attacks", "metrics", "experiments")
 
@@ -21,7 +21,7 @@ KIND_CHOICES = ("datasets", "models", "defenses", "attacks", "metrics", "experim
 def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     from advbayes.plugins import PluginLoadWarning
 
-    if issubclass(category, PluginLoadWarning):
+    if issubclass(category, (PluginLoadWarning, EvaluationWarning)):
         click.echo(f"advbayes: warning: {message}", err=True)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)

@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from advbayes.intervals import format_interval, mean_sd
 from advbayes.results import format_grid
 from advbayes.tracking import tracked_runs
 
@@ -41,8 +42,39 @@ def collapse_constant(runs: Sequence[Any], columns: list[tuple[str, float, str]]
     return collapsed
 
 
+def metric_cell(metrics: dict[str, float], key: str) -> str:
+    """A tracked value with its 95 % interval when its companions were logged (attack/accuracy_ci_low/eps_...)."""
+    if key not in metrics:
+        return "-"
+    attack, metric, eps = key.rsplit("/", 2)
+    low, high = metrics.get(f"{attack}/{metric}_ci_low/{eps}"), metrics.get(f"{attack}/{metric}_ci_high/{eps}")
+    return f"{metrics[key]:.4f}" if low is None or high is None else format_interval(metrics[key], low, high)
+
+
+def seed_rows(runs: Sequence[Any], columns: list[tuple[str, float | None, str]], width: int) -> list[list[str]]:
+    """One row per defense tracked with several seeds: mean +- sd over the newest FINISHED run of each seed."""
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for run in runs:  # newest first
+        tags = run.data.tags
+        if run.info.status == "FINISHED":
+            key = (tags.get("advbayes.experiment", "?"), tags.get("advbayes.defense", "?"))
+            newest.setdefault(key, {}).setdefault(tags.get("advbayes.seed", "?"), run)
+    rows = []
+    for (experiment, defense), by_seed in newest.items():
+        if len(by_seed) < 2:
+            continue
+        cells = []
+        for _attack, _eps, key in columns:
+            values = [r.data.metrics[key] for r in by_seed.values() if key in r.data.metrics]
+            cells.append("-" if not values else "{:.4f} +- {:.4f}".format(*mean_sd(values)))
+        seeds = ",".join(sorted(by_seed))
+        rows.append(["mean+-sd", experiment, f"{len(by_seed)} seeds", seeds, defense, *cells][:width])
+    return rows
+
+
 def compare_table(tracking_uri: str | None, experiments: Sequence[str], metric: str) -> str:
-    """The runs of `experiments` (newest first) with their `metric` per attack and eps."""
+    """The runs of `experiments` (newest first) with their `metric` per attack and eps (95 % intervals where
+    logged), then mean +- sd across seeds for every defense tracked with several seeds."""
     runs = tracked_runs(tracking_uri, experiments)
     if not runs:
         return f"no tracked runs of {', '.join(experiments)}"
@@ -55,9 +87,7 @@ def compare_table(tracking_uri: str | None, experiments: Sequence[str], metric: 
     for run in runs:
         started = dt.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
         tags = run.data.tags
-        values = [
-            f"{run.data.metrics[key]:.4f}" if key in run.data.metrics else "-" for _attack, _eps, key in columns
-        ]
+        values = [metric_cell(run.data.metrics, key) for _attack, _eps, key in columns]
         rows.append(
             [
                 run.info.run_id[:12],
@@ -68,4 +98,5 @@ def compare_table(tracking_uri: str | None, experiments: Sequence[str], metric: 
                 *values,
             ]
         )
+    rows += seed_rows(runs, columns, len(header))
     return format_grid(header, rows)

@@ -26,7 +26,8 @@ from advbayes.losses import mean_cross_entropy
 from advbayes.plugins import PluginManager, get_plugin_manager
 from advbayes.registry import Registry, apply_override, load_registry
 from advbayes.results import EvalRecord, RunGroup, RunResult, eps_label
-from advbayes.stochastic import as_sampled, predict
+from advbayes.checks import Finding, evaluation_findings, warn
+from advbayes.stochastic import as_sampled, is_stochastic, predict, predict_repeated
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -131,6 +132,8 @@ class Run:
         self.history: list[dict[str, float]] = list(checkpoint["history"]) if checkpoint else []
         self.workdir = Path(tempfile.mkdtemp(prefix="advbayes-run-"))
         self._attack_cache: dict[str, Attack] = {}
+        self.stochastic = False  # probed on the first test batch before evaluation
+        self.findings: list[Finding] = []
 
     def build_attack(self, entry: Any) -> Attack:
         """Build an attack entry (name or table) bound to this run's data range; built once per entry."""
@@ -272,21 +275,30 @@ class Run:
         return [(a, i) for a in attack_samples for i in inference_samples]
 
     def evaluate(self, net: torch.nn.Module, test: Batches) -> list[EvalRecord]:
-        """Every attack (x every S_A, S_I of a sweep) at every eps of the experiment; metrics on S_I fresh draws."""
+        """Every attack (x every S_A, S_I of a sweep) at every eps of the experiment; metrics on S_I fresh draws.
+
+        Afterwards the randomness and masking checks run on the records; their findings are warned and kept.
+        """
         net.eval()
         records: list[EvalRecord] = []
         context = self.eval_context(net)
+        first = next(iter(test.iterate(self.experiment.eval_batch_size, shuffle=False)), None)
+        self.stochastic = first is not None and is_stochastic(net, first[0])
         metrics = [(name, metric.bind(context)) for name, metric in self.metrics if metric.per_attack]
+        evaluated: dict[str, Attack] = {}
         for attack_name, unbound in self.attacks:
             attack_bound = unbound.bind(context)
             combinations = self.sample_sweep(attack_bound)
             for samples_a, samples_i in combinations:
                 label = attack_name if len(combinations) == 1 else f"{attack_name}:sa{samples_a}:si{samples_i}"  # MLflow-safe
                 attack_base = attrs.evolve(attack_bound, samples=samples_a)
+                evaluated[label] = attack_base
                 attack_records, figures = self.evaluate_attack(net, test, label, attack_base, samples_i, metrics)
                 attack_records = [attrs.evolve(r, entry=attack_name) for r in attack_records]
                 records.extend(attack_records)
                 self.pm.hook.evaluation_finished(run=self.info, attack=label, records=attack_records, figures=figures)
+        self.findings = evaluation_findings(self.spec["defense"]["name"], records, evaluated, self.stochastic)
+        warn(self.findings)
         return records
 
     def evaluate_attack(
@@ -302,15 +314,21 @@ class Run:
             disable=not self.progress, dynamic_ncols=True,
         )
         for eps in measured:
-            attack = attrs.evolve(attack_base, eps=eps, value_range=self.dataset.value_range)
+            attack = attrs.evolve(
+                attack_base, eps=eps, value_range=self.dataset.value_range, inference_samples=samples_i,
+                prediction_average=self.defense.prediction_average,
+            )
             states = {name: metric.create().to(self.device) for name, metric in metrics}
-            values, metric_figures, (l2_sum, linf_max, count) = self.measure(net, test, attack, eps, states, bar, samples_i)
+            values, metric_figures, (l2_sum, linf_max, count, zero_share) = self.measure(
+                net, test, attack, eps, states, bar, samples_i
+            )
             figures.update({f"{metric}/{eps_label(eps)}/{file}": f for (metric, file), f in metric_figures.items()})
             for reported in [eps] if attack_base.uses_eps else eps_values:
                 attack_records.append(
                     EvalRecord(
                         attack=label, eps=reported, metrics=values, attack_samples=attack.samples,
                         inference_samples=samples_i, mean_l2=l2_sum / max(count, 1), max_linf=linf_max, examples=count,
+                        diagnostics={"zero_grad_share": zero_share},
                     )
                 )
         bar.close()
@@ -337,22 +355,28 @@ class Run:
         states: dict[str, Any],
         bar: Any = None,
         samples_i: int | None = None,
-    ) -> tuple[dict[str, float], dict[tuple[str, str], Any], tuple[float, float, int]]:
-        """Attack the test split, predict on S_I fresh draws, update the metric states.
+    ) -> tuple[dict[str, float], dict[tuple[str, str], Any], tuple[float, float, int, float]]:
+        """Attack the test split, predict on S_I fresh draws (R times when the attack asks), update the metric states.
 
-        Returns the metric values, their figures by (metric, file) and the applied perturbation
-        (sum of L2 lengths, max L_inf, examples).
+        Returns the metric values, their figures by (metric, file), the applied perturbation (sum of L2 lengths,
+        max L_inf, examples) and the share of exactly-zero input-gradient components the attack reported.
         """
         samples_i = samples_i or self.defense.inference_samples
         average = self.defense.prediction_average
-        l2_sum, linf_max, count = 0.0, 0.0, 0
+        repeats = attack.verdict_repeats if self.stochastic else 1
+        l2_sum, linf_max, count, zero_sum = 0.0, 0.0, 0, 0.0
         for x, y in test.iterate(self.experiment.eval_batch_size, shuffle=False):
             result = attack(net, x, y)
-            with torch.no_grad():
-                probs, _ = predict(net, result.x_adv, samples_i, average)  # fresh draws, independent of the attack's
+            repeated = None
+            with torch.no_grad():  # fresh draws, independent of the attack's
+                if repeats > 1:
+                    repeated = predict_repeated(net, result.x_adv, samples_i, repeats, average)
+                    probs = repeated[0]
+                else:
+                    probs, _ = predict(net, result.x_adv, samples_i, average)
             batch = EvalBatch(
                 model=net, x=x, y=y, result=result, probs=probs, attack=attack, eps=eps,
-                inference_samples=samples_i, device=self.device, prediction_average=average,
+                inference_samples=samples_i, device=self.device, prediction_average=average, repeated_probs=repeated,
             )
             for state in states.values():
                 state.update(batch)
@@ -360,6 +384,7 @@ class Run:
             l2_sum += float(flat.norm(dim=1).sum())
             linf_max = max(linf_max, float(flat.abs().amax())) if flat.numel() else linf_max
             count += len(y)
+            zero_sum += float(result.diagnostics.get("zero_grad_share", 0.0)) * len(y)
             if bar is not None:
                 bar.update(len(y))
         values: dict[str, float] = {}
@@ -367,9 +392,23 @@ class Run:
         for metric_name, state in states.items():
             values.update({key: float(value) for key, value in state.compute().items()})
             figures.update({(metric_name, file): figure for file, figure in state.figures().items()})
-        return values, figures, (l2_sum, linf_max, count)
+        return values, figures, (l2_sum, linf_max, count, zero_sum / max(count, 1))
 
     # ------------------------------------------------------------------------------------------- whole run
+
+    def check_attacks_fit(self, net: torch.nn.Module, test: Batches) -> None:
+        """Before training: an attack that can only judge a deterministic model must not meet a stochastic one."""
+        needs = [(name, attack.deterministic_only(self.build_attack)) for name, attack in self.attacks]
+        needs = [(name, sub) for name, sub in needs if sub is not None]
+        if not needs:
+            return
+        first = next(iter(test.iterate(self.experiment.eval_batch_size, shuffle=False)), None)
+        if first is not None and is_stochastic(net.eval(), first[0]):
+            name, sub = needs[0]
+            raise RunError(
+                f"experiments.{self.name}: attack '{name}' ({sub}) judges single evaluations, but defense "
+                f"'{self.spec['defense']['name']}' gives a stochastic model; use autoattack-rand for it"
+            )
 
     def execute(self) -> RunResult:
         """Build data and network, train, evaluate; returns the result (hooks report it)."""
@@ -381,6 +420,7 @@ class Run:
         net = as_sampled(self.defense.prepare(network)).to(self.device)
         if self.checkpoint is not None:
             net.load_state_dict(self.checkpoint["model"])
+        self.check_attacks_fit(net, test)
         context = TrainContext(
             dataset=self.dataset,
             train=train_split,
@@ -417,6 +457,7 @@ class Run:
             run_id=self.info.tracking.get("mlflow_run_id"),
             seed=self.experiment.seed,
             device=str(self.device),
+            findings=list(self.findings),
         )
 
 
@@ -435,7 +476,7 @@ def run(
 ) -> RunResult | RunGroup:
     """Run the experiment `name` (or resume tracked run `resume`); keyword arguments are dotted-key overrides.
 
-    An experiment with `defenses` runs each defense as its own run and returns a RunGroup.
+    An experiment with `defenses` or `seeds` runs each defense (x each seed) as its own run and returns a RunGroup.
     """
     pm = pm or get_plugin_manager()
     loaded = load_registry(registry, pm=pm)
@@ -458,15 +499,19 @@ def run(
         if name is None:
             raise RunError("name an experiment to run (advbayes list experiments shows them)")
         spec = loaded.resolve_experiment(name, all_overrides)
-    if spec.get("defenses"):
+    if spec.get("defenses") or spec.get("seeds"):
+        defenses = spec.get("defenses") or [spec["defense"]]
         variants: list[RunResult] = []
-        for defense in spec["defenses"]:
-            variant = {k: v for k, v in spec.items() if k != "defenses"}
-            variant["defense"] = defense
-            peers = {r.spec["defense"]["name"]: r.model for r in variants}  # sources for transfer attacks
-            variants.append(
-                _run_one(name, variant, loaded, pm, torch_device, track, tracking_uri, progress, None, None, peers)
-            )
+        for seed in spec.get("seeds") or [spec["seed"]]:
+            same_seed: list[RunResult] = []
+            for defense in defenses:
+                variant = {k: v for k, v in spec.items() if k not in ("defenses", "seeds")}
+                variant.update(defense=defense, seed=seed, seeds=[])
+                peers = {r.spec["defense"]["name"]: r.model for r in same_seed}  # sources for transfer attacks
+                same_seed.append(
+                    _run_one(name, variant, loaded, pm, torch_device, track, tracking_uri, progress, None, None, peers)
+                )
+            variants.extend(same_seed)
         return RunGroup(experiment=name, results=variants)
     return _run_one(name, spec, loaded, pm, torch_device, track, tracking_uri, progress, resume, checkpoint)
 

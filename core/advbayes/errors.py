@@ -38,3 +38,7 @@ class RegistryError(AdvbayesError):
 
 class RunError(AdvbayesError):
     """A run cannot start as asked (no CUDA device, nothing to resume, ...)."""
+
+
+class EvaluationWarning(UserWarning):
+    """A randomness or gradient-masking check found that an evaluation may overstate robustness."""

@@ -26,6 +26,7 @@ class Experiment:
     metrics: list[Any] = entry_list_param("metrics", ("accuracy",), nonempty=True, help="metric entries")
     epochs: int = param(1, kind=int, ge=0, help="training epochs")
     seed: int = param(0, kind=int, ge=0, help="seed of python, numpy and torch")
+    seeds: tuple[int, ...] = list_param((), kind=int, ge=0, help="run once per seed (a run each); tables give mean +- sd")
     batch_size: int = param(128, kind=int, ge=1, help="training batch size")
     eval_batch_size: int = param(256, kind=int, ge=1, help="evaluation batch size")
     optimizer: str | None = param(None, kind=str, choices=OPTIMIZERS, optional=True, help="default: the defense's")

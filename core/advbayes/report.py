@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from advbayes.errors import RunError
+from advbayes.intervals import format_interval, is_companion, mean_sd
 from advbayes.results import format_value
 from advbayes.tracking import client_for, tracked_runs
 
@@ -18,13 +19,20 @@ TRAIN_COLUMNS = ("loss", "ce", "acc", "kl_per_param", "mean_sigma2", "r", "omega
 
 
 def latest_per_defense(runs: Sequence[Any]) -> list[Any]:
-    """The newest FINISHED parent run of each defense, in training order (oldest first)."""
-    chosen: dict[str, Any] = {}
+    """The newest FINISHED parent run of each defense and seed, in training order (oldest first)."""
+    chosen: dict[tuple[str, str], Any] = {}
     for run in runs:  # newest first
-        defense = run.data.tags.get("advbayes.defense", "?")
-        if run.info.status == "FINISHED" and defense not in chosen:
-            chosen[defense] = run
+        key = (run.data.tags.get("advbayes.defense", "?"), run.data.tags.get("advbayes.seed", "?"))
+        if run.info.status == "FINISHED" and key not in chosen:
+            chosen[key] = run
     return sorted(chosen.values(), key=lambda r: r.info.start_time)
+
+
+def run_label(run: Any, runs: Sequence[Any]) -> str:
+    """The defense, with the seed when the report holds several seeds of it."""
+    defense = run.data.tags.get("advbayes.defense", "?")
+    seeds = {r.data.tags.get("advbayes.seed") for r in runs if r.data.tags.get("advbayes.defense", "?") == defense}
+    return defense if len(seeds) < 2 else f"{defense} (seed {run.data.tags.get('advbayes.seed', '?')})"
 
 
 def read_results(client: Any, run_id: str, scratch: Path) -> list[dict[str, str]]:
@@ -41,15 +49,28 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def metric_table(results: dict[str, list[dict[str, str]]], metric: str) -> str:
-    """Rows defense / attack, columns eps, for one metric of every run."""
+def metric_table(results: dict[str, list[dict[str, str]]], metric: str, groups: dict[str, str] | None = None) -> str:
+    """Rows defense / attack, columns eps, for one metric of every run (with its 95 % interval where logged);
+    runs that `groups` maps to one defense also get a mean +- sd row across them (their seeds)."""
     eps_values = sorted({float(r["eps"]) for rows in results.values() for r in rows if r["metric"] == metric})
     rows = []
-    for defense, records in results.items():
+    pooled: dict[tuple[str, str], dict[float, list[float]]] = {}
+    for label, records in results.items():
+        value_of = {(r["attack"], float(r["eps"]), r["metric"]): float(r["value"]) for r in records}
         attacks = list(dict.fromkeys(r["attack"] for r in records if r["metric"] == metric))
         for attack in attacks:
-            values = {float(r["eps"]): float(r["value"]) for r in records if r["metric"] == metric and r["attack"] == attack}
-            rows.append([defense, attack, *(format_value(values[e]) if e in values else "-" for e in eps_values)])
+            cells = []
+            for e in eps_values:
+                value = value_of.get((attack, e, metric))
+                low, high = value_of.get((attack, e, f"{metric}_ci_low")), value_of.get((attack, e, f"{metric}_ci_high"))
+                if value is not None and groups:
+                    pooled.setdefault((groups[label], attack), {}).setdefault(e, []).append(value)
+                cells.append("-" if value is None else format_value(value) if low is None or high is None else format_interval(value, low, high))
+            rows.append([label, attack, *cells])
+    for (defense, attack), by_eps in pooled.items():
+        if max(len(v) for v in by_eps.values()) > 1:
+            cells = ["{:.4f} +- {:.4f}".format(*mean_sd(by_eps[e])) if e in by_eps else "-" for e in eps_values]
+            rows.append([f"{defense}: mean +- sd over {max(len(v) for v in by_eps.values())} seeds", attack, *cells])
     return markdown_table(["defense", "attack", *(f"eps {e:g}" for e in eps_values)], rows)
 
 
@@ -90,24 +111,27 @@ def experiment_section(client: Any, name: str, out: Path, figures_dir: Path, scr
     parts = [f"## {name}", "", params.get("description", ""), "",
              f"Setting: {setting}; device {first.data.tags.get('advbayes.device', '?')}; started {started}; "
              f"commit {first.data.tags.get('advbayes.git_commit', 'unknown')[:12]}.", ""]
-    parts.append(markdown_table(["defense", "run id"], [[r.data.tags.get("advbayes.defense", "?"), f"`{r.info.run_id}`"] for r in runs]))
-    results = {r.data.tags.get("advbayes.defense", "?"): read_results(client, r.info.run_id, scratch) for r in runs}
+    parts.append(markdown_table(["defense", "run id"], [[run_label(r, runs), f"`{r.info.run_id}`"] for r in runs]))
+    results = {run_label(r, runs): read_results(client, r.info.run_id, scratch) for r in runs}
+    groups = {run_label(r, runs): r.data.tags.get("advbayes.defense", "?") for r in runs}
     names = list(dict.fromkeys(row["metric"] for rows in results.values() for row in rows))
+    names = [m for m in names if not is_companion(m, set(names))]
     for metric in [m for m in names if metrics is None or m in metrics]:
-        parts += ["", f"### {metric}", "", metric_table(results, metric)]
+        parts += ["", f"### {metric}", "", metric_table(results, metric, groups)]
     train_keys = [k for k in TRAIN_COLUMNS if any(f"train/{k}" in r.data.metrics for r in runs)]
     if train_keys:
-        rows = [[r.data.tags.get("advbayes.defense", "?"), *(format_value(r.data.metrics[f"train/{k}"]) if f"train/{k}" in r.data.metrics else "-" for k in train_keys)] for r in runs]
+        rows = [[run_label(r, runs), *(format_value(r.data.metrics[f"train/{k}"]) if f"train/{k}" in r.data.metrics else "-" for k in train_keys)] for r in runs]
         parts += ["", "### training (last epoch)", "", markdown_table(["defense", *train_keys], rows)]
     model_keys = list(dict.fromkeys(k for r in runs for k in r.data.metrics if k.startswith("model/")))
     if model_keys:
         rows = [[k[len("model/"):], *(format_value(r.data.metrics[k]) if k in r.data.metrics else "-" for r in runs)] for k in model_keys]
-        parts += ["", "### model metrics", "", markdown_table(["metric", *(r.data.tags.get("advbayes.defense", "?") for r in runs)], rows)]
+        parts += ["", "### model metrics", "", markdown_table(["metric", *(run_label(r, runs) for r in runs)], rows)]
     for run in runs:
-        defense = run.data.tags.get("advbayes.defense", "?")
-        copied = copy_figures(client, run, scratch, figures_dir / name / defense, metrics)
+        label = run_label(run, runs)
+        folder = label.replace(" (seed ", "-seed").rstrip(")")  # a path part without spaces or brackets
+        copied = copy_figures(client, run, scratch, figures_dir / name / folder, metrics)
         if copied:
-            parts += ["", f"### figures: {defense}", ""]
+            parts += ["", f"### figures: {label}", ""]
             parts += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in copied]
     return "\n".join(parts)
 

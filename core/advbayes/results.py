@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 from torch import nn
+
+from advbayes.intervals import format_interval, is_companion, mean_sd
 
 
 @attrs.frozen(kw_only=True)
@@ -24,6 +26,7 @@ class EvalRecord:
     max_linf: float
     examples: int
     entry: str = ""  # the attack's registry entry; `attack` adds :saN:siM when an experiment sweeps them
+    diagnostics: dict[str, float] = attrs.field(factory=dict)  # e.g. zero_grad_share, averaged over examples
 
 
 def eps_label(eps: float) -> str:
@@ -32,11 +35,20 @@ def eps_label(eps: float) -> str:
 
 
 def metric_names(records: Iterable[EvalRecord]) -> list[str]:
-    """Metric names in first-seen order."""
+    """Metric names in first-seen order, without the interval companions (<name>_ci_low, _ci_high, _n)."""
     names: dict[str, None] = {}
     for record in records:
         names.update(dict.fromkeys(record.metrics))
-    return list(names)
+    return [name for name in names if not is_companion(name, names.keys())]
+
+
+def cell(metrics: Mapping[str, float], metric: str) -> str:
+    """A value as the tables show it: with its 95 % interval when the metric carries one."""
+    value = metrics[metric]
+    low, high = metrics.get(f"{metric}_ci_low"), metrics.get(f"{metric}_ci_high")
+    if low is None or high is None:
+        return format_value(value)
+    return format_interval(value, low, high)
 
 
 def pivot(records: Sequence[EvalRecord], metric: str) -> tuple[list[str], list[float], dict[str, dict[float, float]]]:
@@ -69,11 +81,14 @@ def format_value(value: float) -> str:
 
 
 def format_table(records: Sequence[EvalRecord], metric: str) -> str:
-    """One metric as a text table: attack rows, eps columns."""
-    attacks, eps_values, table = pivot(records, metric)
-    header = [metric, *(f"eps={e:g}" for e in eps_values)]
+    """One metric as a text table: attack rows, eps columns; accuracies with their 95 % Wilson interval and n."""
+    attacks, eps_values, _ = pivot(records, metric)
+    found = {(r.attack, r.eps): r.metrics for r in records if metric in r.metrics}
+    sizes = {int(m[f"{metric}_n"]) for m in found.values() if f"{metric}_n" in m}
+    title = metric if not sizes else f"{metric} [95% CI], n={'/'.join(str(n) for n in sorted(sizes))}"
+    header = [title, *(f"eps={e:g}" for e in eps_values)]
     rows = [
-        [attack, *(format_value(table[attack][e]) if e in table[attack] else "-" for e in eps_values)]
+        [attack, *(cell(found[(attack, e)], metric) if (attack, e) in found else "-" for e in eps_values)]
         for attack in attacks
     ]
     return format_grid(header, rows)
@@ -127,6 +142,7 @@ class RunResult:
     device: str
     model_metrics: dict[str, float] = attrs.field(factory=dict)
     figures: dict[str, Any] = attrs.field(factory=dict)
+    findings: list[Any] = attrs.field(factory=list)  # checks.Finding: randomness and masking checks that fired
 
     def table(self, metric: str = "accuracy") -> dict[str, dict[float, float]]:
         """table[attack][eps] of one metric."""
@@ -148,20 +164,61 @@ class RunResult:
 
 @attrs.define(kw_only=True)
 class RunGroup:
-    """The runs of an experiment with several defenses: one RunResult (and one tracked run) per defense."""
+    """The runs of an experiment with several defenses or seeds: one RunResult (and one tracked run) each."""
 
     experiment: str
     results: list[RunResult]
 
+    def by_defense(self) -> dict[str, list[RunResult]]:
+        """The results of each defense (one per seed), in run order."""
+        grouped: dict[str, list[RunResult]] = {}
+        for result in self.results:
+            grouped.setdefault(result.spec["defense"]["name"], []).append(result)
+        return grouped
+
+    def seed_table(self, metric: str = "accuracy") -> dict[str, dict[str, dict[float, tuple[float, float, int]]]]:
+        """table[defense][attack][eps] = (mean, sd, number of seeds) of one metric across the seeds."""
+        table: dict[str, dict[str, dict[float, tuple[float, float, int]]]] = {}
+        for defense, results in self.by_defense().items():
+            values: dict[str, dict[float, list[float]]] = {}
+            for result in results:
+                for attack, row in result.table(metric).items():
+                    for eps, value in row.items():
+                        values.setdefault(attack, {}).setdefault(eps, []).append(value)
+            table[defense] = {
+                attack: {eps: (*mean_sd(v), len(v)) for eps, v in row.items()} for attack, row in values.items()
+            }
+        return table
+
     def table(self, metric: str = "accuracy") -> dict[str, dict[str, dict[float, float]]]:
-        """table[defense][attack][eps] of one metric."""
-        return {r.spec["defense"]["name"]: r.table(metric) for r in self.results}
+        """table[defense][attack][eps] of one metric (the mean across seeds when there are several)."""
+        return {
+            defense: {attack: {eps: cell[0] for eps, cell in row.items()} for attack, row in rows.items()}
+            for defense, rows in self.seed_table(metric).items()
+        }
 
     def format(self) -> str:
-        """Each defense's tables under its name."""
-        return "\n\n".join(f"== {r.spec['defense']['name']} ==\n{r.format()}" for r in self.results)
+        """Each defense's tables under its name; with several seeds, each seed's and then mean +- sd across seeds."""
+        parts = []
+        for defense, results in self.by_defense().items():
+            if len(results) == 1:
+                parts.append(f"== {defense} ==\n{results[0].format()}")
+                continue
+            for result in results:
+                parts.append(f"== {defense}, seed {result.seed} ==\n{result.format()}")
+            seeds = ", ".join(str(r.seed) for r in results)
+            for metric in metric_names(r for result in results for r in result.records):
+                rows_by_attack = self.seed_table(metric)[defense]
+                eps_values = sorted({e for row in rows_by_attack.values() for e in row})
+                header = [f"{metric}: mean +- sd over seeds {seeds}", *(f"eps={e:g}" for e in eps_values)]
+                rows = [
+                    [attack, *(f"{row[e][0]:.4f} +- {row[e][1]:.4f}" if e in row else "-" for e in eps_values)]
+                    for attack, row in rows_by_attack.items()
+                ]
+                parts.append(f"== {defense}, {len(results)} seeds ==\n{format_grid(header, rows)}")
+        return "\n\n".join(parts)
 
     @property
     def run_ids(self) -> list[str | None]:
-        """The tracked run of each defense."""
+        """The tracked run of each defense and seed."""
         return [r.run_id for r in self.results]

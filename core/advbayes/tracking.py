@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 import tomli_w
 
+from advbayes.checks import as_tags
 from advbayes.errors import RunError
 from advbayes.hookspecs import hookimpl
 from advbayes.results import EvalRecord, RunResult, eps_label, metric_names, plot_metric_vs_eps, to_csv
@@ -218,6 +219,8 @@ def run_finished(run: Any, result: RunResult | None, status: str, error: BaseExc
     if error is not None:
         client.set_tag(run_id, "error", error_text(error))
     if result is not None:
+        for key, message in as_tags(result.findings).items():  # randomness and masking checks that fired
+            client.set_tag(run_id, key[:250], message[:MAX_TAG])
         client.log_text(run_id, to_csv(result.records), "results.csv")
         client.log_text(run_id, result.format() + "\n", "results.txt")
         for metric in metric_names(result.records):

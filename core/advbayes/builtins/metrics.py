@@ -1,4 +1,4 @@
-"""Built-in metric: accuracy of the averaged prediction on the attacked inputs."""
+"""Built-in metric: accuracy of the averaged prediction on the attacked inputs, with its 95 % Wilson interval and n."""
 
 from __future__ import annotations
 
@@ -8,29 +8,45 @@ import attrs
 import torch
 
 from advbayes.components import EvalBatch, Metric, MetricState
+from advbayes.intervals import with_interval
 
 
 class AccuracyState(MetricState):
-    """Counts correct predictions (argmax of the S_I-averaged probabilities) on attacked inputs."""
+    """Counts correct predictions (argmax of the S_I-averaged probabilities) on attacked inputs.
+
+    With R independent predictions per example (EvalBatch.repeated_probs), `accuracy` is the mean over the R
+    and `accuracy_worst` counts an example only when all R predictions are right.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.add_state("correct", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("correct", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("all_correct", default=torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("repeats", default=torch.tensor(1), dist_reduce_fx="max")
 
     def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
-        """Count the batch's correct predictions."""
-        self.correct += (batch.probs.argmax(dim=-1) == batch.y).sum().to(self.correct.device)
+        """Count the batch's correct predictions (over every repeat)."""
+        probs = batch.repeated_probs if batch.repeated_probs is not None else batch.probs.unsqueeze(0)
+        right = probs.argmax(dim=-1) == batch.y.to(probs.device).long()  # [R, B]
+        self.correct += right.double().mean(dim=0).sum().to(self.correct.device)
+        self.all_correct += right.all(dim=0).sum().to(self.all_correct.device)
         self.total += torch.tensor(batch.y.numel(), device=self.total.device)
+        self.repeats = torch.maximum(self.repeats, torch.tensor(probs.shape[0], device=self.repeats.device))
 
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        """Accuracy in [0, 1]."""
-        return {"accuracy": self.correct.float() / self.total.clamp(min=1)}
+        """Accuracy in [0, 1] with its interval and n; with R > 1 also the all-R worst case."""
+        n = int(self.total)
+        values = with_interval("accuracy", float(self.correct), n)
+        if int(self.repeats) > 1:
+            values.update(with_interval("accuracy_worst", float(self.all_correct), n))
+            values["repeats"] = float(self.repeats)
+        return {key: torch.tensor(value) for key, value in values.items()}
 
 
 @attrs.frozen(kw_only=True)
 class Accuracy(Metric):
-    """Accuracy of the averaged prediction (S_I draws) on the attacked test inputs."""
+    """Accuracy of the averaged prediction (S_I draws) on the attacked test inputs, with a 95 % Wilson interval."""
 
     name: ClassVar[str] = "accuracy"
 
