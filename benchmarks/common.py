@@ -30,3 +30,14 @@ def timed(run: Callable[[], object], device: torch.device, repeats: int) -> floa
         synchronize(device)
         times.append(time.perf_counter() - started)
     return sorted(times)[len(times) // 2]
+
+
+class OneDraw(torch.nn.Module):
+    """A stochastic model as torchattacks and the official AutoAttack see it: each call returns one draw's logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, samples=1)[0]

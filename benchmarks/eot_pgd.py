@@ -19,20 +19,9 @@ import torch.nn.functional as F
 
 from advbayes.registry import load_registry
 from advbayes.stochastic import to_bayesian
-from common import build_network, timed  # benchmarks/common.py, beside this script
+from common import OneDraw, build_network, timed  # benchmarks/common.py, beside this script
 
 SAMPLES, STEPS, EPS, ALPHA = 10, 20, 0.3, 0.03
-
-
-class OneDraw(torch.nn.Module):
-    """A stochastic model as torchattacks sees it: each call returns one draw's logits [B, k]."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, samples=1)[0]
 
 
 def loop_eot_pgd(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
