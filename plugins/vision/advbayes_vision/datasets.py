@@ -15,7 +15,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import TensorDataset
 
 from advbayes.components import Dataset
-from advbayes.errors import AdvbayesError
+from advbayes.errors import AdvbayesError, RunError
 from advbayes.params import param
 
 DATA_ENV = "ADVBAYES_DATA"
@@ -239,9 +239,40 @@ class FashionMnist(TorchvisionMnistLike):
     torchvision_class: ClassVar[str] = "FashionMNIST"
 
 
+# The only globals a CIFAR batch needs: numpy's array reconstruction. Anything else (os.system, builtins.exec,
+# ...) would run code while loading a data file, so it is refused.
+ARRAY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # protocol 2 written by Python 3 spells bytes as encode(str, "latin1")
+}
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, numbers and numpy arrays, and refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name} (a batch holds only arrays, dicts, lists and strings)")
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):  # numpy 2 moved them; the old path warns
+            module = "numpy._core." + module[len("numpy.core.") :]
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
-    with path.open("rb") as handle:
-        return pickle.load(handle, encoding="latin1")
+    """A CIFAR python batch, read without running any code the file might carry."""
+    try:
+        with path.open("rb") as handle:
+            batch = ArrayUnpickler(handle, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise RunError(f"{path}: not a CIFAR python batch ({exc})") from None
+    if not isinstance(batch, dict):
+        raise RunError(f"{path}: not a CIFAR python batch (expected a dict, got {type(batch).__name__})")
+    return batch
 
 
 @attrs.frozen(kw_only=True)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import advbayes
 from advbayes.errors import AdvbayesError
 from advbayes.plugins import create_plugin_manager
 from advbayes.registry import load_registry
@@ -191,3 +192,37 @@ def test_default_root_follows_the_environment(tmp_path: Path, monkeypatch: pytes
     assert build("cifar10").directory == tmp_path / "data"
     monkeypatch.delenv("ADVBAYES_DATA")
     assert build("cifar10").directory == Path.home() / ".cache" / "advbayes" / "data"
+
+
+class WritesMarker:
+    """What a crafted pickle does: its reduction calls a function of the attacker's choice while loading."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_pickles_in_every_protocol_load_as_arrays(tmp_path: Path, protocol: int) -> None:
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name in ("train", "test"):
+        batch = {"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), "fine_labels": [7, 3]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    x, y = build("cifar100", root=str(tmp_path), download=False).data("train").tensors
+    assert y.tolist() == [7, 3] and float(x[1, 0, 0, 0]) == pytest.approx((3072 % 256) / 255.0)
+
+
+def test_a_crafted_cifar_pickle_runs_no_code_and_is_one_clear_error(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        (folder / name).write_bytes(pickle.dumps({"data": WritesMarker(marker), "labels": [0]}))
+    pickle.loads(pickle.dumps(WritesMarker(tmp_path / "control")))  # the payload is live: plain pickle runs it
+    assert (tmp_path / "control").read_text() == "code ran"
+    with pytest.raises(advbayes.RunError, match=r"data_batch_1: not a CIFAR python batch \(refused global pathlib"):
+        build("cifar10", root=str(tmp_path), download=False).data("train")
+    assert not marker.exists()
