@@ -288,3 +288,26 @@ def test_sample_sweeps_become_one_child_run_per_combination(store: str) -> None:
     assert children["none:sa3:si5"]["attack_samples"] == "3"
     assert children["none:sa3:si5"]["inference_samples"] == "5"
     assert len(children) == 4
+
+
+class _WritesMarker:
+    """A tampered checkpoint's payload: unpickling it would write a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_a_tampered_checkpoint_runs_no_code_on_resume(store: str, tmp_path: Path) -> None:
+    first = advbayes.run("moons", tracking_uri=store, epochs=1, **{"dataset.train_size": 200})
+    marker = tmp_path / "marker"
+    tampered = tmp_path / "checkpoint.pt"
+    torch.save({"experiment": "moons", "payload": _WritesMarker(marker)}, tampered)
+    MlflowClient(store).log_artifact(first.run_id, str(tampered), "checkpoints")  # replaces the real one
+    with pytest.raises(RunError, match=r"--resume .*: the checkpoint is not one advbayes wrote"):
+        advbayes.run(tracking_uri=store, resume=first.run_id, epochs=2)
+    assert not marker.exists()
+    torch.load(tampered, weights_only=False)  # the payload is live: an unrestricted load runs it
+    assert marker.read_text() == "code ran"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import random
 import shutil
 import sys
@@ -68,7 +69,10 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random state in types torch.load(weights_only=True) admits (tensors, tuples, ints, floats, strings)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -76,7 +80,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -569,6 +574,13 @@ def _fetch_checkpoint(pm: PluginManager, run_id: str, tracking_uri: str | None) 
         path = pm.hook.load_checkpoint(run_id=run_id, tracking_uri=tracking_uri, destination=destination)
         if path is None:
             raise RunError(f"--resume {run_id}: no plugin could fetch a checkpoint (is tracking disabled?)")
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:  # weights_only: tensors and plain containers only, so a tampered checkpoint cannot run code
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RunError(
+                f"--resume {run_id}: the checkpoint is not one advbayes wrote (only tensors and plain values are "
+                f"loaded; {reason[:160]})"
+            ) from None
     finally:
         shutil.rmtree(destination, ignore_errors=True)
