@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
-import mlflow.pytorch
 import pytest
 import torch
 from click.testing import CliRunner
@@ -65,17 +63,14 @@ def test_quickstart_tracked_run_reads_back_from_mlflow(store: str) -> None:
     assert {"experiment.toml", "results.csv", "results.txt", "accuracy_vs_eps.png", "checkpoints/checkpoint.pt"} <= artifacts
     stored = client.download_artifacts(result.run_id, "experiment.toml")
     assert 'use = "half-moons"' in Path(stored).read_text()
-    logged = client.search_logged_models([parent.info.experiment_id])
-    assert len(logged) == 1 and logged[0].source_run_id == result.run_id
+    assert {"model/weights.pt", "model/entry.toml"} <= artifacts
 
 
 def test_logged_model_reproduces_the_reported_accuracy(store: str) -> None:
+    from advbayes.tracking import load_model
+
     result = advbayes.run("moons", tracking_uri=store, **FAST)
-    mlflow.set_tracking_uri(store)
-    logged = MlflowClient(store).search_logged_models(
-        [MlflowClient(store).get_run(result.run_id).info.experiment_id]
-    )[0]
-    model = mlflow.pytorch.load_model(logged.model_uri)
+    model = load_model(result.run_id, store)
     dataset = load_registry().build("datasets", result.spec["dataset"])
     x, y = dataset.data("test").tensors
     with torch.no_grad():
@@ -288,6 +283,18 @@ def test_sample_sweeps_become_one_child_run_per_combination(store: str) -> None:
     assert children["none:sa3:si5"]["attack_samples"] == "3"
     assert children["none:sa3:si5"]["inference_samples"] == "5"
     assert len(children) == 4
+
+
+def test_a_tampered_logged_model_runs_no_code(store: str, tmp_path: Path) -> None:
+    from advbayes.tracking import load_model
+
+    result = advbayes.run("moons", tracking_uri=store, **FAST)
+    marker = tmp_path / "marker"
+    torch.save({"payload": _WritesMarker(marker)}, tmp_path / "weights.pt")
+    MlflowClient(store).log_artifact(result.run_id, str(tmp_path / "weights.pt"), "model")
+    with pytest.raises(RunError, match=r"its model is not one advbayes wrote"):
+        load_model(result.run_id, store)
+    assert not marker.exists()
 
 
 class _WritesMarker:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
+import pickle
 import re
-import copy
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from advbayes.checks import as_tags
 from advbayes.errors import RunError
@@ -25,6 +31,9 @@ PARENT_ROLE = "parent"
 CHILD_ROLE = "attack"
 ROLE_TAG = "advbayes.role"
 CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"
+MODEL_WEIGHTS = "weights.pt"
+MODEL_ENTRY = "entry.toml"
 MAX_TAG = 4000
 
 
@@ -229,50 +238,20 @@ def run_finished(run: Any, result: RunResult | None, status: str, error: BaseExc
         _log_metrics(client, run_id, {f"model/{k}": v for k, v in result.model_metrics.items()})
         for path, figure in result.figures.items():
             _log_figure(client, run_id, figure, f"figures/{path}")
-        log_model(client.tracking_uri, run_id, result.model)
+        log_model(client, run_id, run.experiment, result.spec, result.model)
     client.set_terminated(run_id, status=status)
 
 
-@contextmanager
-def fluent_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API at `uri` for a block, then restore its global and MLFLOW_TRACKING_URI exactly.
+def log_model(client: Any, run_id: str, experiment: str, spec: Mapping[str, Any], model: Any) -> None:
+    """The trained network as model/weights.pt (its state_dict: tensors only, no draw noise) and model/entry.toml
+    (the resolved data set, model and defense entries that rebuild it); nothing pickled, nothing to execute."""
+    import torch
 
-    mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI; left behind, it would redirect later runs.
-    """
-    import mlflow
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    old_global = getattr(tracking_utils, "_tracking_uri", None)
-    old_env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(old_global)
-        if old_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_env
-
-
-def log_model(uri: str, run_id: str, model: Any) -> None:
-    """Log the trained network with mlflow.pytorch.log_model (pickled: it carries a sample dimension)."""
-    import mlflow
-    import mlflow.pytorch
-
-    pytorch_logger = logging.getLogger("mlflow.pytorch")
-    level = pytorch_logger.level
-    pytorch_logger.setLevel(logging.ERROR)  # its pickle caution is printed on every run; the README states it
-    try:
-        with fluent_tracking_uri(uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            mlflow.pytorch.log_model(
-                copy.deepcopy(model).cpu(),  # the caller keeps its model where it was
-                name="model",
-                serialization_format="pickle",
-                pip_requirements=["torch", "advbayes"],
-            )
-    finally:
-        pytorch_logger.setLevel(level)
+    entry = {"experiment": experiment, **{key: spec[key] for key in ("dataset", "model", "defense")}}
+    with tempfile.TemporaryDirectory(prefix="advbayes-model-") as folder:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(folder) / MODEL_WEIGHTS)
+        (Path(folder) / MODEL_ENTRY).write_text(tomli_w.dumps(entry))
+        client.log_artifacts(run_id, folder, MODEL_DIR)
 
 
 @hookimpl
@@ -309,17 +288,37 @@ def tracked_runs(uri: str | None, experiments: Sequence[str]) -> list[Any]:
 
 @hookimpl
 def load_model(run_id: str, tracking_uri: str | None) -> Any:
-    """The model logged by a tracked run (mlflow.pytorch.load_model of its logged model)."""
-    import mlflow.pytorch
+    """A tracked run's network, rebuilt from its registry entries and loaded with torch.load(weights_only=True)."""
+    import torch
     from mlflow.exceptions import MlflowException
+
+    from advbayes.plugins import get_plugin_manager
+    from advbayes.registry import load_registry
+    from advbayes.stochastic import as_sampled
 
     client = client_for(tracking_uri)
     try:
-        run = client.get_run(run_id)
+        client.get_run(run_id)
     except MlflowException:
         raise RunError(f"no tracked run {run_id} in {client.tracking_uri}") from None
-    logged = [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run_id]
-    if not logged:
-        raise RunError(f"tracked run {run_id} logged no model (it did not finish)")
-    with fluent_tracking_uri(client.tracking_uri):
-        return mlflow.pytorch.load_model(logged[0].model_uri, map_location="cpu")
+    with tempfile.TemporaryDirectory(prefix="advbayes-model-") as scratch:
+        try:
+            folder = Path(client.download_artifacts(run_id, MODEL_DIR, scratch))
+        except (MlflowException, OSError):
+            raise RunError(f"tracked run {run_id} logged no model (it did not finish)") from None
+        if not (folder / MODEL_ENTRY).is_file() or not (folder / MODEL_WEIGHTS).is_file():
+            raise RunError(f"tracked run {run_id}: its model/ lacks {MODEL_ENTRY} or {MODEL_WEIGHTS} (logged by an older advbayes?)")
+        try:
+            entry = tomllib.loads((folder / MODEL_ENTRY).read_text())
+            state = torch.load(folder / MODEL_WEIGHTS, map_location="cpu", weights_only=True)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            raise RunError(f"tracked run {run_id}: its model is not one advbayes wrote ({str(exc).splitlines()[0][:160]})") from None
+    registry = load_registry(pm=get_plugin_manager())
+    dataset = registry.build("datasets", entry["dataset"])
+    network = registry.build("models", entry["model"]).build(tuple(dataset.input_shape), dataset.num_classes)
+    model = as_sampled(registry.build("defenses", entry["defense"]).prepare(network))
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as exc:
+        raise RunError(f"tracked run {run_id}: its weights do not fit the network its entries build ({str(exc).splitlines()[0][:160]})") from None
+    return model.eval()
