@@ -144,6 +144,20 @@ def test_ctrl_c_ends_the_run_killed(store: str) -> None:
     assert run.info.status == "KILLED"
 
 
+def test_ctrl_c_on_the_command_line_names_the_run_to_resume(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    pm = plugin_manager_with_test_components()
+    monkeypatch.setattr(advbayes.engine, "get_plugin_manager", lambda: pm)  # the CLI's runs see the test defense
+    result = CliRunner().invoke(
+        cli, ["run", "moons", "--tracking-uri", store, "--set", 'defense={use="failing", interrupt=true}']
+    )
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("moons").experiment_id])
+    assert result.exit_code == 130
+    assert f"tracked run {run.info.run_id} is marked KILLED; resume it with --resume {run.info.run_id}" in result.output
+    result = CliRunner().invoke(cli, ["run", "moons", "--no-track", "--set", 'defense={use="failing", interrupt=true}'])
+    assert result.exit_code == 130 and "no tracked run was open" in result.output
+
+
 def test_a_diverging_loss_stops_the_run_with_a_clear_error() -> None:
     pm = plugin_manager_with_test_components()
     with pytest.raises(RunError, match=r"training diverged: loss is nan at epoch 1, step 1"):
@@ -318,3 +332,31 @@ def test_a_tampered_checkpoint_runs_no_code_on_resume(store: str, tmp_path: Path
     assert not marker.exists()
     torch.load(tampered, weights_only=False)  # the payload is live: an unrestricted load runs it
     assert marker.read_text() == "code ran"
+
+
+@pytest.mark.slow
+def test_four_runs_started_at_once_in_a_fresh_directory_all_finish(isolated_cwd: Path) -> None:
+    """The embedded store is created and migrated once, under a file lock; the others wait for it."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "advbayes.cli", "run", "moons", "--set", "epochs=1"]
+    processes = [
+        subprocess.Popen(command, cwd=isolated_cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], outputs
+    client = MlflowClient(f"sqlite:///{isolated_cwd / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("moons").experiment_id], filter_string="tags.`advbayes.role` = 'parent'")
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    assert all("none/accuracy/eps_0.0000" in r.data.metrics for r in runs)
+
+
+def test_a_failed_start_leaves_no_run_marked_running(isolated_cwd: Path) -> None:
+    (isolated_cwd / "mlartifacts").write_text("a file where the artifact folder belongs")
+    result = CliRunner().invoke(cli, ["run", "moons", "--set", "epochs=1"])
+    assert result.exit_code != 0
+    client = MlflowClient(f"sqlite:///{isolated_cwd / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and all(r.info.status == "FAILED" for r in runs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import warnings
@@ -35,6 +36,9 @@ class AdvbayesGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         warnings.showwarning = _show_warning
+        if not _debug(ctx):  # MLflow's INFO lines (store creation, migrations) would precede our one-line errors
+            os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
         try:
             return super().invoke(ctx)
         except AdvbayesError as exc:
@@ -42,8 +46,12 @@ class AdvbayesGroup(click.Group):
                 raise
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted: the tracked run is marked KILLED; resume it with --resume RUN_ID", err=True)
+        except KeyboardInterrupt as exc:
+            run_id = getattr(exc, "advbayes_run_id", None)
+            if run_id:
+                click.echo(f"Interrupted: tracked run {run_id} is marked KILLED; resume it with --resume {run_id}", err=True)
+            else:
+                click.echo("Interrupted: no tracked run was open", err=True)
             ctx.exit(130)
 
 

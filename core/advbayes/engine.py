@@ -552,11 +552,12 @@ def _run_one(
     engine = Run(
         name, spec, registry=registry, device=device, info=info, progress=progress, checkpoint=checkpoint, peers=peers
     )
-    pm.hook.run_started(run=info)
-    try:
+    try:  # a run_started that fails half-way (the run created, its artifacts not) still ends the run FAILED
+        pm.hook.run_started(run=info)
         result = engine.execute()
     except KeyboardInterrupt as exc:
         pm.hook.run_finished(run=info, result=None, status="KILLED", error=exc)
+        exc.advbayes_run_id = info.tracking.get("mlflow_run_id")  # type: ignore[attr-defined]  # for the CLI's message
         raise
     except BaseException as exc:
         pm.hook.run_finished(run=info, result=None, status="FAILED", error=exc)

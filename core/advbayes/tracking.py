@@ -49,11 +49,47 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(urlparse(uri).path) if uri.startswith("sqlite:////") else Path(uri[len("sqlite:///") :])
 
 
+_READY: set[str] = set()  # sqlite stores this process has seen created and migrated
+
+
+@contextmanager
+def store_lock(database: Path) -> Iterator[None]:
+    """An exclusive lock on <database>.lock, held while a sqlite store is created or an experiment is added, so
+    concurrent runs in one directory never race on MLflow's table creation and migrations."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: no lock
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def client_for(uri: str | None) -> Any:
-    """An MlflowClient on `uri` (or the default store)."""
+    """An MlflowClient on `uri` (or the default store); a sqlite store is created and migrated once, under a lock."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri or default_tracking_uri())
+    uri = uri or default_tracking_uri()
+    database = sqlite_path(uri)
+    if database is None or uri in _READY:
+        return MlflowClient(tracking_uri=uri)
+    with store_lock(database):
+        try:
+            client = MlflowClient(tracking_uri=uri)  # opening a sqlite store creates its tables and runs migrations
+            client.search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - MLflow and SQLAlchemy raise many kinds; each becomes one line
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise RunError(
+                f"the MLflow store {database} cannot be opened ({type(exc).__name__}: {first}); if a run was killed "
+                f"while creating it, move it away (mv {database} {database}.broken) and run again"
+            ) from None
+    _READY.add(uri)
+    return client
 
 
 def experiment_id(client: Any, name: str) -> str:
@@ -61,12 +97,14 @@ def experiment_id(client: Any, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None
     database = sqlite_path(client.tracking_uri)
-    if database is not None:
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-        location = (database.resolve().parent / "mlartifacts" / slug).as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    if database is None:
+        return client.create_experiment(name)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    location = (database.resolve().parent / "mlartifacts" / slug).as_uri()
+    with store_lock(database):  # a concurrent run may be creating the same experiment
+        found = client.get_experiment_by_name(name)
+        return found.experiment_id if found is not None else client.create_experiment(name, artifact_location=location)
 
 
 def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
