@@ -180,3 +180,35 @@ def test_autoattack_refuses_a_stochastic_defense_before_training() -> None:
             "quickstart", track=False, pm=create_plugin_manager(), epochs=1000, defense="bnn",
             attacks=["autoattack"], **{"dataset.n_test": 16},
         )
+
+
+def test_compare_shows_intervals_and_the_mean_and_sd_across_seeds(store: str) -> None:
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    from advbayes.cli import cli
+
+    group = advbayes.run("moons", tracking_uri=store, pm=create_plugin_manager(), seeds=[0, 1], epochs=2)
+    result = CliRunner().invoke(cli, ["compare", "moons", "--tracking-uri", store])
+    assert result.exit_code == 0, result.output
+    values = [r.table()["none"][0.0] for r in group.results]
+    first = group.results[0].records[0].metrics
+    assert f"{first['accuracy']:.4f} [{first['accuracy_ci_low']:.3f}, {first['accuracy_ci_high']:.3f}]" in result.output
+    mean, sd = mean_sd(values)
+    assert "mean+-sd" in result.output and f"{mean:.4f} +- {sd:.4f}" in result.output
+    logged = MlflowClient(store).get_run(group.results[0].run_id).data.metrics
+    assert logged["none/accuracy_ci_low/eps_0.0000"] == pytest.approx(first["accuracy_ci_low"])
+    assert logged["none/accuracy_n/eps_0.0000"] == first["accuracy_n"]
+
+
+def test_a_randomness_finding_is_warned_and_tagged(store: str) -> None:
+    from mlflow import MlflowClient
+
+    from advbayes.errors import EvaluationWarning
+
+    with pytest.warns(EvaluationWarning, match=r"run bnn, attack fgsm, every eps: the model is stochastic"):
+        result = advbayes.run(
+            "moons", tracking_uri=store, pm=create_plugin_manager(), epochs=1, defense="bnn", attacks=["fgsm"], eps=[0.1],
+        )
+    tags = MlflowClient(store).get_run(result.run_id).data.tags
+    assert tags["advbayes.check.randomness.fgsm"].startswith("run bnn, attack fgsm")
