@@ -34,6 +34,12 @@ class Finding:
         return f"advbayes.check.{self.kind}.{where}" + ("" if self.eps is None else f".{eps_label(self.eps)}")
 
 
+def finding(kind: str, run: str, attack: str, eps: float | None, detail: str) -> Finding:
+    """A Finding whose message starts with where it was found: run, attack, eps (or every eps)."""
+    where = "every eps" if eps is None else f"eps {eps:g}"
+    return Finding(kind=kind, attack=attack, eps=eps, message=f"run {run}, attack {attack}, {where}: {detail}")
+
+
 def significantly_above(high: EvalRecord, low: EvalRecord) -> bool:
     """True when high's accuracy exceeds low's by more than half a point and two standard errors of the difference."""
     a, b = high.metrics.get("accuracy"), low.metrics.get("accuracy")
@@ -65,32 +71,29 @@ def evaluation_findings(
             frozen = getattr(attack, "resample", "step") == "attack"
             if one_draw or frozen:
                 how = "averages S_A = 1 draw" if one_draw else "freezes one set of draws (resample = 'attack')"
-                findings.append(Finding(
-                    kind="randomness", attack=label, eps=None,
-                    message=f"run {run}, attack {label}, every eps: the model is stochastic (identical calls differ) "
-                    f"but the attack {how}; its gradient follows single draws and robust accuracy may be overstated "
-                    "(use S_A >= 10 or autoattack-rand)",
+                findings.append(finding(
+                    "randomness", run, label, None,
+                    f"the model is stochastic (identical calls differ) but the attack {how}; its gradient follows "
+                    "single draws and robust accuracy may be overstated (use S_A >= 10 or autoattack-rand)",
                 ))
     for label, rows in by_attack.items():
         rows = sorted(rows, key=lambda r: r.eps)
         for record in rows:
             share = record.diagnostics.get("zero_grad_share", 0.0)
             if share > ZERO_GRADIENT_SHARE:
-                findings.append(Finding(
-                    kind="zero-gradients", attack=label, eps=record.eps,
-                    message=f"run {run}, attack {label}, eps {record.eps:g}: {share:.0%} of the input-gradient components "
-                    "are exactly zero (gradient masking?)",
+                findings.append(finding(
+                    "zero-gradients", run, label, record.eps,
+                    f"{share:.0%} of the input-gradient components are exactly zero (gradient masking?)",
                 ))
         attack = attacks.get(label)
         if attack is None or not attack.uses_eps:
             continue
         for earlier, later in zip(rows, rows[1:]):
             if later.eps > earlier.eps and significantly_above(later, earlier):
-                findings.append(Finding(
-                    kind="rises-with-eps", attack=label, eps=later.eps,
-                    message=f"run {run}, attack {label}, eps {later.eps:g}: robust accuracy "
-                    f"{later.metrics['accuracy']:.4f} is higher than {earlier.metrics['accuracy']:.4f} at eps "
-                    f"{earlier.eps:g} (a failing attack or gradient masking)",
+                findings.append(finding(
+                    "rises-with-eps", run, label, later.eps,
+                    f"robust accuracy {later.metrics['accuracy']:.4f} is higher than {earlier.metrics['accuracy']:.4f} "
+                    f"at eps {earlier.eps:g} (a failing attack or gradient masking)",
                 ))
     findings += _steps_findings(run, by_attack, attacks)
     findings += _black_box_findings(run, by_attack, attacks)
@@ -107,11 +110,10 @@ def _steps_findings(run: str, by_attack: Mapping[str, list[EvalRecord]], attacks
             at_eps = {r.eps: r for r in by_attack.get(few_label, [])}
             for record in by_attack.get(many_label, []):
                 if record.eps in at_eps and significantly_above(record, at_eps[record.eps]):
-                    findings.append(Finding(
-                        kind="rises-with-steps", attack=many_label, eps=record.eps,
-                        message=f"run {run}, attack {many_label}, eps {record.eps:g}: {many.steps} steps leave robust "
-                        f"accuracy {record.metrics['accuracy']:.4f}, higher than {at_eps[record.eps].metrics['accuracy']:.4f} "
-                        f"with {few.steps} steps ({few_label})",
+                    findings.append(finding(
+                        "rises-with-steps", run, many_label, record.eps,
+                        f"{many.steps} steps leave robust accuracy {record.metrics['accuracy']:.4f}, higher than "
+                        f"{at_eps[record.eps].metrics['accuracy']:.4f} with {few.steps} steps ({few_label})",
                     ))
     return findings
 
@@ -127,11 +129,10 @@ def _black_box_findings(run: str, by_attack: Mapping[str, list[EvalRecord]], att
             rivals = [r for w in white for r in by_attack.get(w, []) if r.eps == record.eps and "accuracy" in r.metrics]
             if rivals and all(significantly_above(rival, record) for rival in rivals):
                 best = min(rivals, key=lambda r: r.metrics["accuracy"])
-                findings.append(Finding(
-                    kind="black-box-stronger", attack=label, eps=record.eps,
-                    message=f"run {run}, attack {label}, eps {record.eps:g}: black-box robust accuracy "
-                    f"{record.metrics['accuracy']:.4f} is below every white-box attack's (best {best.attack}: "
-                    f"{best.metrics['accuracy']:.4f}); the gradients mislead (gradient masking)",
+                findings.append(finding(
+                    "black-box-stronger", run, label, record.eps,
+                    f"black-box robust accuracy {record.metrics['accuracy']:.4f} is below every white-box attack's "
+                    f"(best {best.attack}: {best.metrics['accuracy']:.4f}); the gradients mislead (gradient masking)",
                 ))
     return findings
 
