@@ -195,7 +195,7 @@ class IterativeAttack(GradientAttack):
         """A selection that starts from x (it loses to any iterate); True when it compares on fresh draws."""
         if stochastic:
             return IterateSelection(x, None, self.paired_comparison(model, y, target)), True
-        return IterateSelection(x, torch.full((len(x),), -math.inf, device=x.device), None), False
+        return IterateSelection(x, torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device), None), False
 
 
 @attrs.frozen(kw_only=True)

@@ -137,7 +137,7 @@ def test_restarts_and_best_iterate_never_lower_the_attack_score() -> None:
 
     def score(x_adv: torch.Tensor) -> torch.Tensor:
         logits = net(x_adv)[0]
-        return F.cross_entropy(logits, y, reduction="none") + 1e6 * (logits.argmax(-1) != y).float()
+        return F.cross_entropy(logits, y, reduction="none").double() + 1e6 * (logits.argmax(-1) != y).double()
 
     torch.manual_seed(0)
     last = attack(spec)(net, x, y)
