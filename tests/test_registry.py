@@ -227,3 +227,17 @@ def test_every_shipped_entry_resolves_with_the_installed_plugins() -> None:
             except RegistryError as exc:
                 # only an entry of a plugin that is not installed here may fail, and it must say so
                 assert "is not installed" in str(exc) and not any(d in str(exc) for d in installed), str(exc)
+
+
+def test_an_echoed_key_cannot_forge_a_line_or_flood_the_terminal(isolated_cwd) -> None:
+    from click.testing import CliRunner
+
+    from advbayes.cli import cli
+
+    forged = CliRunner().invoke(cli, ["run", "moons", "--set", "model.widths_x\nError: fake=1"])  # a real newline
+    huge = CliRunner().invoke(cli, ["run", "moons", "--set", "k" * 2_000_000 + "=1"])
+    for result in (forged, huge):
+        assert result.exit_code == 2
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and len(lines[0]) <= len("Error: ") + 1000, result.output[:300]
+    assert "widths_x\\nError: fake" in forged.output  # the newline shown escaped, inside the one line

@@ -44,7 +44,7 @@ class AdvbayesGroup(click.Group):
         except AdvbayesError as exc:
             if _debug(ctx):
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             run_id = getattr(exc, "advbayes_run_id", None)
@@ -53,6 +53,16 @@ class AdvbayesGroup(click.Group):
             else:
                 click.echo("Interrupted: no tracked run was open", err=True)
             ctx.exit(130)
+
+
+MAX_ERROR = 1000  # characters of an error line; a multi-megabyte key is not echoed whole
+
+
+def one_line(text: str) -> str:
+    """The message as exactly one printable line: control characters escaped (a key holding a newline cannot
+    forge a second line), cut at MAX_ERROR characters."""
+    escaped = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return escaped if len(escaped) <= MAX_ERROR else escaped[: MAX_ERROR - 30] + f"... ({len(escaped)} characters)"
 
 
 def _debug(ctx: click.Context) -> bool:
