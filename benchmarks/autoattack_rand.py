@@ -27,7 +27,7 @@ from advbayes.components import EvalContext
 from advbayes.plugins import create_plugin_manager
 from advbayes.registry import load_registry
 from advbayes.stochastic import to_bayesian
-from common import OneDraw, build_network, timed  # benchmarks/common.py, beside this script
+from common import OneDraw, timed  # benchmarks/common.py, beside this script
 
 EPS, SAMPLES = 0.1, 20
 

@@ -287,8 +287,7 @@ class Run:
         net.eval()
         records: list[EvalRecord] = []
         context = self.eval_context(net)
-        first = next(iter(test.iterate(self.experiment.eval_batch_size, shuffle=False)), None)
-        self.stochastic = first is not None and is_stochastic(net, first[0])
+        self.stochastic = self.is_stochastic(net, test)
         metrics = [(name, metric.bind(context)) for name, metric in self.metrics if metric.per_attack]
         evaluated: dict[str, Attack] = {}
         for attack_name, unbound in self.attacks:
@@ -401,14 +400,18 @@ class Run:
 
     # ------------------------------------------------------------------------------------------- whole run
 
+    def is_stochastic(self, net: torch.nn.Module, test: Batches) -> bool:
+        """Whether two identical calls of the network on the first test batch differ."""
+        first = next(iter(test.iterate(self.experiment.eval_batch_size, shuffle=False)), None)
+        return first is not None and is_stochastic(net, first[0])
+
     def check_attacks_fit(self, net: torch.nn.Module, test: Batches) -> None:
         """Before training: an attack that can only judge a deterministic model must not meet a stochastic one."""
         needs = [(name, attack.deterministic_only(self.build_attack)) for name, attack in self.attacks]
         needs = [(name, sub) for name, sub in needs if sub is not None]
         if not needs:
             return
-        first = next(iter(test.iterate(self.experiment.eval_batch_size, shuffle=False)), None)
-        if first is not None and is_stochastic(net.eval(), first[0]):
+        if self.is_stochastic(net.eval(), test):
             name, sub = needs[0]
             raise RunError(
                 f"experiments.{self.name}: attack '{name}' ({sub}) judges single evaluations, but defense "

@@ -11,19 +11,16 @@ from torch import nn
 from advbayes.components import AttackResult
 from advbayes.params import param
 from advbayes.stochastic import is_stochastic
-from advbayes_attacks.attacks import IterativeAttack, lengths
-from advbayes_attacks.selection import KEEP, MISCLASSIFIED_BONUS, IterateSelection
+from advbayes_attacks.attacks import IterativeAttack, ascent_direction, lengths, project
+from advbayes_attacks.selection import KEEP, MISCLASSIFIED_BONUS
 
 
-def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.view(-1, *([1] * (like.dim() - 1)))
-
-
-def _unit(t: torch.Tensor, norm: str) -> torch.Tensor:
-    """t divided per example by its L_inf or L2 length (as AutoAttack normalizes)."""
+def random_start(x: torch.Tensor, norm: str) -> torch.Tensor:
+    """AutoAttack's start direction: uniform noise scaled to L_inf length 1, or Gaussian noise to L2 length 1."""
+    t = (2 * torch.rand_like(x) - 1) if norm == "inf" else torch.randn_like(x)
     flat = t.flatten(1)
     length = flat.abs().amax(dim=1) if norm == "inf" else flat.norm(dim=1)
-    return t / (_per_example(length, t) + 1e-12)
+    return t / (length.view(-1, *([1] * (x.dim() - 1))) + 1e-12)
 
 
 def oscillating(loss_steps: torch.Tensor, step: int, window: int, rho: float) -> torch.Tensor:
@@ -58,25 +55,27 @@ class APGD(IterativeAttack):
             return self.unchanged(x)
         x, y = x.detach(), y.long()
         stochastic = is_stochastic(model, x)
-        with torch.no_grad():
-            clean_logits = model(x, samples=self.samples)
-        overall, paired = self.selection(model, x, y, stochastic)
-        if not paired:  # the clean input competes too: a misclassified example needs no attack
-            overall.score = self.deterministic_score(self.losses_of(clean_logits, y), clean_logits, y)
+        clean_logits = None
+        if not stochastic or self.targets:  # the clean prediction scores the clean input or ranks the targets
+            with torch.no_grad():
+                clean_logits = model(x, samples=self.samples)
+        overall = self.selection(model, y, stochastic)
+        # the clean input competes too (a deterministic model's misclassified example needs no attack)
+        overall.offer(x, None if stochastic else self.deterministic_score(self.losses_of(clean_logits, y), clean_logits, y))
         zeros, total = torch.zeros((), device=x.device), 0
         targets = [None] if self.targets == 0 else list(range(min(self.targets, clean_logits.shape[-1] - 1)))
         with self.draws(model):
             for rank in targets:
                 for _ in range(self.restarts):
                     active = torch.arange(len(x), device=x.device)
-                    if not paired:
+                    if not stochastic:
                         active = (overall.score < MISCLASSIFIED_BONUS / 2).nonzero().squeeze(1)
                         if active.numel() == 0:
                             break
                     target = None
                     if rank is not None:  # the (rank+2)-th highest class of the clean prediction, as upstream
                         target = clean_logits.mean(dim=0)[active].sort(dim=-1).indices[:, -(rank + 2)]
-                    found, score, zero_count, count = self._run(model, x[active], y[active], target, paired)
+                    found, score, zero_count, count = self._run(model, x[active], y[active], target, stochastic)
                     zeros += zero_count
                     total += count
                     overall.offer(found, score, active)
@@ -87,34 +86,26 @@ class APGD(IterativeAttack):
 
     def _step(self, x: torch.Tensor, x_adv: torch.Tensor, previous: torch.Tensor, gradient: torch.Tensor, size: torch.Tensor, momentum: float) -> torch.Tensor:
         """One APGD update with momentum, projected onto the ball and the value range."""
-        if self.norm == "inf":
-            z = self.clamp(torch.min(torch.max(x_adv + size * gradient.sign(), x - self.eps), x + self.eps))
-            moved = x_adv + (z - x_adv) * momentum + (x_adv - previous) * (1 - momentum)
-            return self.clamp(torch.min(torch.max(moved, x - self.eps), x + self.eps))
 
         def onto_ball(point: torch.Tensor) -> torch.Tensor:
-            d = point - x
-            length = _per_example(d.flatten(1).norm(dim=1), d)
-            return self.clamp(x + _unit(d, "2") * torch.clamp(length, max=self.eps))
+            return self.clamp(x + project(point - x, self.eps, self.norm))
 
-        z = onto_ball(x_adv + size * _unit(gradient, "2"))
+        z = onto_ball(x_adv + size * ascent_direction(gradient, self.norm))
         return onto_ball(x_adv + (z - x_adv) * momentum + (x_adv - previous) * (1 - momentum))
 
     def _run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, paired: bool
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, stochastic: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
         """One APGD run: each example's chosen iterate, its score (deterministic models) and zero-gradient counts."""
         steps = self.steps
         window = max(int(0.22 * steps), 1)
         window_min, window_decrease = max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
-        start = (2 * torch.rand_like(x) - 1) if self.norm == "inf" else torch.randn_like(x)
-        x_adv = self.clamp(x + self.eps * _unit(start, self.norm))
+        x_adv = self.clamp(x + self.eps * random_start(x, self.norm))
         losses, gradient, logits = self.loss_gradient_logits(model, x_adv, y, target)
         zeros, count = (gradient == 0).sum(), gradient.numel()
         x_best, gradient_best, loss_best = x_adv.clone(), gradient.clone(), losses.clone()
-        chosen = IterateSelection(x_adv, None if paired else self.deterministic_score(losses, logits, y), None)
-        if paired:
-            chosen.paired_scores = self.paired_comparison(model, y, target)
+        chosen = self.selection(model, y, stochastic, target)
+        self.offer(chosen, x_adv, losses, logits, y)
         size = torch.full((len(x), *([1] * (x.dim() - 1))), 2.0 * self.eps, device=x.device)
         previous = x_adv.clone()
         loss_steps = torch.zeros(steps, len(x), device=x.device)
@@ -128,7 +119,7 @@ class APGD(IterativeAttack):
             zeros += (gradient == 0).sum()
             count += gradient.numel()
             if self.keep == "best":
-                chosen.offer(x_adv, None if paired else self.deterministic_score(losses, logits, y))
+                self.offer(chosen, x_adv, losses, logits, y)
             loss_steps[i] = losses
             improved = losses > loss_best
             x_best[improved], gradient_best[improved], loss_best[improved] = x_adv[improved], gradient[improved], losses[improved]
@@ -144,6 +135,6 @@ class APGD(IterativeAttack):
         if self.keep == "last":
             with torch.no_grad():
                 final_logits = model(x_adv, samples=self.samples)
-            score = None if paired else self.deterministic_score(self.losses_of(final_logits, y, target), final_logits, y)
+            score = None if stochastic else self.deterministic_score(self.losses_of(final_logits, y, target), final_logits, y)
             return x_adv, score, zeros, count
         return chosen.x, chosen.score, zeros, count

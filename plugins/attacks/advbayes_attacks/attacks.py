@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -162,7 +161,7 @@ class IterativeAttack(GradientAttack):
         if self.resample == "attack" and (self.keep == "best" or self.restarts > 1):
             key, value = ("keep", self.keep) if self.keep == "best" else ("restarts", self.restarts)
             raise ParamError(
-                key, f"keep = 'last' and restarts = 1 with resample = 'attack' (the frozen draws that produced the "
+                key, "keep = 'last' and restarts = 1 with resample = 'attack' (the frozen draws that produced the "
                 "iterates cannot judge them)", value,
             )
 
@@ -190,12 +189,16 @@ class IterativeAttack(GradientAttack):
         return compare
 
     def selection(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, stochastic: bool, target: torch.Tensor | None = None
-    ) -> tuple[IterateSelection, bool]:
-        """A selection that starts from x (it loses to any iterate); True when it compares on fresh draws."""
-        if stochastic:
-            return IterateSelection(x, None, self.paired_comparison(model, y, target)), True
-        return IterateSelection(x, torch.full((len(x),), -math.inf, dtype=torch.float64, device=x.device), None), False
+        self, model: nn.Module, y: torch.Tensor, stochastic: bool, target: torch.Tensor | None = None
+    ) -> IterateSelection:
+        """An empty selection: by paired comparison on fresh draws (stochastic model) or by the steps' own scores."""
+        return IterateSelection(self.paired_comparison(model, y, target) if stochastic else None)
+
+    def offer(
+        self, chosen: IterateSelection, x_adv: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+    ) -> None:
+        """Offer an iterate, scored by its own step on a deterministic model (free), by fresh draws otherwise."""
+        chosen.offer(x_adv, None if chosen.paired else self.deterministic_score(losses, logits, y))
 
 
 @attrs.frozen(kw_only=True)
@@ -225,8 +228,7 @@ class PGD(IterativeAttack):
         history = torch.zeros(self.restarts, self.steps + 1, device=x.device)  # on the device: no sync per step
         zeros = torch.zeros((), device=x.device)
         total = 0
-        chosen, paired = self.selection(model, x, y, stochastic)
-        first = True
+        chosen = self.selection(model, y, stochastic)
         with self.draws(model):
             for restart in range(self.restarts):
                 x_adv = self.clamp(x + random_start_delta(x, self.eps, self.norm)) if self.random_start else x.clone()
@@ -236,38 +238,24 @@ class PGD(IterativeAttack):
                     zeros += (gradient == 0).sum()
                     total += gradient.numel()
                     if self.keep == "best":
-                        self._offer(chosen, paired, first, x_adv, losses, logits, y)
-                        first = False
+                        self.offer(chosen, x_adv, losses, logits, y)
                     stepped = x_adv + self.alpha * ascent_direction(gradient, self.norm)
                     x_adv = self.clamp(x + project(stepped - x, self.eps, self.norm)).detach()
                 with torch.no_grad():
                     final_logits = model(x_adv, samples=self.samples)
                 final = self.losses_of(final_logits, y)
                 history[restart, self.steps] = final.mean()
-                self._offer(chosen, paired, first, x_adv, final, final_logits, y)
-                first = False
+                self.offer(chosen, x_adv, final, final_logits, y)
         delta = chosen.x - x
         diagnostics: dict[str, Any] = {
             **lengths(delta),
             "loss_history": history.cpu(),
             "zero_grad_share": float(zeros) / max(total, 1),
         }
-        if not paired:  # the loss of each returned point (on a stochastic model any one value would be a noisy draw)
+        if not chosen.paired:  # the loss of each returned point (on a stochastic model any one value would be a noisy draw)
             single_last = self.keep == "last" and self.restarts == 1
             diagnostics["attack_loss"] = (final if single_last else self.evaluate_loss(model, chosen.x, y)).cpu()
         return AttackResult(x_adv=chosen.x, delta=delta, diagnostics=diagnostics)
-
-    def _offer(
-        self, chosen: IterateSelection, paired: bool, first: bool, x_adv: torch.Tensor, losses: torch.Tensor,
-        logits: torch.Tensor, y: torch.Tensor,
-    ) -> None:
-        """The first candidate is taken as it is; later ones by the selection's rule."""
-        if first:
-            chosen.x = x_adv.detach().clone()
-            if not paired:
-                chosen.score = self.deterministic_score(losses, logits, y)
-            return
-        chosen.offer(x_adv, None if paired else self.deterministic_score(losses, logits, y))
 
 
 @attrs.frozen(kw_only=True)

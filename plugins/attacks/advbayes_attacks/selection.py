@@ -21,21 +21,28 @@ class IterateSelection:
     """
 
     def __init__(
-        self,
-        start: torch.Tensor,
-        start_score: torch.Tensor | None,
-        paired_scores: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | slice], torch.Tensor] | None,
+        self, paired_scores: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | slice], torch.Tensor] | None = None
     ) -> None:
-        self.x = start.detach().clone()
-        self.score = start_score.detach().clone() if start_score is not None else None
+        self.x: torch.Tensor | None = None  # nothing offered yet
+        self.score: torch.Tensor | None = None
         # stochastic models: (candidates, incumbents, which examples) -> True where the candidate scores higher
-        # on draws common to both and fresh
+        # on draws common to both and fresh; None: deterministic, offers carry their scores
         self.paired_scores = paired_scores
 
+    @property
+    def paired(self) -> bool:
+        """True when iterates are compared on fresh draws (a stochastic model)."""
+        return self.paired_scores is not None
+
     def offer(self, candidate: torch.Tensor, score: torch.Tensor | None = None, active: torch.Tensor | None = None) -> None:
-        """Replace the incumbent where `candidate` is stronger (only for the examples `active` selects, if given)."""
-        index = active if active is not None else slice(None)
+        """Replace the incumbent where `candidate` is stronger (only for the examples `active` selects, if given);
+        the first candidate, a whole batch, is taken as it is."""
         candidate = candidate.detach()
+        if self.x is None:
+            self.x = candidate.clone()
+            self.score = None if score is None else score.detach().clone()
+            return
+        index = active if active is not None else slice(None)
         if self.paired_scores is not None:
             better = self.paired_scores(candidate, self.x[index], index)
         else:
