@@ -103,9 +103,9 @@ def test_parse_override_reads_toml_values() -> None:
         ('[models.m]\nuse = "mlp"\nwidht = [3]\n',
          r"user.toml: entry models.m: key 'widht': unknown key; did you mean 'widths'\? parameters of model 'mlp': dropout, widths"),
         ('[models.m]\nuse = "mlp"\nwidths = "wide"\n',
-         r"user.toml: entry models.m: key 'widths': expected a list of integers >= 1, got 'wide' \(str\)"),
+         r"user.toml: entry models.m: key 'widths': expected a list of integers >= 1 and <= 10000000, got 'wide' \(str\)"),
         ('[models.m]\nuse = "mlp"\ndropout = 1.5\n',
-         r"user.toml: entry models.m: key 'dropout': expected a number >= 0.0 and < 1.0, got 1.5 \(float\)"),
+         r"user.toml: entry models.m: key 'dropout': expected a finite number >= 0.0 and < 1.0, got 1.5 \(float\)"),
         ('[models.m]\nuse = "mlq"\n',
          r"user.toml: entry models.m: key 'use': unknown model component 'mlq'; did you mean 'mlp'\? registered: mlp"),
         ('[models.a]\nextends = "b"\n[models.b]\nextends = "a"\n',
@@ -117,13 +117,13 @@ def test_parse_override_reads_toml_values() -> None:
         ('[experiments.e]\ndataset = "half-moon"\nmodel = "mlp"\n',
          r"user.toml: entry experiments.e: key 'dataset': unknown dataset 'half-moon'; did you mean 'half-moons'\? known: .*half-moons"),
         ('[experiments.e]\ndataset = "half-moons"\nmodel = "mlp"\nepochs = "many"\n',
-         r"user.toml: entry experiments.e: key 'epochs': expected an integer >= 0, got 'many' \(str\)"),
+         r"user.toml: entry experiments.e: key 'epochs': expected an integer >= 0 and <= 10000000, got 'many' \(str\)"),
         ('[experiments.e]\ndataset = "half-moons"\nmodel = "mlp"\nattacks = []\n',
          r"key 'attacks': expected a non-empty list of attack entry names or inline tables, got \[\] \(list\)"),
         ('[experiments.e]\ndataset = "half-moons"\nmodel = "mlp"\nseed = true\n',
-         r"key 'seed': expected an integer >= 0, got True \(bool\)"),
+         r"key 'seed': expected an integer >= 0 and <= 4294967295, got True \(bool\)"),
         ('[experiments.e]\ndataset = "half-moons"\nmodel = { use = "mlp", widths = [0] }\n',
-         r"entry experiments.e.model: key 'widths': expected a list of integers >= 1, got \[0\] \(list\)"),
+         r"entry experiments.e.model: key 'widths': expected a list of integers >= 1 and <= 10000000, got \[0\] \(list\)"),
     ],
 )
 def test_every_error_kind_is_one_line_naming_file_entry_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -175,7 +175,7 @@ def test_cli_errors_exit_2_with_one_line_and_traceback_only_with_debug() -> None
     result = runner.invoke(cli, ["run", "moons", "--set", "epochs=banana"])
     assert result.exit_code == 2
     assert result.output.strip().count("\n") == 0
-    assert "key 'epochs': expected an integer >= 0, got 'banana' (str)" in result.output
+    assert "key 'epochs': expected an integer >= 0 and <= 10000000, got 'banana' (str)" in result.output
     result = runner.invoke(cli, ["run", "quikstart"])
     assert result.exit_code == 2
     assert "did you mean 'quickstart'?" in result.output and "Traceback" not in result.output

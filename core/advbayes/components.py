@@ -34,6 +34,11 @@ class Component:
         """The first line of the class docstring."""
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
+    def model_sources(self) -> tuple[str, ...]:
+        """Models this component takes from elsewhere (a defense trained earlier in the experiment, "run:<id>"),
+        checked before any work; empty for most components."""
+        return ()
+
 
 # ---------------------------------------------------------------------------------------------- records
 

@@ -25,6 +25,7 @@ from advbayes.errors import RunError
 from advbayes.experiment import Experiment
 from advbayes.losses import mean_cross_entropy
 from advbayes.plugins import PluginManager, get_plugin_manager
+from advbayes.preflight import preflight, resolve_device
 from advbayes.registry import Registry, apply_override, load_registry
 from advbayes.results import EvalRecord, RunGroup, RunResult, eps_label
 from advbayes.checks import Finding, evaluation_findings, warn
@@ -46,19 +47,6 @@ class RunInfo:
     tracking_uri: str | None = None
     resume_run_id: str | None = None
     tracking: dict[str, Any] = attrs.field(factory=dict)
-
-
-def resolve_device(requested: str) -> torch.device:
-    """'auto' picks CUDA when available; asking for CUDA without it is an error before any work."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise RunError(f"--device: expected auto, cpu, cuda or cuda:N, got {requested!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -507,21 +495,30 @@ def run(
         if name is None:
             raise RunError("name an experiment to run (advbayes list experiments shows them)")
         spec = loaded.resolve_experiment(name, all_overrides)
-    if spec.get("defenses") or spec.get("seeds"):
-        defenses = spec.get("defenses") or [spec["defense"]]
-        variants: list[RunResult] = []
-        for seed in spec.get("seeds") or [spec["seed"]]:
-            same_seed: list[RunResult] = []
-            for defense in defenses:
-                variant = {k: v for k, v in spec.items() if k not in ("defenses", "seeds")}
-                variant.update(defense=defense, seed=seed, seeds=[])
-                peers = {r.spec["defense"]["name"]: r.model for r in same_seed}  # sources for transfer attacks
-                same_seed.append(
-                    _run_one(name, variant, loaded, pm, torch_device, track, tracking_uri, progress, None, None, peers)
-                )
-            variants.extend(same_seed)
-        return RunGroup(experiment=name, results=variants)
+    variants = expand_variants(spec)
+    preflight(name, [v for v in variants if v["seed"] == variants[0]["seed"]], loaded, torch_device)
+    if len(variants) > 1 or spec.get("defenses") or spec.get("seeds"):
+        results: list[RunResult] = []
+        for variant in variants:
+            peers = {  # sources for transfer attacks: the defenses of the same seed trained before this one
+                r.spec["defense"]["name"]: r.model for r in results if r.spec["seed"] == variant["seed"]
+            }
+            results.append(_run_one(name, variant, loaded, pm, torch_device, track, tracking_uri, progress, None, None, peers))
+        return RunGroup(experiment=name, results=results)
     return _run_one(name, spec, loaded, pm, torch_device, track, tracking_uri, progress, resume, checkpoint)
+
+
+def expand_variants(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One spec per (seed, defense), seeds outermost: what an experiment with `defenses` or `seeds` runs."""
+    if not (spec.get("defenses") or spec.get("seeds")):
+        return [dict(spec)]
+    variants = []
+    for seed in spec.get("seeds") or [spec["seed"]]:
+        for defense in spec.get("defenses") or [spec["defense"]]:
+            variant = {k: v for k, v in spec.items() if k not in ("defenses", "seeds")}
+            variant.update(defense=defense, seed=seed, seeds=[])
+            variants.append(variant)
+    return variants
 
 
 def _run_one(

@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from advbayes.params import ParamError, entry_list_param, entry_param, list_param, param
+from advbayes.params import SEED_LIMIT, ParamError, entry_list_param, entry_param, list_param, param
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -25,8 +25,8 @@ class Experiment:
     inference_samples: tuple[int, ...] = list_param((), kind=int, ge=1, help="S_I sweep: each value re-evaluates every attack")
     metrics: list[Any] = entry_list_param("metrics", ("accuracy",), nonempty=True, help="metric entries")
     epochs: int = param(1, kind=int, ge=0, help="training epochs")
-    seed: int = param(0, kind=int, ge=0, help="seed of python, numpy and torch")
-    seeds: tuple[int, ...] = list_param((), kind=int, ge=0, help="run once per seed (a run each); tables give mean +- sd")
+    seed: int = param(0, kind=int, ge=0, le=SEED_LIMIT, help="seed of python, numpy and torch")
+    seeds: tuple[int, ...] = list_param((), kind=int, ge=0, le=SEED_LIMIT, help="run once per seed (a run each); tables give mean +- sd")
     batch_size: int = param(128, kind=int, ge=1, help="training batch size")
     eval_batch_size: int = param(256, kind=int, ge=1, help="evaluation batch size")
     optimizer: str | None = param(None, kind=str, choices=OPTIMIZERS, optional=True, help="default: the defense's")

@@ -12,16 +12,22 @@ _NOTHING = attrs.NOTHING
 ENTRY_KIND = "advbayes_entry_kind"
 HELP = "advbayes_help"
 ENTRY_LIST = "advbayes_entry_list"
+# Bounds every parameter has unless it declares its own upper bound: a value beyond them is a typo or an attack
+# on the run (a width of 10**12 allocates until the machine dies), and it is refused before any work.
+INT_LIMIT = 10_000_000
+FLOAT_LIMIT = 1e6
+LIST_LIMIT = 10_000  # items of a list parameter
+SEED_LIMIT = 2**32 - 1  # numpy's seeds are 32-bit
 
 
 class ParamError(ValueError):
     """A parameter value failed validation; `key` is the field name."""
 
-    def __init__(self, key: str, expected: str, value: Any) -> None:
+    def __init__(self, key: str, expected: str, value: Any, given: str | None = None) -> None:
         self.key = key
         self.expected = expected
         self.value = value
-        super().__init__(f"expected {expected}, got {describe(value)}")
+        super().__init__(f"expected {expected}, got {given or describe(value)}")
 
 
 def describe(value: Any) -> str:
@@ -60,14 +66,16 @@ def _check_scalar(
     lt: float | None = None,
     choices: Sequence[str] | None = None,
     what: str | None = None,
+    infinite: bool = False,
 ) -> None:
     bounds = _bounds_text(ge, gt, le, lt)
-    expected = what or (_type_name(kind) + (f" {bounds}" if bounds else ""))
+    finite = " finite" if kind is float and not infinite else ""
+    expected = what or (_type_name(kind).replace("a number", f"a{finite} number") + (f" {bounds}" if bounds else ""))
     if choices is not None:
         expected = "one of " + ", ".join(repr(c) for c in choices)
     ok_type = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-    if kind is float and isinstance(value, float) and math.isnan(value):
-        ok_type = False
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        ok_type = infinite and not math.isnan(value)  # nan or +-inf is meaningful only where a field says so
     if not ok_type:
         raise ParamError(key, expected, value)
     if choices is not None and value not in choices:
@@ -79,6 +87,12 @@ def _check_scalar(
         or (lt is not None and value >= lt)
     ):
         raise ParamError(key, expected, value)
+
+
+def _default_upper(kind: type, le: float | None, lt: float | None) -> float | None:
+    if le is not None or lt is not None:
+        return le
+    return {int: INT_LIMIT, float: FLOAT_LIMIT}.get(kind)
 
 
 def _to_float(value: Any) -> Any:
@@ -107,14 +121,20 @@ def param(
     lt: float | None = None,
     choices: Sequence[str] | None = None,
     optional: bool = False,
+    infinite: bool = False,
     help: str = "",
 ) -> Any:
-    """A scalar parameter (float, int, str or bool) with bounds or choices; None allowed when optional."""
+    """A scalar parameter (float, int, str or bool) with bounds or choices; None allowed when optional.
+
+    A number without an upper bound gets INT_LIMIT or FLOAT_LIMIT; floats must be finite unless `infinite` (then
+    +-inf pass the bounds like any number and no upper limit is added).
+    """
+    le = le if infinite else _default_upper(kind, le, lt)
     converter = _to_float if kind is float else None
     return attrs.field(
         default=default,
         converter=converter,
-        validator=_scalar_validator(kind, optional, ge=ge, gt=gt, le=le, lt=lt, choices=choices),
+        validator=_scalar_validator(kind, optional, ge=ge, gt=gt, le=le, lt=lt, choices=choices, infinite=infinite),
         metadata={HELP: help},
         kw_only=True,
     )
@@ -131,9 +151,11 @@ def list_param(
     nonempty: bool = False,
     help: str = "",
 ) -> Any:
-    """A list parameter whose items are scalars of one kind with optional bounds; stored as a tuple."""
+    """A list parameter whose items are scalars of one kind with optional bounds; stored as a tuple of at most
+    LIST_LIMIT items (numbers bounded like param's)."""
+    le = _default_upper(kind, le, lt)
     bounds = _bounds_text(ge, gt, le, lt)
-    item_text = _type_name(kind).replace("a ", "").replace("an ", "") + "s" + (f" {bounds}" if bounds else "")
+    item_text = ("finite " if kind is float else "") + _type_name(kind).replace("a ", "").replace("an ", "") + "s" + (f" {bounds}" if bounds else "")
 
     def convert(value: Any) -> Any:
         if isinstance(value, (list, tuple)):
@@ -144,6 +166,8 @@ def list_param(
         expected = f"a {'non-empty ' if nonempty else ''}list of {item_text}"
         if not isinstance(value, tuple) or (nonempty and not value):
             raise ParamError(attribute.name, expected, value)
+        if len(value) > LIST_LIMIT:
+            raise ParamError(attribute.name, f"at most {LIST_LIMIT} items", value, f"a list of {len(value)}")
         for item in value:
             try:
                 _check_scalar(attribute.name, item, kind, ge=ge, gt=gt, le=le, lt=lt)
@@ -186,6 +210,8 @@ def entry_list_param(kind: str, default: Sequence[str] = (), *, nonempty: bool =
         expected = f"a {'non-empty ' if nonempty else ''}list of {kind[:-1]} entry names or inline tables"
         if not isinstance(value, list) or (nonempty and not value):
             raise ParamError(attribute.name, expected, value)
+        if len(value) > LIST_LIMIT:
+            raise ParamError(attribute.name, f"at most {LIST_LIMIT} entries", value, f"a list of {len(value)}")
         if any(not isinstance(item, (str, dict)) or item == "" for item in value):
             raise ParamError(attribute.name, expected, value)
 

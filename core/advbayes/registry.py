@@ -53,17 +53,58 @@ def default_registry_path() -> Path:
     return Path(str(importlib.resources.files("advbayes") / "registry.toml"))
 
 
+MAX_NESTING = 32  # tables and arrays inside each other; deeper is not a registry an advbayes run can use
+
+
 def read_registry_file(path: Path) -> dict[str, Any]:
     """Parse one registry file; a syntax error names the file and line."""
     label = display_path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise RegistryError(f"cannot read registry file: {exc.strerror}", file=label) from None
     try:
-        return tomllib.loads(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise RegistryError(
+            f"not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line} cannot be decoded (TOML files are UTF-8)",
+            file=label,
+        ) from None
+    return parse_toml(text, file=label)
+
+
+def parse_toml(text: str, *, file: str, key: str | None = None) -> dict[str, Any]:
+    """TOML text as a table; syntax errors, huge integers and absurd nesting are one-line registry errors."""
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise RegistryError(f"TOML syntax error: {exc}", file=label) from None
+        raise RegistryError(f"TOML syntax error: {exc}", file=file, key=key) from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise RegistryError(f"values nested more than {MAX_NESTING} deep", file=file, key=key) from None
+    except ValueError as exc:  # integers beyond Python's 4,300-digit conversion limit
+        raise RegistryError(f"invalid value: {str(exc).split(';')[0]}", file=file, key=key) from None
+    depth, where = nesting_depth(data)
+    if depth > MAX_NESTING:
+        raise RegistryError(f"values nested more than {MAX_NESTING} deep", file=file, key=key or where)
+    return data
+
+
+def nesting_depth(value: Any) -> tuple[int, str]:
+    """How deep tables and arrays nest in `value`, and the dotted key of the deepest place (iterative: no recursion)."""
+    deepest, where = 0, ""
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > deepest:
+            deepest, where = depth, path
+        if depth > MAX_NESTING:
+            continue  # deep enough to refuse; walking further only costs time
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1, f"{path}.{k}" if path else str(k)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, path) for v in node)
+    return deepest, where
 
 
 def suggest(name: str, candidates: Iterable[str], what: str) -> str:
@@ -203,33 +244,43 @@ class Registry:
         return f"{kind[:-1]} '{component}' is not installed: it is provided by {distribution} (pip install {distribution})"
 
     def _merge_extends(self, raw: RawEntry, chain: tuple[str, ...]) -> dict[str, Any]:
-        """The entry's body with its `extends` chain merged under it (the entry's own keys win)."""
-        label = f"{raw.kind}.{raw.name}"
-        if raw.name in chain:
-            cycle = " -> ".join((*chain, raw.name))
-            raise RegistryError(f"cycle in extends: {cycle}", file=raw.file, entry=label, key="extends")
-        parent_name = raw.body.get("extends")
-        body = {k: copy.deepcopy(v) for k, v in raw.body.items() if k != "extends"}
-        if parent_name is None:
-            return body
-        if not isinstance(parent_name, str):
-            raise RegistryError(
-                f"expected the name of a {raw.kind[:-1]} entry, got {parent_name!r}",
-                file=raw.file,
-                entry=label,
-                key="extends",
-            )
-        parent = self.find(raw.kind, parent_name)
-        if parent is None:
-            raise RegistryError(
-                f"extends unknown {raw.kind[:-1]} entry '{parent_name}'"
-                f"{suggest(parent_name, self.names(raw.kind), 'entries')}",
-                file=raw.file,
-                entry=label,
-                key="extends",
-            )
-        merged = self._merge_extends(parent, chain=(*chain, raw.name))
-        merged.update(body)
+        """The entry's body with its `extends` chain merged under it (the entry's own keys win).
+
+        Walked as a loop, not by recursion: a chain of any length resolves or names its cycle.
+        """
+        lineage: list[RawEntry] = []
+        seen: list[str] = list(chain)
+        current = raw
+        while True:
+            label = f"{current.kind}.{current.name}"
+            if current.name in seen:
+                cycle = " -> ".join((*seen, current.name))
+                raise RegistryError(f"cycle in extends: {cycle}", file=current.file, entry=label, key="extends")
+            seen.append(current.name)
+            lineage.append(current)
+            parent_name = current.body.get("extends")
+            if parent_name is None:
+                break
+            if not isinstance(parent_name, str):
+                raise RegistryError(
+                    f"expected the name of a {current.kind[:-1]} entry, got {parent_name!r}",
+                    file=current.file,
+                    entry=label,
+                    key="extends",
+                )
+            parent = self.find(current.kind, parent_name)
+            if parent is None:
+                raise RegistryError(
+                    f"extends unknown {current.kind[:-1]} entry '{parent_name}'"
+                    f"{suggest(parent_name, self.names(current.kind), 'entries')}",
+                    file=current.file,
+                    entry=label,
+                    key="extends",
+                )
+            current = parent
+        merged: dict[str, Any] = {}
+        for entry in reversed(lineage):  # the root first, so each child's own keys win
+            merged.update({k: copy.deepcopy(v) for k, v in entry.body.items() if k != "extends"})
         return merged
 
     def component_class(self, kind: str, use: Any, *, file: str, entry: str) -> type:
@@ -264,6 +315,10 @@ class Registry:
     ) -> dict[str, Any]:
         """Validate a merged body against its component and return it with every parameter filled in."""
         entry = label or f"{kind}.{name}"
+        if len(chain) > MAX_NESTING:
+            raise RegistryError(
+                f"entries refer to each other more than {MAX_NESTING} deep: {' -> '.join(chain[:3])} -> ...", file=file, entry=entry
+            )
         if entry in chain:
             raise RegistryError(f"entries refer to each other in a cycle: {' -> '.join((*chain, entry))}", file=file)
         if kind == "experiments" and "use" in body:
@@ -360,10 +415,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise RegistryError(f"expected KEY=VALUE, got {text!r}", file=OVERRIDE_SOURCE)
     raw = raw.strip()
     try:
-        value = tomllib.loads(f"value = {raw}")["value"]
+        tomllib.loads(f"value = {raw}")
     except tomllib.TOMLDecodeError:
-        value = raw
-    return key, value
+        return key, raw  # a bare word is a string
+    except (RecursionError, ValueError):
+        pass  # parse_toml below names the problem in one line
+    return key, parse_toml(f"value = {raw}", file=OVERRIDE_SOURCE, key=key)["value"]
 
 
 def apply_override(table: dict[str, Any], dotted: str, value: Any) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from advbayes.components import Dataset
-from advbayes.params import param
+from advbayes.params import SEED_LIMIT, param
 
 
 def make_half_moons(n: int, noise: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +35,7 @@ class HalfMoons(Dataset):
     train_size: int = param(1000, kind=int, ge=2, help="training points")
     test_size: int = param(500, kind=int, ge=2, help="test points")
     noise: float = param(0.1, ge=0.0, help="standard deviation of the Gaussian noise")
-    seed: int = param(0, kind=int, ge=0, help="seed of the generator (independent of the run's seed)")
+    seed: int = param(0, kind=int, ge=0, le=SEED_LIMIT, help="seed of the generator (independent of the run's seed)")
 
     @property
     def num_classes(self) -> int:

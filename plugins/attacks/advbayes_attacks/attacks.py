@@ -292,6 +292,10 @@ class Transfer(Attack):
     source_model: Any = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})
     inner: Any = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})
 
+    def model_sources(self) -> tuple[str, ...]:
+        """The source model."""
+        return (self.source,)
+
     def bind(self, context: EvalContext) -> Attack:
         """Fetch the source model and build the inner attack."""
         model = context.source_model(self.source)

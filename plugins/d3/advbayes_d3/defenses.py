@@ -66,6 +66,10 @@ class D3(Defense):
     )
     offline_epochs: int = param(3, kind=int, ge=1, help="epochs of the deterministic model trained here (offline_source '')")
 
+    def model_sources(self) -> tuple[str, ...]:
+        """-Off with a named deterministic model."""
+        return (self.offline_source,) if self.offline_attack is not None and self.offline_source else ()
+
     def before_training(self, context: TrainContext) -> TorchDataset | None:
         """-Off: append the offline attack's examples on a deterministic same-architecture model, once."""
         if self.offline_attack is None:

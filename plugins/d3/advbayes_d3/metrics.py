@@ -67,6 +67,10 @@ class Obfuscation(Metric):
     source_model: Any = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})
     inner: Any = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})
 
+    def model_sources(self) -> tuple[str, ...]:
+        """The deterministic source."""
+        return (self.source,)
+
     def bind(self, context: EvalContext) -> Metric:
         """Fetch the source model and build its attack."""
         model = as_sampled(context.source_model(self.source)).eval()

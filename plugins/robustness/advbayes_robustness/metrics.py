@@ -321,6 +321,10 @@ class TransferCorrelation(Metric):
     models: tuple[str, ...] = list_param((), kind=str, help="defenses of this experiment (empty: all trained so far, this one included)")
     bound: Any = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})
 
+    def model_sources(self) -> tuple[str, ...]:
+        """The named defenses."""
+        return tuple(self.models)
+
     def bind(self, context: EvalContext) -> Metric:
         """The models, in order."""
         names = list(self.models) or list(context.models)

@@ -16,7 +16,7 @@ from torch.utils.data import TensorDataset
 
 from advbayes.components import Dataset
 from advbayes.errors import AdvbayesError, RunError
-from advbayes.params import param
+from advbayes.params import SEED_LIMIT, param
 
 DATA_ENV = "ADVBAYES_DATA"
 
@@ -81,7 +81,7 @@ class OfflineDigits(Dataset):
 
     image_shape: ClassVar[tuple[int, ...]] = ()
     max_value: ClassVar[float] = 255.0
-    split_seed: int = param(0, kind=int, ge=0, help="seed of the train/test split")
+    split_seed: int = param(0, kind=int, ge=0, le=SEED_LIMIT, help="seed of the train/test split")
 
     @property
     def num_classes(self) -> int:
