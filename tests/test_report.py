@@ -40,6 +40,9 @@ def test_report_of_a_small_tracked_run_has_the_tables_and_figures(store: str, tm
 
 
 def test_report_of_an_unknown_experiment_is_a_one_line_error(store: str, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(store).search_experiments()  # the store exists, the experiment does not
     result = CliRunner().invoke(cli, ["report", "nothing-here", "--out", str(tmp_path), "--tracking-uri", store])
     assert result.exit_code == 2
     assert "no tracked runs of experiment 'nothing-here'" in result.output

@@ -13,8 +13,9 @@ from mlflow import MlflowClient
 import advbayes
 from advbayes.cli import cli
 from advbayes.errors import RunError
+from advbayes.hookspecs import hookimpl
 from advbayes.plugins import PluginInfo, create_plugin_manager
-from advbayes.registry import load_registry
+from advbayes.registry import load_registry, tomllib
 
 FAST = {"epochs": 2, "dataset.train_size": 300, "dataset.test_size": 200}
 
@@ -164,25 +165,77 @@ def test_a_diverging_loss_stops_the_run_with_a_clear_error() -> None:
         advbayes.run("moons", track=False, pm=pm, defense="diverging")
 
 
+class InterruptAfterEpoch:
+    """A plugin that presses Ctrl-C once epoch `epoch` is checkpointed (it runs after the tracking plugin's hook)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @hookimpl(trylast=True)
+    def epoch_finished(self, run, epoch, metrics, checkpoint) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
 def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(store: str) -> None:
     whole = advbayes.run("moons", tracking_uri=store, epochs=4, **{"dataset.train_size": 300})
-    first = advbayes.run("moons", tracking_uri=store, epochs=2, **{"dataset.train_size": 300})
-    resumed = advbayes.run(tracking_uri=store, resume=first.run_id, epochs=4)
-    assert resumed.run_id == first.run_id
+    pm = create_plugin_manager()
+    pm.register(InterruptAfterEpoch(2), name="interrupt")
+    with pytest.raises(KeyboardInterrupt) as raised:
+        advbayes.run("moons", tracking_uri=store, epochs=4, pm=pm, **{"dataset.train_size": 300})
+    interrupted = raised.value.advbayes_run_id
+    client = MlflowClient(store)
+    assert client.get_run(interrupted).info.status == "KILLED"
+    assert client.get_run(interrupted).data.tags["error"] == "KeyboardInterrupt"
+    resumed = advbayes.run(tracking_uri=store, resume=interrupted)
+    assert resumed.run_id == interrupted
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
     assert resumed.table() == whole.table()
+    run = client.get_run(interrupted)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags  # the interruption is over
+    assert [m.step for m in client.get_metric_history(interrupted, "train/loss")] == [1, 2, 3, 4]
+
+
+def test_resume_with_changed_settings_is_a_new_run_that_records_them(store: str) -> None:
+    whole = advbayes.run("moons", tracking_uri=store, epochs=4, **{"dataset.train_size": 300})
+    first = advbayes.run("moons", tracking_uri=store, epochs=2, **{"dataset.train_size": 300})
+    resumed = advbayes.run(tracking_uri=store, resume=first.run_id, epochs=4)
+    assert resumed.run_id != first.run_id
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    client = MlflowClient(store)
+    new = client.get_run(resumed.run_id)
+    assert new.data.tags["advbayes.resumed_from"] == first.run_id
+    assert new.data.params["epochs"] == "4"
+    stored = tomllib.loads((Path(client.download_artifacts(resumed.run_id, "experiment.toml"))).read_text())
+    assert stored["experiments"]["moons"]["epochs"] == 4
+    old = client.get_run(first.run_id)  # the first run is left as it finished
+    assert old.info.status == "FINISHED" and old.data.params["epochs"] == "2"
+    assert [m.step for m in client.get_metric_history(first.run_id, "train/loss")] == [1, 2]
+
+
+def test_resuming_a_finished_run_unchanged_is_refused_and_leaves_it_finished(store: str) -> None:
+    first = advbayes.run("moons", tracking_uri=store, epochs=1)
+    with pytest.raises(RunError, match=r"the run FINISHED; there is nothing to resume"):
+        advbayes.run(tracking_uri=store, resume=first.run_id)
     client = MlflowClient(store)
     assert client.get_run(first.run_id).info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(first.run_id, "train/loss")] == [1, 2, 3, 4]
+    experiment = client.get_experiment_by_name("moons").experiment_id
+    assert len(client.search_runs([experiment], filter_string="tags.`advbayes.role` = 'parent'")) == 1
 
 
-def test_resume_errors() -> None:
+def test_resume_errors(isolated_cwd: Path, store: str) -> None:
     with pytest.raises(RunError, match="--resume needs tracking"):
         advbayes.run(resume="abc", track=False)
-    with pytest.raises(RunError, match="no such run"):
+    with pytest.raises(RunError, match=r"no tracking store .*mlflow.db \(nothing was tracked here\)"):
         advbayes.run(resume="0123456789abcdef")
+    assert not (isolated_cwd / "mlflow.db").exists()  # a failed resume leaves no store behind
+    advbayes.run("moons", tracking_uri=store, epochs=0)
+    with pytest.raises(RunError, match="no such run"):
+        advbayes.run(resume="0123456789abcdef", tracking_uri=store)
 
 
 def test_a_run_leaves_mlflow_global_tracking_state_as_it_was(store: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,8 @@
-"""The advbayes command line: run, show, list, plugins, ui, compare."""
+"""The advbayes command line: run, show, list, plugins, ui, compare, runs, report."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -289,6 +290,35 @@ def compare_command(experiments: Sequence[str], metric: str, tracking_uri: str |
     from advbayes.compare import compare_table
 
     click.echo(compare_table(tracking_uri, experiments, metric))
+
+
+@cli.command("runs")
+@click.argument("experiments", nargs=-1)
+@click.option("--stale", is_flag=True, help="Only runs left RUNNING by a process that no longer exists (killed).")
+@tracking_option
+@debug_option
+def runs_command(experiments: Sequence[str], stale: bool, tracking_uri: str | None, debug: bool) -> None:
+    """List the tracked runs of EXPERIMENTS (all when none is named), newest first, with how to resume each."""
+    from advbayes.results import format_grid
+    from advbayes.tracking import liveness, status_text, tracked_runs
+
+    runs = tracked_runs(tracking_uri, experiments)
+    if stale:
+        runs = [run for run in runs if liveness(run) == "stale"]
+    if not runs:
+        click.echo("no stale runs" if stale else "no tracked runs")
+        return
+    rows = []
+    for run in runs:
+        tags = run.data.tags
+        started = datetime.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+        resumable = run.info.status != "FINISHED" and liveness(run) != "alive"
+        rows.append([
+            run.info.run_id, tags.get("advbayes.experiment", "?"), tags.get("advbayes.defense", "?"),
+            tags.get("advbayes.seed", "?"), status_text(run), started,
+            f"advbayes run --resume {run.info.run_id}" if resumable else "",
+        ])
+    click.echo(format_grid(["run", "experiment", "defense", "seed", "status", "started", "resume"], rows))
 
 
 @cli.command("report")

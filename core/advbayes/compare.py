@@ -9,7 +9,7 @@ from typing import Any
 
 from advbayes.intervals import format_interval, mean_sd
 from advbayes.results import format_grid
-from advbayes.tracking import tracked_runs
+from advbayes.tracking import status_text, tracked_runs
 
 COLUMN = re.compile(r"^(?P<attack>.+)/(?P<metric>[^/]+)/eps_(?P<eps>[0-9.]+)$")
 
@@ -92,7 +92,7 @@ def compare_table(tracking_uri: str | None, experiments: Sequence[str], metric: 
             [
                 run.info.run_id[:12],
                 tags.get("advbayes.experiment", "?"),
-                run.info.status,
+                status_text(run),
                 started,
                 tags.get("advbayes.defense", "?"),
                 *values,

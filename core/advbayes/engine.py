@@ -46,6 +46,7 @@ class RunInfo:
     track: bool = True
     tracking_uri: str | None = None
     resume_run_id: str | None = None
+    resumed_from: str | None = None  # a resumed run whose settings were changed (--set) is tracked as a new run
     tracking: dict[str, Any] = attrs.field(factory=dict)
 
 
@@ -479,6 +480,7 @@ def run(
     all_overrides = [*overrides, *kwargs.items()]
     torch_device = resolve_device(device)
     checkpoint = None
+    resumed_from = None
     if resume is not None:
         if not track:
             raise RunError("--resume needs tracking: the checkpoint is read from the tracked run")
@@ -491,6 +493,8 @@ def run(
         for key, value in all_overrides:
             apply_override(spec, key, value)
         spec = loaded.resolve_inline_experiment(spec, source=f"run {resume}")
+        if spec != loaded.resolve_inline_experiment(dict(checkpoint["spec"]), source=f"run {resume}"):
+            resumed_from, resume = resume, None  # changed settings: a new tracked run that records them
     else:
         if name is None:
             raise RunError("name an experiment to run (advbayes list experiments shows them)")
@@ -505,7 +509,7 @@ def run(
             }
             results.append(_run_one(name, variant, loaded, pm, torch_device, track, tracking_uri, progress, None, None, peers))
         return RunGroup(experiment=name, results=results)
-    return _run_one(name, spec, loaded, pm, torch_device, track, tracking_uri, progress, resume, checkpoint)
+    return _run_one(name, spec, loaded, pm, torch_device, track, tracking_uri, progress, resume, checkpoint, None, resumed_from)
 
 
 def expand_variants(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -533,6 +537,7 @@ def _run_one(
     resume: str | None,
     checkpoint: Mapping[str, Any] | None,
     peers: Mapping[str, torch.nn.Module] | None = None,
+    resumed_from: str | None = None,
 ) -> RunResult:
     """Train and evaluate one defense, reporting through the lifecycle hooks."""
     seed = int(spec["seed"])
@@ -548,6 +553,7 @@ def _run_one(
         track=track,
         tracking_uri=tracking_uri,
         resume_run_id=resume,
+        resumed_from=resumed_from,
     )
     engine = Run(
         name, spec, registry=registry, device=device, info=info, progress=progress, checkpoint=checkpoint, peers=peers

@@ -6,6 +6,7 @@ import copy
 import difflib
 import importlib.resources
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -107,6 +108,23 @@ def nesting_depth(value: Any) -> tuple[int, str]:
     return deepest, where
 
 
+DISTRIBUTION = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?")  # PEP 508 names
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}")  # names become MLflow run names, metric keys and folders
+
+
+def check_name(name: str, *, file: str, entry: str, key: str | None = None) -> None:
+    """Entry names are safe path parts and metric-key parts: letters, digits, `_ . + -`, not starting with `.`."""
+    if not NAME.fullmatch(name):
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise RegistryError(
+            f"invalid name {shown!r}: expected letters, digits and _ . + - (starting with a letter or digit, at most "
+            "200 characters)",
+            file=file,
+            entry=None if key is None else entry,
+            key=key,
+        )
+
+
 def suggest(name: str, candidates: Iterable[str], what: str) -> str:
     """'did you mean ...?' plus the list of what exists."""
     candidates = sorted(set(candidates))
@@ -133,18 +151,23 @@ class Registry:
         self.pm = pm or get_plugin_manager()
         self.entries: dict[str, dict[str, RawEntry]] = {kind: {} for kind in ENTRY_KINDS}
         self.providers: dict[str, str] = {}
+        self.untrusted_providers: dict[str, str] = {}  # component -> the local file that named its distribution
         self.files: list[str] = []
 
     # ---------------------------------------------------------------------------------------- loading
 
-    def add_file(self, path: Path) -> None:
-        """Merge one registry file over what is loaded (a later entry of the same kind and name wins)."""
+    def add_file(self, path: Path, *, trusted: bool = False) -> None:
+        """Merge one registry file over what is loaded (a later entry of the same kind and name wins).
+
+        `trusted` files (the default registry, installed plugins') may name distributions to `pip install`; a local
+        file's [providers] are shown as its claim, never as an install command.
+        """
         label = display_path(path)
         data = read_registry_file(path)
         self.files.append(label)
         for key, table in data.items():
             if key == PROVIDERS:
-                self._add_providers(table, label)
+                self._add_providers(table, label, trusted)
                 continue
             if key not in ENTRY_KINDS:
                 raise RegistryError(
@@ -155,20 +178,29 @@ class Registry:
             if not isinstance(table, dict):
                 raise RegistryError(f"[{key}] must be a table of named entries", file=label, key=key)
             for name, body in table.items():
+                check_name(name, file=label, entry=f"{key}.{name}")
                 if not isinstance(body, dict):
                     raise RegistryError(
                         f"expected a table of parameters, got {body!r}", file=label, entry=f"{key}.{name}"
                     )
                 self.entries[key][name] = RawEntry(key, name, body, label)
 
-    def _add_providers(self, table: Any, label: str) -> None:
+    def _add_providers(self, table: Any, label: str, trusted: bool) -> None:
         if not isinstance(table, dict):
             raise RegistryError("[providers] maps a distribution to the component names it provides", file=label)
         for distribution, names in table.items():
+            if not DISTRIBUTION.fullmatch(distribution):
+                raise RegistryError(
+                    f"invalid distribution name {distribution[:60]!r} (letters, digits, . _ -)", file=label, key="providers"
+                )
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise RegistryError("expected a list of component names", file=label, key=f"providers.{distribution}")
             for name in names:
                 self.providers[name] = distribution
+                if trusted:
+                    self.untrusted_providers.pop(name, None)
+                else:
+                    self.untrusted_providers[name] = label
 
     # ---------------------------------------------------------------------------------------- lookup
 
@@ -241,6 +273,12 @@ class Registry:
 
     def _not_installed(self, kind: str, component: str) -> str:
         distribution = self.providers[component]
+        claimed_by = self.untrusted_providers.get(component)
+        if claimed_by is not None:
+            return (
+                f"{kind[:-1]} '{component}' is not installed; {claimed_by} says distribution '{distribution}' provides "
+                "it (check that before installing anything)"
+            )
         return f"{kind[:-1]} '{component}' is not installed: it is provided by {distribution} (pip install {distribution})"
 
     def _merge_extends(self, raw: RawEntry, chain: tuple[str, ...]) -> dict[str, Any]:
@@ -329,8 +367,10 @@ class Registry:
         params: dict[str, Any] = {}
         for key, value in body.items():
             if key in RESERVED:
-                if key == "name" and not isinstance(value, str):
-                    raise RegistryError(f"expected a string, got {value!r}", file=file, entry=entry, key=key)
+                if key == "name":
+                    if not isinstance(value, str):
+                        raise RegistryError(f"expected a string, got {value!r}", file=file, entry=entry, key=key)
+                    check_name(value, file=file, entry=entry, key=key)
                 continue
             field = fields.get(key)
             if field is None:
@@ -468,18 +508,18 @@ def load_registry(
     """The default registry, plugin registry files, ./registry.toml and each extra file, later winning."""
     registry = Registry(pm)
     seen: set[Path] = set()
-    sources = [default_registry_path()]
-    sources += [path for _plugin, path in registry.pm.registry_paths()]
+    sources = [(default_registry_path(), True)]
+    sources += [(path, True) for _plugin, path in registry.pm.registry_paths()]
     if include_cwd:
         local = Path("registry.toml")
         if local.is_file():
-            sources.append(local)
-    for path in sources:
+            sources.append((local, False))
+    for path, trusted in sources:
         real = path.resolve()
         if real in seen:
             continue
         seen.add(real)
-        registry.add_file(path)
+        registry.add_file(path, trusted=trusted)
     for path in extra:
         path = Path(path)
         if not path.is_file():

@@ -146,7 +146,9 @@ def write_report(
     metrics: Sequence[str] | None = None,
 ) -> Path:
     """Write OUT/FILE (and its figures beside it) for the newest finished runs of `experiments`."""
-    client = client_for(tracking_uri)
+    if Path(file).name != file or file in ("", ".", ".."):
+        raise RunError(f"--file: expected a file name inside --out, got {file!r}")
+    client = client_for(tracking_uri, write=False)
     out.mkdir(parents=True, exist_ok=True)
     figures_dir = out / f"{Path(file).stem}_figures"
     if figures_dir.exists():

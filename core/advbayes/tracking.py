@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import tomli_w
 
@@ -38,15 +41,22 @@ MAX_TAG = 4000
 
 
 def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else the embedded store ./mlflow.db (an absolute sqlite URI)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
+    """MLFLOW_TRACKING_URI if set, else the embedded store ./mlflow.db: an absolute sqlite URI, or the relative one
+    where the directory's name holds URL syntax (`x?q=1`, `x#y`, `x%20y` would be read as a query, a fragment or
+    an escape; percent-encoding them is not enough, as MLflow creates the encoded path's parent)."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    path = str(Path.cwd() / DEFAULT_STORE)
+    return f"sqlite:///{path}" if quote(path) == path else f"sqlite:///{DEFAULT_STORE}"
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a sqlite:/// URI, or None for other stores."""
+    """The database file of a sqlite:/// URI (percent-decoded, as SQLAlchemy reads it), or None for other stores."""
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(urlparse(uri).path) if uri.startswith("sqlite:////") else Path(uri[len("sqlite:///") :])
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(unquote(path))
 
 
 _READY: set[str] = set()  # sqlite stores this process has seen created and migrated
@@ -70,25 +80,136 @@ def store_lock(database: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def client_for(uri: str | None) -> Any:
-    """An MlflowClient on `uri` (or the default store); a sqlite store is created and migrated once, under a lock."""
+STORE_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+CONNECT_TIMEOUT = 3.0  # seconds; MLflow itself retries an unreachable server for minutes
+
+
+def check_store(uri: str, *, write: bool) -> None:
+    """Fail fast, in one line, on a store that cannot work: an unknown scheme, a server nobody answers on, or (to
+    write) a sqlite file whose directory is missing or read-only."""
+    scheme = urlparse(uri).scheme.split("+")[0].lower()
+    if len(scheme) == 1 or not scheme:  # a plain path (or a Windows drive letter): MLflow's file store
+        scheme = "file"
+    if scheme not in STORE_SCHEMES:
+        raise RunError(
+            f"tracking URI {uri}: unknown scheme '{scheme}'; expected sqlite:///PATH, postgresql://HOST/DB, "
+            "http(s)://HOST:PORT or a directory"
+        )
+    if scheme in DEFAULT_PORTS:
+        parsed = urlparse(uri)
+        host = parsed.hostname or "localhost"
+        try:
+            port = parsed.port or DEFAULT_PORTS[scheme]
+        except ValueError:
+            raise RunError(f"tracking URI {uri}: the port is not a number from 1 to 65535") from None
+        try:
+            socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+        except OSError as exc:
+            raise RunError(
+                f"tracking store {uri} is unreachable ({host}:{port}: {exc.strerror or type(exc).__name__}); start it, "
+                "or pass another --tracking-uri, or --no-track"
+            ) from None
+    database = sqlite_path(uri)
+    if database is None:
+        return
+    if database.exists():
+        if not database.is_file():
+            raise RunError(f"tracking store {database} is not a file")
+        if write and not os.access(database, os.W_OK):
+            raise RunError(f"tracking store {database} is read-only; pass another --tracking-uri, or --no-track")
+        return
+    folder = database.parent
+    if not folder.is_dir():
+        raise RunError(f"tracking store {database}: no directory {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RunError(
+            f"tracking store {database} cannot be created: {folder} is read-only; pass --tracking-uri "
+            "sqlite:////a/writable/mlflow.db, or --no-track"
+        )
+    if not write:
+        raise RunError(f"no tracking store {database} (nothing was tracked here); pass --tracking-uri")
+
+
+BUSY_RETRIES = 8  # sqlite answers "database is locked" when another run holds the write lock past its timeout
+
+
+class BusyRetryingClient:
+    """An MlflowClient whose calls are retried, with growing pauses, while sqlite reports the database busy (each
+    failed call was rolled back, so a retry writes once)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for attempt in range(BUSY_RETRIES + 1):
+                try:
+                    return attribute(*args, **kwargs)
+                except Exception as exc:
+                    if attempt == BUSY_RETRIES or not _is_busy(exc):
+                        raise
+                    time.sleep(min(0.1 * 2**attempt, 5.0))
+            raise AssertionError("unreachable")
+
+        return call
+
+
+def _is_busy(error: BaseException) -> bool:
+    """Whether an error (or one it was raised from) is sqlite's "database is locked" / "database is busy"."""
+    seen: BaseException | None = error
+    while seen is not None:
+        text = str(seen).lower()
+        if "database is locked" in text or "database is busy" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def client_for(uri: str | None, *, write: bool = True) -> Any:
+    """An MlflowClient on `uri` (or the default store), checked first; a sqlite store is created and migrated once,
+    under a lock."""
     from mlflow import MlflowClient
 
     uri = uri or default_tracking_uri()
+    if uri not in _READY:
+        check_store(uri, write=write)
     database = sqlite_path(uri)
-    if database is None or uri in _READY:
+    if database is None:
         return MlflowClient(tracking_uri=uri)
-    with store_lock(database):
-        try:
-            client = MlflowClient(tracking_uri=uri)  # opening a sqlite store creates its tables and runs migrations
-            client.search_experiments(max_results=1)
-        except Exception as exc:  # noqa: BLE001 - MLflow and SQLAlchemy raise many kinds; each becomes one line
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise RunError(
-                f"the MLflow store {database} cannot be opened ({type(exc).__name__}: {first}); if a run was killed "
-                f"while creating it, move it away (mv {database} {database}.broken) and run again"
-            ) from None
-    _READY.add(uri)
+    if uri in _READY:
+        return BusyRetryingClient(MlflowClient(tracking_uri=uri))
+    if not write:  # reading an existing store: no lock file beside it (its directory may be read-only)
+        client = _open_sqlite(uri, database)
+    else:
+        with store_lock(database):
+            client = _open_sqlite(uri, database)
+        _READY.add(uri)
+    return BusyRetryingClient(client)
+
+
+def _open_sqlite(uri: str, database: Path) -> Any:
+    """An MlflowClient on a sqlite store, opened (created and migrated when new) and read once to prove it works."""
+    from mlflow import MlflowClient
+
+    quiet = logging.getLogger("mlflow.store.db.utils")  # it logs each database error with a traceback first
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        client = MlflowClient(tracking_uri=uri)  # opening a sqlite store creates its tables and runs migrations
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - MLflow and SQLAlchemy raise many kinds; each becomes one line
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise RunError(
+            f"the MLflow store {database} cannot be opened ({type(exc).__name__}: {first}); if it is not a store or "
+            f"a run was killed while creating it, move it away (mv {database} {database}.broken) and run again"
+        ) from None
+    finally:
+        quiet.setLevel(level)
     return client
 
 
@@ -100,11 +221,43 @@ def experiment_id(client: Any, name: str) -> str:
     database = sqlite_path(client.tracking_uri)
     if database is None:
         return client.create_experiment(name)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".") or "experiment"  # never `..`: stay in mlartifacts/
     location = (database.resolve().parent / "mlartifacts" / slug).as_uri()
     with store_lock(database):  # a concurrent run may be creating the same experiment
         found = client.get_experiment_by_name(name)
         return found.experiment_id if found is not None else client.create_experiment(name, artifact_location=location)
+
+
+HOST_TAG = "advbayes.host"
+PID_TAG = "advbayes.pid"
+
+
+def process_tags() -> dict[str, str]:
+    """Where a run executes, so that a run left RUNNING by a killed process can be told from a live one."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def liveness(run: Any) -> str:
+    """For a RUNNING run: "alive" (its process runs here), "stale" (its process here is gone: killed), or
+    "elsewhere" (another machine; cannot tell). Runs in other states: their status."""
+    if run.info.status != "RUNNING":
+        return run.info.status
+    tags = run.data.tags
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return "elsewhere"
+    try:
+        os.kill(int(tags[PID_TAG]), 0)
+    except ProcessLookupError:
+        return "stale"
+    except PermissionError:  # a process of another user holds that id: alive
+        return "alive"
+    return "alive"
+
+
+def status_text(run: Any) -> str:
+    """The status as tables show it: a RUNNING run whose process was killed reads "RUNNING (stale)"."""
+    state = liveness(run)
+    return f"RUNNING ({state})" if run.info.status == "RUNNING" and state != "alive" else run.info.status
 
 
 def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -148,7 +301,6 @@ def _log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
 
 
 def _log_metrics(client: Any, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-    import time
 
     from mlflow.entities import Metric
 
@@ -173,11 +325,21 @@ def run_started(run: Any) -> None:
     client = client_for(run.tracking_uri)
     run.tracking["mlflow_uri"] = client.tracking_uri
     if run.resume_run_id:
+        if client.get_run(run.resume_run_id).info.status == "FINISHED":  # refused before the run is touched
+            raise RunError(
+                f"--resume {run.resume_run_id}: the run FINISHED; there is nothing to resume (to train it further, "
+                "give --set epochs=N: a new tracked run that starts from its checkpoint)"
+            )
         client.update_run(run.resume_run_id, status="RUNNING")
         run.tracking["mlflow_run_id"] = run.resume_run_id
+        for key, value in process_tags().items():  # the run lives in this process now
+            client.set_tag(run.resume_run_id, key, value)
+        if "error" in client.get_run(run.resume_run_id).data.tags:  # the interruption is over
+            client.delete_tag(run.resume_run_id, "error")
         return
     spec = run.spec
     tags = {
+        **process_tags(),
         ROLE_TAG: PARENT_ROLE,
         "advbayes.experiment": run.experiment,
         "advbayes.dataset": spec["dataset"]["name"],
@@ -187,6 +349,8 @@ def run_started(run: Any) -> None:
         "advbayes.device": run.device,
         **{f"advbayes.plugin.{name}": version for name, version in run.plugins.items()},
     }
+    if run.resumed_from:  # a resumed run whose settings changed: a new run, since MLflow params never change
+        tags["advbayes.resumed_from"] = run.resumed_from
     commit = git_commit()
     if commit:
         tags["advbayes.git_commit"] = commit
@@ -297,11 +461,17 @@ def load_checkpoint(run_id: str, tracking_uri: str | None, destination: Path) ->
     """Download the last checkpoint of a tracked run."""
     from mlflow.exceptions import MlflowException
 
-    client = client_for(tracking_uri)
+    client = client_for(tracking_uri, write=False)
     try:
-        client.get_run(run_id)
+        tracked = client.get_run(run_id)
     except MlflowException:
         raise RunError(f"--resume {run_id}: no such run in {client.tracking_uri}") from None
+    if tracked.data.tags.get(ROLE_TAG) == CHILD_ROLE:
+        raise RunError(f"--resume {run_id}: that is an attack's child run; resume its parent run")
+    if liveness(tracked) == "alive":
+        raise RunError(
+            f"--resume {run_id}: the run is still running (process {tracked.data.tags.get(PID_TAG)} on this machine)"
+        )
     try:
         local = client.download_artifacts(run_id, f"{CHECKPOINT_DIR}/checkpoint.pt", str(destination))
     except (MlflowException, OSError):
@@ -310,14 +480,19 @@ def load_checkpoint(run_id: str, tracking_uri: str | None, destination: Path) ->
 
 
 def tracked_runs(uri: str | None, experiments: Sequence[str]) -> list[Any]:
-    """Parent runs of the named experiments, newest first; an unknown experiment is an error."""
-    client = client_for(uri)
+    """Parent runs of the named experiments (all experiments when none is named), newest first; an unknown
+    experiment is an error."""
+    client = client_for(uri, write=False)
+    if not experiments:
+        experiments = [found.name for found in client.search_experiments()]
     ids = []
     for name in experiments:
         found = client.get_experiment_by_name(name)
         if found is None:
             raise RunError(f"no tracked runs of experiment '{name}' in {client.tracking_uri}")
         ids.append(found.experiment_id)
+    if not ids:
+        return []
     return client.search_runs(
         ids, filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'", order_by=["attributes.start_time DESC"]
     )
@@ -334,7 +509,7 @@ def load_model(run_id: str, tracking_uri: str | None) -> Any:
     from advbayes.registry import load_registry
     from advbayes.stochastic import as_sampled
 
-    client = client_for(tracking_uri)
+    client = client_for(tracking_uri, write=False)
     try:
         client.get_run(run_id)
     except MlflowException:
