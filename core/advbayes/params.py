@@ -98,7 +98,10 @@ def _default_upper(kind: type, le: float | None, lt: float | None) -> float | No
 def _to_float(value: Any) -> Any:
     # TOML writes 0 for 0.0; accept integers where a float is asked for, never booleans.
     if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # beyond any float: left an int, which the validator refuses in one line
+            return value
     return value
 
 

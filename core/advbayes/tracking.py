@@ -41,14 +41,9 @@ MAX_TAG = 4000
 
 
 def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else the embedded store ./mlflow.db: an absolute sqlite URI, or the relative one
-    where the directory's name holds URL syntax (`x?q=1`, `x#y`, `x%20y` would be read as a query, a fragment or
-    an escape; percent-encoding them is not enough, as MLflow creates the encoded path's parent)."""
-    configured = os.environ.get("MLFLOW_TRACKING_URI")
-    if configured:
-        return configured
-    path = str(Path.cwd() / DEFAULT_STORE)
-    return f"sqlite:///{path}" if quote(path) == path else f"sqlite:///{DEFAULT_STORE}"
+    """MLFLOW_TRACKING_URI if set, else the embedded store ./mlflow.db as an absolute sqlite URI, its path
+    percent-encoded (a directory named `x?q=1`, `x#y` or `x%20y` is a path, not a query, a fragment or an escape)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{quote(str(Path.cwd() / DEFAULT_STORE))}"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -187,9 +182,21 @@ def client_for(uri: str | None, *, write: bool = True) -> Any:
         client = _open_sqlite(uri, database)
     else:
         with store_lock(database):
+            if not database.exists():
+                _create_sqlite(database)
             client = _open_sqlite(uri, database)
         _READY.add(uri)
     return BusyRetryingClient(client)
+
+
+def _create_sqlite(database: Path) -> None:
+    """Create and migrate a new store in a scratch file beside it, then move it into place in one step: a run
+    killed while MLflow builds the tables leaves only the scratch file (rebuilt next time), never a half-made store."""
+    scratch = database.with_name(f".{database.name}.creating")
+    for leftover in ("", "-journal", "-wal", "-shm"):  # a killed creation's journal must not roll into the new file
+        scratch.with_name(scratch.name + leftover).unlink(missing_ok=True)
+    _open_sqlite(f"sqlite:///{quote(str(scratch))}", scratch)
+    os.replace(scratch, database)
 
 
 def _open_sqlite(uri: str, database: Path) -> Any:
@@ -199,6 +206,9 @@ def _open_sqlite(uri: str, database: Path) -> Any:
     quiet = logging.getLogger("mlflow.store.db.utils")  # it logs each database error with a traceback first
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
+    # MLflow creates the parent of the URI's path as written, percent-encoding and all: an empty twin directory
+    stray = Path(uri[len("sqlite:///") :].split("?", 1)[0]).parent
+    stray_existed = stray == database.parent or stray.exists()
     try:
         client = MlflowClient(tracking_uri=uri)  # opening a sqlite store creates its tables and runs migrations
         client.search_experiments(max_results=1)
@@ -210,6 +220,8 @@ def _open_sqlite(uri: str, database: Path) -> Any:
         ) from None
     finally:
         quiet.setLevel(level)
+        if not stray_existed and stray.is_dir() and not any(stray.iterdir()):
+            stray.rmdir()
     return client
 
 

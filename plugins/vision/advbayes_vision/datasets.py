@@ -167,8 +167,11 @@ class DownloadableDataset(Dataset):
             return
         if not self.download:
             raise self.unavailable("no files (download = false)")
+        if self.root and not self.directory.is_dir() and not self.directory.parent.is_dir():
+            # a user's root is created only inside an existing directory: a typo never builds a tree elsewhere
+            raise self.unavailable(f"no files, and root's parent {self.directory.parent} does not exist to download into")
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(parents=not self.root, exist_ok=True)
             self.fetch()
         except Exception as exc:  # network errors come as many types; re-raised as one clear error
             raise self.unavailable(f"no files and the download failed ({type(exc).__name__}: {exc})") from exc

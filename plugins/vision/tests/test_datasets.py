@@ -187,6 +187,13 @@ def test_a_failed_download_is_reported_with_its_cause(tmp_path: Path, monkeypatc
         build("mnist", root=str(tmp_path)).data("train")
 
 
+def test_a_download_never_builds_a_directory_tree_for_a_mistyped_root(tmp_path: Path) -> None:
+    root = tmp_path / "no" / "such" / "tree"
+    with pytest.raises(DatasetUnavailable, match=r"root's parent .*such does not exist to download into"):
+        build("mnist", root=str(root)).data("train")
+    assert not (tmp_path / "no").exists()
+
+
 def test_default_root_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADVBAYES_DATA", str(tmp_path / "data"))
     assert build("cifar10").directory == tmp_path / "data"

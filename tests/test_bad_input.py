@@ -1,0 +1,422 @@
+"""Bad input of every class the outside tester found: one line, exit status 2, before any work, no file written.
+
+Explicit regression tests for each class first, then a property-based fuzz test over generated registries and
+--set overrides (a fixed, bounded number of examples so that it runs in well under a minute).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from helpers import write
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import advbayes.engine
+from advbayes.cli import cli
+
+MOONS = '[experiments.fz]\ndataset = { use = "half-moons", train_size = 64, test_size = 32 }\nmodel = "mlp"\nepochs = 1\n'
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any input that reaches training fails the test loudly."""
+
+    def refuse(self: object) -> None:
+        raise AssertionError("WORK STARTED")
+
+    monkeypatch.setattr(advbayes.engine.Run, "execute", refuse)
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    """Run the CLI in-process with tracking on (the default store in the working directory)."""
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def assert_one_clear_line(code: int, output: str, cwd: Path, *fragments: str) -> None:
+    """Exit 2, exactly one line starting 'Error: ', no traceback, no wrapped unexpected exception, nothing written."""
+    lines = output.splitlines()
+    assert code == 2, output[:2000]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), output[:2000]
+    assert "Traceback" not in output and "WORK STARTED" not in output and "run failed:" not in output, output[:2000]
+    assert len(lines[0]) <= 1000
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert sorted(p.name for p in cwd.iterdir()) == [], sorted(p.name for p in cwd.iterdir())
+
+
+@pytest.fixture
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Registry files live outside the working directory, which must stay empty."""
+    return tmp_path_factory.mktemp("registries")
+
+
+# ------------------------------------------------------------------------------------------ registry files
+
+
+def test_registry_bytes_that_are_not_utf8_name_file_and_line(isolated_cwd: Path, files: Path, no_work: None) -> None:
+    path = files / "bad.toml"
+    path.write_bytes(MOONS.encode() + b'description = "\xff\xfe"\n')
+    code, output = invoke("run", "fz", "--registry", str(path))
+    assert_one_clear_line(code, output, isolated_cwd, "bad.toml: not UTF-8 text: byte 0xff at line 5")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["[" * 1000 + "]" * 1000, "{a=" * 1000 + "1" + "}" * 1000],
+    ids=["arrays-1000-deep", "inline-tables-1000-deep"],
+)
+def test_values_nested_1000_deep_are_one_line(isolated_cwd: Path, files: Path, no_work: None, value: str) -> None:
+    path = write(files / "deep.toml", MOONS + f"eps = {value}\n")
+    code, output = invoke("run", "fz", "--registry", str(path))
+    assert_one_clear_line(code, output, isolated_cwd, "deep.toml", "nested more than 32 deep")
+    code, output = invoke("run", "fz", "--registry", str(files / "deep.toml"), "--set", f"eps={value}")
+    assert_one_clear_line(code, output, isolated_cwd, "nested more than 32 deep")
+
+
+def test_tables_nested_1000_deep_are_one_line(isolated_cwd: Path, files: Path, no_work: None) -> None:
+    path = write(files / "dotted.toml", MOONS + "[" + ".".join(["a"] * 1000) + "]\nx = 1\n")
+    code, output = invoke("show", "fz", "--registry", str(path))
+    assert_one_clear_line(code, output, isolated_cwd, "dotted.toml", "nested more than 32 deep")
+
+
+def test_an_extends_chain_of_1000_resolves_and_a_long_cycle_is_named(files: Path, isolated_cwd: Path) -> None:
+    chain = '[models.m0]\nuse = "mlp"\nwidths = [7]\n' + "".join(
+        f'[models.m{i}]\nextends = "m{i - 1}"\n' for i in range(1, 1000)
+    )
+    path = write(files / "chain.toml", chain)
+    code, output = invoke("show", "models.m999", "--registry", str(path))
+    assert code == 0, output
+    assert "widths = [\n    7,\n]" in output or "widths = [ 7 ]" in output or "widths = [7]" in output
+    cycle = write(files / "cycle.toml", chain + '[models.m0x]\nextends = "m0y"\n[models.m0y]\nextends = "m0x"\n')
+    code, output = invoke("show", "models.m0x", "--registry", str(cycle))
+    assert_one_clear_line(code, output, isolated_cwd, "cycle in extends: m0x -> m0y -> m0x")
+
+
+def test_integers_beyond_4300_digits_are_one_line(isolated_cwd: Path, files: Path, no_work: None) -> None:
+    path = write(files / "big.toml", MOONS.replace("epochs = 1", "epochs = " + "9" * 5000))
+    code, output = invoke("run", "fz", "--registry", str(path))
+    assert_one_clear_line(code, output, isolated_cwd, "big.toml: invalid value: Exceeds the limit (4300 digits)")
+    code, output = invoke("run", "fz", "--registry", str(files / "big.toml"), "--set", "seed=" + "9" * 5000)
+    assert_one_clear_line(code, output, isolated_cwd, "--set: key 'seed': invalid value")
+
+
+# ------------------------------------------------------------------------------------------ values
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("seed=4294967296", "key 'seed': expected an integer >= 0 and <= 4294967295"),
+        ("seeds=[0, 4294967296]", "key 'seeds': expected a list of integers >= 0 and <= 4294967295"),
+        ("lr=inf", "key 'lr': expected a finite number > 0.0"),
+        ("weight_decay=-inf", "key 'weight_decay': expected a finite number >= 0.0"),
+        ("lr=nan", "key 'lr': expected a finite number"),
+        ("lr=1e300", "key 'lr': expected a finite number > 0.0 and <= 1000000.0, got 1e+300"),
+        ("epochs=1000000000000", "key 'epochs': expected an integer >= 0 and <= 10000000"),
+        ("eval_batch_size=1000000000000", "key 'eval_batch_size': expected an integer >= 1 and <= 10000000"),
+        ("attacks.none.samples=1000000000000", "key 'samples': expected an integer >= 1 and <= 10000000"),
+        ("model.widths=[1000000000000]", "key 'widths': expected a list of integers >= 1 and <= 10000000"),
+        ("eps=[" + ", ".join(["0.1"] * 10001) + "]", "key 'eps': expected at most 10000 items, got a list of 10001"),
+    ],
+)
+def test_meaningless_numbers_are_refused_before_any_work(
+    isolated_cwd: Path, no_work: None, override: str, expected: str
+) -> None:
+    code, output = invoke("run", "moons", "--set", override)
+    assert_one_clear_line(code, output, isolated_cwd, expected)
+
+
+def test_an_infinite_value_is_accepted_where_a_field_means_it() -> None:
+    from advbayes.registry import load_registry
+
+    hvi = load_registry().resolve("defenses", "hvi", where=("t", "t", "t"))
+    assert hvi["nu"] == float("inf")
+
+
+# ------------------------------------------------------------------------------------------ the run's parts
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model=mnist-cnn"], "model 'mnist-cnn' with defense 'standard' on data set 'half-moons' (inputs [2], 2 classes): the network cannot be built"),
+        (["dataset=mnist-5k", "model={use=\"mnist-cnn\", channels=[8, 8]}"], "mnist-cnn has three conv layers, got channels [8, 8]"),
+        (["dataset=mnist-5k", "model={use=\"mnist-cnn\", mean=[0.1, 0.2], std=[0.3]}"], "mean and std need 1 or 1 values, got 2 and 1"),
+        (["defense=mc-dropout-0.3", "model=mlp"], None),
+        (["defense={use=\"mc-dropout\"}", "model=mlp"], "mc-dropout: the network has no dropout layer"),
+        (["model.widths=[9000000, 9000000]"], "of weights need"),
+        (["eval_batch_size=9000000", "attacks=[\"none\"]", "model.widths=[4096, 4096]"], "needs an estimated"),
+    ],
+)
+def test_a_network_that_cannot_work_is_refused_before_any_work(
+    isolated_cwd: Path, no_work: None, overrides: list[str], expected: str | None
+) -> None:
+    args = ["run", "moons"] + [item for o in overrides for item in ("--set", o)]
+    code, output = invoke(*args)
+    if expected is None:  # the control: a sound combination passes every check and reaches the work
+        assert "WORK STARTED" in output, output
+        return
+    assert_one_clear_line(code, output, isolated_cwd, expected)
+
+
+def test_a_transfer_source_trained_after_its_attack_is_refused(isolated_cwd: Path, files: Path, no_work: None) -> None:
+    path = write(
+        files / "transfer.toml",
+        MOONS + 'defenses = ["adversarial-training-moons", "standard"]\nattacks = ["none", "from-standard"]\n'
+        '[attacks.from-standard]\nuse = "transfer"\nsource = "standard"\nattack = "fgsm"\n'
+        '[defenses.adversarial-training-moons]\nuse = "standard"\ntrain_samples = 1\n',
+    )
+    code, output = invoke("run", "fz", "--registry", str(path))
+    assert_one_clear_line(
+        code, output, isolated_cwd,
+        "attack 'from-standard' uses source 'standard', which is not a defense trained before "
+        "'adversarial-training-moons' (trained before it: none)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [("meta", "--device: expected auto, cpu, cuda or cuda:N, got 'meta'"), ("tpu", "got 'tpu'"), ("cpu:x", "got 'cpu:x'")],
+)
+def test_devices_other_than_cpu_and_cuda_are_refused(isolated_cwd: Path, no_work: None, device: str, expected: str) -> None:
+    code, output = invoke("run", "moons", "--device", device)
+    assert_one_clear_line(code, output, isolated_cwd, expected)
+
+
+# ------------------------------------------------------------------------------------------ tracking stores
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # closed once the socket is: nobody listens there
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("foo://bar", "tracking URI foo://bar: unknown scheme 'foo'"),
+        (f"http://127.0.0.1:{closed_port()}", "is unreachable (127.0.0.1:"),
+        (f"postgresql://user@127.0.0.1:{closed_port()}/db", "is unreachable (127.0.0.1:"),
+        ("http://127.0.0.1:99999", "the port is not a number from 1 to 65535"),
+    ],
+)
+def test_a_store_that_cannot_work_fails_fast(isolated_cwd: Path, uri: str, expected: str) -> None:
+    import time
+
+    started = time.perf_counter()
+    code, output = invoke("run", "moons", "--set", "epochs=0", "--tracking-uri", uri)
+    assert time.perf_counter() - started < 20  # MLflow alone retries a closed port for minutes
+    assert_one_clear_line(code, output, isolated_cwd, expected)
+
+
+@pytest.mark.parametrize("command", [["compare", "moons"], ["report", "moons", "--out", "{out}"], ["runs"]])
+@pytest.mark.parametrize("store", ["corrupt", "half-migrated"])
+def test_compare_report_and_runs_on_a_broken_store_are_one_line(
+    isolated_cwd: Path, files: Path, command: list[str], store: str
+) -> None:
+    import sqlite3
+
+    database = files / f"{store}.db"
+    if store == "corrupt":
+        database.write_bytes(b"not a database " * 100)
+    else:  # what a run killed during the store's first creation leaves: some tables, not all
+        with sqlite3.connect(database) as connection:
+            connection.execute("create table experiments (experiment_id integer primary key, name text)")
+    args = [part.replace("{out}", str(files / "out")) for part in command]
+    code, output = invoke(*args, "--tracking-uri", f"sqlite:///{database}")
+    assert_one_clear_line(code, output, isolated_cwd, "cannot be opened", f"mv {database} {database}.broken")
+
+
+def test_compare_and_resume_without_a_store_create_none(isolated_cwd: Path) -> None:
+    for args in (["compare", "moons"], ["run", "--resume", "0123456789abcdef"], ["runs"]):
+        code, output = invoke(*args)
+        assert_one_clear_line(code, output, isolated_cwd, "no tracking store", "(nothing was tracked here)")
+
+
+def test_a_read_only_working_directory_is_one_line(isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import advbayes.tracking
+
+    monkeypatch.setattr(advbayes.tracking.os, "access", lambda path, mode: False)  # as for a user without rights
+    code, output = invoke("run", "moons", "--set", "epochs=0")
+    assert_one_clear_line(code, output, isolated_cwd, "cannot be created", "is read-only")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.1])
+def test_a_store_killed_while_being_created_leaves_nothing_half_made(isolated_cwd: Path, delay: float) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    creator = subprocess.Popen(
+        [sys.executable, "-c", "from advbayes.tracking import client_for; client_for(None)"], cwd=isolated_cwd
+    )
+    scratch = isolated_cwd / ".mlflow.db.creating"
+    deadline = time.monotonic() + 60
+    while creator.poll() is None and time.monotonic() < deadline:
+        if scratch.exists() and scratch.stat().st_size > 0:  # MLflow is creating the tables: SIGKILL it now
+            time.sleep(delay)
+            creator.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    assert creator.wait(timeout=60) == -signal.SIGKILL, "the creation finished before it could be killed"
+    assert not (isolated_cwd / "mlflow.db").exists()  # only the scratch file was half made
+    code, output = invoke("run", "moons", "--set", "epochs=0", "--set", "dataset.test_size=20")
+    assert code == 0 and "MLflow run" in output, output
+    code, output = invoke("compare", "moons")
+    assert code == 0 and "FINISHED" in output, output
+    assert not scratch.exists()
+
+
+def test_a_read_only_store_is_refused_for_runs_before_any_work(
+    isolated_cwd: Path, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import advbayes.tracking
+
+    database = files / "mlflow.db"
+    database.touch()
+    monkeypatch.setattr(advbayes.tracking.os, "access", lambda path, mode: False)  # as for a user without rights
+    code, output = invoke("run", "moons", "--set", "epochs=0", "--tracking-uri", f"sqlite:///{database}")
+    assert_one_clear_line(code, output, isolated_cwd, f"tracking store {database} is read-only")
+
+
+@pytest.mark.parametrize("name", ["x?q=1", "x#y", "x%20y"])
+def test_url_syntax_in_the_directory_name_keeps_the_store_in_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    folder = tmp_path / name
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, output = invoke("run", "moons", "--set", "epochs=0", "--set", "dataset.test_size=20")
+    assert code == 0, output
+    assert (folder / "mlflow.db").is_file() and (folder / "mlartifacts").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # nothing in the parent, no encoded twin
+    code, output = invoke("compare", "moons")
+    assert code == 0 and "FINISHED" in output, output
+    code, output = invoke("report", "moons", "--out", "report")
+    assert code == 0 and (folder / "report" / "report.md").is_file(), output
+
+
+# ------------------------------------------------------------------------------------------ names and providers
+
+
+@pytest.mark.parametrize("name", ["..", ".hidden", "a/b", "x\ny"])
+def test_entry_names_must_be_safe_path_parts(isolated_cwd: Path, files: Path, name: str) -> None:
+    quoted = name.replace("\n", "\\n")
+    path = write(files / "names.toml", f'[experiments."{quoted}"]\ndataset = "half-moons"\nmodel = "mlp"\n')
+    code, output = invoke("run", name, "--registry", str(path))
+    assert_one_clear_line(code, output, isolated_cwd, "invalid name")
+
+
+def test_a_local_registry_cannot_print_an_install_command(isolated_cwd: Path, files: Path) -> None:
+    path = write(files / "p.toml", '[providers]\n"evil; curl x" = ["fancy"]\n')
+    code, output = invoke("list", "--registry", str(path))
+    assert_one_clear_line(code, output, isolated_cwd, "invalid distribution name")
+
+
+# ------------------------------------------------------------------------------------------ fuzz
+
+INT_KEYS = ["epochs", "seed", "batch_size", "eval_batch_size", "dataset.train_size", "dataset.seed", "attacks.none.samples"]
+FLOAT_KEYS = ["lr", "weight_decay", "momentum", "dataset.noise", "model.dropout"]
+LIST_KEYS = ["eps", "attack_samples", "inference_samples", "seeds", "model.widths"]
+ENTRY_KEYS = ["dataset", "model", "defense", "attacks", "metrics"]
+DEEP = "[" * 40 + "]" * 40
+HUGE = "9" * 5000
+BAD_NUMBERS = ["-1", "inf", "-inf", "nan", "1e300", "-1e300", "1000000000000", '"text"', "true", "[1]", "{a=1}", DEEP, HUGE, "9" * 4000]
+BAD_FLOATS = BAD_NUMBERS + ["2.5e6"]
+BAD_INTS = BAD_NUMBERS + ["1.5", "5000000000"]
+BAD_LISTS = ["[-1]", "[inf]", "[nan]", "[1e300]", "[1000000000000]", "3", '"text"', "true", "{a=1}", DEEP, "[[1]]", f"[{HUGE}]"]
+BAD_ENTRIES = ['"no-such-entry-xyz"', "3", "true", '{use="no-such-xyz"}', "[3]", "[]", DEEP]
+
+
+def bad_override() -> st.SearchStrategy[str]:
+    """KEY=VALUE pairs each of which is invalid for its key (a known key with a bad value, or an unknown key)."""
+    pairs = st.one_of(
+        st.tuples(st.sampled_from(INT_KEYS), st.sampled_from(BAD_INTS)),
+        st.tuples(st.sampled_from(FLOAT_KEYS), st.sampled_from(BAD_FLOATS)),
+        st.tuples(st.sampled_from(LIST_KEYS), st.sampled_from(BAD_LISTS)),
+        st.tuples(st.sampled_from(ENTRY_KEYS), st.sampled_from(BAD_ENTRIES)),
+        st.tuples(
+            st.text(st.characters(blacklist_characters="=", blacklist_categories=("Cs",)), min_size=1, max_size=30).filter(
+                lambda k: k.strip() and k.strip() not in (*INT_KEYS, *FLOAT_KEYS, *LIST_KEYS, *ENTRY_KEYS, "description", "optimizer")
+                and not k.strip().startswith(("defense.", "dataset.", "model.", "attacks.", "metrics."))
+            ),
+            st.sampled_from(["1", '"x"', "[1]", "{a=1}", "\nError: fake"]),
+        ),
+    )
+    return pairs.map(lambda pair: f"{pair[0]}={pair[1]}")
+
+
+def bad_registry() -> st.SearchStrategy[bytes]:
+    """A registry file with one defect that makes experiment `fz` unusable."""
+    value_defect = st.one_of(
+        st.tuples(st.sampled_from([k for k in INT_KEYS if "." not in k]), st.sampled_from(BAD_INTS)),
+        st.tuples(st.sampled_from([k for k in FLOAT_KEYS if "." not in k]), st.sampled_from(BAD_FLOATS)),
+        st.tuples(st.sampled_from([k for k in LIST_KEYS if "." not in k]), st.sampled_from(BAD_LISTS)),
+    ).map(lambda pair: (MOONS + f"{pair[0]} = {pair[1]}\n").encode())
+    byte_defect = st.tuples(st.integers(0, len(MOONS)), st.sampled_from([b"\xff", b"\xc3\x28", b"\x80\x80"])).map(
+        lambda cut: MOONS.encode()[: cut[0]] + cut[1] + MOONS.encode()[cut[0]:]
+    )
+    structure_defect = st.sampled_from(
+        [
+            MOONS + '[experimentz.x]\nmodel = "mlp"\n',
+            MOONS + 'extends = "fz"\n',
+            MOONS + 'extends = "nope"\n',
+            MOONS.replace('model = "mlp"', 'model = "fz"') + "[models.fz]\nextends = 'fz'\n",
+            MOONS.replace('model = "mlp"', "model = 3"),
+            MOONS.replace('model = "mlp"', 'model = { use = "mlp", widths = "wide" }'),
+            MOONS + "[attacks]\nx = 3\n",
+            MOONS + "[providers]\nx = 3\n",
+            MOONS + "unknown_key = 1\n",
+            MOONS + "eps = [" + ", ".join(["0.1"] * 10001) + "]\n",
+        ]
+    ).map(str.encode)
+    return st.one_of(value_defect, byte_defect, structure_defect)
+
+
+FUZZ = settings(
+    max_examples=300, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@contextlib.contextmanager
+def fresh_directory() -> Iterator[Path]:
+    """A new empty working directory for one generated example (a fixture's would be shared by all of them)."""
+    previous = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="advbayes-fuzz-") as folder:
+        os.chdir(folder)
+        try:
+            yield Path(folder)
+        finally:
+            os.chdir(previous)
+
+
+@FUZZ
+@given(overrides=st.lists(bad_override(), min_size=1, max_size=3))
+def test_fuzz_bad_overrides_are_one_clear_line_before_any_work(isolated_cwd: Path, no_work: None, overrides: list[str]) -> None:
+    args = ["run", "moons"] + [item for o in overrides for item in ("--set", o)]
+    with fresh_directory() as cwd:
+        code, output = invoke(*args)
+        assert_one_clear_line(code, output, cwd)
+
+
+@FUZZ
+@given(content=bad_registry())
+def test_fuzz_bad_registries_are_one_clear_line_before_any_work(
+    isolated_cwd: Path, files: Path, no_work: None, content: bytes
+) -> None:
+    path = files / "fuzz.toml"
+    path.write_bytes(content)
+    with fresh_directory() as cwd:
+        code, output = invoke("run", "fz", "--registry", str(path))
+        assert_one_clear_line(code, output, cwd)
