@@ -53,7 +53,8 @@ def test_transfer_from_a_tracked_run(store: str) -> None:
 
 
 def test_an_unknown_transfer_source_is_a_clear_error() -> None:
-    with pytest.raises(advbayes.RunError, match=r"source 'nobody' is not a defense trained earlier .*trained so far: standard"):
+    with pytest.raises(advbayes.RunError, match=r"uses source 'nobody', which is not a defense trained before 'standard' "
+                       r"\(trained before it: none\); list it earlier in `defenses`, or give run:<RUN_ID>"):
         advbayes.run("moons", track=False, pm=create_plugin_manager(), attacks=[{**FGSM_TRANSFER, "source": "nobody"}], **FAST)
     registry = load_registry(pm=create_plugin_manager())
     unbound = registry.build("attacks", registry.resolve("attacks", FGSM_TRANSFER, where=("t", "t", "t")))
