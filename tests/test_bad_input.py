@@ -420,3 +420,39 @@ def test_fuzz_bad_registries_are_one_clear_line_before_any_work(
     with fresh_directory() as cwd:
         code, output = invoke("run", "fz", "--registry", str(path))
         assert_one_clear_line(code, output, cwd)
+
+
+# ------------------------------------------------------------------------------------------ killed runs
+
+
+def test_a_sigkilled_run_is_found_as_stale_and_resumed(isolated_cwd: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "advbayes.cli", "run", "moons", "--set", "epochs=100000", "--set", "dataset.train_size=64"],
+        cwd=isolated_cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    for line in runner.stderr:  # one line per epoch; the checkpoint of epoch 3 is logged before epoch 4 starts
+        if "epoch 4/" in line or time.monotonic() > deadline:
+            break
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(timeout=60)
+    code, output = invoke("runs", "--stale")
+    assert code == 0, output
+    (row,) = [line for line in output.splitlines() if "RUNNING (stale)" in line]
+    run_id = row.split()[0]
+    assert f"advbayes run --resume {run_id}" in row
+    code, output = invoke("compare", "moons")
+    assert "RUNNING (stale)" in output
+    code, output = invoke("run", "--resume", run_id, "--set", "epochs=5")  # changed settings: a new run from it
+    assert code == 0, output
+    client = MlflowClient(f"sqlite:///{isolated_cwd / 'mlflow.db'}")
+    assert client.get_run(run_id).info.status == "RUNNING"  # still findable, still resumable as it was
+    code, output = invoke("runs", "--stale")
+    assert run_id in output
