@@ -456,3 +456,33 @@ def test_a_sigkilled_run_is_found_as_stale_and_resumed(isolated_cwd: Path) -> No
     assert client.get_run(run_id).info.status == "RUNNING"  # still findable, still resumable as it was
     code, output = invoke("runs", "--stale")
     assert run_id in output
+
+
+def test_sqlite_busy_errors_are_retried_and_others_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlalchemy.exc
+
+    import advbayes.tracking as tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    calls: list[str] = []
+
+    class Flaky:
+        tracking_uri = "sqlite:///x.db"
+
+        def log_batch(self, run_id: str) -> str:
+            calls.append(run_id)
+            if len(calls) < 3:  # how MLflow surfaces it: an MlflowException raised from SQLAlchemy's error
+                raise RuntimeError("write failed") from sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+            return "written"
+
+        def create_run(self) -> None:
+            calls.append("create")
+            raise ValueError("no such experiment")
+
+    client = tracking.BusyRetryingClient(Flaky())
+    assert client.tracking_uri == "sqlite:///x.db"
+    assert client.log_batch("r") == "written" and calls == ["r", "r", "r"]
+    calls.clear()
+    with pytest.raises(ValueError, match="no such experiment"):
+        client.create_run()
+    assert calls == ["create"]
