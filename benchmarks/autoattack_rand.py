@@ -3,16 +3,15 @@
     python benchmarks/autoattack_rand.py [--device cpu|cuda] [--repeats N] [--steps N] [--batch N]
 
 Networks: mnist-cnn trained on mnist-5k, made fully Bayesian or partially (the last quarter of the weight layers;
-init_sigma 0.05), on 128 real test digits. "official" is pyautoattack's APGDAttack with eot_iter = 20 on the model wrapped to return one draw's logits
-(20 calls of the whole network and 20 backwards per step), run for APGD-CE and then APGD-DLR on the still-robust
-examples, as AutoAttack's version "rand" does. advbayes runs its autoattack-rand entry (both APGD runs, each
-step one call with 20 draws, plus the R = 5 independent verdicts). Steps are cut to --steps per APGD run (100 in
-the entry) so one repeat takes seconds; the per-step cost is what differs. "loop" runs the same autoattack-rand
-protocol on the same model wrapped so that S draws are S calls of one draw (the naive loop the sample dimension
-replaces): identical work, so its ratio is the sample dimension's gain. "official" does less work: it skips an
-example as soon as one single-draw evaluation misclassifies it (the flaw autoattack-rand avoids) and judges
-nothing R times. Ratios = their time / advbayes time.
-"""
+init_sigma 0.05), on 128 real test digits. "official" is pyautoattack's APGDAttack with eot_iter = 20 on the model
+wrapped to return one draw's logits (20 calls of the whole network and 20 backwards per step), run for APGD-CE and
+then APGD-DLR on the still-robust examples, as AutoAttack's version "rand" does. advbayes runs its autoattack-rand
+entry (both APGD runs, each step one call with 20 draws, plus the R = 5 independent verdicts). Steps are cut to
+--steps per APGD run (100 in the entry) so one repeat takes seconds; the per-step cost is what differs. "loop" runs
+the same autoattack-rand protocol on the same model wrapped so that S draws are S calls of one draw (the naive loop
+the sample dimension replaces): identical work, so its ratio is the sample dimension's gain. "official" does less
+work: it skips an example as soon as one single-draw evaluation misclassifies it (the flaw autoattack-rand avoids)
+and judges nothing R times. Ratios = their time / advbayes time."""
 
 from __future__ import annotations
 
@@ -20,14 +19,13 @@ import argparse
 
 import attrs
 import torch
+from common import OneDraw, timed  # benchmarks/common.py, beside this script
 
 import advbayes
-
 from advbayes.components import EvalContext
 from advbayes.plugins import create_plugin_manager
 from advbayes.registry import load_registry
 from advbayes.stochastic import to_bayesian
-from common import OneDraw, timed  # benchmarks/common.py, beside this script
 
 EPS, SAMPLES = 0.1, 20
 
@@ -83,7 +81,9 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     registry = load_registry(pm=create_plugin_manager())
-    entry = registry.build("attacks", registry.resolve("attacks", "autoattack-rand", where=("benchmark", "autoattack-rand", "attack")))
+    entry = registry.build(
+        "attacks", registry.resolve("attacks", "autoattack-rand", where=("benchmark", "autoattack-rand", "attack"))
+    )
 
     def build(spec: object) -> object:
         resolved = registry.resolve("attacks", spec, where=("benchmark", "autoattack-rand", "attack"))
@@ -92,18 +92,25 @@ def main() -> None:
     ours = attrs.evolve(entry, eps=EPS, inference_samples=10).bind(EvalContext(build_attack=build, device=device))
     trained, x, y = trained_mnist_cnn(args.batch)
     x, y = x.to(device), y.to(device)
-    print(f"device {device}, batch {args.batch}, S_A {SAMPLES}, {args.steps} steps per APGD run, "
-          f"median of {args.repeats} repeats, threads {torch.get_num_threads()}")
+    print(
+        f"device {device}, batch {args.batch}, S_A {SAMPLES}, {args.steps} steps per APGD run, "
+        f"median of {args.repeats} repeats, threads {torch.get_num_threads()}"
+    )
     print(f"{'network':<28} {'advbayes s':>11} {'loop s':>8} {'ratio':>7} {'official s':>11} {'ratio':>7}")
     for label, which in (("fully Bayesian mnist-cnn", None), ("partially Bayesian mnist-cnn", 0.25)):
-        model = to_bayesian(trained, init_sigma=0.05, seed=0) if which is None else to_bayesian(trained, which=which, init_sigma=0.05, seed=0)
+        model = (
+            to_bayesian(trained, init_sigma=0.05, seed=0)
+            if which is None
+            else to_bayesian(trained, which=which, init_sigma=0.05, seed=0)
+        )
         model = model.to(device).eval()
         ours_time = timed(lambda: ours(model, x, y), device, args.repeats)
         loop_time = timed(lambda: ours(DrawLoop(model), x, y), device, args.repeats)
         official_time = timed(lambda: official_rand(model, x, y, args.steps), device, args.repeats)
         print(
             f"{label:<28} {ours_time:>11.3f} {loop_time:>8.3f} {loop_time / ours_time:>6.2f}x "
-            f"{official_time:>11.3f} {official_time / ours_time:>6.2f}x", flush=True,
+            f"{official_time:>11.3f} {official_time / ours_time:>6.2f}x",
+            flush=True,
         )
 
 

@@ -16,10 +16,10 @@ import argparse
 import attrs
 import torch
 import torch.nn.functional as F
+from common import OneDraw, build_network, timed  # benchmarks/common.py, beside this script
 
 from advbayes.registry import load_registry
 from advbayes.stochastic import to_bayesian
-from common import OneDraw, build_network, timed  # benchmarks/common.py, beside this script
 
 SAMPLES, STEPS, EPS, ALPHA = 10, 20, 0.3, 0.03
 
@@ -45,17 +45,32 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     registry = load_registry()
-    pgd = registry.build("attacks", registry.resolve("attacks", {
-        "use": "pgd", "eps": EPS, "steps": STEPS, "step_size": ALPHA, "samples": SAMPLES,
-        "expectation": "loss", "random_start": False, "keep": "last",
-    }, where=("benchmark", "eot", "attack")))
+    pgd = registry.build(
+        "attacks",
+        registry.resolve(
+            "attacks",
+            {
+                "use": "pgd",
+                "eps": EPS,
+                "steps": STEPS,
+                "step_size": ALPHA,
+                "samples": SAMPLES,
+                "expectation": "loss",
+                "random_start": False,
+                "keep": "last",
+            },
+            where=("benchmark", "eot", "attack"),
+        ),
+    )
     pgd = attrs.evolve(pgd, value_range=(0.0, 1.0))
     try:
         import torchattacks
     except ImportError:
         torchattacks = None
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
-          f"EOT-PGD S_A={SAMPLES}, {STEPS} steps; median of {args.repeats}; time per batch")
+    print(
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
+        f"EOT-PGD S_A={SAMPLES}, {STEPS} steps; median of {args.repeats}; time per batch"
+    )
     header = f"{'network':<22}{'B':>5}{'loop s':>9}{'advbayes s':>12}{'ratio':>8}"
     print(header + (f"{'torchattacks s':>16}{'ratio':>8}" if torchattacks else "  (torchattacks not installed)"))
     for kind, which in (("mlp", "all"), ("mnist-cnn", "all"), ("mnist-cnn last 1/4", 0.25)):
@@ -68,8 +83,12 @@ def main() -> None:
             line = f"{kind:<22}{batch:>5}{loop:>9.2f}{ours:>12.2f}{loop / ours:>7.2f}x"
             if torchattacks:
                 attack = torchattacks.EOTPGD(
-                    OneDraw(model).eval(), eps=EPS, alpha=ALPHA, steps=STEPS,
-                    eot_iter=SAMPLES, random_start=False,
+                    OneDraw(model).eval(),
+                    eps=EPS,
+                    alpha=ALPHA,
+                    steps=STEPS,
+                    eot_iter=SAMPLES,
+                    random_start=False,
                 )
                 attack.set_device(device)
                 theirs = timed(lambda: attack(x, y), device, args.repeats)

@@ -15,9 +15,9 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from common import build_network, timed  # benchmarks/common.py, beside this script
 
 from advbayes.stochastic import StochasticModel, forget_choices, to_bayesian
-from common import build_network, timed  # benchmarks/common.py, beside this script
 
 
 def step(model: StochasticModel, x: torch.Tensor, y: torch.Tensor, samples: int, loop: bool) -> None:
@@ -40,7 +40,10 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; median of {args.repeats}")
-    print(f"{'network':<22}{'B':>5}{'S':>4}{'loop ms':>10}{'loop-strat':>12}{'batched':>10}{'auto':>10}  ratios (loop / strategy)")
+    print(
+        f"{'network':<22}{'B':>5}{'S':>4}{'loop ms':>10}{'loop-strat':>12}{'batched':>10}{'auto':>10}"
+        "  ratios (loop / strategy)"
+    )
     for kind, which in (("mlp", "all"), ("mnist-cnn", "all"), ("mnist-cnn last 1/4", 0.25)):
         base = build_network(kind.split()[0])
         for batch in args.batches:

@@ -1,6 +1,6 @@
 """Run an experiment from Python, then read its results back from the MLflow store.
 
-    python examples/api_quickstart.py [--experiment NAME] [--tracking-uri URI] [--epochs N]
+python examples/api_quickstart.py [--experiment NAME] [--tracking-uri URI] [--epochs N]
 """
 
 from __future__ import annotations

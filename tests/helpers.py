@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import textwrap
 from pathlib import Path
 from typing import Any, ClassVar
@@ -9,8 +10,6 @@ from typing import Any, ClassVar
 import attrs
 import torch
 from torch import nn
-
-import copy
 
 from advbayes import Attack, AttackResult, Defense, LossOutput, TrainContext, hookimpl
 from advbayes.params import param

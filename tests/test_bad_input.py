@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import advbayes.engine
 from advbayes.cli import cli
+from helpers import write
 
-MOONS = '[experiments.fz]\ndataset = { use = "half-moons", train_size = 64, test_size = 32 }\nmodel = "mlp"\nepochs = 1\n'
+MOONS = (
+    '[experiments.fz]\ndataset = { use = "half-moons", train_size = 64, test_size = 32 }\nmodel = "mlp"\nepochs = 1\n'
+)
 
 
 @pytest.fixture
@@ -148,13 +150,22 @@ def test_an_infinite_value_is_accepted_where_a_field_means_it() -> None:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["model=mnist-cnn"], "model 'mnist-cnn' with defense 'standard' on data set 'half-moons' (inputs [2], 2 classes): the network cannot be built"),
-        (["dataset=mnist-5k", "model={use=\"mnist-cnn\", channels=[8, 8]}"], "mnist-cnn has three conv layers, got channels [8, 8]"),
-        (["dataset=mnist-5k", "model={use=\"mnist-cnn\", mean=[0.1, 0.2], std=[0.3]}"], "mean and std need 1 or 1 values, got 2 and 1"),
+        (
+            ["model=mnist-cnn"],
+            "model 'mnist-cnn' with defense 'standard' on data set 'half-moons' (inputs [2], 2 classes): the network cannot be built",
+        ),
+        (
+            ["dataset=mnist-5k", 'model={use="mnist-cnn", channels=[8, 8]}'],
+            "mnist-cnn has three conv layers, got channels [8, 8]",
+        ),
+        (
+            ["dataset=mnist-5k", 'model={use="mnist-cnn", mean=[0.1, 0.2], std=[0.3]}'],
+            "mean and std need 1 or 1 values, got 2 and 1",
+        ),
         (["defense=mc-dropout-0.3", "model=mlp"], None),
-        (["defense={use=\"mc-dropout\"}", "model=mlp"], "mc-dropout: the network has no dropout layer"),
+        (['defense={use="mc-dropout"}', "model=mlp"], "mc-dropout: the network has no dropout layer"),
         (["model.widths=[9000000, 9000000]"], "of weights need"),
-        (["eval_batch_size=9000000", "attacks=[\"none\"]", "model.widths=[4096, 4096]"], "needs an estimated"),
+        (["eval_batch_size=9000000", 'attacks=["none"]', "model.widths=[4096, 4096]"], "needs an estimated"),
     ],
 )
 def test_a_network_that_cannot_work_is_refused_before_any_work(
@@ -177,7 +188,9 @@ def test_a_transfer_source_trained_after_its_attack_is_refused(isolated_cwd: Pat
     )
     code, output = invoke("run", "fz", "--registry", str(path))
     assert_one_clear_line(
-        code, output, isolated_cwd,
+        code,
+        output,
+        isolated_cwd,
         "attack 'from-standard' uses source 'standard', which is not a defense trained before "
         "'adversarial-training-moons' (trained before it: none)",
     )
@@ -185,9 +198,15 @@ def test_a_transfer_source_trained_after_its_attack_is_refused(isolated_cwd: Pat
 
 @pytest.mark.parametrize(
     ("device", "expected"),
-    [("meta", "--device: expected auto, cpu, cuda or cuda:N, got 'meta'"), ("tpu", "got 'tpu'"), ("cpu:x", "got 'cpu:x'")],
+    [
+        ("meta", "--device: expected auto, cpu, cuda or cuda:N, got 'meta'"),
+        ("tpu", "got 'tpu'"),
+        ("cpu:x", "got 'cpu:x'"),
+    ],
 )
-def test_devices_other_than_cpu_and_cuda_are_refused(isolated_cwd: Path, no_work: None, device: str, expected: str) -> None:
+def test_devices_other_than_cpu_and_cuda_are_refused(
+    isolated_cwd: Path, no_work: None, device: str, expected: str
+) -> None:
     code, output = invoke("run", "moons", "--device", device)
     assert_one_clear_line(code, output, isolated_cwd, expected)
 
@@ -291,7 +310,9 @@ def test_a_read_only_store_is_refused_for_runs_before_any_work(
 
 
 @pytest.mark.parametrize("name", ["x?q=1", "x#y", "x%20y"])
-def test_url_syntax_in_the_directory_name_keeps_the_store_in_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+def test_url_syntax_in_the_directory_name_keeps_the_store_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
     folder = tmp_path / name
     folder.mkdir()
     monkeypatch.chdir(folder)
@@ -325,16 +346,52 @@ def test_a_local_registry_cannot_print_an_install_command(isolated_cwd: Path, fi
 
 # ------------------------------------------------------------------------------------------ fuzz
 
-INT_KEYS = ["epochs", "seed", "batch_size", "eval_batch_size", "dataset.train_size", "dataset.seed", "attacks.none.samples"]
+INT_KEYS = [
+    "epochs",
+    "seed",
+    "batch_size",
+    "eval_batch_size",
+    "dataset.train_size",
+    "dataset.seed",
+    "attacks.none.samples",
+]
 FLOAT_KEYS = ["lr", "weight_decay", "momentum", "dataset.noise", "model.dropout"]
 LIST_KEYS = ["eps", "attack_samples", "inference_samples", "seeds", "model.widths"]
 ENTRY_KEYS = ["dataset", "model", "defense", "attacks", "metrics"]
 DEEP = "[" * 40 + "]" * 40
 HUGE = "9" * 5000
-BAD_NUMBERS = ["-1", "inf", "-inf", "nan", "1e300", "-1e300", "1000000000000", '"text"', "true", "[1]", "{a=1}", DEEP, HUGE, "9" * 4000]
+BAD_NUMBERS = [
+    "-1",
+    "inf",
+    "-inf",
+    "nan",
+    "1e300",
+    "-1e300",
+    "1000000000000",
+    '"text"',
+    "true",
+    "[1]",
+    "{a=1}",
+    DEEP,
+    HUGE,
+    "9" * 4000,
+]
 BAD_FLOATS = BAD_NUMBERS + ["2.5e6"]
 BAD_INTS = BAD_NUMBERS + ["1.5", "5000000000"]
-BAD_LISTS = ["[-1]", "[inf]", "[nan]", "[1e300]", "[1000000000000]", "3", '"text"', "true", "{a=1}", DEEP, "[[1]]", f"[{HUGE}]"]
+BAD_LISTS = [
+    "[-1]",
+    "[inf]",
+    "[nan]",
+    "[1e300]",
+    "[1000000000000]",
+    "3",
+    '"text"',
+    "true",
+    "{a=1}",
+    DEEP,
+    "[[1]]",
+    f"[{HUGE}]",
+]
 BAD_ENTRIES = ['"no-such-entry-xyz"', "3", "true", '{use="no-such-xyz"}', "[3]", "[]", DEEP]
 
 
@@ -346,9 +403,14 @@ def bad_override() -> st.SearchStrategy[str]:
         st.tuples(st.sampled_from(LIST_KEYS), st.sampled_from(BAD_LISTS)),
         st.tuples(st.sampled_from(ENTRY_KEYS), st.sampled_from(BAD_ENTRIES)),
         st.tuples(
-            st.text(st.characters(blacklist_characters="=", blacklist_categories=("Cs",)), min_size=1, max_size=30).filter(
-                lambda k: k.strip() and k.strip() not in (*INT_KEYS, *FLOAT_KEYS, *LIST_KEYS, *ENTRY_KEYS, "description", "optimizer")
-                and not k.strip().startswith(("defense.", "dataset.", "model.", "attacks.", "metrics."))
+            st.text(
+                st.characters(blacklist_characters="=", blacklist_categories=("Cs",)), min_size=1, max_size=30
+            ).filter(
+                lambda k: (
+                    k.strip()
+                    and k.strip() not in (*INT_KEYS, *FLOAT_KEYS, *LIST_KEYS, *ENTRY_KEYS, "description", "optimizer")
+                    and not k.strip().startswith(("defense.", "dataset.", "model.", "attacks.", "metrics."))
+                )
             ),
             st.sampled_from(["1", '"x"', "[1]", "{a=1}", "\nError: fake"]),
         ),
@@ -364,7 +426,7 @@ def bad_registry() -> st.SearchStrategy[bytes]:
         st.tuples(st.sampled_from([k for k in LIST_KEYS if "." not in k]), st.sampled_from(BAD_LISTS)),
     ).map(lambda pair: (MOONS + f"{pair[0]} = {pair[1]}\n").encode())
     byte_defect = st.tuples(st.integers(0, len(MOONS)), st.sampled_from([b"\xff", b"\xc3\x28", b"\x80\x80"])).map(
-        lambda cut: MOONS.encode()[: cut[0]] + cut[1] + MOONS.encode()[cut[0]:]
+        lambda cut: MOONS.encode()[: cut[0]] + cut[1] + MOONS.encode()[cut[0] :]
     )
     structure_defect = st.sampled_from(
         [
@@ -384,7 +446,10 @@ def bad_registry() -> st.SearchStrategy[bytes]:
 
 
 FUZZ = settings(
-    max_examples=300, deadline=None, derandomize=True, database=None,
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -403,7 +468,9 @@ def fresh_directory() -> Iterator[Path]:
 
 @FUZZ
 @given(overrides=st.lists(bad_override(), min_size=1, max_size=3))
-def test_fuzz_bad_overrides_are_one_clear_line_before_any_work(isolated_cwd: Path, no_work: None, overrides: list[str]) -> None:
+def test_fuzz_bad_overrides_are_one_clear_line_before_any_work(
+    isolated_cwd: Path, no_work: None, overrides: list[str]
+) -> None:
     args = ["run", "moons"] + [item for o in overrides for item in ("--set", o)]
     with fresh_directory() as cwd:
         code, output = invoke(*args)
@@ -434,8 +501,21 @@ def test_a_sigkilled_run_is_found_as_stale_and_resumed(isolated_cwd: Path) -> No
     from mlflow import MlflowClient
 
     runner = subprocess.Popen(
-        [sys.executable, "-m", "advbayes.cli", "run", "moons", "--set", "epochs=100000", "--set", "dataset.train_size=64"],
-        cwd=isolated_cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "advbayes.cli",
+            "run",
+            "moons",
+            "--set",
+            "epochs=100000",
+            "--set",
+            "dataset.train_size=64",
+        ],
+        cwd=isolated_cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     for line in runner.stderr:  # one line per epoch; the checkpoint of epoch 3 is logged before epoch 4 starts
@@ -472,7 +552,9 @@ def test_sqlite_busy_errors_are_retried_and_others_are_not(monkeypatch: pytest.M
         def log_batch(self, run_id: str) -> str:
             calls.append(run_id)
             if len(calls) < 3:  # how MLflow surfaces it: an MlflowException raised from SQLAlchemy's error
-                raise RuntimeError("write failed") from sqlalchemy.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+                raise RuntimeError("write failed") from sqlalchemy.exc.OperationalError(
+                    "INSERT", {}, Exception("database is locked")
+                )
             return "written"
 
         def create_run(self) -> None:

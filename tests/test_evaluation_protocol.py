@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import advbayes
+from advbayes.builtins.metrics import AccuracyState
 from advbayes.checks import evaluation_findings
 from advbayes.components import EvalBatch
-from advbayes.builtins.metrics import AccuracyState
 from advbayes.intervals import mean_sd, wilson_interval
 from advbayes.plugins import create_plugin_manager
 from advbayes.registry import load_registry
@@ -65,10 +65,20 @@ def test_repeated_verdicts_give_the_mean_and_the_all_r_worst_case() -> None:
     probs = predict_repeated(model, torch.zeros(4000, 1), samples=1, repeats=5)
     assert probs.shape == (5, 4000, 3)
     state = AccuracyState()
-    state.update(EvalBatch(
-        model=model, x=torch.zeros(4000, 1), y=y, result=None, probs=probs[0], attack=None, eps=0.0,
-        inference_samples=1, device=torch.device("cpu"), repeated_probs=probs,
-    ))
+    state.update(
+        EvalBatch(
+            model=model,
+            x=torch.zeros(4000, 1),
+            y=y,
+            result=None,
+            probs=probs[0],
+            attack=None,
+            eps=0.0,
+            inference_samples=1,
+            device=torch.device("cpu"),
+            repeated_probs=probs,
+        )
+    )
     values = {k: float(v) for k, v in state.compute().items()}
     assert values["accuracy"] == pytest.approx(0.7, abs=0.02)  # mean over R of P(right)
     assert values["accuracy_worst"] == pytest.approx(0.7**5, abs=0.02)  # right in all 5 independent verdicts
@@ -78,8 +88,15 @@ def test_repeated_verdicts_give_the_mean_and_the_all_r_worst_case() -> None:
 
 def record(attack: str, eps: float, acc: float, n: int = 500, **diagnostics: float) -> EvalRecord:
     return EvalRecord(
-        attack=attack, eps=eps, metrics={"accuracy": acc}, attack_samples=1, inference_samples=1,
-        mean_l2=0.0, max_linf=eps, examples=n, diagnostics=dict(diagnostics),
+        attack=attack,
+        eps=eps,
+        metrics={"accuracy": acc},
+        attack_samples=1,
+        inference_samples=1,
+        mean_l2=0.0,
+        max_linf=eps,
+        examples=n,
+        diagnostics=dict(diagnostics),
     )
 
 
@@ -93,13 +110,21 @@ def test_checks_name_run_attack_and_eps_and_stay_quiet_on_a_sound_evaluation() -
     square = built({"use": "square"})
     attacks = {"pgd-10": pgd10, "pgd-40": pgd40, "square": square}
     sound = [
-        record("pgd-10", 0.1, 0.60), record("pgd-10", 0.2, 0.30), record("pgd-40", 0.1, 0.58),
-        record("pgd-40", 0.2, 0.28), record("square", 0.1, 0.62), record("square", 0.2, 0.35),
+        record("pgd-10", 0.1, 0.60),
+        record("pgd-10", 0.2, 0.30),
+        record("pgd-40", 0.1, 0.58),
+        record("pgd-40", 0.2, 0.28),
+        record("square", 0.1, 0.62),
+        record("square", 0.2, 0.35),
     ]
     assert evaluation_findings("bnn", sound, attacks, stochastic=False) == []
     masked = [
-        record("pgd-10", 0.1, 0.50, zero_grad_share=0.9), record("pgd-10", 0.2, 0.65), record("pgd-40", 0.1, 0.80),
-        record("pgd-40", 0.2, 0.75), record("square", 0.1, 0.40), record("square", 0.2, 0.35),
+        record("pgd-10", 0.1, 0.50, zero_grad_share=0.9),
+        record("pgd-10", 0.2, 0.65),
+        record("pgd-40", 0.1, 0.80),
+        record("pgd-40", 0.2, 0.75),
+        record("square", 0.1, 0.40),
+        record("square", 0.2, 0.35),
     ]
     findings = evaluation_findings("bnn", masked, attacks, stochastic=True)
     kinds = {(f.kind, f.attack, f.eps) for f in findings}
@@ -113,10 +138,18 @@ def test_checks_name_run_attack_and_eps_and_stay_quiet_on_a_sound_evaluation() -
 
 
 def test_tables_carry_the_interval_and_n() -> None:
-    records = [EvalRecord(
-        attack="pgd-20", eps=0.1, metrics={"accuracy": 0.62, "accuracy_ci_low": 0.577, "accuracy_ci_high": 0.661, "accuracy_n": 500.0},
-        attack_samples=1, inference_samples=1, mean_l2=0.0, max_linf=0.1, examples=500,
-    )]
+    records = [
+        EvalRecord(
+            attack="pgd-20",
+            eps=0.1,
+            metrics={"accuracy": 0.62, "accuracy_ci_low": 0.577, "accuracy_ci_high": 0.661, "accuracy_n": 500.0},
+            attack_samples=1,
+            inference_samples=1,
+            mean_l2=0.0,
+            max_linf=0.1,
+            examples=500,
+        )
+    ]
     text = format_table(records, "accuracy")
     assert "0.6200 [0.577, 0.661]" in text and "n=500" in text
 
@@ -134,7 +167,8 @@ def test_an_experiment_with_seeds_runs_once_per_seed_and_reports_mean_and_sd(tmp
 
 
 SMALL_AUTOATTACK = {
-    "extends": "autoattack", "name": "autoattack-small",
+    "extends": "autoattack",
+    "name": "autoattack-small",
     "attacks": [
         {"extends": "apgd-ce", "name": "apgd-ce", "steps": 5},
         {"extends": "apgd-t", "name": "apgd-t", "steps": 5, "targets": 2},
@@ -143,16 +177,25 @@ SMALL_AUTOATTACK = {
     ],
 }
 SMALL_RAND = {
-    "extends": "autoattack-rand", "name": "autoattack-rand-small", "samples": 4, "repeats": 3,
-    "attacks": [{"extends": "apgd-ce", "name": "apgd-ce", "steps": 4, "keep": "last"},
-                {"extends": "apgd-dlr", "name": "apgd-dlr", "steps": 4, "keep": "last"}],
+    "extends": "autoattack-rand",
+    "name": "autoattack-rand-small",
+    "samples": 4,
+    "repeats": 3,
+    "attacks": [
+        {"extends": "apgd-ce", "name": "apgd-ce", "steps": 4, "keep": "last"},
+        {"extends": "apgd-dlr", "name": "apgd-dlr", "steps": 4, "keep": "last"},
+    ],
 }
 
 
 @pytest.mark.slow
 def test_autoattack_on_a_deterministic_defense_is_the_worst_case_of_its_parts() -> None:
     result = advbayes.run(
-        "quickstart", track=False, pm=create_plugin_manager(), epochs=1, eps=[0.15],
+        "quickstart",
+        track=False,
+        pm=create_plugin_manager(),
+        epochs=1,
+        eps=[0.15],
         attacks=["none", SMALL_AUTOATTACK, {"extends": "apgd-ce", "name": "apgd-ce", "steps": 5}],
         **{"dataset.n_test": 64, "dataset.n_train": 1000},
     )
@@ -165,8 +208,14 @@ def test_autoattack_on_a_deterministic_defense_is_the_worst_case_of_its_parts() 
 @pytest.mark.slow
 def test_autoattack_rand_on_a_bnn_reports_the_mean_and_the_all_r_worst_case() -> None:
     result = advbayes.run(
-        "quickstart", track=False, pm=create_plugin_manager(), epochs=1, eps=[0.15], defense="bnn",
-        attacks=["none", SMALL_RAND], **{"dataset.n_test": 64, "dataset.n_train": 1000},
+        "quickstart",
+        track=False,
+        pm=create_plugin_manager(),
+        epochs=1,
+        eps=[0.15],
+        defense="bnn",
+        attacks=["none", SMALL_RAND],
+        **{"dataset.n_test": 64, "dataset.n_train": 1000},
     )
     metrics = next(r.metrics for r in result.records if r.attack == "autoattack-rand-small")
     assert metrics["repeats"] == 3
@@ -175,10 +224,17 @@ def test_autoattack_rand_on_a_bnn_reports_the_mean_and_the_all_r_worst_case() ->
 
 
 def test_autoattack_refuses_a_stochastic_defense_before_training() -> None:
-    with pytest.raises(advbayes.RunError, match=r"attack 'autoattack' \(fab-t\) judges single evaluations.*use autoattack-rand"):
+    with pytest.raises(
+        advbayes.RunError, match=r"attack 'autoattack' \(fab-t\) judges single evaluations.*use autoattack-rand"
+    ):
         advbayes.run(
-            "quickstart", track=False, pm=create_plugin_manager(), epochs=1000, defense="bnn",
-            attacks=["autoattack"], **{"dataset.n_test": 16},
+            "quickstart",
+            track=False,
+            pm=create_plugin_manager(),
+            epochs=1000,
+            defense="bnn",
+            attacks=["autoattack"],
+            **{"dataset.n_test": 16},
         )
 
 
@@ -208,7 +264,13 @@ def test_a_randomness_finding_is_warned_and_tagged(store: str) -> None:
 
     with pytest.warns(EvaluationWarning, match=r"run bnn, attack fgsm, every eps: the model is stochastic"):
         result = advbayes.run(
-            "moons", tracking_uri=store, pm=create_plugin_manager(), epochs=1, defense="bnn", attacks=["fgsm"], eps=[0.1],
+            "moons",
+            tracking_uri=store,
+            pm=create_plugin_manager(),
+            epochs=1,
+            defense="bnn",
+            attacks=["fgsm"],
+            eps=[0.1],
         )
     tags = MlflowClient(store).get_run(result.run_id).data.tags
     assert tags["advbayes.check.randomness.fgsm"].startswith("run bnn, attack fgsm")

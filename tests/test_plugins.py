@@ -10,12 +10,12 @@ from typing import Any
 import attrs
 import pytest
 from click.testing import CliRunner
-from helpers import FailingDefense, ShiftAttack, TestComponents, install_fixture_plugin
 
 from advbayes import hookspecs
 from advbayes.cli import cli
 from advbayes.errors import PluginError
 from advbayes.plugins import PluginInfo, PluginLoadWarning, create_plugin_manager
+from helpers import FailingDefense, ShiftAttack, TestComponents, install_fixture_plugin
 
 GOOD_PLUGIN = '''
 from typing import ClassVar
@@ -83,7 +83,9 @@ def test_two_plugins_registering_one_name_is_an_error_naming_both() -> None:
     pm = create_plugin_manager(entry_points=False)
     pm.register_plugin(TestComponents(), PluginInfo("first-plugin", "a", "0", builtin=False))
     pm.register_plugin(Again(), PluginInfo("second-plugin", "b", "0", builtin=False))
-    with pytest.raises(PluginError, match=r"attack 'shift' is registered by two plugins: 'first-plugin' and 'second-plugin'"):
+    with pytest.raises(
+        PluginError, match=r"attack 'shift' is registered by two plugins: 'first-plugin' and 'second-plugin'"
+    ):
         pm.components
 
 
@@ -95,7 +97,9 @@ def test_registering_something_that_is_not_a_component_is_an_error() -> None:
 
     pm = create_plugin_manager(entry_points=False)
     pm.register_plugin(Bad(), PluginInfo("bad-plugin", "bad", "0", builtin=False))
-    with pytest.raises(PluginError, match=r"plugin 'bad-plugin': register_models expected an attrs subclass of advbayes.Model"):
+    with pytest.raises(
+        PluginError, match=r"plugin 'bad-plugin': register_models expected an attrs subclass of advbayes.Model"
+    ):
         pm.components
 
 

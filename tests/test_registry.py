@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import tomli_w
 from click.testing import CliRunner
-from helpers import write
 
 from advbayes.cli import cli
 from advbayes.errors import RegistryError
 from advbayes.registry import apply_override, load_registry, parse_override, tomllib
+from helpers import write
 
 BASE = """
 [models.wide]
@@ -38,8 +38,14 @@ def registry_from(tmp_path: Path, text: str):
 
 def test_moons_resolves_fully(tmp_path: Path) -> None:
     spec = load_registry().resolve_experiment("moons")
-    assert spec["dataset"] == {"name": "half-moons", "use": "half-moons", "train_size": 1000, "test_size": 500,
-                               "noise": 0.1, "seed": 0}
+    assert spec["dataset"] == {
+        "name": "half-moons",
+        "use": "half-moons",
+        "train_size": 1000,
+        "test_size": 500,
+        "noise": 0.1,
+        "seed": 0,
+    }
     assert spec["model"] == {"name": "mlp-small", "use": "mlp", "widths": [32, 32], "dropout": 0.0}
     assert spec["attacks"][0]["use"] == "none"
     assert spec["epochs"] == 5 and spec["eps"] == [0.0]
@@ -100,30 +106,52 @@ def test_parse_override_reads_toml_values() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[models.m]\nuse = "mlp"\nwidht = [3]\n',
-         r"user.toml: entry models.m: key 'widht': unknown key; did you mean 'widths'\? parameters of model 'mlp': dropout, widths"),
-        ('[models.m]\nuse = "mlp"\nwidths = "wide"\n',
-         r"user.toml: entry models.m: key 'widths': expected a list of integers >= 1 and <= 10000000, got 'wide' \(str\)"),
-        ('[models.m]\nuse = "mlp"\ndropout = 1.5\n',
-         r"user.toml: entry models.m: key 'dropout': expected a finite number >= 0.0 and < 1.0, got 1.5 \(float\)"),
-        ('[models.m]\nuse = "mlq"\n',
-         r"user.toml: entry models.m: key 'use': unknown model component 'mlq'; did you mean 'mlp'\? registered: mlp"),
-        ('[models.a]\nextends = "b"\n[models.b]\nextends = "a"\n',
-         r"user.toml: entry models.\w: key 'extends': cycle in extends: (a -> b -> a|b -> a -> b)"),
-        ('[models.a]\nextends = "nope"\n',
-         r"user.toml: entry models.a: key 'extends': extends unknown model entry 'nope'"),
+        (
+            '[models.m]\nuse = "mlp"\nwidht = [3]\n',
+            r"user.toml: entry models.m: key 'widht': unknown key; did you mean 'widths'\? parameters of model 'mlp': dropout, widths",
+        ),
+        (
+            '[models.m]\nuse = "mlp"\nwidths = "wide"\n',
+            r"user.toml: entry models.m: key 'widths': expected a list of integers >= 1 and <= 10000000, got 'wide' \(str\)",
+        ),
+        (
+            '[models.m]\nuse = "mlp"\ndropout = 1.5\n',
+            r"user.toml: entry models.m: key 'dropout': expected a finite number >= 0.0 and < 1.0, got 1.5 \(float\)",
+        ),
+        (
+            '[models.m]\nuse = "mlq"\n',
+            r"user.toml: entry models.m: key 'use': unknown model component 'mlq'; did you mean 'mlp'\? registered: mlp",
+        ),
+        (
+            '[models.a]\nextends = "b"\n[models.b]\nextends = "a"\n',
+            r"user.toml: entry models.\w: key 'extends': cycle in extends: (a -> b -> a|b -> a -> b)",
+        ),
+        (
+            '[models.a]\nextends = "nope"\n',
+            r"user.toml: entry models.a: key 'extends': extends unknown model entry 'nope'",
+        ),
         ('[models.m\nuse = "mlp"\n', r"user.toml: TOML syntax error: .*\(at line 1, column \d+\)"),
         ('[model.m]\nuse = "mlp"\n', r"user.toml: key 'model': unknown table \[model\]; did you mean 'models'\?"),
-        ('[experiments.e]\ndataset = "half-moon"\nmodel = "mlp"\n',
-         r"user.toml: entry experiments.e: key 'dataset': unknown dataset 'half-moon'; did you mean 'half-moons'\? known: .*half-moons"),
-        ('[experiments.e]\ndataset = "half-moons"\nmodel = "mlp"\nepochs = "many"\n',
-         r"user.toml: entry experiments.e: key 'epochs': expected an integer >= 0 and <= 10000000, got 'many' \(str\)"),
-        ('[experiments.e]\ndataset = "half-moons"\nmodel = "mlp"\nattacks = []\n',
-         r"key 'attacks': expected a non-empty list of attack entry names or inline tables, got \[\] \(list\)"),
-        ('[experiments.e]\ndataset = "half-moons"\nmodel = "mlp"\nseed = true\n',
-         r"key 'seed': expected an integer >= 0 and <= 4294967295, got True \(bool\)"),
-        ('[experiments.e]\ndataset = "half-moons"\nmodel = { use = "mlp", widths = [0] }\n',
-         r"entry experiments.e.model: key 'widths': expected a list of integers >= 1 and <= 10000000, got \[0\] \(list\)"),
+        (
+            '[experiments.e]\ndataset = "half-moon"\nmodel = "mlp"\n',
+            r"user.toml: entry experiments.e: key 'dataset': unknown dataset 'half-moon'; did you mean 'half-moons'\? known: .*half-moons",
+        ),
+        (
+            '[experiments.e]\ndataset = "half-moons"\nmodel = "mlp"\nepochs = "many"\n',
+            r"user.toml: entry experiments.e: key 'epochs': expected an integer >= 0 and <= 10000000, got 'many' \(str\)",
+        ),
+        (
+            '[experiments.e]\ndataset = "half-moons"\nmodel = "mlp"\nattacks = []\n',
+            r"key 'attacks': expected a non-empty list of attack entry names or inline tables, got \[\] \(list\)",
+        ),
+        (
+            '[experiments.e]\ndataset = "half-moons"\nmodel = "mlp"\nseed = true\n',
+            r"key 'seed': expected an integer >= 0 and <= 4294967295, got True \(bool\)",
+        ),
+        (
+            '[experiments.e]\ndataset = "half-moons"\nmodel = { use = "mlp", widths = [0] }\n',
+            r"entry experiments.e.model: key 'widths': expected a list of integers >= 1 and <= 10000000, got \[0\] \(list\)",
+        ),
     ],
 )
 def test_every_error_kind_is_one_line_naming_file_entry_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -148,8 +176,11 @@ def test_entry_of_an_uninstalled_plugin_is_an_error_only_when_used(tmp_path: Pat
         '[experiments.uses-fancy]\ndataset = "half-moons"\nmodel = "mlp"\nattacks = ["fancy-20"]\n',
     )
     assert registry.resolve_experiment("moons")["epochs"] == 5
-    with pytest.raises(RegistryError, match=r"key 'use': attack 'fancy' is not installed; user.toml says distribution "
-                       r"'advbayes-fancy' provides it \(check that before installing anything\)") as raised:
+    with pytest.raises(
+        RegistryError,
+        match=r"key 'use': attack 'fancy' is not installed; user.toml says distribution "
+        r"'advbayes-fancy' provides it \(check that before installing anything\)",
+    ) as raised:
         registry.resolve_experiment("uses-fancy")
     assert "pip install" not in str(raised.value)  # a local file never gets to print an install command
 
@@ -166,7 +197,9 @@ def test_override_errors_name_the_key() -> None:
     with pytest.raises(RegistryError, match=r"--set: key 'model.widht': unknown key; did you mean 'widths'\?"):
         spec = registry.resolve_experiment("moons")
         apply_override(spec, "model.widht.x", 1)
-    with pytest.raises(RegistryError, match=r"--set: entry experiments.moons.model: key 'widht': unknown key; did you mean 'widths'\?"):
+    with pytest.raises(
+        RegistryError, match=r"--set: entry experiments.moons.model: key 'widht': unknown key; did you mean 'widths'\?"
+    ):
         registry.resolve_experiment("moons", [("model.widht", 3)])
     with pytest.raises(RegistryError, match=r"no entry 'fgsm' in this list"):
         registry.resolve_experiment("moons", [("attacks.fgsm.eps", 0.1)])
@@ -241,5 +274,7 @@ def test_an_echoed_key_cannot_forge_a_line_or_flood_the_terminal(isolated_cwd) -
     for result in (forged, huge):
         assert result.exit_code == 2
         lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: ") and len(lines[0]) <= len("Error: ") + 1000, result.output[:300]
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and len(lines[0]) <= len("Error: ") + 1000, (
+            result.output[:300]
+        )
     assert "widths_x\\nError: fake" in forged.output  # the newline shown escaped, inside the one line

@@ -9,14 +9,18 @@ from click.testing import CliRunner
 
 import advbayes
 from advbayes.cli import cli
-from advbayes.plugins import create_plugin_manager
 from advbayes.intervals import format_interval, wilson_interval
+from advbayes.plugins import create_plugin_manager
 
 
 def test_report_of_a_small_tracked_run_has_the_tables_and_figures(store: str, tmp_path: Path) -> None:
     group = advbayes.run(
-        "moons", tracking_uri=store, pm=create_plugin_manager(), defense=None,
-        defenses=["standard", {"use": "standard", "name": "second"}], eps=[0.0, 0.2],
+        "moons",
+        tracking_uri=store,
+        pm=create_plugin_manager(),
+        defense=None,
+        defenses=["standard", {"use": "standard", "name": "second"}],
+        eps=[0.0, 0.2],
     )
     preamble = tmp_path / "claims.md"
     preamble.write_text("# Findings\n\nThe claims.\n")
@@ -31,7 +35,10 @@ def test_report_of_a_small_tracked_run_has_the_tables_and_figures(store: str, tm
     for member in group.results:
         name = member.spec["defense"]["name"]
         metrics = next(r.metrics for r in member.records if r.attack == "none")
-        value = format_interval(metrics["accuracy"], *wilson_interval(metrics["accuracy"] * metrics["accuracy_n"], int(metrics["accuracy_n"])))
+        value = format_interval(
+            metrics["accuracy"],
+            *wilson_interval(metrics["accuracy"] * metrics["accuracy_n"], int(metrics["accuracy_n"])),
+        )
         assert re.search(rf"\| {name} \| none \| {re.escape(value)} \|", text), (name, value, text)
         assert member.run_id in text
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)

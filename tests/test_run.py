@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import TestComponents, write
 from mlflow import MlflowClient
 
 import advbayes
@@ -16,6 +15,7 @@ from advbayes.errors import RunError
 from advbayes.hookspecs import hookimpl
 from advbayes.plugins import PluginInfo, create_plugin_manager
 from advbayes.registry import load_registry, tomllib
+from helpers import TestComponents, write
 
 FAST = {"epochs": 2, "dataset.train_size": 300, "dataset.test_size": 200}
 
@@ -61,7 +61,13 @@ def test_quickstart_tracked_run_reads_back_from_mlflow(store: str) -> None:
     assert child.data.metrics["accuracy/eps_0.0000"] == pytest.approx(result.table()["none"][0.0])
     assert parent.data.metrics["none/accuracy/eps_0.0000"] == pytest.approx(result.table()["none"][0.0])
     artifacts = artifact_paths(client, result.run_id)
-    assert {"experiment.toml", "results.csv", "results.txt", "accuracy_vs_eps.png", "checkpoints/checkpoint.pt"} <= artifacts
+    assert {
+        "experiment.toml",
+        "results.csv",
+        "results.txt",
+        "accuracy_vs_eps.png",
+        "checkpoints/checkpoint.pt",
+    } <= artifacts
     stored = client.download_artifacts(result.run_id, "experiment.toml")
     assert 'use = "half-moons"' in Path(stored).read_text()
     assert {"model/weights.pt", "model/entry.toml"} <= artifacts
@@ -101,9 +107,7 @@ def test_same_seed_same_run_other_seed_other_run() -> None:
 
 def test_attack_at_every_eps_is_a_metric_per_eps_in_one_child_run(store: str) -> None:
     pm = plugin_manager_with_test_components()
-    result = advbayes.run(
-        "moons", tracking_uri=store, pm=pm, attacks=["none", "shift"], eps=[0.0, 0.5, 2.0], **FAST
-    )
+    result = advbayes.run("moons", tracking_uri=store, pm=pm, attacks=["none", "shift"], eps=[0.0, 0.5, 2.0], **FAST)
     table = result.table()
     assert set(table) == {"none", "shift"}
     assert table["shift"][0.0] == table["none"][0.0]  # a zero shift is the clean input
@@ -123,7 +127,9 @@ def test_attack_at_every_eps_is_a_metric_per_eps_in_one_child_run(store: str) ->
     header = compare_table(store, ["moons"], "accuracy").splitlines()[0].split()
     assert header.count("none") == 1 and "eps=0.5" in header  # `none` collapsed to one column, shift per eps
     series = client.get_metric_history(children["shift"].info.run_id, "accuracy")
-    assert [m.value for m in sorted(series, key=lambda m: m.step)] == pytest.approx([table["shift"][e] for e in (0.0, 0.5, 2.0)])
+    assert [m.value for m in sorted(series, key=lambda m: m.step)] == pytest.approx(
+        [table["shift"][e] for e in (0.0, 0.5, 2.0)]
+    )
 
 
 def test_a_defense_that_raises_ends_the_run_failed_with_the_error_tag(store: str) -> None:
@@ -315,16 +321,22 @@ def test_an_experiment_with_several_defenses_tracks_one_run_per_defense(store: s
     from advbayes.results import RunGroup
 
     group = advbayes.run(
-        "moons", tracking_uri=store, defense=None,
-        defenses=["standard", {"use": "standard", "name": "two-draws", "train_samples": 2}], **FAST,
+        "moons",
+        tracking_uri=store,
+        defense=None,
+        defenses=["standard", {"use": "standard", "name": "two-draws", "train_samples": 2}],
+        **FAST,
     )
     assert isinstance(group, RunGroup)
     assert [r.spec["defense"]["name"] for r in group.results] == ["standard", "two-draws"]
     assert [r.history[0]["loss"] for r in group.results][0] == pytest.approx(group.results[1].history[0]["loss"])
     client = MlflowClient(store)
-    runs = {r.info.run_name: r for r in client.search_runs(
-        [client.get_experiment_by_name("moons").experiment_id], filter_string="tags.`advbayes.role` = 'parent'"
-    )}
+    runs = {
+        r.info.run_name: r
+        for r in client.search_runs(
+            [client.get_experiment_by_name("moons").experiment_id], filter_string="tags.`advbayes.role` = 'parent'"
+        )
+    }
     assert set(runs) == {"standard", "two-draws"} and all(r.info.status == "FINISHED" for r in runs.values())
     assert set(group.run_ids) == {r.info.run_id for r in runs.values()}
     assert "== two-draws ==" in group.format()
@@ -332,7 +344,9 @@ def test_an_experiment_with_several_defenses_tracks_one_run_per_defense(store: s
 
 
 def test_defense_and_defenses_together_are_an_error() -> None:
-    with pytest.raises(advbayes.RegistryError, match=r"key 'defenses': expected either `defense` or `defenses`, not both"):
+    with pytest.raises(
+        advbayes.RegistryError, match=r"key 'defenses': expected either `defense` or `defenses`, not both"
+    ):
         advbayes.run("moons", track=False, defenses=["standard"])
 
 
@@ -401,7 +415,9 @@ def test_four_runs_started_at_once_in_a_fresh_directory_all_finish(isolated_cwd:
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0, 0], outputs
     client = MlflowClient(f"sqlite:///{isolated_cwd / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("moons").experiment_id], filter_string="tags.`advbayes.role` = 'parent'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("moons").experiment_id], filter_string="tags.`advbayes.role` = 'parent'"
+    )
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     assert all("none/accuracy/eps_0.0000" in r.data.metrics for r in runs)
 

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 from torch import nn
-from helpers import draw_network
 from torch.distributions import Normal, kl_divergence
 
 from advbayes.stochastic import (
@@ -19,6 +18,7 @@ from advbayes.stochastic import (
     predict,
     to_bayesian,
 )
+from helpers import draw_network
 
 
 def mlp() -> nn.Module:
@@ -29,9 +29,15 @@ def mlp() -> nn.Module:
 def cnn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 6, 3, padding=1, stride=2), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.Flatten(), nn.Linear(6 * 2 * 2, 5),
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1, stride=2),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 5),
     )
 
 
@@ -50,7 +56,9 @@ class Residual(nn.Module):
         return self.head(h + self.conv(h))
 
 
-def assert_matches_per_draw_networks(original: nn.Module, model: nn.Module, x: torch.Tensor, samples: int, train: bool) -> None:
+def assert_matches_per_draw_networks(
+    original: nn.Module, model: nn.Module, x: torch.Tensor, samples: int, train: bool
+) -> None:
     model.train(train)
     with torch.no_grad():
         out = model(x, samples=samples)

@@ -60,7 +60,7 @@ def _steps_only_differ(first: Attack, second: Attack) -> bool:
 def evaluation_findings(
     run: str, records: Sequence[EvalRecord], attacks: Mapping[str, Attack], stochastic: bool
 ) -> list[Finding]:
-    """Every check on one run's evaluation: randomness, zero gradients, eps and steps monotonicity, black-box strength."""
+    """Every check on one run's evaluation: randomness, zero gradients, eps and steps monotony, black-box strength."""
     findings: list[Finding] = []
     by_attack: dict[str, list[EvalRecord]] = {}
     for record in records:
@@ -71,36 +71,54 @@ def evaluation_findings(
             frozen = getattr(attack, "resample", "step") == "attack"
             if one_draw or frozen:
                 how = "averages S_A = 1 draw" if one_draw else "freezes one set of draws (resample = 'attack')"
-                findings.append(finding(
-                    "randomness", run, label, None,
-                    f"the model is stochastic (identical calls differ) but the attack {how}; its gradient follows "
-                    "single draws and robust accuracy may be overstated (use S_A >= 10 or autoattack-rand)",
-                ))
+                findings.append(
+                    finding(
+                        "randomness",
+                        run,
+                        label,
+                        None,
+                        f"the model is stochastic (identical calls differ) but the attack {how}; its gradient follows "
+                        "single draws and robust accuracy may be overstated (use S_A >= 10 or autoattack-rand)",
+                    )
+                )
     for label, rows in by_attack.items():
         rows = sorted(rows, key=lambda r: r.eps)
         for record in rows:
             share = record.diagnostics.get("zero_grad_share", 0.0)
             if share > ZERO_GRADIENT_SHARE:
-                findings.append(finding(
-                    "zero-gradients", run, label, record.eps,
-                    f"{share:.0%} of the input-gradient components are exactly zero (gradient masking?)",
-                ))
+                findings.append(
+                    finding(
+                        "zero-gradients",
+                        run,
+                        label,
+                        record.eps,
+                        f"{share:.0%} of the input-gradient components are exactly zero (gradient masking?)",
+                    )
+                )
         attack = attacks.get(label)
         if attack is None or not attack.uses_eps:
             continue
         for earlier, later in zip(rows, rows[1:]):
             if later.eps > earlier.eps and significantly_above(later, earlier):
-                findings.append(finding(
-                    "rises-with-eps", run, label, later.eps,
-                    f"robust accuracy {later.metrics['accuracy']:.4f} is higher than {earlier.metrics['accuracy']:.4f} "
-                    f"at eps {earlier.eps:g} (a failing attack or gradient masking)",
-                ))
+                findings.append(
+                    finding(
+                        "rises-with-eps",
+                        run,
+                        label,
+                        later.eps,
+                        f"robust accuracy {later.metrics['accuracy']:.4f} is higher than "
+                        f"{earlier.metrics['accuracy']:.4f} "
+                        f"at eps {earlier.eps:g} (a failing attack or gradient masking)",
+                    )
+                )
     findings += _steps_findings(run, by_attack, attacks)
     findings += _black_box_findings(run, by_attack, attacks)
     return findings
 
 
-def _steps_findings(run: str, by_attack: Mapping[str, list[EvalRecord]], attacks: Mapping[str, Attack]) -> list[Finding]:
+def _steps_findings(
+    run: str, by_attack: Mapping[str, list[EvalRecord]], attacks: Mapping[str, Attack]
+) -> list[Finding]:
     """An attack with more steps that leaves a higher robust accuracy than the same attack with fewer."""
     findings = []
     for few_label, few in attacks.items():
@@ -110,15 +128,22 @@ def _steps_findings(run: str, by_attack: Mapping[str, list[EvalRecord]], attacks
             at_eps = {r.eps: r for r in by_attack.get(few_label, [])}
             for record in by_attack.get(many_label, []):
                 if record.eps in at_eps and significantly_above(record, at_eps[record.eps]):
-                    findings.append(finding(
-                        "rises-with-steps", run, many_label, record.eps,
-                        f"{many.steps} steps leave robust accuracy {record.metrics['accuracy']:.4f}, higher than "
-                        f"{at_eps[record.eps].metrics['accuracy']:.4f} with {few.steps} steps ({few_label})",
-                    ))
+                    findings.append(
+                        finding(
+                            "rises-with-steps",
+                            run,
+                            many_label,
+                            record.eps,
+                            f"{many.steps} steps leave robust accuracy {record.metrics['accuracy']:.4f}, higher than "
+                            f"{at_eps[record.eps].metrics['accuracy']:.4f} with {few.steps} steps ({few_label})",
+                        )
+                    )
     return findings
 
 
-def _black_box_findings(run: str, by_attack: Mapping[str, list[EvalRecord]], attacks: Mapping[str, Attack]) -> list[Finding]:
+def _black_box_findings(
+    run: str, by_attack: Mapping[str, list[EvalRecord]], attacks: Mapping[str, Attack]
+) -> list[Finding]:
     """A black-box attack (queries or a surrogate only) that beats every white-box attack at the same eps."""
     findings = []
     white = [label for label, a in attacks.items() if a.access == "white-box"]
@@ -129,11 +154,17 @@ def _black_box_findings(run: str, by_attack: Mapping[str, list[EvalRecord]], att
             rivals = [r for w in white for r in by_attack.get(w, []) if r.eps == record.eps and "accuracy" in r.metrics]
             if rivals and all(significantly_above(rival, record) for rival in rivals):
                 best = min(rivals, key=lambda r: r.metrics["accuracy"])
-                findings.append(finding(
-                    "black-box-stronger", run, label, record.eps,
-                    f"black-box robust accuracy {record.metrics['accuracy']:.4f} is below every white-box attack's "
-                    f"(best {best.attack}: {best.metrics['accuracy']:.4f}); the gradients mislead (gradient masking)",
-                ))
+                findings.append(
+                    finding(
+                        "black-box-stronger",
+                        run,
+                        label,
+                        record.eps,
+                        f"black-box robust accuracy {record.metrics['accuracy']:.4f} is below every white-box attack's "
+                        f"(best {best.attack}: {best.metrics['accuracy']:.4f}); "
+                        "the gradients mislead (gradient masking)",
+                    )
+                )
     return findings
 
 

@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 import warnings
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -50,7 +50,9 @@ class AdvbayesGroup(click.Group):
         except KeyboardInterrupt as exc:
             run_id = getattr(exc, "advbayes_run_id", None)
             if run_id:
-                click.echo(f"Interrupted: tracked run {run_id} is marked KILLED; resume it with --resume {run_id}", err=True)
+                click.echo(
+                    f"Interrupted: tracked run {run_id} is marked KILLED; resume it with --resume {run_id}", err=True
+                )
             else:
                 click.echo("Interrupted: no tracked run was open", err=True)
             ctx.exit(130)
@@ -276,7 +278,18 @@ def ui_command(port: int, tracking_uri: str | None) -> None:
     if uri.startswith(("http://", "https://")):
         raise RunError(f"--tracking-uri {uri} is a server already: open it in a browser")
     click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}", err=True)
-    args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    args = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     os.execv(sys.executable, args)
 
 
@@ -313,29 +326,47 @@ def runs_command(experiments: Sequence[str], stale: bool, tracking_uri: str | No
         tags = run.data.tags
         started = datetime.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
         resumable = run.info.status != "FINISHED" and liveness(run) != "alive"
-        rows.append([
-            run.info.run_id, tags.get("advbayes.experiment", "?"), tags.get("advbayes.defense", "?"),
-            tags.get("advbayes.seed", "?"), status_text(run), started,
-            f"advbayes run --resume {run.info.run_id}" if resumable else "",
-        ])
+        rows.append(
+            [
+                run.info.run_id,
+                tags.get("advbayes.experiment", "?"),
+                tags.get("advbayes.defense", "?"),
+                tags.get("advbayes.seed", "?"),
+                status_text(run),
+                started,
+                f"advbayes run --resume {run.info.run_id}" if resumable else "",
+            ]
+        )
     click.echo(format_grid(["run", "experiment", "defense", "seed", "status", "started", "resume"], rows))
 
 
 @cli.command("report")
 @click.argument("experiments", nargs=-1, required=True)
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory to write into.")
+@click.option(
+    "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory to write into."
+)
 @click.option("--file", "file", default="report.md", show_default=True, help="Name of the Markdown file in --out.")
-@click.option("--preamble", type=click.Path(dir_okay=False, path_type=Path), help="Markdown put before the generated sections.")
+@click.option(
+    "--preamble", type=click.Path(dir_okay=False, path_type=Path), help="Markdown put before the generated sections."
+)
 @click.option("--metric", "metrics", multiple=True, help="Only these per-attack metrics (repeatable; default all).")
 @tracking_option
 @debug_option
 def report_command(
-    experiments: Sequence[str], out: Path, file: str, preamble: Path | None, metrics: Sequence[str], tracking_uri: str | None, debug: bool
+    experiments: Sequence[str],
+    out: Path,
+    file: str,
+    preamble: Path | None,
+    metrics: Sequence[str],
+    tracking_uri: str | None,
+    debug: bool,
 ) -> None:
-    """Write a Markdown report (tables and figures) of the newest finished runs of EXPERIMENTS, read back from MLflow."""
+    """Write a Markdown report (tables, figures) of the newest finished runs of EXPERIMENTS, read from MLflow."""
     from advbayes.report import write_report
 
-    path = write_report(experiments, out, tracking_uri=tracking_uri, file=file, preamble=preamble, metrics=metrics or None)
+    path = write_report(
+        experiments, out, tracking_uri=tracking_uri, file=file, preamble=preamble, metrics=metrics or None
+    )
     click.echo(str(path))
 
 

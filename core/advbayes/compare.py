@@ -28,7 +28,9 @@ def metric_columns(runs: Sequence[Any], metric: str) -> list[tuple[str, float, s
     return sorted(((a, e, k) for k, (a, e) in columns.items()), key=lambda c: (order.index(c[0]), c[1]))
 
 
-def collapse_constant(runs: Sequence[Any], columns: list[tuple[str, float, str]]) -> list[tuple[str, float | None, str]]:
+def collapse_constant(
+    runs: Sequence[Any], columns: list[tuple[str, float, str]]
+) -> list[tuple[str, float | None, str]]:
     """One column for an attack whose value is the same at every eps in every run (e.g. the clean `none`)."""
     collapsed: list[tuple[str, float | None, str]] = []
     by_attack: dict[str, list[tuple[str, float, str]]] = {}
@@ -80,7 +82,11 @@ def compare_table(tracking_uri: str | None, experiments: Sequence[str], metric: 
         return f"no tracked runs of {', '.join(experiments)}"
     columns = collapse_constant(runs, metric_columns(runs, metric))
     header = [
-        "run", "experiment", "status", "started", "defense",
+        "run",
+        "experiment",
+        "status",
+        "started",
+        "defense",
         *(attack if eps is None else f"{attack} eps={eps:g}" for attack, eps, _ in columns),
     ]
     rows = []

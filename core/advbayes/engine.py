@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from advbayes.checks import Finding, evaluation_findings, warn
 from advbayes.components import Attack, Dataset, Defense, EvalBatch, EvalContext, TrainContext
 from advbayes.data import Batches
 from advbayes.errors import RunError
@@ -28,7 +29,6 @@ from advbayes.plugins import PluginManager, get_plugin_manager
 from advbayes.preflight import preflight, resolve_device
 from advbayes.registry import Registry, apply_override, load_registry
 from advbayes.results import EvalRecord, RunGroup, RunResult, eps_label
-from advbayes.checks import Finding, evaluation_findings, warn
 from advbayes.stochastic import as_sampled, is_stochastic, predict, predict_repeated
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -134,7 +134,11 @@ class Run:
         key = json.dumps(entry, sort_keys=True)
         if key not in self._attack_cache:
             where = ("run", f"experiments.{self.name}", "attack")
-            resolved = entry if isinstance(entry, dict) and "use" in entry else self.registry.resolve("attacks", entry, where=where)
+            resolved = (
+                entry
+                if isinstance(entry, dict) and "use" in entry
+                else self.registry.resolve("attacks", entry, where=where)
+            )
             attack = self.registry.build("attacks", resolved)
             self._attack_cache[key] = attrs.evolve(attack, value_range=self.dataset.value_range)
         return self._attack_cache[key]
@@ -238,8 +242,11 @@ class Run:
         batch_size = self.experiment.batch_size
         for epoch in range(epochs):
             bar = tqdm(
-                total=len(train), unit="img", desc=f"{self.name} source model epoch {epoch + 1}/{epochs}",
-                disable=not self.progress, dynamic_ncols=True,
+                total=len(train),
+                unit="img",
+                desc=f"{self.name} source model epoch {epoch + 1}/{epochs}",
+                disable=not self.progress,
+                dynamic_ncols=True,
             )
             for x, y in train.iterate(batch_size, shuffle=True, generator=generator):
                 loss = mean_cross_entropy(model(x), y)
@@ -283,7 +290,9 @@ class Run:
             attack_bound = unbound.bind(context)
             combinations = self.sample_sweep(attack_bound)
             for samples_a, samples_i in combinations:
-                label = attack_name if len(combinations) == 1 else f"{attack_name}:sa{samples_a}:si{samples_i}"  # MLflow-safe
+                label = (
+                    attack_name if len(combinations) == 1 else f"{attack_name}:sa{samples_a}:si{samples_i}"
+                )  # MLflow-safe
                 attack_base = attrs.evolve(attack_bound, samples=samples_a)
                 evaluated[label] = attack_base
                 attack_records, figures = self.evaluate_attack(net, test, label, attack_base, samples_i, metrics)
@@ -295,7 +304,13 @@ class Run:
         return records
 
     def evaluate_attack(
-        self, net: torch.nn.Module, test: Batches, label: str, attack_base: Attack, samples_i: int, metrics: list[tuple[str, Any]]
+        self,
+        net: torch.nn.Module,
+        test: Batches,
+        label: str,
+        attack_base: Attack,
+        samples_i: int,
+        metrics: list[tuple[str, Any]],
     ) -> tuple[list[EvalRecord], dict[str, Any]]:
         """One attack at one (S_A, S_I): records for every eps and the metrics' figures."""
         eps_values = list(self.experiment.eps) or [attack_base.eps]
@@ -303,12 +318,18 @@ class Run:
         attack_records: list[EvalRecord] = []
         measured = eps_values if attack_base.uses_eps else eps_values[:1]
         bar = tqdm(
-            total=len(test) * len(measured), unit="img", desc=f"{self.name} attack {label}",
-            disable=not self.progress, dynamic_ncols=True,
+            total=len(test) * len(measured),
+            unit="img",
+            desc=f"{self.name} attack {label}",
+            disable=not self.progress,
+            dynamic_ncols=True,
         )
         for eps in measured:
             attack = attrs.evolve(
-                attack_base, eps=eps, value_range=self.dataset.value_range, inference_samples=samples_i,
+                attack_base,
+                eps=eps,
+                value_range=self.dataset.value_range,
+                inference_samples=samples_i,
                 prediction_average=self.defense.prediction_average,
             )
             states = {name: metric.create().to(self.device) for name, metric in metrics}
@@ -319,8 +340,14 @@ class Run:
             for reported in [eps] if attack_base.uses_eps else eps_values:
                 attack_records.append(
                     EvalRecord(
-                        attack=label, eps=reported, metrics=values, attack_samples=attack.samples,
-                        inference_samples=samples_i, mean_l2=l2_sum / max(count, 1), max_linf=linf_max, examples=count,
+                        attack=label,
+                        eps=reported,
+                        metrics=values,
+                        attack_samples=attack.samples,
+                        inference_samples=samples_i,
+                        mean_l2=l2_sum / max(count, 1),
+                        max_linf=linf_max,
+                        examples=count,
                         diagnostics={"zero_grad_share": zero_share},
                     )
                 )
@@ -331,7 +358,9 @@ class Run:
         """Metrics of the model itself (per_attack = False), once on the clean test split."""
         context = self.eval_context(net)
         states = {
-            name: metric.bind(context).create().to(self.device) for name, metric in self.metrics if not metric.per_attack
+            name: metric.bind(context).create().to(self.device)
+            for name, metric in self.metrics
+            if not metric.per_attack
         }
         if not states:
             return {}, {}
@@ -368,8 +397,17 @@ class Run:
                 else:
                     probs, _ = predict(net, result.x_adv, samples_i, average)
             batch = EvalBatch(
-                model=net, x=x, y=y, result=result, probs=probs, attack=attack, eps=eps,
-                inference_samples=samples_i, device=self.device, prediction_average=average, repeated_probs=repeated,
+                model=net,
+                x=x,
+                y=y,
+                result=result,
+                probs=probs,
+                attack=attack,
+                eps=eps,
+                inference_samples=samples_i,
+                device=self.device,
+                prediction_average=average,
+                repeated_probs=repeated,
             )
             for state in states.values():
                 state.update(batch)
@@ -507,9 +545,13 @@ def run(
             peers = {  # sources for transfer attacks: the defenses of the same seed trained before this one
                 r.spec["defense"]["name"]: r.model for r in results if r.spec["seed"] == variant["seed"]
             }
-            results.append(_run_one(name, variant, loaded, pm, torch_device, track, tracking_uri, progress, None, None, peers))
+            results.append(
+                _run_one(name, variant, loaded, pm, torch_device, track, tracking_uri, progress, None, None, peers)
+            )
         return RunGroup(experiment=name, results=results)
-    return _run_one(name, spec, loaded, pm, torch_device, track, tracking_uri, progress, resume, checkpoint, None, resumed_from)
+    return _run_one(
+        name, spec, loaded, pm, torch_device, track, tracking_uri, progress, resume, checkpoint, None, resumed_from
+    )
 
 
 def expand_variants(spec: Mapping[str, Any]) -> list[dict[str, Any]]:

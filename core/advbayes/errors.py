@@ -28,11 +28,7 @@ class RegistryError(AdvbayesError):
         self.entry = entry
         self.key = key
         self.detail = message
-        where = ": ".join(
-            part
-            for part in (file, entry and f"entry {entry}", key and f"key '{key}'")
-            if part
-        )
+        where = ": ".join(part for part in (file, entry and f"entry {entry}", key and f"key '{key}'") if part)
         super().__init__(f"{where}: {message}" if where else message)
 
 

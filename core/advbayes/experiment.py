@@ -18,15 +18,23 @@ class Experiment:
     dataset: Any = entry_param("datasets", optional=False, help="data set entry")
     model: Any = entry_param("models", optional=False, help="model entry")
     defense: Any = entry_param("defenses", None, help="defense entry (default: standard)")
-    defenses: list[Any] = entry_list_param("defenses", (), help="several defenses, each trained and attacked as its own run")
+    defenses: list[Any] = entry_list_param(
+        "defenses", (), help="several defenses, each trained and attacked as its own run"
+    )
     attacks: list[Any] = entry_list_param("attacks", ("none",), nonempty=True, help="attack entries to evaluate")
     eps: tuple[float, ...] = list_param((), ge=0.0, help="budgets; empty = each attack's own eps")
-    attack_samples: tuple[int, ...] = list_param((), kind=int, ge=1, help="S_A sweep: each value re-runs every attack (a child run each)")
-    inference_samples: tuple[int, ...] = list_param((), kind=int, ge=1, help="S_I sweep: each value re-evaluates every attack")
+    attack_samples: tuple[int, ...] = list_param(
+        (), kind=int, ge=1, help="S_A sweep: each value re-runs every attack (a child run each)"
+    )
+    inference_samples: tuple[int, ...] = list_param(
+        (), kind=int, ge=1, help="S_I sweep: each value re-evaluates every attack"
+    )
     metrics: list[Any] = entry_list_param("metrics", ("accuracy",), nonempty=True, help="metric entries")
     epochs: int = param(1, kind=int, ge=0, help="training epochs")
     seed: int = param(0, kind=int, ge=0, le=SEED_LIMIT, help="seed of python, numpy and torch")
-    seeds: tuple[int, ...] = list_param((), kind=int, ge=0, le=SEED_LIMIT, help="run once per seed (a run each); tables give mean +- sd")
+    seeds: tuple[int, ...] = list_param(
+        (), kind=int, ge=0, le=SEED_LIMIT, help="run once per seed (a run each); tables give mean +- sd"
+    )
     batch_size: int = param(128, kind=int, ge=1, help="training batch size")
     eval_batch_size: int = param(256, kind=int, ge=1, help="evaluation batch size")
     optimizer: str | None = param(None, kind=str, choices=OPTIMIZERS, optional=True, help="default: the defense's")

@@ -158,7 +158,12 @@ def list_param(
     LIST_LIMIT items (numbers bounded like param's)."""
     le = _default_upper(kind, le, lt)
     bounds = _bounds_text(ge, gt, le, lt)
-    item_text = ("finite " if kind is float else "") + _type_name(kind).replace("a ", "").replace("an ", "") + "s" + (f" {bounds}" if bounds else "")
+    item_text = (
+        ("finite " if kind is float else "")
+        + _type_name(kind).replace("a ", "").replace("an ", "")
+        + "s"
+        + (f" {bounds}" if bounds else "")
+    )
 
     def convert(value: Any) -> Any:
         if isinstance(value, (list, tuple)):

@@ -121,7 +121,8 @@ def probe_network(name: str, spec: Mapping[str, Any], registry: Any, device: tor
         weights = None
     if weights is not None and available is not None and weights * TRAINING_COPIES > available:
         raise RunError(
-            f"{where}: its {gib(weights)} of weights need {gib(weights * TRAINING_COPIES)} to train (weights, gradients, "
+            f"{where}: its {gib(weights)} of weights need {gib(weights * TRAINING_COPIES)} to train "
+            "(weights, gradients, "
             f"optimizer state) but {device} has {gib(available)} free"
         )
     try:
@@ -161,10 +162,14 @@ def check_memory(name: str, spec: Mapping[str, Any], registry: Any, memory: Memo
     if available is None:
         return
     defense = registry.build("defenses", spec["defense"])
-    phases = [("training", int(getattr(defense, "train_samples", 1)), int(spec["batch_size"]), "batch_size or train_samples")]
+    phases = [
+        ("training", int(getattr(defense, "train_samples", 1)), int(spec["batch_size"]), "batch_size or train_samples")
+    ]
     for attack in spec["attacks"]:
         for samples in spec.get("attack_samples") or [int(attack.get("samples", 1))]:
-            phases.append((f"attack '{attack['name']}'", int(samples), int(spec["eval_batch_size"]), "eval_batch_size or samples"))
+            phases.append(
+                (f"attack '{attack['name']}'", int(samples), int(spec["eval_batch_size"]), "eval_batch_size or samples")
+            )
     for phase, samples, batch, knob in phases:
         activations = memory.activations(samples, batch)
         need = activations + memory.parameter_bytes * TRAINING_COPIES
@@ -183,14 +188,17 @@ def check_model_sources(name: str, spec: Mapping[str, Any], registry: Any, train
     parts += [("attack", entry, "attacks") for entry in spec["attacks"]]
     parts += [("metric", entry, "metrics") for entry in spec["metrics"]]
     for what, entry, kind in parts:
-        available = [*trained_before] if kind == "defenses" else [*trained_before, defense_name]  # evaluation sees itself
+        available = (
+            [*trained_before] if kind == "defenses" else [*trained_before, defense_name]
+        )  # evaluation sees itself
         for source in registry.build(kind, entry).model_sources():
             if source.startswith("run:") or source in available:
                 continue
             listed = ", ".join(trained_before) or "none"
             raise RunError(
                 f"experiments.{name}: {what} '{entry['name']}' uses source '{source}', which is not a defense trained "
-                f"before '{defense_name}' (trained before it: {listed}); list it earlier in `defenses`, or give run:<RUN_ID>"
+                f"before '{defense_name}' (trained before it: {listed}); "
+                "list it earlier in `defenses`, or give run:<RUN_ID>"
             )
 
 

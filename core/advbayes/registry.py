@@ -191,7 +191,9 @@ class Registry:
         for distribution, names in table.items():
             if not DISTRIBUTION.fullmatch(distribution):
                 raise RegistryError(
-                    f"invalid distribution name {distribution[:60]!r} (letters, digits, . _ -)", file=label, key="providers"
+                    f"invalid distribution name {distribution[:60]!r} (letters, digits, . _ -)",
+                    file=label,
+                    key="providers",
                 )
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise RegistryError("expected a list of component names", file=label, key=f"providers.{distribution}")
@@ -279,7 +281,9 @@ class Registry:
                 f"{kind[:-1]} '{component}' is not installed; {claimed_by} says distribution '{distribution}' provides "
                 "it (check that before installing anything)"
             )
-        return f"{kind[:-1]} '{component}' is not installed: it is provided by {distribution} (pip install {distribution})"
+        return (
+            f"{kind[:-1]} '{component}' is not installed: it is provided by {distribution} (pip install {distribution})"
+        )
 
     def _merge_extends(self, raw: RawEntry, chain: tuple[str, ...]) -> dict[str, Any]:
         """The entry's body with its `extends` chain merged under it (the entry's own keys win).
@@ -355,7 +359,9 @@ class Registry:
         entry = label or f"{kind}.{name}"
         if len(chain) > MAX_NESTING:
             raise RegistryError(
-                f"entries refer to each other more than {MAX_NESTING} deep: {' -> '.join(chain[:3])} -> ...", file=file, entry=entry
+                f"entries refer to each other more than {MAX_NESTING} deep: {' -> '.join(chain[:3])} -> ...",
+                file=file,
+                entry=entry,
             )
         if entry in chain:
             raise RegistryError(f"entries refer to each other in a cycle: {' -> '.join((*chain, entry))}", file=file)
@@ -375,9 +381,7 @@ class Registry:
             field = fields.get(key)
             if field is None:
                 what = f"parameters of {kind[:-1]} '{use}'" if use else "experiment keys"
-                raise RegistryError(
-                    f"unknown key{suggest(key, fields, what)}", file=file, entry=entry, key=key
-                )
+                raise RegistryError(f"unknown key{suggest(key, fields, what)}", file=file, entry=entry, key=key)
             params[key] = value
         instance = construct(cls, params, file=file, entry=entry)
         resolved: dict[str, Any] = {"name": name}
@@ -401,9 +405,7 @@ class Registry:
     def resolve_experiment(self, name: str, overrides: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
         """The fully resolved experiment `name` with dotted-key overrides applied and validated."""
         if name not in self.entries["experiments"]:
-            raise RegistryError(
-                f"unknown experiment '{name}'{suggest(name, self.names('experiments'), 'experiments')}"
-            )
+            raise RegistryError(f"unknown experiment '{name}'{suggest(name, self.names('experiments'), 'experiments')}")
         raw = self.entries["experiments"][name]
         resolved = self._resolve("experiments", name, where=(raw.file, f"experiments.{name}", ""), chain=())
         if not overrides:
@@ -420,8 +422,10 @@ class Registry:
 
     def build(self, kind: str, resolved: Mapping[str, Any]) -> Any:
         """Construct the component (or Experiment) of a resolved table."""
-        cls = Experiment if kind == "experiments" else self.component_class(
-            kind, resolved.get("use"), file="resolved", entry=str(resolved.get("name"))
+        cls = (
+            Experiment
+            if kind == "experiments"
+            else self.component_class(kind, resolved.get("use"), file="resolved", entry=str(resolved.get("name")))
         )
         params = {k: v for k, v in resolved.items() if k not in RESERVED}
         return construct(cls, params, file="resolved", entry=f"{kind}.{resolved.get('name')}")
@@ -526,4 +530,3 @@ def load_registry(
             raise RegistryError("no such registry file", file=str(path))
         registry.add_file(path)
     return registry
-

@@ -62,10 +62,19 @@ def metric_table(results: dict[str, list[dict[str, str]]], metric: str, groups: 
             cells = []
             for e in eps_values:
                 value = value_of.get((attack, e, metric))
-                low, high = value_of.get((attack, e, f"{metric}_ci_low")), value_of.get((attack, e, f"{metric}_ci_high"))
+                low, high = (
+                    value_of.get((attack, e, f"{metric}_ci_low")),
+                    value_of.get((attack, e, f"{metric}_ci_high")),
+                )
                 if value is not None and groups:
                     pooled.setdefault((groups[label], attack), {}).setdefault(e, []).append(value)
-                cells.append("-" if value is None else format_value(value) if low is None or high is None else format_interval(value, low, high))
+                cells.append(
+                    "-"
+                    if value is None
+                    else format_value(value)
+                    if low is None or high is None
+                    else format_interval(value, low, high)
+                )
             rows.append([label, attack, *cells])
     for (defense, attack), by_eps in pooled.items():
         if max(len(v) for v in by_eps.values()) > 1:
@@ -74,8 +83,10 @@ def metric_table(results: dict[str, list[dict[str, str]]], metric: str, groups: 
     return markdown_table(["defense", "attack", *(f"eps {e:g}" for e in eps_values)], rows)
 
 
-def copy_figures(client: Any, run: Any, scratch: Path, destination: Path, metrics: Sequence[str] | None = None) -> list[Path]:
-    """The run-level figures (metric vs eps, only `metrics`' when given; the figures/ tree), copied under `destination`."""
+def copy_figures(
+    client: Any, run: Any, scratch: Path, destination: Path, metrics: Sequence[str] | None = None
+) -> list[Path]:
+    """The run-level figures (metric vs eps, only `metrics`' when given; figures/), copied under `destination`."""
     copied: list[Path] = []
     pending = [""]
     while pending:
@@ -84,7 +95,11 @@ def copy_figures(client: Any, run: Any, scratch: Path, destination: Path, metric
             if item.is_dir and not item.path.startswith(("checkpoints", "model")):
                 pending.append(item.path)
             elif item.path.endswith(".png"):
-                if metrics is not None and "/" not in item.path and item.path.removesuffix("_vs_eps.png") not in metrics:
+                if (
+                    metrics is not None
+                    and "/" not in item.path
+                    and item.path.removesuffix("_vs_eps.png") not in metrics
+                ):
                     continue
                 local = Path(client.download_artifacts(run.info.run_id, item.path, str(scratch)))
                 target = destination / item.path
@@ -94,7 +109,9 @@ def copy_figures(client: Any, run: Any, scratch: Path, destination: Path, metric
     return sorted(copied)
 
 
-def experiment_section(client: Any, name: str, out: Path, figures_dir: Path, scratch: Path, metrics: Sequence[str] | None) -> str:
+def experiment_section(
+    client: Any, name: str, out: Path, figures_dir: Path, scratch: Path, metrics: Sequence[str] | None
+) -> str:
     """The Markdown of one experiment: setting, tables per metric, training summary, model metrics, figures."""
     runs = latest_per_defense(tracked_runs(client.tracking_uri, [name]))
     if not runs:
@@ -103,14 +120,27 @@ def experiment_section(client: Any, name: str, out: Path, figures_dir: Path, scr
     params = first.data.params
     started = dt.datetime.fromtimestamp(first.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
     setting = ", ".join(
-        f"{label} {params[key]}" for label, key in (
-            ("data", "dataset.name"), ("n_train", "dataset.n_train"), ("n_test", "dataset.n_test"), ("model", "model.name"),
-            ("epochs", "epochs"), ("batch", "batch_size"), ("seed", "seed"),
-        ) if key in params
+        f"{label} {params[key]}"
+        for label, key in (
+            ("data", "dataset.name"),
+            ("n_train", "dataset.n_train"),
+            ("n_test", "dataset.n_test"),
+            ("model", "model.name"),
+            ("epochs", "epochs"),
+            ("batch", "batch_size"),
+            ("seed", "seed"),
+        )
+        if key in params
     )
-    parts = [f"## {name}", "", params.get("description", ""), "",
-             f"Setting: {setting}; device {first.data.tags.get('advbayes.device', '?')}; started {started}; "
-             f"commit {first.data.tags.get('advbayes.git_commit', 'unknown')[:12]}.", ""]
+    parts = [
+        f"## {name}",
+        "",
+        params.get("description", ""),
+        "",
+        f"Setting: {setting}; device {first.data.tags.get('advbayes.device', '?')}; started {started}; "
+        f"commit {first.data.tags.get('advbayes.git_commit', 'unknown')[:12]}.",
+        "",
+    ]
     parts.append(markdown_table(["defense", "run id"], [[run_label(r, runs), f"`{r.info.run_id}`"] for r in runs]))
     results = {run_label(r, runs): read_results(client, r.info.run_id, scratch) for r in runs}
     groups = {run_label(r, runs): r.data.tags.get("advbayes.defense", "?") for r in runs}
@@ -120,11 +150,23 @@ def experiment_section(client: Any, name: str, out: Path, figures_dir: Path, scr
         parts += ["", f"### {metric}", "", metric_table(results, metric, groups)]
     train_keys = [k for k in TRAIN_COLUMNS if any(f"train/{k}" in r.data.metrics for r in runs)]
     if train_keys:
-        rows = [[run_label(r, runs), *(format_value(r.data.metrics[f"train/{k}"]) if f"train/{k}" in r.data.metrics else "-" for k in train_keys)] for r in runs]
+        rows = [
+            [
+                run_label(r, runs),
+                *(
+                    format_value(r.data.metrics[f"train/{k}"]) if f"train/{k}" in r.data.metrics else "-"
+                    for k in train_keys
+                ),
+            ]
+            for r in runs
+        ]
         parts += ["", "### training (last epoch)", "", markdown_table(["defense", *train_keys], rows)]
     model_keys = list(dict.fromkeys(k for r in runs for k in r.data.metrics if k.startswith("model/")))
     if model_keys:
-        rows = [[k[len("model/"):], *(format_value(r.data.metrics[k]) if k in r.data.metrics else "-" for r in runs)] for k in model_keys]
+        rows = [
+            [k[len("model/") :], *(format_value(r.data.metrics[k]) if k in r.data.metrics else "-" for r in runs)]
+            for k in model_keys
+        ]
         parts += ["", "### model metrics", "", markdown_table(["metric", *(run_label(r, runs) for r in runs)], rows)]
     for run in runs:
         label = run_label(run, runs)

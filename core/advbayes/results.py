@@ -101,7 +101,9 @@ def to_csv(records: Sequence[EvalRecord]) -> str:
     writer.writerow(["attack", "eps", "metric", "value", "attack_samples", "inference_samples", "mean_l2", "max_linf"])
     for r in records:
         for name, value in r.metrics.items():
-            writer.writerow([r.attack, r.eps, name, value, r.attack_samples, r.inference_samples, r.mean_l2, r.max_linf])
+            writer.writerow(
+                [r.attack, r.eps, name, value, r.attack_samples, r.inference_samples, r.mean_l2, r.max_linf]
+            )
     return out.getvalue()
 
 

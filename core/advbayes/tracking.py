@@ -290,9 +290,7 @@ def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 def git_commit() -> str | None:
     """The commit of the working directory's git checkout, if there is one."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -487,7 +485,9 @@ def load_checkpoint(run_id: str, tracking_uri: str | None, destination: Path) ->
     try:
         local = client.download_artifacts(run_id, f"{CHECKPOINT_DIR}/checkpoint.pt", str(destination))
     except (MlflowException, OSError):
-        raise RunError(f"--resume {run_id}: the run has no checkpoint (it stopped before its first epoch ended)") from None
+        raise RunError(
+            f"--resume {run_id}: the run has no checkpoint (it stopped before its first epoch ended)"
+        ) from None
     return Path(local)
 
 
@@ -508,7 +508,6 @@ def tracked_runs(uri: str | None, experiments: Sequence[str]) -> list[Any]:
     return client.search_runs(
         ids, filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'", order_by=["attributes.start_time DESC"]
     )
-
 
 
 @hookimpl
@@ -532,12 +531,24 @@ def load_model(run_id: str, tracking_uri: str | None) -> Any:
         except (MlflowException, OSError):
             raise RunError(f"tracked run {run_id} logged no model (it did not finish)") from None
         if not (folder / MODEL_ENTRY).is_file() or not (folder / MODEL_WEIGHTS).is_file():
-            raise RunError(f"tracked run {run_id}: its model/ lacks {MODEL_ENTRY} or {MODEL_WEIGHTS} (logged by an older advbayes?)")
+            raise RunError(
+                f"tracked run {run_id}: its model/ lacks {MODEL_ENTRY} or {MODEL_WEIGHTS} "
+                "(logged by an older advbayes?)"
+            )
         try:
             entry = tomllib.loads((folder / MODEL_ENTRY).read_text())
             state = torch.load(folder / MODEL_WEIGHTS, map_location="cpu", weights_only=True)
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-            raise RunError(f"tracked run {run_id}: its model is not one advbayes wrote ({str(exc).splitlines()[0][:160]})") from None
+        except (
+            tomllib.TOMLDecodeError,
+            UnicodeDecodeError,
+            pickle.UnpicklingError,
+            RuntimeError,
+            EOFError,
+            ValueError,
+        ) as exc:
+            raise RunError(
+                f"tracked run {run_id}: its model is not one advbayes wrote ({str(exc).splitlines()[0][:160]})"
+            ) from None
     registry = load_registry(pm=get_plugin_manager())
     dataset = registry.build("datasets", entry["dataset"])
     network = registry.build("models", entry["model"]).build(tuple(dataset.input_shape), dataset.num_classes)
@@ -545,5 +556,8 @@ def load_model(run_id: str, tracking_uri: str | None) -> Any:
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
-        raise RunError(f"tracked run {run_id}: its weights do not fit the network its entries build ({str(exc).splitlines()[0][:160]})") from None
+        raise RunError(
+            f"tracked run {run_id}: its weights do not fit the network its entries build "
+            f"({str(exc).splitlines()[0][:160]})"
+        ) from None
     return model.eval()

@@ -1,6 +1,13 @@
 """The stochastic substrate: models with a sample dimension ([B, ...] -> logits [S, B, k])."""
 
-from advbayes.stochastic.layers import BayesBatchNorm2d, BayesConv2d, BayesLinear, Folded, GaussianParameter, StochasticLayer
+from advbayes.stochastic.layers import (
+    BayesBatchNorm2d,
+    BayesConv2d,
+    BayesLinear,
+    Folded,
+    GaussianParameter,
+    StochasticLayer,
+)
 from advbayes.stochastic.model import (
     StochasticModel,
     frozen,
@@ -9,7 +16,15 @@ from advbayes.stochastic.model import (
     posterior_statistics,
     to_bayesian,
 )
-from advbayes.stochastic.sampled import DeterministicSampled, as_sampled, is_stochastic, predict, predict_repeated, takes_samples
+from advbayes.stochastic.sampled import (
+    DeterministicSampled,
+    SampledModel,
+    as_sampled,
+    is_stochastic,
+    predict,
+    predict_repeated,
+    takes_samples,
+)
 from advbayes.stochastic.strategy import chosen_strategies, forget_choices
 
 __all__ = [
@@ -19,6 +34,7 @@ __all__ = [
     "DeterministicSampled",
     "Folded",
     "GaussianParameter",
+    "SampledModel",
     "StochasticLayer",
     "StochasticModel",
     "as_sampled",

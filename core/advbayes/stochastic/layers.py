@@ -155,8 +155,14 @@ class BayesConv2d(StochasticLayer):
         bias = self.bias.draws(samples) if self.bias is not None else None
         shared = _draw_count(x, samples) == 1
         key = (
-            "conv2d", samples, shared, (strategies.size_bucket(x.shape[1]), *x.shape[2:]), tuple(weight.shape[1:]),
-            self.stride, x.device.type, x.dtype,
+            "conv2d",
+            samples,
+            shared,
+            (strategies.size_bucket(x.shape[1]), *x.shape[2:]),
+            tuple(weight.shape[1:]),
+            self.stride,
+            x.device.type,
+            x.dtype,
         )
         inputs = [x, weight] + ([bias] if bias is not None else [])
         return self._run(key, {"loop": self._loop, "batched": self._batched}, inputs)

@@ -7,8 +7,8 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,8 +28,19 @@ from advbayes.stochastic.strategy import STRATEGIES, default_strategy, size_buck
 
 # Elementwise modules work on [S', B, ...] as they are; every other deterministic leaf is Folded.
 ELEMENTWISE = (
-    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.ReLU6, nn.Hardtanh, nn.Mish,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.Mish,
 )
 CONVERTIBLE = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
 CHUNK_TARGET = 256  # besides all draws and one draw per pass, auto tries passes of about this many examples
@@ -45,7 +56,9 @@ class StochasticModel(nn.Module):
 
     takes_samples = True
 
-    def __init__(self, net: nn.Module, *, strategy: str | None = None, max_batch: int | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self, net: nn.Module, *, strategy: str | None = None, max_batch: int | None = None, seed: int | None = None
+    ) -> None:
         super().__init__()
         self.net = net
         self.strategy = strategy or default_strategy()
@@ -119,7 +132,9 @@ class StochasticModel(nn.Module):
         self.draw(samples)
         return self._run_chunks(inputs, layers, samples, self._chunk_size(inputs, layers, samples))
 
-    def _run_chunks(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, chunk: int) -> torch.Tensor:
+    def _run_chunks(
+        self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, chunk: int
+    ) -> torch.Tensor:
         if chunk >= samples:
             return self._forward_draws(inputs, layers, 0, samples)
         outputs = []
@@ -138,7 +153,9 @@ class StochasticModel(nn.Module):
         grad = torch.is_grad_enabled()
         shape = (inputs.shape[0], size_bucket(batch), *inputs.shape[2:])  # nearby batch sizes share one measurement
         key = (self.architecture(), samples, shape, inputs.device.type, inputs.dtype, grad, self.training)
-        if key not in _CHUNK_CHOICES:  # shared by every model of this architecture (e.g. the defenses of one experiment)
+        if (
+            key not in _CHUNK_CHOICES
+        ):  # shared by every model of this architecture (e.g. the defenses of one experiment)
             _CHUNK_CHOICES[key] = self._measure_chunk(inputs, layers, samples, grad)
         return _CHUNK_CHOICES[key]
 
@@ -166,6 +183,7 @@ class StochasticModel(nn.Module):
         timings: dict[int, float] = {}
         try:
             for chunk in candidates:
+
                 def run(chunk: int = chunk) -> None:
                     out = self._run_chunks(probe, layers, samples, chunk)
                     # an attack differentiates the input only; training, the parameters
@@ -195,7 +213,9 @@ class StochasticModel(nn.Module):
         self.chunk_timings[(samples, tuple(inputs.shape))] = timings
         return min(timings, key=timings.__getitem__)
 
-    def _forward_draws(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], start: int, stop: int) -> torch.Tensor:
+    def _forward_draws(
+        self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], start: int, stop: int
+    ) -> torch.Tensor:
         full = {id(p): p.eps for layer in layers for p in layer.gaussian_parameters()}
         try:
             for layer in layers:
@@ -268,7 +288,7 @@ def to_bayesian(
     max_batch: int | None = None,
     seed: int | None = None,
 ) -> StochasticModel:
-    """A copy of `model` with Gaussian Linear / Conv2d / BatchNorm2d layers (means = its weights) and a sample dimension.
+    """A copy of `model` with Gaussian Linear / Conv2d / BatchNorm2d layers (means = its weights), sampled.
 
     `which`: "all", a fraction (the last part of the weight layers, e.g. 0.25), or module names.
     Selected modules that cannot be converted, and parametrized modules of other types, stay deterministic

@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 from torch import nn
 
 SAMPLES_ATTRIBUTE = "takes_samples"
+
+
+@runtime_checkable
+class SampledModel(Protocol):
+    """The sample-dimension contract every model in advbayes keeps.
+
+    - `forward(x, samples=S)` maps inputs [B, ...] to logits [S, B, k]: S independent draws in one call (a
+      deterministic network may answer [1, B, k] whatever S is asked).
+    - `takes_samples = True` marks the class as keeping the contract (`as_sampled` wraps any other module).
+    - Optional: `forward(x, samples=S, sampled_input=True)` takes inputs already [S, B, ...] (one input per
+      draw, as EOT attacks with per-draw inputs need).
+    - Optional: a `frozen()` context manager under which every call reuses the same S draws (what
+      `resample = "attack"` uses so that an attack sees one fixed ensemble).
+    """
+
+    takes_samples: bool
+
+    def forward(self, x: torch.Tensor, samples: int = 1) -> torch.Tensor:
+        """Logits [S, B, k] (or [1, B, k] for a deterministic network)."""
+        ...
 
 
 def takes_samples(model: nn.Module) -> bool:
@@ -27,7 +49,7 @@ class DeterministicSampled(nn.Module):
         return self.net(x).unsqueeze(0)
 
 
-def as_sampled(model: nn.Module) -> nn.Module:
+def as_sampled(model: nn.Module) -> nn.Module:  # the result keeps the SampledModel contract
     """Return `model` if it already takes a sample dimension, else wrap it as a deterministic sampled model."""
     return model if takes_samples(model) else DeterministicSampled(model)
 
@@ -69,7 +91,7 @@ def is_stochastic(model: nn.Module, x: torch.Tensor) -> bool:
 def predict_repeated(
     model: nn.Module, x: torch.Tensor, samples: int, repeats: int, average: str = "probs"
 ) -> torch.Tensor:
-    """`repeats` independent predictions [R, B, k], each averaging `samples` fresh draws, from ONE call of R x S draws."""
+    """`repeats` independent predictions [R, B, k], each averaging `samples` fresh draws, from ONE call (R x S)."""
     logits = as_sampled(model)(x, samples=repeats * samples)
     if logits.shape[0] == repeats * samples:
         groups = logits.reshape(repeats, samples, *logits.shape[1:])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from advbayes.hookspecs import hookimpl
+from advbayes import hookimpl
 from advbayes_rse.defense import RandomSelfEnsemble
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Random Self-Ensemble (Liu et al. 2018): Gaussian noise layers before every weight layer, on in training and prediction."""
+"""Random Self-Ensemble (Liu et al. 2018): Gaussian noise before every weight layer, in training and prediction."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import attrs
 import torch
 from torch import nn
 
-from advbayes import Defense, LossOutput, TrainContext
-from advbayes.params import param
-from advbayes.losses import ensemble_accuracy, mean_cross_entropy
+from advbayes import Defense, LossOutput, TrainContext, ensemble_accuracy, mean_cross_entropy, param
 
 
 class NoiseLayer(nn.Module):

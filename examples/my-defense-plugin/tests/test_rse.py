@@ -20,8 +20,13 @@ def test_the_installed_plugin_is_discovered_with_its_defense_and_entries() -> No
 
 def test_its_defense_runs_through_the_registry() -> None:
     result = advbayes.run(
-        "moons", track=False, pm=create_plugin_manager(), defense={"use": "rse", "init_noise": 0.05, "inner_noise": 0.05},
-        attacks=["none", "fgsm"], eps=[0.1], model={"use": "mlp", "widths": [16]},
+        "moons",
+        track=False,
+        pm=create_plugin_manager(),
+        defense={"use": "rse", "init_noise": 0.05, "inner_noise": 0.05},
+        attacks=["none", "fgsm"],
+        eps=[0.1],
+        model={"use": "mlp", "widths": [16]},
     )
     assert result.spec["defense"]["use"] == "rse"
     assert result.table()["none"][0.1] > 0.7  # half-moons stays learnable under small noise

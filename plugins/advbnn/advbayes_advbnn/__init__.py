@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from advbayes.hookspecs import hookimpl
+from advbayes import hookimpl
 from advbayes_advbnn.defenses import BNN, AdvBNN, AdversarialTraining
 from advbayes_advbnn.metrics import WeightStats
 

@@ -8,16 +8,24 @@ import attrs
 import torch
 from torch import nn
 
-from advbayes.components import Defense, LossOutput, TrainContext
-from advbayes.losses import ensemble_accuracy, mean_cross_entropy
-from advbayes.params import entry_param, param
-from advbayes.stochastic import kl, posterior_statistics, to_bayesian
-from advbayes.training import adversarial_examples
+from advbayes import (
+    Defense,
+    LossOutput,
+    TrainContext,
+    adversarial_examples,
+    ensemble_accuracy,
+    entry_param,
+    kl,
+    mean_cross_entropy,
+    param,
+    posterior_statistics,
+    to_bayesian,
+)
 
 
 @attrs.frozen(kw_only=True)
 class BNN(Defense):
-    """Bayes by backprop: mean-field Gaussian weights, loss = cross-entropy + (alpha / N_train) * KL(q || N(0, s0^2))."""
+    """Bayes by backprop: mean-field Gaussian weights, loss = CE + (alpha / N_train) * KL(q || N(0, s0^2))."""
 
     name: ClassVar[str] = "bnn"
     default_optimizer: ClassVar[str] = "adam"
@@ -32,7 +40,9 @@ class BNN(Defense):
         """Every Linear, Conv2d and BatchNorm2d becomes Gaussian, means initialized from the built network."""
         return to_bayesian(model, init_sigma=self.init_sigma)
 
-    def training_inputs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, context: TrainContext) -> torch.Tensor:
+    def training_inputs(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, context: TrainContext
+    ) -> torch.Tensor:
         """The inputs the ELBO is evaluated on: clean data."""
         return x
 
@@ -64,7 +74,9 @@ class AdvBNN(BNN):
     name: ClassVar[str] = "adv-bnn"
     train_attack: Any = entry_param("attacks", "pgd-train-mnist", optional=False, help="attack entry used in training")
 
-    def training_inputs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, context: TrainContext) -> torch.Tensor:
+    def training_inputs(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, context: TrainContext
+    ) -> torch.Tensor:
         """PGD examples (each PGD step draws new weights: the attack calls the model once per step)."""
         return adversarial_examples(model, x, y, context, self.train_attack)
 
@@ -82,4 +94,3 @@ class AdversarialTraining(Defense):
         logits = model(adversarial_examples(model, x, y, context, self.train_attack), samples=1)
         ce = mean_cross_entropy(logits, y)
         return LossOutput(loss=ce, parts={"ce": ce.detach(), "acc": ensemble_accuracy(logits.detach(), y)})
-

@@ -1,4 +1,4 @@
-"""weight-stats: per Bayesian layer and overall, mean of mu, mean of sigma^2 and KL per parameter; log-sigma histogram."""
+"""weight-stats: per Bayesian layer and overall, mean mu, mean sigma^2, KL per parameter; log-sigma histogram."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import attrs
 import torch
 from torch import nn
 
-from advbayes.components import EvalBatch, Metric, MetricState
-from advbayes.params import param
-from advbayes.stochastic import StochasticLayer, posterior_statistics
+from advbayes import EvalBatch, Metric, MetricState, StochasticLayer, param, posterior_statistics
 
 
 def layer_statistics(model: nn.Module, prior_sigma: float) -> dict[str, dict[str, float]]:

@@ -8,7 +8,6 @@ import attrs
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import draw_network
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
@@ -17,6 +16,7 @@ from advbayes.components import EvalBatch, TrainContext
 from advbayes.plugins import create_plugin_manager
 from advbayes.registry import load_registry
 from advbayes.stochastic import StochasticLayer, as_sampled, frozen
+from helpers import draw_network
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +33,16 @@ def context(registry, n_train: int = 1000) -> TrainContext:
     def build_attack(entry):
         return attrs.evolve(build(registry, "attacks", entry), value_range=(0.0, 1.0))
 
-    return TrainContext(dataset=None, train=None, device=torch.device("cpu"), n_train=n_train, seed=0, build_attack=build_attack)
+    return TrainContext(
+        dataset=None, train=None, device=torch.device("cpu"), n_train=n_train, seed=0, build_attack=build_attack
+    )
 
 
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
 
 
 def test_components_come_from_the_plugin(registry) -> None:
@@ -56,7 +60,8 @@ def test_bnn_loss_is_cross_entropy_plus_scaled_kl(registry) -> None:
         output = defense.loss(model, (x, y), context(registry, n_train=400))
         ce = torch.stack([F.cross_entropy(draw_network(original, model, s).train()(x), y) for s in range(3)]).mean()
     divergence = sum(
-        kl_divergence(Normal(p.mu, p.sigma), Normal(torch.zeros_like(p.mu), 0.2)).sum() for p in model.gaussian_parameters()
+        kl_divergence(Normal(p.mu, p.sigma), Normal(torch.zeros_like(p.mu), 0.2)).sum()
+        for p in model.gaussian_parameters()
     )
     torch.testing.assert_close(output.loss, ce + 0.5 / 400 * divergence, rtol=1e-4, atol=1e-5)
     assert float(output.parts["kl"]) == pytest.approx(float(divergence.detach()), rel=1e-4)
@@ -97,8 +102,17 @@ def test_weight_stats_against_a_direct_computation(registry) -> None:
             parameter.log_sigma.uniform_(-3, -1)
     state = build(registry, "metrics", {"use": "weight-stats", "prior_sigma": 0.15}).create()
     x = torch.rand(2, 1, 6, 6)
-    batch = EvalBatch(model=model, x=x, y=torch.zeros(2, dtype=torch.long), result=None, probs=None, attack=None,
-                      eps=0.0, inference_samples=1, device=torch.device("cpu"))
+    batch = EvalBatch(
+        model=model,
+        x=x,
+        y=torch.zeros(2, dtype=torch.long),
+        result=None,
+        probs=None,
+        attack=None,
+        eps=0.0,
+        inference_samples=1,
+        device=torch.device("cpu"),
+    )
     state.update(batch)
     values = state.compute()
     mus = torch.cat([p.mu.detach().flatten() for p in model.gaussian_parameters()])
@@ -114,7 +128,13 @@ def test_weight_stats_against_a_direct_computation(registry) -> None:
 @pytest.mark.slow
 def test_adv_bnn_training_lowers_its_loss_on_mnist_5k() -> None:
     result = advbayes.run(
-        "quickstart", track=False, pm=create_plugin_manager(), defense="adv-bnn", epochs=2, attacks=["none"], eps=[0.0],
+        "quickstart",
+        track=False,
+        pm=create_plugin_manager(),
+        defense="adv-bnn",
+        epochs=2,
+        attacks=["none"],
+        eps=[0.0],
         **{"dataset.n_train": 640, "dataset.n_test": 100},
     )
     losses = [h["loss"] for h in result.history]
@@ -126,8 +146,13 @@ def test_weight_stats_are_model_metrics_logged_once_on_the_parent_run(store: str
     from mlflow import MlflowClient
 
     result = advbayes.run(
-        "moons", tracking_uri=store, pm=create_plugin_manager(), defense="bnn", metrics=["accuracy", "weight-stats"],
-        epochs=1, **{"dataset.train_size": 200, "dataset.test_size": 100},
+        "moons",
+        tracking_uri=store,
+        pm=create_plugin_manager(),
+        defense="bnn",
+        metrics=["accuracy", "weight-stats"],
+        epochs=1,
+        **{"dataset.train_size": 200, "dataset.test_size": 100},
     )
     assert "weight_mean_sigma2" in result.model_metrics and "weight_mean_sigma2" not in result.records[0].metrics
     assert "model metric" in result.format() and result.format().count("weight_mean_sigma2") == 1

@@ -1,11 +1,11 @@
-"""advbayes-attacks: FGSM, FGM, PGD (EOT, restarts), APGD / APGD-T, Square, FAB-T, AutoAttack's worst case, random sign, transfer."""
+"""advbayes-attacks: FGSM, FGM, PGD, APGD(-T), Square, FAB-T, AutoAttack's worst case, random sign, transfer."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from advbayes.hookspecs import hookimpl
+from advbayes import hookimpl
 from advbayes_attacks.apgd import APGD
 from advbayes_attacks.attacks import FGM, FGSM, PGD, RandomSign, Transfer
 from advbayes_attacks.ensemble import FABTargeted, WorstCase

@@ -8,9 +8,7 @@ import attrs
 import torch
 from torch import nn
 
-from advbayes.components import AttackResult
-from advbayes.params import param
-from advbayes.stochastic import is_stochastic
+from advbayes import AttackResult, is_stochastic, param
 from advbayes_attacks.attacks import IterativeAttack, ascent_direction, lengths, project
 from advbayes_attacks.selection import KEEP, MISCLASSIFIED_BONUS
 
@@ -43,11 +41,19 @@ class APGD(IterativeAttack):
     name: ClassVar[str] = "apgd"
     steps: int = param(100, kind=int, ge=1, le=1_000_000, help="iterations per run")
     keep: str = param(
-        "best", kind=str, choices=KEEP,
+        "best",
+        kind=str,
+        choices=KEEP,
         help="best: the strongest iterate (judged on fresh draws for a stochastic model); last: the final iterate",
     )
     rho: float = param(0.75, gt=0.0, le=1.0, help="step-size halving threshold on the share of loss increases")
-    targets: int = param(0, kind=int, ge=0, le=100_000, help="APGD-T: the top classes other than the label tried as targets; 0 = untargeted")
+    targets: int = param(
+        0,
+        kind=int,
+        ge=0,
+        le=100_000,
+        help="APGD-T: the top classes other than the label tried as targets; 0 = untargeted",
+    )
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
         """The strongest result over targets and restarts."""
@@ -61,7 +67,9 @@ class APGD(IterativeAttack):
                 clean_logits = model(x, samples=self.samples)
         overall = self.selection(model, y, stochastic)
         # the clean input competes too (a deterministic model's misclassified example needs no attack)
-        overall.offer(x, None if stochastic else self.deterministic_score(self.losses_of(clean_logits, y), clean_logits, y))
+        overall.offer(
+            x, None if stochastic else self.deterministic_score(self.losses_of(clean_logits, y), clean_logits, y)
+        )
         zeros, total = torch.zeros((), device=x.device), 0
         targets = [None] if self.targets == 0 else list(range(min(self.targets, clean_logits.shape[-1] - 1)))
         with self.draws(model):
@@ -81,10 +89,20 @@ class APGD(IterativeAttack):
                     overall.offer(found, score, active)
         delta = overall.x - x
         return AttackResult(
-            x_adv=overall.x, delta=delta, diagnostics={**lengths(delta), "zero_grad_share": float(zeros) / max(total, 1)}
+            x_adv=overall.x,
+            delta=delta,
+            diagnostics={**lengths(delta), "zero_grad_share": float(zeros) / max(total, 1)},
         )
 
-    def _step(self, x: torch.Tensor, x_adv: torch.Tensor, previous: torch.Tensor, gradient: torch.Tensor, size: torch.Tensor, momentum: float) -> torch.Tensor:
+    def _step(
+        self,
+        x: torch.Tensor,
+        x_adv: torch.Tensor,
+        previous: torch.Tensor,
+        gradient: torch.Tensor,
+        size: torch.Tensor,
+        momentum: float,
+    ) -> torch.Tensor:
         """One APGD update with momentum, projected onto the ball and the value range."""
 
         def onto_ball(point: torch.Tensor) -> torch.Tensor:
@@ -122,7 +140,11 @@ class APGD(IterativeAttack):
                 self.offer(chosen, x_adv, losses, logits, y)
             loss_steps[i] = losses
             improved = losses > loss_best
-            x_best[improved], gradient_best[improved], loss_best[improved] = x_adv[improved], gradient[improved], losses[improved]
+            x_best[improved], gradient_best[improved], loss_best[improved] = (
+                x_adv[improved],
+                gradient[improved],
+                losses[improved],
+            )
             since_check += 1
             if since_check == window:
                 halve = oscillating(loss_steps, i, window, self.rho)
@@ -135,6 +157,10 @@ class APGD(IterativeAttack):
         if self.keep == "last":
             with torch.no_grad():
                 final_logits = model(x_adv, samples=self.samples)
-            score = None if stochastic else self.deterministic_score(self.losses_of(final_logits, y, target), final_logits, y)
+            score = (
+                None
+                if stochastic
+                else self.deterministic_score(self.losses_of(final_logits, y, target), final_logits, y)
+            )
             return x_adv, score, zeros, count
         return chosen.x, chosen.score, zeros, count

@@ -10,10 +10,18 @@ import attrs
 import torch
 from torch import nn
 
-from advbayes.components import Attack, AttackResult, EvalContext
-from advbayes.errors import RunError
-from advbayes.params import ParamError, entry_param, param
-from advbayes.stochastic import as_sampled, frozen, is_stochastic
+from advbayes import (
+    Attack,
+    AttackResult,
+    EvalContext,
+    ParamError,
+    RunError,
+    as_sampled,
+    entry_param,
+    frozen,
+    is_stochastic,
+    param,
+)
 from advbayes_attacks.losses import EXPECTATIONS, LOSSES, attack_loss, predictive_log_probs
 from advbayes_attacks.selection import KEEP, IterateSelection, misclassification_score
 
@@ -65,7 +73,10 @@ class GradientAttack(Attack):
     kappa: float = param(0.0, ge=0.0, help="confidence of the CW loss")
     expectation: str = param("probs", kind=str, choices=EXPECTATIONS, help="averaged over draws: probs, logits or loss")
     resample: str = param(
-        "step", kind=str, choices=RESAMPLING, help="step: fresh S_A draws every iteration; attack: one set for the attack"
+        "step",
+        kind=str,
+        choices=RESAMPLING,
+        help="step: fresh S_A draws every iteration; attack: one set for the attack",
     )
 
     def losses_of(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
@@ -148,9 +159,13 @@ class IterativeAttack(GradientAttack):
     """Base of the multi-step attacks: steps, restarts, and which iterate each example keeps."""
 
     steps: int = param(20, kind=int, ge=1, le=1_000_000, help="iterations")
-    restarts: int = param(1, kind=int, ge=1, le=10_000, help="independent runs; each example keeps its strongest result")
+    restarts: int = param(
+        1, kind=int, ge=1, le=10_000, help="independent runs; each example keeps its strongest result"
+    )
     keep: str = param(
-        "last", kind=str, choices=KEEP,
+        "last",
+        kind=str,
+        choices=KEEP,
         help="last: each run's final iterate; best: the strongest iterate, on a stochastic model judged on fresh draws",
     )
     selection_samples: int = param(
@@ -161,18 +176,18 @@ class IterativeAttack(GradientAttack):
         if self.resample == "attack" and (self.keep == "best" or self.restarts > 1):
             key, value = ("keep", self.keep) if self.keep == "best" else ("restarts", self.restarts)
             raise ParamError(
-                key, "keep = 'last' and restarts = 1 with resample = 'attack' (the frozen draws that produced the "
-                "iterates cannot judge them)", value,
+                key,
+                "keep = 'last' and restarts = 1 with resample = 'attack' (the frozen draws that produced the "
+                "iterates cannot judge them)",
+                value,
             )
 
     def deterministic_score(self, losses: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The step's own loss, raised where the prediction is already wrong (exact on a deterministic model)."""
         return misclassification_score(losses, predictive_log_probs(logits, self.prediction_average), y)
 
-    def paired_comparison(
-        self, model: nn.Module, y: torch.Tensor, target: torch.Tensor | None = None
-    ) -> Any:
-        """(candidates, incumbents, index) -> candidate stronger, judged in one call on `selection_samples` fresh draws."""
+    def paired_comparison(self, model: nn.Module, y: torch.Tensor, target: torch.Tensor | None = None) -> Any:
+        """(candidates, incumbents, index) -> candidate stronger, judged in one call on `selection_samples` draws."""
 
         def compare(candidate: torch.Tensor, incumbent: torch.Tensor, index: torch.Tensor | slice) -> torch.Tensor:
             labels = y[index]
@@ -182,7 +197,9 @@ class IterativeAttack(GradientAttack):
             with torch.no_grad():
                 logits = model(torch.cat([candidate, incumbent]), samples=self.selection_samples)  # one set of draws
                 scores = misclassification_score(
-                    self.losses_of(logits, both_y, both_target), predictive_log_probs(logits, self.prediction_average), both_y
+                    self.losses_of(logits, both_y, both_target),
+                    predictive_log_probs(logits, self.prediction_average),
+                    both_y,
                 )
             return scores[: len(labels)] > scores[len(labels) :]
 
@@ -252,7 +269,9 @@ class PGD(IterativeAttack):
             "loss_history": history.cpu(),
             "zero_grad_share": float(zeros) / max(total, 1),
         }
-        if not chosen.paired:  # the loss of each returned point (on a stochastic model any one value would be a noisy draw)
+        if (
+            not chosen.paired
+        ):  # the loss of each returned point (on a stochastic model any one value would be a noisy draw)
             single_last = self.keep == "last" and self.restarts == 1
             diagnostics["attack_loss"] = (final if single_last else self.evaluate_loss(model, chosen.x, y)).cpu()
         return AttackResult(x_adv=chosen.x, delta=delta, diagnostics=diagnostics)

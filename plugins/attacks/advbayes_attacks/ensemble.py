@@ -1,4 +1,4 @@
-"""AutoAttack's protocol: the worst case per example over several attacks, judged on independent draws; FAB-T adapter."""
+"""AutoAttack's protocol: the worst case per example over attacks, judged on independent draws; FAB-T adapter."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ import attrs
 import torch
 from torch import nn
 
-from advbayes.components import Attack, AttackResult, EvalContext
-from advbayes.errors import RunError
-from advbayes.params import entry_list_param, param
-from advbayes.stochastic import is_stochastic, predict_repeated
+from advbayes import (
+    Attack,
+    AttackResult,
+    EvalContext,
+    RunError,
+    entry_list_param,
+    is_stochastic,
+    param,
+    predict_repeated,
+)
 from advbayes_attacks.attacks import lengths
 
 
@@ -57,7 +63,7 @@ class WorstCase(Attack):
         return attrs.evolve(self, inner=tuple(context.build_attack(entry).bind(context) for entry in self.attacks))
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
-        """Run each attack on the still-robust examples; keep per example the result with the fewest right predictions."""
+        """Run each attack on the still-robust examples; keep per example the result with fewest right predictions."""
         if not self.inner:
             raise RunError("attack 'worst-case' used before bind(): the run engine binds it to its sub-attacks")
         x, y = x.detach(), y.long()
@@ -70,11 +76,18 @@ class WorstCase(Attack):
             if active.numel() == 0:
                 break
             configured = attrs.evolve(
-                attack, eps=self.eps, norm=self.norm, samples=self.samples, value_range=self.value_range,
-                inference_samples=self.inference_samples, prediction_average=self.prediction_average,
+                attack,
+                eps=self.eps,
+                norm=self.norm,
+                samples=self.samples,
+                value_range=self.value_range,
+                inference_samples=self.inference_samples,
+                prediction_average=self.prediction_average,
             )
             found = configured(model, x[active], y[active]).x_adv.detach()
-            found_right = correct_counts(model, found, y[active], repeats, self.inference_samples, self.prediction_average)
+            found_right = correct_counts(
+                model, found, y[active], repeats, self.inference_samples, self.prediction_average
+            )
             better = found_right < right[active]
             chosen, counts = best_x[active], right[active]
             chosen[better], counts[better] = found[better], found_right[better]
@@ -106,15 +119,23 @@ class FABTargeted(Attack):
         from pyautoattack.fab_pt import FABAttack_PT
 
         if is_stochastic(model, x):
-            raise RunError("attack 'fab-t': the model is stochastic; FAB judges single evaluations (use autoattack-rand)")
+            raise RunError(
+                "attack 'fab-t': the model is stochastic; FAB judges single evaluations (use autoattack-rand)"
+            )
         if self.value_range != (0.0, 1.0):
             raise RunError(f"attack 'fab-t': the official FAB works in [0, 1]; the data's range is {self.value_range}")
         classes = int(model(x[:1], samples=1).shape[-1])
         seed = int(torch.randint(0, 2**31 - 1, ()))  # drawn from the run's stream; FAB reseeds the global RNG itself
         fab = FABAttack_PT(
-            lambda inputs: model(inputs, samples=1)[0], norm="Linf" if self.norm == "inf" else "L2",
-            n_restarts=self.restarts, n_iter=self.steps, eps=self.eps, seed=seed, targeted=True,
-            n_target_classes=min(self.targets, classes - 1), device=x.device,
+            lambda inputs: model(inputs, samples=1)[0],
+            norm="Linf" if self.norm == "inf" else "L2",
+            n_restarts=self.restarts,
+            n_iter=self.steps,
+            eps=self.eps,
+            seed=seed,
+            targeted=True,
+            n_target_classes=min(self.targets, classes - 1),
+            device=x.device,
         )
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             x_adv = fab.perturb(x.detach(), y.long()).detach()

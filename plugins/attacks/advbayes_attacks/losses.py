@@ -1,4 +1,4 @@
-"""Attack losses of a stochastic classifier, with the expectation over draws taken on probabilities, logits or losses."""
+"""Attack losses of a stochastic classifier, the expectation over draws taken on probabilities, logits or losses."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def _loss(
 
 
 def predictive_log_probs(logits: torch.Tensor, average: str = "probs") -> torch.Tensor:
-    """log of the averaged prediction [B, k] from per-draw logits [S, B, k]: log-mean-softmax, or log-softmax of mean logits."""
+    """log of the averaged prediction [B, k] from logits [S, B, k]: log-mean-softmax, or log-softmax of mean logits."""
     if average == "logits":
         return F.log_softmax(logits.mean(dim=0), dim=-1)
     return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])

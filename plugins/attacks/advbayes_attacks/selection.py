@@ -34,7 +34,9 @@ class IterateSelection:
         """True when iterates are compared on fresh draws (a stochastic model)."""
         return self.paired_scores is not None
 
-    def offer(self, candidate: torch.Tensor, score: torch.Tensor | None = None, active: torch.Tensor | None = None) -> None:
+    def offer(
+        self, candidate: torch.Tensor, score: torch.Tensor | None = None, active: torch.Tensor | None = None
+    ) -> None:
         """Replace the incumbent where `candidate` is stronger (only for the examples `active` selects, if given);
         the first candidate, a whole batch, is taken as it is."""
         candidate = candidate.detach()

@@ -9,10 +9,7 @@ import attrs
 import torch
 from torch import nn
 
-from advbayes.components import Attack, AttackResult
-from advbayes.errors import RunError
-from advbayes.params import param
-from advbayes.stochastic import is_stochastic
+from advbayes import Attack, AttackResult, RunError, is_stochastic, param
 from advbayes_attacks.attacks import lengths
 from advbayes_attacks.losses import predictive_log_probs
 
@@ -33,7 +30,10 @@ def _window_profile(rows: int, cols: int, device: torch.device) -> torch.Tensor:
     profile = torch.zeros(rows, cols, device=device)
     top, left = rows // 2, cols // 2
     for ring in range(max(top + 1, left + 1)):
-        profile[max(top - ring, 0) : min(top - ring + 2 * ring + 1, rows), max(left - ring, 0) : min(left - ring + 2 * ring + 1, cols)] += 1.0 / (ring + 1) ** 2
+        profile[
+            max(top - ring, 0) : min(top - ring + 2 * ring + 1, rows),
+            max(left - ring, 0) : min(left - ring + 2 * ring + 1, cols),
+        ] += 1.0 / (ring + 1) ** 2
     return profile / profile.square().sum().sqrt()
 
 
@@ -61,11 +61,15 @@ class Square(Attack):
     queries: int = param(5000, kind=int, ge=1, le=10_000_000, help="iterations (model queries per example)")
     p_init: float = param(0.8, gt=0.0, le=1.0, help="initial share of pixels a square covers")
     restarts: int = param(1, kind=int, ge=1, le=10_000, help="independent runs; an example keeps its strongest result")
-    expectation: str = param("probs", kind=str, choices=("probs", "logits"), help="the averaged prediction: probs or logits")
-    rescale_schedule: bool = param(False, kind=bool, help="stretch the square-size schedule to `queries` (AutoAttack: off)")
+    expectation: str = param(
+        "probs", kind=str, choices=("probs", "logits"), help="the averaged prediction: probs or logits"
+    )
+    rescale_schedule: bool = param(
+        False, kind=bool, help="stretch the square-size schedule to `queries` (AutoAttack: off)"
+    )
 
     def margins(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The true class's log-probability minus the best other one, of the S_A-averaged prediction ([B]; < 0: wrong)."""
+        """The true class's log-probability minus the best other one, of the S_A-averaged prediction ([B], <0 wrong)."""
         with torch.no_grad():
             log_probs = predictive_log_probs(model(x, samples=self.samples), self.expectation)
         true = log_probs.gather(1, y.view(-1, 1)).squeeze(1)
@@ -96,7 +100,9 @@ class Square(Attack):
         delta = best_x - x
         return AttackResult(x_adv=best_x, delta=delta, diagnostics=lengths(delta))
 
-    def _paired(self, model: nn.Module, candidate: torch.Tensor, current: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _paired(
+        self, model: nn.Module, candidate: torch.Tensor, current: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         """True where the candidate's margin is lower than the current point's, both on the same fresh draws."""
         margins = self.margins(model, torch.cat([candidate, current]), torch.cat([y, y]))
         return margins[: len(y)] < margins[len(y) :]
@@ -115,7 +121,9 @@ class Square(Attack):
                 top, left = offset + row * side, offset + col * side
                 signs = torch.randint(0, 2, (batch, channels, 1, 1), device=x.device).to(x.dtype) * 2 - 1
                 block = l2_square(side, x.device, bool(torch.rand(()) > 0.5))
-                delta[:, :, top : top + side, left : left + side] += block[: max(0, min(side, height - top)), : max(0, min(side, width - left))] * signs
+                delta[:, :, top : top + side, left : left + side] += (
+                    block[: max(0, min(side, height - top)), : max(0, min(side, width - left))] * signs
+                )
         length = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         return self.clamp(x + delta / (length + 1e-12) * self.eps)
 
@@ -155,7 +163,9 @@ class Square(Attack):
         length = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         return self.clamp(x + delta / (length + 1e-12) * self.eps)
 
-    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, stochastic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, stochastic: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One run of `queries` iterations: the points reached and (deterministic models) their margins."""
         current = self._initial(x)
         margin = self.margins(model, current, y)

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import draw_network
 from torch import nn
 
 import advbayes
 from advbayes.plugins import create_plugin_manager
 from advbayes.registry import load_registry
 from advbayes.stochastic import as_sampled, frozen, to_bayesian
+from helpers import draw_network
 
 
 def attack(spec: dict, value_range=(-math.inf, math.inf)):
@@ -31,7 +31,10 @@ def linear_model(classes: int = 2, dims: int = 6) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(dims, classes))
 
 
-@pytest.mark.parametrize("spec", [{"use": "fgsm", "eps": 0.25}, {"use": "pgd", "eps": 0.25, "steps": 1, "step_size": 0.25, "random_start": False}])
+@pytest.mark.parametrize(
+    "spec",
+    [{"use": "fgsm", "eps": 0.25}, {"use": "pgd", "eps": 0.25, "steps": 1, "step_size": 0.25, "random_start": False}],
+)
 def test_linf_one_step_is_the_closed_form_optimum_on_a_linear_model(spec) -> None:
     net = linear_model()
     x = torch.randn(8, 6)
@@ -45,7 +48,13 @@ def test_linf_one_step_is_the_closed_form_optimum_on_a_linear_model(spec) -> Non
     torch.testing.assert_close(gain, 0.25 * direction.abs().sum(1), rtol=1e-5, atol=1e-5)  # eps * ||w||_1
 
 
-@pytest.mark.parametrize("spec", [{"use": "fgm", "eps": 0.5}, {"use": "pgd", "norm": "2", "eps": 0.5, "steps": 1, "step_size": 0.5, "random_start": False}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"use": "fgm", "eps": 0.5},
+        {"use": "pgd", "norm": "2", "eps": 0.5, "steps": 1, "step_size": 0.5, "random_start": False},
+    ],
+)
 def test_l2_one_step_is_the_closed_form_optimum_on_a_linear_model(spec) -> None:
     net = linear_model()
     x = torch.randn(8, 6)
@@ -70,11 +79,15 @@ def test_fgsm_on_a_deterministic_model_matches_an_independent_reference_bit_for_
 @pytest.mark.parametrize("norm", ["inf", "2"])
 def test_pgd_stays_in_the_ball_and_the_value_range(norm: str) -> None:
     torch.manual_seed(1)
-    model = to_bayesian(nn.Sequential(nn.Flatten(), nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4)), init_sigma=0.3, seed=0)
+    model = to_bayesian(
+        nn.Sequential(nn.Flatten(), nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4)), init_sigma=0.3, seed=0
+    )
     x = torch.rand(32, 20)
     y = torch.randint(0, 4, (32,))
     eps = 0.2 if norm == "inf" else 1.5
-    result = attack({"use": "pgd", "norm": norm, "eps": eps, "steps": 15, "step_size": eps / 2, "samples": 3}, (0.0, 1.0))(model, x, y)
+    result = attack(
+        {"use": "pgd", "norm": norm, "eps": eps, "steps": 15, "step_size": eps / 2, "samples": 3}, (0.0, 1.0)
+    )(model, x, y)
     assert float(result.x_adv.min()) >= 0.0 and float(result.x_adv.max()) <= 1.0
     delta = result.x_adv - x
     if norm == "inf":
@@ -150,7 +163,9 @@ def test_restarts_and_best_iterate_never_lower_the_attack_score() -> None:
         assert bool((score(best.x_adv) >= score(last.x_adv) - 1e-5).all())
         assert bool((score(restarted.x_adv) >= score(best.x_adv) - 1e-5).all())
         assert float(score(restarted.x_adv).mean()) > float(score(last.x_adv).mean())
-    torch.testing.assert_close(best.diagnostics["attack_loss"], F.cross_entropy(net(best.x_adv)[0], y, reduction="none"))
+    torch.testing.assert_close(
+        best.diagnostics["attack_loss"], F.cross_entropy(net(best.x_adv)[0], y, reduction="none")
+    )
 
 
 def test_resample_attack_freezes_one_set_of_draws() -> None:
@@ -171,7 +186,9 @@ def test_resample_attack_freezes_one_set_of_draws() -> None:
 
 def test_random_sign_moves_every_component_by_eps() -> None:
     x = torch.full((4, 10), 0.5)
-    result = attack({"use": "random-sign", "eps": 0.1}, (0.0, 1.0))(as_sampled(nn.Linear(10, 2)), x, torch.zeros(4, dtype=torch.long))
+    result = attack({"use": "random-sign", "eps": 0.1}, (0.0, 1.0))(
+        as_sampled(nn.Linear(10, 2)), x, torch.zeros(4, dtype=torch.long)
+    )
     torch.testing.assert_close(result.delta.abs(), torch.full((4, 10), 0.1))
     with pytest.raises(advbayes.RegistryError, match=r"key 'norm': expected 'inf'"):
         attack({"use": "random-sign", "norm": "2"})
@@ -183,7 +200,9 @@ def test_cw_and_margin_losses() -> None:
     logits = torch.tensor([[[2.0, 1.0, -1.0]], [[0.0, 3.0, 0.0]]])  # two draws, one example, true class 0
     y = torch.tensor([0])
     assert attack_loss(logits, y, "cw", "probs").item() == pytest.approx(2.0 - 1.0)  # on averaged logits [1, 2, -0.5]
-    assert attack_loss(logits, y, "cw", "loss").item() == pytest.approx((max(1 - 2, 0) + (3 - 0)) / 2)  # clamped at -kappa
+    assert attack_loss(logits, y, "cw", "loss").item() == pytest.approx(
+        (max(1 - 2, 0) + (3 - 0)) / 2
+    )  # clamped at -kappa
     assert attack_loss(logits, y, "cw", "probs", kappa=0.5).item() == pytest.approx(1.0)
     probs = logits.softmax(-1).mean(0)[0]
     assert attack_loss(logits, y, "margin", "probs").item() == pytest.approx(float(probs[1] - probs[0]), rel=1e-5)
@@ -192,8 +211,12 @@ def test_cw_and_margin_losses() -> None:
 @pytest.mark.slow
 def test_undefended_mnist_cnn_accuracy_falls_with_eps_and_pgd_is_at_least_as_strong_as_fgsm() -> None:
     result = advbayes.run(
-        "quickstart", track=False, pm=create_plugin_manager(),
-        attacks=["fgsm", "pgd-20"], eps=[0.0, 0.1, 0.2, 0.3], **{"dataset.n_test": 300},
+        "quickstart",
+        track=False,
+        pm=create_plugin_manager(),
+        attacks=["fgsm", "pgd-20"],
+        eps=[0.0, 0.1, 0.2, 0.3],
+        **{"dataset.n_test": 300},
     )
     fgsm, pgd = result.table()["fgsm"], result.table()["pgd-20"]
     eps = [0.0, 0.1, 0.2, 0.3]

@@ -30,7 +30,9 @@ def mnist() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     result = advbayes.run(
         "quickstart", track=False, pm=create_plugin_manager(), attacks=["none"], eps=[0.0], **{"dataset.n_test": 500}
     )
-    dataset = REGISTRY.build("datasets", REGISTRY.resolve("datasets", {"use": "mnist-5k", "n_test": 500}, where=("t", "t", "t")))
+    dataset = REGISTRY.build(
+        "datasets", REGISTRY.resolve("datasets", {"use": "mnist-5k", "n_test": 500}, where=("t", "t", "t"))
+    )
     x, y = dataset.data("test").tensors
     return result.model.net.eval(), x, y
 
@@ -57,7 +59,9 @@ def test_every_loss_accepts_int32_labels(loss: str) -> None:
 
 def test_attacks_craft_in_eval_mode_and_restore_the_callers_modes() -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
     net[1].running_mean.normal_()
     net.train()
     net[3].eval()  # a module the caller set differently stays as it was
@@ -67,7 +71,9 @@ def test_attacks_craft_in_eval_mode_and_restore_the_callers_modes() -> None:
     torch.testing.assert_close(net[1].running_mean, before[0])
     assert int(net[1].num_batches_tracked) == int(before[1])
     assert net.training and net[1].training and not net[3].training
-    reference = attack({"use": "pgd", "eps": 0.1, "steps": 3, "random_start": False})(as_sampled(net.eval()), x, y).x_adv
+    reference = attack({"use": "pgd", "eps": 0.1, "steps": 3, "random_start": False})(
+        as_sampled(net.eval()), x, y
+    ).x_adv
     assert torch.equal(crafted, reference)  # crafted on running statistics, exactly as in eval mode
 
 
@@ -75,7 +81,9 @@ def test_a_registry_attack_called_from_python_clamps_to_the_unit_interval() -> N
     net = nn.Sequential(nn.Flatten(), nn.Linear(20, 4))
     x = torch.rand(64, 20)
     for name in ("fgsm", "pgd-20", "apgd-ce"):
-        x_adv = attack(name, eps=0.3, **({"steps": 5} if name != "fgsm" else {}))(as_sampled(net), x, torch.zeros(64, dtype=torch.long)).x_adv
+        x_adv = attack(name, eps=0.3, **({"steps": 5} if name != "fgsm" else {}))(
+            as_sampled(net), x, torch.zeros(64, dtype=torch.long)
+        ).x_adv
         assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0, name
 
 
@@ -145,7 +153,9 @@ def test_keep_best_on_a_stochastic_model_scores_candidate_and_incumbent_in_one_f
             return self.inner(x, samples=samples)
 
     x, y = torch.rand(6, 10), torch.randint(0, 3, (6,))
-    attack({"use": "pgd", "eps": 0.2, "steps": 4, "keep": "best", "selection_samples": 7, "samples": 3})(Recorded(), x, y)
+    attack({"use": "pgd", "eps": 0.2, "steps": 4, "keep": "best", "selection_samples": 7, "samples": 3})(
+        Recorded(), x, y
+    )
     gradient_calls = [c for c in calls if c[2]]
     selection_calls = [c for c in calls if c[:2] == (12, 7)]
     assert len(gradient_calls) == 4 and all(c[:2] == (6, 3) for c in gradient_calls)
@@ -200,7 +210,9 @@ def test_square_matches_the_official_implementation_on_500_digits(mnist, norm: s
     assert abs(ours_accuracy - official_accuracy) <= SQUARE_TOLERANCE, (ours_accuracy, official_accuracy)
 
 
-SQUARE_TOLERANCE = 0.03  # 300 queries of random search: one seed to the next moves either implementation by up to 6 points
+SQUARE_TOLERANCE = (
+    0.03  # 300 queries of random search: one seed to the next moves either implementation by up to 6 points
+)
 
 
 # ------------------------------------------------------------------------------------------- worst case
@@ -211,7 +223,10 @@ def test_worst_case_breaks_exactly_the_examples_some_attack_breaks() -> None:
     torch.manual_seed(3)
     net = as_sampled(nn.Sequential(nn.Flatten(), nn.Linear(30, 16), nn.ReLU(), nn.Linear(16, 4)).eval())
     x, y = torch.rand(256, 30), torch.randint(0, 4, (256,))
-    subs = [{"use": "fgsm", "name": "fgsm"}, {"use": "pgd", "name": "pgd-fixed", "steps": 5, "random_start": False, "loss": "cw"}]
+    subs = [
+        {"use": "fgsm", "name": "fgsm"},
+        {"use": "pgd", "name": "pgd-fixed", "steps": 5, "random_start": False, "loss": "cw"},
+    ]
     ensemble = attack({"use": "worst-case", "attacks": subs, "repeats": 5}, eps=0.05)
     from advbayes.components import EvalContext
 

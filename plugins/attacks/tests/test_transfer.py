@@ -28,9 +28,14 @@ def fgsm_accuracy(source, target, dataset_spec, eps: float) -> float:
 
 def test_transfer_from_a_defense_trained_earlier_in_the_experiment() -> None:
     group = advbayes.run(
-        "moons", track=False, pm=create_plugin_manager(), defense=None,
+        "moons",
+        track=False,
+        pm=create_plugin_manager(),
+        defense=None,
         defenses=["standard", {"use": "standard", "name": "other"}],
-        attacks=["fgsm", FGSM_TRANSFER], model={"use": "mlp", "widths": [16]}, **FAST,
+        attacks=["fgsm", FGSM_TRANSFER],
+        model={"use": "mlp", "widths": [16]},
+        **FAST,
     )
     standard, other = group.results
     # transfer from a model to itself is the white-box attack
@@ -44,8 +49,12 @@ def test_transfer_from_a_tracked_run(store: str) -> None:
     pm = create_plugin_manager()
     source = advbayes.run("moons", tracking_uri=store, pm=pm, model={"use": "mlp", "widths": [8]}, **FAST)
     target = advbayes.run(
-        "moons", tracking_uri=store, pm=pm, seed=3,
-        attacks=[{**FGSM_TRANSFER, "source": f"run:{source.run_id}"}], **FAST,
+        "moons",
+        tracking_uri=store,
+        pm=pm,
+        seed=3,
+        attacks=[{**FGSM_TRANSFER, "source": f"run:{source.run_id}"}],
+        **FAST,
     )
     assert target.table()["fgsm-from-standard"][0.3] == pytest.approx(
         fgsm_accuracy(source.model.cpu(), target.model, target.spec["dataset"], 0.3), abs=1e-6
@@ -53,9 +62,14 @@ def test_transfer_from_a_tracked_run(store: str) -> None:
 
 
 def test_an_unknown_transfer_source_is_a_clear_error() -> None:
-    with pytest.raises(advbayes.RunError, match=r"uses source 'nobody', which is not a defense trained before 'standard' "
-                       r"\(trained before it: none\); list it earlier in `defenses`, or give run:<RUN_ID>"):
-        advbayes.run("moons", track=False, pm=create_plugin_manager(), attacks=[{**FGSM_TRANSFER, "source": "nobody"}], **FAST)
+    with pytest.raises(
+        advbayes.RunError,
+        match=r"uses source 'nobody', which is not a defense trained before 'standard' "
+        r"\(trained before it: none\); list it earlier in `defenses`, or give run:<RUN_ID>",
+    ):
+        advbayes.run(
+            "moons", track=False, pm=create_plugin_manager(), attacks=[{**FGSM_TRANSFER, "source": "nobody"}], **FAST
+        )
     registry = load_registry(pm=create_plugin_manager())
     unbound = registry.build("attacks", registry.resolve("attacks", FGSM_TRANSFER, where=("t", "t", "t")))
     with pytest.raises(advbayes.RunError, match="used before bind"):

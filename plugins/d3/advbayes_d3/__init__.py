@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from advbayes.hookspecs import hookimpl
+from advbayes import hookimpl
 from advbayes_d3.defenses import D3
 from advbayes_d3.metrics import Obfuscation
 

@@ -1,4 +1,4 @@
-"""D3 (Bender et al. 2020): a partially Bayesian network trained with diversity penalties on per-draw input gradients."""
+"""D3 (Bender et al. 2020): a partially Bayesian network trained with diversity penalties on input gradients."""
 
 from __future__ import annotations
 
@@ -8,13 +8,9 @@ import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from torch.utils.data import Dataset as TorchDataset
 
-from advbayes.components import Defense, LossOutput, TrainContext
-from advbayes.losses import mean_cross_entropy
-from advbayes.params import entry_param, param
-from advbayes.stochastic import kl, to_bayesian
+from advbayes import Defense, LossOutput, TrainContext, entry_param, kl, mean_cross_entropy, param, to_bayesian
 from advbayes_d3.offline import adversarial_split, source_model
 from advbayes_d3.penalties import omega_m, omega_s, omega_v1, omega_v2, omega_v3, unit_directions
 
@@ -55,16 +51,24 @@ class D3(Defense):
     variance_penalty: str = param("v3", kind=str, choices=VARIANCE_PENALTIES, help="v1 min, v2 soft-min, v3 target")
     temperature: float = param(10.0, gt=0.0, help="soft-min temperature of Omega_V2")
     lambda_s: float = param(0.0, ge=0.0, help="weight of the non-sparsity penalty Omega_S")
-    gradient_of: str = param("loss", kind=str, choices=("loss", "true-logit"), help="the output whose input gradient is penalized")
+    gradient_of: str = param(
+        "loss", kind=str, choices=("loss", "true-logit"), help="the output whose input gradient is penalized"
+    )
     prior_sigma: float = param(0.15, gt=0.0, help="prior std of the ELBO's KL")
     alpha: float = param(0.02, gt=0.0, le=1.0, help="KL weight (alpha / N_train)")
     init_sigma: float = param(0.01, gt=0.0, help="initial posterior std")
     inference_samples: int = param(10, kind=int, ge=1, help="S_I (the paper: as many draws as in training)")
-    offline_attack: Any = entry_param("attacks", None, help="-Off: this attack's examples on a deterministic model are appended to the training set")
-    offline_source: str = param(
-        "", kind=str, help="the deterministic model: a defense trained earlier in the experiment, run:<RUN_ID>, or '' to train one here"
+    offline_attack: Any = entry_param(
+        "attacks", None, help="-Off: this attack's examples on a deterministic model are appended to the training set"
     )
-    offline_epochs: int = param(3, kind=int, ge=1, help="epochs of the deterministic model trained here (offline_source '')")
+    offline_source: str = param(
+        "",
+        kind=str,
+        help="the deterministic model: a defense trained earlier in the experiment, run:<RUN_ID>, or '' to train one",
+    )
+    offline_epochs: int = param(
+        3, kind=int, ge=1, help="epochs of the deterministic model trained here (offline_source '')"
+    )
 
     def model_sources(self) -> tuple[str, ...]:
         """-Off with a named deterministic model."""
@@ -85,7 +89,11 @@ class D3(Defense):
         """The active penalties, averaged over the batch."""
         values: dict[str, torch.Tensor] = {"omega_m": omega_m(u).mean()}
         if self.lambda_v > 0:
-            penalty = {"v1": lambda: omega_v1(u), "v2": lambda: omega_v2(u, self.temperature), "v3": lambda: omega_v3(u)}
+            penalty = {
+                "v1": lambda: omega_v1(u),
+                "v2": lambda: omega_v2(u, self.temperature),
+                "v3": lambda: omega_v3(u),
+            }
             values["omega_v"] = penalty[self.variance_penalty]().mean()
         if self.lambda_s > 0:
             values["omega_s"] = omega_s(u).mean()
@@ -105,6 +113,9 @@ class D3(Defense):
                 total = total + weights[name] * value
         return LossOutput(
             loss=total,
-            parts={"ce": ce.detach(), **{k: v.detach() for k, v in values.items()}, "acc": (logits.detach().mean(0).argmax(-1) == y).float().mean()},
+            parts={
+                "ce": ce.detach(),
+                **{k: v.detach() for k, v in values.items()},
+                "acc": (logits.detach().mean(0).argmax(-1) == y).float().mean(),
+            },
         )
-

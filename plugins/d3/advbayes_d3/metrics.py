@@ -9,10 +9,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from advbayes.components import EvalBatch, EvalContext, Metric, MetricState
-from advbayes.errors import RunError
-from advbayes.params import entry_param, param
-from advbayes.stochastic import as_sampled, predict
+from advbayes import EvalBatch, EvalContext, Metric, MetricState, RunError, as_sampled, entry_param, param, predict
 
 
 def clearly_below(white: float, black: float, n: int, margin: float) -> bool:
@@ -44,7 +41,7 @@ class ObfuscationState(MetricState):
         self.total += torch.tensor(batch.y.numel(), device=self.total.device)
 
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        """white_box_accuracy, black_box_accuracy, obfuscation_gap (white - black) and obfuscation_flag (1 = flagged)."""
+        """white_box_accuracy, black_box_accuracy, obfuscation_gap (white - black), obfuscation_flag (1 = flagged)."""
         n = self.total.clamp(min=1).float()
         white, black = self.white.float() / n, self.black.float() / n
         flagged = clearly_below(float(white), float(black), int(self.total), self.margin)
@@ -58,10 +55,14 @@ class ObfuscationState(MetricState):
 
 @attrs.frozen(kw_only=True)
 class Obfuscation(Metric):
-    """White-box vs transfer accuracy per eps; flags the defense when black-box accuracy is clearly lower (obfuscated gradients)."""
+    """White-box vs transfer accuracy per eps; flags a defense whose black-box accuracy is clearly lower."""
 
     name: ClassVar[str] = "obfuscation"
-    source: str = param("standard", kind=str, help="the deterministic source: a defense trained earlier in the experiment, or run:<RUN_ID>")
+    source: str = param(
+        "standard",
+        kind=str,
+        help="the deterministic source: a defense trained earlier in the experiment, or run:<RUN_ID>",
+    )
     attack: Any = entry_param("attacks", "pgd-40", optional=False, help="the attack crafted on the source")
     margin: float = param(0.05, ge=0.0, le=1.0, help="smallest gap that flags (also more than 2 standard errors)")
     source_model: Any = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})

@@ -1,4 +1,4 @@
-"""Offline adversarial training ("-Off"): a deterministic model's adversarial examples, appended to the training set once."""
+"""Offline adversarial training ("-Off"): a deterministic model's adversarial examples, appended to the train set."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from torch.utils.data import ConcatDataset, TensorDataset
 from torch.utils.data import Dataset as TorchDataset
 from tqdm.auto import tqdm
 
-from advbayes.components import TrainContext
-from advbayes.data import Batches
-from advbayes.stochastic import as_sampled
+from advbayes import Batches, TrainContext, as_sampled
 
 CRAFT_BATCH = 256
 
@@ -41,5 +39,7 @@ def adversarial_split(
     extra = TensorDataset(torch.cat(crafted), torch.cat(labels))
     if isinstance(context.train, TensorDataset):
         x_all, y_all = context.train.tensors[:2]
-        return TensorDataset(torch.cat([x_all, extra.tensors[0].to(x_all.device)]), torch.cat([y_all, extra.tensors[1].to(y_all.device)]))
+        return TensorDataset(
+            torch.cat([x_all, extra.tensors[0].to(x_all.device)]), torch.cat([y_all, extra.tensors[1].to(y_all.device)])
+        )
     return ConcatDataset([context.train, extra])

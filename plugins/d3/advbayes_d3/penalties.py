@@ -1,4 +1,4 @@
-"""D3's penalties on unit input-gradient directions u [K, B, D] of K posterior draws; each returns one value per example.
+"""D3's penalties on unit input-gradient directions u [K, B, D] of K posterior draws; one value per example each.
 
 E_k and Var_k are over the K draws (population variance), per input dimension d.
 """
@@ -30,7 +30,7 @@ def omega_v1(u: torch.Tensor) -> torch.Tensor:
 
 
 def omega_v2(u: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Soft-min variance penalty: -sum_d softmin_d(temperature * Var_k[u_d]) Var_k[u_d] (-> Omega_V1 as temperature grows)."""
+    """Soft-min variance penalty: -sum_d softmin_d(temperature * Var_k[u_d]) Var_k[u_d] (-> Omega_V1 as it grows)."""
     var = variance(u)
     return -(torch.softmax(-temperature * var, dim=-1) * var).sum(dim=-1)
 

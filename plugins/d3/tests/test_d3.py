@@ -8,7 +8,6 @@ import attrs
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import draw_network
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -21,6 +20,7 @@ from advbayes.stochastic import frozen
 from advbayes_d3.defenses import per_draw_input_gradients
 from advbayes_d3.metrics import clearly_below
 from advbayes_d3.penalties import omega_m, omega_s, omega_v1, omega_v2, omega_v3, unit_directions
+from helpers import draw_network
 
 
 def build_defense(spec):
@@ -75,7 +75,13 @@ def test_penalties_equal_direct_loops_over_the_same_draws() -> None:
     u = unit_directions(gradients).double()
     torch.testing.assert_close(u, reference_u, rtol=1e-4, atol=1e-6)
     expected = loop_penalties(reference_u, temperature=5.0)
-    for name, value in (("m", omega_m(u)), ("v1", omega_v1(u)), ("v2", omega_v2(u, 5.0)), ("v3", omega_v3(u)), ("s", omega_s(u))):
+    for name, value in (
+        ("m", omega_m(u)),
+        ("v1", omega_v1(u)),
+        ("v2", omega_v2(u, 5.0)),
+        ("v3", omega_v3(u)),
+        ("s", omega_s(u)),
+    ):
         torch.testing.assert_close(value, torch.tensor(expected[name], dtype=torch.float64), rtol=1e-4, atol=1e-7)
 
 
@@ -101,7 +107,11 @@ def test_one_backward_gives_the_per_draw_gradients(gradient_of: str) -> None:
         for k in range(4):
             xk = x.clone().requires_grad_(True)
             out = model(xk, samples=4)[k]
-            value = F.cross_entropy(out, y, reduction="sum") if gradient_of == "loss" else out.gather(1, y.view(-1, 1)).sum()
+            value = (
+                F.cross_entropy(out, y, reduction="sum")
+                if gradient_of == "loss"
+                else out.gather(1, y.view(-1, 1)).sum()
+            )
             (expected,) = torch.autograd.grad(value, xk)
             torch.testing.assert_close(gradients[k], expected, rtol=1e-4, atol=1e-6)
     assert gradients.requires_grad  # double backprop: the penalties can be trained
@@ -110,7 +120,9 @@ def test_one_backward_gives_the_per_draw_gradients(gradient_of: str) -> None:
 def test_the_front_stays_deterministic() -> None:
     defense = build_defense({"use": "d3"})
     registry = load_registry(pm=create_plugin_manager())
-    network = registry.build("models", registry.resolve("models", "mnist-cnn", where=("t", "t", "t"))).build((1, 28, 28), 10)
+    network = registry.build("models", registry.resolve("models", "mnist-cnn", where=("t", "t", "t"))).build(
+        (1, 28, 28), 10
+    )
     model = defense.prepare(network)
     kinds = [type(m).__name__ for m in model.net]
     assert kinds.count("BayesLinear") == 2 and "BayesConv2d" not in kinds  # ceil(0.25 * 5) = 2 weight layers
@@ -119,8 +131,14 @@ def test_the_front_stays_deterministic() -> None:
 @pytest.mark.slow
 def test_training_with_lambda_m_lowers_omega_m_on_mnist_5k() -> None:
     common = {
-        "track": False, "pm": create_plugin_manager(), "epochs": 2, "attacks": ["none"], "eps": [0.0],
-        "model": {"use": "mlp", "widths": [64, 64]}, "dataset.n_train": 512, "dataset.n_test": 100,
+        "track": False,
+        "pm": create_plugin_manager(),
+        "epochs": 2,
+        "attacks": ["none"],
+        "eps": [0.0],
+        "model": {"use": "mlp", "widths": [64, 64]},
+        "dataset.n_train": 512,
+        "dataset.n_test": 100,
     }
     plain = advbayes.run("quickstart", defense={"use": "d3", "bayesian_fraction": 0.5}, **common)
     penalized = advbayes.run("quickstart", defense={"use": "d3", "bayesian_fraction": 0.5, "lambda_m": 20.0}, **common)
@@ -129,6 +147,7 @@ def test_training_with_lambda_m_lowers_omega_m_on_mnist_5k() -> None:
 
 
 # ------------------------------------------------------------------------------------------- offline training
+
 
 def test_offline_augmentation_appends_one_adversarial_copy_and_leaves_the_test_split(monkeypatch) -> None:
     """Through the real engine: the defense trains on 2N examples (N clean + N FGSM), evaluation sees the test split."""
@@ -146,9 +165,20 @@ def test_offline_augmentation_appends_one_adversarial_copy_and_leaves_the_test_s
 
     monkeypatch.setattr(Run, "train", train)
     monkeypatch.setattr(Run, "evaluate", evaluate)
-    defense = {"use": "d3", "bayesian_fraction": 0.5, "draws": 2, "offline_attack": {"use": "fgsm", "eps": 0.25}, "offline_epochs": 1}
+    defense = {
+        "use": "d3",
+        "bayesian_fraction": 0.5,
+        "draws": 2,
+        "offline_attack": {"use": "fgsm", "eps": 0.25},
+        "offline_epochs": 1,
+    }
     advbayes.run(
-        "moons", track=False, pm=create_plugin_manager(), defense=defense, epochs=1, attacks=["none"],
+        "moons",
+        track=False,
+        pm=create_plugin_manager(),
+        defense=defense,
+        epochs=1,
+        attacks=["none"],
         model={"use": "mlp", "widths": [16]},
     )
     dataset = seen["dataset"]
@@ -168,7 +198,9 @@ def test_offline_augmentation_appends_one_adversarial_copy_and_leaves_the_test_s
 def test_offline_source_from_an_earlier_defense_and_a_resumed_run_gets_the_same_data() -> None:
     """The -Off data from a peer model are reproducible: the augmentation runs in its own seeded random state."""
     registry = load_registry(pm=create_plugin_manager())
-    defense = build_defense({"use": "d3", "offline_attack": {"use": "pgd", "eps": 0.2, "steps": 3}, "offline_source": "cnn"})
+    defense = build_defense(
+        {"use": "d3", "offline_attack": {"use": "pgd", "eps": 0.2, "steps": 3}, "offline_source": "cnn"}
+    )
     torch.manual_seed(0)
     source = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
     x, y = torch.rand(10, 1, 2, 2), torch.randint(0, 3, (10,))
@@ -179,8 +211,13 @@ def test_offline_source_from_an_earlier_defense_and_a_resumed_run_gets_the_same_
 
     def context():
         return TrainContext(
-            dataset=None, train=TensorDataset(x, y), device=torch.device("cpu"), n_train=10, seed=0,
-            build_attack=build_attack, models={"cnn": advbayes.stochastic.as_sampled(source)},
+            dataset=None,
+            train=TensorDataset(x, y),
+            device=torch.device("cpu"),
+            n_train=10,
+            seed=0,
+            build_attack=build_attack,
+            models={"cnn": advbayes.stochastic.as_sampled(source)},
         )
 
     torch.manual_seed(1)
@@ -194,6 +231,7 @@ def test_offline_source_from_an_earlier_defense_and_a_resumed_run_gets_the_same_
 
 
 # ------------------------------------------------------------------------------------------- obfuscation metric
+
 
 class Quantized(nn.Module):
     """A network behind a rounding step: its input gradient is zero everywhere (gradient masking by construction)."""
@@ -213,14 +251,31 @@ def obfuscation_values(target: nn.Module, source: nn.Module, x, y, eps: float) -
     def build_attack(entry):
         return registry.build("attacks", registry.resolve("attacks", entry, where=("t", "t", "t")))
 
-    metric = registry.build("metrics", registry.resolve("metrics", {"use": "obfuscation", "source": "src", "attack": {"use": "fgsm"}}, where=("t", "t", "t")))
+    metric = registry.build(
+        "metrics",
+        registry.resolve(
+            "metrics", {"use": "obfuscation", "source": "src", "attack": {"use": "fgsm"}}, where=("t", "t", "t")
+        ),
+    )
     context = EvalContext(models={"src": source}, build_attack=build_attack, device=torch.device("cpu"))
     state = metric.bind(context).create()
     attack = attrs.evolve(build_attack({"use": "fgsm"}), eps=eps, value_range=(0.0, 1.0))
     sampled = advbayes.stochastic.as_sampled(target)
     result = attack(sampled, x, y)
     probs, _ = advbayes.stochastic.predict(sampled, result.x_adv)
-    state.update(EvalBatch(model=sampled, x=x, y=y, result=result, probs=probs, attack=attack, eps=eps, inference_samples=1, device=torch.device("cpu")))
+    state.update(
+        EvalBatch(
+            model=sampled,
+            x=x,
+            y=y,
+            result=result,
+            probs=probs,
+            attack=attack,
+            eps=eps,
+            inference_samples=1,
+            device=torch.device("cpu"),
+        )
+    )
     return {k: float(v) for k, v in state.compute().items()}
 
 
@@ -263,10 +318,22 @@ def test_d3_predicts_by_averaging_logits() -> None:
 def test_d3_mnist_5k_experiment_runs_on_a_subset() -> None:
     """The claims experiment resolves and runs end to end (1 epoch, a tiny subset); the findings come from the full run."""
     group = advbayes.run(
-        "d3-mnist-5k", track=False, pm=create_plugin_manager(), epochs=1,
+        "d3-mnist-5k",
+        track=False,
+        pm=create_plugin_manager(),
+        epochs=1,
         **{"dataset.n_train": 128, "dataset.n_test": 32},
-        attacks=["none", "fgsm", {"extends": "pgd-40", "name": "pgd-40", "steps": 2}, {"extends": "eot-pgd-40", "name": "eot-pgd-40", "steps": 2}, "transfer-pgd-40"],
-        metrics=["accuracy", {"extends": "obfuscation", "name": "obfuscation", "attack": {"extends": "pgd-40", "steps": 2}}],
+        attacks=[
+            "none",
+            "fgsm",
+            {"extends": "pgd-40", "name": "pgd-40", "steps": 2},
+            {"extends": "eot-pgd-40", "name": "eot-pgd-40", "steps": 2},
+            "transfer-pgd-40",
+        ],
+        metrics=[
+            "accuracy",
+            {"extends": "obfuscation", "name": "obfuscation", "attack": {"extends": "pgd-40", "steps": 2}},
+        ],
     )
     names = [r.spec["defense"]["name"] for r in group.results]
     assert names == ["standard", "d3-bnn", "d3-m", "d3-m-s", "d3-m-s-off"]
@@ -274,5 +341,7 @@ def test_d3_mnist_5k_experiment_runs_on_a_subset() -> None:
         table = result.table()
         assert set(table) == {"none", "fgsm", "pgd-40", "eot-pgd-40", "transfer-pgd-40"}
         record = next(r for r in result.records if r.attack == "pgd-40")
-        assert {"white_box_accuracy", "black_box_accuracy", "obfuscation_gap", "obfuscation_flag"} <= set(record.metrics)
+        assert {"white_box_accuracy", "black_box_accuracy", "obfuscation_gap", "obfuscation_flag"} <= set(
+            record.metrics
+        )
         assert record.metrics["white_box_accuracy"] == record.metrics["accuracy"]

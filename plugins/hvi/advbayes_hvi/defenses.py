@@ -9,11 +9,20 @@ import attrs
 import torch
 from torch import nn
 
-from advbayes.components import Defense, LossOutput, TrainContext
-from advbayes.losses import ensemble_accuracy, mean_cross_entropy
-from advbayes.params import entry_param, param
-from advbayes.stochastic import StochasticLayer, hierarchical_regularizer_terms, posterior_statistics, to_bayesian
-from advbayes.training import adversarial_examples
+from advbayes import (
+    Defense,
+    LossOutput,
+    StochasticLayer,
+    TrainContext,
+    adversarial_examples,
+    ensemble_accuracy,
+    entry_param,
+    hierarchical_regularizer_terms,
+    mean_cross_entropy,
+    param,
+    posterior_statistics,
+    to_bayesian,
+)
 from advbayes_hvi.nig import NIGParameter, nu_term
 
 
@@ -33,7 +42,9 @@ class HVI(Defense):
     default_lr: ClassVar[float] = 0.01
     beta: float = param(1.0, ge=0.0, help="weight of the regularizer R")
     init_variance: float = param(0.1, gt=0.0, help="initial sigma0^2 (the paper: 0.1)")
-    nu: float = param(math.inf, gt=0.0, infinite=True, help="Inverse-Gamma shape; inf: w = mu0 + sigma0 e (the paper's choice)")
+    nu: float = param(
+        math.inf, gt=0.0, infinite=True, help="Inverse-Gamma shape; inf: w = mu0 + sigma0 e (the paper's choice)"
+    )
     train_attack: Any = entry_param("attacks", None, help="attack entry for adversarial training; none: clean data")
     train_samples: int = param(1, kind=int, ge=1, help="draws per training step")
     inference_samples: int = param(10, kind=int, ge=1, help="S_I: draws averaged at prediction")

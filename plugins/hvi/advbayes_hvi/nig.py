@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from advbayes.stochastic import GaussianParameter
+from advbayes import GaussianParameter
 
 
 def nu_term(nu: float) -> float:
@@ -19,7 +19,9 @@ def nu_term(nu: float) -> float:
 def nig_kl(mu0: torch.Tensor, sigma0: torch.Tensor, nu: float, lam: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
     """Per-weight KL(q || p) for q = N(mu0, sigma0^2) IG(nu, psi) and p = N(0, sigma^2 / lam) IG(nu, 1)."""
     digamma = torch.special.digamma(torch.as_tensor(nu, dtype=mu0.dtype))
-    first = lam * nu * (sigma0**2 + mu0**2) / (2 * psi) + 0.5 * (psi.log() - digamma - lam.log() - (sigma0**2).log()) - 0.5
+    first = (
+        lam * nu * (sigma0**2 + mu0**2) / (2 * psi) + 0.5 * (psi.log() - digamma - lam.log() - (sigma0**2).log()) - 0.5
+    )
     return first + nu * psi.log() - nu * (psi - 1) / psi
 
 
@@ -28,7 +30,9 @@ def optimal_kl(mu0: torch.Tensor, sigma0: torch.Tensor, nu: float) -> torch.Tens
     return 0.5 * torch.log1p(mu0**2 / sigma0**2) + nu_term(nu)
 
 
-def standard_gamma(shape_parameter: float, size: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def standard_gamma(
+    shape_parameter: float, size: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
     """Gamma(k, 1) draws by Marsaglia and Tsang's method, from `generator` (so a model's seed covers them)."""
     boost = shape_parameter < 1
     k = shape_parameter + 1 if boost else shape_parameter
@@ -49,7 +53,7 @@ def standard_gamma(shape_parameter: float, size: tuple[int, ...], generator: tor
 
 
 class NIGParameter(GaussianParameter):
-    """A weight with the full Normal-Inverse-Gamma posterior: w = mu0 + sigma0 e_mu + sqrt(psi e_s) e, e_s ~ IG(nu, 1)."""
+    """A weight with the Normal-Inverse-Gamma posterior: w = mu0 + sigma0 e_mu + sqrt(psi e_s) e, e_s ~ IG(nu, 1)."""
 
     def __init__(self, source: GaussianParameter, nu: float, psi: float = 1.0) -> None:
         super().__init__(source.mu.detach(), 1.0)

@@ -64,7 +64,11 @@ def test_the_first_kl_term_against_monte_carlo() -> None:
     prior_var = sigma2 / lam
     monte_carlo = (0.5 * (prior_var / sigma0**2).log() + (sigma0**2 + mu0**2) / (2 * prior_var) - 0.5).mean()
     digamma = float(torch.special.digamma(torch.tensor(nu, dtype=torch.float64)))
-    closed = lam * nu * (sigma0**2 + mu0**2) / (2 * psi) + 0.5 * (math.log(psi) - digamma - math.log(lam) - math.log(sigma0**2)) - 0.5
+    closed = (
+        lam * nu * (sigma0**2 + mu0**2) / (2 * psi)
+        + 0.5 * (math.log(psi) - digamma - math.log(lam) - math.log(sigma0**2))
+        - 0.5
+    )
     assert float(monte_carlo) == pytest.approx(closed, abs=2e-3)
 
 
@@ -127,4 +131,6 @@ def test_finite_nu_draws_have_the_hierarchical_variance_and_follow_the_models_se
     assert torch.equal(model(x, samples=200_000)[:, 0, 0].detach().double(), outputs)
     expected_r = float(regularizer(model).detach()) + nu_term(6.0)
     context = TrainContext(dataset=None, train=None, device=torch.device("cpu"), n_train=1, seed=0, build_attack=None)
-    assert float(defense.loss(model, (x, torch.zeros(1, dtype=torch.long)), context).parts["r"]) == pytest.approx(expected_r)
+    assert float(defense.loss(model, (x, torch.zeros(1, dtype=torch.long)), context).parts["r"]) == pytest.approx(
+        expected_r
+    )

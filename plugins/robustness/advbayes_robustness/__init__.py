@@ -1,11 +1,11 @@
-"""advbayes-robustness: robustness-condition metrics, gradient-limit measurements, MC dropout and randomized smoothing."""
+"""advbayes-robustness: robustness-condition metrics, gradient-limit measurements, MC dropout, smoothing."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from advbayes.hookspecs import hookimpl
+from advbayes import hookimpl
 from advbayes_robustness.defenses import MCDropout, Smoothing
 from advbayes_robustness.metrics import (
     GradientLimit,
@@ -35,7 +35,7 @@ def register_metrics(register: Any) -> None:
 
 @hookimpl(tryfirst=True)
 def run_finished(run: Any, result: Any, status: str, error: Any) -> None:
-    """Figures across the run's cells (accuracy vs S_A / S_I, cos(alpha) per S_A, fractions vs eps), before tracking logs them."""
+    """Figures across the run's cells (accuracy vs S_A / S_I, cos(alpha) per S_A, fractions vs eps), before tracking."""
     if result is not None:
         result.figures.update(sweep_figures(result.records))
 

@@ -6,7 +6,7 @@ import attrs
 import torch
 from torch import nn
 
-from advbayes.stochastic import as_sampled
+from advbayes import as_sampled
 
 DISCRIMINANTS = ("probs", "logits")
 
@@ -57,7 +57,9 @@ def robustness_conditions(
     length = d.norm(dim=1)
     g_norm = g.norm(dim=-1)
     denominator = g_norm * length.unsqueeze(1)
-    cos = torch.where(denominator > 0, (g @ d.unsqueeze(-1)).squeeze(-1) / denominator.clamp_min(1e-30), torch.zeros_like(f_yc))
+    cos = torch.where(
+        denominator > 0, (g @ d.unsqueeze(-1)).squeeze(-1) / denominator.clamp_min(1e-30), torch.zeros_like(f_yc)
+    )
     inf = torch.full_like(f_yc, float("inf"))
     r_tilde = torch.where(cos >= 0, inf, -f_yc / (g_norm * cos).clamp_max(-1e-30))
     v = g_norm * cos - smoothness * length.unsqueeze(1)

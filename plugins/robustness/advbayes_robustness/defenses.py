@@ -8,9 +8,7 @@ import attrs
 import torch
 from torch import nn
 
-from advbayes.components import Defense, LossOutput, TrainContext
-from advbayes.losses import ensemble_accuracy, mean_cross_entropy
-from advbayes.params import param
+from advbayes import Defense, LossOutput, TrainContext, ensemble_accuracy, mean_cross_entropy, param
 from advbayes_robustness.models import DROPOUT_TYPES, MCDropoutModel, Smoothed, dropout_layers
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.SiLU)
@@ -54,7 +52,13 @@ class MCDropout(NoisyCopiesLoss):
     """MC dropout: dropout stays on at prediction, S_I masks averaged; optionally with randomized smoothing."""
 
     name: ClassVar[str] = "mc-dropout"
-    rate: float | None = param(None, ge=0.0, lt=1.0, optional=True, help="dropout rate of every dropout layer (inserted after activations when there is none); default: the model's")
+    rate: float | None = param(
+        None,
+        ge=0.0,
+        lt=1.0,
+        optional=True,
+        help="dropout rate of every dropout layer (inserted after activations if there is none); default: the model's",
+    )
     noise_variance: float = param(0.0, ge=0.0, help="smoothing: Gaussian input noise variance per draw (0: off)")
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -68,7 +72,9 @@ class Smoothing(NoisyCopiesLoss):
     """Randomized smoothing: training on noisy copies of each image, prediction averaged over noise draws."""
 
     name: ClassVar[str] = "smoothing"
-    noise_variance: float = param(0.1, gt=0.0, help="Gaussian input noise variance (the paper: 0.1 Fashion-MNIST, 0.01 CIFAR-10)")
+    noise_variance: float = param(
+        0.1, gt=0.0, help="Gaussian input noise variance (the paper: 0.1 Fashion-MNIST, 0.01 CIFAR-10)"
+    )
     train_samples: int = param(2, kind=int, ge=1, help="noisy copies per training image (the paper: 2)")
 
     def prepare(self, model: nn.Module) -> nn.Module:

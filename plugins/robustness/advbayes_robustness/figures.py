@@ -31,7 +31,15 @@ def quantile_box_figure(stats: Mapping[str, Mapping[str, float]], title: str, yl
     """Boxes drawn from logged quantiles (q05 / q25 / q50 / q75 / q95), one per label."""
     figure, axes = _figure()
     boxes = [
-        {"label": label, "whislo": s["q05"], "q1": s["q25"], "med": s["q50"], "q3": s["q75"], "whishi": s["q95"], "mean": s["mean"]}
+        {
+            "label": label,
+            "whislo": s["q05"],
+            "q1": s["q25"],
+            "med": s["q50"],
+            "q3": s["q75"],
+            "whishi": s["q95"],
+            "mean": s["mean"],
+        }
         for label, s in stats.items()
     ]
     axes.bxp(boxes, showfliers=False, showmeans=True)
@@ -56,7 +64,13 @@ def heatmap_figure(matrix: torch.Tensor, names: Sequence[str], title: str) -> An
     return figure
 
 
-def lines_figure(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str, xlabel: str, ylabel: str, logx: bool = False) -> Any:
+def lines_figure(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logx: bool = False,
+) -> Any:
     """One line per named (x, y) series."""
     figure, axes = _figure()
     for label, (xs, ys) in series.items():

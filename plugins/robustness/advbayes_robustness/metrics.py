@@ -9,10 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advbayes.components import EvalBatch, EvalContext, Metric, MetricState
-from advbayes.errors import RunError
-from advbayes.params import list_param, param
-from advbayes.stochastic import as_sampled, frozen, predict
+from advbayes import (
+    EvalBatch,
+    EvalContext,
+    Metric,
+    MetricState,
+    RunError,
+    as_sampled,
+    frozen,
+    list_param,
+    param,
+    predict,
+)
 from advbayes_robustness.condition import DISCRIMINANTS, discriminant_jacobian, robustness_conditions
 from advbayes_robustness.figures import box_figure, heatmap_figure
 from advbayes_robustness.models import noise_variance_of
@@ -107,8 +115,18 @@ class RobustnessCondition(Metric):
 
     name: ClassVar[str] = "robustness-condition"
     samples: int | None = param(None, kind=int, ge=1, optional=True, help="|I|: draws of the condition (default S_I)")
-    on: str = param("probs", kind=str, choices=DISCRIMINANTS, help="discriminant: averaged probabilities, or logits (Theorem 3.2's linear case)")
-    smoothness: float | None = param(None, gt=0.0, optional=True, help="L of the smooth condition (default: 2 / noise variance when smoothed, else 1)")
+    on: str = param(
+        "probs",
+        kind=str,
+        choices=DISCRIMINANTS,
+        help="discriminant: averaged probabilities, or logits (Theorem 3.2's linear case)",
+    )
+    smoothness: float | None = param(
+        None,
+        gt=0.0,
+        optional=True,
+        help="L of the smooth condition (default: 2 / noise variance when smoothed, else 1)",
+    )
 
     def create(self) -> MetricState:
         """A fresh state."""
@@ -217,7 +235,11 @@ class GradientLimitState(MetricState):
         data = {f"S={count}": _cat(getattr(self, f"s{count}")).cpu() for count in self.counts}
         if not any(v.numel() for v in data.values()):
             return {}
-        return {"expected_gradient.png": box_figure(data, "|components| of the expected loss gradient vs posterior samples", log=True)}
+        return {
+            "expected_gradient.png": box_figure(
+                data, "|components| of the expected loss gradient vs posterior samples", log=True
+            )
+        }
 
 
 @attrs.frozen(kw_only=True)
@@ -283,6 +305,7 @@ class TransferCorrelationState(MetricState):
 
     def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
         """Craft on every source, evaluate on every target."""
+
         def correct(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 probs, _ = predict(model, x, batch.inference_samples, batch.prediction_average)
@@ -310,15 +333,21 @@ class TransferCorrelationState(MetricState):
 
     def figures(self) -> dict[str, Any]:
         """The rho matrix as a heat map."""
-        return {"transfer_correlation.png": heatmap_figure(self.matrix().cpu(), self.names, "rho(A -> B): rows A (source), columns B (target)")}
+        return {
+            "transfer_correlation.png": heatmap_figure(
+                self.matrix().cpu(), self.names, "rho(A -> B): rows A (source), columns B (target)"
+            )
+        }
 
 
 @attrs.frozen(kw_only=True)
 class TransferCorrelation(Metric):
-    """Adv-BNN's transfer correlation rho(A -> B) between defenses trained in the same experiment, per attack and eps."""
+    """Adv-BNN's transfer correlation rho(A -> B) between defenses trained in one experiment, per attack and eps."""
 
     name: ClassVar[str] = "transfer-correlation"
-    models: tuple[str, ...] = list_param((), kind=str, help="defenses of this experiment (empty: all trained so far, this one included)")
+    models: tuple[str, ...] = list_param(
+        (), kind=str, help="defenses of this experiment (empty: all trained so far, this one included)"
+    )
     bound: Any = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})
 
     def model_sources(self) -> tuple[str, ...]:
@@ -333,5 +362,7 @@ class TransferCorrelation(Metric):
     def create(self) -> MetricState:
         """A fresh state."""
         if self.bound is None:
-            raise RunError("transfer-correlation used before bind(): the run engine binds it to the experiment's models")
+            raise RunError(
+                "transfer-correlation used before bind(): the run engine binds it to the experiment's models"
+            )
         return TransferCorrelationState(self.bound)

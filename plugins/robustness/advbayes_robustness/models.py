@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from advbayes.stochastic import DeterministicSampled
+from advbayes import DeterministicSampled
 
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 
@@ -93,7 +93,9 @@ class MCDropoutModel(DrawSource):
         super().__init__(seed)
         layers = dropout_layers(net)
         if not layers:
-            raise ValueError("mc-dropout: the network has no dropout layer (give the model a dropout rate, or the defense a `rate`)")
+            raise ValueError(
+                "mc-dropout: the network has no dropout layer (give the model a dropout rate, or the defense a `rate`)"
+            )
         for name, module in layers:
             _replace(net, name, AlwaysDropout(float(module.p), self.generator))
         self.net = net

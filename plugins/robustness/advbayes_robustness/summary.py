@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from advbayes.results import EvalRecord
+from advbayes import EvalRecord
 from advbayes_robustness.figures import lines_figure, quantile_box_figure
 
 
@@ -43,18 +43,26 @@ def sweep_figures(records: Sequence[EvalRecord]) -> dict[str, Any]:
                     stats, f"{entry}: cos(alpha) per S_A (eps {eps_values[-1]:g}, S_I = {top_i})", "cos(alpha)"
                 )
         if len(inference_counts) > 1:
-            series = {f"eps {e:g}": (inference_counts, [accuracy(e, top_a, i) for i in inference_counts]) for e in eps_values}
+            series = {
+                f"eps {e:g}": (inference_counts, [accuracy(e, top_a, i) for i in inference_counts]) for e in eps_values
+            }
             figures[f"{entry}/accuracy_vs_inference_samples.png"] = lines_figure(
                 series, f"{entry}: accuracy vs S_I (S_A = {top_a})", "S_I (inference samples)", "accuracy", logx=True
             )
     for label in dict.fromkeys(r.attack for r in records):
-        cells = sorted((r for r in records if r.attack == label and "linear_fraction" in r.metrics), key=lambda r: r.eps)
+        cells = sorted(
+            (r for r in records if r.attack == label and "linear_fraction" in r.metrics), key=lambda r: r.eps
+        )
         if len(cells) > 1:
             xs = [r.eps for r in cells]
-            series = {name: (xs, [r.metrics[key] for r in cells]) for name, key in (
-                ("linear condition", "linear_fraction"), ("smooth condition", "smooth_fraction"),
-                ("adversarial accuracy", "adversarial_accuracy"),
-            )}
+            series = {
+                name: (xs, [r.metrics[key] for r in cells])
+                for name, key in (
+                    ("linear condition", "linear_fraction"),
+                    ("smooth condition", "smooth_fraction"),
+                    ("adversarial accuracy", "adversarial_accuracy"),
+                )
+            }
             figures[f"{label}/condition_fractions_vs_eps.png"] = lines_figure(
                 series, f"{label}: robustness conditions vs eps", "eps", "fraction of test examples"
             )

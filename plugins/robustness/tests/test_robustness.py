@@ -32,8 +32,15 @@ def eval_batch(model, x, y, delta, samples: int = 5) -> EvalBatch:
         probs, _ = predict(model, x_adv, samples)
     attack = build("attacks", "none")
     return EvalBatch(
-        model=model, x=x, y=y, result=AttackResult(x_adv=x_adv, delta=delta), probs=probs, attack=attack, eps=0.0,
-        inference_samples=samples, device=CPU,
+        model=model,
+        x=x,
+        y=y,
+        result=AttackResult(x_adv=x_adv, delta=delta),
+        probs=probs,
+        attack=attack,
+        eps=0.0,
+        inference_samples=samples,
+        device=CPU,
     )
 
 
@@ -43,6 +50,7 @@ def linear_bnn(dims: int = 6, classes: int = 4, sigma: float = 0.3) -> nn.Module
 
 
 # ------------------------------------------------------------------------------------------- conditions
+
 
 def test_linear_condition_predicts_the_attack_example_by_example() -> None:
     """Theorem 3.2: with linear discriminants (logits of a linear model with random weights) it is exact."""
@@ -91,6 +99,7 @@ def test_batched_jacobian_equals_per_class_gradients() -> None:
 
 # ------------------------------------------------------------------------------------------- gradient limit / variance
 
+
 def test_expected_gradient_of_a_deterministic_model_does_not_depend_on_the_sample_count() -> None:
     torch.manual_seed(6)
     model = as_sampled(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)))
@@ -101,7 +110,9 @@ def test_expected_gradient_of_a_deterministic_model_does_not_depend_on_the_sampl
     xr = x.clone().requires_grad_(True)
     (reference,) = torch.autograd.grad(F.cross_entropy(model(xr)[0], y, reduction="sum"), xr)
     for count in (1, 3, 10):
-        assert float(values[f"expected_gradient_abs/s{count}_mean"]) == pytest.approx(float(reference.abs().mean()), rel=1e-5)
+        assert float(values[f"expected_gradient_abs/s{count}_mean"]) == pytest.approx(
+            float(reference.abs().mean()), rel=1e-5
+        )
 
 
 def test_expected_gradient_of_a_bnn_equals_the_loop_over_its_draws() -> None:
@@ -159,6 +170,7 @@ def test_extreme_predictions_are_counted() -> None:
 
 # ------------------------------------------------------------------------------------------- softmax robustness
 
+
 def test_softmax_robustness_against_a_direct_computation() -> None:
     torch.manual_seed(10)
     model = as_sampled(nn.Linear(3, 4))
@@ -172,6 +184,7 @@ def test_softmax_robustness_against_a_direct_computation() -> None:
 
 
 # ------------------------------------------------------------------------------------------- models
+
 
 def test_mc_dropout_keeps_dropout_on_at_prediction_with_the_right_rate() -> None:
     model = MCDropoutModel(nn.Sequential(nn.Identity(), nn.Dropout(0.25), nn.Identity()), seed=0).eval()
@@ -220,9 +233,15 @@ FAST = {"epochs": 1, "eps": [0.3], "track": False}
 
 def test_transfer_correlation_matrix_through_the_engine() -> None:
     group = advbayes.run(
-        "moons", pm=create_plugin_manager(), defense=None,
-        defenses=["standard", {"use": "standard", "name": "other"}], model={"use": "mlp", "widths": [16]},
-        attacks=["fgsm"], metrics=["accuracy", "transfer-correlation"], seed=1, **FAST,
+        "moons",
+        pm=create_plugin_manager(),
+        defense=None,
+        defenses=["standard", {"use": "standard", "name": "other"}],
+        model={"use": "mlp", "widths": [16]},
+        attacks=["fgsm"],
+        metrics=["accuracy", "transfer-correlation"],
+        seed=1,
+        **FAST,
     )
     standard, other = group.results
     (record,) = other.records
@@ -237,22 +256,37 @@ def test_transfer_correlation_matrix_through_the_engine() -> None:
     clean = accuracy(target, x)
     under_source = accuracy(target, fgsm(as_sampled(source), x, y).x_adv)
     under_self = accuracy(target, fgsm(as_sampled(target), x, y).x_adv)
-    assert record.metrics["rho_standard_to_other"] == pytest.approx((clean - under_source) / (clean - under_self), abs=1e-6)
+    assert record.metrics["rho_standard_to_other"] == pytest.approx(
+        (clean - under_source) / (clean - under_self), abs=1e-6
+    )
 
 
 @pytest.mark.slow
 def test_sampling_fashion_style_runs_on_a_subset_with_sweeps_as_child_runs(store: str) -> None:
     group = advbayes.run(
-        "sampling-fashion-style", tracking_uri=store, pm=create_plugin_manager(), epochs=1,
-        attack_samples=[1, 5], inference_samples=[1, 5], eps=[0.5, 1.5],
-        **{"dataset.n_train": 256, "dataset.n_test": 64, "metrics": ["accuracy", "robustness-condition", {"use": "prediction-variance", "draws": 50}]},
+        "sampling-fashion-style",
+        tracking_uri=store,
+        pm=create_plugin_manager(),
+        epochs=1,
+        attack_samples=[1, 5],
+        inference_samples=[1, 5],
+        eps=[0.5, 1.5],
+        **{
+            "dataset.n_train": 256,
+            "dataset.n_test": 64,
+            "metrics": ["accuracy", "robustness-condition", {"use": "prediction-variance", "draws": 50}],
+        },
     )
     assert [r.spec["defense"]["name"] for r in group.results] == ["bnn", "mc-dropout-0.3", "mc-dropout-0.6"]
     for result in group.results:
         labels = {r.attack for r in result.records}
         assert labels == {f"fgm:sa{a}:si{i}" for a in (1, 5) for i in (1, 5)}
-        assert {"fgm/accuracy_vs_attack_samples.png", "fgm/accuracy_vs_inference_samples.png",
-                "fgm/cos_alpha_by_attack_samples.png", "fgm:sa5:si5/condition_fractions_vs_eps.png"} <= set(result.figures)
+        assert {
+            "fgm/accuracy_vs_attack_samples.png",
+            "fgm/accuracy_vs_inference_samples.png",
+            "fgm/cos_alpha_by_attack_samples.png",
+            "fgm:sa5:si5/condition_fractions_vs_eps.png",
+        } <= set(result.figures)
         assert result.model_metrics["prediction_variance_mean"] > 0
         for record in result.records:
             assert record.metrics["smooth_fraction"] <= record.metrics["linear_fraction"] + 1e-9

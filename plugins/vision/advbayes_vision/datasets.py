@@ -14,9 +14,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import TensorDataset
 
-from advbayes.components import Dataset
-from advbayes.errors import AdvbayesError, RunError
-from advbayes.params import SEED_LIMIT, param
+from advbayes import SEED_LIMIT, AdvbayesError, Dataset, RunError, param
 
 DATA_ENV = "ADVBAYES_DATA"
 
@@ -169,7 +167,9 @@ class DownloadableDataset(Dataset):
             raise self.unavailable("no files (download = false)")
         if self.root and not self.directory.is_dir() and not self.directory.parent.is_dir():
             # a user's root is created only inside an existing directory: a typo never builds a tree elsewhere
-            raise self.unavailable(f"no files, and root's parent {self.directory.parent} does not exist to download into")
+            raise self.unavailable(
+                f"no files, and root's parent {self.directory.parent} does not exist to download into"
+            )
         try:
             self.directory.mkdir(parents=not self.root, exist_ok=True)
             self.fetch()
@@ -260,7 +260,9 @@ class ArrayUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in ARRAY_GLOBALS:
-            raise pickle.UnpicklingError(f"refused global {module}.{name} (a batch holds only arrays, dicts, lists and strings)")
+            raise pickle.UnpicklingError(
+                f"refused global {module}.{name} (a batch holds only arrays, dicts, lists and strings)"
+            )
         if module.startswith("numpy.core.") and hasattr(np, "_core"):  # numpy 2 moved them; the old path warns
             module = "numpy._core." + module[len("numpy.core.") :]
         return super().find_class(module, name)
@@ -315,7 +317,10 @@ class Cifar10(DownloadableDataset):
     def load(self, split: str) -> TensorDataset:
         """The split as tensors in [0, 1]."""
         self.ensure()
-        batches = [_unpickle(self.directory / self.folder / f) for f in (self.train_files if split == "train" else self.test_files)]
+        batches = [
+            _unpickle(self.directory / self.folder / f)
+            for f in (self.train_files if split == "train" else self.test_files)
+        ]
         images = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
         labels = np.concatenate([b[self.label_key] for b in batches])
         return image_tensors(images, labels)
@@ -440,7 +445,8 @@ class ImageFolder(Dataset):
         folder = torchvision.datasets.ImageFolder(str(self._split_dir(split)))
         if folder.classes != classes:
             raise DatasetUnavailable(
-                f"dataset '{self.name}': {split} classes {folder.classes[:5]}... differ from train classes {classes[:5]}..."
+                f"dataset '{self.name}': {split} classes {folder.classes[:5]}... "
+                f"differ from train classes {classes[:5]}..."
             )
         return LabelledFiles([(path, label) for path, label in folder.samples], self.size)
 

@@ -9,8 +9,7 @@ import attrs
 import torch
 from torch import nn
 
-from advbayes.components import Model
-from advbayes.params import list_param, param
+from advbayes import Model, list_param, param
 
 
 class Normalize(nn.Module):
@@ -150,7 +149,13 @@ class WideResNetNetwork(nn.Module):
     """WideResNet-depth-width: three groups of (depth - 4) / 6 wide basic blocks."""
 
     def __init__(
-        self, input_shape: tuple[int, ...], num_classes: int, depth: int, width: int, dropout: float, stem: list[nn.Module]
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        depth: int,
+        width: int,
+        dropout: float,
+        stem: list[nn.Module],
     ) -> None:
         super().__init__()
         blocks = (depth - 4) // 6
@@ -183,7 +188,7 @@ class WideResNet(NormalizedModel):
 
     def __attrs_post_init__(self) -> None:
         if (self.depth - 4) % 6:
-            from advbayes.params import ParamError
+            from advbayes import ParamError
 
             raise ParamError("depth", "6n + 4 (10, 16, 22, 28, ...)", self.depth)
 

@@ -78,8 +78,6 @@ def test_wrong_architecture_parameters_are_registry_errors() -> None:
 
 @pytest.mark.slow
 def test_mnist_cnn_beats_90_percent_on_mnist_5k_in_two_epochs() -> None:
-    result = advbayes.run(
-        "quickstart", track=False, pm=create_plugin_manager(), epochs=2, attacks=["none"], eps=[0.0]
-    )
+    result = advbayes.run("quickstart", track=False, pm=create_plugin_manager(), epochs=2, attacks=["none"], eps=[0.0])
     assert result.spec["dataset"]["use"] == "mnist-5k" and result.spec["model"]["use"] == "mnist-cnn"
     assert result.table()["none"][0.0] > 0.90
