@@ -103,6 +103,26 @@ def test_registering_something_that_is_not_a_component_is_an_error() -> None:
         pm.components
 
 
+def test_a_component_that_forgot_its_attrs_decorator_is_refused_naming_plugin_and_class() -> None:
+    from advbayes import Model, param
+    from advbayes.registry import load_registry
+
+    class Forgot(Model):  # no @attrs.frozen: `depth` would silently not be a registry parameter
+        name = "forgot"
+        depth: int = param(3, kind=int)
+
+    class Careless:
+        @hookspecs.hookimpl
+        def register_models(self, register: Any) -> None:
+            register(Forgot)
+
+    pm = create_plugin_manager(entry_points=False)
+    pm.register_plugin(Careless(), PluginInfo("careless-plugin", "careless", "0", builtin=False))
+    with pytest.raises(PluginError, match=r"^plugin 'careless-plugin': Forgot is not an attrs class itself") as raised:
+        load_registry(pm=pm).resolve("models", "forgot", where=("t", "t", "t"))
+    assert "\n" not in str(raised.value)
+
+
 def test_entry_point_plugin_is_discovered_with_its_version(plugin_site: Path) -> None:
     install_fixture_plugin(plugin_site, "advbayes-fixture-good", GOOD_PLUGIN, version="1.2.3")
     pm = create_plugin_manager()

@@ -147,6 +147,11 @@ def _call_register(pm: PluginManager, kind: str, index: ComponentIndex) -> None:
                     f"plugin '{_plugin}': register_{kind} expected an attrs subclass of "
                     f"advbayes.{base.__name__}, got {cls!r}"
                 )
+            if "__attrs_attrs__" not in vars(cls):  # attrs.has() is true through an attrs base class
+                raise PluginError(
+                    f"plugin '{_plugin}': {cls.__name__} is not an attrs class itself (decorate it with "
+                    "@attrs.frozen(kw_only=True)); its fields would silently not be registry parameters"
+                )
             if not isinstance(cls.name, str) or not cls.name:
                 raise PluginError(f"plugin '{_plugin}': {cls.__name__} has no `name` to register it under")
             index.add(Registration(kind=kind, name=cls.name, cls=cls, plugin=_plugin))
