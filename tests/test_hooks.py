@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import write
 
 import advbayes
-from advbayes import EvalRecord, RunInfo, RunResult, hookimpl
-from advbayes import hookspecs
+from advbayes import EvalRecord, RunInfo, RunResult, hookimpl, hookspecs
 from advbayes.plugins import create_plugin_manager
+from helpers import write
 
 DOCS = Path(__file__).parents[1] / "docs" / "plugins.md"
 SPECS = {name: fn for name, fn in vars(hookspecs).items() if hasattr(fn, "advbayes_spec")}

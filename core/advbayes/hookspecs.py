@@ -90,9 +90,7 @@ def epoch_finished(run: RunInfo, epoch: int, metrics: Mapping[str, float], check
 
 
 @hookspec
-def evaluation_finished(
-    run: RunInfo, attack: str, records: Sequence[EvalRecord], figures: Mapping[str, Any]
-) -> None:
+def evaluation_finished(run: RunInfo, attack: str, records: Sequence[EvalRecord], figures: Mapping[str, Any]) -> None:
     """One attack (at one S_A, S_I) has been evaluated at every eps.
 
     run: the RunInfo of the run
