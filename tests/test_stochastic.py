@@ -137,6 +137,19 @@ def test_chunked_draws_equal_unchunked() -> None:
     torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=1e-6)
 
 
+def test_running_statistics_do_not_depend_on_how_draws_are_chunked() -> None:
+    # one momentum update per forward pass with the mean statistics of all draws, however many chunks ran
+    x = torch.randn(8, 2, 8, 8)
+    whole = to_bayesian(cnn(), init_sigma=0.2, seed=3).train()
+    chunked = to_bayesian(cnn(), init_sigma=0.2, seed=3, max_batch=16).train()  # 10 draws x 8 -> chunks of 2
+    for _ in range(3):
+        torch.testing.assert_close(whole(x, samples=10), chunked(x, samples=10), rtol=1e-5, atol=1e-6)
+    buffers = dict(chunked.named_buffers())
+    assert any("running_mean" in name for name in buffers)
+    for name, value in whole.named_buffers():
+        torch.testing.assert_close(value, buffers[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_tiny_sigma_keeps_the_converted_models_outputs() -> None:
     original = cnn().eval()
     x = torch.randn(4, 2, 8, 8)

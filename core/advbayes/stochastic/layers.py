@@ -8,6 +8,7 @@ An input with S' = 1 (the deterministic trunk's output) is shared by all draws a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -203,6 +204,15 @@ class BayesBatchNorm2d(StochasticLayer):
         if norm.track_running_stats:
             self.register_buffer("running_mean", norm.running_mean.detach().clone())
             self.register_buffer("running_var", norm.running_var.detach().clone())
+        # While a forward pass runs its draws in chunks, each chunk's statistics wait here and are applied as ONE
+        # update when the pass ends: running statistics never depend on the (timing-chosen) chunk size.
+        self.pending_statistics: list[tuple[torch.Tensor, torch.Tensor, int]] | None = None
+
+    def update_running_statistics(self, parts: Sequence[tuple[torch.Tensor, torch.Tensor, int]]) -> None:
+        """One momentum update with the mean statistics of all draws in `parts` ((mean sum, var sum, draws) each)."""
+        draws = sum(n for _, _, n in parts)
+        self.running_mean.lerp_(sum(m for m, _, _ in parts) / draws, self.momentum)
+        self.running_var.lerp_(sum(v for _, v, _ in parts) / draws, self.momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize each draw with its own batch statistics (training) or the running ones (evaluation)."""
@@ -214,10 +224,12 @@ class BayesBatchNorm2d(StochasticLayer):
             if self.training and self.track_running_stats:
                 count = x.shape[1] * x.shape[3] * x.shape[4]
                 with torch.no_grad():  # one update with the draws' mean statistics
-                    batch_mean = mean.mean(dim=0).flatten()
-                    batch_var = var.mean(dim=0).flatten() * count / max(count - 1, 1)
-                    self.running_mean.lerp_(batch_mean, self.momentum)
-                    self.running_var.lerp_(batch_var, self.momentum)
+                    mean_sum = mean.sum(dim=0).flatten()
+                    var_sum = var.sum(dim=0).flatten() * count / max(count - 1, 1)
+                    if self.pending_statistics is not None:
+                        self.pending_statistics.append((mean_sum, var_sum, mean.shape[0]))
+                    else:
+                        self.update_running_statistics([(mean_sum, var_sum, mean.shape[0])])
         else:
             mean = self.running_mean.view(1, 1, -1, 1, 1)
             var = self.running_var.view(1, 1, -1, 1, 1)

@@ -137,10 +137,21 @@ class StochasticModel(nn.Module):
     ) -> torch.Tensor:
         if chunk >= samples:
             return self._forward_draws(inputs, layers, 0, samples)
-        outputs = []
-        for start in range(0, samples, chunk):
-            part = inputs if inputs.shape[0] == 1 else inputs[start : start + chunk]
-            outputs.append(self._forward_draws(part, layers, start, min(samples, start + chunk)))
+        norms = [layer for layer in layers if isinstance(layer, BayesBatchNorm2d) and layer.track_running_stats]
+        for norm in norms:  # one running-statistics update per pass, whatever the chunks
+            norm.pending_statistics = []
+        try:
+            outputs = []
+            for start in range(0, samples, chunk):
+                part = inputs if inputs.shape[0] == 1 else inputs[start : start + chunk]
+                outputs.append(self._forward_draws(part, layers, start, min(samples, start + chunk)))
+            with torch.no_grad():
+                for norm in norms:
+                    if norm.pending_statistics:
+                        norm.update_running_statistics(norm.pending_statistics)
+        finally:
+            for norm in norms:
+                norm.pending_statistics = None
         return torch.cat(outputs)
 
     def _chunk_size(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int) -> int:
@@ -153,9 +164,8 @@ class StochasticModel(nn.Module):
         grad = torch.is_grad_enabled()
         shape = (inputs.shape[0], size_bucket(batch), *inputs.shape[2:])  # nearby batch sizes share one measurement
         key = (self.architecture(), samples, shape, inputs.device.type, inputs.dtype, grad, self.training)
-        if (
-            key not in _CHUNK_CHOICES
-        ):  # shared by every model of this architecture (e.g. the defenses of one experiment)
+        # shared by every model of this architecture (e.g. the defenses of one experiment)
+        if key not in _CHUNK_CHOICES:
             _CHUNK_CHOICES[key] = self._measure_chunk(inputs, layers, samples, grad)
         return _CHUNK_CHOICES[key]
 
