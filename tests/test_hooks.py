@@ -9,10 +9,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
+from click.testing import CliRunner
 
 import advbayes
 from advbayes import EvalRecord, RunInfo, RunResult, hookimpl, hookspecs
+from advbayes.cli import cli
 from advbayes.plugins import create_plugin_manager
 from helpers import write
 
@@ -22,6 +25,7 @@ SPECS = {name: fn for name, fn in vars(hookspecs).items() if hasattr(fn, "advbay
 # What each argument must be at run time (the spec's annotations, as checkable types).
 EXPECTED: dict[str, Any] = {
     "register": lambda v: callable(v),
+    "cli": lambda v: isinstance(v, click.Group),
     "run": lambda v: isinstance(v, RunInfo),
     "epoch": lambda v: isinstance(v, int) and v >= 1,
     "metrics": lambda v: isinstance(v, Mapping) and all(isinstance(x, float) for x in v.values()),
@@ -89,6 +93,19 @@ class Recorder:
         self.record("register_metrics", register=register)
 
     @hookimpl
+    def register_commands(self, cli):  # type: ignore[no-untyped-def]
+        self.record("register_commands", cli=cli)
+
+        @cli.command("recorded-hello")
+        def hello() -> None:
+            click.echo("hello from the recorder")
+
+    @hookimpl
+    def run_figures(self, run, result):  # type: ignore[no-untyped-def]
+        self.record("run_figures", run=run, result=result)
+        return {}
+
+    @hookimpl
     def registry_files(self):  # type: ignore[no-untyped-def]
         self.record("registry_files")
         return self.registry_file
@@ -120,11 +137,16 @@ class Recorder:
         return None
 
 
-def test_a_recording_plugin_sees_every_hook_with_the_arguments_its_spec_names(store: str, tmp_path: Path) -> None:
+def test_a_recording_plugin_sees_every_hook_with_the_arguments_its_spec_names(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     entries = write(tmp_path / "recorded.toml", '[models.recorded-mlp]\nuse = "mlp"\nwidths = [8]\n')
     recorder = Recorder(entries)
     pm = create_plugin_manager()
     pm.register(recorder, name="recorder")
+    monkeypatch.setattr("advbayes.plugins.get_plugin_manager", lambda: pm)  # the command line's plugins
+    result = CliRunner().invoke(cli, ["recorded-hello"])
+    assert result.exit_code == 0 and "hello from the recorder" in result.output, result.output
     fast = {"dataset.train_size": 64, "dataset.test_size": 32, "model": "recorded-mlp"}
     first = advbayes.run("moons", tracking_uri=store, pm=pm, epochs=1, **fast)  # registration and the lifecycle
     transfer = {"name": "from-first", "use": "transfer", "source": f"run:{first.run_id}", "attack": "fgsm"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ def test_builtins_are_plugins_with_their_components() -> None:
         "evaluation_finished",
         "load_checkpoint",
         "load_model",
+        "register_commands",
         "run_finished",
         "run_started",
     ]
@@ -176,6 +178,29 @@ def test_plugins_command_lists_builtins_and_installed_plugins(plugin_site: Path)
 def test_every_hook_is_documented() -> None:
     documentation = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
     hooks = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "advbayes_spec")]
-    assert len(hooks) == 12
+    assert len(hooks) == 14
     for hook in hooks:
         assert re.search(rf"^#+ `?{hook}\(", documentation, re.MULTILINE), f"{hook} is not documented"
+
+
+def test_with_the_tracking_plugin_disabled_a_run_imports_no_mlflow_and_its_commands_are_gone(
+    isolated_cwd: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, advbayes\n"
+        "result = advbayes.run('moons', track=False, epochs=1)\n"
+        "assert result.run_id is None\n"
+        "print('mlflow imported:', any(m == 'mlflow' or m.startswith('mlflow.') for m in sys.modules))\n"
+    )
+    env = {**os.environ, "ADVBAYES_DISABLE_PLUGINS": "advbayes.tracking"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "mlflow imported: False" in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "advbayes.cli", "compare", "moons"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2 and "No such command 'compare'" in done.stderr
+    assert not (isolated_cwd / "mlflow.db").exists()

@@ -1,21 +1,19 @@
-"""The advbayes command line: run, show, list, plugins, ui, compare, runs, report."""
+"""The advbayes command line: run, show, list and plugins; plugins add more (tracking: ui, compare, runs, report)."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import click
 import tomli_w
 
-from advbayes.errors import AdvbayesError, EvaluationWarning, RunError
+from advbayes.errors import AdvbayesError, EvaluationWarning, RunError, error_text
 
 KIND_CHOICES = ("datasets", "models", "defenses", "attacks", "metrics", "experiments")
 
@@ -33,7 +31,30 @@ _default_showwarning = warnings.showwarning
 
 
 class AdvbayesGroup(click.Group):
-    """A click group that reports advbayes errors as one line with exit status 2 (a traceback with --debug)."""
+    """A click group that reports advbayes errors as one line with exit status 2 (a traceback with --debug), and
+    adds the commands plugins register (register_commands) the first time a command is not a core one."""
+
+    _commands_of: object = None  # the plugin manager whose commands were added
+
+    def add_plugin_commands(self) -> None:
+        """Let every plugin add its commands (once per plugin manager)."""
+        from advbayes.plugins import get_plugin_manager
+
+        pm = get_plugin_manager()
+        if self._commands_of is not pm:
+            self._commands_of = pm
+            pm.hook.register_commands(cli=self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self.add_plugin_commands()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self.add_plugin_commands()
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         warnings.showwarning = _show_warning
@@ -128,6 +149,7 @@ def run_command(
     """Train and attack the experiment EXPERIMENT; print the results table."""
     from advbayes.engine import run
     from advbayes.registry import parse_override
+    from advbayes.results import RunGroup
 
     parsed = [parse_override(text) for text in overrides]
     try:
@@ -146,19 +168,13 @@ def run_command(
     except Exception as exc:  # the hooks have marked the tracked run FAILED; report it in one line
         if debug or "--debug" in sys.argv:
             raise
-        from advbayes.tracking import error_text
-
         raise RunError(f"run failed: {error_text(exc)} (again with --debug for the traceback)") from exc
     click.echo(result.format())
-    run_ids = [r for r in result.run_ids if r]
-    if run_ids:
-        click.echo(f"\nMLflow run {', '.join(run_ids)} ({_store_text(tracking_uri)}); see it with: advbayes ui")
-
-
-def _store_text(tracking_uri: str | None) -> str:
-    from advbayes.tracking import default_tracking_uri
-
-    return tracking_uri or default_tracking_uri()
+    results = result.results if isinstance(result, RunGroup) else [result]
+    tracked = [r for r in results if r.run_id]
+    if tracked:
+        ids = ", ".join(r.run_id for r in tracked if r.run_id)
+        click.echo(f"\nMLflow run {ids} ({tracked[0].store}); see it with: advbayes ui")
 
 
 @cli.command("show")
@@ -265,109 +281,6 @@ def plugins_command(as_json: bool, debug: bool) -> None:
             click.echo(f"  {kind}: {', '.join(names)}")
     for failure in failures:
         click.echo(f"{failure['name']} ({failure['distribution']}) FAILED TO LOAD: {failure['error']}")
-
-
-@cli.command("ui")
-@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
-@tracking_option
-def ui_command(port: int, tracking_uri: str | None) -> None:
-    """Serve the MLflow UI on 127.0.0.1 over the same store runs are tracked in."""
-    from advbayes.tracking import default_tracking_uri
-
-    uri = tracking_uri or default_tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        raise RunError(f"--tracking-uri {uri} is a server already: open it in a browser")
-    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}", err=True)
-    args = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    os.execv(sys.executable, args)
-
-
-@cli.command("compare")
-@click.argument("experiments", nargs=-1, required=True)
-@click.option("--metric", default="accuracy", show_default=True, help="The metric shown per attack and eps.")
-@tracking_option
-@debug_option
-def compare_command(experiments: Sequence[str], metric: str, tracking_uri: str | None, debug: bool) -> None:
-    """Print the tracked runs of EXPERIMENTS as a table: one row per run, one column per attack x eps."""
-    from advbayes.compare import compare_table
-
-    click.echo(compare_table(tracking_uri, experiments, metric))
-
-
-@cli.command("runs")
-@click.argument("experiments", nargs=-1)
-@click.option("--stale", is_flag=True, help="Only runs left RUNNING by a process that no longer exists (killed).")
-@tracking_option
-@debug_option
-def runs_command(experiments: Sequence[str], stale: bool, tracking_uri: str | None, debug: bool) -> None:
-    """List the tracked runs of EXPERIMENTS (all when none is named), newest first, with how to resume each."""
-    from advbayes.results import format_grid
-    from advbayes.tracking import liveness, status_text, tracked_runs
-
-    runs = tracked_runs(tracking_uri, experiments)
-    if stale:
-        runs = [run for run in runs if liveness(run) == "stale"]
-    if not runs:
-        click.echo("no stale runs" if stale else "no tracked runs")
-        return
-    rows = []
-    for run in runs:
-        tags = run.data.tags
-        started = datetime.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
-        resumable = run.info.status != "FINISHED" and liveness(run) != "alive"
-        rows.append(
-            [
-                run.info.run_id,
-                tags.get("advbayes.experiment", "?"),
-                tags.get("advbayes.defense", "?"),
-                tags.get("advbayes.seed", "?"),
-                status_text(run),
-                started,
-                f"advbayes run --resume {run.info.run_id}" if resumable else "",
-            ]
-        )
-    click.echo(format_grid(["run", "experiment", "defense", "seed", "status", "started", "resume"], rows))
-
-
-@cli.command("report")
-@click.argument("experiments", nargs=-1, required=True)
-@click.option(
-    "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory to write into."
-)
-@click.option("--file", "file", default="report.md", show_default=True, help="Name of the Markdown file in --out.")
-@click.option(
-    "--preamble", type=click.Path(dir_okay=False, path_type=Path), help="Markdown put before the generated sections."
-)
-@click.option("--metric", "metrics", multiple=True, help="Only these per-attack metrics (repeatable; default all).")
-@tracking_option
-@debug_option
-def report_command(
-    experiments: Sequence[str],
-    out: Path,
-    file: str,
-    preamble: Path | None,
-    metrics: Sequence[str],
-    tracking_uri: str | None,
-    debug: bool,
-) -> None:
-    """Write a Markdown report (tables, figures) of the newest finished runs of EXPERIMENTS, read from MLflow."""
-    from advbayes.report import write_report
-
-    path = write_report(
-        experiments, out, tracking_uri=tracking_uri, file=file, preamble=preamble, metrics=metrics or None
-    )
-    click.echo(str(path))
 
 
 def main() -> None:

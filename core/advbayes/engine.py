@@ -36,7 +36,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 @attrs.define(kw_only=True)
 class RunInfo:
-    """A run as the lifecycle hooks see it; plugins keep their own state (e.g. MLflow run ids) in `tracking`."""
+    """A run as the lifecycle hooks see it; the tracking plugin sets `run_id` and `store`, plugins keep their own
+    state in `tracking`."""
 
     experiment: str
     spec: dict[str, Any]
@@ -47,6 +48,8 @@ class RunInfo:
     tracking_uri: str | None = None
     resume_run_id: str | None = None
     resumed_from: str | None = None  # a resumed run whose settings were changed (--set) is tracked as a new run
+    run_id: str | None = None  # set by the tracking plugin when it opens the tracked run
+    store: str | None = None  # where the tracking plugin records the run (shown to the user)
     tracking: dict[str, Any] = attrs.field(factory=dict)
 
 
@@ -489,7 +492,7 @@ class Run:
             records=records,
             history=self.history,
             model=net,
-            run_id=self.info.tracking.get("mlflow_run_id"),
+            run_id=self.info.run_id,
             seed=self.experiment.seed,
             device=str(self.device),
             findings=list(self.findings),
@@ -605,14 +608,16 @@ def _run_one(
         result = engine.execute()
     except KeyboardInterrupt as exc:
         pm.hook.run_finished(run=info, result=None, status="KILLED", error=exc)
-        exc.advbayes_run_id = info.tracking.get("mlflow_run_id")  # type: ignore[attr-defined]  # for the CLI's message
+        exc.advbayes_run_id = info.run_id  # type: ignore[attr-defined]  # for the CLI's message
         raise
     except BaseException as exc:
         pm.hook.run_finished(run=info, result=None, status="FAILED", error=exc)
         raise
     finally:
         shutil.rmtree(engine.workdir, ignore_errors=True)
-    result.run_id = info.tracking.get("mlflow_run_id")
+    result.run_id, result.store = info.run_id, info.store
+    for figures in pm.hook.run_figures(run=info, result=result):  # plugins' run-level figures, logged by tracking
+        result.figures.update(figures or {})
     pm.hook.run_finished(run=info, result=result, status="FINISHED", error=None)
     return result
 

@@ -38,3 +38,12 @@ class RunError(AdvbayesError):
 
 class EvaluationWarning(UserWarning):
     """A randomness or gradient-masking check found that an evaluation may overstate robustness."""
+
+
+MAX_ERROR_TEXT = 4000  # characters kept of an error's message (MLflow tags hold 5,000)
+
+
+def error_text(error: BaseException) -> str:
+    """One line: the exception's type and message."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {message}"[:MAX_ERROR_TEXT] if message else type(error).__name__

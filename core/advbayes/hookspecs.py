@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pluggy import HookimplMarker, HookspecMarker
 
 if TYPE_CHECKING:
+    import click
     from torch import nn
 
     from advbayes.components import Attack, Dataset, Defense, Metric, Model
@@ -70,11 +71,30 @@ def registry_files() -> str | Path | Iterable[str | Path] | None:  # type: ignor
 
 
 @hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the `advbayes` command line (as llm plugins do); the tracking plugin adds ui, compare,
+    runs and report this way.
+
+    cli: the advbayes click group; decorate functions with @cli.command()
+    """
+
+
+@hookspec
+def run_figures(run: RunInfo, result: RunResult) -> Mapping[str, Any] | None:
+    """Return run-level figures (matplotlib, by relative path) drawn from a finished run's results; they are added
+    to result.figures before run_finished, so the tracking plugin logs them.
+
+    run: the RunInfo of the run
+    result: the finished run's RunResult (read it; do not change it)
+    """
+
+
+@hookspec
 def run_started(run: RunInfo) -> None:
     """A run begins (or resumes), after every check and before any work.
 
-    run: the RunInfo (experiment, resolved spec, seed, device, plugin versions, tracking settings); a plugin keeps
-        its own state in run.tracking
+    run: the RunInfo (experiment, resolved spec, seed, device, plugin versions, tracking settings); the tracking
+        plugin sets run.run_id and run.store, other plugins keep their own state in run.tracking
     """
 
 

@@ -132,7 +132,7 @@ def plot_metric_vs_eps(records: Sequence[EvalRecord], metric: str, title: str = 
 
 @attrs.define(kw_only=True)
 class RunResult:
-    """What a run returns: the resolved experiment, per-epoch history, evaluation records, model, MLflow run id."""
+    """What a run returns: the resolved experiment, per-epoch history, evaluation records, model, tracked run id."""
 
     experiment: str
     spec: dict[str, Any]
@@ -142,6 +142,7 @@ class RunResult:
     run_id: str | None
     seed: int
     device: str
+    store: str | None = None  # where the tracking plugin recorded the run
     model_metrics: dict[str, float] = attrs.field(factory=dict)
     figures: dict[str, Any] = attrs.field(factory=dict)
     findings: list[Any] = attrs.field(factory=list)  # checks.Finding: randomness and masking checks that fired

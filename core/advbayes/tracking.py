@@ -25,7 +25,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from advbayes.checks import as_tags
-from advbayes.errors import RunError
+from advbayes.errors import RunError, error_text
 from advbayes.hookspecs import hookimpl
 from advbayes.results import EvalRecord, RunResult, eps_label, metric_names, plot_metric_vs_eps, to_csv
 
@@ -296,12 +296,6 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def error_text(error: BaseException) -> str:
-    """One line: the exception's type and message."""
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {message}"[:MAX_TAG] if message else type(error).__name__
-
-
 def _log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
     from mlflow.entities import Param
 
@@ -333,7 +327,7 @@ def run_started(run: Any) -> None:
     if not run.track:
         return
     client = client_for(run.tracking_uri)
-    run.tracking["mlflow_uri"] = client.tracking_uri
+    run.store = client.tracking_uri
     if run.resume_run_id:
         if client.get_run(run.resume_run_id).info.status == "FINISHED":  # refused before the run is touched
             raise RunError(
@@ -341,7 +335,7 @@ def run_started(run: Any) -> None:
                 "give --set epochs=N: a new tracked run that starts from its checkpoint)"
             )
         client.update_run(run.resume_run_id, status="RUNNING")
-        run.tracking["mlflow_run_id"] = run.resume_run_id
+        run.run_id = run.resume_run_id
         for key, value in process_tags().items():  # the run lives in this process now
             client.set_tag(run.resume_run_id, key, value)
         if "error" in client.get_run(run.resume_run_id).data.tags:  # the interruption is over
@@ -368,7 +362,7 @@ def run_started(run: Any) -> None:
     # The MLflow experiment is the advbayes experiment; its runs are named by defense, so variants line up.
     created = client.create_run(experiment_id(client, run.experiment), run_name=spec["defense"]["name"], tags=tags)
     run_id = created.info.run_id
-    run.tracking["mlflow_run_id"] = run_id
+    run.run_id = run_id
     _log_params(client, run_id, flatten(spec))
     client.log_text(run_id, tomli_w.dumps({"experiments": {run.experiment: spec}}), "experiment.toml")
 
@@ -376,10 +370,10 @@ def run_started(run: Any) -> None:
 @hookimpl
 def epoch_finished(run: Any, epoch: int, metrics: Mapping[str, float], checkpoint: Path) -> None:
     """Per-epoch training metrics (step = epoch) and the latest checkpoint."""
-    run_id = run.tracking.get("mlflow_run_id")
+    run_id = run.run_id
     if not run.track or run_id is None:
         return
-    client = client_for(run.tracking["mlflow_uri"])
+    client = client_for(run.store)
     _log_metrics(client, run_id, {f"train/{k}": v for k, v in metrics.items()}, step=epoch)
     client.log_artifact(run_id, str(checkpoint), CHECKPOINT_DIR)
 
@@ -387,10 +381,10 @@ def epoch_finished(run: Any, epoch: int, metrics: Mapping[str, float], checkpoin
 @hookimpl
 def evaluation_finished(run: Any, attack: str, records: Sequence[EvalRecord], figures: Mapping[str, Any]) -> None:
     """A nested child run for the attack: its parameters, one metric per eps, figures; copies on the parent."""
-    parent_id = run.tracking.get("mlflow_run_id")
+    parent_id = run.run_id
     if not run.track or parent_id is None:
         return
-    client = client_for(run.tracking["mlflow_uri"])
+    client = client_for(run.store)
     parent = client.get_run(parent_id)
     first = records[0]
     entry = next(a for a in run.spec["attacks"] if a["name"] == (first.entry or attack))
@@ -430,10 +424,10 @@ def evaluation_finished(run: Any, attack: str, records: Sequence[EvalRecord], fi
 @hookimpl
 def run_finished(run: Any, result: RunResult | None, status: str, error: BaseException | None) -> None:
     """Results artifacts and the model on success; the error as a tag on failure; the final status."""
-    run_id = run.tracking.get("mlflow_run_id")
+    run_id = run.run_id
     if not run.track or run_id is None:
         return
-    client = client_for(run.tracking["mlflow_uri"])
+    client = client_for(run.store)
     open_child = run.tracking.pop("open_child", None)
     if open_child is not None:
         client.set_terminated(open_child, status=status)
@@ -561,3 +555,11 @@ def load_model(run_id: str, tracking_uri: str | None) -> Any:
             f"({str(exc).splitlines()[0][:160]})"
         ) from None
     return model.eval()
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    """ui, compare, runs and report: the commands that read the MLflow store."""
+    from advbayes.tracking_commands import add_commands
+
+    add_commands(cli)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from advbayes import hookimpl
+from advbayes import RunInfo, RunResult, hookimpl
 from advbayes_robustness.defenses import MCDropout, Smoothing
 from advbayes_robustness.metrics import (
     GradientLimit,
@@ -33,11 +33,10 @@ def register_metrics(register: Any) -> None:
         register(metric)
 
 
-@hookimpl(tryfirst=True)
-def run_finished(run: Any, result: Any, status: str, error: Any) -> None:
-    """Figures across the run's cells (accuracy vs S_A / S_I, cos(alpha) per S_A, fractions vs eps), before tracking."""
-    if result is not None:
-        result.figures.update(sweep_figures(result.records))
+@hookimpl
+def run_figures(run: RunInfo, result: RunResult) -> dict[str, Any]:
+    """Figures across the run's cells (accuracy vs S_A / S_I, cos(alpha) per S_A, fractions vs eps)."""
+    return sweep_figures(result.records)
 
 
 @hookimpl

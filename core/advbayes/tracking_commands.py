@@ -1,0 +1,119 @@
+"""The tracking plugin's commands: ui, compare, runs and report over the MLflow store (added by register_commands)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from advbayes.cli import debug_option, tracking_option
+from advbayes.errors import RunError
+
+
+def add_commands(cli: click.Group) -> None:
+    """Add ui, compare, runs and report to the advbayes command line."""
+
+    @cli.command("ui")
+    @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
+    @tracking_option
+    def ui_command(port: int, tracking_uri: str | None) -> None:
+        """Serve the MLflow UI on 127.0.0.1 over the same store runs are tracked in."""
+        from advbayes.tracking import default_tracking_uri
+
+        uri = tracking_uri or default_tracking_uri()
+        if uri.startswith(("http://", "https://")):
+            raise RunError(f"--tracking-uri {uri} is a server already: open it in a browser")
+        click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}", err=True)
+        args = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        os.execv(sys.executable, args)
+
+    @cli.command("compare")
+    @click.argument("experiments", nargs=-1, required=True)
+    @click.option("--metric", default="accuracy", show_default=True, help="The metric shown per attack and eps.")
+    @tracking_option
+    @debug_option
+    def compare_command(experiments: Sequence[str], metric: str, tracking_uri: str | None, debug: bool) -> None:
+        """Print the tracked runs of EXPERIMENTS as a table: one row per run, one column per attack x eps."""
+        from advbayes.compare import compare_table
+
+        click.echo(compare_table(tracking_uri, experiments, metric))
+
+    @cli.command("runs")
+    @click.argument("experiments", nargs=-1)
+    @click.option("--stale", is_flag=True, help="Only runs left RUNNING by a process that no longer exists (killed).")
+    @tracking_option
+    @debug_option
+    def runs_command(experiments: Sequence[str], stale: bool, tracking_uri: str | None, debug: bool) -> None:
+        """List the tracked runs of EXPERIMENTS (all when none is named), newest first, with how to resume each."""
+        from advbayes.results import format_grid
+        from advbayes.tracking import liveness, status_text, tracked_runs
+
+        runs = tracked_runs(tracking_uri, experiments)
+        if stale:
+            runs = [run for run in runs if liveness(run) == "stale"]
+        if not runs:
+            click.echo("no stale runs" if stale else "no tracked runs")
+            return
+        rows = []
+        for run in runs:
+            tags = run.data.tags
+            started = datetime.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+            resumable = run.info.status != "FINISHED" and liveness(run) != "alive"
+            rows.append(
+                [
+                    run.info.run_id,
+                    tags.get("advbayes.experiment", "?"),
+                    tags.get("advbayes.defense", "?"),
+                    tags.get("advbayes.seed", "?"),
+                    status_text(run),
+                    started,
+                    f"advbayes run --resume {run.info.run_id}" if resumable else "",
+                ]
+            )
+        click.echo(format_grid(["run", "experiment", "defense", "seed", "status", "started", "resume"], rows))
+
+    @cli.command("report")
+    @click.argument("experiments", nargs=-1, required=True)
+    @click.option(
+        "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory to write into."
+    )
+    @click.option("--file", "file", default="report.md", show_default=True, help="Name of the Markdown file in --out.")
+    @click.option(
+        "--preamble",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Markdown put before the sections.",
+    )
+    @click.option("--metric", "metrics", multiple=True, help="Only these per-attack metrics (repeatable; default all).")
+    @tracking_option
+    @debug_option
+    def report_command(
+        experiments: Sequence[str],
+        out: Path,
+        file: str,
+        preamble: Path | None,
+        metrics: Sequence[str],
+        tracking_uri: str | None,
+        debug: bool,
+    ) -> None:
+        """Write a Markdown report (tables, figures) of the newest finished runs of EXPERIMENTS, read from MLflow."""
+        from advbayes.report import write_report
+
+        path = write_report(
+            experiments, out, tracking_uri=tracking_uri, file=file, preamble=preamble, metrics=metrics or None
+        )
+        click.echo(str(path))
