@@ -153,7 +153,9 @@ def test_ctrl_c_ends_the_run_killed(store: str) -> None:
 
 def test_ctrl_c_on_the_command_line_names_the_run_to_resume(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     pm = plugin_manager_with_test_components()
-    monkeypatch.setattr(advbayes.engine, "get_plugin_manager", lambda: pm)  # the CLI's runs see the test defense
+    monkeypatch.setattr(
+        advbayes.engine.lifecycle, "get_plugin_manager", lambda: pm
+    )  # the CLI's runs see the test defense
     result = CliRunner().invoke(
         cli, ["run", "moons", "--tracking-uri", store, "--set", 'defense={use="failing", interrupt=true}']
     )

@@ -1,0 +1,93 @@
+"""Building a run's parts: its components from the resolved experiment, networks, attacks, tracked models."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import torch
+
+from advbayes.checks import Finding
+from advbayes.components import Attack, Dataset, Defense, EvalContext
+from advbayes.errors import RunError
+from advbayes.experiment import Experiment
+from advbayes.registry import Registry
+
+if TYPE_CHECKING:
+    from advbayes.engine.lifecycle import RunInfo
+
+
+class RunParts:
+    """The components of one run, built from its resolved experiment, and what builds more of them on demand."""
+
+    def __init__(
+        self,
+        name: str,
+        spec: dict[str, Any],
+        *,
+        registry: Registry,
+        device: torch.device,
+        info: RunInfo,
+        progress: bool,
+        checkpoint: Mapping[str, Any] | None = None,
+        peers: Mapping[str, torch.nn.Module] | None = None,
+    ) -> None:
+        self.name = name
+        self.peers = dict(peers or {})
+        self.spec = spec
+        self.registry = registry
+        self.pm = registry.pm
+        self.device = device
+        self.info = info
+        self.progress = progress
+        self.checkpoint = checkpoint
+        self.experiment: Experiment = registry.build("experiments", spec)
+        self.dataset: Dataset = registry.build("datasets", spec["dataset"])
+        self.model_builder = registry.build("models", spec["model"])
+        self.defense: Defense = registry.build("defenses", spec["defense"])
+        self.attacks: list[tuple[str, Attack]] = [(a["name"], registry.build("attacks", a)) for a in spec["attacks"]]
+        self.metrics: list[tuple[str, Any]] = [(m["name"], registry.build("metrics", m)) for m in spec["metrics"]]
+        self.history: list[dict[str, float]] = list(checkpoint["history"]) if checkpoint else []
+        self.workdir = Path(tempfile.mkdtemp(prefix="advbayes-run-"))
+        self._attack_cache: dict[str, Attack] = {}
+        self.stochastic = False  # probed on the first test batch before evaluation
+        self.findings: list[Finding] = []
+
+    def build_attack(self, entry: Any) -> Attack:
+        """Build an attack entry (name or table) bound to this run's data range; built once per entry."""
+        key = json.dumps(entry, sort_keys=True)
+        if key not in self._attack_cache:
+            where = ("run", f"experiments.{self.name}", "attack")
+            resolved = (
+                entry
+                if isinstance(entry, dict) and "use" in entry
+                else self.registry.resolve("attacks", entry, where=where)
+            )
+            attack = self.registry.build("attacks", resolved)
+            self._attack_cache[key] = attrs.evolve(attack, value_range=self.dataset.value_range)
+        return self._attack_cache[key]
+
+    def load_tracked_model(self, run_id: str) -> torch.nn.Module:
+        """A tracked run's model, on this run's device, in eval mode."""
+        model = self.pm.hook.load_model(run_id=run_id, tracking_uri=self.info.tracking_uri)
+        if model is None:
+            raise RunError(f"no plugin can load tracked run {run_id} (is tracking disabled?)")
+        return model.to(self.device).eval()
+
+    def build_network(self) -> torch.nn.Module:
+        """A fresh network of the experiment's architecture for its data set."""
+        return self.model_builder.build(tuple(self.dataset.input_shape), self.dataset.num_classes)
+
+    def eval_context(self, net: torch.nn.Module) -> EvalContext:
+        """What attacks and metrics may bind to: this run's model, earlier defenses of the experiment, tracked runs."""
+        return EvalContext(
+            models={**self.peers, self.spec["defense"]["name"]: net},
+            load_tracked_model=self.load_tracked_model,
+            build_attack=self.build_attack,
+            device=self.device,
+            prediction_average=self.defense.prediction_average,
+        )

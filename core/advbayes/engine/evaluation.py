@@ -1,0 +1,195 @@
+"""Evaluation: every attack (x S_A, S_I sweeps) at every eps, verdicts on fresh draws, metrics, the checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+from tqdm.auto import tqdm
+
+from advbayes.checks import evaluation_findings, warn
+from advbayes.components import Attack, EvalBatch
+from advbayes.data import Batches
+from advbayes.engine.building import RunParts
+from advbayes.errors import RunError
+from advbayes.results import EvalRecord, eps_label
+from advbayes.stochastic import is_stochastic, predict, predict_repeated
+
+
+class Evaluation(RunParts):
+    """The run's evaluation: attacks at every eps, predictions on S_I fresh draws (R times when asked), metrics."""
+
+    def sample_sweep(self, attack: Attack) -> list[tuple[int, int]]:
+        """(S_A, S_I) combinations: the experiment's sweeps, or the attack's and the defense's own counts."""
+        attack_samples = list(self.experiment.attack_samples) or [attack.samples]
+        inference_samples = list(self.experiment.inference_samples) or [self.defense.inference_samples]
+        return [(a, i) for a in attack_samples for i in inference_samples]
+
+    def evaluate(self, net: torch.nn.Module, test: Batches) -> list[EvalRecord]:
+        """Every attack (x every S_A, S_I of a sweep) at every eps of the experiment; metrics on S_I fresh draws.
+
+        Afterwards the randomness and masking checks run on the records; their findings are warned and kept.
+        """
+        net.eval()
+        records: list[EvalRecord] = []
+        context = self.eval_context(net)
+        self.stochastic = self.is_stochastic(net, test)
+        metrics = [(name, metric.bind(context)) for name, metric in self.metrics if metric.per_attack]
+        evaluated: dict[str, Attack] = {}
+        for attack_name, unbound in self.attacks:
+            attack_bound = unbound.bind(context)
+            combinations = self.sample_sweep(attack_bound)
+            for samples_a, samples_i in combinations:
+                label = (
+                    attack_name if len(combinations) == 1 else f"{attack_name}:sa{samples_a}:si{samples_i}"
+                )  # MLflow-safe
+                attack_base = attrs.evolve(attack_bound, samples=samples_a)
+                evaluated[label] = attack_base
+                attack_records, figures = self.evaluate_attack(net, test, label, attack_base, samples_i, metrics)
+                attack_records = [attrs.evolve(r, entry=attack_name) for r in attack_records]
+                records.extend(attack_records)
+                self.pm.hook.evaluation_finished(run=self.info, attack=label, records=attack_records, figures=figures)
+        self.findings = evaluation_findings(self.spec["defense"]["name"], records, evaluated, self.stochastic)
+        warn(self.findings)
+        return records
+
+    def evaluate_attack(
+        self,
+        net: torch.nn.Module,
+        test: Batches,
+        label: str,
+        attack_base: Attack,
+        samples_i: int,
+        metrics: list[tuple[str, Any]],
+    ) -> tuple[list[EvalRecord], dict[str, Any]]:
+        """One attack at one (S_A, S_I): records for every eps and the metrics' figures."""
+        eps_values = list(self.experiment.eps) or [attack_base.eps]
+        figures: dict[str, Any] = {}
+        attack_records: list[EvalRecord] = []
+        measured = eps_values if attack_base.uses_eps else eps_values[:1]
+        bar = tqdm(
+            total=len(test) * len(measured),
+            unit="img",
+            desc=f"{self.name} attack {label}",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        for eps in measured:
+            attack = attrs.evolve(
+                attack_base,
+                eps=eps,
+                value_range=self.dataset.value_range,
+                inference_samples=samples_i,
+                prediction_average=self.defense.prediction_average,
+            )
+            states = {name: metric.create().to(self.device) for name, metric in metrics}
+            values, metric_figures, (l2_sum, linf_max, count, zero_share) = self.measure(
+                net, test, attack, eps, states, bar, samples_i
+            )
+            figures.update({f"{metric}/{eps_label(eps)}/{file}": f for (metric, file), f in metric_figures.items()})
+            for reported in [eps] if attack_base.uses_eps else eps_values:
+                attack_records.append(
+                    EvalRecord(
+                        attack=label,
+                        eps=reported,
+                        metrics=values,
+                        attack_samples=attack.samples,
+                        inference_samples=samples_i,
+                        mean_l2=l2_sum / max(count, 1),
+                        max_linf=linf_max,
+                        examples=count,
+                        diagnostics={"zero_grad_share": zero_share},
+                    )
+                )
+        bar.close()
+        return attack_records, figures
+
+    def evaluate_model(self, net: torch.nn.Module, test: Batches) -> tuple[dict[str, float], dict[str, Any]]:
+        """Metrics of the model itself (per_attack = False), once on the clean test split."""
+        context = self.eval_context(net)
+        states = {
+            name: metric.bind(context).create().to(self.device)
+            for name, metric in self.metrics
+            if not metric.per_attack
+        }
+        if not states:
+            return {}, {}
+        clean = self.registry.build("attacks", {"name": "none", "use": "none"})  # the built-in clean "attack"
+        values, metric_figures, _ = self.measure(net, test, clean, 0.0, states)
+        return values, {f"{metric}/{file}": figure for (metric, file), figure in metric_figures.items()}
+
+    def measure(
+        self,
+        net: torch.nn.Module,
+        test: Batches,
+        attack: Attack,
+        eps: float,
+        states: dict[str, Any],
+        bar: Any = None,
+        samples_i: int | None = None,
+    ) -> tuple[dict[str, float], dict[tuple[str, str], Any], tuple[float, float, int, float]]:
+        """Attack the test split, predict on S_I fresh draws (R times when the attack asks), update the metric states.
+
+        Returns the metric values, their figures by (metric, file), the applied perturbation (sum of L2 lengths,
+        max L_inf, examples) and the share of exactly-zero input-gradient components the attack reported.
+        """
+        samples_i = samples_i or self.defense.inference_samples
+        average = self.defense.prediction_average
+        repeats = attack.verdict_repeats if self.stochastic else 1
+        l2_sum, linf_max, count, zero_sum = 0.0, 0.0, 0, 0.0
+        for x, y in test.iterate(self.experiment.eval_batch_size, shuffle=False):
+            result = attack(net, x, y)
+            repeated = None
+            with torch.no_grad():  # fresh draws, independent of the attack's
+                if repeats > 1:
+                    repeated = predict_repeated(net, result.x_adv, samples_i, repeats, average)
+                    probs = repeated[0]
+                else:
+                    probs, _ = predict(net, result.x_adv, samples_i, average)
+            batch = EvalBatch(
+                model=net,
+                x=x,
+                y=y,
+                result=result,
+                probs=probs,
+                attack=attack,
+                eps=eps,
+                inference_samples=samples_i,
+                device=self.device,
+                prediction_average=average,
+                repeated_probs=repeated,
+            )
+            for state in states.values():
+                state.update(batch)
+            flat = result.delta.detach().flatten(1)
+            l2_sum += float(flat.norm(dim=1).sum())
+            linf_max = max(linf_max, float(flat.abs().amax())) if flat.numel() else linf_max
+            count += len(y)
+            zero_sum += float(result.diagnostics.get("zero_grad_share", 0.0)) * len(y)
+            if bar is not None:
+                bar.update(len(y))
+        values: dict[str, float] = {}
+        figures: dict[tuple[str, str], Any] = {}
+        for metric_name, state in states.items():
+            values.update({key: float(value) for key, value in state.compute().items()})
+            figures.update({(metric_name, file): figure for file, figure in state.figures().items()})
+        return values, figures, (l2_sum, linf_max, count, zero_sum / max(count, 1))
+
+    def is_stochastic(self, net: torch.nn.Module, test: Batches) -> bool:
+        """Whether two identical calls of the network on the first test batch differ."""
+        first = next(iter(test.iterate(self.experiment.eval_batch_size, shuffle=False)), None)
+        return first is not None and is_stochastic(net, first[0])
+
+    def check_attacks_fit(self, net: torch.nn.Module, test: Batches) -> None:
+        """Before training: an attack that can only judge a deterministic model must not meet a stochastic one."""
+        needs = [(name, attack.deterministic_only(self.build_attack)) for name, attack in self.attacks]
+        needs = [(name, sub) for name, sub in needs if sub is not None]
+        if not needs:
+            return
+        if self.is_stochastic(net.eval(), test):
+            name, sub = needs[0]
+            raise RunError(
+                f"experiments.{self.name}: attack '{name}' ({sub}) judges single evaluations, but defense "
+                f"'{self.spec['defense']['name']}' gives a stochastic model; use autoattack-rand for it"
+            )

@@ -1,0 +1,254 @@
+"""A run's lifecycle: checks before any work, the variants of an experiment (defenses x seeds), the hooks that
+report each run (started, finished, killed, failed), resuming from a tracked checkpoint."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from advbayes.components import TrainContext
+from advbayes.data import Batches
+from advbayes.engine.evaluation import Evaluation
+from advbayes.engine.training import Training, set_rng_state
+from advbayes.errors import RunError
+from advbayes.plugins import PluginManager, get_plugin_manager
+from advbayes.preflight import preflight, resolve_device
+from advbayes.registry import Registry, apply_override, load_registry
+from advbayes.results import RunGroup, RunResult
+from advbayes.stochastic import as_sampled
+
+
+@attrs.define(kw_only=True)
+class RunInfo:
+    """A run as the lifecycle hooks see it; the tracking plugin sets `run_id` and `store`, plugins keep their own
+    state in `tracking`."""
+
+    experiment: str
+    spec: dict[str, Any]
+    seed: int
+    device: str
+    plugins: dict[str, str]
+    track: bool = True
+    tracking_uri: str | None = None
+    resume_run_id: str | None = None
+    resumed_from: str | None = None  # a resumed run whose settings were changed (--set) is tracked as a new run
+    run_id: str | None = None  # set by the tracking plugin when it opens the tracked run
+    store: str | None = None  # where the tracking plugin records the run (shown to the user)
+    tracking: dict[str, Any] = attrs.field(factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def plugin_versions(pm: PluginManager) -> dict[str, str]:
+    """name -> version of every loaded plugin."""
+    return {name: info.version for name, info in sorted(pm.info.items())}
+
+
+class Run(Training, Evaluation):
+    """One experiment run: its parts (building.py), training with checkpoints (training.py) and evaluation
+    (evaluation.py), put together by execute()."""
+
+    def execute(self) -> RunResult:
+        """Build data and network, train, evaluate; returns the result (hooks report it)."""
+        train_split = self.dataset.data("train")
+        test_split = self.dataset.data("test")
+        train = Batches(train_split, self.device)
+        test = Batches(test_split, self.device)
+        network = self.build_network()
+        net = as_sampled(self.defense.prepare(network)).to(self.device)
+        if self.checkpoint is not None:
+            net.load_state_dict(self.checkpoint["model"])
+        self.check_attacks_fit(net, test)
+        context = TrainContext(
+            dataset=self.dataset,
+            train=train_split,
+            device=self.device,
+            n_train=len(train),
+            seed=self.experiment.seed,
+            build_attack=self.build_attack,
+            models=self.peers,
+            load_tracked_model=self.load_tracked_model,
+            build_network=lambda: self.build_network().to(self.device),
+            fit=lambda model, epochs: self.fit(model, train, epochs),
+            progress=self.progress,
+        )
+        # Its own seeded random state: the main training's stream is the same with or without it, and a resumed
+        # run recomputes exactly the same data.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.experiment.seed)
+            replacement = self.defense.before_training(context)
+        if replacement is not None:
+            train_split = replacement
+            train = Batches(train_split, self.device)
+            context.train, context.n_train = train_split, len(train)
+        self.train(net, train, context)
+        records = self.evaluate(net, test)
+        model_metrics, figures = self.evaluate_model(net, test)
+        return RunResult(
+            model_metrics=model_metrics,
+            figures=figures,
+            experiment=self.name,
+            spec=self.spec,
+            records=records,
+            history=self.history,
+            model=net,
+            run_id=self.info.run_id,
+            seed=self.experiment.seed,
+            device=str(self.device),
+            findings=list(self.findings),
+        )
+
+
+def run(
+    name: str | None = None,
+    *,
+    registry: Sequence[str | Path] = (),
+    device: str = "auto",
+    tracking_uri: str | None = None,
+    track: bool = True,
+    resume: str | None = None,
+    progress: bool = False,
+    overrides: Sequence[tuple[str, Any]] = (),
+    pm: PluginManager | None = None,
+    **kwargs: Any,
+) -> RunResult | RunGroup:
+    """Run the experiment `name` (or resume tracked run `resume`); keyword arguments are dotted-key overrides.
+
+    An experiment with `defenses` or `seeds` runs each defense (x each seed) as its own run and returns a RunGroup.
+    """
+    pm = pm or get_plugin_manager()
+    loaded = load_registry(registry, pm=pm)
+    all_overrides = [*overrides, *kwargs.items()]
+    torch_device = resolve_device(device)
+    checkpoint = None
+    resumed_from = None
+    if resume is not None:
+        if not track:
+            raise RunError("--resume needs tracking: the checkpoint is read from the tracked run")
+        checkpoint = _fetch_checkpoint(pm, resume, tracking_uri)
+        stored_name = checkpoint["experiment"]
+        if name is not None and name != stored_name:
+            raise RunError(f"--resume {resume}: that run is of experiment '{stored_name}', not '{name}'")
+        name = stored_name
+        spec = dict(checkpoint["spec"])
+        for key, value in all_overrides:
+            apply_override(spec, key, value)
+        spec = loaded.resolve_inline_experiment(spec, source=f"run {resume}")
+        if spec != loaded.resolve_inline_experiment(dict(checkpoint["spec"]), source=f"run {resume}"):
+            resumed_from, resume = resume, None  # changed settings: a new tracked run that records them
+    else:
+        if name is None:
+            raise RunError("name an experiment to run (advbayes list experiments shows them)")
+        spec = loaded.resolve_experiment(name, all_overrides)
+    variants = expand_variants(spec)
+    preflight(name, [v for v in variants if v["seed"] == variants[0]["seed"]], loaded, torch_device)
+    if len(variants) > 1 or spec.get("defenses") or spec.get("seeds"):
+        results: list[RunResult] = []
+        for variant in variants:
+            peers = {  # sources for transfer attacks: the defenses of the same seed trained before this one
+                r.spec["defense"]["name"]: r.model for r in results if r.spec["seed"] == variant["seed"]
+            }
+            results.append(
+                _run_one(name, variant, loaded, pm, torch_device, track, tracking_uri, progress, None, None, peers)
+            )
+        return RunGroup(experiment=name, results=results)
+    return _run_one(
+        name, spec, loaded, pm, torch_device, track, tracking_uri, progress, resume, checkpoint, None, resumed_from
+    )
+
+
+def expand_variants(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One spec per (seed, defense), seeds outermost: what an experiment with `defenses` or `seeds` runs."""
+    if not (spec.get("defenses") or spec.get("seeds")):
+        return [dict(spec)]
+    variants = []
+    for seed in spec.get("seeds") or [spec["seed"]]:
+        for defense in spec.get("defenses") or [spec["defense"]]:
+            variant = {k: v for k, v in spec.items() if k not in ("defenses", "seeds")}
+            variant.update(defense=defense, seed=seed, seeds=[])
+            variants.append(variant)
+    return variants
+
+
+def _run_one(
+    name: str,
+    spec: dict[str, Any],
+    registry: Registry,
+    pm: PluginManager,
+    device: torch.device,
+    track: bool,
+    tracking_uri: str | None,
+    progress: bool,
+    resume: str | None,
+    checkpoint: Mapping[str, Any] | None,
+    peers: Mapping[str, torch.nn.Module] | None = None,
+    resumed_from: str | None = None,
+) -> RunResult:
+    """Train and evaluate one defense, reporting through the lifecycle hooks."""
+    seed = int(spec["seed"])
+    seed_everything(seed)
+    if checkpoint is not None:
+        set_rng_state(checkpoint["rng"])
+    info = RunInfo(
+        experiment=name,
+        spec=spec,
+        seed=seed,
+        device=str(device),
+        plugins=plugin_versions(pm),
+        track=track,
+        tracking_uri=tracking_uri,
+        resume_run_id=resume,
+        resumed_from=resumed_from,
+    )
+    engine = Run(
+        name, spec, registry=registry, device=device, info=info, progress=progress, checkpoint=checkpoint, peers=peers
+    )
+    try:  # a run_started that fails half-way (the run created, its artifacts not) still ends the run FAILED
+        pm.hook.run_started(run=info)
+        result = engine.execute()
+    except KeyboardInterrupt as exc:
+        pm.hook.run_finished(run=info, result=None, status="KILLED", error=exc)
+        exc.advbayes_run_id = info.run_id  # type: ignore[attr-defined]  # for the CLI's message
+        raise
+    except BaseException as exc:
+        pm.hook.run_finished(run=info, result=None, status="FAILED", error=exc)
+        raise
+    finally:
+        shutil.rmtree(engine.workdir, ignore_errors=True)
+    result.run_id, result.store = info.run_id, info.store
+    for figures in pm.hook.run_figures(run=info, result=result):  # plugins' run-level figures, logged by tracking
+        result.figures.update(figures or {})
+    pm.hook.run_finished(run=info, result=result, status="FINISHED", error=None)
+    return result
+
+
+def _fetch_checkpoint(pm: PluginManager, run_id: str, tracking_uri: str | None) -> dict[str, Any]:
+    destination = Path(tempfile.mkdtemp(prefix="advbayes-resume-"))
+    try:
+        path = pm.hook.load_checkpoint(run_id=run_id, tracking_uri=tracking_uri, destination=destination)
+        if path is None:
+            raise RunError(f"--resume {run_id}: no plugin could fetch a checkpoint (is tracking disabled?)")
+        try:  # weights_only: tensors and plain containers only, so a tampered checkpoint cannot run code
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RunError(
+                f"--resume {run_id}: the checkpoint is not one advbayes wrote (only tensors and plain values are "
+                f"loaded; {reason[:160]})"
+            ) from None
+    finally:
+        shutil.rmtree(destination, ignore_errors=True)

@@ -1,0 +1,197 @@
+"""Training: one epoch loop (progress bar, divergence check, epoch means) that serves both the run's defense and
+the plain cross-entropy source model of offline defenses, checkpoints, and every random state they hold."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from advbayes.components import Defense, LossOutput, TrainContext
+from advbayes.data import Batches
+from advbayes.engine.building import RunParts
+from advbayes.errors import RunError
+from advbayes.experiment import Experiment
+from advbayes.losses import mean_cross_entropy
+from advbayes.stochastic import as_sampled
+
+CHECKPOINT_NAME = "checkpoint.pt"
+STEPS_PER_CHECK = 10  # the loss is synced to the host (finite? progress text) every this many steps
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random state in types torch.load(weights_only=True) admits (tensors, tuples, ints, floats, strings)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_optimizer(experiment: Experiment, defense: Defense, parameters: Any) -> torch.optim.Optimizer:
+    """The experiment's optimizer, falling back to the defense's defaults."""
+    name = experiment.optimizer or defense.default_optimizer
+    lr = experiment.lr if experiment.lr is not None else defense.default_lr
+    params = [p for p in parameters if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=experiment.momentum, weight_decay=experiment.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=experiment.weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=experiment.weight_decay)
+
+
+def train_epochs(
+    net: torch.nn.Module,
+    train: Batches,
+    loss: Callable[[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]], LossOutput],
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    label: str,
+    progress: bool,
+    start_epoch: int = 0,
+    context: TrainContext | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> None:
+    """Epochs `start_epoch + 1 .. epochs` of `loss`: a progress bar (or one line per epoch without a terminal),
+    a divergence check, then `on_epoch(epoch, means of the loss and its parts, images/s, seconds)`."""
+    for epoch in range(start_epoch, epochs):
+        if context is not None:
+            context.epoch = epoch + 1
+        net.train()
+        sums: dict[str, torch.Tensor] = {}
+        seen = 0
+        started = time.perf_counter()
+        bar = tqdm(
+            total=len(train),
+            unit="img",
+            desc=f"{label} epoch {epoch + 1}/{epochs}",
+            disable=not progress,
+            leave=True,
+            dynamic_ncols=True,
+        )
+        for step, (x, y) in enumerate(train.iterate(batch_size, shuffle=True, generator=generator)):
+            if context is not None:
+                context.step += 1
+            output = loss(net, (x, y))
+            optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            optimizer.step()
+            batch = len(y)
+            seen += batch
+            for key, value in {"loss": output.loss, **output.parts}.items():
+                value = torch.as_tensor(value).detach().float()
+                sums[key] = sums.get(key, 0.0) + value * batch
+            bar.update(batch)
+            if step % STEPS_PER_CHECK == 0:
+                loss_now = float(output.loss.detach())
+                if not math.isfinite(loss_now):
+                    raise RunError(f"training diverged: loss is {loss_now} at epoch {epoch + 1}, step {step + 1}")
+                rate = seen / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix({k: f"{float(v) / seen:.4g}" for k, v in sums.items()} | {"img/s": f"{rate:.0f}"})
+        elapsed = time.perf_counter() - started
+        metrics = {k: float(v) / max(seen, 1) for k, v in sums.items()}
+        if not math.isfinite(metrics.get("loss", 0.0)):
+            raise RunError(f"training diverged: mean loss is {metrics['loss']} in epoch {epoch + 1}")
+        metrics["images_per_s"] = seen / max(elapsed, 1e-9)
+        metrics["epoch_seconds"] = elapsed
+        bar.close()
+        if not progress:
+            parts = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            print(f"{label} epoch {epoch + 1}/{epochs}: {parts}", file=sys.stderr)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, metrics)
+
+
+class Training(RunParts):
+    """The run's training with checkpoints after every epoch, and the source-model training of -Off defenses."""
+
+    def train(self, net: torch.nn.Module, train: Batches, context: TrainContext) -> None:
+        """Epochs of defense.loss; checkpoint and epoch_finished after each (a resumed run continues its states)."""
+        experiment = self.experiment
+        optimizer = make_optimizer(experiment, self.defense, net.parameters())
+        start_epoch = 0
+        if self.checkpoint is not None:
+            optimizer.load_state_dict(self.checkpoint["optimizer"])
+            start_epoch = int(self.checkpoint["epoch"])
+            set_rng_state(self.checkpoint["rng"])
+        generator = torch.Generator().manual_seed(experiment.seed)
+        if self.checkpoint is not None and "generator" in self.checkpoint:
+            generator.set_state(self.checkpoint["generator"])
+
+        def finished(epoch: int, metrics: dict[str, float]) -> None:
+            self.history.append({"epoch": epoch, **metrics})
+            path = self.save_checkpoint(net, optimizer, generator, epoch)
+            self.pm.hook.epoch_finished(run=self.info, epoch=epoch, metrics=metrics, checkpoint=path)
+
+        train_epochs(
+            net,
+            train,
+            lambda model, batch: self.defense.loss(model, batch, context),
+            optimizer,
+            epochs=experiment.epochs,
+            batch_size=experiment.batch_size,
+            generator=generator,
+            label=self.name,
+            progress=self.progress,
+            start_epoch=start_epoch,
+            context=context,
+            on_epoch=finished,
+        )
+
+    def save_checkpoint(
+        self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, epoch: int
+    ) -> Path:
+        """Write everything needed to resume after `epoch` (atomically: a crash never leaves half a file)."""
+        path = self.workdir / CHECKPOINT_NAME
+        partial = path.with_suffix(".partial")
+        state = {
+            "experiment": self.name,
+            "spec": self.spec,
+            "epoch": epoch,
+            "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+            "generator": generator.get_state(),
+            "history": self.history,
+        }
+        torch.save(state, partial)
+        partial.replace(path)
+        return path
+
+    def fit(self, model: torch.nn.Module, train: Batches, epochs: int) -> torch.nn.Module:
+        """Train a deterministic `model` with plain cross-entropy (Adam, lr 1e-3, the experiment's batch size),
+        through the same epoch loop as the run."""
+        model = as_sampled(model).to(self.device).train()
+        train_epochs(
+            model,
+            train,
+            lambda net, batch: LossOutput(loss=mean_cross_entropy(net(batch[0]), batch[1])),
+            torch.optim.Adam(model.parameters(), lr=1e-3),
+            epochs=epochs,
+            batch_size=self.experiment.batch_size,
+            generator=torch.Generator().manual_seed(self.experiment.seed),
+            label=f"{self.name} source model",
+            progress=self.progress,
+        )
+        return model.eval()
