@@ -204,3 +204,55 @@ def test_with_the_tracking_plugin_disabled_a_run_imports_no_mlflow_and_its_comma
     )
     assert done.returncode == 2 and "No such command 'compare'" in done.stderr
     assert not (isolated_cwd / "mlflow.db").exists()
+
+
+PLUGIN_PROJECTS = sorted(
+    [
+        *Path(__file__).parents[1].glob("plugins/*/pyproject.toml"),
+        Path(__file__).parents[1] / "examples" / "my-defense-plugin" / "pyproject.toml",
+    ]
+)
+
+
+def declared_plugins(pyproject: Path) -> tuple[str, list[str]]:
+    """A plugin distribution's name and the advbayes-* distributions it declares as dependencies."""
+    from advbayes.registry import tomllib
+
+    project = tomllib.loads(pyproject.read_text())["project"]
+    needs = [re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0] for d in project.get("dependencies", [])]
+    return project["name"], [d for d in needs if d.startswith("advbayes-")]
+
+
+@pytest.mark.parametrize("pyproject", PLUGIN_PROJECTS, ids=lambda p: p.parent.name)
+def test_each_plugin_loads_and_resolves_its_registry_with_only_its_declared_dependencies(
+    pyproject: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from advbayes.registry import load_registry, read_registry_file
+
+    name, _ = declared_plugins(pyproject)
+    installed = {name}  # what pip would install: the plugin and its declared dependencies, transitively
+    pending = [name]
+    projects = {declared_plugins(p)[0]: p for p in PLUGIN_PROJECTS}
+    while pending:
+        for dependency in declared_plugins(projects[pending.pop()])[1]:
+            if dependency not in installed:
+                installed.add(dependency)
+                pending.append(dependency)
+    monkeypatch.setenv("ADVBAYES_LOAD_PLUGINS", ",".join(sorted(installed)))
+    pm = create_plugin_manager()
+    assert set(pm.info) - {"advbayes.builtins", "advbayes.tracking"} == installed
+    registry = load_registry(pm=pm, include_cwd=False)
+    files = [path for plugin, path in pm.registry_paths() if plugin == name]
+    assert files, f"{name} contributes no registry file"
+    resolved = 0
+    for path in files:
+        for kind, table in read_registry_file(path).items():
+            if kind == "providers":
+                continue
+            for entry in table:
+                if kind == "experiments":
+                    registry.resolve_experiment(entry)
+                else:
+                    registry.resolve(kind, entry, where=(str(path), entry, ""))
+                resolved += 1
+    assert resolved > 0
