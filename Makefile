@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 STAMP := $(VENV)/.advbayes-installed
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) examples/my-defense-plugin/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "advbayes needs Python 3.10 or newer"; exit 1; }
@@ -21,7 +21,14 @@ install: $(STAMP)
 demo: install
 	$(BIN)/advbayes run quickstart
 
-test: install
+LINTED := core plugins examples tests benchmarks
+
+lint: install
+	$(BIN)/python -m ruff check $(LINTED)
+	$(BIN)/python -m ruff format --check $(LINTED)
+	$(BIN)/python -m mypy
+
+test: install lint
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest
 
 clean:

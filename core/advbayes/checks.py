@@ -50,11 +50,17 @@ def significantly_above(high: EvalRecord, low: EvalRecord) -> bool:
     return a - b > max(MIN_GAP, 1.96 * error)
 
 
+def _steps(attack: Attack) -> int:
+    """The iteration count of an iterative attack (a field only some attack classes have)."""
+    return int(getattr(attack, "steps"))  # noqa: B009
+
+
 def _steps_only_differ(first: Attack, second: Attack) -> bool:
     """Two attacks whose settings are the same but for the number of steps."""
-    if type(first) is not type(second) or not hasattr(first, "steps") or first.steps == second.steps:
+    if type(first) is not type(second) or not hasattr(first, "steps") or _steps(first) == _steps(second):
         return False
-    return attrs.evolve(first, steps=second.steps, eps=second.eps) == attrs.evolve(second, eps=second.eps)
+    changed: Any = attrs.evolve  # `steps` is not a field of the Attack base class
+    return bool(changed(first, steps=_steps(second), eps=second.eps) == attrs.evolve(second, eps=second.eps))
 
 
 def evaluation_findings(
@@ -95,8 +101,8 @@ def evaluation_findings(
                         f"{share:.0%} of the input-gradient components are exactly zero (gradient masking?)",
                     )
                 )
-        attack = attacks.get(label)
-        if attack is None or not attack.uses_eps:
+        evaluated = attacks.get(label)
+        if evaluated is None or not evaluated.uses_eps:
             continue
         for earlier, later in zip(rows, rows[1:]):
             if later.eps > earlier.eps and significantly_above(later, earlier):
@@ -123,7 +129,7 @@ def _steps_findings(
     findings = []
     for few_label, few in attacks.items():
         for many_label, many in attacks.items():
-            if not _steps_only_differ(few, many) or few.steps >= many.steps:
+            if not _steps_only_differ(few, many) or _steps(few) >= _steps(many):
                 continue
             at_eps = {r.eps: r for r in by_attack.get(few_label, [])}
             for record in by_attack.get(many_label, []):
@@ -134,8 +140,8 @@ def _steps_findings(
                             run,
                             many_label,
                             record.eps,
-                            f"{many.steps} steps leave robust accuracy {record.metrics['accuracy']:.4f}, higher than "
-                            f"{at_eps[record.eps].metrics['accuracy']:.4f} with {few.steps} steps ({few_label})",
+                            f"{_steps(many)} steps leave robust accuracy {record.metrics['accuracy']:.4f}, higher "
+                            f"than {at_eps[record.eps].metrics['accuracy']:.4f} with {_steps(few)} steps ({few_label})",
                         )
                     )
     return findings

@@ -18,7 +18,9 @@ from advbayes.errors import AdvbayesError, EvaluationWarning, RunError, error_te
 KIND_CHOICES = ("datasets", "models", "defenses", "attacks", "metrics", "experiments")
 
 
-def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+def _show_warning(
+    message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
     from advbayes.plugins import PluginLoadWarning
 
     if issubclass(category, (PluginLoadWarning, EvaluationWarning)):
@@ -258,7 +260,7 @@ def plugins_command(as_json: bool, debug: bool) -> None:
 
     pm = get_plugin_manager()
     index = pm.components
-    plugins = [
+    plugins: list[dict[str, Any]] = [
         {
             "name": info.name,
             "distribution": info.distribution,

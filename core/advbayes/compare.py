@@ -59,8 +59,8 @@ def seed_rows(runs: Sequence[Any], columns: list[tuple[str, float | None, str]],
     for run in runs:  # newest first
         tags = run.data.tags
         if run.info.status == "FINISHED":
-            key = (tags.get("advbayes.experiment", "?"), tags.get("advbayes.defense", "?"))
-            newest.setdefault(key, {}).setdefault(tags.get("advbayes.seed", "?"), run)
+            group = (tags.get("advbayes.experiment", "?"), tags.get("advbayes.defense", "?"))
+            newest.setdefault(group, {}).setdefault(tags.get("advbayes.seed", "?"), run)
     rows = []
     for (experiment, defense), by_seed in newest.items():
         if len(by_seed) < 2:

@@ -169,10 +169,11 @@ class Dataset(Component):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         full = self.load(split)
         limit = self.n_train if split == "train" else self.n_test
-        if limit is None or limit >= len(full):
+        size = len(full)  # type: ignore[arg-type]  # map-style data sets are sized
+        if limit is None or limit >= size:
             return full
         generator = torch.Generator().manual_seed(SUBSET_SEED)
-        index = torch.randperm(len(full), generator=generator)[:limit].sort().values
+        index = torch.randperm(size, generator=generator)[:limit].sort().values
         if isinstance(full, TensorDataset):
             return TensorDataset(*(t[index] for t in full.tensors))
         return Subset(full, index.tolist())

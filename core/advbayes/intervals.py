@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 Z95 = 1.959963984540054  # the normal quantile of a two-sided 95 % interval
 COMPANIONS = ("_ci_low", "_ci_high", "_n")  # metric keys logged next to an accuracy: <name>_ci_low, ...
@@ -26,7 +26,7 @@ def with_interval(name: str, successes: float, n: int) -> dict[str, float]:
     return {name: successes / n if n else 0.0, f"{name}_ci_low": low, f"{name}_ci_high": high, f"{name}_n": float(n)}
 
 
-def is_companion(key: str, keys: Sequence[str] | set[str]) -> bool:
+def is_companion(key: str, keys: Collection[str]) -> bool:
     """True for <name>_ci_low / _ci_high / _n when <name> itself is among `keys`."""
     return any(key.endswith(suffix) and key[: -len(suffix)] in keys for suffix in COMPANIONS)
 

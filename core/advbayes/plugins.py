@@ -8,7 +8,7 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pluggy
@@ -123,7 +123,7 @@ class PluginManager(pluggy.PluginManager):
         """(plugin name, path) of every registry file the plugins contribute, in registration order."""
         paths: list[tuple[str, Path]] = []
         for impl in self.hook.registry_files.get_hookimpls():
-            returned = impl.function()
+            returned: Any = impl.function()
             for path in [returned] if isinstance(returned, (str, Path)) else returned or []:
                 paths.append((impl.plugin_name, Path(path)))
         return paths
@@ -152,9 +152,10 @@ def _call_register(pm: PluginManager, kind: str, index: ComponentIndex) -> None:
                     f"plugin '{_plugin}': {cls.__name__} is not an attrs class itself (decorate it with "
                     "@attrs.frozen(kw_only=True)); its fields would silently not be registry parameters"
                 )
-            if not isinstance(cls.name, str) or not cls.name:
+            component = cast(type[Component], cls)
+            if not isinstance(component.name, str) or not component.name:
                 raise PluginError(f"plugin '{_plugin}': {cls.__name__} has no `name` to register it under")
-            index.add(Registration(kind=kind, name=cls.name, cls=cls, plugin=_plugin))
+            index.add(Registration(kind=kind, name=component.name, cls=component, plugin=_plugin))
 
         impl.function(register=register)
 

@@ -476,7 +476,7 @@ def apply_override(table: dict[str, Any], dotted: str, value: Any) -> None:
         if isinstance(node, list):
             matches = [item for item in node if isinstance(item, dict) and item.get("name") == part]
             if not matches:
-                names = [item.get("name") for item in node if isinstance(item, dict)]
+                names = [str(item.get("name")) for item in node if isinstance(item, dict)]
                 raise RegistryError(
                     f"no entry '{part}' in this list{suggest(part, names, 'entries')}",
                     file=OVERRIDE_SOURCE,
@@ -524,8 +524,8 @@ def load_registry(
             continue
         seen.add(real)
         registry.add_file(path, trusted=trusted)
-    for path in extra:
-        path = Path(path)
+    for given in extra:
+        path = Path(given)
         if not path.is_file():
             raise RegistryError("no such registry file", file=str(path))
         registry.add_file(path)

@@ -18,6 +18,11 @@ class AccuracyState(MetricState):
     and `accuracy_worst` counts an example only when all R predictions are right.
     """
 
+    correct: torch.Tensor  # states added by add_state (typed here: nn.Module's __getattr__ is untyped)
+    all_correct: torch.Tensor
+    total: torch.Tensor
+    repeats: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.add_state("correct", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")

@@ -7,9 +7,10 @@ An input with S' = 1 (the deterministic trunk's output) is shared by all draws a
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,12 @@ class GaussianParameter(nn.Module):
         """Noise for S draws, [S, ...]: standard normal (subclasses may add channels, e.g. variance draws)."""
         return torch.randn((samples, *self.mu.shape), generator=generator, device=self.mu.device, dtype=self.mu.dtype)
 
+    def drawn_noise(self) -> torch.Tensor:
+        """The noise the model set for this forward (an error when it set none)."""
+        if self.eps is None:
+            raise RuntimeError("no draws were made for this parameter: the model draws before each forward")
+        return self.eps
+
     def draws(self, samples: int) -> torch.Tensor:
         """The S weight draws [S, *shape] (fresh noise if the model set none)."""
         eps = self.eps
@@ -80,7 +87,7 @@ class StochasticLayer(nn.Module):
 
     def kl(self, prior_sigma: float) -> torch.Tensor:
         """Closed-form KL of all of the layer's Gaussian parameters."""
-        return sum(p.kl(prior_sigma) for p in self.gaussian_parameters())
+        return cast(torch.Tensor, sum(p.kl(prior_sigma) for p in self.gaussian_parameters()))
 
     def _run(self, key: tuple[Any, ...], candidates: dict[str, Any], inputs: list[torch.Tensor]) -> torch.Tensor:
         name = self.strategy
@@ -89,7 +96,9 @@ class StochasticLayer(nn.Module):
             name = strategies.cached(key) or ("batched" if self.samples > strategies.MAX_LOOP else "")
         if not name:  # first call of this signature: measure both on detached copies
             detached = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
-            trial = {k: (lambda f=f: f(*detached)) for k, f in candidates.items()}
+            trial: dict[str, Callable[[], torch.Tensor]] = {
+                k: functools.partial(f, *detached) for k, f in candidates.items()
+            }
             name = strategies.choose(key, trial, detached, inputs[0].device)
         return candidates[name](*inputs)
 
@@ -191,6 +200,9 @@ class BayesConv2d(StochasticLayer):
 class BayesBatchNorm2d(StochasticLayer):
     """BatchNorm2d with Gaussian affine parameters; in training, statistics are per draw (as S separate nets)."""
 
+    running_mean: torch.Tensor  # buffers (when tracking running statistics)
+    running_var: torch.Tensor
+
     def __init__(self, norm: nn.BatchNorm2d, init_sigma: float) -> None:
         super().__init__()
         if not norm.affine:
@@ -202,6 +214,7 @@ class BayesBatchNorm2d(StochasticLayer):
         self.weight = GaussianParameter(norm.weight, init_sigma)
         self.bias = GaussianParameter(norm.bias, init_sigma)
         if norm.track_running_stats:
+            assert norm.running_mean is not None and norm.running_var is not None  # track_running_stats holds them
             self.register_buffer("running_mean", norm.running_mean.detach().clone())
             self.register_buffer("running_var", norm.running_var.detach().clone())
         # While a forward pass runs its draws in chunks, each chunk's statistics wait here and are applied as ONE
@@ -211,8 +224,8 @@ class BayesBatchNorm2d(StochasticLayer):
     def update_running_statistics(self, parts: Sequence[tuple[torch.Tensor, torch.Tensor, int]]) -> None:
         """One momentum update with the mean statistics of all draws in `parts` ((mean sum, var sum, draws) each)."""
         draws = sum(n for _, _, n in parts)
-        self.running_mean.lerp_(sum(m for m, _, _ in parts) / draws, self.momentum)
-        self.running_var.lerp_(sum(v for _, v, _ in parts) / draws, self.momentum)
+        self.running_mean.lerp_(cast(torch.Tensor, sum(m for m, _, _ in parts)) / draws, self.momentum)
+        self.running_var.lerp_(cast(torch.Tensor, sum(v for _, v, _ in parts)) / draws, self.momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize each draw with its own batch statistics (training) or the running ones (evaluation)."""

@@ -8,7 +8,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -226,7 +226,7 @@ class StochasticModel(nn.Module):
     def _forward_draws(
         self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], start: int, stop: int
     ) -> torch.Tensor:
-        full = {id(p): p.eps for layer in layers for p in layer.gaussian_parameters()}
+        full = {id(p): p.drawn_noise() for layer in layers for p in layer.gaussian_parameters()}
         try:
             for layer in layers:
                 layer.samples = stop - start
@@ -248,14 +248,15 @@ def kl(model: nn.Module, prior_sigma: float) -> torch.Tensor:
     layers = [m for m in model.modules() if isinstance(m, StochasticLayer)]
     if not layers:
         return torch.zeros(())
-    return sum(layer.kl(prior_sigma) for layer in layers)
+    return cast(torch.Tensor, sum(layer.kl(prior_sigma) for layer in layers))
 
 
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[None]:
     """Freeze the draws of a stochastic model (anything with a frozen() context) for the block; no-op otherwise."""
-    if callable(getattr(model, "frozen", None)):
-        with model.frozen():
+    freeze = getattr(model, "frozen", None)
+    if callable(freeze):
+        with freeze():
             yield
     else:
         yield
@@ -273,7 +274,9 @@ def _select(model: nn.Module, which: str | float | Sequence[str]) -> set[str]:
         keep = max(1, math.ceil(which * len(weighted)))
         first = weighted[len(weighted) - keep]
         return {name for name, _ in convertible[first:]}  # batch norms after the first chosen layer come along
-    names = set(which)
+    if isinstance(which, (str, bool)):
+        raise ValueError(f"which: expected 'all', a fraction in (0, 1] or module names, got {which!r}")
+    names = {str(name) for name in which}
     known = {name for name, _ in model.named_modules()}
     unknown = names - known
     if unknown:
@@ -286,7 +289,9 @@ def _convert(module: nn.Module, init_sigma: float) -> nn.Module:
         return BayesLinear(module, init_sigma)
     if isinstance(module, nn.Conv2d):
         return BayesConv2d(module, init_sigma)
-    return BayesBatchNorm2d(module, init_sigma)
+    if isinstance(module, nn.BatchNorm2d):
+        return BayesBatchNorm2d(module, init_sigma)
+    raise TypeError(f"cannot make a {type(module).__name__} Bayesian")
 
 
 def to_bayesian(

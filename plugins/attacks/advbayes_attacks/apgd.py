@@ -61,35 +61,40 @@ class APGD(IterativeAttack):
             return self.unchanged(x)
         x, y = x.detach(), y.long()
         stochastic = is_stochastic(model, x)
-        clean_logits = None
+        clean_logits: torch.Tensor | None = None
         if not stochastic or self.targets:  # the clean prediction scores the clean input or ranks the targets
             with torch.no_grad():
                 clean_logits = model(x, samples=self.samples)
         overall = self.selection(model, y, stochastic)
         # the clean input competes too (a deterministic model's misclassified example needs no attack)
-        overall.offer(
-            x, None if stochastic else self.deterministic_score(self.losses_of(clean_logits, y), clean_logits, y)
-        )
+        if clean_logits is None:
+            overall.offer(x)
+        else:
+            overall.offer(
+                x, None if stochastic else self.deterministic_score(self.losses_of(clean_logits, y), clean_logits, y)
+            )
         zeros, total = torch.zeros((), device=x.device), 0
-        targets = [None] if self.targets == 0 else list(range(min(self.targets, clean_logits.shape[-1] - 1)))
+        targets: list[int | None] = [None]
+        if self.targets and clean_logits is not None:
+            targets = list(range(min(self.targets, clean_logits.shape[-1] - 1)))
         with self.draws(model):
             for rank in targets:
                 for _ in range(self.restarts):
                     active = torch.arange(len(x), device=x.device)
                     if not stochastic:
-                        active = (overall.score < MISCLASSIFIED_BONUS / 2).nonzero().squeeze(1)
+                        active = (overall.scores < MISCLASSIFIED_BONUS / 2).nonzero().squeeze(1)
                         if active.numel() == 0:
                             break
                     target = None
-                    if rank is not None:  # the (rank+2)-th highest class of the clean prediction, as upstream
+                    if rank is not None and clean_logits is not None:  # the (rank+2)-th class, as upstream
                         target = clean_logits.mean(dim=0)[active].sort(dim=-1).indices[:, -(rank + 2)]
                     found, score, zero_count, count = self._run(model, x[active], y[active], target, stochastic)
                     zeros += zero_count
                     total += count
                     overall.offer(found, score, active)
-        delta = overall.x - x
+        delta = overall.best - x
         return AttackResult(
-            x_adv=overall.x,
+            x_adv=overall.best,
             delta=delta,
             diagnostics={**lengths(delta), "zero_grad_share": float(zeros) / max(total, 1)},
         )
@@ -163,4 +168,4 @@ class APGD(IterativeAttack):
                 else self.deterministic_score(self.losses_of(final_logits, y, target), final_logits, y)
             )
             return x_adv, score, zeros, count
-        return chosen.x, chosen.score, zeros, count
+        return chosen.best, chosen.score, zeros, count

@@ -263,18 +263,16 @@ class PGD(IterativeAttack):
                 final = self.losses_of(final_logits, y)
                 history[restart, self.steps] = final.mean()
                 self.offer(chosen, x_adv, final, final_logits, y)
-        delta = chosen.x - x
+        delta = chosen.best - x
         diagnostics: dict[str, Any] = {
             **lengths(delta),
             "loss_history": history.cpu(),
             "zero_grad_share": float(zeros) / max(total, 1),
         }
-        if (
-            not chosen.paired
-        ):  # the loss of each returned point (on a stochastic model any one value would be a noisy draw)
+        if not chosen.paired:  # the loss of each returned point (a stochastic model's would be a noisy draw)
             single_last = self.keep == "last" and self.restarts == 1
-            diagnostics["attack_loss"] = (final if single_last else self.evaluate_loss(model, chosen.x, y)).cpu()
-        return AttackResult(x_adv=chosen.x, delta=delta, diagnostics=diagnostics)
+            diagnostics["attack_loss"] = (final if single_last else self.evaluate_loss(model, chosen.best, y)).cpu()
+        return AttackResult(x_adv=chosen.best, delta=delta, diagnostics=diagnostics)
 
 
 @attrs.frozen(kw_only=True)

@@ -30,6 +30,20 @@ class IterateSelection:
         self.paired_scores = paired_scores
 
     @property
+    def best(self) -> torch.Tensor:
+        """The strongest iterate per example (an error before the first offer)."""
+        if self.x is None:
+            raise ValueError("no iterate was offered yet")
+        return self.x
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """The incumbents' scores (deterministic selections only)."""
+        if self.score is None:
+            raise ValueError("this selection holds no scores (a stochastic model's, or nothing offered yet)")
+        return self.score
+
+    @property
     def paired(self) -> bool:
         """True when iterates are compared on fresh draws (a stochastic model)."""
         return self.paired_scores is not None

@@ -85,12 +85,9 @@ class Square(Attack):
             return AttackResult(x_adv=x, delta=delta, diagnostics=lengths(delta))
         x, y = x.detach(), y.long()
         stochastic = is_stochastic(model, x)
-        best_x, best_margin = None, None
-        for _ in range(self.restarts):
+        best_x, best_margin = self._run(model, x, y, stochastic)
+        for _ in range(self.restarts - 1):
             found, margin = self._run(model, x, y, stochastic)
-            if best_x is None:
-                best_x, best_margin = found, margin
-                continue
             if stochastic:
                 better = self._paired(model, found, best_x, y)
             else:

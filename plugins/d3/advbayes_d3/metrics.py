@@ -23,6 +23,10 @@ def clearly_below(white: float, black: float, n: int, margin: float) -> bool:
 class ObfuscationState(MetricState):
     """Counts white-box and transfer-attack correct predictions on the same examples."""
 
+    white: torch.Tensor  # states added by add_state
+    black: torch.Tensor
+    total: torch.Tensor
+
     def __init__(self, craft: Callable[[EvalBatch], torch.Tensor], margin: float) -> None:
         super().__init__()
         self.craft = craft  # a function, not the source module: the source must not become part of this state

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import attrs
 import torch
@@ -11,6 +11,7 @@ from torch import nn
 
 from advbayes import (
     Defense,
+    GaussianParameter,
     LossOutput,
     StochasticLayer,
     TrainContext,
@@ -29,8 +30,8 @@ from advbayes_hvi.nig import NIGParameter, nu_term
 def regularizer(model: nn.Module) -> torch.Tensor:
     """R: the mean over every stochastic weight of (1/2) log(1 + mu0^2 / sigma0^2), differentiable."""
     parameters = [p for m in model.modules() if isinstance(m, StochasticLayer) for p in m.gaussian_parameters()]
-    total = sum(hierarchical_regularizer_terms(p).sum() for p in parameters)
-    return total / sum(p.mu.numel() for p in parameters)
+    total = torch.zeros(()) if not parameters else sum(hierarchical_regularizer_terms(p).sum() for p in parameters)
+    return cast(torch.Tensor, total) / max(sum(p.mu.numel() for p in parameters), 1)
 
 
 @attrs.frozen(kw_only=True)
@@ -56,7 +57,8 @@ class HVI(Defense):
         if not math.isinf(self.nu):
             for layer in stochastic.stochastic_layers():
                 for name, child in list(layer.named_children()):
-                    setattr(layer, name, NIGParameter(child, self.nu))
+                    if isinstance(child, GaussianParameter):
+                        setattr(layer, name, NIGParameter(child, self.nu))
         return stochastic
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], context: TrainContext) -> LossOutput:

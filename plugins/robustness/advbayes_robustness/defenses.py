@@ -19,7 +19,7 @@ def with_dropout(model: nn.Module, rate: float) -> nn.Module:
     layers = dropout_layers(model)
     if layers:
         for _, module in layers:
-            module.p = rate
+            setattr(module, "p", rate)  # noqa: B010 - every dropout type (and AlwaysDropout) keeps its rate in p
         return model
     if not isinstance(model, nn.Sequential):
         raise ValueError("mc-dropout: the network has no dropout layer and is not a Sequential to insert one into")

@@ -51,6 +51,15 @@ def _cat(values: Any) -> torch.Tensor:
 class RobustnessConditionState(MetricState):
     """Per-example conditions on a fresh, frozen set of inference draws I, against the attack's perturbation."""
 
+    linear: torch.Tensor  # states added by add_state
+    smooth: torch.Tensor
+    same_draws_correct: torch.Tensor
+    correct: torch.Tensor
+    total: torch.Tensor
+    cos_alpha: list[torch.Tensor]
+    attack_length: list[torch.Tensor]
+    margin: list[torch.Tensor]
+
     def __init__(self, samples: int | None, on: str, smoothness: float | None) -> None:
         super().__init__()
         self.samples, self.on, self.smoothness = samples, on, smoothness
@@ -138,6 +147,10 @@ class RobustnessCondition(Metric):
 
 class PredictionVarianceState(MetricState):
     """Var over many draws of f_y(x, theta) per example, and extreme single-draw predictions."""
+
+    variances: list[torch.Tensor]  # states added by add_state
+    extreme: torch.Tensor
+    predictions: torch.Tensor
 
     def __init__(self, draws: int, chunk: int) -> None:
         super().__init__()
@@ -262,6 +275,9 @@ class GradientLimit(Metric):
 class SoftmaxRobustnessState(MetricState):
     """1 - mean L_inf distance between the clean and the attacked predictive probabilities."""
 
+    distance: torch.Tensor  # states added by add_state
+    total: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.add_state("distance", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
@@ -294,6 +310,9 @@ class SoftmaxRobustness(Metric):
 
 class TransferCorrelationState(MetricState):
     """Acc[B], Acc[B|A] for every source A and target B: the batch's attack crafted on A, evaluated on B."""
+
+    clean: torch.Tensor  # states added by add_state
+    under: torch.Tensor
 
     def __init__(self, models: dict[str, nn.Module]) -> None:
         super().__init__()

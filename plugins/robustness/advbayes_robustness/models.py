@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import nn
@@ -97,7 +98,7 @@ class MCDropoutModel(DrawSource):
                 "mc-dropout: the network has no dropout layer (give the model a dropout rate, or the defense a `rate`)"
             )
         for name, module in layers:
-            _replace(net, name, AlwaysDropout(float(module.p), self.generator))
+            _replace(net, name, AlwaysDropout(float(getattr(module, "p")), self.generator))  # noqa: B009
         self.net = net
         # a Sequential's layers before the first dropout are deterministic: they run once per batch
         self.trunk_length = (
@@ -107,7 +108,7 @@ class MCDropoutModel(DrawSource):
     @property
     def rates(self) -> list[float]:
         """The dropout rate of each dropout layer."""
-        return [m.p for _, m in dropout_layers(self.net)]
+        return [float(getattr(m, "p")) for _, m in dropout_layers(self.net)]  # noqa: B009
 
     def forward(self, x: torch.Tensor, samples: int = 1, *, sampled_input: bool = False) -> torch.Tensor:
         """Logits [S, B, k]; with sampled_input x is [S, B, ...] already."""
@@ -121,7 +122,7 @@ class MCDropoutModel(DrawSource):
         if not self.trunk_length:
             replicated = x.unsqueeze(0).expand(samples, *x.shape).flatten(0, 1)
             return self.net(replicated).view(samples, batch, -1)
-        layers = list(self.net)
+        layers = list(cast(nn.Sequential, self.net))
         h = x
         for layer in layers[: self.trunk_length]:
             h = layer(h)

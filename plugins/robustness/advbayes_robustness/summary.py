@@ -32,12 +32,14 @@ def sweep_figures(records: Sequence[EvalRecord]) -> dict[str, Any]:
             return record.metrics.get("accuracy", float("nan")) if record else float("nan")
 
         if len(attack_counts) > 1:
-            series = {f"eps {e:g}": (attack_counts, [accuracy(e, a, top_i) for a in attack_counts]) for e in eps_values}
+            series: dict[str, tuple[Sequence[float], Sequence[float]]] = {
+                f"eps {e:g}": (attack_counts, [accuracy(e, a, top_i) for a in attack_counts]) for e in eps_values
+            }
             figures[f"{entry}/accuracy_vs_attack_samples.png"] = lines_figure(
                 series, f"{entry}: accuracy vs S_A (S_I = {top_i})", "S_A (attack samples)", "accuracy", logx=True
             )
-            stats = {f"S_A={a}": _quantiles(cells.get((eps_values[-1], a, top_i)), "cos_alpha") for a in attack_counts}
-            stats = {k: v for k, v in stats.items() if v is not None}
+            found = {f"S_A={a}": _quantiles(cells.get((eps_values[-1], a, top_i)), "cos_alpha") for a in attack_counts}
+            stats = {k: v for k, v in found.items() if v is not None}
             if stats:
                 figures[f"{entry}/cos_alpha_by_attack_samples.png"] = quantile_box_figure(
                     stats, f"{entry}: cos(alpha) per S_A (eps {eps_values[-1]:g}, S_I = {top_i})", "cos(alpha)"
@@ -50,13 +52,13 @@ def sweep_figures(records: Sequence[EvalRecord]) -> dict[str, Any]:
                 series, f"{entry}: accuracy vs S_I (S_A = {top_a})", "S_I (inference samples)", "accuracy", logx=True
             )
     for label in dict.fromkeys(r.attack for r in records):
-        cells = sorted(
+        ordered = sorted(
             (r for r in records if r.attack == label and "linear_fraction" in r.metrics), key=lambda r: r.eps
         )
-        if len(cells) > 1:
-            xs = [r.eps for r in cells]
+        if len(ordered) > 1:
+            xs = [r.eps for r in ordered]
             series = {
-                name: (xs, [r.metrics[key] for r in cells])
+                name: (xs, [r.metrics[key] for r in ordered])
                 for name, key in (
                     ("linear condition", "linear_fraction"),
                     ("smooth condition", "smooth_fraction"),

@@ -15,6 +15,9 @@ from advbayes import Model, list_param, param
 class Normalize(nn.Module):
     """Per-channel (x - mean) / std inside the network, so attacks work in the data's [0, 1] range."""
 
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
