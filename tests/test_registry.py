@@ -228,7 +228,7 @@ def test_show_prints_the_resolved_entry_as_toml(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["show", "tiny", "--registry", str(user)])
     shown = tomllib.loads(result.output)["experiments"]["tiny"]
     assert shown == load_registry([user]).resolve_experiment("tiny")
-    assert tomli_w.dumps(shown)
+    assert tomllib.loads(tomli_w.dumps(shown)) == shown  # what show prints is valid TOML that reads back the same
 
 
 def test_list_shows_entries_components_and_unavailable_ones(tmp_path: Path) -> None:

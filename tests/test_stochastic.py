@@ -13,6 +13,7 @@ from torch.distributions import Normal, kl_divergence
 from advbayes.stochastic import (
     BayesConv2d,
     BayesLinear,
+    Folded,
     frozen,
     kl,
     predict,
@@ -228,7 +229,10 @@ def test_unconvertible_parametrized_modules_are_listed_in_a_warning() -> None:
     with pytest.warns(UserWarning, match=r"left these modules deterministic: 2 \(LayerNorm\)"):
         model = to_bayesian(net)
     assert isinstance(model.net[1], BayesLinear) and model(torch.randn(3, 3, 4), samples=2).shape == (2, 3, 2)
-    assert BayesConv2d  # converted conv layers are tested above
+    with pytest.warns(UserWarning, match=r"left these modules deterministic: 1 \(GroupNorm\)"):
+        conv = to_bayesian(nn.Sequential(nn.Conv2d(2, 3, 3), nn.GroupNorm(1, 3), nn.Flatten(), nn.Linear(12, 2)))
+    assert isinstance(conv.net[0], BayesConv2d)  # converted; the GroupNorm runs per draw, deterministic
+    assert isinstance(conv.net[1], Folded) and isinstance(conv.net[1].module, nn.GroupNorm)
 
 
 def test_means_start_uniform_within_one_over_sqrt_fan_in_and_log_sigma_at_log_init_sigma() -> None:
