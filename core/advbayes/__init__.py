@@ -8,6 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from advbayes.adversarial import adversarial_examples  # noqa: E402
+from advbayes.batches import Batches  # noqa: E402
 from advbayes.components import (  # noqa: E402
     Attack,
     AttackResult,
@@ -24,7 +26,6 @@ from advbayes.components import (  # noqa: E402
     TrainContext,
     eval_mode,
 )
-from advbayes.data import Batches  # noqa: E402
 from advbayes.engine import RunInfo, run  # noqa: E402
 from advbayes.errors import AdvbayesError, EvaluationWarning, PluginError, RegistryError, RunError  # noqa: E402
 from advbayes.hookspecs import hookimpl  # noqa: E402
@@ -50,7 +51,6 @@ from advbayes.stochastic import (  # noqa: E402
     predict_repeated,
     to_bayesian,
 )
-from advbayes.training import adversarial_examples  # noqa: E402
 
 __all__ = [
     "SEED_LIMIT",

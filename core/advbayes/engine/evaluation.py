@@ -8,9 +8,9 @@ import attrs
 import torch
 from tqdm.auto import tqdm
 
+from advbayes.batches import Batches
 from advbayes.checks import evaluation_findings, warn
 from advbayes.components import Attack, EvalBatch
-from advbayes.data import Batches
 from advbayes.engine.building import RunParts
 from advbayes.errors import RunError
 from advbayes.results import EvalRecord, eps_label

@@ -15,8 +15,8 @@ import attrs
 import numpy as np
 import torch
 
+from advbayes.batches import Batches
 from advbayes.components import TrainContext
-from advbayes.data import Batches
 from advbayes.engine.evaluation import Evaluation
 from advbayes.engine.training import Training, set_rng_state
 from advbayes.errors import RunError

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from advbayes.batches import Batches
 from advbayes.components import Defense, LossOutput, TrainContext
-from advbayes.data import Batches
 from advbayes.engine.building import RunParts
 from advbayes.errors import RunError
 from advbayes.experiment import Experiment

@@ -1,4 +1,4 @@
-"""Helpers for defenses that train on adversarial examples."""
+"""Adversarial examples for defenses that train on them (the training attack is a registry entry)."""
 
 from __future__ import annotations
 
