@@ -446,7 +446,7 @@ def bad_registry() -> st.SearchStrategy[bytes]:
 
 
 FUZZ = settings(
-    max_examples=300,
+    max_examples=1000,
     deadline=None,
     derandomize=True,
     database=None,
