@@ -119,6 +119,10 @@ class Recorder:
         self.record("epoch_finished", run=run, epoch=epoch, metrics=metrics, checkpoint=checkpoint)
 
     @hookimpl
+    def checkpoint_saved(self, run, checkpoint):  # type: ignore[no-untyped-def]
+        self.record("checkpoint_saved", run=run, checkpoint=checkpoint)
+
+    @hookimpl
     def evaluation_finished(self, run, attack, records, figures):  # type: ignore[no-untyped-def]
         self.record("evaluation_finished", run=run, attack=attack, records=records, figures=figures)
 

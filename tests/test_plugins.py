@@ -48,6 +48,7 @@ def test_builtins_are_plugins_with_their_components() -> None:
     assert index.names("attacks") == ["none"]
     assert index.names("metrics") == ["accuracy"]
     assert pm.hooks_of("advbayes.tracking") == [
+        "checkpoint_saved",
         "epoch_finished",
         "evaluation_finished",
         "load_checkpoint",
@@ -178,7 +179,7 @@ def test_plugins_command_lists_builtins_and_installed_plugins(plugin_site: Path)
 def test_every_hook_is_documented() -> None:
     documentation = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
     hooks = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "advbayes_spec")]
-    assert len(hooks) == 14
+    assert len(hooks) == 15
     for hook in hooks:
         assert re.search(rf"^#+ `?{hook}\(", documentation, re.MULTILINE), f"{hook} is not documented"
 

@@ -431,3 +431,56 @@ def test_a_failed_start_leaves_no_run_marked_running(isolated_cwd: Path) -> None
     client = MlflowClient(f"sqlite:///{isolated_cwd / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert runs and all(r.info.status == "FAILED" for r in runs)
+
+
+class InterruptAfterAttacks:
+    """A plugin that presses Ctrl-C once `count` attacks' evaluations are checkpointed."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    @hookimpl(trylast=True)  # after the tracking plugin has uploaded the checkpoint
+    def checkpoint_saved(self, run, checkpoint) -> None:
+        evaluated = torch.load(checkpoint, weights_only=True).get("evaluated", [])
+        if len(evaluated) == self.count:
+            raise KeyboardInterrupt
+
+
+def test_a_run_interrupted_during_evaluation_resumes_without_rerunning_or_duplicating_attacks(store: str) -> None:
+    settings = {"epochs": 1, "attacks": ["none", "fgsm", "pgd-20"], "eps": [0.1], "dataset.test_size": 100}
+    whole = advbayes.run("moons", tracking_uri=store, **settings)
+    pm = create_plugin_manager()
+    pm.register(InterruptAfterAttacks(2), name="interrupt")
+    with pytest.raises(KeyboardInterrupt) as raised:
+        advbayes.run("moons", tracking_uri=store, pm=pm, **settings)
+    interrupted = raised.value.advbayes_run_id
+    assert [r.attack for r in raised.value.advbayes_records] == ["none", "fgsm"]  # what finished is kept
+    evaluated: list[str] = []
+    counting = create_plugin_manager()
+
+    class Count:
+        @hookimpl
+        def evaluation_finished(self, run, attack, records, figures) -> None:
+            evaluated.append(attack)
+
+    counting.register(Count(), name="count")
+    resumed = advbayes.run(tracking_uri=store, pm=counting, resume=interrupted)
+    assert evaluated == ["pgd-20"]  # the finished attacks are not run again
+    assert resumed.table() == whole.table()  # and the rest continues bit for bit
+    client = MlflowClient(store)
+    children = children_of(client, client.get_run(interrupted))
+    assert sorted(c.data.tags["advbayes.attack"] for c in children) == ["fgsm", "none", "pgd-20"]  # one each
+    assert client.get_run(interrupted).info.status == "FINISHED"
+
+
+def test_ctrl_c_without_tracking_prints_the_attacks_that_finished(monkeypatch: pytest.MonkeyPatch) -> None:
+    pm = create_plugin_manager()
+    pm.register(InterruptAfterAttacks(1), name="interrupt")
+    monkeypatch.setattr(advbayes.engine.lifecycle, "get_plugin_manager", lambda: pm)
+    result = CliRunner().invoke(
+        cli, ["run", "moons", "--no-track", "--set", "epochs=0", "--set", 'attacks=["none", "fgsm"]']
+    )
+    assert result.exit_code == 130
+    table, message = result.output.split("Interrupted: ")
+    assert "accuracy" in table and "none" in table and "fgsm" not in table
+    assert message.startswith("no tracked run was open")

@@ -71,6 +71,12 @@ class AdvbayesGroup(click.Group):
             click.echo(f"Error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
+            finished = getattr(exc, "advbayes_records", None)
+            if finished:  # the attacks that finished before the interruption
+                from advbayes.results import format_table, metric_names
+
+                for metric in metric_names(finished):
+                    click.echo(format_table(finished, metric) + "\n")
             run_id = getattr(exc, "advbayes_run_id", None)
             if run_id:
                 click.echo(

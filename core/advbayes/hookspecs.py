@@ -110,6 +110,16 @@ def epoch_finished(run: RunInfo, epoch: int, metrics: Mapping[str, float], check
 
 
 @hookspec
+def checkpoint_saved(run: RunInfo, checkpoint: Path) -> None:
+    """A checkpoint was written: after every epoch, and after every attack's evaluation (so a resumed run skips the
+    attacks that finished).
+
+    run: the RunInfo of the run
+    checkpoint: the path of the checkpoint just written (valid until the next one)
+    """
+
+
+@hookspec
 def evaluation_finished(run: RunInfo, attack: str, records: Sequence[EvalRecord], figures: Mapping[str, Any]) -> None:
     """One attack (at one S_A, S_I) has been evaluated at every eps.
 

@@ -369,13 +369,20 @@ def run_started(run: Any) -> None:
 
 @hookimpl
 def epoch_finished(run: Any, epoch: int, metrics: Mapping[str, float], checkpoint: Path) -> None:
-    """Per-epoch training metrics (step = epoch) and the latest checkpoint."""
+    """Per-epoch training metrics (step = epoch)."""
     run_id = run.run_id
     if not run.track or run_id is None:
         return
     client = client_for(run.store)
     _log_metrics(client, run_id, {f"train/{k}": v for k, v in metrics.items()}, step=epoch)
-    client.log_artifact(run_id, str(checkpoint), CHECKPOINT_DIR)
+
+
+@hookimpl
+def checkpoint_saved(run: Any, checkpoint: Path) -> None:
+    """The latest checkpoint replaces the run's checkpoint artifact (after each epoch and each attack)."""
+    if not run.track or run.run_id is None:
+        return
+    client_for(run.store).log_artifact(run.run_id, str(checkpoint), CHECKPOINT_DIR)
 
 
 @hookimpl
@@ -386,6 +393,11 @@ def evaluation_finished(run: Any, attack: str, records: Sequence[EvalRecord], fi
         return
     client = client_for(run.store)
     parent = client.get_run(parent_id)
+    for earlier in client.search_runs(  # an attack evaluated again (a resumed run) supersedes its earlier child
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`advbayes.attack` = '{attack}'",
+    ):
+        client.delete_run(earlier.info.run_id)
     first = records[0]
     entry = next(a for a in run.spec["attacks"] if a["name"] == (first.entry or attack))
     child = client.create_run(

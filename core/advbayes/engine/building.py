@@ -52,6 +52,9 @@ class RunParts:
         self.attacks: list[tuple[str, Attack]] = [(a["name"], registry.build("attacks", a)) for a in spec["attacks"]]
         self.metrics: list[tuple[str, Any]] = [(m["name"], registry.build("metrics", m)) for m in spec["metrics"]]
         self.history: list[dict[str, float]] = list(checkpoint["history"]) if checkpoint else []
+        # the last checkpoint written (or resumed from): evaluation extends it after every attack
+        self.last_state: dict[str, Any] | None = dict(checkpoint) if checkpoint else None
+        self.records_so_far: list[Any] = []  # evaluation records finished so far (shown when a run is interrupted)
         self.workdir = Path(tempfile.mkdtemp(prefix="advbayes-run-"))
         self._attack_cache: dict[str, Attack] = {}
         self.stochastic = False  # probed on the first test batch before evaluation

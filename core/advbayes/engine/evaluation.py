@@ -11,13 +11,13 @@ from tqdm.auto import tqdm
 from advbayes.batches import Batches
 from advbayes.checks import evaluation_findings, warn
 from advbayes.components import Attack, EvalBatch
-from advbayes.engine.building import RunParts
+from advbayes.engine.training import Training, set_rng_state
 from advbayes.errors import RunError
 from advbayes.results import EvalRecord, eps_label
 from advbayes.stochastic import is_stochastic, predict, predict_repeated
 
 
-class Evaluation(RunParts):
+class Evaluation(Training):
     """The run's evaluation: attacks at every eps, predictions on S_I fresh draws (R times when asked), metrics."""
 
     def sample_sweep(self, attack: Attack) -> list[tuple[int, int]]:
@@ -37,6 +37,9 @@ class Evaluation(RunParts):
         self.stochastic = self.is_stochastic(net, test)
         metrics = [(name, metric.bind(context)) for name, metric in self.metrics if metric.per_attack]
         evaluated: dict[str, Attack] = {}
+        # a resumed run: attacks whose records the checkpoint holds are not run again (their child runs exist)
+        done = {entry["label"]: entry for entry in (self.checkpoint or {}).get("evaluated", [])}
+        self.records_so_far = records
         for attack_name, unbound in self.attacks:
             attack_bound = unbound.bind(context)
             combinations = self.sample_sweep(attack_bound)
@@ -46,10 +49,15 @@ class Evaluation(RunParts):
                 )  # MLflow-safe
                 attack_base = attrs.evolve(attack_bound, samples=samples_a)
                 evaluated[label] = attack_base
+                if label in done:
+                    records.extend(EvalRecord(**record) for record in done[label]["records"])
+                    set_rng_state(done[label]["rng"])  # as if it had just run
+                    continue
                 attack_records, figures = self.evaluate_attack(net, test, label, attack_base, samples_i, metrics)
                 attack_records = [attrs.evolve(r, entry=attack_name) for r in attack_records]
                 records.extend(attack_records)
                 self.pm.hook.evaluation_finished(run=self.info, attack=label, records=attack_records, figures=figures)
+                self.save_evaluation(net, label, attack_records)
         self.findings = evaluation_findings(self.spec["defense"]["name"], records, evaluated, self.stochastic)
         warn(self.findings)
         return records

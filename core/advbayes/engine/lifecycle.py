@@ -18,7 +18,7 @@ import torch
 from advbayes.batches import Batches
 from advbayes.components import TrainContext
 from advbayes.engine.evaluation import Evaluation
-from advbayes.engine.training import Training, set_rng_state
+from advbayes.engine.training import set_rng_state
 from advbayes.errors import RunError
 from advbayes.plugins import PluginManager, get_plugin_manager
 from advbayes.preflight import preflight, resolve_device
@@ -58,7 +58,7 @@ def plugin_versions(pm: PluginManager) -> dict[str, str]:
     return {name: info.version for name, info in sorted(pm.info.items())}
 
 
-class Run(Training, Evaluation):
+class Run(Evaluation):
     """One experiment run: its parts (building.py), training with checkpoints (training.py) and evaluation
     (evaluation.py), put together by execute()."""
 
@@ -150,6 +150,7 @@ def run(
         spec = loaded.resolve_inline_experiment(spec, source=f"run {resume}")
         if spec != loaded.resolve_inline_experiment(dict(checkpoint["spec"]), source=f"run {resume}"):
             resumed_from, resume = resume, None  # changed settings: a new tracked run that records them
+            checkpoint = {k: v for k, v in checkpoint.items() if k != "evaluated"}  # evaluations of other settings
     else:
         if name is None:
             raise RunError("name an experiment to run (advbayes list experiments shows them)")
@@ -223,6 +224,7 @@ def _run_one(
     except KeyboardInterrupt as exc:
         pm.hook.run_finished(run=info, result=None, status="KILLED", error=exc)
         exc.advbayes_run_id = info.run_id  # type: ignore[attr-defined]  # for the CLI's message
+        exc.advbayes_records = list(engine.records_so_far)  # type: ignore[attr-defined]  # what finished
         raise
     except BaseException as exc:
         pm.hook.run_finished(run=info, result=None, status="FAILED", error=exc)

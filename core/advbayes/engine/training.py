@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
+import attrs
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +22,7 @@ from advbayes.engine.building import RunParts
 from advbayes.errors import RunError
 from advbayes.experiment import Experiment
 from advbayes.losses import mean_cross_entropy
+from advbayes.results import EvalRecord
 from advbayes.stochastic import as_sampled
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -131,7 +133,7 @@ class Training(RunParts):
         experiment = self.experiment
         optimizer = make_optimizer(experiment, self.defense, net.parameters())
         start_epoch = 0
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and self.checkpoint.get("optimizer") is not None:
             optimizer.load_state_dict(self.checkpoint["optimizer"])
             start_epoch = int(self.checkpoint["epoch"])
             set_rng_state(self.checkpoint["rng"])
@@ -142,6 +144,7 @@ class Training(RunParts):
         def finished(epoch: int, metrics: dict[str, float]) -> None:
             self.history.append({"epoch": epoch, **metrics})
             path = self.save_checkpoint(net, optimizer, generator, epoch)
+            self.pm.hook.checkpoint_saved(run=self.info, checkpoint=path)  # first: whatever interrupts, it is kept
             self.pm.hook.epoch_finished(run=self.info, epoch=epoch, metrics=metrics, checkpoint=path)
 
         train_epochs(
@@ -163,8 +166,6 @@ class Training(RunParts):
         self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, epoch: int
     ) -> Path:
         """Write everything needed to resume after `epoch` (atomically: a crash never leaves half a file)."""
-        path = self.workdir / CHECKPOINT_NAME
-        partial = path.with_suffix(".partial")
         state = {
             "experiment": self.name,
             "spec": self.spec,
@@ -175,9 +176,39 @@ class Training(RunParts):
             "generator": generator.get_state(),
             "history": self.history,
         }
+        return self.write_state(state)
+
+    def write_state(self, state: dict[str, Any]) -> Path:
+        """Write a checkpoint state atomically (a crash never leaves half a file) and keep it as the latest."""
+        path = self.workdir / CHECKPOINT_NAME
+        partial = path.with_suffix(".partial")
         torch.save(state, partial)
         partial.replace(path)
+        self.last_state = state
         return path
+
+    def save_evaluation(self, net: torch.nn.Module, label: str, records: list[EvalRecord]) -> None:
+        """After an attack: the checkpoint gains its records and the random state after it, so a resumed run skips
+        it and continues bit for bit (epochs = 0 runs get a checkpoint here too)."""
+        state: dict[str, Any] = (
+            dict(self.last_state)
+            if self.last_state is not None
+            else {
+                "experiment": self.name,
+                "spec": self.spec,
+                "epoch": 0,
+                "model": net.state_dict(),
+                "optimizer": None,
+                "rng": rng_state(),
+                "history": self.history,
+            }
+        )
+        finished = [
+            *state.get("evaluated", []),
+            {"label": label, "records": [attrs.asdict(r) for r in records], "rng": rng_state()},
+        ]
+        path = self.write_state({**state, "evaluated": finished})
+        self.pm.hook.checkpoint_saved(run=self.info, checkpoint=path)
 
     def fit(self, model: torch.nn.Module, train: Batches, epochs: int) -> torch.nn.Module:
         """Train a deterministic `model` with plain cross-entropy (Adam, lr 1e-3, the experiment's batch size),
