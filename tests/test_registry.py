@@ -278,3 +278,26 @@ def test_an_echoed_key_cannot_forge_a_line_or_flood_the_terminal(isolated_cwd) -
             result.output[:300]
         )
     assert "widths_x\\nError: fake" in forged.output  # the newline shown escaped, inside the one line
+
+
+def test_an_override_can_reach_into_an_entry_an_earlier_override_replaced(tmp_path: Path) -> None:
+    registry = registry_from(tmp_path, BASE)
+    overrides = [parse_override(t) for t in ("model=wide", "model.dropout=0.25", 'defense={use="standard"}')]
+    overrides.append(parse_override("defense.train_samples=3"))
+    spec = registry.resolve_experiment("tiny", overrides)
+    assert spec["model"]["widths"] == [64, 64] and spec["model"]["dropout"] == 0.25
+    assert spec["defense"]["train_samples"] == 3
+    with pytest.raises(RegistryError, match=r"entry experiments.tiny.model: key 'nope': unknown key"):
+        registry.resolve_experiment("tiny", [parse_override("model=wide"), parse_override("model.nope=1")])
+
+
+def test_a_misspelled_plugin_selection_is_a_warning_naming_the_installed_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    from advbayes.plugins import PluginLoadWarning, create_plugin_manager
+
+    monkeypatch.setenv("ADVBAYES_LOAD_PLUGINS", "advbayes-visoin")
+    with pytest.warns(
+        PluginLoadWarning,
+        match=r"ADVBAYES_LOAD_PLUGINS names no installed plugin: advbayes-visoin "
+        r"\(installed: .*advbayes-vision",
+    ):
+        create_plugin_manager()

@@ -53,3 +53,10 @@ def test_report_of_an_unknown_experiment_is_a_one_line_error(store: str, tmp_pat
     result = CliRunner().invoke(cli, ["report", "nothing-here", "--out", str(tmp_path), "--tracking-uri", store])
     assert result.exit_code == 2
     assert "no tracked runs of experiment 'nothing-here'" in result.output
+
+
+def test_compare_of_a_metric_no_run_logged_is_an_error_listing_the_logged_ones(store: str) -> None:
+    advbayes.run("moons", tracking_uri=store, epochs=0, **{"dataset.test_size": 20})
+    result = CliRunner().invoke(cli, ["compare", "moons", "--metric", "acc", "--tracking-uri", store])
+    assert result.exit_code == 2
+    assert "Error: --metric acc: no run of moons logged it; logged: accuracy, max_linf, mean_l2" in result.output

@@ -7,7 +7,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from advbayes.intervals import format_interval, mean_sd
+from advbayes.errors import RunError
+from advbayes.intervals import format_interval, is_companion, mean_sd
 from advbayes.results import format_grid
 from advbayes.tracking import status_text, tracked_runs
 
@@ -81,6 +82,12 @@ def compare_table(tracking_uri: str | None, experiments: Sequence[str], metric: 
     if not runs:
         return f"no tracked runs of {', '.join(experiments)}"
     columns = collapse_constant(runs, metric_columns(runs, metric))
+    if not columns:
+        logged = sorted(
+            {m["metric"] for run in runs for key in run.data.metrics if (m := COLUMN.match(key)) is not None}
+        )
+        shown = [name for name in logged if not is_companion(name, logged)]
+        raise RunError(f"--metric {metric}: no run of {', '.join(experiments)} logged it; logged: {', '.join(shown)}")
     header = [
         "run",
         "experiment",

@@ -195,12 +195,14 @@ def load_builtin_plugins(pm: PluginManager, disable: set[str]) -> None:
 def load_entry_point_plugins(pm: PluginManager, load: set[str] | None, disable: set[str]) -> None:
     """Import and register every plugin of the entry-point group; record failures and go on with the rest."""
     seen: set[str] = set()
+    known: set[str] = set(BUILTIN_PLUGINS)
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry_point.name in seen:  # the same distribution can be on sys.path twice
             continue
         seen.add(entry_point.name)
         dist = entry_point.dist
         dist_name = dist.metadata["Name"] if dist is not None else "?"
+        known |= {entry_point.name, dist_name}
         version = dist.version if dist is not None else "?"
         if not _selected((entry_point.name, dist_name), load, disable):
             continue
@@ -218,6 +220,14 @@ def load_entry_point_plugins(pm: PluginManager, load: set[str] | None, disable: 
         if pm.is_registered(plugin):
             continue
         pm.register_plugin(plugin, PluginInfo(entry_point.name, dist_name, version, builtin=False))
+    for variable, names in ((LOAD_ENV, load or set()), (DISABLE_ENV, disable)):
+        unknown = sorted(names - known)
+        if unknown:  # a misspelled name would silently select nothing
+            warnings.warn(
+                f"{variable} names no installed plugin: {', '.join(unknown)} (installed: {', '.join(sorted(known))})",
+                PluginLoadWarning,
+                stacklevel=2,
+            )
 
 
 def create_plugin_manager(entry_points: bool = True) -> PluginManager:

@@ -408,11 +408,22 @@ class Registry:
             raise RegistryError(f"unknown experiment '{name}'{suggest(name, self.names('experiments'), 'experiments')}")
         raw = self.entries["experiments"][name]
         resolved = self._resolve("experiments", name, where=(raw.file, f"experiments.{name}", ""), chain=())
+        return self.with_overrides(resolved, overrides, source=OVERRIDE_SOURCE)
+
+    def with_overrides(
+        self, spec: dict[str, Any], overrides: Sequence[tuple[str, Any]], *, source: str
+    ) -> dict[str, Any]:
+        """A resolved experiment with dotted-key overrides applied in order, then validated. A key that reaches
+        into an entry an earlier override replaced (`defense=gauss` then `defense.sigma=0.2`) finds it resolved."""
         if not overrides:
-            return resolved
+            return spec
         for key, value in overrides:
-            apply_override(resolved, key, value)
-        return self.resolve_inline_experiment(resolved, source=OVERRIDE_SOURCE)
+            try:
+                apply_override(spec, key, value)
+            except RegistryError:
+                spec = self.resolve_inline_experiment(spec, source=source)  # expand what earlier overrides set
+                apply_override(spec, key, value)
+        return self.resolve_inline_experiment(spec, source=source)
 
     def resolve_inline_experiment(self, table: dict[str, Any], source: str) -> dict[str, Any]:
         """Resolve an experiment given as a table (overridden, or stored with a tracked run)."""

@@ -22,7 +22,7 @@ from advbayes.engine.training import set_rng_state
 from advbayes.errors import RunError
 from advbayes.plugins import PluginManager, get_plugin_manager
 from advbayes.preflight import preflight, resolve_device
-from advbayes.registry import Registry, apply_override, load_registry
+from advbayes.registry import Registry, load_registry
 from advbayes.results import RunGroup, RunResult
 from advbayes.stochastic import as_sampled
 
@@ -144,9 +144,7 @@ def run(
         if name is not None and name != stored_name:
             raise RunError(f"--resume {resume}: that run is of experiment '{stored_name}', not '{name}'")
         name = stored_name
-        spec = dict(checkpoint["spec"])
-        for key, value in all_overrides:
-            apply_override(spec, key, value)
+        spec = loaded.with_overrides(dict(checkpoint["spec"]), all_overrides, source=f"run {resume}")
         spec = loaded.resolve_inline_experiment(spec, source=f"run {resume}")
         if spec != loaded.resolve_inline_experiment(dict(checkpoint["spec"]), source=f"run {resume}"):
             resumed_from, resume = resume, None  # changed settings: a new tracked run that records them
