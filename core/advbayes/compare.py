@@ -82,10 +82,8 @@ def compare_table(tracking_uri: str | None, experiments: Sequence[str], metric: 
     if not runs:
         return f"no tracked runs of {', '.join(experiments)}"
     columns = collapse_constant(runs, metric_columns(runs, metric))
-    if not columns:
-        logged = sorted(
-            {m["metric"] for run in runs for key in run.data.metrics if (m := COLUMN.match(key)) is not None}
-        )
+    logged = sorted({m["metric"] for run in runs for key in run.data.metrics if (m := COLUMN.match(key)) is not None})
+    if not columns and logged:  # runs that were evaluated, but not with this metric (runs killed early have none)
         shown = [name for name in logged if not is_companion(name, logged)]
         raise RunError(f"--metric {metric}: no run of {', '.join(experiments)} logged it; logged: {', '.join(shown)}")
     header = [
