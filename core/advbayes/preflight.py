@@ -15,7 +15,7 @@ import attrs
 import torch
 from torch import nn
 
-from advbayes.errors import RunError
+from advbayes.errors import RunError, error_text
 from advbayes.stochastic import as_sampled
 
 DEVICE_TYPES = ("cpu", "cuda")
@@ -213,9 +213,3 @@ def preflight(name: str, variants: Sequence[Mapping[str, Any]], registry: Any, d
             probed[defense] = probe_network(name, spec, registry, device)
         check_memory(name, spec, registry, probed[defense], device)
         trained.append(defense)
-
-
-def error_text(error: BaseException) -> str:
-    """The exception's type and first line."""
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {message[:300]}" if message else type(error).__name__
