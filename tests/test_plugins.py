@@ -143,6 +143,31 @@ def test_a_plugin_that_fails_to_import_is_reported_by_name_and_others_still_load
     assert pm.components.get("attacks", "flip") is not None
 
 
+LAZY_BROKEN_PLUGIN = """
+from advbayes import hookimpl
+
+@hookimpl
+def register_datasets(register):
+    import advbayes_fixture_missing_dependency  # imported in the hook, as the shipped plugins do
+
+@hookimpl
+def register_attacks(register):
+    raise AssertionError("a plugin that failed in one register hook is not asked again")
+"""
+
+
+def test_a_plugin_whose_register_hook_fails_to_import_is_reported_and_registers_nothing(plugin_site: Path) -> None:
+    install_fixture_plugin(plugin_site, "advbayes-fixture-good", GOOD_PLUGIN)
+    install_fixture_plugin(plugin_site, "advbayes-fixture-lazy", LAZY_BROKEN_PLUGIN)
+    pm = create_plugin_manager()
+    assert "advbayes-fixture-lazy" in pm.info and not pm.failures  # loading the module itself is cheap and fine
+    with pytest.warns(PluginLoadWarning, match=r"plugin 'advbayes-fixture-lazy' .* No module named"):
+        index = pm.components
+    assert [f.name for f in pm.failures] == ["advbayes-fixture-lazy"]
+    assert index.get("attacks", "flip") is not None
+    assert not index.of_plugin("advbayes-fixture-lazy")
+
+
 def test_load_and_disable_environment_variables(plugin_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     install_fixture_plugin(plugin_site, "advbayes-fixture-good", GOOD_PLUGIN)
     monkeypatch.setenv("ADVBAYES_LOAD_PLUGINS", "")

@@ -8,49 +8,125 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from advbayes.adversarial import adversarial_examples  # noqa: E402
-from advbayes.batches import Batches  # noqa: E402
-from advbayes.components import (  # noqa: E402
-    Attack,
-    AttackResult,
-    Component,
-    Dataset,
-    Defense,
-    EvalBatch,
-    EvalContext,
-    LossOutput,
-    Metric,
-    MetricState,
-    Model,
-    ModelSources,
-    TrainContext,
-    eval_mode,
-)
-from advbayes.engine import RunInfo, run  # noqa: E402
-from advbayes.errors import AdvbayesError, EvaluationWarning, PluginError, RegistryError, RunError  # noqa: E402
-from advbayes.hookspecs import hookimpl  # noqa: E402
-from advbayes.losses import ensemble_accuracy, mean_cross_entropy  # noqa: E402
-from advbayes.params import SEED_LIMIT, ParamError, entry_list_param, entry_param, list_param, param  # noqa: E402
-from advbayes.results import EvalRecord, RunGroup, RunResult  # noqa: E402
-from advbayes.stochastic import (  # noqa: E402
-    BayesBatchNorm2d,
-    BayesConv2d,
-    BayesLinear,
-    DeterministicSampled,
-    GaussianParameter,
-    SampledModel,
-    StochasticLayer,
-    StochasticModel,
-    as_sampled,
-    frozen,
-    hierarchical_regularizer_terms,
-    is_stochastic,
-    kl,
-    posterior_statistics,
-    predict,
-    predict_repeated,
-    to_bayesian,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from advbayes.adversarial import adversarial_examples
+    from advbayes.batches import Batches
+    from advbayes.components import (
+        Attack,
+        AttackResult,
+        Component,
+        Dataset,
+        Defense,
+        EvalBatch,
+        EvalContext,
+        LossOutput,
+        Metric,
+        MetricState,
+        Model,
+        ModelSources,
+        TrainContext,
+        eval_mode,
+    )
+    from advbayes.engine import RunInfo, run
+    from advbayes.errors import AdvbayesError, EvaluationWarning, PluginError, RegistryError, RunError
+    from advbayes.hookspecs import hookimpl
+    from advbayes.losses import ensemble_accuracy, mean_cross_entropy
+    from advbayes.params import SEED_LIMIT, ParamError, entry_list_param, entry_param, list_param, param
+    from advbayes.results import EvalRecord, RunGroup, RunResult
+    from advbayes.stochastic import (
+        BayesBatchNorm2d,
+        BayesConv2d,
+        BayesLinear,
+        DeterministicSampled,
+        GaussianParameter,
+        SampledModel,
+        StochasticLayer,
+        StochasticModel,
+        as_sampled,
+        frozen,
+        hierarchical_regularizer_terms,
+        is_stochastic,
+        kl,
+        posterior_statistics,
+        predict,
+        predict_repeated,
+        to_bayesian,
+    )
+
+# Each public name and the module that defines it. They are imported on first use, so that `import advbayes` (and
+# with it every plugin module, the CLI's --help and shell completion) costs milliseconds instead of the seconds
+# torch, torchmetrics and mlflow take to import.
+_EXPORTS = {
+    "AdvbayesError": "advbayes.errors",
+    "Attack": "advbayes.components",
+    "AttackResult": "advbayes.components",
+    "Batches": "advbayes.batches",
+    "BayesBatchNorm2d": "advbayes.stochastic",
+    "BayesConv2d": "advbayes.stochastic",
+    "BayesLinear": "advbayes.stochastic",
+    "Component": "advbayes.components",
+    "Dataset": "advbayes.components",
+    "Defense": "advbayes.components",
+    "DeterministicSampled": "advbayes.stochastic",
+    "EvalBatch": "advbayes.components",
+    "EvalContext": "advbayes.components",
+    "EvalRecord": "advbayes.results",
+    "EvaluationWarning": "advbayes.errors",
+    "GaussianParameter": "advbayes.stochastic",
+    "LossOutput": "advbayes.components",
+    "Metric": "advbayes.components",
+    "MetricState": "advbayes.components",
+    "Model": "advbayes.components",
+    "ModelSources": "advbayes.components",
+    "ParamError": "advbayes.params",
+    "PluginError": "advbayes.errors",
+    "RegistryError": "advbayes.errors",
+    "RunError": "advbayes.errors",
+    "RunGroup": "advbayes.results",
+    "RunInfo": "advbayes.engine",
+    "RunResult": "advbayes.results",
+    "SEED_LIMIT": "advbayes.params",
+    "SampledModel": "advbayes.stochastic",
+    "StochasticLayer": "advbayes.stochastic",
+    "StochasticModel": "advbayes.stochastic",
+    "TrainContext": "advbayes.components",
+    "adversarial_examples": "advbayes.adversarial",
+    "as_sampled": "advbayes.stochastic",
+    "ensemble_accuracy": "advbayes.losses",
+    "entry_list_param": "advbayes.params",
+    "entry_param": "advbayes.params",
+    "eval_mode": "advbayes.components",
+    "frozen": "advbayes.stochastic",
+    "hierarchical_regularizer_terms": "advbayes.stochastic",
+    "hookimpl": "advbayes.hookspecs",
+    "is_stochastic": "advbayes.stochastic",
+    "kl": "advbayes.stochastic",
+    "list_param": "advbayes.params",
+    "mean_cross_entropy": "advbayes.losses",
+    "param": "advbayes.params",
+    "posterior_statistics": "advbayes.stochastic",
+    "predict": "advbayes.stochastic",
+    "predict_repeated": "advbayes.stochastic",
+    "run": "advbayes.engine",
+    "to_bayesian": "advbayes.stochastic",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'advbayes' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "SEED_LIMIT",

@@ -126,6 +126,29 @@ def tracking_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def _complete_entries(kinds: Sequence[str], qualified: bool) -> Callable[..., list[Any]]:
+    """Shell completion of registry entry names (of `kinds`; also as kind.name when `qualified`), read from the
+    registry files alone: completion never imports torch or a component."""
+
+    def complete(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        from advbayes.registry import load_registry
+
+        try:
+            registry = load_registry(ctx.params.get("registry_files") or ())
+        except AdvbayesError:  # a broken registry file: no suggestions (the command itself will say why)
+            return []
+        names: list[str] = []
+        for kind in kinds:
+            names += registry.names(kind)
+            if qualified:
+                names += [f"{kind}.{name}" for name in registry.names(kind)]
+        return [CompletionItem(name) for name in sorted(set(names)) if name.startswith(incomplete)]
+
+    return complete
+
+
 @click.group(cls=AdvbayesGroup)
 @click.version_option(package_name="advbayes")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
@@ -136,7 +159,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 @cli.command("run")
-@click.argument("experiment", required=False)
+@click.argument("experiment", required=False, shell_complete=_complete_entries(["experiments"], qualified=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key (dotted, TOML value).")
 @registry_option
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -186,7 +209,7 @@ def run_command(
 
 
 @cli.command("show")
-@click.argument("entry")
+@click.argument("entry", shell_complete=_complete_entries(KIND_CHOICES, qualified=True))
 @registry_option
 @debug_option
 def show_command(entry: str, registry_files: Sequence[str], debug: bool) -> None:
@@ -292,8 +315,19 @@ def plugins_command(as_json: bool, debug: bool) -> None:
 
 
 def main() -> None:
-    """Console entry point."""
-    cli(prog_name="advbayes")
+    """Console entry point; `list` and `show` answer from the output cache when nothing they read has changed."""
+    from advbayes import output_cache
+
+    key = output_cache.cache_key(sys.argv[1:])
+    if key is None:
+        cli(prog_name="advbayes")
+        return
+    kept = output_cache.read(key)
+    if kept is not None:
+        sys.stdout.write(kept)
+        return
+    with output_cache.recording(key):
+        cli(prog_name="advbayes")
 
 
 if __name__ == "__main__":

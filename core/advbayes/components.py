@@ -18,7 +18,6 @@ from torch.utils.data import Subset, TensorDataset
 from advbayes.errors import RunError
 from advbayes.params import param
 
-KINDS = ("datasets", "models", "defenses", "attacks", "metrics")
 SUBSET_SEED = 20190101  # subsets are the same in every run, whatever the run's seed
 
 
@@ -335,8 +334,3 @@ BASES: dict[str, type[Component]] = {
     "attacks": Attack,
     "metrics": Metric,
 }
-
-
-def parameter_fields(cls: type[Component]) -> dict[str, attrs.Attribute]:
-    """The fields of a component class that a registry entry may set."""
-    return {a.name: a for a in attrs.fields(cls) if not a.metadata.get("internal")}

@@ -18,6 +18,7 @@ INT_LIMIT = 10_000_000
 FLOAT_LIMIT = 1e6
 LIST_LIMIT = 10_000  # items of a list parameter
 SEED_LIMIT = 2**32 - 1  # numpy's seeds are 32-bit
+KINDS = ("datasets", "models", "defenses", "attacks", "metrics")  # the registry's component kinds
 
 
 class ParamError(ValueError):
@@ -240,3 +241,8 @@ def entry_kind(attribute: attrs.Attribute) -> str | None:
 def is_entry_list(attribute: attrs.Attribute) -> bool:
     """True when the field holds a list of entry references."""
     return bool(attribute.metadata.get(ENTRY_LIST))
+
+
+def parameter_fields(cls: type) -> dict[str, attrs.Attribute]:
+    """The fields of a component class that a registry entry may set."""
+    return {a.name: a for a in attrs.fields(cls) if not a.metadata.get("internal")}

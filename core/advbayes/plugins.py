@@ -8,14 +8,17 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import pluggy
 
 from advbayes import hookspecs
-from advbayes.components import BASES, KINDS, Component
 from advbayes.errors import PluginError
+from advbayes.params import KINDS
+
+if TYPE_CHECKING:
+    from advbayes.components import Component
 
 ENTRY_POINT_GROUP = "advbayes"
 BUILTIN_PLUGINS = ("advbayes.builtins", "advbayes.tracking")
@@ -80,6 +83,12 @@ class ComponentIndex:
         """Sorted names registered in `kind`."""
         return sorted(self._by_kind[kind])
 
+    def drop_plugin(self, plugin: str) -> None:
+        """Forget every component `plugin` registered."""
+        for regs in self._by_kind.values():
+            for name in [n for n, r in regs.items() if r.plugin == plugin]:
+                del regs[name]
+
     def of_plugin(self, plugin: str) -> dict[str, list[str]]:
         """Component names that `plugin` registered, by kind (kinds with none left out)."""
         found: dict[str, list[str]] = {}
@@ -134,12 +143,16 @@ class PluginManager(pluggy.PluginManager):
         return sorted(caller.name for caller in self.get_hookcallers(plugin) or [])
 
 
-def _call_register(pm: PluginManager, kind: str, index: ComponentIndex) -> None:
+def _call_register(pm: PluginManager, kind: str, index: ComponentIndex, failed: set[str]) -> None:
+    from advbayes.components import BASES  # torch: only when components are asked for
+
     base = BASES[kind]
     hook = getattr(pm.hook, f"register_{kind}")
     # Call each implementation alone so every registration is attributed to its plugin.
     for impl in hook.get_hookimpls():
         plugin_name = impl.plugin_name
+        if plugin_name in failed:
+            continue
 
         def register(cls: Any, _plugin: str = plugin_name) -> None:
             if not (isinstance(cls, type) and issubclass(cls, base) and attrs.has(cls)):
@@ -152,20 +165,41 @@ def _call_register(pm: PluginManager, kind: str, index: ComponentIndex) -> None:
                     f"plugin '{_plugin}': {cls.__name__} is not an attrs class itself (decorate it with "
                     "@attrs.frozen(kw_only=True)); its fields would silently not be registry parameters"
                 )
-            component = cast(type[Component], cls)
+            component = cast("type[Component]", cls)
             if not isinstance(component.name, str) or not component.name:
                 raise PluginError(f"plugin '{_plugin}': {cls.__name__} has no `name` to register it under")
             index.add(Registration(kind=kind, name=component.name, cls=component, plugin=_plugin))
 
-        impl.function(register=register)
+        try:
+            impl.function(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:  # plugins import their components here: a missing dependency shows up now
+            info = pm.info.get(plugin_name)
+            _record_failure(pm, plugin_name, info.distribution if info else "?", exc)
+            failed.add(plugin_name)
 
 
 def collect_components(pm: PluginManager) -> ComponentIndex:
-    """Call every register_* hook and index what the plugins register."""
+    """Call every register_* hook and index what the plugins register; a plugin whose hook raises is reported
+    as failed to load and none of its components is kept."""
     index = ComponentIndex()
+    failed: set[str] = set()
     for kind in KINDS:
-        _call_register(pm, kind, index)
+        _call_register(pm, kind, index, failed)
+    for plugin in failed:
+        index.drop_plugin(plugin)
     return index
+
+
+def _record_failure(pm: PluginManager, name: str, distribution: str, exc: BaseException) -> None:
+    failure = PluginFailure(name, distribution, f"{type(exc).__name__}: {exc}")
+    pm.failures.append(failure)
+    warnings.warn(
+        f"plugin '{failure.name}' ({failure.distribution}) failed to load and was skipped: {failure.error}",
+        PluginLoadWarning,
+        stacklevel=3,
+    )
 
 
 def _split_env(value: str | None) -> set[str] | None:
@@ -209,13 +243,7 @@ def load_entry_point_plugins(pm: PluginManager, load: set[str] | None, disable: 
         try:
             plugin = entry_point.load()
         except Exception as exc:  # a broken plugin must not take the others down; it is reported by name
-            failure = PluginFailure(entry_point.name, dist_name, f"{type(exc).__name__}: {exc}")
-            pm.failures.append(failure)
-            warnings.warn(
-                f"plugin '{failure.name}' ({failure.distribution}) failed to load and was skipped: {failure.error}",
-                PluginLoadWarning,
-                stacklevel=2,
-            )
+            _record_failure(pm, entry_point.name, dist_name, exc)
             continue
         if pm.is_registered(plugin):
             continue

@@ -14,10 +14,9 @@ from typing import Any
 
 import attrs
 
-from advbayes.components import KINDS, parameter_fields
 from advbayes.errors import RegistryError
 from advbayes.experiment import Experiment
-from advbayes.params import ParamError, entry_kind, is_entry_list
+from advbayes.params import KINDS, ParamError, entry_kind, is_entry_list, parameter_fields
 from advbayes.plugins import PluginManager, get_plugin_manager
 
 if sys.version_info >= (3, 11):

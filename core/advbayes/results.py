@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from torch import nn
+
+if TYPE_CHECKING:
+    from torch import nn
 
 from advbayes.intervals import format_interval, is_companion, mean_sd
 

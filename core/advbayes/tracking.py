@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlparse
 
 import tomli_w
@@ -24,10 +24,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from advbayes.checks import as_tags
 from advbayes.errors import RunError, error_text
 from advbayes.hookspecs import hookimpl
-from advbayes.results import EvalRecord, RunResult, eps_label, metric_names, plot_metric_vs_eps, to_csv
+from advbayes.results import eps_label, metric_names, plot_metric_vs_eps, to_csv
+
+if TYPE_CHECKING:
+    from advbayes.results import EvalRecord, RunResult
 
 DEFAULT_STORE = "mlflow.db"
 PARENT_ROLE = "parent"
@@ -446,6 +448,8 @@ def run_finished(run: Any, result: RunResult | None, status: str, error: BaseExc
     if error is not None:
         client.set_tag(run_id, "error", error_text(error))
     if result is not None:
+        from advbayes.checks import as_tags  # torch
+
         for key, message in as_tags(result.findings).items():  # randomness and masking checks that fired
             client.set_tag(run_id, key[:250], message[:MAX_TAG])
         client.log_text(run_id, to_csv(result.records), "results.csv")

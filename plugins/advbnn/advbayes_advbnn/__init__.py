@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from advbayes import hookimpl
-from advbayes_advbnn.defenses import BNN, AdvBNN, AdversarialTraining
-from advbayes_advbnn.metrics import WeightStats
 
 __version__ = "0.1.0"
 
@@ -15,6 +13,8 @@ __version__ = "0.1.0"
 @hookimpl
 def register_defenses(register: Any) -> None:
     """bnn, adv-bnn, adversarial-training."""
+    from advbayes_advbnn.defenses import BNN, AdvBNN, AdversarialTraining
+
     for defense in (BNN, AdvBNN, AdversarialTraining):
         register(defense)
 
@@ -22,6 +22,8 @@ def register_defenses(register: Any) -> None:
 @hookimpl
 def register_metrics(register: Any) -> None:
     """weight-stats."""
+    from advbayes_advbnn.metrics import WeightStats
+
     register(WeightStats)
 
 

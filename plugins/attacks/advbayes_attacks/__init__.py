@@ -6,10 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from advbayes import hookimpl
-from advbayes_attacks.apgd import APGD
-from advbayes_attacks.attacks import FGM, FGSM, PGD, RandomSign, Transfer
-from advbayes_attacks.ensemble import FABTargeted, WorstCase
-from advbayes_attacks.square import Square
 
 __version__ = "0.2.0"
 
@@ -17,6 +13,11 @@ __version__ = "0.2.0"
 @hookimpl
 def register_attacks(register: Any) -> None:
     """fgsm, fgm, pgd, apgd, square, fab-t, worst-case, random-sign, transfer."""
+    from advbayes_attacks.apgd import APGD
+    from advbayes_attacks.attacks import FGM, FGSM, PGD, RandomSign, Transfer
+    from advbayes_attacks.ensemble import FABTargeted, WorstCase
+    from advbayes_attacks.square import Square
+
     for attack in (FGSM, FGM, PGD, APGD, Square, FABTargeted, WorstCase, RandomSign, Transfer):
         register(attack)
 

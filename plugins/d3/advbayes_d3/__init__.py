@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from advbayes import hookimpl
-from advbayes_d3.defenses import D3
-from advbayes_d3.metrics import Obfuscation
 
 __version__ = "0.1.0"
 
@@ -16,12 +14,16 @@ __version__ = "0.1.0"
 @hookimpl
 def register_defenses(register: Any) -> None:
     """d3."""
+    from advbayes_d3.defenses import D3
+
     register(D3)
 
 
 @hookimpl
 def register_metrics(register: Any) -> None:
     """obfuscation."""
+    from advbayes_d3.metrics import Obfuscation
+
     register(Obfuscation)
 
 

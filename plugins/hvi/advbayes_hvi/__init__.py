@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from advbayes import hookimpl
-from advbayes_hvi.defenses import HVI
 
 __version__ = "0.1.0"
 
@@ -14,6 +13,8 @@ __version__ = "0.1.0"
 @hookimpl
 def register_defenses(register: Any) -> None:
     """hvi."""
+    from advbayes_hvi.defenses import HVI
+
     register(HVI)
 
 

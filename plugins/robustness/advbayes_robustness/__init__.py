@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from advbayes import RunInfo, RunResult, hookimpl
-from advbayes_robustness.defenses import MCDropout, Smoothing
-from advbayes_robustness.metrics import (
-    GradientLimit,
-    PredictionVariance,
-    RobustnessCondition,
-    SoftmaxRobustness,
-    TransferCorrelation,
-)
-from advbayes_robustness.summary import sweep_figures
+from advbayes import hookimpl
+
+if TYPE_CHECKING:
+    from advbayes import RunInfo, RunResult
 
 __version__ = "0.1.0"
 
@@ -22,6 +16,8 @@ __version__ = "0.1.0"
 @hookimpl
 def register_defenses(register: Any) -> None:
     """mc-dropout, smoothing."""
+    from advbayes_robustness.defenses import MCDropout, Smoothing
+
     register(MCDropout)
     register(Smoothing)
 
@@ -29,6 +25,14 @@ def register_defenses(register: Any) -> None:
 @hookimpl
 def register_metrics(register: Any) -> None:
     """robustness-condition, prediction-variance, gradient-limit, softmax-robustness, transfer-correlation."""
+    from advbayes_robustness.metrics import (
+        GradientLimit,
+        PredictionVariance,
+        RobustnessCondition,
+        SoftmaxRobustness,
+        TransferCorrelation,
+    )
+
     for metric in (RobustnessCondition, PredictionVariance, GradientLimit, SoftmaxRobustness, TransferCorrelation):
         register(metric)
 
@@ -36,6 +40,8 @@ def register_metrics(register: Any) -> None:
 @hookimpl
 def run_figures(run: RunInfo, result: RunResult) -> dict[str, Any]:
     """Figures across the run's cells (accuracy vs S_A / S_I, cos(alpha) per S_A, fractions vs eps)."""
+    from advbayes_robustness.summary import sweep_figures
+
     return sweep_figures(result.records)
 
 

@@ -1,0 +1,155 @@
+"""The cached answers of the read-only commands `list` and `show`.
+
+Both validate every registry entry against the registered components, which imports torch, torchmetrics and every
+plugin's modules (about 4 s on a laptop-class CPU). Their answer changes only when code, a registry file, the
+installed packages or the plugin selection change, so it is kept, keyed on all of those, and printed again in
+milliseconds. A command that failed or wrote to stderr (a warning) is never kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+CACHED_COMMANDS = ("list", "show")
+CACHE_ENV = "ADVBAYES_CACHE_DIR"
+NO_CACHE_ENV = "ADVBAYES_NO_CACHE"
+MAX_ENTRIES = 200  # answers kept; the oldest go first
+_CODE_SUFFIXES = (".py", ".toml", ".pth")
+
+
+def cache_dir() -> Path:
+    """ADVBAYES_CACHE_DIR, else $XDG_CACHE_HOME/advbayes, else ~/.cache/advbayes."""
+    given = os.environ.get(CACHE_ENV)
+    if given:
+        return Path(given)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "advbayes"
+
+
+def _stat_line(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:
+        return f"{path} absent"
+    return f"{path} {st.st_mtime_ns} {st.st_size}"
+
+
+def _package_files(module: str) -> Iterator[Path]:
+    """Every code or registry file of the top-level package `module`, found without importing it."""
+    spec = importlib.util.find_spec(module.split(".")[0])
+    if spec is None:
+        return
+    roots = list(spec.submodule_search_locations or []) or ([spec.origin] if spec.origin else [])
+    for root in map(Path, roots):
+        if root.is_file():
+            yield root
+            continue
+        for path in sorted(root.rglob("*")):
+            if path.suffix in _CODE_SUFFIXES and "__pycache__" not in path.parts:
+                yield path
+
+
+def cache_key(args: Sequence[str]) -> str | None:
+    """The key of the answer to `advbayes ARGS`, or None when that command's answer is not cached."""
+    if not args or args[0] not in CACHED_COMMANDS or os.environ.get(NO_CACHE_ENV):
+        return None
+    if any(a in ("--help", "-h", "--debug") for a in args) or "_ADVBAYES_COMPLETE" in os.environ:
+        return None
+    from advbayes import __version__
+    from advbayes.plugins import ENTRY_POINT_GROUP, get_plugin_manager
+
+    lines = [sys.executable, __version__, repr(list(args)), os.getcwd()]
+    lines += sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("ADVBAYES_"))
+    # A directory's mtime changes when a distribution is installed into it or removed from it.
+    lines += [_stat_line(Path(entry)) for entry in sys.path if entry]
+    modules = ["advbayes"]
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        version = entry_point.dist.version if entry_point.dist is not None else "?"
+        lines.append(f"{entry_point.name}={entry_point.value} {version}")
+        modules.append(entry_point.module)
+    for module in sorted(set(modules)):
+        lines += [_stat_line(path) for path in _package_files(module)]
+    # Registry files: the plugins' (loading plugins is cheap: they import their components only when asked),
+    # ./registry.toml, and every argument that names a file (--registry).
+    lines += [_stat_line(path.resolve()) for _plugin, path in get_plugin_manager().registry_paths()]
+    lines.append(_stat_line(Path("registry.toml").resolve()))
+    lines += [_stat_line(Path(a).resolve()) for a in args if Path(a).is_file()]
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def read(key: str) -> str | None:
+    """The kept answer for `key`, or None."""
+    try:
+        return (cache_dir() / f"{key}.out").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def write(key: str, text: str) -> None:
+    """Keep `text` as the answer for `key` (atomically; a cache that cannot be written is skipped silently,
+    since the command's answer has been printed already and the cache only saves time)."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, scratch = tempfile.mkstemp(dir=folder, prefix=".writing-")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(scratch, folder / f"{key}.out")
+        kept = sorted(folder.glob("*.out"), key=lambda p: p.stat().st_mtime)
+        for old in kept[:-MAX_ENTRIES]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        return
+
+
+class _WatchedStream(io.TextIOBase):
+    """Passes writes on to `target` and remembers whether anything was written."""
+
+    def __init__(self, target: TextIO) -> None:
+        self.target = target
+        self.written = False
+
+    def write(self, text: str) -> int:
+        self.written = self.written or bool(text)
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def isatty(self) -> bool:
+        return self.target.isatty()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.target, "encoding", "utf-8")
+
+
+@contextlib.contextmanager
+def recording(key: str) -> Iterator[None]:
+    """Run the command inside: its stdout is printed when it ends and kept when it exits 0 with a silent stderr."""
+    captured = io.StringIO()
+    stdout, stderr = sys.stdout, _WatchedStream(sys.stderr)
+    code: Any = 1
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(stderr):
+            yield
+        code = 0
+    except SystemExit as exc:  # click's standalone mode always ends with sys.exit
+        code = exc.code
+        raise
+    finally:
+        text = captured.getvalue()
+        stdout.write(text)
+        stdout.flush()
+        if code in (0, None) and not stderr.written:
+            write(key, text)

@@ -1,0 +1,80 @@
+"""The CLI answers --help, completion, list and show without paying for torch: checked by what a fresh process
+imports (deterministic, unlike a timing), and by the output cache's answers against the uncached command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HEAVY = ("torch", "torchmetrics", "mlflow", "matplotlib", "torchvision")
+
+# Runs the console entry point in-process and reports, after it ends, which heavy libraries were imported.
+DRIVER = """
+import json, sys
+from advbayes.cli import main
+report = sys.argv[1]
+sys.argv = ["advbayes", *sys.argv[2:]]
+code = 0
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code or 0
+with open(report, "w") as handle:
+    json.dump({"code": code, "heavy": sorted(m for m in %r if m in sys.modules)}, handle)
+""" % (HEAVY,)
+
+
+def advbayes(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[str, dict]:
+    """Run `advbayes ARGS` in a fresh process in tmp_path; its stdout and what it imported."""
+    report = tmp_path / "report.json"
+    environment = {**os.environ, "ADVBAYES_CACHE_DIR": str(tmp_path / "cache"), **(env or {})}
+    environment.pop("ADVBAYES_NO_CACHE", None)
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(report), *args],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert not done.stderr or "Error" in done.stderr, done.stderr
+    return done.stdout, json.loads(report.read_text())
+
+
+def test_help_and_completion_import_no_heavy_library(tmp_path: Path) -> None:
+    out, seen = advbayes(tmp_path, "--help")
+    assert seen == {"code": 0, "heavy": []}
+    assert "compare" in out and "run" in out  # the tracking plugin's commands are listed too
+    out, seen = advbayes(
+        tmp_path, env={"_ADVBAYES_COMPLETE": "bash_complete", "COMP_WORDS": "advbayes show pgd-2", "COMP_CWORD": "2"}
+    )
+    assert seen["heavy"] == []
+    assert "plain,pgd-20" in out.splitlines()
+    out, seen = advbayes(
+        tmp_path, env={"_ADVBAYES_COMPLETE": "bash_complete", "COMP_WORDS": "advbayes run quick", "COMP_CWORD": "2"}
+    )
+    assert out.splitlines() == ["plain,quickstart"] and seen["heavy"] == []
+
+
+def test_list_and_show_answer_from_the_cache_until_a_registry_file_changes(tmp_path: Path) -> None:
+    registry = tmp_path / "mine.toml"
+    registry.write_text('[experiments.mine]\nextends = "quickstart"\ndescription = "first"\n')
+    args = ("list", "experiments", "--registry", str(registry))
+    first, seen = advbayes(tmp_path, *args)
+    assert seen["code"] == 0 and "torch" in seen["heavy"]  # validating entries needs the components
+    assert "mine (use" not in first and "  mine  first" in first
+    again, seen = advbayes(tmp_path, *args)
+    assert again == first and seen == {"code": 0, "heavy": []}
+    registry.write_text('[experiments.mine]\nextends = "quickstart"\ndescription = "second, longer"\n')
+    changed, seen = advbayes(tmp_path, *args)
+    assert "torch" in seen["heavy"] and "  mine  second, longer" in changed
+    assert changed.replace("second, longer", "first") == first
+
+
+def test_a_failed_command_is_never_kept(tmp_path: Path) -> None:
+    out, seen = advbayes(tmp_path, "show", "no-such-entry")
+    assert seen["code"] == 2 and out == ""
+    assert not list((tmp_path / "cache").glob("*.out"))
