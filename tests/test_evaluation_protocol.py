@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 
 import pytest
@@ -255,6 +258,19 @@ def test_compare_shows_intervals_and_the_mean_and_sd_across_seeds(store: str) ->
     logged = MlflowClient(store).get_run(group.results[0].run_id).data.metrics
     assert logged["none/accuracy_ci_low/eps_0.0000"] == pytest.approx(first["accuracy_ci_low"])
     assert logged["none/accuracy_n/eps_0.0000"] == first["accuracy_n"]
+    # --json and --csv: one record per run, attack and eps, the same values as the runs returned
+    as_json = CliRunner().invoke(cli, ["compare", "moons", "--tracking-uri", store, "--json"])
+    records = json.loads(as_json.output)
+    expected = {
+        (r.run_id, r.seed, rec.attack, rec.eps, rec.metrics["accuracy"]) for r in group.results for rec in r.records
+    }
+    assert {(x["run_id"], x["seed"], x["attack"], x["eps"], x["value"]) for x in records} == expected
+    assert all(x["ci_low"] <= x["value"] <= x["ci_high"] and x["status"] == "FINISHED" for x in records)
+    as_csv = CliRunner().invoke(cli, ["compare", "moons", "--tracking-uri", store, "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(as_csv.output)))
+    assert [(r["run_id"], float(r["value"]), float(r["ci_high"])) for r in rows] == [
+        (x["run_id"], x["value"], x["ci_high"]) for x in records
+    ]
 
 
 def test_a_randomness_finding_is_warned_and_tagged(store: str) -> None:

@@ -301,3 +301,51 @@ def test_a_misspelled_plugin_selection_is_a_warning_naming_the_installed_ones(mo
         r"\(installed: .*advbayes-vision",
     ):
         create_plugin_manager()
+
+
+DOTTED = """
+[defenses."std-0.3"]
+use = "standard"
+
+[defenses."std-0.3.1"]
+use = "standard"
+
+[experiments.dotty]
+dataset = "half-moons"
+model = "mlp"
+defenses = ["standard", "std-0.3", "std-0.3.1"]
+attacks = ["none"]
+eps = [0.0]
+"""
+
+
+@pytest.mark.parametrize(
+    ("key", "target"),
+    [
+        ("defenses.std-0.3.train_samples", "std-0.3"),  # unquoted: the longest entry name that matches
+        ('defenses."std-0.3".train_samples', "std-0.3"),
+        ("defenses.'std-0.3'.train_samples", "std-0.3"),
+        ("defenses.std-0.3.1.train_samples", "std-0.3.1"),
+    ],
+)
+def test_an_override_reaches_an_entry_whose_name_holds_a_dot(tmp_path: Path, key: str, target: str) -> None:
+    spec = registry_from(tmp_path, DOTTED).resolve_experiment("dotty", [parse_override(f"{key}=4")])
+    assert {d["name"]: d["train_samples"] for d in spec["defenses"]} == {
+        "standard": 1,
+        "std-0.3": 4 if target == "std-0.3" else 1,
+        "std-0.3.1": 4 if target == "std-0.3.1" else 1,
+    }
+
+
+def test_a_malformed_quoted_override_key_is_one_line() -> None:
+    with pytest.raises(RegistryError, match=r"""key 'defenses."std-0.3.p': expected a dotted key whose parts"""):
+        apply_override({}, 'defenses."std-0.3.p', 1)
+
+
+def test_an_unquoted_dotted_table_header_is_an_error_that_shows_the_quoted_form(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError) as raised:
+        registry_from(tmp_path, '[defenses.gauss-noise-0.1]\nuse = "standard"\n')
+    assert str(raised.value).endswith(
+        "user.toml: entry defenses.gauss-noise-0: [defenses.gauss-noise-0.1] is an entry 'gauss-noise-0' with a "
+        """table '1'; a name that holds a dot is quoted: [defenses."gauss-noise-0.1"]"""
+    )

@@ -265,9 +265,11 @@ def test_no_track_writes_no_store(isolated_cwd: Path) -> None:
 
 def test_cli_run_uses_the_embedded_store_in_the_working_directory_and_compare_reads_it(isolated_cwd: Path) -> None:
     runner = CliRunner()
-    for _ in range(2):
+    created = f"advbayes: created the MLflow store {isolated_cwd / 'mlflow.db'} ("
+    for first in (True, False):
         result = runner.invoke(cli, ["run", "moons", "--set", "epochs=1"])
         assert result.exit_code == 0, result.output
+        assert (created in result.output) == first  # said once, when the store appears
     assert (isolated_cwd / "mlflow.db").exists()
     compared = runner.invoke(cli, ["compare", "moons"])
     assert compared.exit_code == 0, compared.output
@@ -276,6 +278,32 @@ def test_cli_run_uses_the_embedded_store_in_the_working_directory_and_compare_re
     assert len(lines) == 4 and all("FINISHED" in line for line in lines[2:])
     missing = runner.invoke(cli, ["compare", "nothing-here"])
     assert missing.exit_code == 2 and "no tracked runs of experiment 'nothing-here'" in missing.output
+
+
+def test_dry_run_checks_everything_prints_what_would_run_and_writes_nothing(isolated_cwd: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", "moons", "--dry-run", "--set", "seeds=[0, 1]", "--set", "epochs=3"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "experiment moons on cpu: 2 run(s), each checked"
+    assert lines[1].startswith("  1. defense standard, model mlp-small, data half-moons, seed 0, 3 epochs x batch ")
+    assert lines[3].startswith("  2. defense standard, model mlp-small, data half-moons, seed 1, 3 epochs")
+    assert lines[-2] == f"tracking: sqlite:///{isolated_cwd / 'mlflow.db'} (would be created)"
+    assert lines[-1] == "nothing was run (--dry-run)"
+    assert list(isolated_cwd.iterdir()) == []
+    refused = CliRunner().invoke(cli, ["run", "moons", "--dry-run", "--set", "model=mnist-cnn"])
+    assert refused.exit_code == 2 and "model 'mnist-cnn' with defense 'standard'" in refused.output  # checks ran
+
+
+def test_an_experiment_of_a_plugin_left_out_names_the_plugin(
+    isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADVBAYES_DISABLE_PLUGINS", "advbayes-d3")
+    result = CliRunner().invoke(cli, ["run", "d3-mnist-5k", "--dry-run"])
+    assert result.exit_code == 2
+    assert result.output == (
+        "Error: unknown experiment 'd3-mnist-5k'; the installed plugin 'advbayes-d3' has it, but "
+        "ADVBAYES_DISABLE_PLUGINS leaves that plugin out\n"
+    )
 
 
 def test_device_cuda_without_a_gpu_is_an_error_before_any_work(isolated_cwd: Path) -> None:

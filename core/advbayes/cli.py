@@ -166,6 +166,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @tracking_option
 @click.option("--no-track", is_flag=True, help="Run without MLflow tracking.")
 @click.option("--resume", "resume", default=None, metavar="RUN_ID", help="Continue a tracked run from its checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Check everything a run checks, print what would run, run nothing.")
 @debug_option
 def run_command(
     experiment: str | None,
@@ -175,25 +176,27 @@ def run_command(
     tracking_uri: str | None,
     no_track: bool,
     resume: str | None,
+    dry_run: bool,
     debug: bool,
 ) -> None:
     """Train and attack the experiment EXPERIMENT; print the results table."""
-    from advbayes.engine import run
+    from advbayes.engine import prepare_run, run
     from advbayes.registry import parse_override
     from advbayes.results import RunGroup
 
-    parsed = [parse_override(text) for text in overrides]
+    settings: dict[str, Any] = {
+        "registry": registry_files,
+        "device": device,
+        "tracking_uri": tracking_uri,
+        "track": not no_track,
+        "resume": resume,
+        "overrides": [parse_override(text) for text in overrides],
+    }
+    if dry_run:
+        click.echo(format_plan(prepare_run(experiment, **settings), tracking_uri, track=not no_track))
+        return
     try:
-        result = run(
-            experiment,
-            registry=registry_files,
-            device=device,
-            tracking_uri=tracking_uri,
-            track=not no_track,
-            resume=resume,
-            progress=sys.stderr.isatty(),
-            overrides=parsed,
-        )
+        result = run(experiment, progress=sys.stderr.isatty(), **settings)
     except AdvbayesError:
         raise
     except Exception as exc:  # the hooks have marked the tracked run FAILED; report it in one line
@@ -206,6 +209,33 @@ def run_command(
     if tracked:
         ids = ", ".join(r.run_id for r in tracked if r.run_id)
         click.echo(f"\nMLflow run {ids} ({tracked[0].store}); see it with: advbayes ui")
+
+
+def format_plan(prepared: Any, tracking_uri: str | None, *, track: bool) -> str:
+    """What a run would do, one line per training run, after every pre-run check passed."""
+    from advbayes.plugins import get_plugin_manager
+
+    lines = [f"experiment {prepared.name} on {prepared.device}: {len(prepared.variants)} run(s), each checked"]
+    if prepared.resume or prepared.resumed_from:
+        lines[0] += f" (continuing from tracked run {prepared.resume or prepared.resumed_from})"
+    for index, spec in enumerate(prepared.variants, 1):
+        attacks = ", ".join(a["name"] for a in spec["attacks"])
+        eps = ", ".join(f"{e:g}" for e in spec["eps"])
+        lines.append(
+            f"  {index}. defense {spec['defense']['name']}, model {spec['model']['name']}, data "
+            f"{spec['dataset']['name']}, seed {spec['seed']}, {spec['epochs']} epochs x batch {spec['batch_size']}"
+        )
+        lines.append(f"     attacks {attacks} at eps {eps}; metrics {', '.join(m['name'] for m in spec['metrics'])}")
+    if not track:
+        lines.append("tracking: off (--no-track)")
+    elif "advbayes.tracking" not in get_plugin_manager().info:
+        lines.append("tracking: off (the advbayes.tracking plugin is disabled)")
+    else:
+        from advbayes.tracking import describe_store
+
+        lines.append(f"tracking: {describe_store(tracking_uri)}")
+    lines.append("nothing was run (--dry-run)")
+    return "\n".join(lines)
 
 
 @cli.command("show")

@@ -75,17 +75,57 @@ def seed_rows(runs: Sequence[Any], columns: list[tuple[str, float | None, str]],
     return rows
 
 
-def compare_table(tracking_uri: str | None, experiments: Sequence[str], metric: str) -> str:
-    """The runs of `experiments` (newest first) with their `metric` per attack and eps (95 % intervals where
-    logged), then mean +- sd across seeds for every defense tracked with several seeds."""
+def selected_runs(
+    tracking_uri: str | None, experiments: Sequence[str], metric: str
+) -> tuple[list[Any], list[tuple[str, float, str]]]:
+    """The tracked runs of `experiments`, newest first, and the (attack, eps, key) columns of `metric`; a metric
+    no evaluated run logged is an error listing the logged ones."""
     runs = tracked_runs(tracking_uri, experiments)
-    if not runs:
-        return f"no tracked runs of {', '.join(experiments)}"
-    columns = collapse_constant(runs, metric_columns(runs, metric))
+    columns = metric_columns(runs, metric)
     logged = sorted({m["metric"] for run in runs for key in run.data.metrics if (m := COLUMN.match(key)) is not None})
     if not columns and logged:  # runs that were evaluated, but not with this metric (runs killed early have none)
         shown = [name for name in logged if not is_companion(name, logged)]
         raise RunError(f"--metric {metric}: no run of {', '.join(experiments)} logged it; logged: {', '.join(shown)}")
+    return runs, columns
+
+
+def compare_records(tracking_uri: str | None, experiments: Sequence[str], metric: str) -> list[dict[str, Any]]:
+    """One record per run, attack and eps (the long format pandas and spreadsheets want), with the 95 % interval
+    where it was logged: what `compare --json` and `--csv` print."""
+    runs, columns = selected_runs(tracking_uri, experiments, metric)
+    records = []
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        for attack, eps, key in columns:
+            if key not in metrics:
+                continue
+            suffix = key.rsplit("/", 1)[1]
+            records.append(
+                {
+                    "run_id": run.info.run_id,
+                    "experiment": tags.get("advbayes.experiment"),
+                    "status": status_text(run),
+                    "started": dt.datetime.fromtimestamp(run.info.start_time / 1000).isoformat(timespec="seconds"),
+                    "defense": tags.get("advbayes.defense"),
+                    "seed": int(tags["advbayes.seed"]) if tags.get("advbayes.seed", "").isdigit() else None,
+                    "attack": attack,
+                    "eps": eps,
+                    "metric": metric,
+                    "value": metrics[key],
+                    "ci_low": metrics.get(f"{attack}/{metric}_ci_low/{suffix}"),
+                    "ci_high": metrics.get(f"{attack}/{metric}_ci_high/{suffix}"),
+                }
+            )
+    return records
+
+
+def compare_table(tracking_uri: str | None, experiments: Sequence[str], metric: str) -> str:
+    """The runs of `experiments` (newest first) with their `metric` per attack and eps (95 % intervals where
+    logged), then mean +- sd across seeds for every defense tracked with several seeds."""
+    runs, all_columns = selected_runs(tracking_uri, experiments, metric)
+    if not runs:
+        return f"no tracked runs of {', '.join(experiments)}"
+    columns = collapse_constant(runs, all_columns)
     header = [
         "run",
         "experiment",

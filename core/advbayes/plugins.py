@@ -107,6 +107,7 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.info: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
+        self.skipped: list[tuple[importlib.metadata.EntryPoint, str]] = []  # left out, with the variable that did
         self._index: ComponentIndex | None = None
 
     def register_plugin(self, plugin: Any, info: PluginInfo) -> None:
@@ -136,6 +137,19 @@ class PluginManager(pluggy.PluginManager):
             for path in [returned] if isinstance(returned, (str, Path)) else returned or []:
                 paths.append((impl.plugin_name, Path(path)))
         return paths
+
+    def skipped_registry_paths(self) -> list[tuple[str, str, Path]]:
+        """(plugin, the variable that left it out, path) of the registry files of installed plugins that
+        ADVBAYES_DISABLE_PLUGINS or ADVBAYES_LOAD_PLUGINS left out, for error messages only."""
+        found = []
+        for entry_point, variable in self.skipped:
+            try:  # plugin modules are cheap to import; one that fails to is simply not searched
+                returned = getattr(entry_point.load(), "registry_files", lambda: None)()
+            except Exception:  # noqa: BLE001 - this only adds a hint to an error that is raised anyway
+                continue
+            for path in [returned] if isinstance(returned, (str, Path)) else returned or []:
+                found.append((entry_point.name, variable, Path(path)))
+        return found
 
     def hooks_of(self, name: str) -> list[str]:
         """Names of the hooks that plugin `name` implements."""
@@ -239,6 +253,7 @@ def load_entry_point_plugins(pm: PluginManager, load: set[str] | None, disable: 
         known |= {entry_point.name, dist_name}
         version = dist.version if dist is not None else "?"
         if not _selected((entry_point.name, dist_name), load, disable):
+            pm.skipped.append((entry_point, DISABLE_ENV if {entry_point.name, dist_name} & disable else LOAD_ENV))
             continue
         try:
             plugin = entry_point.load()

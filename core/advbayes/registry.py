@@ -182,6 +182,7 @@ class Registry:
                     raise RegistryError(
                         f"expected a table of parameters, got {body!r}", file=label, entry=f"{key}.{name}"
                     )
+                _check_unquoted_dot(key, name, body, label)
                 self.entries[key][name] = RawEntry(key, name, body, label)
 
     def _add_providers(self, table: Any, label: str, trusted: bool) -> None:
@@ -257,8 +258,9 @@ class Registry:
                 return self._complete(kind, ref, {"use": ref}, file=file, chain=chain)
             if kind in KINDS and ref in self.providers:
                 raise RegistryError(self._not_installed(kind, ref), file=file, entry=entry, key=key)
+            hint = self._skipped_plugin_hint(kind, ref)
             raise RegistryError(
-                f"unknown {kind[:-1]} '{ref}'{suggest(ref, self._known(kind), 'known')}",
+                f"unknown {kind[:-1]} '{ref}'{hint or suggest(ref, self._known(kind), 'known')}",
                 file=file,
                 entry=entry,
                 key=key,
@@ -271,6 +273,17 @@ class Registry:
         raise RegistryError(
             f"expected the name of a {kind[:-1]} entry or an inline table, got {ref!r}", file=file, entry=entry, key=key
         )
+
+    def _skipped_plugin_hint(self, kind: str, name: str) -> str:
+        """'; plugin P has it, but VARIABLE leaves P out' when a left-out plugin's registry file holds the entry."""
+        for plugin, variable, path in self.pm.skipped_registry_paths():
+            try:
+                data = read_registry_file(path)
+            except RegistryError:  # a hint only; the error it would add to is raised anyway
+                continue
+            if isinstance(data.get(kind), dict) and name in data[kind]:
+                return f"; the installed plugin '{plugin}' has it, but {variable} leaves that plugin out"
+        return ""
 
     def _not_installed(self, kind: str, component: str) -> str:
         distribution = self.providers[component]
@@ -404,7 +417,10 @@ class Registry:
     def resolve_experiment(self, name: str, overrides: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
         """The fully resolved experiment `name` with dotted-key overrides applied and validated."""
         if name not in self.entries["experiments"]:
-            raise RegistryError(f"unknown experiment '{name}'{suggest(name, self.names('experiments'), 'experiments')}")
+            hint = self._skipped_plugin_hint("experiments", name)
+            raise RegistryError(
+                f"unknown experiment '{name}'{hint or suggest(name, self.names('experiments'), 'experiments')}"
+            )
         raw = self.entries["experiments"][name]
         resolved = self._resolve("experiments", name, where=(raw.file, f"experiments.{name}", ""), chain=())
         return self.with_overrides(resolved, overrides, source=OVERRIDE_SOURCE)
@@ -439,6 +455,19 @@ class Registry:
         )
         params = {k: v for k, v in resolved.items() if k not in RESERVED}
         return construct(cls, params, file="resolved", entry=f"{kind}.{resolved.get('name')}")
+
+
+def _check_unquoted_dot(kind: str, name: str, body: dict[str, Any], file: str) -> None:
+    """`[defenses.gauss-noise-0.1]` is TOML for an entry `gauss-noise-0` holding a table `1`, not an entry
+    `gauss-noise-0.1`. No parameter name starts with a digit, so such a table is always this mistake."""
+    for key, value in body.items():
+        if key[:1].isdigit() and isinstance(value, dict):
+            raise RegistryError(
+                f"[{kind}.{name}.{key}] is an entry '{name}' with a table '{key}'; a name that holds a dot is quoted: "
+                f'[{kind}."{name}.{key}"]',
+                file=file,
+                entry=f"{kind}.{name}",
+            )
 
 
 def _check_unique_names(items: list[dict[str, Any]], *, file: str, entry: str, key: str) -> None:
@@ -477,12 +506,47 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parse_toml(f"value = {raw}", file=OVERRIDE_SOURCE, key=key)["value"]
 
 
+def split_key(dotted: str) -> list[str]:
+    """The parts of a dotted override key; a part may be quoted as in TOML (`defenses."mc-dropout-0.3".p`)."""
+    if '"' not in dotted and "'" not in dotted:
+        return dotted.split(".")
+    try:
+        node: Any = tomllib.loads(f"{dotted} = 0")
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):
+        raise RegistryError(
+            "expected a dotted key whose parts are bare or quoted as in TOML", file=OVERRIDE_SOURCE, key=dotted
+        ) from None
+    parts = []
+    while isinstance(node, dict):
+        (part, node), *_ = node.items()
+        parts.append(part)
+    return parts
+
+
+def _child_key(node: Any, parts: list[str], start: int) -> int:
+    """How many parts from `start` name one child of `node`: an entry name with dots (`mc-dropout-0.3`) spans
+    several parts of an unquoted key. The longest match wins; 1 when none matches (the caller reports it)."""
+    for stop in range(len(parts), start, -1):
+        candidate = ".".join(parts[start:stop])
+        if isinstance(node, list) and any(isinstance(i, dict) and i.get("name") == candidate for i in node):
+            return stop - start
+        if isinstance(node, dict) and candidate in node and stop < len(parts):
+            return stop - start
+    return 1
+
+
 def apply_override(table: dict[str, Any], dotted: str, value: Any) -> None:
     """Set a dotted key inside a resolved experiment; list items are addressed by entry name."""
-    parts = dotted.split(".")
+    parts = split_key(dotted)
     node: Any = table
-    for index, part in enumerate(parts[:-1]):
-        here = ".".join(parts[: index + 1])
+    index = 0
+    while True:
+        span = _child_key(node, parts, index) if index < len(parts) - 1 else 1
+        if index + span >= len(parts):
+            break
+        part = ".".join(parts[index : index + span])
+        here = ".".join(parts[: index + span])
+        index += span
         if isinstance(node, list):
             matches = [item for item in node if isinstance(item, dict) and item.get("name") == part]
             if not matches:
@@ -501,7 +565,7 @@ def apply_override(table: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(child, (dict, list)):
             raise RegistryError(f"'{here}' is a value, not a table", file=OVERRIDE_SOURCE, key=here)
         node = child
-    last = parts[-1]
+    last = ".".join(parts[index:])
     if isinstance(node, list):
         raise RegistryError("address a list item by its entry name", file=OVERRIDE_SOURCE, key=dotted)
     if last == "use" or last == "name":

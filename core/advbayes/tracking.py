@@ -186,6 +186,12 @@ def client_for(uri: str | None, *, write: bool = True) -> Any:
         with store_lock(database):
             if not database.exists():
                 _create_sqlite(database)
+                # Said on stderr: a store appearing wherever a script or notebook was started is otherwise a surprise.
+                print(
+                    f"advbayes: created the MLflow store {database} (--tracking-uri or MLFLOW_TRACKING_URI chooses "
+                    "another; advbayes ui shows it)",
+                    file=sys.stderr,
+                )
             client = _open_sqlite(uri, database)
         _READY.add(uri)
     return BusyRetryingClient(client)
@@ -225,6 +231,16 @@ def _open_sqlite(uri: str, database: Path) -> Any:
         if not stray_existed and stray.is_dir() and not any(stray.iterdir()):
             stray.rmdir()
     return client
+
+
+def describe_store(uri: str | None) -> str:
+    """Where runs would be tracked, checked as a run checks it, and whether the store exists yet."""
+    uri = uri or default_tracking_uri()
+    check_store(uri, write=True)
+    database = sqlite_path(uri)
+    if database is None:
+        return uri
+    return f"{uri} ({'exists' if database.exists() else 'would be created'})"
 
 
 def experiment_id(client: Any, name: str) -> str:

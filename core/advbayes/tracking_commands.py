@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import datetime
+import io
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -12,6 +15,21 @@ import click
 
 from advbayes.cli import debug_option, tracking_option
 from advbayes.errors import RunError
+
+COMPARE_FIELDS = (  # the columns of compare --csv, in order (compare_records' keys)
+    "run_id",
+    "experiment",
+    "status",
+    "started",
+    "defense",
+    "seed",
+    "attack",
+    "eps",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+)
 
 
 def add_commands(cli: click.Group) -> None:
@@ -45,13 +63,36 @@ def add_commands(cli: click.Group) -> None:
     @cli.command("compare")
     @click.argument("experiments", nargs=-1, required=True)
     @click.option("--metric", default="accuracy", show_default=True, help="The metric shown per attack and eps.")
+    @click.option(
+        "--format",
+        "output",
+        type=click.Choice(["table", "json", "csv"]),
+        default="table",
+        show_default=True,
+        help="json and csv: one record per run, attack and eps, with the interval.",
+    )
+    @click.option("--json", "output", flag_value="json", help="Same as --format json.")
+    @click.option("--csv", "output", flag_value="csv", help="Same as --format csv.")
     @tracking_option
     @debug_option
-    def compare_command(experiments: Sequence[str], metric: str, tracking_uri: str | None, debug: bool) -> None:
+    def compare_command(
+        experiments: Sequence[str], metric: str, output: str, tracking_uri: str | None, debug: bool
+    ) -> None:
         """Print the tracked runs of EXPERIMENTS as a table: one row per run, one column per attack x eps."""
-        from advbayes.compare import compare_table
+        from advbayes.compare import compare_records, compare_table
 
-        click.echo(compare_table(tracking_uri, experiments, metric))
+        if output == "table":
+            click.echo(compare_table(tracking_uri, experiments, metric))
+            return
+        records = compare_records(tracking_uri, experiments, metric)
+        if output == "json":
+            click.echo(json.dumps(records, indent=2))
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(COMPARE_FIELDS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        click.echo(buffer.getvalue(), nl=False)
 
     @cli.command("runs")
     @click.argument("experiments", nargs=-1)

@@ -113,6 +113,60 @@ class Run(Evaluation):
         )
 
 
+@attrs.frozen
+class PreparedRun:
+    """An experiment resolved, expanded and checked before any work: what `run` executes and `--dry-run` shows."""
+
+    name: str
+    spec: dict[str, Any]
+    variants: list[dict[str, Any]]
+    registry: Registry
+    device: torch.device
+    resume: str | None = None
+    checkpoint: dict[str, Any] | None = None
+    resumed_from: str | None = None
+
+
+def prepare_run(
+    name: str | None = None,
+    *,
+    registry: Sequence[str | Path] = (),
+    device: str = "auto",
+    tracking_uri: str | None = None,
+    track: bool = True,
+    resume: str | None = None,
+    overrides: Sequence[tuple[str, Any]] = (),
+    pm: PluginManager | None = None,
+) -> PreparedRun:
+    """Resolve the experiment (or the tracked run to resume), expand its variants and run every pre-run check
+    (network probes, memory, model sources); nothing is trained or written."""
+    pm = pm or get_plugin_manager()
+    loaded = load_registry(registry, pm=pm)
+    torch_device = resolve_device(device)
+    checkpoint = None
+    resumed_from = None
+    if resume is not None:
+        if not track:
+            raise RunError("--resume needs tracking: the checkpoint is read from the tracked run")
+        checkpoint = _fetch_checkpoint(pm, resume, tracking_uri)
+        stored_name = checkpoint["experiment"]
+        if name is not None and name != stored_name:
+            raise RunError(f"--resume {resume}: that run is of experiment '{stored_name}', not '{name}'")
+        name = stored_name
+        spec = loaded.with_overrides(dict(checkpoint["spec"]), overrides, source=f"run {resume}")
+        spec = loaded.resolve_inline_experiment(spec, source=f"run {resume}")
+        if spec != loaded.resolve_inline_experiment(dict(checkpoint["spec"]), source=f"run {resume}"):
+            resumed_from, resume = resume, None  # changed settings: a new tracked run that records them
+            checkpoint = {k: v for k, v in checkpoint.items() if k != "evaluated"}  # evaluations of other settings
+    else:
+        if name is None:
+            raise RunError("name an experiment to run (advbayes list experiments shows them)")
+        spec = loaded.resolve_experiment(name, overrides)
+    variants = expand_variants(spec)
+    preflight(name, [v for v in variants if v["seed"] == variants[0]["seed"]], loaded, torch_device)
+    return PreparedRun(name, spec, variants, loaded, torch_device, resume, checkpoint, resumed_from)
+
+
 def run(
     name: str | None = None,
     *,
@@ -131,33 +185,20 @@ def run(
     An experiment with `defenses` or `seeds` runs each defense (x each seed) as its own run and returns a RunGroup.
     """
     pm = pm or get_plugin_manager()
-    loaded = load_registry(registry, pm=pm)
-    all_overrides = [*overrides, *kwargs.items()]
-    torch_device = resolve_device(device)
-    checkpoint = None
-    resumed_from = None
-    if resume is not None:
-        if not track:
-            raise RunError("--resume needs tracking: the checkpoint is read from the tracked run")
-        checkpoint = _fetch_checkpoint(pm, resume, tracking_uri)
-        stored_name = checkpoint["experiment"]
-        if name is not None and name != stored_name:
-            raise RunError(f"--resume {resume}: that run is of experiment '{stored_name}', not '{name}'")
-        name = stored_name
-        spec = loaded.with_overrides(dict(checkpoint["spec"]), all_overrides, source=f"run {resume}")
-        spec = loaded.resolve_inline_experiment(spec, source=f"run {resume}")
-        if spec != loaded.resolve_inline_experiment(dict(checkpoint["spec"]), source=f"run {resume}"):
-            resumed_from, resume = resume, None  # changed settings: a new tracked run that records them
-            checkpoint = {k: v for k, v in checkpoint.items() if k != "evaluated"}  # evaluations of other settings
-    else:
-        if name is None:
-            raise RunError("name an experiment to run (advbayes list experiments shows them)")
-        spec = loaded.resolve_experiment(name, all_overrides)
-    variants = expand_variants(spec)
-    preflight(name, [v for v in variants if v["seed"] == variants[0]["seed"]], loaded, torch_device)
-    if len(variants) > 1 or spec.get("defenses") or spec.get("seeds"):
+    prepared = prepare_run(
+        name,
+        registry=registry,
+        device=device,
+        tracking_uri=tracking_uri,
+        track=track,
+        resume=resume,
+        overrides=[*overrides, *kwargs.items()],
+        pm=pm,
+    )
+    name, spec, loaded, torch_device = prepared.name, prepared.spec, prepared.registry, prepared.device
+    if len(prepared.variants) > 1 or spec.get("defenses") or spec.get("seeds"):
         results: list[RunResult] = []
-        for variant in variants:
+        for variant in prepared.variants:
             peers = {  # sources for transfer attacks: the defenses of the same seed trained before this one
                 r.spec["defense"]["name"]: r.model for r in results if r.spec["seed"] == variant["seed"]
             }
@@ -166,7 +207,18 @@ def run(
             )
         return RunGroup(experiment=name, results=results)
     return _run_one(
-        name, spec, loaded, pm, torch_device, track, tracking_uri, progress, resume, checkpoint, None, resumed_from
+        name,
+        spec,
+        loaded,
+        pm,
+        torch_device,
+        track,
+        tracking_uri,
+        progress,
+        prepared.resume,
+        prepared.checkpoint,
+        None,
+        prepared.resumed_from,
     )
 
 
