@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 STAMP := $(VENV)/.advbayes-installed
 
-.PHONY: install demo lint test clean
+.PHONY: install demo lint test test-fast clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) examples/my-defense-plugin/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "advbayes needs Python 3.10 or newer"; exit 1; }
@@ -30,6 +30,11 @@ lint: install
 
 test: install lint
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest
+
+# The core of the suite without the tests marked slow (real trainings, official-implementation comparisons,
+# fresh processes) or server (a real mlflow server): for the edit-test loop. CI runs `make test`.
+test-fast: install
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -m "not slow and not server"
 
 clean:
 	rm -rf $(VENV) build dist core/*.egg-info plugins/*/*.egg-info

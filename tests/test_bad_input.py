@@ -492,6 +492,7 @@ def test_fuzz_bad_registries_are_one_clear_line_before_any_work(
 # ------------------------------------------------------------------------------------------ killed runs
 
 
+@pytest.mark.slow  # a fresh process that imports torch and trains or lists: seconds
 def test_a_sigkilled_run_is_found_as_stale_and_resumed(isolated_cwd: Path) -> None:
     import signal
     import subprocess

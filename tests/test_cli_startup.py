@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HEAVY = ("torch", "torchmetrics", "mlflow", "matplotlib", "torchvision")
 
 # Runs the console entry point in-process and reports, after it ends, which heavy libraries were imported.
@@ -59,6 +61,7 @@ def test_help_and_completion_import_no_heavy_library(tmp_path: Path) -> None:
     assert out.splitlines() == ["plain,quickstart"] and seen["heavy"] == []
 
 
+@pytest.mark.slow  # a fresh process that imports torch and trains or lists: seconds
 def test_list_and_show_answer_from_the_cache_until_a_registry_file_changes(tmp_path: Path) -> None:
     registry = tmp_path / "mine.toml"
     registry.write_text('[experiments.mine]\nextends = "quickstart"\ndescription = "first"\n')

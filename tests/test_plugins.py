@@ -209,6 +209,7 @@ def test_every_hook_is_documented() -> None:
         assert re.search(rf"^#+ `?{hook}\(", documentation, re.MULTILINE), f"{hook} is not documented"
 
 
+@pytest.mark.slow  # a fresh process that imports torch and trains or lists: seconds
 def test_with_the_tracking_plugin_disabled_a_run_imports_no_mlflow_and_its_commands_are_gone(
     isolated_cwd: Path,
 ) -> None:

@@ -373,11 +373,19 @@ def test_an_experiment_with_several_defenses_tracks_one_run_per_defense(store: s
     assert set(group.table()) == {"standard", "two-draws"}
 
 
-def test_defense_and_defenses_together_are_an_error() -> None:
+def test_defense_and_defenses_together_in_an_entry_are_an_error_and_an_override_of_one_replaces_the_other(
+    tmp_path: Path,
+) -> None:
+    both = write(tmp_path / "both.toml", '[experiments.both]\nextends = "moons"\ndefenses = ["standard"]\n')
     with pytest.raises(
         advbayes.RegistryError, match=r"key 'defenses': expected either `defense` or `defenses`, not both"
     ):
-        advbayes.run("moons", track=False, defenses=["standard"])
+        load_registry([both]).resolve_experiment("both")
+    registry = load_registry()
+    spec = registry.resolve_experiment("moons", [("defenses", ["standard", "bnn"])])
+    assert "defense" not in spec and [d["name"] for d in spec["defenses"]] == ["standard", "bnn"]
+    back = registry.with_overrides(spec, [("defense", "bnn")], source="--set")
+    assert back["defense"]["name"] == "bnn" and not back.get("defenses")
 
 
 def test_sample_sweeps_become_one_child_run_per_combination(store: str) -> None:
@@ -512,3 +520,37 @@ def test_ctrl_c_without_tracking_prints_the_attacks_that_finished(monkeypatch: p
     table, message = result.output.split("Interrupted: ")
     assert "accuracy" in table and "none" in table and "fgsm" not in table
     assert message.startswith("no tracked run was open")
+
+
+def test_progress_names_the_defense_and_eps_and_keeps_the_postfix_short(capsys: pytest.CaptureFixture[str]) -> None:
+    from advbayes.engine.training import short_postfix
+
+    sums = {
+        "loss": torch.tensor(20.0),
+        "ce": torch.tensor(18.0),
+        "kl_per_param": torch.tensor(3.0),
+        "acc": torch.tensor(5.0),
+    }
+    assert short_postfix(sums, 10, 2345.6) == "loss 2, acc 0.500, 2346 img/s"
+    advbayes.run(
+        "moons", track=False, progress=True, pm=create_plugin_manager(), epochs=1, attacks=["fgsm"], eps=[0.1, 0.2]
+    )
+    bars = capsys.readouterr().err
+    assert "moons/standard seed 0 epoch 1/1" in bars
+    assert "moons/standard seed 0 fgsm eps 0.1" in bars and "moons/standard seed 0 fgsm eps 0.2" in bars
+    assert " img/s]" in bars and "ce=" not in bars
+
+
+def test_without_a_terminal_every_epoch_line_of_a_multi_defense_run_names_its_defense(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    advbayes.run(
+        "moons", track=False, pm=create_plugin_manager(), epochs=2, defenses=["standard", "bnn"], attacks=["none"]
+    )
+    lines = [line for line in capsys.readouterr().err.splitlines() if " epoch " in line]
+    assert [line.split(":")[0] for line in lines] == [
+        "moons/standard seed 0 epoch 1/2",
+        "moons/standard seed 0 epoch 2/2",
+        "moons/bnn seed 0 epoch 1/2",
+        "moons/bnn seed 0 epoch 2/2",
+    ]

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from advbayes.engine import RunInfo, run
     from advbayes.errors import AdvbayesError, EvaluationWarning, PluginError, RegistryError, RunError
     from advbayes.hookspecs import hookimpl
-    from advbayes.losses import ensemble_accuracy, mean_cross_entropy
+    from advbayes.losses import elbo_loss, ensemble_accuracy, mean_cross_entropy
     from advbayes.params import SEED_LIMIT, ParamError, entry_list_param, entry_param, list_param, param
     from advbayes.results import EvalRecord, RunGroup, RunResult
     from advbayes.stochastic import (
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         DeterministicSampled,
         GaussianParameter,
         SampledModel,
+        SingleOutputView,
         StochasticLayer,
         StochasticModel,
         as_sampled,
@@ -90,11 +91,13 @@ _EXPORTS = {
     "RunResult": "advbayes.results",
     "SEED_LIMIT": "advbayes.params",
     "SampledModel": "advbayes.stochastic",
+    "SingleOutputView": "advbayes.stochastic",
     "StochasticLayer": "advbayes.stochastic",
     "StochasticModel": "advbayes.stochastic",
     "TrainContext": "advbayes.components",
     "adversarial_examples": "advbayes.adversarial",
     "as_sampled": "advbayes.stochastic",
+    "elbo_loss": "advbayes.losses",
     "ensemble_accuracy": "advbayes.losses",
     "entry_list_param": "advbayes.params",
     "entry_param": "advbayes.params",
@@ -159,12 +162,14 @@ __all__ = [
     "RunInfo",
     "RunResult",
     "SampledModel",
+    "SingleOutputView",
     "StochasticLayer",
     "StochasticModel",
     "TrainContext",
     "__version__",
     "adversarial_examples",
     "as_sampled",
+    "elbo_loss",
     "ensemble_accuracy",
     "entry_list_param",
     "entry_param",

@@ -433,6 +433,9 @@ class Registry:
         if not overrides:
             return spec
         for key, value in overrides:
+            for one, other in (("defense", "defenses"), ("defenses", "defense")):
+                if key == one:  # `--set defenses=[a, b]` on an experiment of one defense replaces it (and back)
+                    spec.pop(other, None)
             try:
                 apply_override(spec, key, value)
             except RegistryError:

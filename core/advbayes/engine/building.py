@@ -58,6 +58,9 @@ class RunParts:
         self.workdir = Path(tempfile.mkdtemp(prefix="advbayes-run-"))
         self._attack_cache: dict[str, Attack] = {}
         self.stochastic = False  # probed on the first test batch before evaluation
+        self.timed_sizes: set[tuple[int, int, int]] = set()  # (S_A, S_I x R, batch) whose first call has been made
+        # How progress bars and epoch lines name this run: the lines of a multi-defense (or multi-seed) run differ.
+        self.label = f"{name}/{spec['defense']['name']} seed {self.experiment.seed}"
         self.findings: list[Finding] = []
 
     def build_attack(self, entry: Any) -> Attack:

@@ -110,7 +110,7 @@ def train_epochs(
                 if not math.isfinite(loss_now):
                     raise RunError(f"training diverged: loss is {loss_now} at epoch {epoch + 1}, step {step + 1}")
                 rate = seen / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix({k: f"{float(v) / seen:.4g}" for k, v in sums.items()} | {"img/s": f"{rate:.0f}"})
+                bar.set_postfix_str(short_postfix(sums, seen, rate), refresh=False)
         elapsed = time.perf_counter() - started
         metrics = {k: float(v) / max(seen, 1) for k, v in sums.items()}
         if not math.isfinite(metrics.get("loss", 0.0)):
@@ -123,6 +123,17 @@ def train_epochs(
             print(f"{label} epoch {epoch + 1}/{epochs}: {parts}", file=sys.stderr)
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics)
+
+
+def short_postfix(sums: dict[str, torch.Tensor], seen: int, rate: float) -> str:
+    """The training bar's postfix: loss, accuracy when the defense reports one, images/s. The other loss parts
+    go to the per-epoch line and MLflow; on the bar they pushed the bar itself off a 150-column terminal."""
+    text = f"loss {float(sums['loss']) / seen:.4g}"
+    for key in ("acc", "accuracy"):
+        if key in sums:
+            text += f", acc {float(sums[key]) / seen:.3f}"
+            break
+    return f"{text}, {rate:.0f} img/s"
 
 
 class Training(RunParts):
@@ -155,7 +166,7 @@ class Training(RunParts):
             epochs=experiment.epochs,
             batch_size=experiment.batch_size,
             generator=generator,
-            label=self.name,
+            label=self.label,
             progress=self.progress,
             start_epoch=start_epoch,
             context=context,
@@ -222,7 +233,7 @@ class Training(RunParts):
             epochs=epochs,
             batch_size=self.experiment.batch_size,
             generator=torch.Generator().manual_seed(self.experiment.seed),
-            label=f"{self.name} source model",
+            label=f"{self.label} source model",
             progress=self.progress,
         )
         return model.eval()

@@ -19,6 +19,7 @@ from advbayes.stochastic.model import (
 from advbayes.stochastic.sampled import (
     DeterministicSampled,
     SampledModel,
+    SingleOutputView,
     as_sampled,
     is_stochastic,
     predict,
@@ -35,6 +36,7 @@ __all__ = [
     "Folded",
     "GaussianParameter",
     "SampledModel",
+    "SingleOutputView",
     "StochasticLayer",
     "StochasticModel",
     "as_sampled",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -102,3 +103,28 @@ def predict_repeated(
     if average != "probs":
         raise ValueError(f"predict_repeated: average must be one of {AVERAGES}, got {average!r}")
     return groups.softmax(dim=-1).mean(dim=1)
+
+
+class SingleOutputView(nn.Module):
+    """A sampled model seen as an ordinary classifier, forward(x) -> [B, k], for libraries that expect one
+    (torchattacks, the official AutoAttack, RobustBench). `samples` fresh draws per call; with average "probs"
+    the output is the log of the draw-averaged probabilities, so cross-entropy on it is the predictive NLL and
+    its gradient is that of the Bayesian model average (EOT over `samples` draws); "logits" returns the mean
+    logits. samples = 1 is one draw per call, as a naive wrapper would give."""
+
+    def __init__(self, model: nn.Module, samples: int = 1, average: str = "probs") -> None:
+        super().__init__()
+        if average not in AVERAGES:
+            raise ValueError(f"SingleOutputView: average must be one of {AVERAGES}, got {average!r}")
+        if samples < 1:
+            raise ValueError(f"SingleOutputView: samples must be >= 1, got {samples}")
+        self.model = as_sampled(model)
+        self.samples = samples
+        self.average = average
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, k]: log mean softmax (average "probs") or mean logits over `samples` draws."""
+        logits = self.model(x, samples=self.samples)
+        if self.average == "logits":
+            return logits.mean(dim=0)
+        return torch.logsumexp(logits.log_softmax(dim=-1), dim=0) - math.log(logits.shape[0])

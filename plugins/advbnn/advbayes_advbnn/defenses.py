@@ -13,9 +13,9 @@ from advbayes import (
     LossOutput,
     TrainContext,
     adversarial_examples,
+    elbo_loss,
     ensemble_accuracy,
     entry_param,
-    kl,
     mean_cross_entropy,
     param,
     posterior_statistics,
@@ -50,21 +50,18 @@ class BNN(Defense):
         """Mean cross-entropy over draws and batch + (alpha / N_train) * KL, with a fresh draw for the update."""
         x, y = batch
         inputs = self.training_inputs(model, x, y, context)
-        logits = model(inputs, samples=self.train_samples)
-        ce = mean_cross_entropy(logits, y)
-        divergence = kl(model, self.prior_sigma)
-        stats = posterior_statistics(model, self.prior_sigma)
-        return LossOutput(
-            loss=ce + self.alpha / context.n_train * divergence,
-            parts={
-                "ce": ce.detach(),
-                "kl": divergence.detach(),
-                "kl_per_param": stats["kl_per_param"],
-                "mean_sigma2": stats["mean_sigma2"],
-                "r": stats["r"],
-                "acc": ensemble_accuracy(logits.detach(), y),
-            },
+        output = elbo_loss(
+            model,
+            inputs,
+            y,
+            n_train=context.n_train,
+            samples=self.train_samples,
+            prior_sigma=self.prior_sigma,
+            kl_weight=self.alpha,
         )
+        stats = posterior_statistics(model, self.prior_sigma)
+        parts = {key: stats[key] for key in ("kl_per_param", "mean_sigma2", "r")}
+        return LossOutput(loss=output.loss, parts={**output.parts, **parts})
 
 
 @attrs.frozen(kw_only=True)

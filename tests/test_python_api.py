@@ -1,0 +1,117 @@
+"""The torchattacks-style Python API: one-call attacks by class name or registry entry, the ELBO helper and the
+single-output view for libraries that expect [B, k]; each checked against a hand-written reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import advbayes
+import advbayes.attacks
+from advbayes.errors import RegistryError
+from advbayes.stochastic import frozen, kl, to_bayesian
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(12, 1, 4, 4, generator=generator), torch.randint(0, 3, (12,), generator=generator)
+
+
+def test_fgsm_by_class_name_on_a_plain_module_equals_the_hand_written_step() -> None:
+    from advbayes.attacks import FGSM
+
+    net, (x, y) = small_net(), batch()
+    x_adv = FGSM(eps=0.1)(net, x, y)
+    leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(net(leaf), y), leaf)
+    expected = (x + 0.1 * grad.sign()).clamp(0, 1)  # clamped to [0, 1] by default
+    assert isinstance(x_adv, torch.Tensor)
+    torch.testing.assert_close(x_adv, expected)
+
+
+def test_pgd_stays_in_the_ball_and_the_value_range_on_a_bayesian_model() -> None:
+    from advbayes.attacks import PGD
+
+    bnn, (x, y) = to_bayesian(small_net(), init_sigma=0.05), batch()
+    attack = PGD(eps=0.2, samples=10, steps=5)
+    x_adv = attack(bnn, x, y)
+    assert x_adv.shape == x.shape
+    assert float((x_adv - x).abs().amax()) <= 0.2 + 1e-6
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    assert attack.run(bnn, x, y).delta.shape == x.shape  # the full result is there too
+    wide = PGD(eps=0.2, value_range=(-1.0, 2.0))(small_net(), x, y)
+    assert float(wide.max()) > 1.0 or float(wide.min()) < 0.0  # another range is honoured, not clamped to [0, 1]
+
+
+def test_a_registry_entry_with_overrides_and_bad_values_are_one_line_errors() -> None:
+    pgd20 = advbayes.attacks.entry("pgd-20", eps=0.25)
+    assert pgd20.attack.steps == 20 and pgd20.attack.eps == 0.25
+    with pytest.raises(RegistryError, match=r"^advbayes.attacks: unknown key 'stepz'"):
+        advbayes.attacks.entry("pgd-20", stepz=3)
+    from advbayes.attacks import PGD
+
+    with pytest.raises(RegistryError, match=r"entry PGD: key 'eps': expected a finite number >= 0.0"):
+        PGD(eps=-1.0)
+    with pytest.raises(AttributeError, match=r"no attack 'Nope'; registered: .*PGD"):
+        advbayes.attacks.Nope  # noqa: B018
+    assert {"FGSM", "PGD", "APGD", "Square"} <= set(advbayes.attacks.available())
+
+
+def test_elbo_loss_is_cross_entropy_plus_the_weighted_kl_per_example() -> None:
+    bnn, (x, y) = to_bayesian(small_net(), init_sigma=0.05), batch()
+    with frozen(bnn):  # both calls see the same draws
+        output = advbayes.elbo_loss(bnn, x, y, n_train=500, samples=4, prior_sigma=0.5, kl_weight=0.1)
+        logits = bnn(x, samples=4)
+    ce = F.cross_entropy(logits.reshape(-1, 3), y.repeat(4))
+    torch.testing.assert_close(output.loss, ce + 0.1 / 500 * kl(bnn, 0.5))
+    torch.testing.assert_close(output.parts["kl"], kl(bnn, 0.5))
+    with pytest.raises(ValueError, match="n_train must be the number of training examples"):
+        advbayes.elbo_loss(bnn, x, y, n_train=0)
+
+
+def test_single_output_view_is_the_log_of_the_averaged_prediction() -> None:
+    bnn, (x, _y) = to_bayesian(small_net(), init_sigma=0.3), batch()
+    view = advbayes.SingleOutputView(bnn, samples=6)
+    with frozen(bnn):
+        out = view(x)
+        probs = bnn(x, samples=6).softmax(-1).mean(0)
+    torch.testing.assert_close(out, probs.log())
+    assert out.shape == (12, 3)
+    with frozen(bnn):
+        mean_logits = advbayes.SingleOutputView(bnn, samples=6, average="logits")(x)
+        torch.testing.assert_close(mean_logits, bnn(x, samples=6).mean(0))
+    net = small_net()
+    torch.testing.assert_close(advbayes.SingleOutputView(net)(x), net(x).log_softmax(-1))
+    assert math.isclose(float(advbayes.SingleOutputView(net)(x).detach().exp().sum(-1).mean()), 1.0, rel_tol=1e-5)
+    with pytest.raises(ValueError, match="average must be one of"):
+        advbayes.SingleOutputView(net, average="median")
+
+
+def test_single_output_view_lets_a_one_output_attack_run_on_a_bayesian_model() -> None:
+    """A torchattacks-style FGSM written for [B, k] models, run through the view, equals advbayes' FGSM on the
+    deterministic network (one draw, nothing random)."""
+    net, (x, y) = small_net(), batch()
+    view = advbayes.SingleOutputView(net)
+    leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.nll_loss(view(leaf), y), leaf)
+    from advbayes.attacks import FGSM
+
+    torch.testing.assert_close((x + 0.05 * grad.sign()).clamp(0, 1), FGSM(eps=0.05)(net, x, y))
+
+
+def test_a_composite_registry_entry_is_bound_to_its_parts_as_the_engine_binds_it() -> None:
+    net, (x, y) = small_net(), batch()
+    x_adv = advbayes.attacks.entry("autoattack", eps=0.1)(net, x, y)
+    assert float((x_adv - x).abs().amax()) <= 0.1 + 1e-6 and 0.0 <= float(x_adv.min()) <= float(x_adv.max()) <= 1.0
+    with torch.no_grad():
+        clean, attacked = (net(x).argmax(-1) == y).float().mean(), (net(x_adv).argmax(-1) == y).float().mean()
+    assert attacked <= clean
