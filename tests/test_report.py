@@ -43,6 +43,9 @@ def test_report_of_a_small_tracked_run_has_the_tables_and_figures(store: str, tm
         assert member.run_id in text
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert "report_figures/moons/standard/accuracy_vs_eps.png" in images
+    assert "report_figures/moons/accuracy_vs_eps.png" in images  # the defenses overlaid, with its PDF
+    assert "([PDF](report_figures/moons/accuracy_vs_eps.pdf))" in text
+    assert (out / "report_figures/moons/accuracy_vs_eps.pdf").read_bytes()[:4] == b"%PDF"
     assert all((out / image).is_file() and (out / image).stat().st_size > 1000 for image in images)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from advbayes.errors import RunError
+from advbayes.figures import Point, drawable_metrics, experiment_figure, save_figure
 from advbayes.intervals import format_interval, is_companion, mean_sd
 from advbayes.results import format_value
 from advbayes.tracking import client_for, tracked_runs
@@ -109,6 +111,44 @@ def copy_figures(
     return sorted(copied)
 
 
+def points_of(run: Any, rows: Sequence[dict[str, str]], metric: str) -> list[Point]:
+    """One run's values of `metric` (from its results.csv rows) as figure points, with their intervals."""
+    value_of = {(r["attack"], float(r["eps"]), r["metric"]): float(r["value"]) for r in rows}
+    seed = run.data.tags.get("advbayes.seed", "")
+    return [
+        Point(
+            run.data.tags.get("advbayes.defense", "?"),
+            int(seed) if seed.isdigit() else None,
+            attack,
+            eps,
+            value,
+            value_of.get((attack, eps, f"{metric}_ci_low")),
+            value_of.get((attack, eps, f"{metric}_ci_high")),
+        )
+        for (attack, eps, name), value in value_of.items()
+        if name == metric
+    ]
+
+
+def overlay_figures(
+    name: str,
+    runs: Sequence[Any],
+    results: dict[str, list[dict[str, str]]],
+    metrics: Sequence[str],
+    out: Path,
+    folder: Path,
+) -> list[str]:
+    """The experiment's paper figures (one per metric, defenses overlaid, PNG and PDF) and their Markdown."""
+    labels = [run_label(r, runs) for r in runs]
+    points = {m: [p for r, label in zip(runs, labels) for p in points_of(r, results[label], m)] for m in metrics}
+    parts: list[str] = []
+    for metric in drawable_metrics(points):
+        png, pdf = save_figure(experiment_figure(points[metric], metric, title=name), folder, f"{metric}_vs_eps")
+        parts += ["", f"### figure: {metric}", "", f"![{metric} vs eps]({png.relative_to(out).as_posix()})"]
+        parts.append(f"([PDF]({pdf.relative_to(out).as_posix()}))")
+    return parts
+
+
 def experiment_section(
     client: Any, name: str, out: Path, figures_dir: Path, scratch: Path, metrics: Sequence[str] | None
 ) -> str:
@@ -146,8 +186,10 @@ def experiment_section(
     groups = {run_label(r, runs): r.data.tags.get("advbayes.defense", "?") for r in runs}
     names = list(dict.fromkeys(row["metric"] for rows in results.values() for row in rows))
     names = [m for m in names if not is_companion(m, set(names))]
-    for metric in [m for m in names if metrics is None or m in metrics]:
+    shown = [m for m in names if metrics is None or m in metrics]
+    for metric in shown:
         parts += ["", f"### {metric}", "", metric_table(results, metric, groups)]
+    parts += overlay_figures(name, runs, results, shown, out, figures_dir / name)
     train_keys = [k for k in TRAIN_COLUMNS if any(f"train/{k}" in r.data.metrics for r in runs)]
     if train_keys:
         rows = [
@@ -190,6 +232,8 @@ def write_report(
     """Write OUT/FILE (and its figures beside it) for the newest finished runs of `experiments`."""
     if Path(file).name != file or file in ("", ".", ".."):
         raise RunError(f"--file: expected a file name inside --out, got {file!r}")
+    # MLflow draws a progress bar per downloaded artifact: dozens of lines of noise for small files
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = client_for(tracking_uri, write=False)
     out.mkdir(parents=True, exist_ok=True)
     figures_dir = out / f"{Path(file).stem}_figures"

@@ -109,29 +109,6 @@ def to_csv(records: Sequence[EvalRecord]) -> str:
     return out.getvalue()
 
 
-def plot_metric_vs_eps(records: Sequence[EvalRecord], metric: str, title: str = "") -> Any:
-    """A matplotlib figure of one metric against eps, one line per attack."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    attacks, eps_values, table = pivot(records, metric)
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
-    for attack in attacks:
-        points = sorted(table[attack].items())
-        axes.plot([e for e, _ in points], [v for _, v in points], marker="o", label=attack)
-    axes.set_xlabel("eps")
-    axes.set_ylabel(metric)
-    if metric == "accuracy":
-        axes.set_ylim(-0.02, 1.02)
-    axes.set_title(title or f"{metric} vs eps")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    return figure
-
-
 @attrs.define(kw_only=True)
 class RunResult:
     """What a run returns: the resolved experiment, per-epoch history, evaluation records, model, tracked run id."""

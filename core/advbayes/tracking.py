@@ -26,7 +26,7 @@ else:  # pragma: no cover
 
 from advbayes.errors import RunError, error_text
 from advbayes.hookspecs import hookimpl
-from advbayes.results import eps_label, metric_names, plot_metric_vs_eps, to_csv
+from advbayes.results import eps_label, metric_names, to_csv
 
 if TYPE_CHECKING:
     from advbayes.results import EvalRecord, RunResult
@@ -470,12 +470,16 @@ def run_finished(run: Any, result: RunResult | None, status: str, error: BaseExc
             client.set_tag(run_id, key[:250], message[:MAX_TAG])
         client.log_text(run_id, to_csv(result.records), "results.csv")
         client.log_text(run_id, result.format() + "\n", "results.txt")
-        for metric in metric_names(result.records):
-            figure = plot_metric_vs_eps(result.records, metric, title=f"{run.experiment}: {metric} vs eps")
-            _log_figure(client, run_id, figure, f"{metric}_vs_eps.png")
+        from advbayes.figures import drawable_metrics, experiment_figure, points_from_records, safe_file_name
+
+        defense = result.spec["defense"]["name"]
+        points = {m: points_from_records(result.records, m, defense, result.seed) for m in metric_names(result.records)}
+        for metric in drawable_metrics(points):
+            figure = experiment_figure(points[metric], metric, title=f"{run.experiment} / {defense}")
+            _log_figure(client, run_id, figure, f"{safe_file_name(metric)}_vs_eps.png")
         _log_metrics(client, run_id, {f"model/{k}": v for k, v in result.model_metrics.items()})
         for path, figure in result.figures.items():
-            _log_figure(client, run_id, figure, f"figures/{path}")
+            _log_figure(client, run_id, figure, "figures/" + "/".join(map(safe_file_name, path.split("/"))))
         log_model(client, run_id, run.experiment, result.spec, result.model)
     client.set_terminated(run_id, status=status)
 
