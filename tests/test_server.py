@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -41,8 +42,8 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 90.0) -> str:
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
-def stop(process: subprocess.Popen) -> None:
-    """Stop the server and its workers by PID (it leads its own process group)."""
+def stop(process: subprocess.Popen) -> str:
+    """Stop the server and its workers by PID (it leads its own process group); what it printed."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -50,6 +51,7 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+    return process.stdout.read() if process.stdout else ""
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -103,8 +105,13 @@ def test_run_tracked_on_a_real_mlflow_server(mlflow_server: str, tmp_path: Path)
     assert any((tmp_path / "server-artifacts").rglob("results.csv"))  # artifacts went through the server
 
 
-def test_ui_serves_the_mlflow_page_on_localhost(isolated_cwd: Path) -> None:
-    advbayes.run("moons", epochs=1)
+def test_ui_shows_the_runs_of_a_tracked_experiment_in_its_runs_view(isolated_cwd: Path) -> None:
+    """What the UI renders, read through the UI's own server: the runs, the description, the runs view (not the
+    GenAI one) and the saved view's columns, each of which names a metric the runs logged."""
+    with pytest.warns(advbayes.EvaluationWarning, match="the model is stochastic"):  # bnn under a one-draw FGSM
+        group = advbayes.run(
+            "moons", epochs=1, defense=None, defenses=["standard", "bnn"], attacks=["none", "fgsm"], eps=[0.1, 0.2]
+        )
     port = free_port()
     process = start([sys.executable, "-m", "advbayes.cli", "ui", "--port", str(port)], isolated_cwd)
     try:
@@ -112,6 +119,18 @@ def test_ui_serves_the_mlflow_page_on_localhost(isolated_cwd: Path) -> None:
         assert "MLflow" in page or "mlflow" in page
         served = MlflowClient(f"http://127.0.0.1:{port}")  # the UI serves the store the run was tracked in
         experiment = served.get_experiment_by_name("moons")
-        assert experiment is not None and len(served.search_runs([experiment.experiment_id])) == 2
+        runs = served.search_runs([experiment.experiment_id], "tags.`advbayes.role` = 'parent'")
+        assert {r.info.run_id for r in runs} == set(group.run_ids)
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+        assert experiment.tags["mlflow.note.content"] == group.results[0].spec["description"]
+        view = json.loads(experiment.tags["mlflow.sharedViewState.advbayes"])
+        metrics = [c[len("metrics.`") : -1] for c in view["selectedColumns"] if c.startswith("metrics.")]
+        assert metrics == ["none/accuracy/eps_0.1000", "fgsm/accuracy/eps_0.1000", "fgsm/accuracy/eps_0.2000"]
+        assert all(all(key in r.data.metrics for key in metrics) for r in runs)
+        assert runs[0].data.metrics["none/accuracy/eps_0.1000"] == group.results[-1].table()["none"][0.1]
     finally:
-        stop(process)
+        output = stop(process)
+    assert (
+        f"moons: http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=advbayes"
+        in output
+    )

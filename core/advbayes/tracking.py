@@ -305,6 +305,66 @@ def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def run_params(spec: Mapping[str, Any]) -> dict[str, str]:
+    """The MLflow params of a run: the flattened resolved experiment, without what did not run. An attack entry's
+    own `eps` is replaced by the experiment's eps list whenever that list is given, so it is left out."""
+    flat = flatten(spec)
+    if spec.get("eps"):
+        flat = {k: v for k, v in flat.items() if not (k.startswith("attacks.") and k.endswith(".eps"))}
+    return flat
+
+
+# The MLflow UI: open the runs view (not the GenAI one), show the entry's description, and offer a saved view
+# whose columns are the defense, the seed and the robust accuracy per attack and eps instead of 160 params.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+DESCRIPTION_TAG = "mlflow.note.content"
+VIEW_TAG = "mlflow.sharedViewState.advbayes"  # opened by ...#/experiments/ID?viewStateShareKey=advbayes
+VIEW_KEY = "advbayes"
+MAX_VIEW_COLUMNS = 24
+
+
+def describe_experiment(client: Any, experiment: str, description: str) -> None:
+    """Mark the experiment as model development (the runs view opens) and carry the entry's description."""
+    tags = client.get_experiment(experiment).tags
+    if tags.get(EXPERIMENT_KIND_TAG) != "custom_model_development":
+        client.set_experiment_tag(experiment, EXPERIMENT_KIND_TAG, "custom_model_development")
+    if description and tags.get(DESCRIPTION_TAG) != description:
+        client.set_experiment_tag(experiment, DESCRIPTION_TAG, description)
+
+
+def headline_columns(records: Sequence[EvalRecord]) -> list[str]:
+    """The accuracy metric keys worth a column: every eps of an attack, one for an attack whose value does not
+    change with eps (the clean `none`)."""
+    by_attack: dict[str, list[EvalRecord]] = {}
+    for record in records:
+        if "accuracy" in record.metrics:
+            by_attack.setdefault(record.attack, []).append(record)
+    keys = []
+    for attack, group in by_attack.items():
+        constant = len({r.metrics["accuracy"] for r in group}) == 1
+        keys += [f"{attack}/accuracy/{eps_label(r.eps)}" for r in (group[:1] if constant else group)]
+    return keys
+
+
+def update_runs_view(client: Any, experiment: str, metric_keys: Sequence[str]) -> None:
+    """Add this run's headline columns (accuracy per attack and eps) to the experiment's saved runs view."""
+    import json
+
+    current = client.get_experiment(experiment).tags.get(VIEW_TAG)
+    try:
+        state = json.loads(current) if current else {}
+    except ValueError:  # written by hand or by another version: replaced
+        state = {}
+    columns = list(state.get("selectedColumns") or ["tags.`advbayes.defense`", "tags.`advbayes.seed`"])
+    for key in metric_keys:
+        column = f"metrics.`{key}`"
+        if column not in columns and len(columns) < MAX_VIEW_COLUMNS:
+            columns.append(column)
+    widths = {c: 180 for c in columns if c.startswith("metrics.")}  # wide enough for `pgd-20/accuracy/eps_0.3000`
+    state.update(selectedColumns=columns, columnOrder=columns, columnWidths=widths)
+    client.set_experiment_tag(experiment, VIEW_TAG, json.dumps(state))
+
+
 def git_commit() -> str | None:
     """The commit of the working directory's git checkout, if there is one."""
     try:
@@ -378,10 +438,12 @@ def run_started(run: Any) -> None:
         tags["advbayes.git_commit"] = commit
         tags["mlflow.source.git.commit"] = commit
     # The MLflow experiment is the advbayes experiment; its runs are named by defense, so variants line up.
-    created = client.create_run(experiment_id(client, run.experiment), run_name=spec["defense"]["name"], tags=tags)
+    experiment = experiment_id(client, run.experiment)
+    describe_experiment(client, experiment, str(spec.get("description", "")))
+    created = client.create_run(experiment, run_name=spec["defense"]["name"], tags=tags)
     run_id = created.info.run_id
     run.run_id = run_id
-    _log_params(client, run_id, flatten(spec))
+    _log_params(client, run_id, run_params(spec))
     client.log_text(run_id, tomli_w.dumps({"experiments": {run.experiment: spec}}), "experiment.toml")
 
 
@@ -481,6 +543,8 @@ def run_finished(run: Any, result: RunResult | None, status: str, error: BaseExc
         for path, figure in result.figures.items():
             _log_figure(client, run_id, figure, "figures/" + "/".join(map(safe_file_name, path.split("/"))))
         log_model(client, run_id, run.experiment, result.spec, result.model)
+        headline = headline_columns(result.records)
+        update_runs_view(client, client.get_run(run_id).info.experiment_id, headline)
     client.set_terminated(run_id, status=status)
 
 

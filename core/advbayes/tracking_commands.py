@@ -32,6 +32,24 @@ COMPARE_FIELDS = (  # the columns of compare --csv, in order (compare_records' k
 )
 
 
+def runs_view_urls(uri: str, port: int) -> list[tuple[str, str]]:
+    """(experiment, URL) of each tracked experiment's runs view with the advbayes columns; none for a new store."""
+    from advbayes.tracking import VIEW_KEY, VIEW_TAG, client_for, sqlite_path
+
+    database = sqlite_path(uri)
+    if database is not None and not database.exists():
+        return []
+    client = client_for(uri, write=False)
+    urls = []
+    for experiment in client.search_experiments():
+        if VIEW_TAG in experiment.tags:
+            query = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+            urls.append(
+                (experiment.name, f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?{query}")
+            )
+    return urls
+
+
 def add_commands(cli: click.Group) -> None:
     """Add ui, compare, runs and report to the advbayes command line."""
 
@@ -46,6 +64,8 @@ def add_commands(cli: click.Group) -> None:
         if uri.startswith(("http://", "https://")):
             raise RunError(f"--tracking-uri {uri} is a server already: open it in a browser")
         click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}", err=True)
+        for name, url in runs_view_urls(uri, port):
+            click.echo(f"  {name}: {url}", err=True)
         args = [
             sys.executable,
             "-m",
