@@ -555,3 +555,15 @@ def test_without_a_terminal_every_epoch_line_of_a_multi_defense_run_names_its_de
         "moons/bnn seed 0 epoch 1/2",
         "moons/bnn seed 0 epoch 2/2",
     ]
+
+
+def test_params_record_what_ran_not_an_attack_entrys_replaced_eps() -> None:
+    from advbayes.tracking import run_params
+
+    spec = load_registry().resolve_experiment("quickstart")
+    assert spec["attacks"][1]["eps"] == 0.3 and spec["eps"] == [0.0, 0.1, 0.2, 0.3]  # fgsm's own eps is unused
+    params = run_params(spec)
+    assert params["eps"] == "[0.0, 0.1, 0.2, 0.3]" and "attacks.pgd-20.steps" in params
+    assert not [k for k in params if k.startswith("attacks.") and k.endswith(".eps")]
+    kept = run_params({**spec, "eps": []})  # without an eps list the entry's eps is what runs, and is logged
+    assert kept["attacks.fgsm.eps"] == "0.3"
