@@ -127,6 +127,9 @@ def test_ui_shows_the_runs_of_a_tracked_experiment_in_its_runs_view(isolated_cwd
         metrics = [c[len("metrics.`") : -1] for c in view["selectedColumns"] if c.startswith("metrics.")]
         assert metrics == ["none/accuracy/eps_0.1000", "fgsm/accuracy/eps_0.1000", "fgsm/accuracy/eps_0.2000"]
         assert all(all(key in r.data.metrics for key in metrics) for r in runs)
+        charts = view["compareRunCharts"]  # one chart per attack measured at several eps, in the first section
+        assert [(c["type"], c["selectedMetrics"]) for c in charts] == [("PARALLEL", metrics[1:])]
+        assert [section["uuid"] for section in view["compareRunSections"]] == [charts[0]["metricSectionId"]]
         assert runs[0].data.metrics["none/accuracy/eps_0.1000"] == group.results[-1].table()["none"][0.1]
     finally:
         output = stop(process)

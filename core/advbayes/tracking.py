@@ -346,6 +346,45 @@ def headline_columns(records: Sequence[EvalRecord]) -> list[str]:
     return keys
 
 
+CHART_SECTION = "advbayes-robust-accuracy"
+
+
+def robust_accuracy_charts(columns: Sequence[str]) -> dict[str, Any]:
+    """The charts view of the saved view: a section first in line with one chart per attack measured at several
+    eps, each run a line through its accuracy at every eps (MLflow's parallel-coordinates chart: each axis
+    scales on its own). MLflow's own charts (training curves, one bar per metric key) follow it."""
+    by_attack: dict[str, list[str]] = {}
+    for column in columns:
+        if column.startswith("metrics.`") and "/accuracy/eps_" in column:
+            key = column[len("metrics.`") : -1]
+            by_attack.setdefault(key.split("/accuracy/")[0], []).append(key)
+    charts = [
+        {
+            "uuid": f"advbayes-{attack}",
+            "type": "PARALLEL",
+            "runsCountToCompare": 10,
+            "metricSectionId": CHART_SECTION,
+            "deleted": False,
+            "isGenerated": False,
+            "displayName": f"{attack}: accuracy per eps",
+            "selectedParams": [],
+            "selectedMetrics": keys,
+            "showAllRuns": True,
+        }
+        for attack, keys in by_attack.items()
+        if len(keys) > 1
+    ]
+    section = {
+        "uuid": CHART_SECTION,
+        "name": "Robust accuracy per eps",
+        "display": True,
+        "isReordered": False,
+        "deleted": False,
+        "isGenerated": False,
+    }
+    return {"compareRunCharts": charts, "compareRunSections": [section], "isAccordionReordered": True} if charts else {}
+
+
 def update_runs_view(client: Any, experiment: str, metric_keys: Sequence[str]) -> None:
     """Add this run's headline columns (accuracy per attack and eps) to the experiment's saved runs view."""
     import json
@@ -361,7 +400,7 @@ def update_runs_view(client: Any, experiment: str, metric_keys: Sequence[str]) -
         if column not in columns and len(columns) < MAX_VIEW_COLUMNS:
             columns.append(column)
     widths = {c: 180 for c in columns if c.startswith("metrics.")}  # wide enough for `pgd-20/accuracy/eps_0.3000`
-    state.update(selectedColumns=columns, columnOrder=columns, columnWidths=widths)
+    state.update(selectedColumns=columns, columnOrder=columns, columnWidths=widths, **robust_accuracy_charts(columns))
     client.set_experiment_tag(experiment, VIEW_TAG, json.dumps(state))
 
 
