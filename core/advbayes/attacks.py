@@ -63,29 +63,18 @@ class OneCallAttack:
 
 def _api_context(device: torch.device, value_range: tuple[float, float]) -> Any:
     """What an attack may bind to outside a run: registry entries and tracked runs' models (no earlier defenses)."""
-    import attrs
-
     from advbayes.components import EvalContext
+    from advbayes.engine.building import tracked_model
     from advbayes.plugins import get_plugin_manager
     from advbayes.registry import load_registry
 
     registry = load_registry()
-    pm = get_plugin_manager()
-
-    def build_attack(entry: Any) -> Attack:
-        where = (API_SOURCE, "attack", "")
-        resolved = (
-            entry if isinstance(entry, dict) and "use" in entry else registry.resolve("attacks", entry, where=where)
-        )
-        return cast("Attack", attrs.evolve(registry.build("attacks", resolved), value_range=value_range))
-
-    def load_tracked_model(run_id: str) -> nn.Module:
-        model = pm.hook.load_model(run_id=run_id, tracking_uri=None)
-        if model is None:
-            raise RegistryError(f"no plugin can load tracked run {run_id} (is tracking disabled?)", file=API_SOURCE)
-        return cast("nn.Module", model.to(device).eval())
-
-    return EvalContext(build_attack=build_attack, load_tracked_model=load_tracked_model, device=device)
+    where = (API_SOURCE, "attack", "")
+    return EvalContext(
+        build_attack=lambda entry: registry.build_attack(entry, where=where, value_range=value_range),
+        load_tracked_model=lambda run_id: tracked_model(get_plugin_manager(), run_id, None, device),
+        device=device,
+    )
 
 
 def _registered() -> dict[str, type[Attack]]:

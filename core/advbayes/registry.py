@@ -459,6 +459,12 @@ class Registry:
         params = {k: v for k, v in resolved.items() if k not in RESERVED}
         return construct(cls, params, file="resolved", entry=f"{kind}.{resolved.get('name')}")
 
+    def build_attack(self, entry: Any, *, where: tuple[str, str, str], value_range: tuple[float, float]) -> Any:
+        """An attack from an entry name or table (a resolved table is built as it is), clamping to `value_range`:
+        how the engine and the Python API build the attacks a composite attack or a metric asks for."""
+        resolved = entry if isinstance(entry, dict) and "use" in entry else self.resolve("attacks", entry, where=where)
+        return attrs.evolve(self.build("attacks", resolved), value_range=value_range)
+
 
 def _check_unquoted_dot(kind: str, name: str, body: dict[str, Any], file: str) -> None:
     """`[defenses.gauss-noise-0.1]` is TOML for an entry `gauss-noise-0` holding a table `1`, not an entry

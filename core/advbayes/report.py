@@ -44,6 +44,11 @@ def read_results(client: Any, run_id: str, scratch: Path) -> list[dict[str, str]
         return list(csv.DictReader(handle))
 
 
+def values_by_key(rows: Sequence[dict[str, str]]) -> dict[tuple[str, float, str], float]:
+    """A run's results.csv rows as {(attack, eps, metric): value}; intervals are the metrics NAME_ci_low/_high."""
+    return {(r["attack"], float(r["eps"]), r["metric"]): float(r["value"]) for r in rows}
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub-flavoured Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
@@ -58,7 +63,7 @@ def metric_table(results: dict[str, list[dict[str, str]]], metric: str, groups: 
     rows = []
     pooled: dict[tuple[str, str], dict[float, list[float]]] = {}
     for label, records in results.items():
-        value_of = {(r["attack"], float(r["eps"]), r["metric"]): float(r["value"]) for r in records}
+        value_of = values_by_key(records)
         attacks = list(dict.fromkeys(r["attack"] for r in records if r["metric"] == metric))
         for attack in attacks:
             cells = []
@@ -113,7 +118,7 @@ def copy_figures(
 
 def points_of(run: Any, rows: Sequence[dict[str, str]], metric: str) -> list[Point]:
     """One run's values of `metric` (from its results.csv rows) as figure points, with their intervals."""
-    value_of = {(r["attack"], float(r["eps"]), r["metric"]): float(r["value"]) for r in rows}
+    value_of = values_by_key(rows)
     seed = run.data.tags.get("advbayes.seed", "")
     return [
         Point(

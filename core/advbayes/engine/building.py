@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import torch
 
 from advbayes.checks import Finding
@@ -19,6 +18,14 @@ from advbayes.registry import Registry
 
 if TYPE_CHECKING:
     from advbayes.engine.lifecycle import RunInfo
+
+
+def tracked_model(pm: Any, run_id: str, tracking_uri: str | None, device: torch.device) -> torch.nn.Module:
+    """A tracked run's model through the load_model hook, on `device`, in eval mode."""
+    model = pm.hook.load_model(run_id=run_id, tracking_uri=tracking_uri)
+    if model is None:
+        raise RunError(f"no plugin can load tracked run {run_id} (is tracking disabled?)")
+    return model.to(device).eval()
 
 
 class RunParts:
@@ -68,21 +75,14 @@ class RunParts:
         key = json.dumps(entry, sort_keys=True)
         if key not in self._attack_cache:
             where = ("run", f"experiments.{self.name}", "attack")
-            resolved = (
-                entry
-                if isinstance(entry, dict) and "use" in entry
-                else self.registry.resolve("attacks", entry, where=where)
+            self._attack_cache[key] = self.registry.build_attack(
+                entry, where=where, value_range=self.dataset.value_range
             )
-            attack = self.registry.build("attacks", resolved)
-            self._attack_cache[key] = attrs.evolve(attack, value_range=self.dataset.value_range)
         return self._attack_cache[key]
 
     def load_tracked_model(self, run_id: str) -> torch.nn.Module:
         """A tracked run's model, on this run's device, in eval mode."""
-        model = self.pm.hook.load_model(run_id=run_id, tracking_uri=self.info.tracking_uri)
-        if model is None:
-            raise RunError(f"no plugin can load tracked run {run_id} (is tracking disabled?)")
-        return model.to(self.device).eval()
+        return tracked_model(self.pm, run_id, self.info.tracking_uri, self.device)
 
     def build_network(self) -> torch.nn.Module:
         """A fresh network of the experiment's architecture for its data set."""
