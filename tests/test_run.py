@@ -458,6 +458,9 @@ def test_four_runs_started_at_once_in_a_fresh_directory_all_finish(isolated_cwd:
         [client.get_experiment_by_name("moons").experiment_id], filter_string="tags.`advbayes.role` = 'parent'"
     )
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    tags = client.get_experiment_by_name("moons").tags  # four runs tagging one new experiment at once
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "metrics.`none/accuracy/eps_0.0000`" in tags["mlflow.sharedViewState.advbayes"]
     assert all("none/accuracy/eps_0.0000" in r.data.metrics for r in runs)
 
 

@@ -243,19 +243,57 @@ def describe_store(uri: str | None) -> str:
     return f"{uri} ({'exists' if database.exists() else 'would be created'})"
 
 
-def experiment_id(client: Any, name: str) -> str:
-    """The MLflow experiment of an advbayes experiment, created with artifacts beside a sqlite store."""
+def experiment_id(client: Any, name: str, description: str = "") -> str:
+    """The MLflow experiment of an advbayes experiment, created with artifacts beside a sqlite store and with its
+    UI tags (runs view, the entry's description); an existing one gets the tags that differ."""
+    tags = experiment_tags(description)
     found = client.get_experiment_by_name(name)
     if found is not None:
+        with experiment_lock(client):
+            set_changed_tags(client, found.experiment_id, tags)
         return found.experiment_id
     database = sqlite_path(client.tracking_uri)
     if database is None:
-        return client.create_experiment(name)
+        try:
+            return client.create_experiment(name, tags=tags)
+        except Exception:  # noqa: BLE001 - a concurrent run created it first (each server says so in its own way)
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".") or "experiment"  # never `..`: stay in mlartifacts/
     location = (database.resolve().parent / "mlartifacts" / slug).as_uri()
     with store_lock(database):  # a concurrent run may be creating the same experiment
         found = client.get_experiment_by_name(name)
-        return found.experiment_id if found is not None else client.create_experiment(name, artifact_location=location)
+        if found is not None:
+            return found.experiment_id
+        return client.create_experiment(name, artifact_location=location, tags=tags)
+
+
+@contextmanager
+def experiment_lock(client: Any) -> Iterator[None]:
+    """Serialise concurrent runs' read-modify-writes of experiment tags: the store's file lock for sqlite (a
+    server store's tags are set one by one; see set_changed_tags)."""
+    database = sqlite_path(client.tracking_uri)
+    if database is None:
+        yield
+        return
+    with store_lock(database):
+        yield
+
+
+def set_changed_tags(client: Any, experiment: str, tags: Mapping[str, str]) -> None:
+    """Set the experiment's tags whose value differs; call it under experiment_lock (which is not re-entrant).
+    Two runs adding the same new tag at once make MLflow insert it twice (UNIQUE constraint failed): the lock
+    prevents that for sqlite, and on a server store the loser's second try updates the row the winner inserted."""
+    current = client.get_experiment(experiment).tags
+    for key, value in tags.items():
+        if current.get(key) == value:
+            continue
+        try:
+            client.set_experiment_tag(experiment, key, value)
+        except Exception:  # noqa: BLE001 - the concurrent insert; a second failure is raised
+            client.set_experiment_tag(experiment, key, value)
 
 
 HOST_TAG = "advbayes.host"
@@ -323,13 +361,12 @@ VIEW_KEY = "advbayes"
 MAX_VIEW_COLUMNS = 24
 
 
-def describe_experiment(client: Any, experiment: str, description: str) -> None:
-    """Mark the experiment as model development (the runs view opens) and carry the entry's description."""
-    tags = client.get_experiment(experiment).tags
-    if tags.get(EXPERIMENT_KIND_TAG) != "custom_model_development":
-        client.set_experiment_tag(experiment, EXPERIMENT_KIND_TAG, "custom_model_development")
-    if description and tags.get(DESCRIPTION_TAG) != description:
-        client.set_experiment_tag(experiment, DESCRIPTION_TAG, description)
+def experiment_tags(description: str) -> dict[str, str]:
+    """The experiment marked as model development (the MLflow UI opens its runs view) with the entry's description."""
+    tags = {EXPERIMENT_KIND_TAG: "custom_model_development"}
+    if description:
+        tags[DESCRIPTION_TAG] = description
+    return tags
 
 
 def headline_columns(records: Sequence[EvalRecord]) -> list[str]:
@@ -389,19 +426,21 @@ def update_runs_view(client: Any, experiment: str, metric_keys: Sequence[str]) -
     """Add this run's headline columns (accuracy per attack and eps) to the experiment's saved runs view."""
     import json
 
-    current = client.get_experiment(experiment).tags.get(VIEW_TAG)
-    try:
-        state = json.loads(current) if current else {}
-    except ValueError:  # written by hand or by another version: replaced
-        state = {}
-    columns = list(state.get("selectedColumns") or ["tags.`advbayes.defense`", "tags.`advbayes.seed`"])
-    for key in metric_keys:
-        column = f"metrics.`{key}`"
-        if column not in columns and len(columns) < MAX_VIEW_COLUMNS:
-            columns.append(column)
-    widths = {c: 180 for c in columns if c.startswith("metrics.")}  # wide enough for `pgd-20/accuracy/eps_0.3000`
-    state.update(selectedColumns=columns, columnOrder=columns, columnWidths=widths, **robust_accuracy_charts(columns))
-    client.set_experiment_tag(experiment, VIEW_TAG, json.dumps(state))
+    with experiment_lock(client):  # concurrent runs each add their columns: none may be lost
+        current = client.get_experiment(experiment).tags.get(VIEW_TAG)
+        try:
+            state = json.loads(current) if current else {}
+        except ValueError:  # written by hand or by another version: replaced
+            state = {}
+        columns = list(state.get("selectedColumns") or ["tags.`advbayes.defense`", "tags.`advbayes.seed`"])
+        for key in metric_keys:
+            column = f"metrics.`{key}`"
+            if column not in columns and len(columns) < MAX_VIEW_COLUMNS:
+                columns.append(column)
+        widths = {c: 180 for c in columns if c.startswith("metrics.")}  # fits `pgd-20/accuracy/eps_0.3000`
+        state.update(selectedColumns=columns, columnOrder=columns, columnWidths=widths)
+        state.update(robust_accuracy_charts(columns))
+        set_changed_tags(client, experiment, {VIEW_TAG: json.dumps(state)})
 
 
 def git_commit() -> str | None:
@@ -477,8 +516,7 @@ def run_started(run: Any) -> None:
         tags["advbayes.git_commit"] = commit
         tags["mlflow.source.git.commit"] = commit
     # The MLflow experiment is the advbayes experiment; its runs are named by defense, so variants line up.
-    experiment = experiment_id(client, run.experiment)
-    describe_experiment(client, experiment, str(spec.get("description", "")))
+    experiment = experiment_id(client, run.experiment, str(spec.get("description", "")))
     created = client.create_run(experiment, run_name=spec["defense"]["name"], tags=tags)
     run_id = created.info.run_id
     run.run_id = run_id
