@@ -24,9 +24,15 @@ def kl_terms(mu2: torch.Tensor, log_sigma: torch.Tensor, sigma2: torch.Tensor, p
     return math.log(prior_sigma) - log_sigma + (sigma2 + mu2) / (2 * prior_sigma**2) - 0.5
 
 
-def regularizer_terms(mu2: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
-    """(1/2) log(1 + mu^2 / sigma^2) per weight: hierarchical VI's regularizer."""
-    return 0.5 * torch.log1p(mu2 / sigma2)
+def regularizer_terms(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """(1/2) log(1 + mu^2 / sigma^2) per weight, hierarchical VI's regularizer, in log space.
+
+    = (1/2) softplus(2 (log|mu| - log sigma)): finite for any sigma > 0 (mu^2 / sigma^2 in float32 is inf below
+    sigma ~ 1e-22), and exactly 0 with a zero gradient at mu = 0 (where log|mu| would be -inf).
+    """
+    zero = mu == 0
+    log_abs_mu = torch.where(zero, torch.ones_like(mu), mu.abs()).log()  # a finite dummy where mu = 0
+    return torch.where(zero, torch.zeros_like(mu), 0.5 * F.softplus(2 * (log_abs_mu - log_sigma)))
 
 
 class GaussianParameter(nn.Module):

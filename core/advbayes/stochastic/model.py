@@ -351,7 +351,7 @@ def posterior_statistics(model: nn.Module, prior_sigma: float) -> dict[str, floa
             mu_sum += float(p.mu.sum())
             sigma2_sum += float(sigma2.sum())
             kl_sum += float(kl_terms(mu2, p.log_sigma, sigma2, prior_sigma).sum())
-            r_sum += float(regularizer_terms(mu2, sigma2).sum())
+            r_sum += float(regularizer_terms(p.mu, p.log_sigma).sum())
     return {
         "count": count,
         "mean_mu": mu_sum / count,
@@ -363,4 +363,4 @@ def posterior_statistics(model: nn.Module, prior_sigma: float) -> dict[str, floa
 
 def hierarchical_regularizer_terms(parameter: GaussianParameter) -> torch.Tensor:
     """(1/2) log(1 + mu^2 / sigma^2) per weight of one Gaussian parameter (differentiable)."""
-    return regularizer_terms(parameter.mu.square(), (2 * parameter.log_sigma).exp())
+    return regularizer_terms(parameter.mu, parameter.log_sigma)

@@ -7,6 +7,7 @@ import math
 import torch
 
 from advbayes import GaussianParameter
+from advbayes.stochastic.layers import regularizer_terms
 
 
 def nu_term(nu: float) -> float:
@@ -27,7 +28,7 @@ def nig_kl(mu0: torch.Tensor, sigma0: torch.Tensor, nu: float, lam: torch.Tensor
 
 def optimal_kl(mu0: torch.Tensor, sigma0: torch.Tensor, nu: float) -> torch.Tensor:
     """min over lambda, psi of nig_kl: (1/2) log(1 + mu0^2 / sigma0^2) + (1/2)(log nu - digamma(nu))."""
-    return 0.5 * torch.log1p(mu0**2 / sigma0**2) + nu_term(nu)
+    return regularizer_terms(mu0, sigma0.log()) + nu_term(nu)
 
 
 def standard_gamma(

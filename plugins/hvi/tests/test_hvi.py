@@ -14,7 +14,7 @@ from torch import nn
 from advbayes.components import TrainContext
 from advbayes.plugins import create_plugin_manager
 from advbayes.registry import load_registry
-from advbayes.stochastic import frozen, to_bayesian
+from advbayes.stochastic import frozen, hierarchical_regularizer_terms, to_bayesian
 from advbayes_hvi.defenses import regularizer
 from advbayes_hvi.nig import NIGParameter, nig_kl, nu_term, optimal_kl, standard_gamma
 
@@ -40,6 +40,29 @@ def test_regularizer_against_the_closed_form() -> None:
     sigmas = np.concatenate([p.sigma.detach().numpy().ravel() for p in model.gaussian_parameters()]).astype(np.float64)
     expected = np.mean(0.5 * np.log(1 + mus**2 / sigmas**2))
     assert float(regularizer(model).detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_regularizer_is_finite_and_exact_at_extreme_widths_and_at_zero_mean() -> None:
+    # float32 log1p(mu^2 / sigma^2) is inf below sigma ~ 1e-22 and NaN (0 / 0) where sigma underflows at mu = 0
+    model = to_bayesian(nn.Sequential(nn.Linear(3, 2)), seed=0)
+    (weight, *_) = model.gaussian_parameters()
+    log_sigmas = torch.tensor([[-2.0, -60.0, -80.0], [-60.0, -2.0, -100.0]])
+    mus = torch.tensor([[0.3, 0.01, 0.0], [0.0, -0.5, 2e-30]])
+    with torch.no_grad():
+        weight.mu.copy_(mus)
+        weight.log_sigma.copy_(log_sigmas)
+    terms = hierarchical_regularizer_terms(weight)
+    mu64, log_sigma64 = mus.double(), log_sigmas.double()
+    # the float64 reference: log1p(r^2) / 2 with r = |mu| / sigma, in the branch where it does not overflow
+    ratio = mu64.abs() * torch.exp(-log_sigma64)
+    expected = torch.where(ratio < 1e100, 0.5 * torch.log1p(ratio**2), ratio.log())
+    torch.testing.assert_close(terms.double(), expected, rtol=1e-6, atol=1e-30)
+    terms.sum().backward()
+    assert torch.isfinite(weight.mu.grad).all() and torch.isfinite(weight.log_sigma.grad).all()
+    assert float(weight.mu.grad[0, 2]) == 0.0 and float(weight.mu.grad[1, 0]) == 0.0  # R is even in mu
+    # d/d log_sigma of (1/2) log(1 + mu^2 e^{-2s}) = -r^2 / (1 + r^2)
+    expected_grad = -(ratio**2) / (1 + ratio**2)
+    torch.testing.assert_close(weight.log_sigma.grad.double(), expected_grad.nan_to_num(-1.0), rtol=1e-5, atol=1e-30)
 
 
 def test_the_optimal_kl_is_the_notes_checked_value_and_the_minimum_over_lambda_and_psi() -> None:

@@ -205,47 +205,61 @@ class PredictionVariance(Metric):
 
 
 class GradientLimitState(MetricState):
-    """Components of (1/S) sum_s grad_x L(x, w_s) for growing S, on the first `examples` test examples."""
+    """Components of (1/S) sum_s grad_x L(x, w_s) for growing S, on the first `examples` test examples.
 
-    def __init__(self, counts: tuple[int, ...], examples: int) -> None:
+    A batch shares each draw across its images, so one measurement at small S is dominated by the few draws it
+    made: the whole measurement is repeated `repeats` times with fresh draws, and the spread of its mean over
+    the repeats is reported beside it.
+    """
+
+    def __init__(self, counts: tuple[int, ...], examples: int, repeats: int = 1) -> None:
         super().__init__()
-        self.counts, self.examples = tuple(sorted(counts)), examples
+        self.counts, self.examples, self.repeats = tuple(sorted(counts)), examples, repeats
         self.seen = 0
         for count in self.counts:
-            self.add_state(f"s{count}", default=[], dist_reduce_fx="cat")
+            for repeat in range(repeats):
+                self.add_state(f"s{count}_r{repeat}", default=[], dist_reduce_fx="cat")
 
     def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
-        """One forward and backward per increment of S: the prefix sums give every count."""
+        """One forward and backward per increment of S and repeat: the prefix sums give every count."""
         take = min(len(batch.y), self.examples - self.seen)
         if take <= 0:
             return
         x, y = batch.x[:take].detach(), batch.y[:take]
         model = as_sampled(batch.model)
-        running = torch.zeros_like(x, dtype=torch.float64)
-        previous = 0
-        for count in self.counts:
-            n = count - previous
-            with torch.enable_grad():
-                inputs = x.clone().requires_grad_(True)
-                logits = model(inputs, samples=n)
-                repeat = n / logits.shape[0]  # a deterministic model's one draw stands for all n
-                loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(logits.shape[0]), reduction="sum") * repeat
-                (gradient,) = torch.autograd.grad(loss, inputs)
-            running += gradient.double()
-            getattr(self, f"s{count}").append((running / count).flatten(1).abs().flatten())
-            previous = count
+        for repeat in range(self.repeats):
+            running = torch.zeros_like(x, dtype=torch.float64)
+            previous = 0
+            for count in self.counts:
+                n = count - previous
+                with torch.enable_grad():
+                    inputs = x.clone().requires_grad_(True)
+                    logits = model(inputs, samples=n)
+                    repeat_share = n / logits.shape[0]  # a deterministic model's one draw stands for all n
+                    loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(logits.shape[0]), reduction="sum")
+                    (gradient,) = torch.autograd.grad(loss * repeat_share, inputs)
+                running += gradient.double()
+                getattr(self, f"s{count}_r{repeat}").append((running / count).flatten(1).abs().flatten())
+                previous = count
         self.seen += take
 
+    def components(self, count: int) -> torch.Tensor:
+        """|components| at S = count, every repeat pooled."""
+        return torch.cat([_cat(getattr(self, f"s{count}_r{r}")).flatten() for r in range(self.repeats)])
+
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        """Mean and quantiles of |component| per sample count."""
+        """Mean and quantiles of |component| per sample count (repeats pooled), and the sd of the mean over repeats."""
         values: dict[str, torch.Tensor] = {}
         for count in self.counts:
-            values.update(quantile_values(f"expected_gradient_abs/s{count}", _cat(getattr(self, f"s{count}"))))
+            values.update(quantile_values(f"expected_gradient_abs/s{count}", self.components(count)))
+            means = torch.stack([_cat(getattr(self, f"s{count}_r{r}")).double().mean() for r in range(self.repeats)])
+            sd = means.std() if self.repeats > 1 else torch.zeros((), dtype=torch.float64)
+            values[f"expected_gradient_abs/s{count}_repeat_sd"] = sd
         return values
 
     def figures(self) -> dict[str, Any]:
         """Carbone et al.'s picture: the distribution of |components| per sample count."""
-        data = {f"S={count}": _cat(getattr(self, f"s{count}")).cpu() for count in self.counts}
+        data = {f"S={count}": self.components(count).cpu() for count in self.counts}
         if not any(v.numel() for v in data.values()):
             return {}
         return {
@@ -263,10 +277,11 @@ class GradientLimit(Metric):
     per_attack: ClassVar[bool] = False
     sample_counts: tuple[int, ...] = list_param((1, 10, 50, 100, 250), kind=int, ge=1, help="S values")
     examples: int = param(100, kind=int, ge=1, help="test examples measured (the paper: 500)")
+    repeats: int = param(3, kind=int, ge=1, le=1000, help="repetitions with fresh draws (spread of the mean)")
 
     def create(self) -> MetricState:
         """A fresh state."""
-        return GradientLimitState(self.sample_counts, self.examples)
+        return GradientLimitState(self.sample_counts, self.examples, self.repeats)
 
 
 # ------------------------------------------------------------------------------------------- softmax robustness

@@ -115,22 +115,29 @@ def test_expected_gradient_of_a_deterministic_model_does_not_depend_on_the_sampl
         )
 
 
-def test_expected_gradient_of_a_bnn_equals_the_loop_over_its_draws() -> None:
+def test_expected_gradient_of_a_bnn_equals_the_loop_over_its_draws_in_every_repeat() -> None:
     model = to_bayesian(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)), init_sigma=0.3, seed=7)
     x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
-    state = build("metrics", {"use": "gradient-limit", "sample_counts": [2, 6], "examples": 5}).create()
+    state = build("metrics", {"use": "gradient-limit", "sample_counts": [2, 6], "examples": 5, "repeats": 2}).create()
     batch = eval_batch(model, x, y, torch.zeros_like(x))
     model.seed(11)
     state.update(batch)
-    model.seed(11)  # the same draws again: 2 then 4 more, as the metric took them
-    total = torch.zeros_like(x)
-    for n in (2, 4):
-        xr = x.clone().requires_grad_(True)
-        logits = model(xr, samples=n)
-        (g,) = torch.autograd.grad(F.cross_entropy(logits.flatten(0, 1), y.repeat(n), reduction="sum"), xr)
-        total += g
+    model.seed(11)  # the same draws again: per repeat 2 then 4 more, as the metric took them
+    means = []
+    for _ in range(2):
+        total = torch.zeros_like(x)
+        for n in (2, 4):
+            xr = x.clone().requires_grad_(True)
+            logits = model(xr, samples=n)
+            (g,) = torch.autograd.grad(F.cross_entropy(logits.flatten(0, 1), y.repeat(n), reduction="sum"), xr)
+            total += g
+        means.append(float((total / 6).abs().mean()))
     values = state.compute()
-    assert float(values["expected_gradient_abs/s6_mean"]) == pytest.approx(float((total / 6).abs().mean()), rel=1e-5)
+    assert means[0] != pytest.approx(means[1], rel=1e-3)  # the repeats drew different weights
+    assert float(values["expected_gradient_abs/s6_mean"]) == pytest.approx(sum(means) / 2, rel=1e-5)
+    assert float(values["expected_gradient_abs/s6_repeat_sd"]) == pytest.approx(
+        abs(means[0] - means[1]) / 2**0.5, rel=1e-4
+    )
 
 
 def test_prediction_variance_is_zero_for_deterministic_and_positive_for_bayesian_models() -> None:
