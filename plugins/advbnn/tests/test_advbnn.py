@@ -161,3 +161,18 @@ def test_weight_stats_are_model_metrics_logged_once_on_the_parent_run(store: str
     assert parent.data.metrics["model/weight_mean_sigma2"] == pytest.approx(result.model_metrics["weight_mean_sigma2"])
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "figures/weight-stats")}
     assert artifacts == {"figures/weight-stats/log_sigma_histogram.png"}
+
+
+@pytest.mark.parametrize("entry", ["pgd-train-mnist", "pgd-train-mnist-small", "pgd-train-cifar"])
+def test_training_attacks_are_algorithm_1s_pgd_from_the_clean_input_keeping_the_last_iterate(registry, entry) -> None:
+    # eq. 2: x^0 = x, x^{t+1} = clip(x + proj(x^t + a sign(grad) - x)); written out by hand on a deterministic net
+    attack = build(registry, "attacks", entry)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+    x, y = torch.rand(6, 1, 4, 4), torch.randint(0, 5, (6,))
+    x_adv = x.clone()
+    for _ in range(attack.steps):
+        xr = x_adv.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(xr), y), xr)
+        x_adv = (x + (x_adv + attack.step_size * g.sign() - x).clamp(-attack.eps, attack.eps)).clamp(0, 1)
+    torch.testing.assert_close(attack(as_sampled(model), x, y).x_adv, x_adv)
