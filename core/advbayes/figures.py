@@ -171,3 +171,44 @@ def points_from_records(records: Iterable[Any], metric: str, defense: str, seed:
 def drawable_metrics(points_by_metric: Mapping[str, Sequence[Point]]) -> list[str]:
     """The metrics worth a figure: not 0/1 flags, and measured somewhere (any attack, any eps)."""
     return [m for m, ps in points_by_metric.items() if ps and not is_flag(m, (p.value for p in ps))]
+
+
+def series_figure(
+    series: Mapping[str, Mapping[float, Sequence[float]]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,
+    log_y: bool = False,
+) -> Any:
+    """One panel, a line per name through the mean of its values at each x, bars mean +- sd (over seeds)."""
+    from matplotlib.figure import Figure
+
+    seeds = max((len(v) for by_x in series.values() for v in by_x.values()), default=1)
+    with _paper_style():
+        figure = Figure(figsize=(COLUMN_WIDTH, PANEL_HEIGHT + 0.45), layout="constrained")
+        axes = figure.subplots()
+        for index, (name, by_x) in enumerate(series.items()):
+            xs = sorted(by_x)
+            stats = [mean_sd(by_x[x]) for x in xs]
+            axes.errorbar(
+                xs,
+                [m for m, _ in stats],
+                yerr=[s for _, s in stats],
+                color=f"C{index % 10}",
+                marker="o",
+                markersize=3,
+                capsize=2,
+                label=name,
+            )
+        if log_x:
+            axes.set_xscale("log")
+        if log_y:
+            axes.set_yscale("log")
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3, linewidth=0.5)
+        axes.set_title(f"{title}\n(bars: {'sd over %d seeds' % seeds if seeds > 1 else 'one seed, no bars'})")
+        axes.legend(frameon=False)
+    return figure

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from advbayes.claims import CLAIM_HEADER, VERDICT_RULE, FigureSpec, claim_row, evaluate, load_claims, x_of
 from advbayes.errors import RunError
-from advbayes.figures import Point, drawable_metrics, experiment_figure, save_figure
+from advbayes.figures import Point, drawable_metrics, experiment_figure, save_figure, series_figure
 from advbayes.intervals import format_interval, is_companion, mean_sd
 from advbayes.results import format_value
 from advbayes.tracking import client_for, tracked_runs
@@ -225,6 +226,89 @@ def experiment_section(
     return "\n".join(parts)
 
 
+def store_reader(client: Any, scratch: Path) -> Any:
+    """runs_of(experiment, defense) -> [(seed, run id, results {(attack, eps, metric): v}, run metrics)], cached."""
+    cache: dict[str, list[Any]] = {}
+
+    def runs_of(experiment: str, defense: str) -> list[tuple[int, str, dict[tuple[str, float, str], float], Any]]:
+        if experiment not in cache:
+            runs = latest_per_defense(tracked_runs(client.tracking_uri, [experiment]))
+            cache[experiment] = [
+                (
+                    r.data.tags.get("advbayes.defense", "?"),
+                    int(r.data.tags.get("advbayes.seed", "0")),
+                    r.info.run_id,
+                    values_by_key(read_results(client, r.info.run_id, scratch)),
+                    dict(r.data.metrics),
+                )
+                for r in runs
+            ]
+        return [
+            (seed, run_id, results, metrics) for d, seed, run_id, results, metrics in cache[experiment] if d == defense
+        ]
+
+    return runs_of
+
+
+def claim_figure(client: Any, spec: FigureSpec, runs_of: Any, folder: Path, out: Path) -> list[str]:
+    """One [[figure]] of a claims file, drawn from the store, and its Markdown."""
+    runs = latest_per_defense(tracked_runs(client.tracking_uri, [spec.experiment]))
+    defenses = list(spec.defenses) or list(dict.fromkeys(r.data.tags.get("advbayes.defense", "?") for r in runs))
+    series: dict[str, dict[float, list[float]]] = {}
+    for defense in defenses:
+        by_x = series.setdefault(defense, {})
+        for _seed, run_id, results, metrics in runs_of(spec.experiment, defense):
+            if spec.history:
+                for m in client.get_metric_history(run_id, spec.metric):
+                    by_x.setdefault(float(m.step), []).append(m.value)
+            elif spec.attack is not None:
+                for (attack, eps, metric), value in results.items():
+                    x = x_of(spec.attack, attack)
+                    if x is not None and metric == spec.metric and (spec.eps is None or eps == spec.eps):
+                        by_x.setdefault(x, []).append(value)
+            else:
+                for key, value in metrics.items():
+                    x = x_of(spec.metric, key)
+                    if x is not None:
+                        by_x.setdefault(x, []).append(value)
+    series = {d: v for d, v in series.items() if v}
+    if not series:
+        raise RunError(f"figure '{spec.name}': no run of experiment '{spec.experiment}' has {spec.metric}")
+    figure = series_figure(
+        series,
+        title=spec.title,
+        xlabel=spec.xlabel or ("epoch" if spec.history else "x"),
+        ylabel=spec.ylabel or spec.metric,
+        log_x=not spec.history and min(min(v) for v in series.values()) > 0,
+        log_y=spec.log_y,
+    )
+    png, pdf = save_figure(figure, folder, spec.name)
+    return [f"![{spec.title}]({png.relative_to(out).as_posix()}) ([PDF]({pdf.relative_to(out).as_posix()}))"]
+
+
+def claims_section(client: Any, path: Path, out: Path, figures_dir: Path, scratch: Path) -> str:
+    """The claims summary: the verdict rule, one row per claim, then the claims file's figures."""
+    claims, figures = load_claims(path)
+    runs_of = store_reader(client, scratch)
+    evaluated = [evaluate(claim, runs_of) for claim in claims]
+    counts = {v: sum(e.verdict == v for e in evaluated) for v in ("held", "did not hold", "inconclusive")}
+    parts = [
+        "## Summary of the claims",
+        "",
+        VERDICT_RULE,
+        "",
+        f"Verdicts: {counts['held']} held, {counts['did not hold']} did not hold, "
+        f"{counts['inconclusive']} inconclusive (claims from `{path.name}`).",
+        "",
+        markdown_table(CLAIM_HEADER, [claim_row(e) for e in evaluated]),
+    ]
+    if figures:
+        parts += ["", "### figures of the claims", ""]
+        for spec in figures:
+            parts += claim_figure(client, spec, runs_of, figures_dir / "claims", out) + [""]
+    return "\n".join(parts).rstrip()
+
+
 def write_report(
     experiments: Sequence[str],
     out: Path,
@@ -233,8 +317,10 @@ def write_report(
     file: str = "report.md",
     preamble: Path | None = None,
     metrics: Sequence[str] | None = None,
+    claims: Path | None = None,
 ) -> Path:
-    """Write OUT/FILE (and its figures beside it) for the newest finished runs of `experiments`."""
+    """Write OUT/FILE (and its figures beside it) for the newest finished runs of `experiments`; with `claims`,
+    a summary that checks each claim of that file against the runs first."""
     if Path(file).name != file or file in ("", ".", ".."):
         raise RunError(f"--file: expected a file name inside --out, got {file!r}")
     # MLflow draws a progress bar per downloaded artifact: dozens of lines of noise for small files
@@ -252,7 +338,11 @@ def write_report(
     else:
         sections.append(f"# advbayes report: {', '.join(experiments)}")
     sections.append(f"Generated by `advbayes report {' '.join(experiments)}` from {client.tracking_uri}.")
+    if claims is not None:
+        load_claims(claims)  # a malformed claims file fails before anything is read or drawn
     with tempfile.TemporaryDirectory(prefix="advbayes-report-") as scratch:
+        if claims is not None:
+            sections.append(claims_section(client, claims, out, figures_dir, Path(scratch)))
         for name in experiments:
             sections.append(experiment_section(client, name, out, figures_dir, Path(scratch), metrics))
     path = out / file

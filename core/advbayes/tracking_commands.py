@@ -160,6 +160,11 @@ def add_commands(cli: click.Group) -> None:
         help="Markdown put before the sections.",
     )
     @click.option("--metric", "metrics", multiple=True, help="Only these per-attack metrics (repeatable; default all).")
+    @click.option(
+        "--claims",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="A claims file ([[claim]], [[figure]]): a verdict per claim from the runs, before the sections.",
+    )
     @tracking_option
     @debug_option
     def report_command(
@@ -168,6 +173,7 @@ def add_commands(cli: click.Group) -> None:
         file: str,
         preamble: Path | None,
         metrics: Sequence[str],
+        claims: Path | None,
         tracking_uri: str | None,
         debug: bool,
     ) -> None:
@@ -175,6 +181,12 @@ def add_commands(cli: click.Group) -> None:
         from advbayes.report import write_report
 
         path = write_report(
-            experiments, out, tracking_uri=tracking_uri, file=file, preamble=preamble, metrics=metrics or None
+            experiments,
+            out,
+            tracking_uri=tracking_uri,
+            file=file,
+            preamble=preamble,
+            metrics=metrics or None,
+            claims=claims,
         )
         click.echo(str(path))
