@@ -326,8 +326,12 @@ def claim_row(e: Evaluated) -> list[str]:
     if c.kind == "greater" and c.delta:
         relation["greater"] = f"A > B (delta {c.delta:g})"
     bounds = "(no interval: one seed)" if math.isinf(e.low) else f"[{e.low:.4g}, {e.high:.4g}]"
+    sides = [
+        f"{label} = {q.describe()}" + ("" if q.constant is not None else f": {_fmt(values)}")
+        for label, q, values in (("A", c.a, e.a), ("B", c.b, e.b))
+    ]
     ours = (
-        f"A = {c.a.describe()}: {_fmt(e.a)}; B = {c.b.describe()}: {_fmt(e.b)}; "
+        f"{sides[0]}; {sides[1]}; "
         f"d = {e.mean:.4g} {bounds}; seeds {', '.join(map(str, e.seeds))}"
         + (f"; n {e.n}" if e.n else "")
         + (f". {c.note}" if c.note else "")

@@ -275,6 +275,7 @@ def test_sampling_fashion_style_runs_on_a_subset_with_sweeps_as_child_runs(store
         tracking_uri=store,
         pm=create_plugin_manager(),
         epochs=1,
+        seeds=[0],
         attack_samples=[1, 5],
         inference_samples=[1, 5],
         eps=[0.5, 1.5],
