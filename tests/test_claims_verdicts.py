@@ -135,7 +135,12 @@ def test_report_with_claims_reads_every_row_from_the_runs(store: str, tmp_path: 
     accuracies = [next(r.metrics["accuracy"] for r in m.records if r.attack == "none") for m in group.results]
     n = int(next(r.metrics["accuracy_n"] for r in group.results[0].records if r.attack == "none"))
     mean, low, high = interval(accuracies, [0.5, 0.5], n, proportion=True)
-    assert "B = 0.5;" in row and f"d = {mean:.4g} [{low:.4g}, {high:.4g}]" in row and "seeds 0, 1" in row and f"n {n}" in row
+    assert (
+        "B = 0.5;" in row
+        and f"d = {mean:.4g} [{low:.4g}, {high:.4g}]" in row
+        and "seeds 0, 1" in row
+        and f"n {n}" in row
+    )
     assert row.rstrip(" |").endswith(verdict("greater", low, high, 0.0))
     for member in group.results:
         assert f"`{member.run_id}`" in row
