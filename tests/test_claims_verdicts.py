@@ -111,6 +111,14 @@ experiment = "moons"
 a = { defense = "standard", metric = "train/acc" }
 b = { defense = "standard", metric = "train/loss" }
 
+[[claim]]
+paper = "a paper"
+claim = "an experiment this store never ran"
+paper_number = "-"
+experiment = "advbnn-mnist-5k"
+a = { defense = "adv-bnn", metric = "accuracy", attack = "pgd-20", eps = 0.1 }
+b = { constant = 0.5 }
+
 [[figure]]
 name = "loss_per_epoch"
 experiment = "moons"
@@ -146,6 +154,9 @@ def test_report_with_claims_reads_every_row_from_the_runs(store: str, tmp_path: 
         assert f"`{member.run_id}`" in row
     # the training metrics are logged per epoch: acc - loss is a real comparison with two seeds
     assert "last training accuracy above last training loss" in text
+    not_run = next(line for line in text.splitlines() if "an experiment this store never ran" in line)
+    assert "not run: advbnn-mnist-5k has no finished runs in this store" in not_run
+    assert not_run.rstrip(" |").endswith("not run") and "1 not run" in text
     figure = out / "report_figures" / "claims" / "loss_per_epoch.png"
     assert figure.is_file() and figure.stat().st_size > 1000
 

@@ -51,7 +51,8 @@ binomial term is left, so a non-accuracy row with one seed is always inconclusiv
 - claim "A ~ B" (|d| < delta): **held** if the interval lies inside (-delta, delta); **did not hold** if it lies
   wholly outside; **inconclusive** otherwise.
 - claim "A - B < delta": **held** if the interval lies below delta; **did not hold** if it lies above; else
-  **inconclusive**."""
+  **inconclusive**.
+- a row whose experiment has no finished run in the store says **not run**."""
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,13 @@ def claim_row(e: Evaluated) -> list[str]:
     experiments = sorted({q.experiment for q in (c.a, c.b) if q.experiment})
     runs = "<br>".join(f"`{r}`" for r in e.run_ids)
     return [c.paper, c.text, c.paper_number, relation[c.kind], ours, f"{', '.join(experiments)}<br>{runs}", e.verdict]
+
+
+def not_run_row(claim: Claim, experiments: Sequence[str]) -> list[str]:
+    """The row of a claim whose experiment has no finished run in the store."""
+    where = ", ".join(experiments)
+    return [claim.paper, claim.text, claim.paper_number, claim.kind, f"not run: {where} has no finished runs in this "
+            "store", where, "not run"]  # fmt: skip
 
 
 CLAIM_HEADER = ("paper", "claim", "paper's number", "tested as", "ours (mean +- sd over seeds; d = A - B, 95 %)",

@@ -11,7 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from advbayes.claims import CLAIM_HEADER, VERDICT_RULE, FigureSpec, claim_row, evaluate, load_claims, x_of
+from advbayes.claims import (
+    CLAIM_HEADER,
+    VERDICT_RULE,
+    FigureSpec,
+    claim_row,
+    evaluate,
+    load_claims,
+    not_run_row,
+    x_of,
+)
 from advbayes.errors import RunError
 from advbayes.figures import Point, drawable_metrics, experiment_figure, save_figure, series_figure
 from advbayes.intervals import format_interval, is_companion, mean_sd
@@ -232,7 +241,8 @@ def store_reader(client: Any, scratch: Path) -> Any:
 
     def runs_of(experiment: str, defense: str) -> list[tuple[int, str, dict[tuple[str, float, str], float], Any]]:
         if experiment not in cache:
-            runs = latest_per_defense(tracked_runs(client.tracking_uri, [experiment]))
+            found = client.get_experiment_by_name(experiment) is not None
+            runs = latest_per_defense(tracked_runs(client.tracking_uri, [experiment])) if found else []
             cache[experiment] = [
                 (
                     r.data.tags.get("advbayes.defense", "?"),
@@ -250,10 +260,17 @@ def store_reader(client: Any, scratch: Path) -> Any:
     return runs_of
 
 
+def defenses_of(client: Any, experiment: str) -> list[str]:
+    """The defenses of an experiment's finished parent runs ([] when the store has no such experiment)."""
+    if client.get_experiment_by_name(experiment) is None:
+        return []
+    runs = latest_per_defense(tracked_runs(client.tracking_uri, [experiment]))
+    return list(dict.fromkeys(r.data.tags.get("advbayes.defense", "?") for r in runs))
+
+
 def claim_figure(client: Any, spec: FigureSpec, runs_of: Any, folder: Path, out: Path) -> list[str]:
     """One [[figure]] of a claims file, drawn from the store, and its Markdown."""
-    runs = latest_per_defense(tracked_runs(client.tracking_uri, [spec.experiment]))
-    defenses = list(spec.defenses) or list(dict.fromkeys(r.data.tags.get("advbayes.defense", "?") for r in runs))
+    defenses = list(spec.defenses) or defenses_of(client, spec.experiment)
     series: dict[str, dict[float, list[float]]] = {}
     for defense in defenses:
         by_x = series.setdefault(defense, {})
@@ -273,6 +290,8 @@ def claim_figure(client: Any, spec: FigureSpec, runs_of: Any, folder: Path, out:
                         by_x.setdefault(x, []).append(value)
     series = {d: v for d, v in series.items() if v}
     if not series:
+        if not defenses_of(client, spec.experiment):  # the experiment was not run into this store
+            return [f"Figure '{spec.title}': experiment {spec.experiment} has no finished runs in this store."]
         raise RunError(f"figure '{spec.name}': no run of experiment '{spec.experiment}' has {spec.metric}")
     figure = series_figure(
         series,
@@ -290,17 +309,29 @@ def claims_section(client: Any, path: Path, out: Path, figures_dir: Path, scratc
     """The claims summary: the verdict rule, one row per claim, then the claims file's figures."""
     claims, figures = load_claims(path)
     runs_of = store_reader(client, scratch)
-    evaluated = [evaluate(claim, runs_of) for claim in claims]
-    counts = {v: sum(e.verdict == v for e in evaluated) for v in ("held", "did not hold", "inconclusive")}
+    rows, verdicts = [], []
+    for claim in claims:
+        # an experiment with no finished run at all was not run into this store: said in its row; a defense or
+        # metric missing from an experiment that has runs is a mistake in the claims file, and an error
+        named = {q.experiment for q in (claim.a, claim.b) if q.experiment}
+        missing = sorted(e for e in named if not defenses_of(client, e))
+        if missing:
+            rows.append(not_run_row(claim, missing))
+            verdicts.append("not run")
+        else:
+            evaluated = evaluate(claim, runs_of)
+            rows.append(claim_row(evaluated))
+            verdicts.append(evaluated.verdict)
+    counts = {v: verdicts.count(v) for v in ("held", "did not hold", "inconclusive", "not run")}
     parts = [
         "## Summary of the claims",
         "",
         VERDICT_RULE,
         "",
         f"Verdicts: {counts['held']} held, {counts['did not hold']} did not hold, "
-        f"{counts['inconclusive']} inconclusive (claims from `{path.name}`).",
+        f"{counts['inconclusive']} inconclusive, {counts['not run']} not run (claims from `{path.name}`).",
         "",
-        markdown_table(CLAIM_HEADER, [claim_row(e) for e in evaluated]),
+        markdown_table(CLAIM_HEADER, rows),
     ]
     if figures:
         parts += ["", "### figures of the claims", ""]
