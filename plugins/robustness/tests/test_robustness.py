@@ -104,7 +104,8 @@ def test_expected_gradient_of_a_deterministic_model_does_not_depend_on_the_sampl
     torch.manual_seed(6)
     model = as_sampled(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)))
     x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
-    state = build("metrics", {"use": "gradient-limit", "sample_counts": [1, 3, 10], "examples": 20}).create()
+    spec = {"use": "gradient-limit", "sample_counts": [1, 3, 10], "examples": 20, "max_draws": 4}  # 7 = 4 + 3
+    state = build("metrics", spec).create()
     state.update(eval_batch(model, x, y, torch.zeros_like(x)))
     values = state.compute()
     xr = x.clone().requires_grad_(True)
