@@ -265,13 +265,11 @@ def side_values(q: Quantity, runs_of: RunValues) -> dict[int, tuple[float, int |
         return {-1: (q.constant, None, "")}
     values: dict[int, tuple[float, int | None, str]] = {}
     for seed, run_id, results, metrics in runs_of(q.experiment, q.defense):
-        if q.attack is None:
-            value = metrics.get(q.metric)
-            n = None
+        if q.attack is None or q.eps is None:  # a run metric (a per-attack one always names its eps)
+            value, n = metrics.get(q.metric), None
         else:
-            matches = [v for (a, e, m), v in results.items() if a == q.attack and m == q.metric and e == q.eps]
-            value = matches[0] if matches else None
-            count = results.get((q.attack, float(q.eps or 0.0), f"{q.metric}_n"))
+            value = results.get((q.attack, q.eps, q.metric))
+            count = results.get((q.attack, q.eps, f"{q.metric}_n"))
             n = int(count) if count is not None else None
         if value is not None and not math.isnan(value):
             values[seed] = (value, n, run_id)
@@ -293,13 +291,13 @@ def evaluate(claim: Claim, runs_of: RunValues) -> Evaluated:
     seeds = sorted(set(b) if -1 in a else set(a) if -1 in b else set(a) & set(b))
     if not seeds:
         raise RunError(f"claim '{claim.text}': sides a and b share no seed (a: {sorted(a)}, b: {sorted(b)})")
-    av = [a[-1 if -1 in a else s][0] for s in seeds]
-    bv = [b[-1 if -1 in b else s][0] for s in seeds]
-    ns = {v[1] for side in (a, b) for s in seeds for v in [side.get(s)] if v is not None and v[1] is not None}
+    pairs = [(a[s if s in a else -1], b[s if s in b else -1]) for s in seeds]  # a constant stands for every seed
+    av, bv = [pa[0] for pa, _ in pairs], [pb[0] for _, pb in pairs]
+    ns = [v[1] for pair in pairs for v in pair if v[1] is not None]
     n = min(ns) if ns else None
     proportion = all(q.constant is not None or q.metric in PROPORTIONS for q in (claim.a, claim.b))
     mean, low, high = interval(av, bv, n, proportion)
-    ids = [v[2] for side in (a, b) for s in seeds for v in [side.get(s)] if v is not None and v[2]]
+    ids = [pa[2] for pa, _ in pairs if pa[2]] + [pb[2] for _, pb in pairs if pb[2]]  # A's runs, then B's
     return Evaluated(
         claim=claim,
         seeds=seeds,

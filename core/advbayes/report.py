@@ -7,13 +7,14 @@ import datetime as dt
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from advbayes.claims import (
     CLAIM_HEADER,
     VERDICT_RULE,
+    Claim,
     FigureSpec,
     claim_row,
     evaluate,
@@ -164,11 +165,10 @@ def overlay_figures(
     return parts
 
 
-def experiment_section(
-    client: Any, name: str, out: Path, figures_dir: Path, scratch: Path, metrics: Sequence[str] | None
-) -> str:
+def experiment_section(store: StoreRuns, name: str, out: Path, figures_dir: Path, metrics: Sequence[str] | None) -> str:
     """The Markdown of one experiment: setting, tables per metric, training summary, model metrics, figures."""
-    runs = latest_per_defense(tracked_runs(client.tracking_uri, [name]))
+    client, scratch = store.client, store.scratch
+    runs = store.runs(name)
     if not runs:
         raise RunError(f"experiment '{name}' has no FINISHED runs in {client.tracking_uri}")
     first = runs[0]
@@ -197,7 +197,7 @@ def experiment_section(
         "",
     ]
     parts.append(markdown_table(["defense", "run id"], [[run_label(r, runs), f"`{r.info.run_id}`"] for r in runs]))
-    results = {run_label(r, runs): read_results(client, r.info.run_id, scratch) for r in runs}
+    results = {run_label(r, runs): store.rows(r.info.run_id) for r in runs}
     groups = {run_label(r, runs): r.data.tags.get("advbayes.defense", "?") for r in runs}
     names = list(dict.fromkeys(row["metric"] for rows in results.values() for row in rows))
     names = [m for m in names if not is_companion(m, set(names))]
@@ -235,48 +235,58 @@ def experiment_section(
     return "\n".join(parts)
 
 
-def store_reader(client: Any, scratch: Path) -> Any:
-    """runs_of(experiment, defense) -> [(seed, run id, results {(attack, eps, metric): v}, run metrics)], cached."""
-    cache: dict[str, list[Any]] = {}
+class StoreRuns:
+    """The store's newest finished runs per experiment and their results.csv rows, each read once per report."""
 
-    def runs_of(experiment: str, defense: str) -> list[tuple[int, str, dict[tuple[str, float, str], float], Any]]:
-        if experiment not in cache:
-            found = client.get_experiment_by_name(experiment) is not None
-            runs = latest_per_defense(tracked_runs(client.tracking_uri, [experiment])) if found else []
-            cache[experiment] = [
-                (
-                    r.data.tags.get("advbayes.defense", "?"),
-                    int(r.data.tags.get("advbayes.seed", "0")),
-                    r.info.run_id,
-                    values_by_key(read_results(client, r.info.run_id, scratch)),
-                    dict(r.data.metrics),
-                )
-                for r in runs
-            ]
+    def __init__(self, client: Any, scratch: Path) -> None:
+        self.client, self.scratch = client, scratch
+        self._runs: dict[str, list[Any]] = {}
+        self._rows: dict[str, list[dict[str, str]]] = {}
+
+    def runs(self, experiment: str, *, missing_ok: bool = False) -> list[Any]:
+        """The newest finished run of each defense and seed; an experiment the store lacks is an error, or []."""
+        if experiment not in self._runs:
+            if missing_ok and self.client.get_experiment_by_name(experiment) is None:
+                return []
+            self._runs[experiment] = latest_per_defense(tracked_runs(self.client.tracking_uri, [experiment]))
+        return self._runs[experiment]
+
+    def rows(self, run_id: str) -> list[dict[str, str]]:
+        """The rows of a run's results.csv artifact."""
+        if run_id not in self._rows:
+            self._rows[run_id] = read_results(self.client, run_id, self.scratch)
+        return self._rows[run_id]
+
+    def defenses(self, experiment: str) -> list[str]:
+        """The defenses of an experiment's finished runs ([] when the store has no such experiment)."""
+        runs = self.runs(experiment, missing_ok=True)
+        return list(dict.fromkeys(r.data.tags.get("advbayes.defense", "?") for r in runs))
+
+    def runs_of(
+        self, experiment: str, defense: str
+    ) -> list[tuple[int, str, Mapping[tuple[str, float, str], float], Mapping[str, float]]]:
+        """[(seed, run id, results {(attack, eps, metric): value}, run metrics)] of one defense's runs."""
         return [
-            (seed, run_id, results, metrics) for d, seed, run_id, results, metrics in cache[experiment] if d == defense
+            (
+                int(r.data.tags.get("advbayes.seed", "0")),
+                r.info.run_id,
+                values_by_key(self.rows(r.info.run_id)),
+                dict(r.data.metrics),
+            )
+            for r in self.runs(experiment, missing_ok=True)
+            if r.data.tags.get("advbayes.defense", "?") == defense
         ]
 
-    return runs_of
 
-
-def defenses_of(client: Any, experiment: str) -> list[str]:
-    """The defenses of an experiment's finished parent runs ([] when the store has no such experiment)."""
-    if client.get_experiment_by_name(experiment) is None:
-        return []
-    runs = latest_per_defense(tracked_runs(client.tracking_uri, [experiment]))
-    return list(dict.fromkeys(r.data.tags.get("advbayes.defense", "?") for r in runs))
-
-
-def claim_figure(client: Any, spec: FigureSpec, runs_of: Any, folder: Path, out: Path) -> list[str]:
+def claim_figure(store: StoreRuns, spec: FigureSpec, folder: Path, out: Path) -> list[str]:
     """One [[figure]] of a claims file, drawn from the store, and its Markdown."""
-    defenses = list(spec.defenses) or defenses_of(client, spec.experiment)
+    defenses = list(spec.defenses) or store.defenses(spec.experiment)
     series: dict[str, dict[float, list[float]]] = {}
     for defense in defenses:
         by_x = series.setdefault(defense, {})
-        for _seed, run_id, results, metrics in runs_of(spec.experiment, defense):
+        for _seed, run_id, results, metrics in store.runs_of(spec.experiment, defense):
             if spec.history:
-                for m in client.get_metric_history(run_id, spec.metric):
+                for m in store.client.get_metric_history(run_id, spec.metric):
                     by_x.setdefault(float(m.step), []).append(m.value)
             elif spec.attack is not None:
                 for (attack, eps, metric), value in results.items():
@@ -290,7 +300,7 @@ def claim_figure(client: Any, spec: FigureSpec, runs_of: Any, folder: Path, out:
                         by_x.setdefault(x, []).append(value)
     series = {d: v for d, v in series.items() if v}
     if not series:
-        if not defenses_of(client, spec.experiment):  # the experiment was not run into this store
+        if not store.defenses(spec.experiment):  # the experiment was not run into this store
             return [f"Figure '{spec.title}': experiment {spec.experiment} has no finished runs in this store."]
         raise RunError(f"figure '{spec.name}': no run of experiment '{spec.experiment}' has {spec.metric}")
     figure = series_figure(
@@ -305,21 +315,21 @@ def claim_figure(client: Any, spec: FigureSpec, runs_of: Any, folder: Path, out:
     return [f"![{spec.title}]({png.relative_to(out).as_posix()}) ([PDF]({pdf.relative_to(out).as_posix()}))"]
 
 
-def claims_section(client: Any, path: Path, out: Path, figures_dir: Path, scratch: Path) -> str:
+def claims_section(
+    store: StoreRuns, claims: Sequence[Claim], figures: Sequence[FigureSpec], source: str, out: Path, figures_dir: Path
+) -> str:
     """The claims summary: the verdict rule, one row per claim, then the claims file's figures."""
-    claims, figures = load_claims(path)
-    runs_of = store_reader(client, scratch)
     rows, verdicts = [], []
     for claim in claims:
         # an experiment with no finished run at all was not run into this store: said in its row; a defense or
         # metric missing from an experiment that has runs is a mistake in the claims file, and an error
         named = {q.experiment for q in (claim.a, claim.b) if q.experiment}
-        missing = sorted(e for e in named if not defenses_of(client, e))
+        missing = sorted(e for e in named if not store.defenses(e))
         if missing:
             rows.append(not_run_row(claim, missing))
             verdicts.append("not run")
         else:
-            evaluated = evaluate(claim, runs_of)
+            evaluated = evaluate(claim, store.runs_of)
             rows.append(claim_row(evaluated))
             verdicts.append(evaluated.verdict)
     counts = {v: verdicts.count(v) for v in ("held", "did not hold", "inconclusive", "not run")}
@@ -329,14 +339,14 @@ def claims_section(client: Any, path: Path, out: Path, figures_dir: Path, scratc
         VERDICT_RULE,
         "",
         f"Verdicts: {counts['held']} held, {counts['did not hold']} did not hold, "
-        f"{counts['inconclusive']} inconclusive, {counts['not run']} not run (claims from `{path.name}`).",
+        f"{counts['inconclusive']} inconclusive, {counts['not run']} not run (claims from `{source}`).",
         "",
         markdown_table(CLAIM_HEADER, rows),
     ]
     if figures:
         parts += ["", "### figures of the claims", ""]
         for spec in figures:
-            parts += claim_figure(client, spec, runs_of, figures_dir / "claims", out) + [""]
+            parts += claim_figure(store, spec, figures_dir / "claims", out) + [""]
     return "\n".join(parts).rstrip()
 
 
@@ -369,13 +379,14 @@ def write_report(
     else:
         sections.append(f"# advbayes report: {', '.join(experiments)}")
     sections.append(f"Generated by `advbayes report {' '.join(experiments)}` from {client.tracking_uri}.")
-    if claims is not None:
-        load_claims(claims)  # a malformed claims file fails before anything is read or drawn
+    # a malformed claims file fails before anything is read or drawn
+    claim_list, claim_figures = load_claims(claims) if claims is not None else ([], [])
     with tempfile.TemporaryDirectory(prefix="advbayes-report-") as scratch:
+        store = StoreRuns(client, Path(scratch))
         if claims is not None:
-            sections.append(claims_section(client, claims, out, figures_dir, Path(scratch)))
+            sections.append(claims_section(store, claim_list, claim_figures, claims.name, out, figures_dir))
         for name in experiments:
-            sections.append(experiment_section(client, name, out, figures_dir, Path(scratch), metrics))
+            sections.append(experiment_section(store, name, out, figures_dir, metrics))
     path = out / file
     path.write_text("\n\n".join(sections) + "\n")
     return path
