@@ -508,6 +508,7 @@ def run_started(run: Any) -> None:
         "advbayes.seed": str(run.seed),
         "advbayes.device": run.device,
         **{f"advbayes.plugin.{name}": version for name, version in run.plugins.items()},
+        **run.tags,
     }
     if run.resumed_from:  # a resumed run whose settings changed: a new run, since MLflow params never change
         tags["advbayes.resumed_from"] = run.resumed_from

@@ -17,6 +17,7 @@ import torch
 
 from advbayes.batches import Batches
 from advbayes.components import TrainContext
+from advbayes.engine.distributed import SINGLE, Distributed, join, leave, seed_draws, shard
 from advbayes.engine.evaluation import Evaluation
 from advbayes.engine.training import set_rng_state
 from advbayes.errors import RunError
@@ -43,6 +44,7 @@ class RunInfo:
     resumed_from: str | None = None  # a resumed run whose settings were changed (--set) is tracked as a new run
     run_id: str | None = None  # set by the tracking plugin when it opens the tracked run
     store: str | None = None  # where the tracking plugin records the run (shown to the user)
+    tags: dict[str, str] = attrs.field(factory=dict)  # extra tags of the tracked run (a sweep's id and combination)
     tracking: dict[str, Any] = attrs.field(factory=dict)
 
 
@@ -67,11 +69,12 @@ class Run(Evaluation):
         train_split = self.dataset.data("train")
         test_split = self.dataset.data("test")
         train = Batches(train_split, self.device)
-        test = Batches(test_split, self.device)
+        test = Batches(shard(test_split, self.place), self.device)  # each rank evaluates its share
         network = self.build_network()
         net = as_sampled(self.defense.prepare(network)).to(self.device)
         if self.checkpoint is not None:
             net.load_state_dict(self.checkpoint["model"])
+        seed_draws(self.experiment.seed, self.place)
         self.check_attacks_fit(net, test)
         context = TrainContext(
             dataset=self.dataset,
@@ -137,9 +140,11 @@ def prepare_run(
     resume: str | None = None,
     overrides: Sequence[tuple[str, Any]] = (),
     pm: PluginManager | None = None,
+    spec: Mapping[str, Any] | None = None,
 ) -> PreparedRun:
-    """Resolve the experiment (or the tracked run to resume), expand its variants and run every pre-run check
-    (network probes, memory, model sources); nothing is trained or written."""
+    """Resolve the experiment (or the tracked run to resume, or the resolved table `spec` of experiment `name`),
+    expand its variants and run every pre-run check (network probes, memory, model sources); nothing is trained or
+    written."""
     pm = pm or get_plugin_manager()
     loaded = load_registry(registry, pm=pm)
     torch_device = resolve_device(device)
@@ -158,6 +163,11 @@ def prepare_run(
         if spec != loaded.resolve_inline_experiment(dict(checkpoint["spec"]), source=f"run {resume}"):
             resumed_from, resume = resume, None  # changed settings: a new tracked run that records them
             checkpoint = {k: v for k, v in checkpoint.items() if k != "evaluated"}  # evaluations of other settings
+    elif spec is not None:  # a sweep's worker: the driver resolved it, the worker needs no registry file
+        if name is None:
+            raise RunError("a resolved experiment table needs the experiment's name")
+        spec = loaded.with_overrides(dict(spec), overrides, source=f"experiment {name}")
+        spec = loaded.resolve_inline_experiment(spec, source=f"experiment {name}")
     else:
         if name is None:
             raise RunError("name an experiment to run (advbayes list experiments shows them)")
@@ -178,13 +188,41 @@ def run(
     progress: bool = False,
     overrides: Sequence[tuple[str, Any]] = (),
     pm: PluginManager | None = None,
+    spec: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
     **kwargs: Any,
 ) -> RunResult | RunGroup:
-    """Run the experiment `name` (or resume tracked run `resume`); keyword arguments are dotted-key overrides.
+    """Run the experiment `name` (or resume tracked run `resume`, or run the resolved table `spec`); keyword
+    arguments are dotted-key overrides; `tags` are added to every tracked run.
 
     An experiment with `defenses` or `seeds` runs each defense (x each seed) as its own run and returns a RunGroup.
     """
     pm = pm or get_plugin_manager()
+    place, device = join(device)  # launched by torchrun: this rank's place, its device
+    try:
+        return _run_prepared(
+            name, registry, device, tracking_uri, track, resume, progress, overrides, pm, spec, tags, place, kwargs
+        )
+    finally:
+        leave(place)
+
+
+def _run_prepared(
+    name: str | None,
+    registry: Sequence[str | Path],
+    device: str,
+    tracking_uri: str | None,
+    track: bool,
+    resume: str | None,
+    progress: bool,
+    overrides: Sequence[tuple[str, Any]],
+    pm: PluginManager,
+    spec: Mapping[str, Any] | None,
+    tags: Mapping[str, str] | None,
+    place: Distributed,
+    kwargs: Mapping[str, Any],
+) -> RunResult | RunGroup:
+    """run() once this process knows its place in a distributed run."""
     prepared = prepare_run(
         name,
         registry=registry,
@@ -194,32 +232,48 @@ def run(
         resume=resume,
         overrides=[*overrides, *kwargs.items()],
         pm=pm,
+        spec=spec,
     )
+    extra_tags = dict(tags or {})
+    if place.active:
+        extra_tags["advbayes.processes"] = str(place.world)
+    progress = progress and place.leader
+    track_here = track and place.leader  # rank 0 alone tracks
     name, spec, loaded, torch_device = prepared.name, prepared.spec, prepared.registry, prepared.device
+
+    def one(
+        variant: dict[str, Any],
+        resume_id: str | None,
+        checkpoint: Mapping[str, Any] | None,
+        peers: Mapping[str, torch.nn.Module] | None,
+        resumed_from: str | None,
+    ) -> RunResult:
+        return _run_one(
+            name,
+            variant,
+            loaded,
+            pm,
+            torch_device,
+            track_here,
+            tracking_uri,
+            progress,
+            resume_id,
+            checkpoint,
+            peers,
+            resumed_from,
+            tags=extra_tags,
+            place=place,
+        )
+
     if len(prepared.variants) > 1 or spec.get("defenses") or spec.get("seeds"):
         results: list[RunResult] = []
         for variant in prepared.variants:
             peers = {  # sources for transfer attacks: the defenses of the same seed trained before this one
                 r.spec["defense"]["name"]: r.model for r in results if r.spec["seed"] == variant["seed"]
             }
-            results.append(
-                _run_one(name, variant, loaded, pm, torch_device, track, tracking_uri, progress, None, None, peers)
-            )
+            results.append(one(variant, None, None, peers, None))
         return RunGroup(experiment=name, results=results)
-    return _run_one(
-        name,
-        spec,
-        loaded,
-        pm,
-        torch_device,
-        track,
-        tracking_uri,
-        progress,
-        prepared.resume,
-        prepared.checkpoint,
-        None,
-        prepared.resumed_from,
-    )
+    return one(spec, prepared.resume, prepared.checkpoint, None, prepared.resumed_from)
 
 
 def expand_variants(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -248,6 +302,9 @@ def _run_one(
     checkpoint: Mapping[str, Any] | None,
     peers: Mapping[str, torch.nn.Module] | None = None,
     resumed_from: str | None = None,
+    *,
+    tags: Mapping[str, str] | None = None,
+    place: Distributed = SINGLE,
 ) -> RunResult:
     """Train and evaluate one defense, reporting through the lifecycle hooks."""
     seed = int(spec["seed"])
@@ -264,9 +321,18 @@ def _run_one(
         tracking_uri=tracking_uri,
         resume_run_id=resume,
         resumed_from=resumed_from,
+        tags=dict(tags or {}),
     )
     engine = Run(
-        name, spec, registry=registry, device=device, info=info, progress=progress, checkpoint=checkpoint, peers=peers
+        name,
+        spec,
+        registry=registry,
+        device=device,
+        info=info,
+        progress=progress,
+        checkpoint=checkpoint,
+        peers=peers,
+        place=place,
     )
     try:  # a run_started that fails half-way (the run created, its artifacts not) still ends the run FAILED
         pm.hook.run_started(run=info)
@@ -278,6 +344,7 @@ def _run_one(
         raise
     except BaseException as exc:
         pm.hook.run_finished(run=info, result=None, status="FAILED", error=exc)
+        exc.advbayes_run_id = info.run_id  # type: ignore[attr-defined]  # a sweep lists the failed run's id
         raise
     finally:
         shutil.rmtree(engine.workdir, ignore_errors=True)
