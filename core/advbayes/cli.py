@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -60,6 +61,9 @@ class AdvbayesGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         warnings.showwarning = _show_warning
+        # MLflow prints a "View run ... at: URL" line to stdout for every run closed on a server store: it would
+        # break the results table and the sweep summary that scripts read.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         if not _debug(ctx):  # MLflow's INFO lines (store creation, migrations) would precede our one-line errors
             os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
             logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -167,6 +171,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--no-track", is_flag=True, help="Run without MLflow tracking.")
 @click.option("--resume", "resume", default=None, metavar="RUN_ID", help="Continue a tracked run from its checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Check everything a run checks, print what would run, run nothing.")
+@click.option("--nproc", type=int, default=None, help="Train on N processes with DistributedDataParallel (torchrun).")
 @debug_option
 def run_command(
     experiment: str | None,
@@ -177,10 +182,12 @@ def run_command(
     no_track: bool,
     resume: str | None,
     dry_run: bool,
+    nproc: int | None,
     debug: bool,
 ) -> None:
     """Train and attack the experiment EXPERIMENT; print the results table."""
     from advbayes.engine import prepare_run, run
+    from advbayes.engine.distributed import launched_world
     from advbayes.registry import parse_override
     from advbayes.results import RunGroup
 
@@ -192,9 +199,22 @@ def run_command(
         "resume": resume,
         "overrides": [parse_override(text) for text in overrides],
     }
+    if nproc is not None and nproc < 1:
+        raise RunError(f"--nproc: expected a number of processes >= 1, got {nproc}")
     if dry_run:
         click.echo(format_plan(prepare_run(experiment, **settings), tracking_uri, track=not no_track))
         return
+    if nproc is not None and nproc > 1 and launched_world() == 1:
+        prepare_run(experiment, **settings)  # every check before any process starts
+        _check_gpus_for(nproc, device)
+        args = ["run", *([experiment] if experiment else []), "--device", device]
+        args += [f"--set={o}" for o in overrides] + [f"--registry={r}" for r in registry_files]
+        args += [f"--tracking-uri={tracking_uri}"] if tracking_uri else []
+        args += ["--no-track"] if no_track else []
+        args += [f"--resume={resume}"] if resume else []
+        args += ["--debug"] if debug else []
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        sys.exit(subprocess.call([*launcher, "-m", "advbayes.cli", *args]))
     try:
         result = run(experiment, progress=sys.stderr.isatty(), **settings)
     except AdvbayesError:
@@ -203,12 +223,119 @@ def run_command(
         if debug or "--debug" in sys.argv:
             raise
         raise RunError(f"run failed: {error_text(exc)} (again with --debug for the traceback)") from exc
+    if os.environ.get("RANK", "0") != "0":  # a distributed run: rank 0 alone prints
+        return
     click.echo(result.format())
     results = result.results if isinstance(result, RunGroup) else [result]
     tracked = [r for r in results if r.run_id]
     if tracked:
         ids = ", ".join(r.run_id for r in tracked if r.run_id)
         click.echo(f"\nMLflow run {ids} ({tracked[0].store}); see it with: advbayes ui")
+
+
+@cli.command("sweep")
+@click.argument("name", required=False, shell_complete=_complete_entries(["experiments"], qualified=False))
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2", help="A grid axis: a dotted key and its values.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run.")
+@registry_option
+@click.option("--workers", type=int, default=None, help="Runs side by side on the local Ray (default: its CPUs).")
+@click.option("--address", default=None, help="Join a Ray cluster: ray://HOST:PORT, HOST:PORT or auto.")
+@click.option(
+    "--gpus-per-run", type=float, default=None, help="GPUs each run reserves (default 1 if the cluster has any)."
+)
+@click.option("--cpus-per-run", type=float, default=1.0, show_default=True, help="CPUs each run reserves.")
+@click.option("--device", default="auto", show_default=True, help="auto (a reserved GPU, else cpu), cpu or cuda.")
+@tracking_option
+@click.option("--resume", "resume", default=None, metavar="SWEEP_ID", help="Rerun what did not finish of a sweep.")
+@click.option("--dry-run", is_flag=True, help="Check every combination, print them, run nothing.")
+@debug_option
+def sweep_command(
+    name: str | None,
+    grid: Sequence[str],
+    overrides: Sequence[str],
+    registry_files: Sequence[str],
+    workers: int | None,
+    address: str | None,
+    gpus_per_run: float | None,
+    cpus_per_run: float,
+    device: str,
+    tracking_uri: str | None,
+    resume: str | None,
+    dry_run: bool,
+    debug: bool,
+) -> None:
+    """Run experiment (or [sweeps.NAME]) NAME over a grid, each combination a Ray task; runs tagged by sweep id."""
+    from advbayes.engine import prepare_run
+    from advbayes.plugins import get_plugin_manager
+    from advbayes.registry import load_registry, parse_override
+    from advbayes.sweep import SweepError, parse_grid_option, plan_sweep
+
+    if "advbayes.tracking" not in get_plugin_manager().info:
+        raise RunError("advbayes sweep tracks every run to MLflow; enable the advbayes.tracking plugin")
+    from advbayes.sweep_ray import execute, find_record
+    from advbayes.tracking import client_for, default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    registry = load_registry(registry_files)
+    try:
+        if resume is not None:
+            if name or grid or overrides:
+                raise SweepError("--resume SWEEP_ID reruns the sweep as it was planned; give no NAME, --grid or --set")
+            plan, _record = find_record(client_for(uri, write=False), resume)
+        else:
+            if name is None:
+                raise SweepError("name an experiment or a [sweeps.NAME] entry (advbayes list experiments)")
+            plan = plan_sweep(
+                registry, name, [parse_grid_option(g) for g in grid], [parse_override(o) for o in overrides]
+            )
+
+        def check(combination: Any, on: str) -> None:
+            try:
+                prepare_run(
+                    plan.experiment, spec=combination.spec, device=on, tracking_uri=uri, registry=registry_files
+                )
+            except AdvbayesError as exc:
+                raise SweepError(f"{combination.label}: {exc}") from None
+
+        if dry_run:
+            for combination in plan.combinations:
+                check(combination, "cpu" if device == "auto" else device)
+            click.echo(f"sweep of {plan.experiment}: {len(plan.combinations)} combination(s), each checked")
+            for index, combination in enumerate(plan.combinations, 1):
+                click.echo(f"  {index}. {combination.label} ({combination.runs} run(s))")
+            click.echo("nothing was run (--dry-run)")
+            return
+        summary = execute(
+            plan,
+            tracking_uri=uri,
+            address=address,
+            workers=workers,
+            gpus_per_run=gpus_per_run,
+            cpus_per_run=cpus_per_run,
+            device=device,
+            check=check,
+            resume=resume is not None,
+        )
+    except SweepError as exc:
+        if debug or exc.lines == [str(exc)]:
+            raise
+        click.echo(f"Error: {one_line(str(exc))}", err=True)
+        for line in exc.lines:
+            click.echo(f"  {one_line(line)}", err=True)
+        sys.exit(2)
+    click.echo(summary.format())
+    if summary.failed:
+        sys.exit(1)
+
+
+def _check_gpus_for(nproc: int, device: str) -> None:
+    """--nproc on CUDA: one GPU per process."""
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        count = torch.cuda.device_count()
+        if nproc > count:
+            raise RunError(f"--nproc {nproc}: this machine has {count} CUDA device(s); one process per GPU")
 
 
 def format_plan(prepared: Any, tracking_uri: str | None, *, track: bool) -> str:

@@ -26,6 +26,7 @@ else:  # pragma: no cover
 
 ENTRY_KINDS = (*KINDS, "experiments")
 PROVIDERS = "providers"
+SWEEPS = "sweeps"  # [sweeps.NAME]: an experiment and a grid of overrides (advbayes sweep)
 RESERVED = ("use", "extends", "name")
 OVERRIDE_SOURCE = "--set"
 
@@ -151,6 +152,7 @@ class Registry:
         self.entries: dict[str, dict[str, RawEntry]] = {kind: {} for kind in ENTRY_KINDS}
         self.providers: dict[str, str] = {}
         self.untrusted_providers: dict[str, str] = {}  # component -> the local file that named its distribution
+        self.sweeps: dict[str, RawEntry] = {}  # checked when a sweep is planned (advbayes.sweep)
         self.files: list[str] = []
 
     # ---------------------------------------------------------------------------------------- loading
@@ -168,9 +170,9 @@ class Registry:
             if key == PROVIDERS:
                 self._add_providers(table, label, trusted)
                 continue
-            if key not in ENTRY_KINDS:
+            if key not in ENTRY_KINDS and key != SWEEPS:
                 raise RegistryError(
-                    f"unknown table [{key}]{suggest(key, (*ENTRY_KINDS, PROVIDERS), 'tables are')}",
+                    f"unknown table [{key}]{suggest(key, (*ENTRY_KINDS, PROVIDERS, SWEEPS), 'tables are')}",
                     file=label,
                     key=key,
                 )
@@ -183,7 +185,10 @@ class Registry:
                         f"expected a table of parameters, got {body!r}", file=label, entry=f"{key}.{name}"
                     )
                 _check_unquoted_dot(key, name, body, label)
-                self.entries[key][name] = RawEntry(key, name, body, label)
+                if key == SWEEPS:
+                    self.sweeps[name] = RawEntry(key, name, body, label)
+                else:
+                    self.entries[key][name] = RawEntry(key, name, body, label)
 
     def _add_providers(self, table: Any, label: str, trusted: bool) -> None:
         if not isinstance(table, dict):

@@ -1,0 +1,208 @@
+"""advbayes sweep: the grid and its checks (no Ray), then real local Ray sweeps against the embedded sqlite store
+(4 concurrent runs, --resume) and against a real mlflow server over a real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+from servers import free_port, mlflow_server_process, postgres_server, stop
+
+from advbayes.cli import cli
+from advbayes.errors import RegistryError
+from advbayes.registry import load_registry
+from advbayes.sweep import COMBINATION_TAG, SWEEP_ID_TAG, SweepError, parse_grid_option, plan_sweep, split_values
+
+
+def sweep(args: list[str]) -> tuple[int, str, str]:
+    """The CLI in this process: (exit code, stdout, stderr)."""
+    result = CliRunner().invoke(cli, ["sweep", *args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def parent_runs(uri: str, experiment: str, sweep_id: str) -> list:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`advbayes.role` = 'parent'",
+    )
+
+
+def sweep_id_of(stdout: str) -> str:
+    assert stdout.startswith("sweep "), stdout  # the summary is the first thing on stdout
+    return stdout.split()[1]  # "sweep ID of EXPERIMENT: ..."
+
+
+def test_grid_values_split_at_top_level_commas_and_read_as_toml() -> None:
+    assert split_values("[0.1,0.2],[0.3], 'a,b'") == ["[0.1,0.2]", "[0.3]", "'a,b'"]
+    assert parse_grid_option("eps=[0.1,0.2],[0.3]") == ("eps", [[0.1, 0.2], [0.3]])
+    assert parse_grid_option("defense=bnn,adv-bnn") == ("defense", ["bnn", "adv-bnn"])
+    assert parse_grid_option("seed=0, 1,2") == ("seed", [0, 1, 2])
+    for bad in ("seed", "seed=", "=1,2", "seed=1,,2"):
+        with pytest.raises(SweepError):
+            parse_grid_option(bad)
+
+
+def test_plan_is_the_product_of_the_grid_with_every_seed_its_own_combination() -> None:
+    registry = load_registry()
+    plan = plan_sweep(
+        registry, "moons", [("defense", ["standard", "bnn"]), ("batch_size", [32, 64])], [("seeds", [3, 4])]
+    )
+    assert len(plan.combinations) == 2 * 2 * 2  # defense x batch_size x the experiment's two seeds
+    assert len({c.label for c in plan.combinations}) == 8
+    for combination in plan.combinations:
+        settings = dict(combination.overrides)
+        assert combination.spec["seed"] == settings["seed"] and combination.spec["seeds"] == []
+        assert combination.spec["defense"]["name"] == settings["defense"]
+        assert combination.spec["batch_size"] == settings["batch_size"]
+        assert combination.runs == 1
+    assert sorted(plan.grid["seed"]) == [3, 4]
+
+
+def test_a_sweeps_table_is_planned_and_the_command_line_grid_replaces_its_keys(tmp_path: Path) -> None:
+    file = tmp_path / "sweeps.toml"
+    file.write_text('[sweeps.grid]\nexperiment = "moons"\ngrid = { seed = [0, 1], defense = ["standard", "bnn"] }\n')
+    registry = load_registry([file])
+    assert len(plan_sweep(registry, "grid").combinations) == 4
+    plan = plan_sweep(registry, "grid", [("seed", [7])], [("epochs", 1)])
+    assert [c.spec["seed"] for c in plan.combinations] == [7, 7]
+    assert all(c.spec["epochs"] == 1 for c in plan.combinations)
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ('experiment = "moons"\ngrids = {}', "grids"),
+        ("experiment = 3", "experiment"),
+        ('experiment = "moons"\ngrid = { seed = 1 }', "grid.seed"),
+        ('experiment = "moons"\nset = [1]', "set"),
+    ],
+)
+def test_a_malformed_sweeps_table_names_file_entry_and_key(tmp_path: Path, body: str, key: str) -> None:
+    file = tmp_path / "bad.toml"
+    file.write_text(f"[sweeps.s]\n{body}\n")
+    with pytest.raises(RegistryError) as caught:
+        plan_sweep(load_registry([file]), "s")
+    assert caught.value.entry == "sweeps.s" and caught.value.key == key and caught.value.file.endswith("bad.toml")
+
+
+def test_every_bad_combination_is_one_line_and_nothing_starts(isolated_cwd: Path) -> None:
+    code, out, err = sweep(["moons", "--grid", "defense=standard,nosuch", "--grid", "seed=0,1", "--grid", "epochs=1"])
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert lines[0] == "Error: 2 of 4 grid combinations are invalid"
+    assert len(lines) == 3 and all(
+        "defense=nosuch" in line and "unknown defense 'nosuch'" in line for line in lines[1:]
+    )
+    code, _out, err = sweep(["moons", "--grid", "defens=standard"])
+    assert code == 2 and "key 'defens': unknown key; did you mean 'defense'" in err
+    assert not (isolated_cwd / "mlflow.db").exists()  # nothing was started, not even the store
+
+
+def test_an_unreachable_cluster_address_is_one_line_within_seconds(isolated_cwd: Path) -> None:
+    port = free_port()  # nobody listens there
+    started = time.monotonic()
+    code, _out, err = sweep(["moons", "--set", "epochs=1", "--address", f"ray://127.0.0.1:{port}"])
+    assert code == 2 and time.monotonic() - started < 20
+    assert err.strip().splitlines() == [
+        f"Error: --address ray://127.0.0.1:{port}: no Ray cluster answers at 127.0.0.1:{port} (Connection refused)"
+    ]
+    assert not (isolated_cwd / "mlflow.db").exists()
+
+
+def test_a_resume_of_an_unknown_sweep_is_one_line(isolated_cwd: Path) -> None:
+    from advbayes.tracking import client_for
+
+    client_for("sqlite:///mlflow.db")  # a store without that sweep
+    code, _out, err = sweep(["--resume", "0123abcd"])
+    assert code == 2 and err.strip().splitlines() == [
+        f"Error: --resume 0123abcd: no sweep with that id in sqlite:///{isolated_cwd / 'mlflow.db'}"
+    ]
+    code, _out, err = sweep(["moons", "--resume", "0123abcd"])
+    assert code == 2 and "give no NAME, --grid or --set" in err
+
+
+@pytest.mark.slow
+def test_the_ray_cluster_refuses_what_it_cannot_give_before_any_run() -> None:
+    """On a real local Ray: a GPU request no node has, a CUDA device without a GPU, a store the workers miss."""
+    import ray
+
+    from advbayes.sweep_ray import check_workers_reach, connect, task_resources
+
+    assert connect(None, 1, 1.0) is True
+    try:
+        with pytest.raises(SweepError, match=r"--gpus-per-run 1: no node of the Ray cluster has 1 GPU\(s\)"):
+            task_resources(1.0, 1.0, "auto")
+        with pytest.raises(SweepError, match="--device cuda: the tasks reserve no GPU"):
+            task_resources(None, 1.0, "cuda")
+        assert task_resources(None, 1.0, "auto") == (1.0, 0.0, "cpu")  # no GPU in the cluster: 0 per run, on CPU
+        with pytest.raises(SweepError, match="the Ray workers cannot reach the tracking store sqlite:////nonexistent"):
+            check_workers_reach("sqlite:////nonexistent/mlflow.db")
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_four_concurrent_runs_on_the_sqlite_store_lose_nothing_and_resume_reruns_only_failures(
+    isolated_cwd: Path,
+) -> None:
+    """4 Ray workers write to one sqlite file at once: every run, metric and saved-view column arrives. A grid
+    whose lr=1e6 cells diverge lists them as failed and --resume reruns those alone."""
+    code, out, err = sweep(["moons", "--grid", "seed=0,1,2,3", "--set", "epochs=1", "--workers", "4"])
+    assert code == 0, err
+    uri = f"sqlite:///{isolated_cwd / 'mlflow.db'}"
+    sweep_id = sweep_id_of(out)
+    runs = parent_runs(uri, "moons", sweep_id)
+    assert sorted(int(r.data.tags["advbayes.seed"]) for r in runs) == [0, 1, 2, 3]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert {"none/accuracy/eps_0.0000", "train/loss"} <= set(run.data.metrics)
+        assert run.data.tags[COMBINATION_TAG] == f"seed={run.data.tags['advbayes.seed']}"
+    assert err.count("] finished seed=") == 4
+
+    grid = ["--grid", "seed=0,1", "--grid", "lr=0.01,1000000.0", "--set", "optimizer=sgd", "--set", "epochs=1"]
+    code, out, err = sweep(["moons", *grid, "--workers", "2"])
+    assert code == 1
+    sweep_id = sweep_id_of(out)
+    assert out.count("  FAILED lr=1000000.0 seed=") == 2 and "training diverged" in out
+    assert f"advbayes sweep --resume {sweep_id}" in out
+    before = {r.info.run_id: r.info.status for r in parent_runs(uri, "moons", sweep_id)}
+    assert sorted(before.values()) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
+    code, out, err = sweep(["--resume", sweep_id, "--workers", "2"])
+    assert code == 1 and "(2 had finished before --resume)" in out
+    after = parent_runs(uri, "moons", sweep_id)
+    new = [r for r in after if r.info.run_id not in before]
+    assert len(new) == 2 and all(r.data.tags[COMBINATION_TAG].startswith("lr=1000000.0") for r in new)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_a_sweep_on_two_ray_workers_tracks_to_an_mlflow_server_over_postgresql(tmp_path: Path) -> None:
+    """The team store: PostgreSQL, `mlflow server` over it with an artifact root, 4 runs from 2 Ray workers."""
+    with postgres_server() as database:
+        server, url = mlflow_server_process(database, tmp_path / "artifacts", tmp_path)
+        try:
+            code, out, err = sweep(
+                ["moons", "--grid", "defense=standard,bnn", "--grid", "seed=0,1", "--set", "epochs=2"]
+                + ["--workers", "2", "--tracking-uri", url]
+            )
+            assert code == 0, err
+            runs = parent_runs(url, "moons", sweep_id_of(out))
+            client = MlflowClient(url)
+            assert sorted((r.data.tags["advbayes.defense"], r.data.tags["advbayes.seed"]) for r in runs) == [
+                ("bnn", "0"), ("bnn", "1"), ("standard", "0"), ("standard", "1")
+            ]  # fmt: skip
+            for run in runs:
+                assert run.info.status == "FINISHED"
+                assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
+                assert "none/accuracy/eps_0.0000" in run.data.metrics
+                assert {"results.csv", "model"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert len(list((tmp_path / "artifacts").rglob("results.csv"))) == 4  # through the server's root
+            view = client.get_experiment_by_name("moons").tags["mlflow.sharedViewState.advbayes"]
+            assert "metrics.`none/accuracy/eps_0.0000`" in view
+        finally:
+            stop(server)
