@@ -12,6 +12,7 @@ import torch
 
 from advbayes.checks import Finding
 from advbayes.components import Attack, Dataset, Defense, EvalContext
+from advbayes.engine.distributed import SINGLE, Distributed
 from advbayes.errors import RunError
 from advbayes.experiment import Experiment
 from advbayes.registry import Registry
@@ -42,8 +43,10 @@ class RunParts:
         progress: bool,
         checkpoint: Mapping[str, Any] | None = None,
         peers: Mapping[str, torch.nn.Module] | None = None,
+        place: Distributed = SINGLE,
     ) -> None:
         self.name = name
+        self.place = place  # this process's rank in a distributed run
         self.peers = dict(peers or {})
         self.spec = spec
         self.registry = registry

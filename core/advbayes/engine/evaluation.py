@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from advbayes.batches import Batches
 from advbayes.checks import evaluation_findings, warn
 from advbayes.components import Attack, EvalBatch
+from advbayes.engine.distributed import total
 from advbayes.engine.training import Training, set_rng_state
 from advbayes.errors import RunError
 from advbayes.results import EvalRecord, eps_label
@@ -59,7 +60,8 @@ class Evaluation(Training):
                 self.pm.hook.evaluation_finished(run=self.info, attack=label, records=attack_records, figures=figures)
                 self.save_evaluation(net, label, attack_records)
         self.findings = evaluation_findings(self.spec["defense"]["name"], records, evaluated, self.stochastic)
-        warn(self.findings)
+        if self.place.leader:  # the same findings on every rank: said once
+            warn(self.findings)
         return records
 
     def evaluate_attack(
@@ -188,9 +190,13 @@ class Evaluation(Training):
                 bar.update(len(y))
         values: dict[str, float] = {}
         figures: dict[tuple[str, str], Any] = {}
-        for metric_name, state in states.items():
+        for metric_name, state in states.items():  # compute() gathers a sharded evaluation's states over ranks
             values.update({key: float(value) for key, value in state.compute().items()})
-            figures.update({(metric_name, file): figure for file, figure in state.figures().items()})
+            if self.place.leader:
+                figures.update({(metric_name, file): figure for file, figure in state.figures().items()})
+        place = self.place
+        l2_sum, linf_max, zero_sum = total(l2_sum, place), total(linf_max, place, "max"), total(zero_sum, place)
+        count = int(total(count, place))
         return values, figures, (l2_sum, linf_max, count, zero_sum / max(count, 1))
 
     def is_stochastic(self, net: torch.nn.Module, test: Batches) -> bool:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from advbayes.batches import Batches
 from advbayes.components import Defense, LossOutput, TrainContext
 from advbayes.engine.building import RunParts
+from advbayes.engine.distributed import mean_over_ranks, sharded_loss
 from advbayes.errors import RunError
 from advbayes.experiment import Experiment
 from advbayes.losses import mean_cross_entropy
@@ -74,6 +75,8 @@ def train_epochs(
     start_epoch: int = 0,
     context: TrainContext | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    announce: bool = True,
+    reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
 ) -> None:
     """Epochs `start_epoch + 1 .. epochs` of `loss`: a progress bar (or one line per epoch without a terminal),
     a divergence check, then `on_epoch(epoch, means of the loss and its parts, images/s, seconds)`."""
@@ -117,8 +120,10 @@ def train_epochs(
             raise RunError(f"training diverged: mean loss is {metrics['loss']} in epoch {epoch + 1}")
         metrics["images_per_s"] = seen / max(elapsed, 1e-9)
         metrics["epoch_seconds"] = elapsed
+        if reduce is not None:  # a distributed run: the means of whole batches, not of this rank's shards
+            metrics = reduce(metrics)
         bar.close()
-        if not progress:
+        if not progress and announce:
             parts = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
             print(f"{label} epoch {epoch + 1}/{epochs}: {parts}", file=sys.stderr)
         if on_epoch is not None:
@@ -154,14 +159,19 @@ class Training(RunParts):
 
         def finished(epoch: int, metrics: dict[str, float]) -> None:
             self.history.append({"epoch": epoch, **metrics})
+            if not self.place.leader:  # rank 0 alone checkpoints and reports
+                return
             path = self.save_checkpoint(net, optimizer, generator, epoch)
             self.pm.hook.checkpoint_saved(run=self.info, checkpoint=path)  # first: whatever interrupts, it is kept
             self.pm.hook.epoch_finished(run=self.info, epoch=epoch, metrics=metrics, checkpoint=path)
 
+        def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> LossOutput:
+            return self.defense.loss(model, batch, context)
+
         train_epochs(
             net,
             train,
-            lambda model, batch: self.defense.loss(model, batch, context),
+            sharded_loss(net, loss, self.place) if self.place.active else loss,
             optimizer,
             epochs=experiment.epochs,
             batch_size=experiment.batch_size,
@@ -171,6 +181,8 @@ class Training(RunParts):
             start_epoch=start_epoch,
             context=context,
             on_epoch=finished,
+            announce=self.place.leader,
+            reduce=(lambda metrics: mean_over_ranks(metrics, self.place)) if self.place.active else None,
         )
 
     def save_checkpoint(
@@ -200,7 +212,9 @@ class Training(RunParts):
 
     def save_evaluation(self, net: torch.nn.Module, label: str, records: list[EvalRecord]) -> None:
         """After an attack: the checkpoint gains its records and the random state after it, so a resumed run skips
-        it and continues bit for bit (epochs = 0 runs get a checkpoint here too)."""
+        it and continues bit for bit (epochs = 0 runs get a checkpoint here too); rank 0 alone writes it."""
+        if not self.place.leader:
+            return
         state: dict[str, Any] = (
             dict(self.last_state)
             if self.last_state is not None

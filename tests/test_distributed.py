@@ -1,0 +1,83 @@
+"""advbayes run --nproc 2: DistributedDataParallel on CPU with the gloo backend against a single-process run with
+the same global batch: equal loss curves and accuracies for a deterministic network, equal within noise for a
+Bayesian one; rank 0 alone tracks."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from advbayes.engine.distributed import Distributed, seed_draws
+
+SETTINGS = ["--set", "epochs=3", "--set", 'attacks=["none", "fgsm"]', "--set", "eps=[0.0, 0.1]"]
+
+
+def tracked(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """`advbayes run moons ARGS` in a fresh process, tracked to ./mlflow.db, one torch thread per process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    done = subprocess.run(
+        [sys.executable, "-m", "advbayes.cli", "run", "moons", *SETTINGS, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def runs_by_processes(cwd: Path) -> dict[str, object]:
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("moons")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`advbayes.role` = 'parent'")
+    return {run.data.tags.get("advbayes.processes", "1"): run for run in runs}
+
+
+def loss_curve(cwd: Path, run: object) -> list[float]:
+    history = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}").get_metric_history(run.info.run_id, "train/loss")
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+def test_each_rank_draws_its_own_stream() -> None:
+    streams = []
+    for rank in (0, 1):
+        seed_draws(5, Distributed(rank=rank, world=2))
+        streams.append(torch.randn(1000))
+    assert not torch.equal(streams[0], streams[1])
+    assert abs(float(torch.corrcoef(torch.stack(streams))[0, 1])) < 0.15  # independent-looking, not shifted copies
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_a_deterministic_network_as_one_process_does(isolated_cwd: Path) -> None:
+    tracked(isolated_cwd)
+    out = tracked(isolated_cwd, "--nproc", "2").stdout
+    runs = runs_by_processes(isolated_cwd)
+    assert sorted(runs) == ["1", "2"]  # one tracked run per launch: rank 1 tracked nothing
+    single, ddp = runs["1"], runs["2"]
+    assert loss_curve(isolated_cwd, ddp) == pytest.approx(loss_curve(isolated_cwd, single), rel=1e-5)
+    for key in ("none/accuracy/eps_0.0000", "fgsm/accuracy/eps_0.1000"):  # evaluation sharded, then gathered
+        assert ddp.data.metrics[key] == pytest.approx(single.data.metrics[key], abs=1 / 500 + 1e-9)
+    assert "n=500" in out and out.count("accuracy [95% CI]") == 1  # every example counted, printed once
+    names = {a.path for a in MlflowClient(f"sqlite:///{isolated_cwd / 'mlflow.db'}").list_artifacts(ddp.info.run_id)}
+    assert "checkpoints" in names
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_a_bayesian_network_within_noise_of_one(isolated_cwd: Path) -> None:
+    tracked(isolated_cwd, "--set", "defense=bnn")
+    tracked(isolated_cwd, "--set", "defense=bnn", "--nproc", "2")
+    runs = runs_by_processes(isolated_cwd)
+    single, ddp = (runs[k].data.metrics["none/accuracy/eps_0.0000"] for k in ("1", "2"))
+    p = (single + ddp) / 2
+    assert abs(single - ddp) <= 3 * math.sqrt(2 * p * (1 - p) / 500)  # 3 sd of the difference of two accuracies
+    single_curve, ddp_curve = (loss_curve(isolated_cwd, runs[k]) for k in ("1", "2"))
+    assert ddp_curve[-1] == pytest.approx(single_curve[-1], rel=0.15)
+    assert ddp_curve != single_curve  # the ranks' draws are their own, not a replay of one process's
