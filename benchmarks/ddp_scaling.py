@@ -11,6 +11,8 @@ import tempfile
 
 from mlflow import MlflowClient
 
+DEFAULT_SETS = ["epochs=2", 'attacks=["none"]']
+
 
 def images_per_second(experiment: str, overrides: list[str], nproc: int, threads: int) -> float:
     """The last epoch's training images/s of one tracked run in a fresh store."""
@@ -31,9 +33,10 @@ def images_per_second(experiment: str, overrides: list[str], nproc: int, threads
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--experiment", default="quickstart")
-    parser.add_argument("--set", dest="overrides", action="append", default=["epochs=2", 'attacks=["none"]'])
+    parser.add_argument("--set", dest="overrides", action="append", help=f"an override (default: {DEFAULT_SETS})")
     parser.add_argument("--repeats", type=int, default=3)
     options = parser.parse_args()
+    options.overrides = options.overrides or DEFAULT_SETS  # given --set replaces the defaults
     cores = os.cpu_count() or 1
     setups = [
         ("1 process, 1 thread", 1, 1),

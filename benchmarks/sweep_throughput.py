@@ -10,6 +10,8 @@ import sys
 import tempfile
 import time
 
+DEFAULT_SETS = ["epochs=1", 'attacks=["none", "fgsm"]']
+
 
 def timed_command(args: list[str], env: dict[str, str]) -> float:
     """Wall seconds of one command in a fresh directory (a fresh sqlite store); it must succeed."""
@@ -27,9 +29,10 @@ def main() -> None:
     parser.add_argument("--experiment", default="quickstart")
     parser.add_argument("--runs", type=int, default=8, help="grid size (seeds 0 .. runs-1)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--set", dest="overrides", action="append", default=["epochs=1", 'attacks=["none", "fgsm"]'])
+    parser.add_argument("--set", dest="overrides", action="append", help=f"an override (default: {DEFAULT_SETS})")
     parser.add_argument("--repeats", type=int, default=2)
     options = parser.parse_args()
+    options.overrides = options.overrides or DEFAULT_SETS  # given --set replaces the defaults
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     cli = [sys.executable, "-m", "advbayes.cli"]
     sets = [f"--set={o}" for o in options.overrides]
