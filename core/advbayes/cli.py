@@ -281,7 +281,7 @@ def sweep_command(
         if resume is not None:
             if name or grid or overrides:
                 raise SweepError("--resume SWEEP_ID reruns the sweep as it was planned; give no NAME, --grid or --set")
-            plan, _record = find_record(client_for(uri, write=False), resume)
+            plan = find_record(client_for(uri, write=False), resume)
         else:
             if name is None:
                 raise SweepError("name an experiment or a [sweeps.NAME] entry (advbayes list experiments)")

@@ -3,6 +3,7 @@ anything runs. Each combination is one seed of the experiment; sweep_ray.py runs
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import uuid
@@ -185,9 +186,8 @@ def plan_sweep(
         overrides = tuple(zip(keys, values))
         label = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides)
         try:
-            spec = registry.with_overrides(
-                registry.resolve_experiment(experiment, fixed_list), [("seeds", []), *overrides], source="--grid"
-            )
+            # with_overrides edits the table it is given: each combination starts from its own copy of the base
+            spec = registry.with_overrides(copy.deepcopy(base), [("seeds", []), *overrides], source="--grid")
         except AdvbayesError as exc:
             bad.append(f"{label}: {exc}")
             continue

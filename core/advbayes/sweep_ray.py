@@ -34,6 +34,7 @@ class Outcome:
     seconds: float = 0.0
     error: str = ""
     summary: str = ""
+    headline: list[str] = attrs.field(factory=list)  # the runs' saved-view columns (tracking.headline_columns)
 
 
 @attrs.define
@@ -189,6 +190,7 @@ def run_combination(
     """One combination on a Ray worker: `advbayes run` of the resolved spec, its runs tagged; never raises."""
     from advbayes.engine import run
     from advbayes.results import RunGroup
+    from advbayes.tracking import headline_columns
 
     started = time.perf_counter()
     try:
@@ -202,6 +204,7 @@ def run_combination(
         "run_ids": [r.run_id for r in results if r.run_id],
         "seconds": time.perf_counter() - started,
         "summary": "; ".join(short_result(r) for r in results),
+        "headline": [key for r in results for key in headline_columns(r.records)],
     }
 
 
@@ -211,14 +214,19 @@ def short_result(result: Any) -> str:
     return ", ".join(cells[:4]) + (" ..." if len(cells) > 4 else "")
 
 
-def open_record(client: Any, plan: SweepPlan, description: str) -> str:
-    """The sweep's record run in the experiment (role `sweep`), holding its plan as sweep.json."""
-    from advbayes.tracking import ROLE_TAG, experiment_id
+def sweep_runs_filter(sweep_id: str, role: str, condition: str = "") -> str:
+    """The MLflow filter for a sweep's runs of one role (its record run, or its parent runs), and `condition`."""
+    from advbayes.tracking import ROLE_TAG
 
-    experiment = experiment_id(client, plan.experiment, description)
-    found = client.search_runs(
-        [experiment], filter_string=f"tags.`{SWEEP_ID_TAG}` = '{plan.sweep_id}' and tags.`{ROLE_TAG}` = '{SWEEP_ROLE}'"
-    )
+    text = f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`{ROLE_TAG}` = '{role}'"
+    return f"{text} and {condition}" if condition else text
+
+
+def open_record(client: Any, experiment: str, plan: SweepPlan) -> str:
+    """The sweep's record run in the experiment (role `sweep`), holding its plan as sweep.json."""
+    from advbayes.tracking import ROLE_TAG
+
+    found = client.search_runs([experiment], filter_string=sweep_runs_filter(plan.sweep_id, SWEEP_ROLE))
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
         return str(found[0].info.run_id)
@@ -229,40 +237,31 @@ def open_record(client: Any, plan: SweepPlan, description: str) -> str:
     return str(created.info.run_id)
 
 
-def find_record(client: Any, sweep_id: str) -> tuple[SweepPlan, str]:
+def find_record(client: Any, sweep_id: str) -> SweepPlan:
     """The plan of sweep `sweep_id` from its record run, for --resume."""
     import tempfile
 
-    from advbayes.tracking import ROLE_TAG
-
     ids = [e.experiment_id for e in client.search_experiments()]
-    found = (
-        client.search_runs(
-            ids, filter_string=f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`{ROLE_TAG}` = '{SWEEP_ROLE}'"
-        )
-        if ids
-        else []
-    )
+    found = client.search_runs(ids, filter_string=sweep_runs_filter(sweep_id, SWEEP_ROLE)) if ids else []
     if not found:
         raise SweepError(f"--resume {sweep_id}: no sweep with that id in {client.tracking_uri}")
     run_id = found[0].info.run_id
     with tempfile.TemporaryDirectory() as folder:
         path = client.download_artifacts(run_id, MANIFEST, folder)
         manifest = json.loads(Path(path).read_text())
-    return SweepPlan.from_manifest(manifest), run_id
+    return SweepPlan.from_manifest(manifest)
 
 
 def finished_labels(client: Any, plan: SweepPlan) -> set[str]:
     """Combinations all of whose runs FINISHED in this sweep (what --resume skips)."""
-    from advbayes.tracking import PARENT_ROLE, ROLE_TAG
+    from advbayes.tracking import PARENT_ROLE
 
     experiment = client.get_experiment_by_name(plan.experiment)
     if experiment is None:
         return set()
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.`{SWEEP_ID_TAG}` = '{plan.sweep_id}' and tags.`{ROLE_TAG}` = '{PARENT_ROLE}' "
-        "and attributes.status = 'FINISHED'",
+        filter_string=sweep_runs_filter(plan.sweep_id, PARENT_ROLE, "attributes.status = 'FINISHED'"),
         max_results=50000,
     )
     counts: dict[str, int] = {}
@@ -272,36 +271,27 @@ def finished_labels(client: Any, plan: SweepPlan) -> set[str]:
     return {c.label for c in plan.combinations if counts.get(c.label, 0) >= c.runs}
 
 
-def close_lost_runs(client: Any, plan: SweepPlan, outcome: Outcome) -> None:
+def close_lost_runs(client: Any, experiment: str, plan: SweepPlan, outcome: Outcome) -> None:
     """A task whose worker died left its runs RUNNING: find them by tag, mark them FAILED with the error."""
-    from advbayes.tracking import PARENT_ROLE, ROLE_TAG
+    from advbayes.tracking import PARENT_ROLE
 
-    experiment = client.get_experiment_by_name(plan.experiment)
-    if experiment is None:
-        return
     label = outcome.label.replace("'", "\\'")
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{SWEEP_ID_TAG}` = '{plan.sweep_id}' and tags.`{COMBINATION_TAG}` = '{label}' "
-        f"and tags.`{ROLE_TAG}` = '{PARENT_ROLE}' and attributes.status = 'RUNNING'",
-    )
+    condition = f"tags.`{COMBINATION_TAG}` = '{label}' and attributes.status = 'RUNNING'"
+    runs = client.search_runs([experiment], filter_string=sweep_runs_filter(plan.sweep_id, PARENT_ROLE, condition))
     for run in runs:
         client.set_tag(run.info.run_id, "error", outcome.error)
         client.set_terminated(run.info.run_id, status="FAILED")
         outcome.run_ids.append(run.info.run_id)
 
 
-def repair_runs_view(client: Any, plan: SweepPlan, run_ids: list[str]) -> None:
-    """Add every finished run's accuracy columns to the experiment's saved view from the driver alone: runs that
+def repair_runs_view(client: Any, experiment: str, outcomes: list[Outcome]) -> None:
+    """Add every finished run's headline columns to the experiment's saved view from the driver alone: runs that
     finish at the same moment on a server store may each have overwritten the other's columns."""
     from advbayes.tracking import update_runs_view
 
-    keys: list[str] = []
-    for run_id in run_ids:
-        keys += [k for k in sorted(client.get_run(run_id).data.metrics) if "/accuracy/eps_" in k and k not in keys]
-    experiment = client.get_experiment_by_name(plan.experiment)
-    if keys and experiment is not None:
-        update_runs_view(client, experiment.experiment_id, keys)
+    keys = list(dict.fromkeys(key for outcome in outcomes if outcome.ok for key in outcome.headline))
+    if keys:
+        update_runs_view(client, experiment, keys)
 
 
 def execute(
@@ -322,7 +312,7 @@ def execute(
     combination's pre-run checks first. A failed task does not stop the others."""
     from tqdm.auto import tqdm
 
-    from advbayes.tracking import client_for
+    from advbayes.tracking import client_for, experiment_id
 
     echo = echo or (lambda line: print(line, file=sys.stderr))
     progress = sys.stderr.isatty() if progress is None else progress
@@ -340,9 +330,9 @@ def execute(
                 check(combination, "cpu" if task_device.startswith("cuda") and not _has_cuda() else task_device)
         client = client_for(tracking_uri)  # the driver creates a sqlite store before any worker opens it
         check_workers_reach(tracking_uri)
-        record = open_record(
-            client, plan, str(plan.combinations[0].spec.get("description", "")) if plan.combinations else ""
-        )
+        description = str(plan.combinations[0].spec.get("description", "")) if plan.combinations else ""
+        experiment = experiment_id(client, plan.experiment, description)
+        record = open_record(client, experiment, plan)
         task = ray.remote(run_combination).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
         pending = {
             task.remote(
@@ -359,8 +349,8 @@ def execute(
             f"({cpus:g} CPU, {gpus:g} GPU each) tracking to {tracking_uri}"
             + (f"; {len(skipped)} finished before, skipped" if skipped else "")
         )
-        outcomes = wait_all(ray, pending, client, plan, progress, echo, tqdm)
-        repair_runs_view(client, plan, [i for o in outcomes if o.ok for i in o.run_ids])
+        outcomes = wait_all(ray, pending, client, experiment, plan, progress, echo, tqdm)
+        repair_runs_view(client, experiment, outcomes)
         client.set_terminated(record, status="FINISHED" if all(o.ok for o in outcomes) else "FAILED")
     finally:
         if stop_ray:
@@ -369,7 +359,14 @@ def execute(
 
 
 def wait_all(
-    ray: Any, pending: dict[Any, Combination], client: Any, plan: SweepPlan, progress: bool, echo: Any, tqdm: Any
+    ray: Any,
+    pending: dict[Any, Combination],
+    client: Any,
+    experiment: str,
+    plan: SweepPlan,
+    progress: bool,
+    echo: Any,
+    tqdm: Any,
 ) -> list[Outcome]:
     """Collect the tasks as they finish: a line per finished combination and a bar over the grid."""
     outcomes: list[Outcome] = []
@@ -386,7 +383,7 @@ def wait_all(
             outcome = Outcome(
                 label=combination.label, ok=False, run_ids=[], error=f"Ray task failed: {error_text(exc)}"
             )
-            close_lost_runs(client, plan, outcome)
+            close_lost_runs(client, experiment, plan, outcome)
         outcomes.append(outcome)
         state = "finished" if outcome.ok else "FAILED"
         detail = outcome.summary if outcome.ok else outcome.error

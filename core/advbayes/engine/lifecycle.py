@@ -200,80 +200,59 @@ def run(
     pm = pm or get_plugin_manager()
     place, device = join(device)  # launched by torchrun: this rank's place, its device
     try:
-        return _run_prepared(
-            name, registry, device, tracking_uri, track, resume, progress, overrides, pm, spec, tags, place, kwargs
+        prepared = prepare_run(
+            name,
+            registry=registry,
+            device=device,
+            tracking_uri=tracking_uri,
+            track=track,
+            resume=resume,
+            overrides=[*overrides, *kwargs.items()],
+            pm=pm,
+            spec=spec,
         )
+        extra_tags = dict(tags or {})
+        if place.active:
+            extra_tags["advbayes.processes"] = str(place.world)
+        progress = progress and place.leader
+        track_here = track and place.leader  # rank 0 alone tracks
+        name, spec, loaded, torch_device = prepared.name, prepared.spec, prepared.registry, prepared.device
+
+        def one(
+            variant: dict[str, Any],
+            resume_id: str | None,
+            checkpoint: Mapping[str, Any] | None,
+            peers: Mapping[str, torch.nn.Module] | None,
+            resumed_from: str | None,
+        ) -> RunResult:
+            return _run_one(
+                name,
+                variant,
+                loaded,
+                pm,
+                torch_device,
+                track_here,
+                tracking_uri,
+                progress,
+                resume_id,
+                checkpoint,
+                peers,
+                resumed_from,
+                tags=extra_tags,
+                place=place,
+            )
+
+        if len(prepared.variants) > 1 or spec.get("defenses") or spec.get("seeds"):
+            results: list[RunResult] = []
+            for variant in prepared.variants:
+                peers = {  # sources for transfer attacks: the defenses of the same seed trained before this one
+                    r.spec["defense"]["name"]: r.model for r in results if r.spec["seed"] == variant["seed"]
+                }
+                results.append(one(variant, None, None, peers, None))
+            return RunGroup(experiment=name, results=results)
+        return one(spec, prepared.resume, prepared.checkpoint, None, prepared.resumed_from)
     finally:
         leave(place)
-
-
-def _run_prepared(
-    name: str | None,
-    registry: Sequence[str | Path],
-    device: str,
-    tracking_uri: str | None,
-    track: bool,
-    resume: str | None,
-    progress: bool,
-    overrides: Sequence[tuple[str, Any]],
-    pm: PluginManager,
-    spec: Mapping[str, Any] | None,
-    tags: Mapping[str, str] | None,
-    place: Distributed,
-    kwargs: Mapping[str, Any],
-) -> RunResult | RunGroup:
-    """run() once this process knows its place in a distributed run."""
-    prepared = prepare_run(
-        name,
-        registry=registry,
-        device=device,
-        tracking_uri=tracking_uri,
-        track=track,
-        resume=resume,
-        overrides=[*overrides, *kwargs.items()],
-        pm=pm,
-        spec=spec,
-    )
-    extra_tags = dict(tags or {})
-    if place.active:
-        extra_tags["advbayes.processes"] = str(place.world)
-    progress = progress and place.leader
-    track_here = track and place.leader  # rank 0 alone tracks
-    name, spec, loaded, torch_device = prepared.name, prepared.spec, prepared.registry, prepared.device
-
-    def one(
-        variant: dict[str, Any],
-        resume_id: str | None,
-        checkpoint: Mapping[str, Any] | None,
-        peers: Mapping[str, torch.nn.Module] | None,
-        resumed_from: str | None,
-    ) -> RunResult:
-        return _run_one(
-            name,
-            variant,
-            loaded,
-            pm,
-            torch_device,
-            track_here,
-            tracking_uri,
-            progress,
-            resume_id,
-            checkpoint,
-            peers,
-            resumed_from,
-            tags=extra_tags,
-            place=place,
-        )
-
-    if len(prepared.variants) > 1 or spec.get("defenses") or spec.get("seeds"):
-        results: list[RunResult] = []
-        for variant in prepared.variants:
-            peers = {  # sources for transfer attacks: the defenses of the same seed trained before this one
-                r.spec["defense"]["name"]: r.model for r in results if r.spec["seed"] == variant["seed"]
-            }
-            results.append(one(variant, None, None, peers, None))
-        return RunGroup(experiment=name, results=results)
-    return one(spec, prepared.resume, prepared.checkpoint, None, prepared.resumed_from)
 
 
 def expand_variants(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
