@@ -1,6 +1,9 @@
 """EOT-PGD (S_A = 10, 20 steps): advbayes's one-call expectation vs a Python loop over draws, and torchattacks' EOTPGD.
 
-    python benchmarks/eot_pgd.py [--device cpu|cuda] [--repeats N]
+    python benchmarks/eot_pgd.py [--device cpu|cuda] [--repeats N] [--hog P]
+
+With --hog P, P busy-looping processes run beside it for the whole measurement, including the first call of each
+size, where advbayes measures its execution strategies: the choice must not turn into a loss under load.
 
 Networks: a Bayesian mlp (2 x 128), a fully Bayesian mnist-cnn and a partially Bayesian mnist-cnn (last quarter
 of the weight layers Bayesian), at batch 16 and 128. "loop" computes each step's gradient the way torchattacks'
@@ -16,7 +19,7 @@ import argparse
 import attrs
 import torch
 import torch.nn.functional as F
-from common import OneDraw, build_network, timed  # benchmarks/common.py, beside this script
+from common import OneDraw, build_network, cpu_hog, timed  # benchmarks/common.py, beside this script
 
 from advbayes.registry import load_registry
 from advbayes.stochastic import to_bayesian
@@ -42,7 +45,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 128])
+    parser.add_argument("--hog", type=int, default=0, help="busy-looping processes beside the measurement")
     args = parser.parse_args()
+    with cpu_hog(args.hog):
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Time loop, advbayes and torchattacks per network and batch size, one line each."""
     device = torch.device(args.device)
     registry = load_registry()
     pgd = registry.build(
@@ -69,7 +79,8 @@ def main() -> None:
         torchattacks = None
     print(
         f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
-        f"EOT-PGD S_A={SAMPLES}, {STEPS} steps; median of {args.repeats}; time per batch"
+        f"EOT-PGD S_A={SAMPLES}, {STEPS} steps; median of {args.repeats}; time per batch; "
+        f"{args.hog} busy process(es) beside it"
     )
     header = f"{'network':<22}{'B':>5}{'loop s':>9}{'advbayes s':>12}{'ratio':>8}"
     print(header + (f"{'torchattacks s':>16}{'ratio':>8}" if torchattacks else "  (torchattacks not installed)"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
+import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from advbayes.stochastic import (
     predict,
     to_bayesian,
 )
+from advbayes.stochastic import strategy as strategies
 from helpers import draw_network
 
 
@@ -244,3 +247,31 @@ def test_means_start_uniform_within_one_over_sqrt_fan_in_and_log_sigma_at_log_in
     assert float(mu.abs().max()) <= bound
     assert float(mu.std()) == pytest.approx(bound / 3**0.5, rel=0.02)  # the std of U(-b, b) is b / sqrt(3)
     assert torch.allclose(layer.weight.log_sigma, torch.full_like(mu, math.log(0.08)))
+
+
+def test_race_keeps_the_loop_on_a_near_tie_and_lets_a_burst_of_load_not_decide() -> None:
+    def sleeper(*seconds: float) -> Callable[[], None]:
+        calls = iter([*seconds, *[seconds[-1]] * 20])
+        return lambda: time.sleep(next(calls))
+
+    # batched is faster but for one round that a burst of load hit (measured one after the other, the burst decided)
+    winner, best = strategies.race(
+        {"loop": sleeper(0.004), "batched": sleeper(0.001, 0.030, 0.001)}, torch.device("cpu"), reference="loop"
+    )
+    assert winner == "batched" and best["batched"] < 0.004
+    # within MARGIN of the reference: the reference stays
+    winner, _ = strategies.race(
+        {"loop": sleeper(0.0100), "batched": sleeper(0.0099)}, torch.device("cpu"), reference="loop"
+    )
+    assert winner == "loop"
+
+
+def test_a_measured_choice_is_measured_again_after_its_recheck_counts() -> None:
+    strategies.forget_choices()
+    key = ("test-signature",)
+    chosen: dict = {}
+    assert strategies.due(key, chosen)  # nothing chosen yet
+    chosen[key] = "batched"
+    due_at = [calls for calls in range(2, 20_000) if strategies.due(key, chosen)]
+    assert due_at == sorted(strategies.RECHECK_AT)
+    strategies.forget_choices()

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         DeterministicSampled,
         GaussianParameter,
         SampledModel,
+        SampleEnsemble,
         SingleOutputView,
         StochasticLayer,
         StochasticModel,
@@ -115,6 +116,7 @@ _EXPORTS = {
     "predict_repeated": "advbayes.stochastic",
     "run": "advbayes.engine",
     "to_bayesian": "advbayes.stochastic",
+    "SampleEnsemble": "advbayes.stochastic",
 }
 
 
@@ -161,6 +163,7 @@ __all__ = [
     "RunGroup",
     "RunInfo",
     "RunResult",
+    "SampleEnsemble",
     "SampledModel",
     "SingleOutputView",
     "StochasticLayer",

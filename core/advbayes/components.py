@@ -196,6 +196,7 @@ class Defense(Component):
     kind: ClassVar[str] = "defenses"
     default_optimizer: ClassVar[str] = "adam"
     default_lr: ClassVar[float] = 1e-3
+    default_scale_lr: ClassVar[float | None] = None  # lr of the posterior's log-sigma group (None: the run's lr)
     prediction_average: ClassVar[str] = "probs"  # "probs": mean softmax over draws; "logits": softmax of mean logits
     inference_samples: int = param(1, kind=int, ge=1, help="S_I: draws averaged at prediction")
 
@@ -213,6 +214,14 @@ class Defense(Component):
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], context: TrainContext) -> LossOutput:
         """The training loss of one batch; `model` takes forward(x, samples=S) -> [S, B, k]."""
         raise NotImplementedError
+
+    def after_training(self, model: nn.Module, context: TrainContext) -> Mapping[str, float] | None:
+        """Work after the last epoch that changes the model (e.g. drawing HMC samples); returns metrics to log
+        ("posterior/converged" 1 or 0 is the posterior's verdict), or None when there is nothing to do.
+
+        It runs once: its result and the model are checkpointed, and a resumed run does not run it again.
+        """
+        return None
 
 
 @contextlib.contextmanager

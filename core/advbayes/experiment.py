@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
 
 from advbayes.params import SEED_LIMIT, ParamError, entry_list_param, entry_param, list_param, param
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "ivon")
 
 
 @attrs.frozen(kw_only=True)
@@ -30,7 +31,14 @@ class Experiment:
         (), kind=int, ge=1, help="S_I sweep: each value re-evaluates every attack"
     )
     metrics: list[Any] = entry_list_param("metrics", ("accuracy",), nonempty=True, help="metric entries")
-    epochs: int = param(1, kind=int, ge=0, help="training epochs")
+    epochs: int = param(1, kind=int, ge=0, help="training epochs (the cap when until_converged is true)")
+    until_converged: bool = param(
+        False, kind=bool, help="stop training at the first epoch the posterior has converged (epochs is the cap)"
+    )
+    convergence_tol: float = param(
+        0.02, gt=0.0, lt=1.0, help="converged: width and loss changed by less than this (relative) over the window"
+    )
+    convergence_window: int = param(5, kind=int, ge=1, le=1000, help="epochs over which convergence is judged")
     seed: int = param(0, kind=int, ge=0, le=SEED_LIMIT, help="seed of python, numpy and torch")
     seeds: tuple[int, ...] = list_param(
         (), kind=int, ge=0, le=SEED_LIMIT, help="run once per seed (a run each); tables give mean +- sd"
@@ -39,6 +47,18 @@ class Experiment:
     eval_batch_size: int = param(256, kind=int, ge=1, help="evaluation batch size")
     optimizer: str | None = param(None, kind=str, choices=OPTIMIZERS, optional=True, help="default: the defense's")
     lr: float | None = param(None, gt=0.0, optional=True, help="learning rate; default: the defense's")
+    scale_lr: float | None = param(
+        None,
+        gt=0.0,
+        optional=True,
+        help="learning rate of the posterior's log-sigma parameters; default: the defense's",
+    )
+    ivon_beta2: float = param(
+        0.999, gt=0.0, lt=1.0, help="IVON's Hessian averaging (ivon-opt's default 0.99999 pins the width)"
+    )
+    ivon_clip_radius: float = param(
+        math.inf, gt=0.0, infinite=True, help="IVON's bound on each mean's step (ivon-opt's default: no bound)"
+    )
     weight_decay: float = param(0.0, ge=0.0, help="weight decay")
     momentum: float = param(0.9, ge=0.0, lt=1.0, help="SGD momentum")
     description: str = param("", kind=str, help="one line shown by `advbayes list`")

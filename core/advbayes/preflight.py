@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from advbayes.errors import RunError, error_text
+from advbayes.posterior.optimizers import optimizer_problem
 from advbayes.stochastic import as_sampled
 
 DEVICE_TYPES = ("cpu", "cuda")
@@ -129,6 +130,9 @@ def probe_network(name: str, spec: Mapping[str, Any], registry: Any, device: tor
         net = as_sampled(defense.prepare(builder.build(shape, classes))).to(device).eval()
     except Exception as exc:  # noqa: BLE001 - whatever the builder raises is the user's model not fitting the data
         raise RunError(f"{where}: the network cannot be built ({error_text(exc)})") from exc
+    problem = optimizer_problem(registry.build("experiments", spec), defense, net)
+    if problem:
+        raise RunError(f"experiments.{name}: key 'optimizer': {problem}")
     sizes: dict[tuple[int, int], int] = {}
     stochastic = False
     for samples, batch in ((1, 1), (2, 1), (1, 2), (2, 2)):

@@ -608,6 +608,9 @@ def run_finished(run: Any, result: RunResult | None, status: str, error: BaseExc
 
         for key, message in as_tags(result.findings).items():  # randomness and masking checks that fired
             client.set_tag(run_id, key[:250], message[:MAX_TAG])
+        if "posterior/converged" in result.model_metrics:  # the posterior's verdict, filterable in the UI
+            converged = bool(result.model_metrics["posterior/converged"])
+            client.set_tag(run_id, "posterior.converged", "true" if converged else "false")
         client.log_text(run_id, to_csv(result.records), "results.csv")
         client.log_text(run_id, result.format() + "\n", "results.txt")
         from advbayes.figures import drawable_metrics, experiment_figure, points_from_records, safe_file_name

@@ -11,7 +11,8 @@ from advbayes.engine.lifecycle import (
     run,
     seed_everything,
 )
-from advbayes.engine.training import CHECKPOINT_NAME, make_optimizer, train_epochs
+from advbayes.engine.training import CHECKPOINT_NAME, train_epochs
+from advbayes.posterior.optimizers import make_optimizer
 from advbayes.preflight import resolve_device
 
 __all__ = [

@@ -16,12 +16,14 @@ import numpy as np
 import torch
 
 from advbayes.batches import Batches
+from advbayes.checks import warn
 from advbayes.components import TrainContext
 from advbayes.engine.distributed import SINGLE, Distributed, join, leave, seed_draws, shard
 from advbayes.engine.evaluation import Evaluation
 from advbayes.engine.training import set_rng_state
 from advbayes.errors import RunError
 from advbayes.plugins import PluginManager, get_plugin_manager
+from advbayes.posterior import convergence_findings, sampler_finding
 from advbayes.preflight import preflight, resolve_device
 from advbayes.registry import Registry, load_registry
 from advbayes.results import RunGroup, RunResult
@@ -99,8 +101,18 @@ class Run(Evaluation):
             train = Batches(train_split, self.device)
             context.train, context.n_train = train_split, len(train)
         self.train(net, train, context)
+        trained_metrics = self.finish_training(net, context)
+        verdict = self.verdict()
+        posterior_findings = [] if verdict is None else convergence_findings(self.label, verdict)
+        if trained_metrics.get("posterior/converged") == 0.0:  # the defense's own verdict (a sampler's R-hat)
+            posterior_findings.append(sampler_finding(self.label, self.spec["defense"]["name"], trained_metrics))
+        if self.place.leader:  # said once, before the evaluation's own checks
+            warn(posterior_findings)
         records = self.evaluate(net, test)
         model_metrics, figures = self.evaluate_model(net, test)
+        model_metrics.update(trained_metrics)
+        if verdict is not None:
+            model_metrics.update(verdict.metrics())
         return RunResult(
             model_metrics=model_metrics,
             figures=figures,
@@ -112,7 +124,7 @@ class Run(Evaluation):
             run_id=self.info.run_id,
             seed=self.experiment.seed,
             device=str(self.device),
-            findings=list(self.findings),
+            findings=[*posterior_findings, *self.findings],
         )
 
 

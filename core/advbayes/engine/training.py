@@ -17,12 +17,13 @@ import torch
 from tqdm.auto import tqdm
 
 from advbayes.batches import Batches
-from advbayes.components import Defense, LossOutput, TrainContext
+from advbayes.components import LossOutput, TrainContext
 from advbayes.engine.building import RunParts
 from advbayes.engine.distributed import mean_over_ranks, sharded_loss
 from advbayes.errors import RunError
-from advbayes.experiment import Experiment
 from advbayes.losses import mean_cross_entropy
+from advbayes.posterior import WIDTH_KEY, ConvergenceVerdict, convergence_verdict, width_statistics
+from advbayes.posterior.optimizers import OptimizerSteps, make_optimizer
 from advbayes.results import EvalRecord
 from advbayes.stochastic import as_sampled
 
@@ -49,23 +50,11 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_optimizer(experiment: Experiment, defense: Defense, parameters: Any) -> torch.optim.Optimizer:
-    """The experiment's optimizer, falling back to the defense's defaults."""
-    name = experiment.optimizer or defense.default_optimizer
-    lr = experiment.lr if experiment.lr is not None else defense.default_lr
-    params = [p for p in parameters if p.requires_grad]
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=experiment.momentum, weight_decay=experiment.weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=experiment.weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=experiment.weight_decay)
-
-
 def train_epochs(
     net: torch.nn.Module,
     train: Batches,
     loss: Callable[[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]], LossOutput],
-    optimizer: torch.optim.Optimizer,
+    optimizer: OptimizerSteps,
     *,
     epochs: int,
     batch_size: int,
@@ -77,10 +66,14 @@ def train_epochs(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     announce: bool = True,
     reduce: Callable[[dict[str, float]], dict[str, float]] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> None:
     """Epochs `start_epoch + 1 .. epochs` of `loss`: a progress bar (or one line per epoch without a terminal),
-    a divergence check, then `on_epoch(epoch, means of the loss and its parts, images/s, seconds)`."""
+    a divergence check, then `on_epoch(epoch, means of the loss and its parts, the posterior's width, images/s,
+    seconds)`; training ends early when `stop()` says so after an epoch."""
     for epoch in range(start_epoch, epochs):
+        if stop is not None and stop():
+            break
         if context is not None:
             context.epoch = epoch + 1
         net.train()
@@ -98,9 +91,10 @@ def train_epochs(
         for step, (x, y) in enumerate(train.iterate(batch_size, shuffle=True, generator=generator)):
             if context is not None:
                 context.step += 1
-            output = loss(net, (x, y))
-            optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
+            with optimizer.sampling():
+                output = loss(net, (x, y))
+                optimizer.zero_grad()
+                output.loss.backward()
             optimizer.step()
             batch = len(y)
             seen += batch
@@ -118,13 +112,15 @@ def train_epochs(
         metrics = {k: float(v) / max(seen, 1) for k, v in sums.items()}
         if not math.isfinite(metrics.get("loss", 0.0)):
             raise RunError(f"training diverged: mean loss is {metrics['loss']} in epoch {epoch + 1}")
+        metrics.update(width_statistics(net))  # empty for a network without Gaussian weights
         metrics["images_per_s"] = seen / max(elapsed, 1e-9)
         metrics["epoch_seconds"] = elapsed
         if reduce is not None:  # a distributed run: the means of whole batches, not of this rank's shards
             metrics = reduce(metrics)
         bar.close()
         if not progress and announce:
-            parts = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            # the posterior's width per layer kind goes to MLflow; the line keeps the overall mean and quantiles
+            parts = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.count("/") < 2)
             print(f"{label} epoch {epoch + 1}/{epochs}: {parts}", file=sys.stderr)
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics)
@@ -147,12 +143,15 @@ class Training(RunParts):
     def train(self, net: torch.nn.Module, train: Batches, context: TrainContext) -> None:
         """Epochs of defense.loss; checkpoint and epoch_finished after each (a resumed run continues its states)."""
         experiment = self.experiment
-        optimizer = make_optimizer(experiment, self.defense, net.parameters())
+        optimizer = make_optimizer(experiment, self.defense, net, n_train=context.n_train)
         start_epoch = 0
+        self.initial_width = width_statistics(net).get(WIDTH_KEY, 0.0)  # the scale sync (IVON) has run
         if self.checkpoint is not None and self.checkpoint.get("optimizer") is not None:
             optimizer.load_state_dict(self.checkpoint["optimizer"])
             start_epoch = int(self.checkpoint["epoch"])
             set_rng_state(self.checkpoint["rng"])
+        if self.checkpoint is not None and "initial_width" in self.checkpoint:
+            self.initial_width = float(self.checkpoint["initial_width"])
         generator = torch.Generator().manual_seed(experiment.seed)
         if self.checkpoint is not None and "generator" in self.checkpoint:
             generator.set_state(self.checkpoint["generator"])
@@ -183,10 +182,39 @@ class Training(RunParts):
             on_epoch=finished,
             announce=self.place.leader,
             reduce=(lambda metrics: mean_over_ranks(metrics, self.place)) if self.place.active else None,
+            stop=self.converged if experiment.until_converged else None,
+        )
+
+    def finish_training(self, net: torch.nn.Module, context: TrainContext) -> dict[str, float]:
+        """The defense's after_training, once: its metrics and the changed model are checkpointed, so a resumed run
+        takes them from the checkpoint instead of running it again."""
+        if self.last_state is not None and "trained_metrics" in self.last_state:
+            return {k: float(v) for k, v in self.last_state["trained_metrics"].items()}
+        metrics = self.defense.after_training(net, context)
+        if metrics is None:
+            return {}
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if self.place.leader:
+            state = self.latest_state(net)
+            state.update(model=net.state_dict(), rng=rng_state(), trained_metrics=metrics)
+            path = self.write_state(state)
+            self.pm.hook.checkpoint_saved(run=self.info, checkpoint=path)
+        return metrics
+
+    def converged(self) -> bool:
+        """True once the posterior's verdict on the epochs so far says converged."""
+        verdict = self.verdict()
+        return verdict is not None and verdict.converged
+
+    def verdict(self) -> ConvergenceVerdict | None:
+        """The posterior's convergence verdict on the epochs so far (None for a network without Gaussian weights)."""
+        experiment = self.experiment
+        return convergence_verdict(
+            self.history, self.initial_width, tol=experiment.convergence_tol, window=experiment.convergence_window
         )
 
     def save_checkpoint(
-        self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, epoch: int
+        self, net: torch.nn.Module, optimizer: OptimizerSteps, generator: torch.Generator, epoch: int
     ) -> Path:
         """Write everything needed to resume after `epoch` (atomically: a crash never leaves half a file)."""
         state = {
@@ -198,6 +226,7 @@ class Training(RunParts):
             "rng": rng_state(),
             "generator": generator.get_state(),
             "history": self.history,
+            "initial_width": self.initial_width,
         }
         return self.write_state(state)
 
@@ -210,24 +239,26 @@ class Training(RunParts):
         self.last_state = state
         return path
 
+    def latest_state(self, net: torch.nn.Module) -> dict[str, Any]:
+        """A copy of the last checkpoint's state, or the state of a run that trained no epoch (epochs = 0)."""
+        if self.last_state is not None:
+            return dict(self.last_state)
+        return {
+            "experiment": self.name,
+            "spec": self.spec,
+            "epoch": 0,
+            "model": net.state_dict(),
+            "optimizer": None,
+            "rng": rng_state(),
+            "history": self.history,
+        }
+
     def save_evaluation(self, net: torch.nn.Module, label: str, records: list[EvalRecord]) -> None:
         """After an attack: the checkpoint gains its records and the random state after it, so a resumed run skips
         it and continues bit for bit (epochs = 0 runs get a checkpoint here too); rank 0 alone writes it."""
         if not self.place.leader:
             return
-        state: dict[str, Any] = (
-            dict(self.last_state)
-            if self.last_state is not None
-            else {
-                "experiment": self.name,
-                "spec": self.spec,
-                "epoch": 0,
-                "model": net.state_dict(),
-                "optimizer": None,
-                "rng": rng_state(),
-                "history": self.history,
-            }
-        )
+        state = self.latest_state(net)
         finished = [
             *state.get("evaluated", []),
             {"label": label, "records": [attrs.asdict(r) for r in records], "rng": rng_state()},
@@ -243,7 +274,7 @@ class Training(RunParts):
             model,
             train,
             lambda net, batch: LossOutput(loss=mean_cross_entropy(net(batch[0]), batch[1])),
-            torch.optim.Adam(model.parameters(), lr=1e-3),
+            OptimizerSteps(torch.optim.Adam(model.parameters(), lr=1e-3)),
             epochs=epochs,
             batch_size=self.experiment.batch_size,
             generator=torch.Generator().manual_seed(self.experiment.seed),

@@ -1,5 +1,6 @@
 """The stochastic substrate: models with a sample dimension ([B, ...] -> logits [S, B, k])."""
 
+from advbayes.stochastic.ensemble import SampleEnsemble
 from advbayes.stochastic.layers import (
     BayesBatchNorm2d,
     BayesConv2d,
@@ -35,6 +36,7 @@ __all__ = [
     "DeterministicSampled",
     "Folded",
     "GaussianParameter",
+    "SampleEnsemble",
     "SampledModel",
     "SingleOutputView",
     "StochasticLayer",

@@ -99,7 +99,7 @@ class StochasticLayer(nn.Module):
         name = self.strategy
         if name == "auto":
             # a Python loop over more than MAX_LOOP draws loses to one batched kernel everywhere; do not time it
-            name = strategies.cached(key) or ("batched" if self.samples > strategies.MAX_LOOP else "")
+            name = "batched" if self.samples > strategies.MAX_LOOP else (strategies.cached(key) or "")
         if not name:  # first call of this signature: measure both on detached copies
             detached = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
             trial: dict[str, Callable[[], torch.Tensor]] = {

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -24,7 +23,7 @@ from advbayes.stochastic.layers import (
     regularizer_terms,
 )
 from advbayes.stochastic.strategy import CHUNK_CHOICES as _CHUNK_CHOICES
-from advbayes.stochastic.strategy import STRATEGIES, default_strategy, size_bucket, synchronize
+from advbayes.stochastic.strategy import STRATEGIES, default_strategy, due, race, size_bucket
 
 # Elementwise modules work on [S', B, ...] as they are; every other deterministic leaf is Folded.
 ELEMENTWISE = (
@@ -69,6 +68,7 @@ class StochasticModel(nn.Module):
         self._generators: dict[torch.device, torch.Generator] = {}
         self._frozen = False
         self._frozen_samples: int | None = None
+        self.noise_off = False  # the optimizer perturbs the means itself (IVON): draws are the means
         self._architecture: tuple[Any, ...] | None = None
         self.chunk_timings: dict[tuple[object, ...], dict[int, float]] = {}
 
@@ -103,6 +103,8 @@ class StochasticModel(nn.Module):
             return
         for parameter in self.gaussian_parameters():
             parameter.eps = parameter.sample_noise(samples, self.generator(parameter.mu.device))
+            if self.noise_off:
+                parameter.eps.zero_()
         if self._frozen:
             self._frozen_samples = samples
 
@@ -164,8 +166,9 @@ class StochasticModel(nn.Module):
         grad = torch.is_grad_enabled()
         shape = (inputs.shape[0], size_bucket(batch), *inputs.shape[2:])  # nearby batch sizes share one measurement
         key = (self.architecture(), samples, shape, inputs.device.type, inputs.dtype, grad, self.training)
-        # shared by every model of this architecture (e.g. the defenses of one experiment)
-        if key not in _CHUNK_CHOICES:
+        # shared by every model of this architecture (e.g. the defenses of one experiment); measured again after
+        # RECHECK_AT calls, so a choice made while the machine was busy does not stick
+        if due(key, _CHUNK_CHOICES):
             _CHUNK_CHOICES[key] = self._measure_chunk(inputs, layers, samples, grad)
         return _CHUNK_CHOICES[key]
 
@@ -190,30 +193,26 @@ class StochasticModel(nn.Module):
         saved = {name: buffer.clone() for name, buffer in self.named_buffers()}
         probe = inputs.detach().requires_grad_(inputs.requires_grad)
         weights = [p for p in self.parameters() if p.requires_grad] if grad else []
+        targets = [probe] if probe.requires_grad else weights  # an attack differentiates the input; training, weights
+        runs: dict[int, Callable[[], object]] = {}
+        for chunk in candidates:
+
+            def run(chunk: int = chunk) -> None:
+                out = self._run_chunks(probe, layers, samples, chunk)
+                if grad and targets:
+                    torch.autograd.grad(out.float().sum(), targets, allow_unused=True)
+
+            runs[chunk] = run
         timings: dict[int, float] = {}
+        winner = samples
         try:
-            for chunk in candidates:
-
-                def run(chunk: int = chunk) -> None:
-                    out = self._run_chunks(probe, layers, samples, chunk)
-                    # an attack differentiates the input only; training, the parameters
-                    targets = [probe] if probe.requires_grad else weights
-                    if grad and targets:
-                        torch.autograd.grad(out.float().sum(), targets, allow_unused=True)
-
-                try:
-                    run()  # warm-up, and the per-layer strategy measurements
-                    best = math.inf
-                    for _ in range(2):
-                        synchronize(inputs.device)
-                        started = time.perf_counter()
-                        run()
-                        synchronize(inputs.device)
-                        best = min(best, time.perf_counter() - started)
-                    timings[chunk] = best
-                except torch.OutOfMemoryError:  # too large to hold: not a candidate
+            while runs and not timings:
+                try:  # interleaved rounds; the most passes (closest to the per-draw loop) wins a near tie
+                    winner, timings = race(runs, inputs.device, reference=min(runs))
+                except torch.OutOfMemoryError:  # the largest chunk does not fit: not a candidate
                     if inputs.device.type == "cuda":
                         torch.cuda.empty_cache()
+                    runs.pop(max(runs))
         finally:
             with torch.no_grad():
                 for name, buffer in self.named_buffers():
@@ -221,7 +220,7 @@ class StochasticModel(nn.Module):
         if not timings:
             raise torch.OutOfMemoryError(f"no chunk of {samples} draws x batch {batch} fits in memory")
         self.chunk_timings[(samples, tuple(inputs.shape))] = timings
-        return min(timings, key=timings.__getitem__)
+        return int(winner)
 
     def _forward_draws(
         self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], start: int, stop: int

@@ -1,4 +1,4 @@
-"""advbayes-advbnn: BNN, Adv-BNN, adversarial training and posterior weight statistics."""
+"""advbayes-advbnn: BNN, Adv-BNN, adversarial training, an HMC reference posterior and weight statistics."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ __version__ = "0.1.0"
 
 @hookimpl
 def register_defenses(register: Any) -> None:
-    """bnn, adv-bnn, adversarial-training."""
+    """bnn, adv-bnn, adversarial-training, hmc."""
     from advbayes_advbnn.defenses import BNN, AdvBNN, AdversarialTraining
+    from advbayes_advbnn.hmc import HMCDefense
 
-    for defense in (BNN, AdvBNN, AdversarialTraining):
+    for defense in (BNN, AdvBNN, AdversarialTraining, HMCDefense):
         register(defense)
 
 

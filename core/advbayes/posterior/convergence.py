@@ -1,0 +1,132 @@
+"""Has the posterior converged? Its width and the training loss (the negative ELBO for Bayesian defenses) must
+both have settled over the last epochs, and the width must have left its initial value."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from advbayes.checks import Finding
+from advbayes.posterior.width import WIDTH_KEY
+
+INITIAL_BAND = 0.25  # a final mean sigma^2 within x1.25 of the initial one has not left its initialization
+
+
+@attrs.frozen(kw_only=True)
+class ConvergenceVerdict:
+    """The verdict on one trained posterior, with the numbers it was decided on."""
+
+    converged: bool
+    epochs: int
+    window: int
+    tol: float
+    width_change: float  # relative change of mean sigma^2 between the last two windows of epochs (nan: too few)
+    loss_change: float  # relative change of the epoch-mean loss between the last two windows of epochs
+    initial_width: float
+    final_width: float
+
+    @property
+    def left_initial_width(self) -> bool:
+        """False when the final mean sigma^2 is within x(1 + INITIAL_BAND) of the initial one."""
+        if not (self.initial_width > 0 and self.final_width > 0):
+            return True
+        return abs(math.log(self.final_width / self.initial_width)) > math.log1p(INITIAL_BAND)
+
+    def metrics(self) -> dict[str, float]:
+        """What a run logs: posterior/converged (1 or 0), the changes it was decided on, width / initial width."""
+        ratio = self.final_width / self.initial_width if self.initial_width > 0 else math.nan
+        return {
+            "posterior/converged": float(self.converged),
+            "posterior/width_change": self.width_change,
+            "posterior/loss_change": self.loss_change,
+            "posterior/width_over_initial": ratio,
+        }
+
+
+def relative_change(values: Sequence[float], window: int) -> float:
+    """|mean of the last `window` values - mean of the `window` before| / |the latter| (nan with fewer than
+    2 x window values): window means, because one epoch's mean loss carries its batches' noise."""
+    if len(values) < 2 * window:
+        return math.nan
+    before = sum(values[-2 * window : -window]) / window
+    now = sum(values[-window:]) / window
+    return abs(now - before) / max(abs(before), 1e-12)
+
+
+def convergence_verdict(
+    history: Sequence[Mapping[str, float]], initial_width: float, *, tol: float, window: int
+) -> ConvergenceVerdict | None:
+    """The verdict from the per-epoch history (None when the history has no posterior width: no Gaussian weights).
+
+    Converged: from the `window` epochs before to the last `window` epochs, the means of mean sigma^2 and of the
+    training loss changed by less than `tol` (relative), and the width left its initial value (a width pinned at
+    its initialization is not a posterior that converged, whatever its loss does).
+    """
+    widths = [float(h[WIDTH_KEY]) for h in history if WIDTH_KEY in h]
+    if not widths:
+        return None
+    losses = [float(h["loss"]) for h in history if "loss" in h]
+    width_change = relative_change(widths, window)
+    loss_change = relative_change(losses, window)
+    settled = width_change < tol and loss_change < tol  # nan compares False: too few epochs never converge
+    verdict = ConvergenceVerdict(
+        converged=settled,
+        epochs=len(widths),
+        window=window,
+        tol=tol,
+        width_change=width_change,
+        loss_change=loss_change,
+        initial_width=initial_width,
+        final_width=widths[-1],
+    )
+    return attrs.evolve(verdict, converged=settled and verdict.left_initial_width)
+
+
+def posterior_finding(check: str, message: str) -> Finding:
+    """A posterior check that failed, tagged advbayes.check.posterior.<check>."""
+    return Finding(kind="posterior", attack=check, eps=None, message=message)
+
+
+def convergence_findings(run: str, verdict: ConvergenceVerdict) -> list[Finding]:
+    """One finding per problem: a width still at its initialization, a posterior that had not settled."""
+    findings = []
+    where = f"run {run}, posterior after {verdict.epochs} epochs"
+    if not verdict.left_initial_width:
+        ratio = verdict.final_width / verdict.initial_width
+        findings.append(
+            posterior_finding(
+                "initial-width",
+                f"{where}: mean sigma^2 {verdict.final_width:.3g} is x{ratio:.2f} of its initial "
+                f"{verdict.initial_width:.3g}: the width never left its initialization, so the network is nearly "
+                "deterministic (give the scale parameters their own scale_lr, or optimizer 'ivon', and train longer)",
+            )
+        )
+    if math.isnan(verdict.width_change) or math.isnan(verdict.loss_change):
+        findings.append(
+            posterior_finding(
+                "unconverged",
+                f"{where}: convergence not shown: the verdict compares the means of two windows of {verdict.window} "
+                f"epochs, so it needs at least {2 * verdict.window} epochs (convergence_window {verdict.window}; "
+                "until_converged = true trains until width and loss settle)",
+            )
+        )
+    elif not (verdict.width_change < verdict.tol and verdict.loss_change < verdict.tol):
+        findings.append(
+            posterior_finding(
+                "unconverged",
+                f"{where}: not converged: from the {verdict.window} epochs before to the last {verdict.window}, mean "
+                f"sigma^2 changed by {verdict.width_change:.1%} and the loss by {verdict.loss_change:.1%} (tolerance "
+                f"{verdict.tol:.0%}; until_converged = true trains until both settle)",
+            )
+        )
+    return findings
+
+
+def sampler_finding(run: str, defense: str, metrics: Mapping[str, float]) -> Finding:
+    """A sampler's posterior whose own diagnostics (R-hat, effective sample size) say it has not converged."""
+    shown = ", ".join(f"{k.split('/', 1)[-1]} {v:.4g}" for k, v in metrics.items() if k != "posterior/converged")
+    return posterior_finding(
+        "unconverged", f"run {run}, defense {defense}: the sampler's chains have not converged ({shown})"
+    )

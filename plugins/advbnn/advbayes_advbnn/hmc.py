@@ -1,0 +1,211 @@
+"""An HMC reference posterior for small networks (pyro-ppl's HMC / NUTS), stored as the model's sample dimension.
+
+Why pyro: its HMC and NUTS are maintained, adapt the step size and a diagonal mass matrix during warm-up, take a
+plain potential function over a flat parameter vector (no pyro model needed around an nn.Module), and ship the
+split R-hat and effective-sample-size estimators. `posteriors` offers stochastic-gradient MCMC but no exact
+(Metropolis-corrected) HMC, which is what a reference posterior needs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import attrs
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from advbayes import Defense, LossOutput, SampleEnsemble, TrainContext, ensemble_accuracy, mean_cross_entropy, param
+
+RHAT_LIMIT = 1.1  # split R-hat above this on any function-space quantity: the chains disagree
+PROBE = 32  # training examples whose predicted probabilities the chains must agree on
+
+
+@attrs.frozen(kw_only=True)
+class ChainSamples:
+    """Samples [chains, N, P] of a flat parameter vector, and what it took to draw them."""
+
+    samples: torch.Tensor
+    seconds: float
+    accept_rate: float
+
+    @property
+    def samples_per_s(self) -> float:
+        """Kept and warm-up iterations are not told apart: kept samples over all the sampling time."""
+        return self.samples.shape[0] * self.samples.shape[1] / max(self.seconds, 1e-9)
+
+
+def chain_diagnostics(tracked: torch.Tensor) -> dict[str, float]:
+    """Split R-hat (max, median) and effective sample size (min, median) of quantities [chains, N, Q]."""
+    from pyro.ops.stats import effective_sample_size, split_gelman_rubin
+
+    tracked = tracked.double()
+    r_hat = split_gelman_rubin(tracked, chain_dim=0, sample_dim=1)
+    ess = effective_sample_size(tracked, chain_dim=0, sample_dim=1)
+    return {
+        "r_hat_max": float(r_hat.max()),
+        "r_hat_median": float(r_hat.median()),
+        "ess_min": float(ess.min()),
+        "ess_median": float(ess.median()),
+    }
+
+
+def flatten_parameters(net: nn.Module) -> torch.Tensor:
+    """The network's parameters as one vector (named_parameters order)."""
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+def unflatten_parameters(net: nn.Module, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A flat vector -> name -> tensor of each parameter's shape."""
+    out, offset = {}, 0
+    for name, parameter in net.named_parameters():
+        out[name] = vector[offset : offset + parameter.numel()].view_as(parameter)
+        offset += parameter.numel()
+    return out
+
+
+def sample_posterior(
+    net: nn.Module,
+    log_likelihood: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    *,
+    prior_sigma: float,
+    num_samples: int,
+    warmup: int,
+    chains: int,
+    num_steps: int,
+    step_size: float,
+    nuts: bool,
+    init_jitter: float,
+    seed: int,
+    progress: bool = False,
+) -> ChainSamples:
+    """HMC (or NUTS) on p(theta | data) ~ exp(log_likelihood(theta)) N(theta; 0, prior_sigma^2 I), one chain after
+    another from the network's current weights plus N(0, init_jitter^2) (chains must start apart for R-hat)."""
+    import pyro
+    from pyro.infer.mcmc import HMC, MCMC, NUTS
+
+    start = flatten_parameters(net)
+    buffers = dict(net.named_buffers())
+
+    def potential(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        theta = params["theta"]
+        prior = theta.square().sum() / (2 * prior_sigma**2)
+        return prior - log_likelihood({**unflatten_parameters(net, theta), **buffers})
+
+    chain_samples = []
+    accepted = []
+    started = time.perf_counter()
+    for chain in range(chains):
+        pyro.set_rng_seed(seed + chain)
+        generator = torch.Generator(device="cpu").manual_seed(seed + 1000 + chain)
+        jitter = torch.randn(start.shape, generator=generator).to(start) * init_jitter
+        if nuts:
+            kernel: Any = NUTS(potential_fn=potential, step_size=step_size, adapt_step_size=True)
+        else:
+            kernel = HMC(potential_fn=potential, step_size=step_size, num_steps=num_steps, adapt_step_size=True)
+        mcmc = MCMC(
+            kernel,
+            num_samples=num_samples,
+            warmup_steps=warmup,
+            initial_params={"theta": start + jitter},
+            disable_progbar=not progress,
+        )
+        mcmc.run()
+        chain_samples.append(mcmc.get_samples()["theta"].detach())
+        accepted.append(float(mcmc.diagnostics()["acceptance rate"]["chain 0"]))
+    seconds = time.perf_counter() - started
+    return ChainSamples(samples=torch.stack(chain_samples), seconds=seconds, accept_rate=sum(accepted) / chains)
+
+
+@attrs.frozen(kw_only=True)
+class HMCDefense(Defense):
+    """HMC reference posterior: a MAP warm start for `epochs`, then `chains` x `num_samples` full-batch HMC samples
+    stored as the sample dimension (S draws = S of the stored samples), with split R-hat and ESS logged."""
+
+    name: ClassVar[str] = "hmc"
+    default_optimizer: ClassVar[str] = "adam"
+    default_lr: ClassVar[float] = 1e-3
+    prior_sigma: float = param(1.0, gt=0.0, help="prior std of every weight (Carbone et al.: N(0, 1))")
+    num_samples: int = param(100, kind=int, ge=4, le=100_000, help="samples kept per chain")
+    warmup: int = param(100, kind=int, ge=0, le=100_000, help="warm-up iterations per chain (adaptation)")
+    chains: int = param(2, kind=int, ge=1, le=16, help="chains, one after another (R-hat needs 2 or more)")
+    num_steps: int = param(20, kind=int, ge=1, le=10_000, help="leapfrog steps per HMC iteration")
+    step_size: float = param(1e-3, gt=0.0, le=10.0, help="initial leapfrog step size (adapted in warm-up)")
+    nuts: bool = param(False, kind=bool, help="NUTS instead of HMC with num_steps")
+    thin: int = param(1, kind=int, ge=1, le=1000, help="keep every thin-th sample")
+    init_jitter: float = param(0.01, ge=0.0, help="std of the noise added to the warm start for each chain")
+    max_train: int = param(10_000, kind=int, ge=1, help="full-batch HMC on at most this many training examples")
+    inference_samples: int = param(10, kind=int, ge=1, help="S_I: stored samples averaged at prediction")
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The network in a SampleEnsemble with room for every kept sample (it answers [1, B, k] until filled)."""
+        kept = self.chains * math.ceil(self.num_samples / self.thin)
+        return SampleEnsemble(model, kept, seed=int(torch.randint(0, 2**62, (1,)).item()))
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], context: TrainContext) -> LossOutput:
+        """The warm start: the MAP objective, cross-entropy + |theta|^2 / (2 prior_sigma^2 n_train)."""
+        x, y = batch
+        logits = model(x, samples=1)
+        ce = mean_cross_entropy(logits, y)
+        prior = sum(p.square().sum() for p in model.parameters()) / (2 * self.prior_sigma**2 * context.n_train)
+        return LossOutput(loss=ce + prior, parts={"ce": ce.detach(), "acc": ensemble_accuracy(logits.detach(), y)})
+
+    def after_training(self, model: nn.Module, context: TrainContext) -> Mapping[str, float]:
+        """Draw the chains on the training split (full batch), store the kept samples, return the diagnostics."""
+        if not isinstance(model, SampleEnsemble):
+            raise TypeError(f"hmc: expected the SampleEnsemble its prepare() built, got {type(model).__name__}")
+        net = model.net
+        n = min(len(context.train), self.max_train)  # type: ignore[arg-type]
+        xs, ys = zip(*(context.train[i] for i in range(n)))
+        x = torch.stack([torch.as_tensor(v) for v in xs]).to(context.device).float()
+        y = torch.as_tensor(ys).to(context.device).long()
+        net.eval()
+
+        def log_likelihood(params: dict[str, torch.Tensor]) -> torch.Tensor:
+            return -nn.functional.cross_entropy(functional_call(net, params, (x,)), y, reduction="sum")
+
+        drawn = sample_posterior(
+            net,
+            log_likelihood,
+            prior_sigma=self.prior_sigma,
+            num_samples=self.num_samples,
+            warmup=self.warmup,
+            chains=self.chains,
+            num_steps=self.num_steps,
+            step_size=self.step_size,
+            nuts=self.nuts,
+            init_jitter=self.init_jitter,
+            seed=context.seed,
+            progress=context.progress,
+        )
+        kept = drawn.samples[:, :: self.thin]
+        # A network's weights are not identifiable (permuting hidden units leaves the function unchanged), so chains
+        # are judged in function space, as Izmailov et al. (2021) do: the log-likelihood and the predicted
+        # probabilities of PROBE training examples; weight-space R-hat is logged beside them.
+        probe = x[:PROBE]
+        with torch.no_grad():
+            function = torch.stack(
+                [
+                    torch.stack(
+                        [
+                            torch.cat(
+                                [
+                                    log_likelihood(unflatten_parameters(net, t)).view(1),
+                                    functional_call(net, unflatten_parameters(net, t), (probe,)).softmax(-1).flatten(),
+                                ]
+                            )
+                            for t in chain
+                        ]
+                    )
+                    for chain in kept
+                ]
+            )
+        metrics = {f"hmc_{k}": v for k, v in chain_diagnostics(function).items()}
+        metrics.update({f"hmc_weight_{k}": v for k, v in chain_diagnostics(kept).items()})
+        metrics.update(hmc_accept_rate=drawn.accept_rate, hmc_samples_per_s=drawn.samples_per_s)
+        model.store(kept.reshape(-1, kept.shape[-1]))
+        converged = metrics["hmc_r_hat_max"] < RHAT_LIMIT
+        return {**{f"posterior/{k}": v for k, v in metrics.items()}, "posterior/converged": float(converged)}

@@ -1,0 +1,109 @@
+"""The hmc entry: its sampler against a posterior known in closed form, and the defense through the real plugin
+manager (stored samples as the sample dimension, diagnostics, a resume that does not sample again)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from torch import nn
+from torch.func import functional_call
+
+import advbayes
+from advbayes import SampleEnsemble, hookimpl
+from advbayes.plugins import create_plugin_manager
+from advbayes_advbnn.hmc import chain_diagnostics, sample_posterior
+
+MOONS_HMC = {
+    "defense": "hmc",
+    "defense.num_samples": 20,
+    "defense.warmup": 20,
+    "defense.num_steps": 5,
+    "defense.max_train": 200,
+    "dataset.train_size": 200,
+    "dataset.test_size": 100,
+    "epochs": 1,
+}
+
+
+def test_hmc_recovers_bayesian_linear_regression_within_its_monte_carlo_error() -> None:
+    torch.manual_seed(0)
+    n, d, noise, tau = 40, 3, 0.5, 1.0
+    x = torch.randn(n, d)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + noise * torch.randn(n)
+    net = nn.Linear(d, 1, bias=False)
+
+    def log_likelihood(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return -((y - functional_call(net, params, (x,)).squeeze(-1)) ** 2).sum() / (2 * noise**2)
+
+    drawn = sample_posterior(
+        net,
+        log_likelihood,
+        prior_sigma=tau,
+        num_samples=600,
+        warmup=200,
+        chains=2,
+        num_steps=10,
+        step_size=0.05,
+        nuts=False,
+        init_jitter=0.5,
+        seed=0,
+    )
+    # closed form: Sigma = (X'X / s^2 + I / tau^2)^-1, m = Sigma X'y / s^2
+    covariance = torch.linalg.inv(x.T @ x / noise**2 + torch.eye(d) / tau**2).double()
+    mean = covariance @ x.T.double() @ y.double() / noise**2
+    samples = drawn.samples.reshape(-1, d).double()
+    diagnostics = chain_diagnostics(drawn.samples)
+    assert diagnostics["r_hat_max"] < 1.05
+    standard_error = covariance.diagonal().sqrt() / diagnostics["ess_min"] ** 0.5
+    assert ((samples.mean(0) - mean).abs() < 4 * standard_error).all()
+    # the covariance's entries, within a generous relative error of a sample covariance at this ESS
+    error = (torch.cov(samples.T) - covariance).abs().max() / covariance.diagonal().max()
+    assert error < 0.3
+    assert 0.5 < drawn.accept_rate <= 1.0
+
+
+def test_hmc_defense_stores_its_samples_as_the_sample_dimension_with_diagnostics() -> None:
+    result = advbayes.run("moons", track=False, **MOONS_HMC, **{"attacks": ["none"]})
+    model = result.model
+    assert isinstance(model, SampleEnsemble) and model.sample_count == 2 * 20
+    metrics = result.model_metrics
+    for key in ("hmc_r_hat_max", "hmc_ess_min", "hmc_weight_r_hat_max", "hmc_accept_rate", "hmc_samples_per_s"):
+        assert torch.isfinite(torch.tensor(metrics[f"posterior/{key}"]))
+    assert metrics["posterior/converged"] == float(metrics["posterior/hmc_r_hat_max"] < 1.1)
+    x = torch.randn(5, 2)
+    with torch.no_grad():
+        first, second = model(x, samples=10), model(x, samples=10)
+    assert first.shape == (10, 5, 2) and not torch.equal(first, second)  # fresh stored samples per call
+    # the stored samples moved away from the warm start: they are the chains, not copies of the MAP
+    assert model.stored[:40].std(dim=0).mean() > 0
+
+
+class InterruptAfterFirstAttack:
+    """Ctrl-C once the first attack's evaluation is checkpointed."""
+
+    @hookimpl(trylast=True)
+    def checkpoint_saved(self, run, checkpoint) -> None:
+        if len(torch.load(checkpoint, weights_only=True).get("evaluated", [])) == 1:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_hmc_run_reuses_its_samples_instead_of_sampling_again(store: str, monkeypatch) -> None:
+    settings = {**MOONS_HMC, "attacks": ["none", "fgsm"], "eps": [0.1]}
+    whole = advbayes.run("moons", tracking_uri=store, **settings)
+    pm = create_plugin_manager()
+    pm.register(InterruptAfterFirstAttack(), name="interrupt")
+    with pytest.raises(KeyboardInterrupt) as raised:
+        advbayes.run("moons", tracking_uri=store, pm=pm, **settings)
+    import advbayes_advbnn.hmc as hmc
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the resumed run sampled again")
+
+    monkeypatch.setattr(hmc, "sample_posterior", refuse)
+    resumed = advbayes.run(tracking_uri=store, resume=raised.value.advbayes_run_id)
+    assert torch.equal(resumed.model.stored, whole.model.stored)  # the same chains, from the checkpoint
+    assert resumed.table() == whole.table()
+    assert resumed.model_metrics["posterior/hmc_r_hat_max"] == whole.model_metrics["posterior/hmc_r_hat_max"]
+    tags = MlflowClient(store).get_run(whole.run_id).data.tags
+    assert tags["posterior.converged"] in ("true", "false")
