@@ -60,16 +60,24 @@ def test_verdict_compares_the_means_of_the_last_two_windows() -> None:
     verdict = convergence_verdict(growing, 1e-4, tol=0.02, window=3)
     assert verdict is not None and not verdict.converged
     [finding] = convergence_findings("r", verdict)
-    assert finding.tag == "advbayes.check.posterior.unconverged" and "changed by 33.1%" in finding.message
+    assert finding.tag == "advbayes.check.posterior.unconverged" and "mean sigma^2 changed by 33.1%" in finding.message
 
 
 def test_a_width_still_at_its_initial_value_never_converges_and_is_named() -> None:
     pinned = history([1.1e-4] * 6, [1.0] * 6)  # width and loss perfectly flat, but x1.1 of the initial width
     verdict = convergence_verdict(pinned, 1e-4, tol=0.02, window=3)
     assert verdict is not None and not verdict.converged and not verdict.left_initial_width
-    [finding] = convergence_findings("moons/bnn seed 0", verdict)
-    assert finding.tag == "advbayes.check.posterior.initial-width"
+    [finding] = convergence_findings("moons/bnn seed 0", verdict)  # one warning, whatever the reasons
+    assert finding.tag == "advbayes.check.posterior.unconverged"
+    assert finding.message.startswith("run moons/bnn seed 0, posterior after 6 epochs not converged: mean sigma^2")
     assert "x1.10 of its initial 0.0001" in finding.message and "scale_lr" in finding.message
+
+
+def test_a_loss_that_settled_above_where_it_started_has_diverged_not_converged() -> None:
+    verdict = convergence_verdict(history([1e-4, *[1e-2] * 7], [2.0, *[9.0] * 7]), 1e-4, tol=0.02, window=3)
+    assert verdict is not None and verdict.diverged and not verdict.converged
+    [finding] = convergence_findings("r", verdict)
+    assert "above the first epoch's: training diverged" in finding.message
 
 
 def test_too_few_epochs_are_not_converged_and_say_how_many_are_needed() -> None:
@@ -172,12 +180,14 @@ def test_until_converged_stops_at_the_first_converged_epoch_and_logs_the_verdict
 
 def test_an_unconverged_posterior_is_warned_and_tagged(store: str) -> None:
     settings = {**MOONS_BNN, "batch_size": 256, "epochs": 2}  # two steps: the width cannot move
-    with pytest.warns(advbayes.EvaluationWarning, match=r"run moons/bnn seed 0, posterior after 2 epochs: mean"):
+    with pytest.warns(advbayes.EvaluationWarning) as warned:
         result = advbayes.run("moons", tracking_uri=store, **settings)
+    [message] = [str(w.message) for w in warned if "posterior" in str(w.message)]
+    assert message.startswith("run moons/bnn seed 0, posterior after 2 epochs not converged: mean sigma^2 ")
     tags = MlflowClient(store).get_run(result.run_id).data.tags
     assert tags["posterior.converged"] == "false"
-    assert "never left its initialization" in tags["advbayes.check.posterior.initial-width"]
-    assert "needs at least 10 epochs" in tags["advbayes.check.posterior.unconverged"]
+    assert tags["advbayes.check.posterior.unconverged"] == message
+    assert "never left its initialization" in message and "needs at least 10 epochs" in message
 
 
 def test_sample_ensemble_matches_a_loop_over_its_stored_samples() -> None:
@@ -202,3 +212,16 @@ def test_sample_ensemble_matches_a_loop_over_its_stored_samples() -> None:
     assert ensemble(x, samples=20).shape == (20, 4, 2)  # S > N: with replacement
     with pytest.raises(ValueError, match="expected at most 6 x"):
         ensemble.store(torch.zeros(7, count))
+
+
+def test_until_converged_stops_a_deterministic_network_once_its_loss_settles() -> None:
+    settings = {"epochs": 80, "until_converged": True, "convergence_tol": 0.05, "convergence_window": 2}
+    result = advbayes.run("moons", track=False, **{"dataset.train_size": 256}, **settings)
+    losses = [h["loss"] for h in result.history]
+    assert 4 <= len(losses) < 80
+    assert "posterior/converged" not in result.model_metrics  # no posterior, no posterior verdict
+
+    def change(values: list[float]) -> float:
+        return abs(sum(values[-2:]) - sum(values[-4:-2])) / abs(sum(values[-4:-2]))
+
+    assert change(losses) < 0.05 and change(losses[:-1]) >= 0.05

@@ -23,6 +23,7 @@ from advbayes.engine.distributed import mean_over_ranks, sharded_loss
 from advbayes.errors import RunError
 from advbayes.losses import mean_cross_entropy
 from advbayes.posterior import WIDTH_KEY, ConvergenceVerdict, convergence_verdict, width_statistics
+from advbayes.posterior.convergence import relative_change
 from advbayes.posterior.optimizers import OptimizerSteps, make_optimizer
 from advbayes.results import EvalRecord
 from advbayes.stochastic import as_sampled
@@ -202,9 +203,13 @@ class Training(RunParts):
         return metrics
 
     def converged(self) -> bool:
-        """True once the posterior's verdict on the epochs so far says converged."""
+        """True once the posterior's verdict on the epochs so far says converged; for a network without Gaussian
+        weights (an experiment's deterministic defenses), once its loss has settled by the same rule."""
         verdict = self.verdict()
-        return verdict is not None and verdict.converged
+        if verdict is not None:
+            return verdict.converged
+        losses = [float(h["loss"]) for h in self.history if "loss" in h]
+        return relative_change(losses, self.experiment.convergence_window) < self.experiment.convergence_tol
 
     def verdict(self) -> ConvergenceVerdict | None:
         """The posterior's convergence verdict on the epochs so far (None for a network without Gaussian weights)."""

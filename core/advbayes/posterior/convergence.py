@@ -26,6 +26,7 @@ class ConvergenceVerdict:
     loss_change: float  # relative change of the epoch-mean loss between the last two windows of epochs
     initial_width: float
     final_width: float
+    diverged: bool = False  # the last window's mean loss is above the first epoch's: settled, but not trained
 
     @property
     def left_initial_width(self) -> bool:
@@ -61,8 +62,9 @@ def convergence_verdict(
     """The verdict from the per-epoch history (None when the history has no posterior width: no Gaussian weights).
 
     Converged: from the `window` epochs before to the last `window` epochs, the means of mean sigma^2 and of the
-    training loss changed by less than `tol` (relative), and the width left its initial value (a width pinned at
-    its initialization is not a posterior that converged, whatever its loss does).
+    training loss changed by less than `tol` (relative), the width left its initial value (a width pinned at its
+    initialization is not a posterior that converged, whatever its loss does), and the loss ended below its first
+    epoch's (a run that diverged and then settled has not converged: IVON at beta2 0.999 did that).
     """
     widths = [float(h[WIDTH_KEY]) for h in history if WIDTH_KEY in h]
     if not widths:
@@ -71,6 +73,7 @@ def convergence_verdict(
     width_change = relative_change(widths, window)
     loss_change = relative_change(losses, window)
     settled = width_change < tol and loss_change < tol  # nan compares False: too few epochs never converge
+    diverged = len(losses) >= window and sum(losses[-window:]) / window > losses[0]
     verdict = ConvergenceVerdict(
         converged=settled,
         epochs=len(widths),
@@ -80,8 +83,9 @@ def convergence_verdict(
         loss_change=loss_change,
         initial_width=initial_width,
         final_width=widths[-1],
+        diverged=diverged,
     )
-    return attrs.evolve(verdict, converged=settled and verdict.left_initial_width)
+    return attrs.evolve(verdict, converged=settled and verdict.left_initial_width and not diverged)
 
 
 def posterior_finding(check: str, message: str) -> Finding:
@@ -90,38 +94,30 @@ def posterior_finding(check: str, message: str) -> Finding:
 
 
 def convergence_findings(run: str, verdict: ConvergenceVerdict) -> list[Finding]:
-    """One finding per problem: a width still at its initialization, a posterior that had not settled."""
-    findings = []
-    where = f"run {run}, posterior after {verdict.epochs} epochs"
+    """One finding (one warning, one tag) for a posterior that has not converged, with every reason and number."""
+    if verdict.converged:
+        return []
+    reasons = []
     if not verdict.left_initial_width:
-        ratio = verdict.final_width / verdict.initial_width
-        findings.append(
-            posterior_finding(
-                "initial-width",
-                f"{where}: mean sigma^2 {verdict.final_width:.3g} is x{ratio:.2f} of its initial "
-                f"{verdict.initial_width:.3g}: the width never left its initialization, so the network is nearly "
-                "deterministic (give the scale parameters their own scale_lr, or optimizer 'ivon', and train longer)",
-            )
+        reasons.append(
+            f"mean sigma^2 {verdict.final_width:.3g} is x{verdict.final_width / verdict.initial_width:.2f} of its "
+            f"initial {verdict.initial_width:.3g}: the width never left its initialization, so the network is "
+            "nearly deterministic (give the scale parameters their own scale_lr, and train longer)"
         )
     if math.isnan(verdict.width_change) or math.isnan(verdict.loss_change):
-        findings.append(
-            posterior_finding(
-                "unconverged",
-                f"{where}: convergence not shown: the verdict compares the means of two windows of {verdict.window} "
-                f"epochs, so it needs at least {2 * verdict.window} epochs (convergence_window {verdict.window}; "
-                "until_converged = true trains until width and loss settle)",
-            )
+        reasons.append(
+            f"convergence not shown: the verdict compares the means of two windows of {verdict.window} epochs, so it "
+            f"needs at least {2 * verdict.window} epochs (convergence_window {verdict.window})"
         )
     elif not (verdict.width_change < verdict.tol and verdict.loss_change < verdict.tol):
-        findings.append(
-            posterior_finding(
-                "unconverged",
-                f"{where}: not converged: from the {verdict.window} epochs before to the last {verdict.window}, mean "
-                f"sigma^2 changed by {verdict.width_change:.1%} and the loss by {verdict.loss_change:.1%} (tolerance "
-                f"{verdict.tol:.0%}; until_converged = true trains until both settle)",
-            )
+        reasons.append(
+            f"from the {verdict.window} epochs before to the last {verdict.window}, mean sigma^2 changed by "
+            f"{verdict.width_change:.1%} and the loss by {verdict.loss_change:.1%} (tolerance {verdict.tol:.0%})"
         )
-    return findings
+    if verdict.diverged:
+        reasons.append(f"the loss of the last {verdict.window} epochs is above the first epoch's: training diverged")
+    message = f"run {run}, posterior after {verdict.epochs} epochs not converged: " + "; ".join(reasons)
+    return [posterior_finding("unconverged", message + " (until_converged = true trains until it converges)")]
 
 
 def sampler_finding(run: str, defense: str, metrics: Mapping[str, float]) -> Finding:

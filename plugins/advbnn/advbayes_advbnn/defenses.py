@@ -30,6 +30,8 @@ class BNN(Defense):
     name: ClassVar[str] = "bnn"
     default_optimizer: ClassVar[str] = "adam"
     default_lr: ClassVar[float] = 1e-3
+    # the log-sigmas' own lr: with Adam at 1e-3 they move ~1e-3 per step (benchmarks/README.md, posterior optimizers)
+    default_scale_lr: ClassVar[float | None] = 0.01
     prior_sigma: float = param(0.15, gt=0.0, help="prior std s0 (Adv-BNN: CIFAR-10 0.05, others 0.15)")
     alpha: float = param(0.02, gt=0.0, le=1.0, help="KL weight (Adv-BNN: CIFAR-10 1.0, others 1/50)")
     init_sigma: float = param(0.01, gt=0.0, help="initial posterior std exp(s)")

@@ -9,6 +9,7 @@ split R-hat and effective-sample-size estimators. `posteriors` offers stochastic
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -21,6 +22,7 @@ from torch.func import functional_call
 from advbayes import Defense, LossOutput, SampleEnsemble, TrainContext, ensemble_accuracy, mean_cross_entropy, param
 
 RHAT_LIMIT = 1.1  # split R-hat above this on any function-space quantity: the chains disagree
+REPORT_EVERY = 30.0  # seconds between progress lines when there is no progress bar
 PROBE = 32  # training examples whose predicted probabilities the chains must agree on
 
 
@@ -98,6 +100,26 @@ def sample_posterior(
     chain_samples = []
     accepted = []
     started = time.perf_counter()
+    said = [started]
+
+    def report(chain: int) -> Callable[..., None]:
+        """Without a terminal (no progress bar), a line at least every 30 s: chain, stage, iteration, time."""
+
+        def hook(kernel: Any, params: Any, stage: str, index: int) -> None:
+            now = time.perf_counter()
+            if progress or now - said[0] < REPORT_EVERY:
+                return
+            said[0] = now
+            total = warmup if stage.lower().startswith("warm") else num_samples
+            print(
+                f"hmc chain {chain + 1}/{chains}: {stage.lower()} {index + 1}/{total}, step size "
+                f"{float(getattr(kernel, 'step_size', math.nan)):.3g}, {now - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        return hook
+
     for chain in range(chains):
         pyro.set_rng_seed(seed + chain)
         generator = torch.Generator(device="cpu").manual_seed(seed + 1000 + chain)
@@ -112,6 +134,7 @@ def sample_posterior(
             warmup_steps=warmup,
             initial_params={"theta": start + jitter},
             disable_progbar=not progress,
+            hook_fn=report(chain),
         )
         mcmc.run()
         chain_samples.append(mcmc.get_samples()["theta"].detach())

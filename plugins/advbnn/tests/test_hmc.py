@@ -107,3 +107,26 @@ def test_a_resumed_hmc_run_reuses_its_samples_instead_of_sampling_again(store: s
     assert resumed.model_metrics["posterior/hmc_r_hat_max"] == whole.model_metrics["posterior/hmc_r_hat_max"]
     tags = MlflowClient(store).get_run(whole.run_id).data.tags
     assert tags["posterior.converged"] in ("true", "false")
+
+
+def test_without_a_terminal_sampling_says_where_it_is(monkeypatch, capsys) -> None:
+    import advbayes_advbnn.hmc as hmc
+
+    monkeypatch.setattr(hmc, "REPORT_EVERY", 0.0)
+    net = nn.Linear(2, 1, bias=False)
+    sample_posterior(
+        net,
+        lambda params: -params["weight"].square().sum(),
+        prior_sigma=1.0,
+        num_samples=4,
+        warmup=3,
+        chains=2,
+        num_steps=2,
+        step_size=0.1,
+        nuts=False,
+        init_jitter=0.1,
+        seed=0,
+    )
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("hmc chain 2/2: sample 4/4, step size ") for line in lines)
+    assert any(line.startswith("hmc chain 1/2: warmup 3/3,") for line in lines)

@@ -44,6 +44,7 @@ class D3(Defense):
     prediction_average: ClassVar[str] = "logits"  # the paper averages logits over draws at inference
     default_optimizer: ClassVar[str] = "adam"
     default_lr: ClassVar[float] = 1e-3
+    default_scale_lr: ClassVar[float | None] = 0.01  # as BNN's: Adam at 1e-3 would pin the widths
     bayesian_fraction: float = param(0.25, gt=0.0, le=1.0, help="last fraction of the weight layers made Bayesian")
     draws: int = param(10, kind=int, ge=2, help="K: posterior draws per training step")
     lambda_m: float = param(0.0, ge=0.0, help="weight of the mean penalty Omega_M")
