@@ -348,9 +348,10 @@ def format_plan(prepared: Any, tracking_uri: str | None, *, track: bool) -> str:
     for index, spec in enumerate(prepared.variants, 1):
         attacks = ", ".join(a["name"] for a in spec["attacks"])
         eps = ", ".join(f"{e:g}" for e in spec["eps"])
+        epochs = f"until converged, at most {spec['epochs']}" if spec.get("until_converged") else str(spec["epochs"])
         lines.append(
             f"  {index}. defense {spec['defense']['name']}, model {spec['model']['name']}, data "
-            f"{spec['dataset']['name']}, seed {spec['seed']}, {spec['epochs']} epochs x batch {spec['batch_size']}"
+            f"{spec['dataset']['name']}, seed {spec['seed']}, {epochs} epochs x batch {spec['batch_size']}"
         )
         lines.append(f"     attacks {attacks} at eps {eps}; metrics {', '.join(m['name'] for m in spec['metrics'])}")
     if not track:
