@@ -31,7 +31,7 @@ NETWORKS: dict[str, dict[str, Any]] = {
             "inference_samples": [],
             "metrics": ["accuracy"],
         },
-        "cap": 200,
+        "cap": 300,
     },
     # Adv-BNN of advbnn-mnist-5k: mnist-cnn, alpha 1/50, prior 0.15, PGD-10 examples at eps 0.1 in training
     "advbnn": {
@@ -45,7 +45,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "adam+scale_lr 0.01": {"optimizer": "adam", "lr": 0.001, "scale_lr": 0.01},
     "adam+scale_lr 0.03": {"optimizer": "adam", "lr": 0.001, "scale_lr": 0.03},
     "ivon lr 0.1": {"optimizer": "ivon", "lr": 0.1},
-    "ivon lr 0.1 beta2 0.99": {"optimizer": "ivon", "lr": 0.1, "ivon_beta2": 0.99},
     "ivon lr 0.1 beta2 0.99 clip 1e-3": {"optimizer": "ivon", "lr": 0.1, "ivon_beta2": 0.99, "ivon_clip_radius": 1e-3},
 }
 

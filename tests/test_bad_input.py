@@ -228,6 +228,7 @@ def closed_port() -> int:
         (f"postgresql://user@127.0.0.1:{closed_port()}/db", "is unreachable (127.0.0.1:"),
         ("http://127.0.0.1:99999", "the port is not a number from 1 to 65535"),
     ],
+    ids=["unknown-scheme", "http-closed-port", "postgresql-closed-port", "port-out-of-range"],  # stable: xdist
 )
 def test_a_store_that_cannot_work_fails_fast(isolated_cwd: Path, uri: str, expected: str) -> None:
     import time

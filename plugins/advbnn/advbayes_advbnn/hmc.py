@@ -45,6 +45,11 @@ def chain_diagnostics(tracked: torch.Tensor) -> dict[str, float]:
     from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 
     tracked = tracked.double()
+    # a quantity no sample changed (saturated, or a chain that never moved it) has no R-hat (0 / 0): left out
+    varies = tracked.flatten(2).std(dim=1).amax(dim=0) > 0
+    tracked = tracked.flatten(2)[..., varies]
+    if not tracked.shape[-1]:
+        return dict.fromkeys(("r_hat_max", "r_hat_median", "ess_min", "ess_median"), math.nan)
     r_hat = split_gelman_rubin(tracked, chain_dim=0, sample_dim=1)
     ess = effective_sample_size(tracked, chain_dim=0, sample_dim=1)
     return {
@@ -207,7 +212,8 @@ class HMCDefense(Defense):
         kept = drawn.samples[:, :: self.thin]
         # A network's weights are not identifiable (permuting hidden units leaves the function unchanged), so chains
         # are judged in function space, as Izmailov et al. (2021) do: the log-likelihood and the predicted
-        # probabilities of PROBE training examples; weight-space R-hat is logged beside them.
+        # log-probabilities of PROBE training examples (float64; probabilities saturate at 1 in float32 and then
+        # have no R-hat); weight-space R-hat is logged beside them.
         probe = x[:PROBE]
         with torch.no_grad():
             function = torch.stack(
@@ -217,7 +223,7 @@ class HMCDefense(Defense):
                             torch.cat(
                                 [
                                     log_likelihood(unflatten_parameters(net, t)).view(1),
-                                    functional_call(net, unflatten_parameters(net, t), (probe,)).softmax(-1).flatten(),
+                                    functional_call(net, unflatten_parameters(net, t), (probe,)).log_softmax(-1).flatten(),
                                 ]
                             )
                             for t in chain

@@ -130,3 +130,14 @@ def test_without_a_terminal_sampling_says_where_it_is(monkeypatch, capsys) -> No
     lines = capsys.readouterr().err.splitlines()
     assert any(line.startswith("hmc chain 2/2: sample 4/4, step size ") for line in lines)
     assert any(line.startswith("hmc chain 1/2: warmup 3/3,") for line in lines)
+
+
+def test_chain_diagnostics_leave_out_quantities_no_sample_changed() -> None:
+    torch.manual_seed(0)
+    moving = torch.randn(2, 50, 3)
+    constant = torch.zeros(2, 50, 1)  # a saturated probability: R-hat would be 0 / 0
+    with_constant = chain_diagnostics(torch.cat([moving, constant], dim=-1))
+    assert with_constant == chain_diagnostics(moving)
+    assert 0.9 < with_constant["r_hat_max"] < 1.2  # independent normal draws: chains agree
+    shifted = moving + torch.tensor([0.0, 3.0]).view(2, 1, 1)  # chains apart: R-hat far above 1
+    assert chain_diagnostics(shifted)["r_hat_max"] > 2
