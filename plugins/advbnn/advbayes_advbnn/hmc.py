@@ -212,26 +212,17 @@ class HMCDefense(Defense):
         kept = drawn.samples[:, :: self.thin]
         # A network's weights are not identifiable (permuting hidden units leaves the function unchanged), so chains
         # are judged in function space, as Izmailov et al. (2021) do: the log-likelihood and the predicted
-        # log-probabilities of PROBE training examples (float64; probabilities saturate at 1 in float32 and then
-        # have no R-hat); weight-space R-hat is logged beside them.
+        # log-probabilities of PROBE training examples (probabilities saturate at 1 in float32 and then have no
+        # R-hat); weight-space R-hat is logged beside them.
         probe = x[:PROBE]
+
+        def function_of(theta: torch.Tensor) -> torch.Tensor:
+            params = unflatten_parameters(net, theta)
+            outputs = functional_call(net, params, (probe,)).log_softmax(-1).flatten()
+            return torch.cat([log_likelihood(params).view(1), outputs])
+
         with torch.no_grad():
-            function = torch.stack(
-                [
-                    torch.stack(
-                        [
-                            torch.cat(
-                                [
-                                    log_likelihood(unflatten_parameters(net, t)).view(1),
-                                    functional_call(net, unflatten_parameters(net, t), (probe,)).log_softmax(-1).flatten(),
-                                ]
-                            )
-                            for t in chain
-                        ]
-                    )
-                    for chain in kept
-                ]
-            )
+            function = torch.stack([torch.stack([function_of(theta) for theta in chain]) for chain in kept])
         metrics = {f"hmc_{k}": v for k, v in chain_diagnostics(function).items()}
         metrics.update({f"hmc_weight_{k}": v for k, v in chain_diagnostics(kept).items()})
         metrics.update(hmc_accept_rate=drawn.accept_rate, hmc_samples_per_s=drawn.samples_per_s)
