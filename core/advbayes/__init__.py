@@ -56,6 +56,7 @@ if TYPE_CHECKING:
         predict,
         predict_repeated,
         to_bayesian,
+        unflatten_parameters,
     )
 
 # Each public name and the module that defines it. They are imported on first use, so that `import advbayes` (and
@@ -114,9 +115,10 @@ _EXPORTS = {
     "posterior_statistics": "advbayes.stochastic",
     "predict": "advbayes.stochastic",
     "predict_repeated": "advbayes.stochastic",
+    "SampleEnsemble": "advbayes.stochastic",
     "run": "advbayes.engine",
     "to_bayesian": "advbayes.stochastic",
-    "SampleEnsemble": "advbayes.stochastic",
+    "unflatten_parameters": "advbayes.stochastic",
 }
 
 
@@ -190,4 +192,5 @@ __all__ = [
     "predict_repeated",
     "run",
     "to_bayesian",
+    "unflatten_parameters",
 ]

@@ -146,13 +146,15 @@ class Training(RunParts):
         experiment = self.experiment
         optimizer = make_optimizer(experiment, self.defense, net, n_train=context.n_train)
         start_epoch = 0
-        self.initial_width = width_statistics(net).get(WIDTH_KEY, 0.0)  # the scale sync (IVON) has run
+        saved_width = self.checkpoint.get("initial_width") if self.checkpoint is not None else None
+        # before any epoch (and after IVON set the widths): a resumed run keeps the width it started from
+        self.initial_width = (
+            float(saved_width) if saved_width is not None else width_statistics(net).get(WIDTH_KEY, 0.0)
+        )
         if self.checkpoint is not None and self.checkpoint.get("optimizer") is not None:
             optimizer.load_state_dict(self.checkpoint["optimizer"])
             start_epoch = int(self.checkpoint["epoch"])
             set_rng_state(self.checkpoint["rng"])
-        if self.checkpoint is not None and "initial_width" in self.checkpoint:
-            self.initial_width = float(self.checkpoint["initial_width"])
         generator = torch.Generator().manual_seed(experiment.seed)
         if self.checkpoint is not None and "generator" in self.checkpoint:
             generator.set_state(self.checkpoint["generator"])

@@ -1,6 +1,6 @@
 """The stochastic substrate: models with a sample dimension ([B, ...] -> logits [S, B, k])."""
 
-from advbayes.stochastic.ensemble import SampleEnsemble
+from advbayes.stochastic.ensemble import SampleEnsemble, unflatten_parameters
 from advbayes.stochastic.layers import (
     BayesBatchNorm2d,
     BayesConv2d,
@@ -53,4 +53,5 @@ __all__ = [
     "predict_repeated",
     "takes_samples",
     "to_bayesian",
+    "unflatten_parameters",
 ]

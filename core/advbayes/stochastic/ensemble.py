@@ -15,6 +15,16 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 
+def unflatten_parameters(net: nn.Module, vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Flat parameter vectors [..., P] (named_parameters order, as parameters_to_vector makes them) -> name ->
+    [..., *shape] tensors, views of `vectors` (differentiable, for torch.func.functional_call)."""
+    out, offset = {}, 0
+    for name, parameter in net.named_parameters():
+        out[name] = vectors[..., offset : offset + parameter.numel()].reshape(*vectors.shape[:-1], *parameter.shape)
+        offset += parameter.numel()
+    return out
+
+
 class SampleEnsemble(nn.Module):
     """`net` evaluated at N stored parameter samples; before any sample is stored it is `net` itself ([1, B, k])."""
 
@@ -27,7 +37,6 @@ class SampleEnsemble(nn.Module):
         if capacity < 1:
             raise ValueError(f"SampleEnsemble: capacity must be >= 1, got {capacity}")
         self.net = net
-        self.names = [name for name, _ in net.named_parameters()]
         count = sum(p.numel() for p in net.parameters())
         self.register_buffer("stored", torch.zeros(capacity, count))  # one flattened parameter vector per row
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))  # rows in use
@@ -82,11 +91,7 @@ class SampleEnsemble(nn.Module):
 
     def unflatten(self, vectors: torch.Tensor) -> dict[str, torch.Tensor]:
         """[S, P] flattened samples -> name -> [S, *shape] parameter tensors."""
-        out, offset = {}, 0
-        for name, parameter in self.net.named_parameters():
-            out[name] = vectors[:, offset : offset + parameter.numel()].view(-1, *parameter.shape)
-            offset += parameter.numel()
-        return out
+        return unflatten_parameters(self.net, vectors)
 
     def forward(self, x: torch.Tensor, samples: int = 1) -> torch.Tensor:
         """Logits [S, B, k] at S stored samples (or [1, B, k] from the network's own weights when none is stored)."""

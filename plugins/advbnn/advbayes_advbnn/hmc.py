@@ -19,7 +19,16 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from advbayes import Defense, LossOutput, SampleEnsemble, TrainContext, ensemble_accuracy, mean_cross_entropy, param
+from advbayes import (
+    Defense,
+    LossOutput,
+    SampleEnsemble,
+    TrainContext,
+    ensemble_accuracy,
+    mean_cross_entropy,
+    param,
+    unflatten_parameters,
+)
 
 RHAT_LIMIT = 1.1  # split R-hat above this on any function-space quantity: the chains disagree
 REPORT_EVERY = 30.0  # seconds between progress lines when there is no progress bar
@@ -60,20 +69,6 @@ def chain_diagnostics(tracked: torch.Tensor) -> dict[str, float]:
     }
 
 
-def flatten_parameters(net: nn.Module) -> torch.Tensor:
-    """The network's parameters as one vector (named_parameters order)."""
-    return torch.cat([p.detach().flatten() for p in net.parameters()])
-
-
-def unflatten_parameters(net: nn.Module, vector: torch.Tensor) -> dict[str, torch.Tensor]:
-    """A flat vector -> name -> tensor of each parameter's shape."""
-    out, offset = {}, 0
-    for name, parameter in net.named_parameters():
-        out[name] = vector[offset : offset + parameter.numel()].view_as(parameter)
-        offset += parameter.numel()
-    return out
-
-
 def sample_posterior(
     net: nn.Module,
     log_likelihood: Callable[[dict[str, torch.Tensor]], torch.Tensor],
@@ -94,7 +89,7 @@ def sample_posterior(
     import pyro
     from pyro.infer.mcmc import HMC, MCMC, NUTS
 
-    start = flatten_parameters(net)
+    start = nn.utils.parameters_to_vector(net.parameters()).detach()
     buffers = dict(net.named_buffers())
 
     def potential(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
