@@ -35,6 +35,22 @@ def timed(run: Callable[[], object], device: torch.device, repeats: int) -> floa
     return sorted(times)[len(times) // 2]
 
 
+def timed_together(runs: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds of each run over `repeats` rounds, after one warm-up call each; every round times each run
+    once, in alternating order, so a spell of load from elsewhere hits all of them alike instead of one."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(repeats):
+        for name in list(runs) if round_ % 2 == 0 else list(runs)[::-1]:
+            synchronize(device)
+            started = time.perf_counter()
+            runs[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - started)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 class OneDraw(torch.nn.Module):
     """A stochastic model as torchattacks and the official AutoAttack see it: each call returns one draw's logits."""
 

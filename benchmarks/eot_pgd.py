@@ -7,7 +7,8 @@ size, where advbayes measures its execution strategies: the choice must not turn
 
 Networks: a Bayesian mlp (2 x 128), a fully Bayesian mnist-cnn and a partially Bayesian mnist-cnn (last quarter
 of the weight layers Bayesian), at batch 16 and 128. "loop" computes each step's gradient the way torchattacks'
-EOTPGD does: S_A separate calls of the whole network with one draw each, one backward each. torchattacks is
+EOTPGD does: S_A separate calls of the whole network with one draw each, one backward each. The three are timed
+in alternating rounds (median; the first call of each, where advbayes measures its choices, apart). torchattacks is
 timed on the same model (wrapped to return one draw's logits) when it is installed. advbayes uses the mean of
 per-draw losses (expectation = "loss"), the same quantity EOTPGD averages. Ratio = loop time / time.
 """
@@ -19,7 +20,7 @@ import argparse
 import attrs
 import torch
 import torch.nn.functional as F
-from common import OneDraw, build_network, cpu_hog, timed  # benchmarks/common.py, beside this script
+from common import OneDraw, build_network, cpu_hog, timed_together  # benchmarks/common.py, beside this script
 
 from advbayes.registry import load_registry
 from advbayes.stochastic import to_bayesian
@@ -89,9 +90,7 @@ def measure(args: argparse.Namespace) -> None:
         for batch in args.batches:
             x = torch.rand(batch, 1, 28, 28, device=device)
             y = torch.randint(0, 10, (batch,), device=device)
-            loop = timed(lambda: loop_eot_pgd(model, x, y), device, args.repeats)
-            ours = timed(lambda: pgd(model, x, y), device, args.repeats)
-            line = f"{kind:<22}{batch:>5}{loop:>9.2f}{ours:>12.2f}{loop / ours:>7.2f}x"
+            runs = {"loop": lambda: loop_eot_pgd(model, x, y), "advbayes": lambda: pgd(model, x, y)}
             if torchattacks:
                 attack = torchattacks.EOTPGD(
                     OneDraw(model).eval(),
@@ -102,8 +101,12 @@ def measure(args: argparse.Namespace) -> None:
                     random_start=False,
                 )
                 attack.set_device(device)
-                theirs = timed(lambda: attack(x, y), device, args.repeats)
-                line += f"{theirs:>16.2f}{loop / theirs:>7.2f}x"
+                runs["torchattacks"] = lambda: attack(x, y)
+            times = timed_together(runs, device, args.repeats)
+            loop, ours = times["loop"], times["advbayes"]
+            line = f"{kind:<22}{batch:>5}{loop:>9.2f}{ours:>12.2f}{loop / ours:>7.2f}x"
+            if torchattacks:
+                line += f"{times['torchattacks']:>16.2f}{loop / times['torchattacks']:>7.2f}x"
             print(line)
 
 

@@ -275,3 +275,57 @@ def test_a_measured_choice_is_measured_again_after_its_recheck_counts() -> None:
     due_at = [calls for calls in range(2, 20_000) if strategies.due(key, chosen)]
     assert due_at == sorted(strategies.RECHECK_AT)
     strategies.forget_choices()
+
+
+@pytest.mark.parametrize("size", [1, 3, 7])
+def test_an_expected_loss_gradient_by_passes_equals_the_per_draw_networks(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # whatever pass size the race picks, the loss, gradient and logits are those of the S per-draw networks
+    strategies.forget_choices()
+    monkeypatch.setattr(strategies.OnlineChoice, "next", lambda self: size)  # the pass size is forced
+    original = cnn().eval()
+    model = to_bayesian(original, init_sigma=0.2, seed=11).eval()
+    x, y = torch.randn(80, 2, 8, 8), torch.arange(80) % 5  # batch 80: passes of 1, 3 (256 // 80) or all 7 draws
+
+    def draw_losses(logits: torch.Tensor) -> torch.Tensor:
+        return torch.stack([nn.functional.cross_entropy(z, y, reduction="none") for z in logits]).mean(dim=0)
+
+    losses, gradient, logits = model.mean_loss_gradient(x, 7, draw_losses)
+    (choice,) = strategies.GRADIENT_CHOICES.values()
+    assert choice.candidates == [1, 3, 7] and len(choice.times[size]) == 1  # the call was the measurement
+    probe = x.clone().requires_grad_(True)
+    per_draw = [draw_network(original, model, s).eval()(probe) for s in range(7)]
+    expected = draw_losses(torch.stack(per_draw))
+    (expected_gradient,) = torch.autograd.grad(expected.sum(), probe)
+    torch.testing.assert_close(logits, torch.stack(per_draw).detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses, expected.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gradient, expected_gradient, rtol=1e-4, atol=1e-6)
+    strategies.forget_choices()
+
+
+def test_an_expected_loss_gradient_draws_as_one_call_does() -> None:
+    # the per-draw passes consume the model's generator exactly as one call with S draws: same seed, same draws
+    x = torch.randn(5, 12)
+    passes = to_bayesian(mlp(), init_sigma=0.3, seed=2).eval()
+    call = to_bayesian(mlp(), init_sigma=0.3, seed=2).eval()
+    _, _, logits = passes.mean_loss_gradient(x, 4, lambda z: z.logsumexp(dim=-1).mean(dim=0))
+    torch.testing.assert_close(logits, call(x, samples=4).detach())
+    torch.testing.assert_close(passes(x, samples=4), call(x, samples=4))
+
+
+def test_an_online_choice_measures_on_real_calls_keeps_the_loop_on_a_near_tie_and_measures_again() -> None:
+    seconds = {"loop": 1.0, "fast": 0.5, "tie": 0.97}
+    for rival, expected in (("fast", "fast"), ("tie", "loop")):
+        choice = strategies.OnlineChoice(["loop", rival], reference="loop")
+        ran = []
+        while choice.winner is None:
+            candidate = choice.next()
+            ran.append(candidate)
+            choice.record(candidate, seconds[candidate] * (20 if len(ran) <= 2 else 1))  # slow warm-up calls
+        assert sorted(ran) == sorted(["loop", rival] * (strategies.ROUNDS + 1)) and choice.winner == expected
+        assert choice.timings() == {"loop": 1.0, rival: seconds[rival]}  # the warm-up calls were dropped
+        while choice.calls + 1 < min(strategies.RECHECK_AT):
+            assert choice.next() == expected
+        choice.next()  # the recheck count: measuring again
+        assert choice.winner is None and not any(choice.times.values())

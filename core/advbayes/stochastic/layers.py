@@ -99,7 +99,11 @@ class StochasticLayer(nn.Module):
         name = self.strategy
         if name == "auto":
             # a Python loop over more than MAX_LOOP draws loses to one batched kernel everywhere; do not time it
-            name = "batched" if self.samples > strategies.MAX_LOOP else (strategies.cached(key) or "")
+            # and one draw is one dense kernel either way: nothing to time
+            if self.samples == 1:
+                name = "loop"
+            else:
+                name = "batched" if self.samples > strategies.MAX_LOOP else (strategies.cached(key) or "")
         if not name:  # first call of this signature: measure both on detached copies
             detached = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
             trial: dict[str, Callable[[], torch.Tensor]] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,16 @@ from advbayes.stochastic.layers import (
     regularizer_terms,
 )
 from advbayes.stochastic.strategy import CHUNK_CHOICES as _CHUNK_CHOICES
-from advbayes.stochastic.strategy import STRATEGIES, default_strategy, due, race, size_bucket
+from advbayes.stochastic.strategy import GRADIENT_CHOICES as _GRADIENT_CHOICES
+from advbayes.stochastic.strategy import (
+    STRATEGIES,
+    OnlineChoice,
+    default_strategy,
+    due,
+    race,
+    size_bucket,
+    synchronize,
+)
 
 # Elementwise modules work on [S', B, ...] as they are; every other deterministic leaf is Folded.
 ELEMENTWISE = (
@@ -221,6 +231,79 @@ class StochasticModel(nn.Module):
             raise torch.OutOfMemoryError(f"no chunk of {samples} draws x batch {batch} fits in memory")
         self.chunk_timings[(samples, tuple(inputs.shape))] = timings
         return int(winner)
+
+    def mean_loss_gradient(
+        self, x: torch.Tensor, samples: int, draw_losses: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-example mean over S draws of `draw_losses` ([s, B, k] -> mean over its s draws, [B]), its input
+        gradient and the detached per-draw logits [S, B, k].
+
+        One graph over all S draws keeps every draw's activations until its one backward; passes of fewer draws,
+        each with its own backward, free them as they go (what the per-draw loop does, and on a CPU at large
+        batches the faster way). The same S draws either way, so the pass size is chosen on the real calls
+        (strategy.OnlineChoice), the per-draw passes winning a near tie: never slower than the loop it replaces.
+        """
+        layers = self.stochastic_layers()
+        inputs = x.detach().unsqueeze(0)
+        if not layers or samples == 1 or self.training or self.strategy != "auto":
+            return self._loss_gradient_passes(inputs, layers, samples, samples, draw_losses)
+        self.draw(samples)
+        shape = (size_bucket(inputs.shape[1]), *inputs.shape[2:])
+        key = (self.architecture(), samples, shape, inputs.device.type, inputs.dtype)
+        if key not in _GRADIENT_CHOICES:
+            per_target = max(1, min(samples, CHUNK_TARGET // max(inputs.shape[1], 1)))
+            _GRADIENT_CHOICES[key] = OnlineChoice(sorted({1, per_target, samples}), reference=1)
+        choice = _GRADIENT_CHOICES[key]
+        while True:
+            size = choice.next()
+            synchronize(inputs.device)
+            started = time.perf_counter()
+            try:
+                result = self._loss_gradient_passes(inputs, layers, samples, size, draw_losses, False)
+            except torch.OutOfMemoryError:
+                if size == 1 or inputs.device.type != "cuda":
+                    raise
+                torch.cuda.empty_cache()
+                choice.drop(size)  # passes this large do not fit: no longer a candidate
+                continue
+            synchronize(inputs.device)
+            choice.record(size, time.perf_counter() - started)
+            return result
+
+    def _loss_gradient_passes(
+        self,
+        inputs: torch.Tensor,
+        layers: Sequence[StochasticLayer],
+        samples: int,
+        size: int,
+        draw_losses: Callable[[torch.Tensor], torch.Tensor],
+        draw: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The mean loss over S draws, its gradient and logits, by passes of `size` draws with one backward each."""
+        if size >= samples:  # one call (drawing, chunking and BatchNorm statistics as forward does them)
+            probe = inputs.clone().requires_grad_(True)
+            with torch.enable_grad():
+                if draw:
+                    logits = self(probe[0], samples)
+                else:  # the draws made by the caller, in one pass (the other candidates are the smaller passes)
+                    chunk = samples if self.max_batch is None else self._chunk_size(probe, layers, samples)
+                    logits = self._run_chunks(probe, layers, samples, chunk)
+                losses = draw_losses(logits)
+                (gradient,) = torch.autograd.grad(losses.sum(), probe)
+            return losses.detach(), gradient[0], logits.detach()
+        total_loss, total_gradient, parts = None, None, []
+        for start in range(0, samples, size):
+            stop = min(samples, start + size)
+            probe = inputs.clone().requires_grad_(True)
+            with torch.enable_grad():
+                logits = self._forward_draws(probe, layers, start, stop)
+                losses = draw_losses(logits) * ((stop - start) / samples)  # weighted: the parts add to the mean
+                (gradient,) = torch.autograd.grad(losses.sum(), probe)
+            total_loss = losses.detach() if total_loss is None else total_loss + losses.detach()
+            total_gradient = gradient if total_gradient is None else total_gradient + gradient
+            parts.append(logits.detach())
+        assert total_loss is not None and total_gradient is not None
+        return total_loss, total_gradient[0], torch.cat(parts)
 
     def _forward_draws(
         self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], start: int, stop: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -72,6 +73,26 @@ def predict(
     if average != "probs":
         raise ValueError(f"predict: average must be one of {AVERAGES}, got {average!r}")
     return logits.softmax(dim=-1).mean(dim=0), logits
+
+
+def mean_loss_gradient(
+    model: nn.Module, x: torch.Tensor, samples: int, draw_losses: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example mean over `samples` draws of `draw_losses` (per-draw logits [s, B, k] -> their mean loss [B]),
+    its gradient with respect to x, and the detached logits [S, B, k].
+
+    A model with its own `mean_loss_gradient` (StochasticModel: passes of fewer draws, each with its backward,
+    when that measures faster) answers it; any other model in one call with one backward.
+    """
+    own = getattr(model, "mean_loss_gradient", None)
+    if callable(own):
+        return own(x, samples, draw_losses)
+    probe = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = as_sampled(model)(probe, samples=samples)
+        losses = draw_losses(logits)
+        (gradient,) = torch.autograd.grad(losses.sum(), probe)
+    return losses.detach(), gradient, logits.detach()
 
 
 PROBE_EXAMPLES = 8

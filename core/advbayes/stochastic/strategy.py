@@ -68,10 +68,58 @@ def race(
             candidates[name]()
             synchronize(device)
             best[name] = min(best[name], time.perf_counter() - started)
+    return pick(best, reference), best
+
+
+def pick(best: dict[Any, float], reference: Any) -> Any:
+    """The fastest candidate, unless it beats `reference` by less than MARGIN (then the reference)."""
     winner = min(best, key=best.__getitem__)
     if reference in best and winner != reference and best[winner] > best[reference] * (1 - MARGIN):
         winner = reference
-    return winner, best
+    return winner
+
+
+class OnlineChoice:
+    """A choice among candidates that compute the same result, measured on the caller's real calls.
+
+    Until it has decided, each call runs the candidate timed least so far (in alternating order) and keeps the
+    time; after one warm-up and ROUNDS timed calls of each, the fastest by `pick` serves every call. It measures
+    again after RECHECK_AT calls. No call is spent on measurement alone: only the slower candidates' extra time.
+    """
+
+    def __init__(self, candidates: list[Any], reference: Any) -> None:
+        self.candidates, self.reference = candidates, reference
+        self.times: dict[Any, list[float]] = {c: [] for c in candidates}
+        self.winner: Any = None
+        self.calls = 0
+
+    def next(self) -> Any:
+        """The candidate the next call should run."""
+        self.calls += 1
+        if self.winner is not None and self.calls in RECHECK_AT:
+            self.winner, self.times = None, {c: [] for c in self.candidates}
+        if self.winner is not None:
+            return self.winner
+        fewest = min(len(t) for t in self.times.values())
+        order = self.candidates if fewest % 2 == 0 else self.candidates[::-1]
+        return next(c for c in order if len(self.times[c]) == fewest)
+
+    def record(self, candidate: Any, seconds: float) -> None:
+        """Keep a measured call's time (warm-up calls are dropped); decide once every candidate has ROUNDS."""
+        if self.winner is not None:
+            return
+        self.times[candidate].append(seconds)
+        if all(len(t) > ROUNDS for t in self.times.values()):
+            self.winner = pick({c: min(t[1:]) for c, t in self.times.items()}, self.reference)
+
+    def drop(self, candidate: Any) -> None:
+        """Take a candidate out (it failed, e.g. out of memory) and measure the rest again."""
+        self.candidates = [c for c in self.candidates if c != candidate]
+        self.winner, self.times = None, {c: [] for c in self.candidates}
+
+    def timings(self) -> dict[Any, float]:
+        """Each candidate's best measured time so far (warm-up excluded)."""
+        return {c: min(t[1:]) for c, t in self.times.items() if len(t) > 1}
 
 
 def due(key: tuple[Any, ...], chosen: dict[tuple[Any, ...], Any]) -> bool:
@@ -90,6 +138,7 @@ def _with_backward(run: Callable[[], torch.Tensor], inputs: list[torch.Tensor]) 
 
 
 CHUNK_CHOICES: dict[tuple[Any, ...], int] = {}  # draws per pass, by model architecture and call signature
+GRADIENT_CHOICES: dict[tuple[Any, ...], OnlineChoice] = {}  # draws per forward-backward pass of an expected loss
 
 
 def choose(
@@ -120,3 +169,4 @@ def forget_choices() -> None:
     _TIMINGS.clear()
     _CALLS.clear()
     CHUNK_CHOICES.clear()
+    GRADIENT_CHOICES.clear()

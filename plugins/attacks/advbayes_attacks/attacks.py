@@ -20,6 +20,7 @@ from advbayes import (
     entry_param,
     frozen,
     is_stochastic,
+    mean_loss_gradient,
     param,
 )
 from advbayes_attacks.losses import EXPECTATIONS, LOSSES, attack_loss, predictive_log_probs
@@ -93,7 +94,13 @@ class GradientAttack(Attack):
     def loss_gradient_logits(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Loss, input gradient and the (detached) per-draw logits of one call with S_A draws."""
+        """Loss, input gradient and the (detached) per-draw logits of S_A draws.
+
+        An expectation of losses is a mean of per-draw terms: the model may take it in passes of fewer draws with
+        a backward each (same draws, same sum; what it measures faster). The others need every draw at once.
+        """
+        if self.expectation == "loss":
+            return mean_loss_gradient(model, x, self.samples, lambda logits: self.losses_of(logits, y, target))
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = model(x, samples=self.samples)
