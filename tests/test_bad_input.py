@@ -264,9 +264,9 @@ def test_compare_and_resume_without_a_store_create_none(isolated_cwd: Path) -> N
 
 
 def test_a_read_only_working_directory_is_one_line(isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import advbayes.tracking
+    import advbayes.tracking.store
 
-    monkeypatch.setattr(advbayes.tracking.os, "access", lambda path, mode: False)  # as for a user without rights
+    monkeypatch.setattr(advbayes.tracking.store.os, "access", lambda path, mode: False)  # as for a user without rights
     code, output = invoke("run", "moons", "--set", "epochs=0")
     assert_one_clear_line(code, output, isolated_cwd, "cannot be created", "is read-only")
 
@@ -301,11 +301,11 @@ def test_a_store_killed_while_being_created_leaves_nothing_half_made(isolated_cw
 def test_a_read_only_store_is_refused_for_runs_before_any_work(
     isolated_cwd: Path, files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import advbayes.tracking
+    import advbayes.tracking.store
 
     database = files / "mlflow.db"
     database.touch()
-    monkeypatch.setattr(advbayes.tracking.os, "access", lambda path, mode: False)  # as for a user without rights
+    monkeypatch.setattr(advbayes.tracking.store.os, "access", lambda path, mode: False)  # as for a user without rights
     code, output = invoke("run", "moons", "--set", "epochs=0", "--tracking-uri", f"sqlite:///{database}")
     assert_one_clear_line(code, output, isolated_cwd, f"tracking store {database} is read-only")
 
@@ -543,7 +543,7 @@ def test_a_sigkilled_run_is_found_as_stale_and_resumed(isolated_cwd: Path) -> No
 def test_sqlite_busy_errors_are_retried_and_others_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlalchemy.exc
 
-    import advbayes.tracking as tracking
+    import advbayes.tracking.store as tracking
 
     monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
     calls: list[str] = []

@@ -123,7 +123,7 @@ def test_attack_at_every_eps_is_a_metric_per_eps_in_one_child_run(store: str) ->
     for eps in (0.0, 0.5, 2.0):
         assert shift[f"accuracy/eps_{eps:.4f}"] == pytest.approx(table["shift"][eps])
         assert shift[f"max_linf/eps_{eps:.4f}"] == pytest.approx(eps)
-    from advbayes.compare import compare_table
+    from advbayes.tracking.compare import compare_table
 
     header = compare_table(store, ["moons"], "accuracy").splitlines()[0].split()
     assert header.count("none") == 1 and "eps=0.5" in header  # `none` collapsed to one column, shift per eps

@@ -131,7 +131,7 @@ def test_the_ray_cluster_refuses_what_it_cannot_give_before_any_run() -> None:
     """On a real local Ray: a GPU request no node has, a CUDA device without a GPU, a store the workers miss."""
     import ray
 
-    from advbayes.sweep_ray import check_workers_reach, connect, task_resources
+    from advbayes.sweep.runner import check_workers_reach, connect, task_resources
 
     assert connect(None, 1, 1.0) is True
     try:

@@ -30,12 +30,12 @@ if TYPE_CHECKING:
         TrainContext,
         eval_mode,
     )
-    from advbayes.engine import RunInfo, run
+    from advbayes.engine import run
     from advbayes.errors import AdvbayesError, EvaluationWarning, PluginError, RegistryError, RunError
     from advbayes.hookspecs import hookimpl
     from advbayes.losses import elbo_loss, ensemble_accuracy, mean_cross_entropy
     from advbayes.params import SEED_LIMIT, ParamError, entry_list_param, entry_param, list_param, param
-    from advbayes.results import EvalRecord, RunGroup, RunResult
+    from advbayes.results import EvalRecord, RunGroup, RunInfo, RunResult
     from advbayes.stochastic import (
         BayesBatchNorm2d,
         BayesConv2d,
@@ -90,7 +90,7 @@ _EXPORTS = {
     "RegistryError": "advbayes.errors",
     "RunError": "advbayes.errors",
     "RunGroup": "advbayes.results",
-    "RunInfo": "advbayes.engine",
+    "RunInfo": "advbayes.results",
     "RunResult": "advbayes.results",
     "SEED_LIMIT": "advbayes.params",
     "SampledModel": "advbayes.stochastic",

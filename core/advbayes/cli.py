@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import click
 import tomli_w
 
+from advbayes.cli_options import complete_entries, debug_option, registry_option, tracking_option
 from advbayes.errors import AdvbayesError, EvaluationWarning, RunError, error_text
 
 KIND_CHOICES = ("datasets", "models", "defenses", "attacks", "metrics", "experiments")
@@ -105,54 +106,6 @@ def _debug(ctx: click.Context) -> bool:
     return bool((ctx.obj or {}).get("debug")) or "--debug" in sys.argv
 
 
-def registry_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--registry PATH (repeatable): files merged over the default registry, later winning."""
-    return click.option(
-        "--registry",
-        "registry_files",
-        multiple=True,
-        type=click.Path(dir_okay=False),
-        help="A registry TOML file merged over the default one (repeatable; later wins).",
-    )(func)
-
-
-def debug_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--debug: show tracebacks."""
-    return click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")(func)
-
-
-def tracking_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--tracking-uri."""
-    return click.option(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
-    )(func)
-
-
-def _complete_entries(kinds: Sequence[str], qualified: bool) -> Callable[..., list[Any]]:
-    """Shell completion of registry entry names (of `kinds`; also as kind.name when `qualified`), read from the
-    registry files alone: completion never imports torch or a component."""
-
-    def complete(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:
-        from click.shell_completion import CompletionItem
-
-        from advbayes.registry import load_registry
-
-        try:
-            registry = load_registry(ctx.params.get("registry_files") or ())
-        except AdvbayesError:  # a broken registry file: no suggestions (the command itself will say why)
-            return []
-        names: list[str] = []
-        for kind in kinds:
-            names += registry.names(kind)
-            if qualified:
-                names += [f"{kind}.{name}" for name in registry.names(kind)]
-        return [CompletionItem(name) for name in sorted(set(names)) if name.startswith(incomplete)]
-
-    return complete
-
-
 @click.group(cls=AdvbayesGroup)
 @click.version_option(package_name="advbayes")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
@@ -163,7 +116,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 @cli.command("run")
-@click.argument("experiment", required=False, shell_complete=_complete_entries(["experiments"], qualified=False))
+@click.argument("experiment", required=False, shell_complete=complete_entries(["experiments"], qualified=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key (dotted, TOML value).")
 @registry_option
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -234,7 +187,7 @@ def run_command(
 
 
 @cli.command("sweep")
-@click.argument("name", required=False, shell_complete=_complete_entries(["experiments"], qualified=False))
+@click.argument("name", required=False, shell_complete=complete_entries(["experiments"], qualified=False))
 @click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2", help="A grid axis: a dotted key and its values.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key in every run.")
 @registry_option
@@ -272,7 +225,7 @@ def sweep_command(
 
     if "advbayes.tracking" not in get_plugin_manager().info:
         raise RunError("advbayes sweep tracks every run to MLflow; enable the advbayes.tracking plugin")
-    from advbayes.sweep_ray import execute, find_record
+    from advbayes.sweep.runner import execute, find_record
     from advbayes.tracking import client_for, default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
@@ -367,7 +320,7 @@ def format_plan(prepared: Any, tracking_uri: str | None, *, track: bool) -> str:
 
 
 @cli.command("show")
-@click.argument("entry", shell_complete=_complete_entries(KIND_CHOICES, qualified=True))
+@click.argument("entry", shell_complete=complete_entries(KIND_CHOICES, qualified=True))
 @registry_option
 @debug_option
 def show_command(entry: str, registry_files: Sequence[str], debug: bool) -> None:

@@ -17,6 +17,7 @@ from torch.utils.data import Subset, TensorDataset
 
 from advbayes.errors import RunError
 from advbayes.params import param
+from advbayes.stochastic.sampled import as_sampled
 
 SUBSET_SEED = 20190101  # subsets are the same in every run, whatever the run's seed
 
@@ -343,3 +344,10 @@ BASES: dict[str, type[Component]] = {
     "attacks": Attack,
     "metrics": Metric,
 }
+
+
+def prepared_model(dataset: Dataset, builder: Model, defense: Defense) -> nn.Module:
+    """The network a run trains: the model entry built for the data set's inputs and classes, prepared by the
+    defense, with a sample dimension (one function for the run, its pre-run checks and a tracked model's load)."""
+    network = builder.build(tuple(dataset.input_shape), int(dataset.num_classes))
+    return as_sampled(defense.prepare(network))

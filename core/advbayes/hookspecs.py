@@ -18,8 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from advbayes.components import Attack, Dataset, Defense, Metric, Model
-    from advbayes.engine import RunInfo
-    from advbayes.results import EvalRecord, RunResult
+    from advbayes.results import EvalRecord, RunInfo, RunResult
 
 hookspec = HookspecMarker("advbayes")
 hookimpl = HookimplMarker("advbayes")

@@ -15,9 +15,9 @@ import attrs
 import torch
 from torch import nn
 
+from advbayes.components import prepared_model
 from advbayes.errors import RunError, error_text
 from advbayes.posterior.optimizers import optimizer_problem
-from advbayes.stochastic import as_sampled
 
 DEVICE_TYPES = ("cpu", "cuda")
 TRAINING_COPIES = 4  # weights, gradients and two Adam moments per parameter
@@ -116,7 +116,7 @@ def probe_network(name: str, spec: Mapping[str, Any], registry: Any, device: tor
     available = available_memory(device)
     try:  # on the meta device nothing is allocated: a network of 10**12 weights is refused, not built
         with torch.device("meta"):
-            meta = defense.prepare(builder.build(shape, classes))
+            meta = prepared_model(dataset, builder, defense)
         weights = sum(t.numel() * t.element_size() for t in (*meta.parameters(), *meta.buffers()))
     except Exception:  # noqa: BLE001 - a builder that computes on tensors (.item()) cannot run on meta; the real build below reports any real error
         weights = None
@@ -127,7 +127,7 @@ def probe_network(name: str, spec: Mapping[str, Any], registry: Any, device: tor
             f"optimizer state) but {device} has {gib(available)} free"
         )
     try:
-        net = as_sampled(defense.prepare(builder.build(shape, classes))).to(device).eval()
+        net = prepared_model(dataset, builder, defense).to(device).eval()
     except Exception as exc:  # noqa: BLE001 - whatever the builder raises is the user's model not fitting the data
         raise RunError(f"{where}: the network cannot be built ({error_text(exc)})") from exc
     problem = optimizer_problem(registry.build("experiments", spec), defense, net)

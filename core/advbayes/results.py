@@ -110,6 +110,26 @@ def to_csv(records: Sequence[EvalRecord]) -> str:
 
 
 @attrs.define(kw_only=True)
+class RunInfo:
+    """A run as the lifecycle hooks see it; the tracking plugin sets `run_id` and `store`, plugins keep their own
+    state in `tracking`."""
+
+    experiment: str
+    spec: dict[str, Any]
+    seed: int
+    device: str
+    plugins: dict[str, str]
+    track: bool = True
+    tracking_uri: str | None = None
+    resume_run_id: str | None = None
+    resumed_from: str | None = None  # a resumed run whose settings were changed (--set) is tracked as a new run
+    run_id: str | None = None  # set by the tracking plugin when it opens the tracked run
+    store: str | None = None  # where the tracking plugin records the run (shown to the user)
+    tags: dict[str, str] = attrs.field(factory=dict)  # extra tags of the tracked run (a sweep's id and combination)
+    tracking: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define(kw_only=True)
 class RunResult:
     """What a run returns: the resolved experiment, per-epoch history, evaluation records, model, tracked run id."""
 

@@ -4,7 +4,6 @@ checkpoints), evaluation.py (attacks x eps, verdicts, metrics) and lifecycle.py 
 from advbayes.engine.lifecycle import (
     PreparedRun,
     Run,
-    RunInfo,
     expand_variants,
     plugin_versions,
     prepare_run,
@@ -14,6 +13,7 @@ from advbayes.engine.lifecycle import (
 from advbayes.engine.training import CHECKPOINT_NAME, train_epochs
 from advbayes.posterior.optimizers import make_optimizer
 from advbayes.preflight import resolve_device
+from advbayes.results import RunInfo  # its home is beside the other records; imported here as before
 
 __all__ = [
     "CHECKPOINT_NAME",

@@ -18,7 +18,7 @@ from advbayes.experiment import Experiment
 from advbayes.registry import Registry
 
 if TYPE_CHECKING:
-    from advbayes.engine.lifecycle import RunInfo
+    from advbayes.results import RunInfo
 
 
 def tracked_model(pm: Any, run_id: str, tracking_uri: str | None, device: torch.device) -> torch.nn.Module:

@@ -17,7 +17,7 @@ import torch
 
 from advbayes.batches import Batches
 from advbayes.checks import warn
-from advbayes.components import TrainContext
+from advbayes.components import TrainContext, prepared_model
 from advbayes.engine.distributed import SINGLE, Distributed, join, leave, seed_draws, shard
 from advbayes.engine.evaluation import Evaluation
 from advbayes.engine.training import set_rng_state
@@ -26,28 +26,7 @@ from advbayes.plugins import PluginManager, get_plugin_manager
 from advbayes.posterior import convergence_findings, sampler_finding
 from advbayes.preflight import preflight, resolve_device
 from advbayes.registry import Registry, load_registry
-from advbayes.results import RunGroup, RunResult
-from advbayes.stochastic import as_sampled
-
-
-@attrs.define(kw_only=True)
-class RunInfo:
-    """A run as the lifecycle hooks see it; the tracking plugin sets `run_id` and `store`, plugins keep their own
-    state in `tracking`."""
-
-    experiment: str
-    spec: dict[str, Any]
-    seed: int
-    device: str
-    plugins: dict[str, str]
-    track: bool = True
-    tracking_uri: str | None = None
-    resume_run_id: str | None = None
-    resumed_from: str | None = None  # a resumed run whose settings were changed (--set) is tracked as a new run
-    run_id: str | None = None  # set by the tracking plugin when it opens the tracked run
-    store: str | None = None  # where the tracking plugin records the run (shown to the user)
-    tags: dict[str, str] = attrs.field(factory=dict)  # extra tags of the tracked run (a sweep's id and combination)
-    tracking: dict[str, Any] = attrs.field(factory=dict)
+from advbayes.results import RunGroup, RunInfo, RunResult
 
 
 def seed_everything(seed: int) -> None:
@@ -72,8 +51,7 @@ class Run(Evaluation):
         test_split = self.dataset.data("test")
         train = Batches(train_split, self.device)
         test = Batches(shard(test_split, self.place), self.device)  # each rank evaluates its share
-        network = self.build_network()
-        net = as_sampled(self.defense.prepare(network)).to(self.device)
+        net = prepared_model(self.dataset, self.model_builder, self.defense).to(self.device)
         if self.checkpoint is not None:
             net.load_state_dict(self.checkpoint["model"])
         seed_draws(self.experiment.seed, self.place)

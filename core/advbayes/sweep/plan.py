@@ -1,5 +1,5 @@
 """A sweep: an experiment entry x a grid of overrides (seeds, defenses, any dotted key), planned and checked before
-anything runs. Each combination is one seed of the experiment; sweep_ray.py runs them as Ray tasks."""
+anything runs. Each combination is one seed of the experiment; runner.py runs them as Ray tasks."""
 
 from __future__ import annotations
 

@@ -1,0 +1,192 @@
+"""The tracking plugin's commands: ui, compare, runs and report over the MLflow store (added by register_commands)."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from advbayes.cli_options import debug_option, tracking_option
+from advbayes.errors import RunError
+
+COMPARE_FIELDS = (  # the columns of compare --csv, in order (compare_records' keys)
+    "run_id",
+    "experiment",
+    "status",
+    "started",
+    "defense",
+    "seed",
+    "attack",
+    "eps",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+)
+
+
+def runs_view_urls(uri: str, port: int) -> list[tuple[str, str]]:
+    """(experiment, URL) of each tracked experiment's runs view with the advbayes columns; none for a new store."""
+    from advbayes.tracking import VIEW_KEY, VIEW_TAG, client_for, sqlite_path
+
+    database = sqlite_path(uri)
+    if database is not None and not database.exists():
+        return []
+    client = client_for(uri, write=False)
+    urls = []
+    for experiment in client.search_experiments():
+        if VIEW_TAG in experiment.tags:
+            query = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+            urls.append(
+                (experiment.name, f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?{query}")
+            )
+    return urls
+
+
+def add_commands(cli: click.Group) -> None:
+    """Add ui, compare, runs and report to the advbayes command line."""
+
+    @cli.command("ui")
+    @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
+    @tracking_option
+    def ui_command(port: int, tracking_uri: str | None) -> None:
+        """Serve the MLflow UI on 127.0.0.1 over the same store runs are tracked in."""
+        from advbayes.tracking import default_tracking_uri
+
+        uri = tracking_uri or default_tracking_uri()
+        if uri.startswith(("http://", "https://")):
+            raise RunError(f"--tracking-uri {uri} is a server already: open it in a browser")
+        click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}", err=True)
+        for name, url in runs_view_urls(uri, port):
+            click.echo(f"  {name}: {url}", err=True)
+        args = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        os.execv(sys.executable, args)
+
+    @cli.command("compare")
+    @click.argument("experiments", nargs=-1, required=True)
+    @click.option("--metric", default="accuracy", show_default=True, help="The metric shown per attack and eps.")
+    @click.option(
+        "--format",
+        "output",
+        type=click.Choice(["table", "json", "csv"]),
+        default="table",
+        show_default=True,
+        help="json and csv: one record per run, attack and eps, with the interval.",
+    )
+    @click.option("--json", "output", flag_value="json", help="Same as --format json.")
+    @click.option("--csv", "output", flag_value="csv", help="Same as --format csv.")
+    @tracking_option
+    @debug_option
+    def compare_command(
+        experiments: Sequence[str], metric: str, output: str, tracking_uri: str | None, debug: bool
+    ) -> None:
+        """Print the tracked runs of EXPERIMENTS as a table: one row per run, one column per attack x eps."""
+        from advbayes.tracking.compare import compare_records, compare_table
+
+        if output == "table":
+            click.echo(compare_table(tracking_uri, experiments, metric))
+            return
+        records = compare_records(tracking_uri, experiments, metric)
+        if output == "json":
+            click.echo(json.dumps(records, indent=2))
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(COMPARE_FIELDS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        click.echo(buffer.getvalue(), nl=False)
+
+    @cli.command("runs")
+    @click.argument("experiments", nargs=-1)
+    @click.option("--stale", is_flag=True, help="Only runs left RUNNING by a process that no longer exists (killed).")
+    @tracking_option
+    @debug_option
+    def runs_command(experiments: Sequence[str], stale: bool, tracking_uri: str | None, debug: bool) -> None:
+        """List the tracked runs of EXPERIMENTS (all when none is named), newest first, with how to resume each."""
+        from advbayes.results import format_grid
+        from advbayes.tracking import liveness, status_text, tracked_runs
+
+        runs = tracked_runs(tracking_uri, experiments)
+        if stale:
+            runs = [run for run in runs if liveness(run) == "stale"]
+        if not runs:
+            click.echo("no stale runs" if stale else "no tracked runs")
+            return
+        rows = []
+        for run in runs:
+            tags = run.data.tags
+            started = datetime.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+            resumable = run.info.status != "FINISHED" and liveness(run) != "alive"
+            rows.append(
+                [
+                    run.info.run_id,
+                    tags.get("advbayes.experiment", "?"),
+                    tags.get("advbayes.defense", "?"),
+                    tags.get("advbayes.seed", "?"),
+                    status_text(run),
+                    started,
+                    f"advbayes run --resume {run.info.run_id}" if resumable else "",
+                ]
+            )
+        click.echo(format_grid(["run", "experiment", "defense", "seed", "status", "started", "resume"], rows))
+
+    @cli.command("report")
+    @click.argument("experiments", nargs=-1, required=True)
+    @click.option(
+        "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory to write into."
+    )
+    @click.option("--file", "file", default="report.md", show_default=True, help="Name of the Markdown file in --out.")
+    @click.option(
+        "--preamble",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Markdown put before the sections.",
+    )
+    @click.option("--metric", "metrics", multiple=True, help="Only these per-attack metrics (repeatable; default all).")
+    @click.option(
+        "--claims",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="A claims file ([[claim]], [[figure]]): a verdict per claim from the runs, before the sections.",
+    )
+    @tracking_option
+    @debug_option
+    def report_command(
+        experiments: Sequence[str],
+        out: Path,
+        file: str,
+        preamble: Path | None,
+        metrics: Sequence[str],
+        claims: Path | None,
+        tracking_uri: str | None,
+        debug: bool,
+    ) -> None:
+        """Write a Markdown report (tables, figures) of the newest finished runs of EXPERIMENTS, read from MLflow."""
+        from advbayes.report import write_report
+
+        path = write_report(
+            experiments,
+            out,
+            tracking_uri=tracking_uri,
+            file=file,
+            preamble=preamble,
+            metrics=metrics or None,
+            claims=claims,
+        )
+        click.echo(str(path))

@@ -1,0 +1,262 @@
+"""The MLflow store: where it is, whether it answers, one client that retries a busy sqlite, experiments by name."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urlparse
+
+if sys.version_info >= (3, 11):
+    pass
+else:  # pragma: no cover
+    pass
+
+from advbayes.errors import RunError
+
+if TYPE_CHECKING:
+    pass
+
+
+DEFAULT_STORE = "mlflow.db"
+PARENT_ROLE = "parent"
+CHILD_ROLE = "attack"
+ROLE_TAG = "advbayes.role"
+CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"
+MODEL_WEIGHTS = "weights.pt"
+MODEL_ENTRY = "entry.toml"
+MAX_TAG = 4000
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the embedded store ./mlflow.db as an absolute sqlite URI, its path
+    percent-encoded (a directory named `x?q=1`, `x#y` or `x%20y` is a path, not a query, a fragment or an escape)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{quote(str(Path.cwd() / DEFAULT_STORE))}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (percent-decoded, as SQLAlchemy reads it), or None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(unquote(path))
+
+
+_READY: set[str] = set()  # sqlite stores this process has seen created and migrated
+
+
+@contextmanager
+def store_lock(database: Path) -> Iterator[None]:
+    """An exclusive lock on <database>.lock, held while a sqlite store is created or an experiment is added, so
+    concurrent runs in one directory never race on MLflow's table creation and migrations."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX: no lock
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+STORE_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+CONNECT_TIMEOUT = 3.0  # seconds; MLflow itself retries an unreachable server for minutes
+
+
+def check_store(uri: str, *, write: bool) -> None:
+    """Fail fast, in one line, on a store that cannot work: an unknown scheme, a server nobody answers on, or (to
+    write) a sqlite file whose directory is missing or read-only."""
+    scheme = urlparse(uri).scheme.split("+")[0].lower()
+    if len(scheme) == 1 or not scheme:  # a plain path (or a Windows drive letter): MLflow's file store
+        scheme = "file"
+    if scheme not in STORE_SCHEMES:
+        raise RunError(
+            f"tracking URI {uri}: unknown scheme '{scheme}'; expected sqlite:///PATH, postgresql://HOST/DB, "
+            "http(s)://HOST:PORT or a directory"
+        )
+    if scheme in DEFAULT_PORTS:
+        parsed = urlparse(uri)
+        host = parsed.hostname or "localhost"
+        try:
+            port = parsed.port or DEFAULT_PORTS[scheme]
+        except ValueError:
+            raise RunError(f"tracking URI {uri}: the port is not a number from 1 to 65535") from None
+        try:
+            socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+        except OSError as exc:
+            raise RunError(
+                f"tracking store {uri} is unreachable ({host}:{port}: {exc.strerror or type(exc).__name__}); start it, "
+                "or pass another --tracking-uri, or --no-track"
+            ) from None
+    database = sqlite_path(uri)
+    if database is None:
+        return
+    if database.exists():
+        if not database.is_file():
+            raise RunError(f"tracking store {database} is not a file")
+        if write and not os.access(database, os.W_OK):
+            raise RunError(f"tracking store {database} is read-only; pass another --tracking-uri, or --no-track")
+        return
+    folder = database.parent
+    if not folder.is_dir():
+        raise RunError(f"tracking store {database}: no directory {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RunError(
+            f"tracking store {database} cannot be created: {folder} is read-only; pass --tracking-uri "
+            "sqlite:////a/writable/mlflow.db, or --no-track"
+        )
+    if not write:
+        raise RunError(f"no tracking store {database} (nothing was tracked here); pass --tracking-uri")
+
+
+BUSY_RETRIES = 8  # sqlite answers "database is locked" when another run holds the write lock past its timeout
+
+
+class BusyRetryingClient:
+    """An MlflowClient whose calls are retried, with growing pauses, while sqlite reports the database busy (each
+    failed call was rolled back, so a retry writes once)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for attempt in range(BUSY_RETRIES + 1):
+                try:
+                    return attribute(*args, **kwargs)
+                except Exception as exc:
+                    if attempt == BUSY_RETRIES or not _is_busy(exc):
+                        raise
+                    time.sleep(min(0.1 * 2**attempt, 5.0))
+            raise AssertionError("unreachable")
+
+        return call
+
+
+def _is_busy(error: BaseException) -> bool:
+    """Whether an error (or one it was raised from) is sqlite's "database is locked" / "database is busy"."""
+    seen: BaseException | None = error
+    while seen is not None:
+        text = str(seen).lower()
+        if "database is locked" in text or "database is busy" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def client_for(uri: str | None, *, write: bool = True) -> Any:
+    """An MlflowClient on `uri` (or the default store), checked first; a sqlite store is created and migrated once,
+    under a lock."""
+    from mlflow import MlflowClient
+
+    uri = uri or default_tracking_uri()
+    if uri not in _READY:
+        check_store(uri, write=write)
+    database = sqlite_path(uri)
+    if database is None:
+        return MlflowClient(tracking_uri=uri)
+    if uri in _READY:
+        return BusyRetryingClient(MlflowClient(tracking_uri=uri))
+    if not write:  # reading an existing store: no lock file beside it (its directory may be read-only)
+        client = _open_sqlite(uri, database)
+    else:
+        with store_lock(database):
+            if not database.exists():
+                _create_sqlite(database)
+                # Said on stderr: a store appearing wherever a script or notebook was started is otherwise a surprise.
+                print(
+                    f"advbayes: created the MLflow store {database} (--tracking-uri or MLFLOW_TRACKING_URI chooses "
+                    "another; advbayes ui shows it)",
+                    file=sys.stderr,
+                )
+            client = _open_sqlite(uri, database)
+        _READY.add(uri)
+    return BusyRetryingClient(client)
+
+
+def _create_sqlite(database: Path) -> None:
+    """Create and migrate a new store in a scratch file beside it, then move it into place in one step: a run
+    killed while MLflow builds the tables leaves only the scratch file (rebuilt next time), never a half-made store."""
+    scratch = database.with_name(f".{database.name}.creating")
+    for leftover in ("", "-journal", "-wal", "-shm"):  # a killed creation's journal must not roll into the new file
+        scratch.with_name(scratch.name + leftover).unlink(missing_ok=True)
+    _open_sqlite(f"sqlite:///{quote(str(scratch))}", scratch)
+    os.replace(scratch, database)
+
+
+def _open_sqlite(uri: str, database: Path) -> Any:
+    """An MlflowClient on a sqlite store, opened (created and migrated when new) and read once to prove it works."""
+    from mlflow import MlflowClient
+
+    quiet = logging.getLogger("mlflow.store.db.utils")  # it logs each database error with a traceback first
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    # MLflow creates the parent of the URI's path as written, percent-encoding and all: an empty twin directory
+    stray = Path(uri[len("sqlite:///") :].split("?", 1)[0]).parent
+    stray_existed = stray == database.parent or stray.exists()
+    try:
+        client = MlflowClient(tracking_uri=uri)  # opening a sqlite store creates its tables and runs migrations
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - MLflow and SQLAlchemy raise many kinds; each becomes one line
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise RunError(
+            f"the MLflow store {database} cannot be opened ({type(exc).__name__}: {first}); if it is not a store or "
+            f"a run was killed while creating it, move it away (mv {database} {database}.broken) and run again"
+        ) from None
+    finally:
+        quiet.setLevel(level)
+        if not stray_existed and stray.is_dir() and not any(stray.iterdir()):
+            stray.rmdir()
+    return client
+
+
+def describe_store(uri: str | None) -> str:
+    """Where runs would be tracked, checked as a run checks it, and whether the store exists yet."""
+    uri = uri or default_tracking_uri()
+    check_store(uri, write=True)
+    database = sqlite_path(uri)
+    if database is None:
+        return uri
+    return f"{uri} ({'exists' if database.exists() else 'would be created'})"
+
+
+@contextmanager
+def experiment_lock(client: Any) -> Iterator[None]:
+    """Serialise concurrent runs' read-modify-writes of experiment tags: the store's file lock for sqlite (a
+    server store's tags are set one by one; see set_changed_tags)."""
+    database = sqlite_path(client.tracking_uri)
+    if database is None:
+        yield
+        return
+    with store_lock(database):
+        yield
+
+
+def set_changed_tags(client: Any, experiment: str, tags: Mapping[str, str]) -> None:
+    """Set the experiment's tags whose value differs; call it under experiment_lock (which is not re-entrant).
+    Two runs adding the same new tag at once make MLflow insert it twice (UNIQUE constraint failed): the lock
+    prevents that for sqlite, and on a server store the loser's second try updates the row the winner inserted."""
+    current = client.get_experiment(experiment).tags
+    for key, value in tags.items():
+        if current.get(key) == value:
+            continue
+        try:
+            client.set_experiment_tag(experiment, key, value)
+        except Exception:  # noqa: BLE001 - the concurrent insert; a second failure is raised
+            client.set_experiment_tag(experiment, key, value)

@@ -1,0 +1,136 @@
+"""The MLflow UI's saved view of an experiment: the columns and charts a researcher looks at first."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from advbayes.tracking.store import experiment_lock, set_changed_tags, sqlite_path, store_lock
+
+if sys.version_info >= (3, 11):
+    pass
+else:  # pragma: no cover
+    pass
+
+from advbayes.results import eps_label
+
+if TYPE_CHECKING:
+    from advbayes.results import EvalRecord
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+DESCRIPTION_TAG = "mlflow.note.content"
+VIEW_TAG = "mlflow.sharedViewState.advbayes"  # opened by ...#/experiments/ID?viewStateShareKey=advbayes
+VIEW_KEY = "advbayes"
+MAX_VIEW_COLUMNS = 24
+
+
+def experiment_tags(description: str) -> dict[str, str]:
+    """The experiment marked as model development (the MLflow UI opens its runs view) with the entry's description."""
+    tags = {EXPERIMENT_KIND_TAG: "custom_model_development"}
+    if description:
+        tags[DESCRIPTION_TAG] = description
+    return tags
+
+
+def headline_columns(records: Sequence[EvalRecord]) -> list[str]:
+    """The accuracy metric keys worth a column: every eps of an attack, one for an attack whose value does not
+    change with eps (the clean `none`)."""
+    by_attack: dict[str, list[EvalRecord]] = {}
+    for record in records:
+        if "accuracy" in record.metrics:
+            by_attack.setdefault(record.attack, []).append(record)
+    keys = []
+    for attack, group in by_attack.items():
+        constant = len({r.metrics["accuracy"] for r in group}) == 1
+        keys += [f"{attack}/accuracy/{eps_label(r.eps)}" for r in (group[:1] if constant else group)]
+    return keys
+
+
+CHART_SECTION = "advbayes-robust-accuracy"
+
+
+def robust_accuracy_charts(columns: Sequence[str]) -> dict[str, Any]:
+    """The charts view of the saved view: a section first in line with one chart per attack measured at several
+    eps, each run a line through its accuracy at every eps (MLflow's parallel-coordinates chart: each axis
+    scales on its own). MLflow's own charts (training curves, one bar per metric key) follow it."""
+    by_attack: dict[str, list[str]] = {}
+    for column in columns:
+        if column.startswith("metrics.`") and "/accuracy/eps_" in column:
+            key = column[len("metrics.`") : -1]
+            by_attack.setdefault(key.split("/accuracy/")[0], []).append(key)
+    charts = [
+        {
+            "uuid": f"advbayes-{attack}",
+            "type": "PARALLEL",
+            "runsCountToCompare": 10,
+            "metricSectionId": CHART_SECTION,
+            "deleted": False,
+            "isGenerated": False,
+            "displayName": f"{attack}: accuracy per eps",
+            "selectedParams": [],
+            "selectedMetrics": keys,
+            "showAllRuns": True,
+        }
+        for attack, keys in by_attack.items()
+        if len(keys) > 1
+    ]
+    section = {
+        "uuid": CHART_SECTION,
+        "name": "Robust accuracy per eps",
+        "display": True,
+        "isReordered": False,
+        "deleted": False,
+        "isGenerated": False,
+    }
+    return {"compareRunCharts": charts, "compareRunSections": [section], "isAccordionReordered": True} if charts else {}
+
+
+def update_runs_view(client: Any, experiment: str, metric_keys: Sequence[str]) -> None:
+    """Add this run's headline columns (accuracy per attack and eps) to the experiment's saved runs view."""
+    import json
+
+    with experiment_lock(client):  # concurrent runs each add their columns: none may be lost
+        current = client.get_experiment(experiment).tags.get(VIEW_TAG)
+        try:
+            state = json.loads(current) if current else {}
+        except ValueError:  # written by hand or by another version: replaced
+            state = {}
+        columns = list(state.get("selectedColumns") or ["tags.`advbayes.defense`", "tags.`advbayes.seed`"])
+        for key in metric_keys:
+            column = f"metrics.`{key}`"
+            if column not in columns and len(columns) < MAX_VIEW_COLUMNS:
+                columns.append(column)
+        widths = {c: 180 for c in columns if c.startswith("metrics.")}  # fits `pgd-20/accuracy/eps_0.3000`
+        state.update(selectedColumns=columns, columnOrder=columns, columnWidths=widths)
+        state.update(robust_accuracy_charts(columns))
+        set_changed_tags(client, experiment, {VIEW_TAG: json.dumps(state)})
+
+
+def experiment_id(client: Any, name: str, description: str = "") -> str:
+    """The MLflow experiment of an advbayes experiment, created with artifacts beside a sqlite store and with its
+    UI tags (runs view, the entry's description); an existing one gets the tags that differ."""
+    tags = experiment_tags(description)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        with experiment_lock(client):
+            set_changed_tags(client, found.experiment_id, tags)
+        return found.experiment_id
+    database = sqlite_path(client.tracking_uri)
+    if database is None:
+        try:
+            return client.create_experiment(name, tags=tags)
+        except Exception:  # noqa: BLE001 - a concurrent run created it first (each server says so in its own way)
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".") or "experiment"  # never `..`: stay in mlartifacts/
+    location = (database.resolve().parent / "mlartifacts" / slug).as_uri()
+    with store_lock(database):  # a concurrent run may be creating the same experiment
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        return client.create_experiment(name, artifact_location=location, tags=tags)
