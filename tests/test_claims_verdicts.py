@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from scipy import stats
 
 import advbayes
-from advbayes.claims import interval, load_claims, t95, verdict
 from advbayes.cli import cli
 from advbayes.errors import RunError
+from advbayes.lab.claims import interval, load_claims, t95, verdict
 from advbayes.plugins import create_plugin_manager
 
 

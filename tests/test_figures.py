@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from advbayes.figures import (
+from advbayes.intervals import mean_sd
+from advbayes.lab.figures import (
     COLUMN_WIDTH,
     Point,
     drawable_metrics,
@@ -15,7 +16,6 @@ from advbayes.figures import (
     safe_file_name,
     save_figure,
 )
-from advbayes.intervals import mean_sd
 
 
 def drawn(axes) -> list[tuple[list[tuple[float, float]], list[tuple[float, float, float]]]]:

@@ -14,6 +14,9 @@ import pytest
         ("advbayes.sweep_ray", "advbayes.sweep.runner", "execute"),
         ("advbayes.tracking_commands", "advbayes.tracking.commands", "add_commands"),
         ("advbayes.compare", "advbayes.tracking.compare", "compare_table"),
+        ("advbayes.report", "advbayes.lab.report", "write_report"),
+        ("advbayes.claims", "advbayes.lab.claims", "load_claims"),
+        ("advbayes.figures", "advbayes.lab.figures", "experiment_figure"),
     ],
 )
 def test_a_moved_module_warns_once_imported_and_hands_out_the_new_objects(old: str, new: str, name: str) -> None:

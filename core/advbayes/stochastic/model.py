@@ -23,6 +23,7 @@ from advbayes.stochastic.layers import (
     kl_terms,
     regularizer_terms,
 )
+from advbayes.stochastic.passes import CHUNK_TARGET, loss_gradient_in_passes, measure_pass_size
 from advbayes.stochastic.strategy import CHUNK_CHOICES as _CHUNK_CHOICES
 from advbayes.stochastic.strategy import GRADIENT_CHOICES as _GRADIENT_CHOICES
 from advbayes.stochastic.strategy import (
@@ -30,7 +31,6 @@ from advbayes.stochastic.strategy import (
     OnlineChoice,
     default_strategy,
     due,
-    race,
     size_bucket,
     synchronize,
 )
@@ -52,8 +52,6 @@ ELEMENTWISE = (
     nn.Mish,
 )
 CONVERTIBLE = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
-CHUNK_TARGET = 256  # besides all draws and one draw per pass, auto tries passes of about this many examples
-MAX_PASSES = 64  # and never more passes than this (1,000 draws are not timed as 1,000 passes)
 
 
 class StochasticModel(nn.Module):
@@ -142,13 +140,14 @@ class StochasticModel(nn.Module):
         if not layers:  # nothing random: one pass, [1, B, k] (or [S, B, k] for a sampled input)
             return self.net(inputs)
         self.draw(samples)
-        return self._run_chunks(inputs, layers, samples, self._chunk_size(inputs, layers, samples))
+        return self.run_in_passes(inputs, layers, samples, self._chunk_size(inputs, layers, samples))
 
-    def _run_chunks(
+    def run_in_passes(
         self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, chunk: int
     ) -> torch.Tensor:
+        """Logits of the S drawn networks, `chunk` draws per pass (BatchNorm statistics updated once)."""
         if chunk >= samples:
-            return self._forward_draws(inputs, layers, 0, samples)
+            return self.forward_draws(inputs, layers, 0, samples)
         norms = [layer for layer in layers if isinstance(layer, BayesBatchNorm2d) and layer.track_running_stats]
         for norm in norms:  # one running-statistics update per pass, whatever the chunks
             norm.pending_statistics = []
@@ -156,7 +155,7 @@ class StochasticModel(nn.Module):
             outputs = []
             for start in range(0, samples, chunk):
                 part = inputs if inputs.shape[0] == 1 else inputs[start : start + chunk]
-                outputs.append(self._forward_draws(part, layers, start, min(samples, start + chunk)))
+                outputs.append(self.forward_draws(part, layers, start, min(samples, start + chunk)))
             with torch.no_grad():
                 for norm in norms:
                     if norm.pending_statistics:
@@ -179,7 +178,7 @@ class StochasticModel(nn.Module):
         # shared by every model of this architecture (e.g. the defenses of one experiment); measured again after
         # RECHECK_AT calls, so a choice made while the machine was busy does not stick
         if due(key, _CHUNK_CHOICES):
-            _CHUNK_CHOICES[key] = self._measure_chunk(inputs, layers, samples, grad)
+            _CHUNK_CHOICES[key] = measure_pass_size(self, inputs, layers, samples, grad)
         return _CHUNK_CHOICES[key]
 
     def architecture(self) -> tuple[Any, ...]:
@@ -190,47 +189,6 @@ class StochasticModel(nn.Module):
                 for name, module in self.net.named_modules()
             )
         return self._architecture
-
-    def _measure_chunk(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, grad: bool) -> int:
-        """Time whole passes (forward, and backward when gradients are on) for a few chunk sizes; no side effects.
-
-        One pass over S x B examples can be slower than S passes over B on a CPU (cache); a GPU favours one.
-        """
-        batch = inputs.shape[1]
-        fewest = math.ceil(samples / MAX_PASSES)  # never time more than MAX_PASSES passes
-        per_target = max(1, min(samples, CHUNK_TARGET // max(batch, 1)))
-        candidates = sorted({samples, max(per_target, fewest), max(1, fewest)}, reverse=True)
-        saved = {name: buffer.clone() for name, buffer in self.named_buffers()}
-        probe = inputs.detach().requires_grad_(inputs.requires_grad)
-        weights = [p for p in self.parameters() if p.requires_grad] if grad else []
-        targets = [probe] if probe.requires_grad else weights  # an attack differentiates the input; training, weights
-        runs: dict[int, Callable[[], object]] = {}
-        for chunk in candidates:
-
-            def run(chunk: int = chunk) -> None:
-                out = self._run_chunks(probe, layers, samples, chunk)
-                if grad and targets:
-                    torch.autograd.grad(out.float().sum(), targets, allow_unused=True)
-
-            runs[chunk] = run
-        timings: dict[int, float] = {}
-        winner = samples
-        try:
-            while runs and not timings:
-                try:  # interleaved rounds; the most passes (closest to the per-draw loop) wins a near tie
-                    winner, timings = race(runs, inputs.device, reference=min(runs))
-                except torch.OutOfMemoryError:  # the largest chunk does not fit: not a candidate
-                    if inputs.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    runs.pop(max(runs))
-        finally:
-            with torch.no_grad():
-                for name, buffer in self.named_buffers():
-                    buffer.copy_(saved[name])
-        if not timings:
-            raise torch.OutOfMemoryError(f"no chunk of {samples} draws x batch {batch} fits in memory")
-        self.chunk_timings[(samples, tuple(inputs.shape))] = timings
-        return int(winner)
 
     def mean_loss_gradient(
         self, x: torch.Tensor, samples: int, draw_losses: Callable[[torch.Tensor], torch.Tensor]
@@ -246,7 +204,7 @@ class StochasticModel(nn.Module):
         layers = self.stochastic_layers()
         inputs = x.detach().unsqueeze(0)
         if not layers or samples == 1 or self.training or self.strategy != "auto":
-            return self._loss_gradient_passes(inputs, layers, samples, samples, draw_losses)
+            return loss_gradient_in_passes(self, inputs, layers, samples, samples, draw_losses)
         self.draw(samples)
         shape = (size_bucket(inputs.shape[1]), *inputs.shape[2:])
         key = (self.architecture(), samples, shape, inputs.device.type, inputs.dtype)
@@ -259,7 +217,7 @@ class StochasticModel(nn.Module):
             synchronize(inputs.device)
             started = time.perf_counter()
             try:
-                result = self._loss_gradient_passes(inputs, layers, samples, size, draw_losses, False)
+                result = loss_gradient_in_passes(self, inputs, layers, samples, size, draw_losses, False)
             except torch.OutOfMemoryError:
                 if size == 1 or inputs.device.type != "cuda":
                     raise
@@ -270,44 +228,10 @@ class StochasticModel(nn.Module):
             choice.record(size, time.perf_counter() - started)
             return result
 
-    def _loss_gradient_passes(
-        self,
-        inputs: torch.Tensor,
-        layers: Sequence[StochasticLayer],
-        samples: int,
-        size: int,
-        draw_losses: Callable[[torch.Tensor], torch.Tensor],
-        draw: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The mean loss over S draws, its gradient and logits, by passes of `size` draws with one backward each."""
-        if size >= samples:  # one call (drawing, chunking and BatchNorm statistics as forward does them)
-            probe = inputs.clone().requires_grad_(True)
-            with torch.enable_grad():
-                if draw:
-                    logits = self(probe[0], samples)
-                else:  # the draws made by the caller, in one pass (the other candidates are the smaller passes)
-                    chunk = samples if self.max_batch is None else self._chunk_size(probe, layers, samples)
-                    logits = self._run_chunks(probe, layers, samples, chunk)
-                losses = draw_losses(logits)
-                (gradient,) = torch.autograd.grad(losses.sum(), probe)
-            return losses.detach(), gradient[0], logits.detach()
-        total_loss, total_gradient, parts = None, None, []
-        for start in range(0, samples, size):
-            stop = min(samples, start + size)
-            probe = inputs.clone().requires_grad_(True)
-            with torch.enable_grad():
-                logits = self._forward_draws(probe, layers, start, stop)
-                losses = draw_losses(logits) * ((stop - start) / samples)  # weighted: the parts add to the mean
-                (gradient,) = torch.autograd.grad(losses.sum(), probe)
-            total_loss = losses.detach() if total_loss is None else total_loss + losses.detach()
-            total_gradient = gradient if total_gradient is None else total_gradient + gradient
-            parts.append(logits.detach())
-        assert total_loss is not None and total_gradient is not None
-        return total_loss, total_gradient[0], torch.cat(parts)
-
-    def _forward_draws(
+    def forward_draws(
         self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], start: int, stop: int
     ) -> torch.Tensor:
+        """Logits of draws start..stop of the current draw, in one pass."""
         full = {id(p): p.drawn_noise() for layer in layers for p in layer.gaussian_parameters()}
         try:
             for layer in layers:

@@ -178,7 +178,7 @@ def add_commands(cli: click.Group) -> None:
         debug: bool,
     ) -> None:
         """Write a Markdown report (tables, figures) of the newest finished runs of EXPERIMENTS, read from MLflow."""
-        from advbayes.report import write_report
+        from advbayes.lab.report import write_report
 
         path = write_report(
             experiments,

@@ -201,7 +201,7 @@ def run_finished(run: Any, result: RunResult | None, status: str, error: BaseExc
             client.set_tag(run_id, "posterior.converged", "true" if converged else "false")
         client.log_text(run_id, to_csv(result.records), "results.csv")
         client.log_text(run_id, result.format() + "\n", "results.txt")
-        from advbayes.figures import drawable_metrics, experiment_figure, points_from_records, safe_file_name
+        from advbayes.lab.figures import drawable_metrics, experiment_figure, points_from_records, safe_file_name
 
         defense = result.spec["defense"]["name"]
         points = {m: points_from_records(result.records, m, defense, result.seed) for m in metric_names(result.records)}

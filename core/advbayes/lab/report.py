@@ -1,0 +1,392 @@
+"""`advbayes report`: tracked runs read back from MLflow into a self-contained Markdown report with its figures."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from advbayes.errors import RunError
+from advbayes.intervals import format_interval, is_companion, mean_sd
+from advbayes.lab.claims import (
+    CLAIM_HEADER,
+    VERDICT_RULE,
+    Claim,
+    FigureSpec,
+    claim_row,
+    evaluate,
+    load_claims,
+    not_run_row,
+    x_of,
+)
+from advbayes.lab.figures import Point, drawable_metrics, experiment_figure, save_figure, series_figure
+from advbayes.results import format_value
+from advbayes.tracking import client_for, tracked_runs
+
+TRAIN_COLUMNS = ("loss", "ce", "acc", "kl_per_param", "mean_sigma2", "r", "omega_m", "omega_s", "epoch_seconds")
+
+
+def latest_per_defense(runs: Sequence[Any]) -> list[Any]:
+    """The newest FINISHED parent run of each defense and seed, in training order (oldest first)."""
+    chosen: dict[tuple[str, str], Any] = {}
+    for run in runs:  # newest first
+        key = (run.data.tags.get("advbayes.defense", "?"), run.data.tags.get("advbayes.seed", "?"))
+        if run.info.status == "FINISHED" and key not in chosen:
+            chosen[key] = run
+    return sorted(chosen.values(), key=lambda r: r.info.start_time)
+
+
+def run_label(run: Any, runs: Sequence[Any]) -> str:
+    """The defense, with the seed when the report holds several seeds of it."""
+    defense = run.data.tags.get("advbayes.defense", "?")
+    seeds = {r.data.tags.get("advbayes.seed") for r in runs if r.data.tags.get("advbayes.defense", "?") == defense}
+    return defense if len(seeds) < 2 else f"{defense} (seed {run.data.tags.get('advbayes.seed', '?')})"
+
+
+def read_results(client: Any, run_id: str, scratch: Path) -> list[dict[str, str]]:
+    """The rows of a run's results.csv artifact."""
+    path = client.download_artifacts(run_id, "results.csv", str(scratch))
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def values_by_key(rows: Sequence[dict[str, str]]) -> dict[tuple[str, float, str], float]:
+    """A run's results.csv rows as {(attack, eps, metric): value}; intervals are the metrics NAME_ci_low/_high."""
+    return {(r["attack"], float(r["eps"]), r["metric"]): float(r["value"]) for r in rows}
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def metric_table(results: dict[str, list[dict[str, str]]], metric: str, groups: dict[str, str] | None = None) -> str:
+    """Rows defense / attack, columns eps, for one metric of every run (with its 95 % interval where logged);
+    runs that `groups` maps to one defense also get a mean +- sd row across them (their seeds)."""
+    eps_values = sorted({float(r["eps"]) for rows in results.values() for r in rows if r["metric"] == metric})
+    rows = []
+    pooled: dict[tuple[str, str], dict[float, list[float]]] = {}
+    for label, records in results.items():
+        value_of = values_by_key(records)
+        attacks = list(dict.fromkeys(r["attack"] for r in records if r["metric"] == metric))
+        for attack in attacks:
+            cells = []
+            for e in eps_values:
+                value = value_of.get((attack, e, metric))
+                low, high = (
+                    value_of.get((attack, e, f"{metric}_ci_low")),
+                    value_of.get((attack, e, f"{metric}_ci_high")),
+                )
+                if value is not None and groups:
+                    pooled.setdefault((groups[label], attack), {}).setdefault(e, []).append(value)
+                cells.append(
+                    "-"
+                    if value is None
+                    else format_value(value)
+                    if low is None or high is None
+                    else format_interval(value, low, high)
+                )
+            rows.append([label, attack, *cells])
+    for (defense, attack), by_eps in pooled.items():
+        if max(len(v) for v in by_eps.values()) > 1:
+            cells = ["{:.4f} +- {:.4f}".format(*mean_sd(by_eps[e])) if e in by_eps else "-" for e in eps_values]
+            rows.append([f"{defense}: mean +- sd over {max(len(v) for v in by_eps.values())} seeds", attack, *cells])
+    return markdown_table(["defense", "attack", *(f"eps {e:g}" for e in eps_values)], rows)
+
+
+def copy_figures(
+    client: Any, run: Any, scratch: Path, destination: Path, metrics: Sequence[str] | None = None
+) -> list[Path]:
+    """The run-level figures (metric vs eps, only `metrics`' when given; figures/), copied under `destination`."""
+    copied: list[Path] = []
+    pending = [""]
+    while pending:
+        folder = pending.pop()
+        for item in client.list_artifacts(run.info.run_id, folder or None):
+            if item.is_dir and not item.path.startswith(("checkpoints", "model")):
+                pending.append(item.path)
+            elif item.path.endswith(".png"):
+                if (
+                    metrics is not None
+                    and "/" not in item.path
+                    and item.path.removesuffix("_vs_eps.png") not in metrics
+                ):
+                    continue
+                local = Path(client.download_artifacts(run.info.run_id, item.path, str(scratch)))
+                target = destination / item.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(local, target)
+                copied.append(target)
+    return sorted(copied)
+
+
+def points_of(run: Any, rows: Sequence[dict[str, str]], metric: str) -> list[Point]:
+    """One run's values of `metric` (from its results.csv rows) as figure points, with their intervals."""
+    value_of = values_by_key(rows)
+    seed = run.data.tags.get("advbayes.seed", "")
+    return [
+        Point(
+            run.data.tags.get("advbayes.defense", "?"),
+            int(seed) if seed.isdigit() else None,
+            attack,
+            eps,
+            value,
+            value_of.get((attack, eps, f"{metric}_ci_low")),
+            value_of.get((attack, eps, f"{metric}_ci_high")),
+        )
+        for (attack, eps, name), value in value_of.items()
+        if name == metric
+    ]
+
+
+def overlay_figures(
+    name: str,
+    runs: Sequence[Any],
+    results: dict[str, list[dict[str, str]]],
+    metrics: Sequence[str],
+    out: Path,
+    folder: Path,
+) -> list[str]:
+    """The experiment's paper figures (one per metric, defenses overlaid, PNG and PDF) and their Markdown."""
+    labels = [run_label(r, runs) for r in runs]
+    points = {m: [p for r, label in zip(runs, labels) for p in points_of(r, results[label], m)] for m in metrics}
+    parts: list[str] = []
+    for metric in drawable_metrics(points):
+        png, pdf = save_figure(experiment_figure(points[metric], metric, title=name), folder, f"{metric}_vs_eps")
+        parts += ["", f"### figure: {metric}", "", f"![{metric} vs eps]({png.relative_to(out).as_posix()})"]
+        parts.append(f"([PDF]({pdf.relative_to(out).as_posix()}))")
+    return parts
+
+
+def experiment_section(store: StoreRuns, name: str, out: Path, figures_dir: Path, metrics: Sequence[str] | None) -> str:
+    """The Markdown of one experiment: setting, tables per metric, training summary, model metrics, figures."""
+    client, scratch = store.client, store.scratch
+    runs = store.runs(name)
+    if not runs:
+        raise RunError(f"experiment '{name}' has no FINISHED runs in {client.tracking_uri}")
+    first = runs[0]
+    params = first.data.params
+    started = dt.datetime.fromtimestamp(first.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+    setting = ", ".join(
+        f"{label} {params[key]}"
+        for label, key in (
+            ("data", "dataset.name"),
+            ("n_train", "dataset.n_train"),
+            ("n_test", "dataset.n_test"),
+            ("model", "model.name"),
+            ("epochs", "epochs"),
+            ("batch", "batch_size"),
+            ("seed", "seed"),
+        )
+        if key in params
+    )
+    parts = [
+        f"## {name}",
+        "",
+        params.get("description", ""),
+        "",
+        f"Setting: {setting}; device {first.data.tags.get('advbayes.device', '?')}; started {started}; "
+        f"commit {first.data.tags.get('advbayes.git_commit', 'unknown')[:12]}.",
+        "",
+    ]
+    parts.append(markdown_table(["defense", "run id"], [[run_label(r, runs), f"`{r.info.run_id}`"] for r in runs]))
+    results = {run_label(r, runs): store.rows(r.info.run_id) for r in runs}
+    groups = {run_label(r, runs): r.data.tags.get("advbayes.defense", "?") for r in runs}
+    names = list(dict.fromkeys(row["metric"] for rows in results.values() for row in rows))
+    names = [m for m in names if not is_companion(m, set(names))]
+    shown = [m for m in names if metrics is None or m in metrics]
+    for metric in shown:
+        parts += ["", f"### {metric}", "", metric_table(results, metric, groups)]
+    parts += overlay_figures(name, runs, results, shown, out, figures_dir / name)
+    train_keys = [k for k in TRAIN_COLUMNS if any(f"train/{k}" in r.data.metrics for r in runs)]
+    if train_keys:
+        rows = [
+            [
+                run_label(r, runs),
+                *(
+                    format_value(r.data.metrics[f"train/{k}"]) if f"train/{k}" in r.data.metrics else "-"
+                    for k in train_keys
+                ),
+            ]
+            for r in runs
+        ]
+        parts += ["", "### training (last epoch)", "", markdown_table(["defense", *train_keys], rows)]
+    model_keys = list(dict.fromkeys(k for r in runs for k in r.data.metrics if k.startswith("model/")))
+    if model_keys:
+        rows = [
+            [k[len("model/") :], *(format_value(r.data.metrics[k]) if k in r.data.metrics else "-" for r in runs)]
+            for k in model_keys
+        ]
+        parts += ["", "### model metrics", "", markdown_table(["metric", *(run_label(r, runs) for r in runs)], rows)]
+    for run in runs:
+        label = run_label(run, runs)
+        folder = label.replace(" (seed ", "-seed").rstrip(")")  # a path part without spaces or brackets
+        copied = copy_figures(client, run, scratch, figures_dir / name / folder, metrics)
+        if copied:
+            parts += ["", f"### figures: {label}", ""]
+            parts += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in copied]
+    return "\n".join(parts)
+
+
+class StoreRuns:
+    """The store's newest finished runs per experiment and their results.csv rows, each read once per report."""
+
+    def __init__(self, client: Any, scratch: Path) -> None:
+        self.client, self.scratch = client, scratch
+        self._runs: dict[str, list[Any]] = {}
+        self._rows: dict[str, list[dict[str, str]]] = {}
+
+    def runs(self, experiment: str, *, missing_ok: bool = False) -> list[Any]:
+        """The newest finished run of each defense and seed; an experiment the store lacks is an error, or []."""
+        if experiment not in self._runs:
+            if missing_ok and self.client.get_experiment_by_name(experiment) is None:
+                return []
+            self._runs[experiment] = latest_per_defense(tracked_runs(self.client.tracking_uri, [experiment]))
+        return self._runs[experiment]
+
+    def rows(self, run_id: str) -> list[dict[str, str]]:
+        """The rows of a run's results.csv artifact."""
+        if run_id not in self._rows:
+            self._rows[run_id] = read_results(self.client, run_id, self.scratch)
+        return self._rows[run_id]
+
+    def defenses(self, experiment: str) -> list[str]:
+        """The defenses of an experiment's finished runs ([] when the store has no such experiment)."""
+        runs = self.runs(experiment, missing_ok=True)
+        return list(dict.fromkeys(r.data.tags.get("advbayes.defense", "?") for r in runs))
+
+    def runs_of(
+        self, experiment: str, defense: str
+    ) -> list[tuple[int, str, Mapping[tuple[str, float, str], float], Mapping[str, float]]]:
+        """[(seed, run id, results {(attack, eps, metric): value}, run metrics)] of one defense's runs."""
+        return [
+            (
+                int(r.data.tags.get("advbayes.seed", "0")),
+                r.info.run_id,
+                values_by_key(self.rows(r.info.run_id)),
+                dict(r.data.metrics),
+            )
+            for r in self.runs(experiment, missing_ok=True)
+            if r.data.tags.get("advbayes.defense", "?") == defense
+        ]
+
+
+def claim_figure(store: StoreRuns, spec: FigureSpec, folder: Path, out: Path) -> list[str]:
+    """One [[figure]] of a claims file, drawn from the store, and its Markdown."""
+    defenses = list(spec.defenses) or store.defenses(spec.experiment)
+    series: dict[str, dict[float, list[float]]] = {}
+    for defense in defenses:
+        by_x = series.setdefault(defense, {})
+        for _seed, run_id, results, metrics in store.runs_of(spec.experiment, defense):
+            if spec.history:
+                for m in store.client.get_metric_history(run_id, spec.metric):
+                    by_x.setdefault(float(m.step), []).append(m.value)
+            elif spec.attack is not None:
+                for (attack, eps, metric), value in results.items():
+                    x = x_of(spec.attack, attack)
+                    if x is not None and metric == spec.metric and (spec.eps is None or eps == spec.eps):
+                        by_x.setdefault(x, []).append(value)
+            else:
+                for key, value in metrics.items():
+                    x = x_of(spec.metric, key)
+                    if x is not None:
+                        by_x.setdefault(x, []).append(value)
+    series = {d: v for d, v in series.items() if v}
+    if not series:
+        if not store.defenses(spec.experiment):  # the experiment was not run into this store
+            return [f"Figure '{spec.title}': experiment {spec.experiment} has no finished runs in this store."]
+        raise RunError(f"figure '{spec.name}': no run of experiment '{spec.experiment}' has {spec.metric}")
+    figure = series_figure(
+        series,
+        title=spec.title,
+        xlabel=spec.xlabel or ("epoch" if spec.history else "x"),
+        ylabel=spec.ylabel or spec.metric,
+        log_x=not spec.history and min(min(v) for v in series.values()) > 0,
+        log_y=spec.log_y,
+    )
+    png, pdf = save_figure(figure, folder, spec.name)
+    return [f"![{spec.title}]({png.relative_to(out).as_posix()}) ([PDF]({pdf.relative_to(out).as_posix()}))"]
+
+
+def claims_section(
+    store: StoreRuns, claims: Sequence[Claim], figures: Sequence[FigureSpec], source: str, out: Path, figures_dir: Path
+) -> str:
+    """The claims summary: the verdict rule, one row per claim, then the claims file's figures."""
+    rows, verdicts = [], []
+    for claim in claims:
+        # an experiment with no finished run at all was not run into this store: said in its row; a defense or
+        # metric missing from an experiment that has runs is a mistake in the claims file, and an error
+        named = {q.experiment for q in (claim.a, claim.b) if q.experiment}
+        missing = sorted(e for e in named if not store.defenses(e))
+        if missing:
+            rows.append(not_run_row(claim, missing))
+            verdicts.append("not run")
+        else:
+            evaluated = evaluate(claim, store.runs_of)
+            rows.append(claim_row(evaluated))
+            verdicts.append(evaluated.verdict)
+    counts = {v: verdicts.count(v) for v in ("held", "did not hold", "inconclusive", "not run")}
+    parts = [
+        "## Summary of the claims",
+        "",
+        VERDICT_RULE,
+        "",
+        f"Verdicts: {counts['held']} held, {counts['did not hold']} did not hold, "
+        f"{counts['inconclusive']} inconclusive, {counts['not run']} not run (claims from `{source}`).",
+        "",
+        markdown_table(CLAIM_HEADER, rows),
+    ]
+    if figures:
+        parts += ["", "### figures of the claims", ""]
+        for spec in figures:
+            parts += claim_figure(store, spec, figures_dir / "claims", out) + [""]
+    return "\n".join(parts).rstrip()
+
+
+def write_report(
+    experiments: Sequence[str],
+    out: Path,
+    *,
+    tracking_uri: str | None = None,
+    file: str = "report.md",
+    preamble: Path | None = None,
+    metrics: Sequence[str] | None = None,
+    claims: Path | None = None,
+) -> Path:
+    """Write OUT/FILE (and its figures beside it) for the newest finished runs of `experiments`; with `claims`,
+    a summary that checks each claim of that file against the runs first."""
+    if Path(file).name != file or file in ("", ".", ".."):
+        raise RunError(f"--file: expected a file name inside --out, got {file!r}")
+    # MLflow draws a progress bar per downloaded artifact: dozens of lines of noise for small files
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client = client_for(tracking_uri, write=False)
+    out.mkdir(parents=True, exist_ok=True)
+    figures_dir = out / f"{Path(file).stem}_figures"
+    if figures_dir.exists():
+        shutil.rmtree(figures_dir)
+    sections = []
+    if preamble is not None:
+        if not preamble.is_file():
+            raise RunError(f"--preamble {preamble}: no such file")
+        sections.append(preamble.read_text().rstrip())
+    else:
+        sections.append(f"# advbayes report: {', '.join(experiments)}")
+    sections.append(f"Generated by `advbayes report {' '.join(experiments)}` from {client.tracking_uri}.")
+    # a malformed claims file fails before anything is read or drawn
+    claim_list, claim_figures = load_claims(claims) if claims is not None else ([], [])
+    with tempfile.TemporaryDirectory(prefix="advbayes-report-") as scratch:
+        store = StoreRuns(client, Path(scratch))
+        if claims is not None:
+            sections.append(claims_section(store, claim_list, claim_figures, claims.name, out, figures_dir))
+        for name in experiments:
+            sections.append(experiment_section(store, name, out, figures_dir, metrics))
+    path = out / file
+    path.write_text("\n\n".join(sections) + "\n")
+    return path
