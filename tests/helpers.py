@@ -1,10 +1,8 @@
-"""Test helpers: fixture plugin distributions, files, and small components that plugins would provide."""
+"""Test helpers of the core's own tests: small components that plugins would provide. The helpers plugin authors
+use too (install_fixture_plugin, write, draw_network) live in advbayes.testing and are imported from here as before."""
 
 from __future__ import annotations
 
-import copy
-import textwrap
-from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
@@ -13,25 +11,17 @@ from torch import nn
 
 from advbayes import Attack, AttackResult, Defense, LossOutput, TrainContext, hookimpl
 from advbayes.params import param
-from advbayes.stochastic import BayesBatchNorm2d, StochasticLayer
+from advbayes.testing import draw_network, install_fixture_plugin, write
 
-
-def install_fixture_plugin(site: Path, name: str, source: str, version: str = "0.1.0") -> None:
-    """Install a one-module plugin distribution into `site` as pip would: module, METADATA, entry point."""
-    module = name.replace("-", "_")
-    site.mkdir(parents=True, exist_ok=True)
-    (site / f"{module}.py").write_text(textwrap.dedent(source))
-    dist_info = site / f"{module}-{version}.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    (dist_info / "entry_points.txt").write_text(f"[advbayes]\n{name} = {module}\n")
-    (dist_info / "RECORD").write_text("")
-
-
-def write(path: Path, text: str) -> Path:
-    """Write dedented text to a file and return its path."""
-    path.write_text(textwrap.dedent(text))
-    return path
+__all__ = [
+    "DivergingDefense",
+    "FailingDefense",
+    "ShiftAttack",
+    "TestComponents",
+    "draw_network",
+    "install_fixture_plugin",
+    "write",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -82,20 +72,3 @@ class TestComponents:
     @hookimpl
     def register_attacks(self, register: Any) -> None:
         register(ShiftAttack)
-
-
-def draw_network(original: nn.Module, stochastic: nn.Module, s: int) -> nn.Module:
-    """Draw s of the stochastic model as a plain torch network: the original with w = mu + sigma * eps[s]."""
-    plain = copy.deepcopy(original)
-    for name, module in stochastic.net.named_modules():
-        if isinstance(module, StochasticLayer):
-            target = plain.get_submodule(name)
-            for attr in ("weight", "bias"):
-                gaussian = getattr(module, attr)
-                if gaussian is not None:
-                    value = gaussian.mu + gaussian.sigma * gaussian.eps[s]
-                    setattr(target, attr, nn.Parameter(value.detach().clone()))
-            if isinstance(module, BayesBatchNorm2d):
-                target.running_mean.copy_(module.running_mean)
-                target.running_var.copy_(module.running_var)
-    return plain

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from advbayes.engine import run
     from advbayes.errors import AdvbayesError, EvaluationWarning, PluginError, RegistryError, RunError
     from advbayes.hookspecs import hookimpl
+    from advbayes.intervals import with_interval
     from advbayes.losses import elbo_loss, ensemble_accuracy, mean_cross_entropy
     from advbayes.params import SEED_LIMIT, ParamError, entry_list_param, entry_param, list_param, param
     from advbayes.results import EvalRecord, RunGroup, RunInfo, RunResult
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
         posterior_statistics,
         predict,
         predict_repeated,
+        regularizer_terms,
         to_bayesian,
         unflatten_parameters,
     )
@@ -117,10 +119,12 @@ _EXPORTS = {
     "posterior_statistics": "advbayes.stochastic",
     "predict": "advbayes.stochastic",
     "predict_repeated": "advbayes.stochastic",
+    "regularizer_terms": "advbayes.stochastic",
     "SampleEnsemble": "advbayes.stochastic",
     "run": "advbayes.engine",
     "to_bayesian": "advbayes.stochastic",
     "unflatten_parameters": "advbayes.stochastic",
+    "with_interval": "advbayes.intervals",
 }
 
 
@@ -193,7 +197,9 @@ __all__ = [
     "posterior_statistics",
     "predict",
     "predict_repeated",
+    "regularizer_terms",
     "run",
     "to_bayesian",
     "unflatten_parameters",
+    "with_interval",
 ]

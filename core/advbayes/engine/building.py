@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from advbayes.checks import Finding
 from advbayes.components import Attack, Dataset, Defense, EvalContext
 from advbayes.engine.distributed import SINGLE, Distributed
 from advbayes.errors import RunError
@@ -30,7 +27,8 @@ def tracked_model(pm: Any, run_id: str, tracking_uri: str | None, device: torch.
 
 
 class RunParts:
-    """The components of one run, built from its resolved experiment, and what builds more of them on demand."""
+    """The components of one run, built from its resolved experiment, and what builds more of them on demand.
+    Read-only for the trainer and the evaluator, which hold the state that changes as the run goes."""
 
     def __init__(
         self,
@@ -41,7 +39,7 @@ class RunParts:
         device: torch.device,
         info: RunInfo,
         progress: bool,
-        checkpoint: Mapping[str, Any] | None = None,
+        checkpoint: Mapping[str, Any] | None = None,  # the state a resumed run starts from
         peers: Mapping[str, torch.nn.Module] | None = None,
         place: Distributed = SINGLE,
     ) -> None:
@@ -61,17 +59,9 @@ class RunParts:
         self.defense: Defense = registry.build("defenses", spec["defense"])
         self.attacks: list[tuple[str, Attack]] = [(a["name"], registry.build("attacks", a)) for a in spec["attacks"]]
         self.metrics: list[tuple[str, Any]] = [(m["name"], registry.build("metrics", m)) for m in spec["metrics"]]
-        self.history: list[dict[str, float]] = list(checkpoint["history"]) if checkpoint else []
-        # the last checkpoint written (or resumed from): evaluation extends it after every attack
-        self.last_state: dict[str, Any] | None = dict(checkpoint) if checkpoint else None
-        self.records_so_far: list[Any] = []  # evaluation records finished so far (shown when a run is interrupted)
-        self.workdir = Path(tempfile.mkdtemp(prefix="advbayes-run-"))
         self._attack_cache: dict[str, Attack] = {}
-        self.stochastic = False  # probed on the first test batch before evaluation
-        self.timed_sizes: set[tuple[int, int, int]] = set()  # (S_A, S_I x R, batch) whose first call has been made
         # How progress bars and epoch lines name this run: the lines of a multi-defense (or multi-seed) run differ.
         self.label = f"{name}/{spec['defense']['name']} seed {self.experiment.seed}"
-        self.findings: list[Finding] = []
 
     def build_attack(self, entry: Any) -> Attack:
         """Build an attack entry (name or table) bound to this run's data range; built once per entry."""

@@ -9,22 +9,33 @@ import torch
 from tqdm.auto import tqdm
 
 from advbayes.batches import Batches
-from advbayes.checks import evaluation_findings, warn
+from advbayes.checks import Finding, evaluation_findings, warn
 from advbayes.components import Attack, EvalBatch
+from advbayes.engine.building import RunParts
+from advbayes.engine.checkpoints import Checkpoints, set_rng_state
 from advbayes.engine.distributed import total
-from advbayes.engine.training import Training, set_rng_state
 from advbayes.errors import RunError
 from advbayes.results import EvalRecord, eps_label
 from advbayes.stochastic import is_stochastic, predict, predict_repeated
 
 
-class Evaluation(Training):
-    """The run's evaluation: attacks at every eps, predictions on S_I fresh draws (R times when asked), metrics."""
+class Evaluator:
+    """The run's evaluation: attacks at every eps, predictions on S_I fresh draws (R times when asked), metrics.
+    It holds what the evaluation finds (records so far, whether the model is stochastic, the checks' findings)."""
+
+    def __init__(self, parts: RunParts, checkpoints: Checkpoints, history: list[dict[str, float]]) -> None:
+        self.parts = parts
+        self.checkpoints = checkpoints
+        self.history = history  # the trainer's: every evaluation checkpoint carries it
+        self.records_so_far: list[EvalRecord] = []  # finished so far (shown when a run is interrupted)
+        self.stochastic = False  # probed on the first test batch before evaluation
+        self.timed_sizes: set[tuple[int, int, int]] = set()  # (S_A, S_I x R, batch) whose first call has been made
+        self.findings: list[Finding] = []
 
     def sample_sweep(self, attack: Attack) -> list[tuple[int, int]]:
         """(S_A, S_I) combinations: the experiment's sweeps, or the attack's and the defense's own counts."""
-        attack_samples = list(self.experiment.attack_samples) or [attack.samples]
-        inference_samples = list(self.experiment.inference_samples) or [self.defense.inference_samples]
+        attack_samples = list(self.parts.experiment.attack_samples) or [attack.samples]
+        inference_samples = list(self.parts.experiment.inference_samples) or [self.parts.defense.inference_samples]
         return [(a, i) for a in attack_samples for i in inference_samples]
 
     def evaluate(self, net: torch.nn.Module, test: Batches) -> list[EvalRecord]:
@@ -32,16 +43,17 @@ class Evaluation(Training):
 
         Afterwards the randomness and masking checks run on the records; their findings are warned and kept.
         """
+        parts = self.parts
         net.eval()
         records: list[EvalRecord] = []
-        context = self.eval_context(net)
+        context = parts.eval_context(net)
         self.stochastic = self.is_stochastic(net, test)
-        metrics = [(name, metric.bind(context)) for name, metric in self.metrics if metric.per_attack]
+        metrics = [(name, metric.bind(context)) for name, metric in parts.metrics if metric.per_attack]
         evaluated: dict[str, Attack] = {}
         # a resumed run: attacks whose records the checkpoint holds are not run again (their child runs exist)
-        done = {entry["label"]: entry for entry in (self.checkpoint or {}).get("evaluated", [])}
+        done = self.checkpoints.finished_evaluations()
         self.records_so_far = records
-        for attack_name, unbound in self.attacks:
+        for attack_name, unbound in parts.attacks:
             attack_bound = unbound.bind(context)
             combinations = self.sample_sweep(attack_bound)
             for samples_a, samples_i in combinations:
@@ -57,10 +69,10 @@ class Evaluation(Training):
                 attack_records, figures = self.evaluate_attack(net, test, label, attack_base, samples_i, metrics)
                 attack_records = [attrs.evolve(r, entry=attack_name) for r in attack_records]
                 records.extend(attack_records)
-                self.pm.hook.evaluation_finished(run=self.info, attack=label, records=attack_records, figures=figures)
-                self.save_evaluation(net, label, attack_records)
-        self.findings = evaluation_findings(self.spec["defense"]["name"], records, evaluated, self.stochastic)
-        if self.place.leader:  # the same findings on every rank: said once
+                parts.pm.hook.evaluation_finished(run=parts.info, attack=label, records=attack_records, figures=figures)
+                self.checkpoints.save_evaluation(net, label, attack_records, self.history)
+        self.findings = evaluation_findings(parts.spec["defense"]["name"], records, evaluated, self.stochastic)
+        if parts.place.leader:  # the same findings on every rank: said once
             warn(self.findings)
         return records
 
@@ -74,28 +86,28 @@ class Evaluation(Training):
         metrics: list[tuple[str, Any]],
     ) -> tuple[list[EvalRecord], dict[str, Any]]:
         """One attack at one (S_A, S_I): records for every eps and the metrics' figures."""
-        eps_values = list(self.experiment.eps) or [attack_base.eps]
+        eps_values = list(self.parts.experiment.eps) or [attack_base.eps]
         figures: dict[str, Any] = {}
         attack_records: list[EvalRecord] = []
         measured = eps_values if attack_base.uses_eps else eps_values[:1]
         bar = tqdm(
             total=len(test) * len(measured),
             unit="img",
-            desc=f"{self.label} {label}",
-            disable=not self.progress,
+            desc=f"{self.parts.label} {label}",
+            disable=not self.parts.progress,
             dynamic_ncols=True,
         )
         for eps in measured:
             if attack_base.uses_eps:
-                bar.set_description(f"{self.label} {label} eps {eps:g}")
+                bar.set_description(f"{self.parts.label} {label} eps {eps:g}")
             attack = attrs.evolve(
                 attack_base,
                 eps=eps,
-                value_range=self.dataset.value_range,
+                value_range=self.parts.dataset.value_range,
                 inference_samples=samples_i,
-                prediction_average=self.defense.prediction_average,
+                prediction_average=self.parts.defense.prediction_average,
             )
-            states = {name: metric.create().to(self.device) for name, metric in metrics}
+            states = {name: metric.create().to(self.parts.device) for name, metric in metrics}
             values, metric_figures, (l2_sum, linf_max, count, zero_share) = self.measure(
                 net, test, attack, eps, states, bar, samples_i
             )
@@ -119,15 +131,15 @@ class Evaluation(Training):
 
     def evaluate_model(self, net: torch.nn.Module, test: Batches) -> tuple[dict[str, float], dict[str, Any]]:
         """Metrics of the model itself (per_attack = False), once on the clean test split."""
-        context = self.eval_context(net)
+        context = self.parts.eval_context(net)
         states = {
-            name: metric.bind(context).create().to(self.device)
-            for name, metric in self.metrics
+            name: metric.bind(context).create().to(self.parts.device)
+            for name, metric in self.parts.metrics
             if not metric.per_attack
         }
         if not states:
             return {}, {}
-        clean = self.registry.build("attacks", {"name": "none", "use": "none"})  # the built-in clean "attack"
+        clean = self.parts.registry.build("attacks", {"name": "none", "use": "none"})  # the built-in clean "attack"
         values, metric_figures, _ = self.measure(net, test, clean, 0.0, states)
         return values, {f"{metric}/{file}": figure for (metric, file), figure in metric_figures.items()}
 
@@ -146,17 +158,17 @@ class Evaluation(Training):
         Returns the metric values, their figures by (metric, file), the applied perturbation (sum of L2 lengths,
         max L_inf, examples) and the share of exactly-zero input-gradient components the attack reported.
         """
-        samples_i = samples_i or self.defense.inference_samples
-        average = self.defense.prediction_average
+        samples_i = samples_i or self.parts.defense.inference_samples
+        average = self.parts.defense.prediction_average
         repeats = attack.verdict_repeats if self.stochastic else 1
         l2_sum, linf_max, count, zero_sum = 0.0, 0.0, 0, 0.0
-        sizes = (attack.samples, samples_i * repeats, self.experiment.eval_batch_size)
+        sizes = (attack.samples, samples_i * repeats, self.parts.experiment.eval_batch_size)
         if bar is not None and self.stochastic and sizes not in self.timed_sizes:
             self.timed_sizes.add(sizes)
             # A stochastic layer's first call at a new (S, B) times its execution strategies: seconds on a CPU
             # (9.6 s vs 0.7 s for a Bayesian mnist-cnn at S 10 x B 256), which made the clean pass look stalled.
             bar.set_postfix_str("first batch: timing each layer's execution, once per size")
-        for x, y in test.iterate(self.experiment.eval_batch_size, shuffle=False):
+        for x, y in test.iterate(self.parts.experiment.eval_batch_size, shuffle=False):
             result = attack(net, x, y)
             repeated = None
             with torch.no_grad():  # fresh draws, independent of the attack's
@@ -174,7 +186,7 @@ class Evaluation(Training):
                 attack=attack,
                 eps=eps,
                 inference_samples=samples_i,
-                device=self.device,
+                device=self.parts.device,
                 prediction_average=average,
                 repeated_probs=repeated,
             )
@@ -192,27 +204,27 @@ class Evaluation(Training):
         figures: dict[tuple[str, str], Any] = {}
         for metric_name, state in states.items():  # compute() gathers a sharded evaluation's states over ranks
             values.update({key: float(value) for key, value in state.compute().items()})
-            if self.place.leader:
+            if self.parts.place.leader:
                 figures.update({(metric_name, file): figure for file, figure in state.figures().items()})
-        place = self.place
+        place = self.parts.place
         l2_sum, linf_max, zero_sum = total(l2_sum, place), total(linf_max, place, "max"), total(zero_sum, place)
         count = int(total(count, place))
         return values, figures, (l2_sum, linf_max, count, zero_sum / max(count, 1))
 
     def is_stochastic(self, net: torch.nn.Module, test: Batches) -> bool:
         """Whether two identical calls of the network on the first test batch differ."""
-        first = next(iter(test.iterate(self.experiment.eval_batch_size, shuffle=False)), None)
+        first = next(iter(test.iterate(self.parts.experiment.eval_batch_size, shuffle=False)), None)
         return first is not None and is_stochastic(net, first[0])
 
     def check_attacks_fit(self, net: torch.nn.Module, test: Batches) -> None:
         """Before training: an attack that can only judge a deterministic model must not meet a stochastic one."""
-        needs = [(name, attack.deterministic_only(self.build_attack)) for name, attack in self.attacks]
+        needs = [(name, attack.deterministic_only(self.parts.build_attack)) for name, attack in self.parts.attacks]
         needs = [(name, sub) for name, sub in needs if sub is not None]
         if not needs:
             return
         if self.is_stochastic(net.eval(), test):
             name, sub = needs[0]
             raise RunError(
-                f"experiments.{self.name}: attack '{name}' ({sub}) judges single evaluations, but defense "
-                f"'{self.spec['defense']['name']}' gives a stochastic model; use autoattack-rand for it"
+                f"experiments.{self.parts.name}: attack '{name}' ({sub}) judges single evaluations, but defense "
+                f"'{self.parts.spec['defense']['name']}' gives a stochastic model; use autoattack-rand for it"
             )

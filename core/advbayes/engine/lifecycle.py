@@ -18,9 +18,11 @@ import torch
 from advbayes.batches import Batches
 from advbayes.checks import warn
 from advbayes.components import TrainContext, prepared_model
+from advbayes.engine.building import RunParts
+from advbayes.engine.checkpoints import Checkpoints, set_rng_state
 from advbayes.engine.distributed import SINGLE, Distributed, join, leave, seed_draws, shard
-from advbayes.engine.evaluation import Evaluation
-from advbayes.engine.training import set_rng_state
+from advbayes.engine.evaluation import Evaluator
+from advbayes.engine.training import Trainer
 from advbayes.errors import RunError
 from advbayes.plugins import PluginManager, get_plugin_manager
 from advbayes.posterior import convergence_findings, sampler_finding
@@ -41,68 +43,75 @@ def plugin_versions(pm: PluginManager) -> dict[str, str]:
     return {name: info.version for name, info in sorted(pm.info.items())}
 
 
-class Run(Evaluation):
-    """One experiment run: its parts (building.py), training with checkpoints (training.py) and evaluation
-    (evaluation.py), put together by execute()."""
+class Run:
+    """One experiment run: its parts (building.py), a trainer (training.py) and an evaluator (evaluation.py) that
+    share its checkpoints (checkpoints.py), put together by execute()."""
+
+    def __init__(self, parts: RunParts) -> None:
+        self.parts = parts
+        self.checkpoints = Checkpoints(self.parts)
+        self.trainer = Trainer(self.parts, self.checkpoints)
+        self.evaluator = Evaluator(self.parts, self.checkpoints, self.trainer.history)
 
     def execute(self) -> RunResult:
         """Build data and network, train, evaluate; returns the result (hooks report it)."""
-        train_split = self.dataset.data("train")
-        test_split = self.dataset.data("test")
-        train = Batches(train_split, self.device)
-        test = Batches(shard(test_split, self.place), self.device)  # each rank evaluates its share
-        net = prepared_model(self.dataset, self.model_builder, self.defense).to(self.device)
-        if self.checkpoint is not None:
-            net.load_state_dict(self.checkpoint["model"])
-        seed_draws(self.experiment.seed, self.place)
-        self.check_attacks_fit(net, test)
+        parts, trainer, evaluator = self.parts, self.trainer, self.evaluator
+        train_split = parts.dataset.data("train")
+        test_split = parts.dataset.data("test")
+        train = Batches(train_split, parts.device)
+        test = Batches(shard(test_split, parts.place), parts.device)  # each rank evaluates its share
+        net = prepared_model(parts.dataset, parts.model_builder, parts.defense).to(parts.device)
+        if parts.checkpoint is not None:
+            net.load_state_dict(parts.checkpoint["model"])
+        seed_draws(parts.experiment.seed, parts.place)
+        evaluator.check_attacks_fit(net, test)
         context = TrainContext(
-            dataset=self.dataset,
+            dataset=parts.dataset,
             train=train_split,
-            device=self.device,
+            device=parts.device,
             n_train=len(train),
-            seed=self.experiment.seed,
-            build_attack=self.build_attack,
-            models=self.peers,
-            load_tracked_model=self.load_tracked_model,
-            build_network=lambda: self.build_network().to(self.device),
-            fit=lambda model, epochs: self.fit(model, train, epochs),
-            progress=self.progress,
+            seed=parts.experiment.seed,
+            build_attack=parts.build_attack,
+            models=parts.peers,
+            load_tracked_model=parts.load_tracked_model,
+            build_network=lambda: parts.build_network().to(parts.device),
+            fit=lambda model, epochs: trainer.fit(model, train, epochs),
+            progress=parts.progress,
         )
         # Its own seeded random state: the main training's stream is the same with or without it, and a resumed
         # run recomputes exactly the same data.
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.experiment.seed)
-            replacement = self.defense.before_training(context)
+        with torch.random.fork_rng(devices=[parts.device] if parts.device.type == "cuda" else []):
+            torch.manual_seed(parts.experiment.seed)
+            replacement = parts.defense.before_training(context)
         if replacement is not None:
             train_split = replacement
-            train = Batches(train_split, self.device)
+            train = Batches(train_split, parts.device)
             context.train, context.n_train = train_split, len(train)
-        self.train(net, train, context)
-        trained_metrics = self.finish_training(net, context)
-        verdict = self.verdict()
-        posterior_findings = [] if verdict is None else convergence_findings(self.label, verdict)
+        trainer.train(net, train, context)
+        trained_metrics = trainer.finish_training(net, context)
+        verdict = trainer.verdict()
+        posterior_findings = [] if verdict is None else convergence_findings(parts.label, verdict)
         if trained_metrics.get("posterior/converged") == 0.0:  # the defense's own verdict (a sampler's R-hat)
-            posterior_findings.append(sampler_finding(self.label, self.spec["defense"]["name"], trained_metrics))
-        if self.place.leader:  # said once, before the evaluation's own checks
+            posterior_findings.append(sampler_finding(parts.label, parts.spec["defense"]["name"], trained_metrics))
+        if parts.place.leader:  # said once, before the evaluation's own checks
             warn(posterior_findings)
-        records = self.evaluate(net, test)
-        model_metrics, figures = self.evaluate_model(net, test)
+        records = evaluator.evaluate(net, test)
+        model_metrics, figures = evaluator.evaluate_model(net, test)
         model_metrics.update(trained_metrics)
         if verdict is not None:
             model_metrics.update(verdict.metrics())
         return RunResult(
             model_metrics=model_metrics,
             figures=figures,
-            experiment=self.name,
-            spec=self.spec,
+            experiment=parts.name,
+            spec=parts.spec,
             records=records,
-            history=self.history,
+            history=trainer.history,
             model=net,
-            run_id=self.info.run_id,
-            seed=self.experiment.seed,
-            device=str(self.device),
-            findings=[*posterior_findings, *self.findings],
+            run_id=parts.info.run_id,
+            seed=parts.experiment.seed,
+            device=str(parts.device),
+            findings=[*posterior_findings, *evaluator.findings],
         )
 
 
@@ -293,15 +302,17 @@ def _run_one(
         tags=dict(tags or {}),
     )
     engine = Run(
-        name,
-        spec,
-        registry=registry,
-        device=device,
-        info=info,
-        progress=progress,
-        checkpoint=checkpoint,
-        peers=peers,
-        place=place,
+        RunParts(
+            name,
+            spec,
+            registry=registry,
+            device=device,
+            info=info,
+            progress=progress,
+            checkpoint=checkpoint,
+            peers=peers,
+            place=place,
+        )
     )
     try:  # a run_started that fails half-way (the run created, its artifacts not) still ends the run FAILED
         pm.hook.run_started(run=info)
@@ -309,14 +320,14 @@ def _run_one(
     except KeyboardInterrupt as exc:
         pm.hook.run_finished(run=info, result=None, status="KILLED", error=exc)
         exc.advbayes_run_id = info.run_id  # type: ignore[attr-defined]  # for the CLI's message
-        exc.advbayes_records = list(engine.records_so_far)  # type: ignore[attr-defined]  # what finished
+        exc.advbayes_records = list(engine.evaluator.records_so_far)  # type: ignore[attr-defined]  # what finished
         raise
     except BaseException as exc:
         pm.hook.run_finished(run=info, result=None, status="FAILED", error=exc)
         exc.advbayes_run_id = info.run_id  # type: ignore[attr-defined]  # a sweep lists the failed run's id
         raise
     finally:
-        shutil.rmtree(engine.workdir, ignore_errors=True)
+        shutil.rmtree(engine.checkpoints.workdir, ignore_errors=True)
     result.run_id, result.store = info.run_id, info.store
     for figures in pm.hook.run_figures(run=info, result=result):  # plugins' run-level figures, logged by tracking
         result.figures.update(figures or {})

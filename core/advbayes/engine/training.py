@@ -4,51 +4,26 @@ the plain cross-entropy source model of offline defenses, checkpoints, and every
 from __future__ import annotations
 
 import math
-import random
 import sys
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, cast
+from collections.abc import Callable
 
-import attrs
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from advbayes.batches import Batches
 from advbayes.components import LossOutput, TrainContext
 from advbayes.engine.building import RunParts
+from advbayes.engine.checkpoints import Checkpoints, rng_state, set_rng_state
 from advbayes.engine.distributed import mean_over_ranks, sharded_loss
 from advbayes.errors import RunError
 from advbayes.losses import mean_cross_entropy
 from advbayes.posterior import WIDTH_KEY, ConvergenceVerdict, convergence_verdict, width_statistics
 from advbayes.posterior.convergence import relative_change
 from advbayes.posterior.optimizers import OptimizerSteps, make_optimizer
-from advbayes.results import EvalRecord
 from advbayes.stochastic import as_sampled
 
-CHECKPOINT_NAME = "checkpoint.pt"
 STEPS_PER_CHECK = 10  # the loss is synced to the host (finite? progress text) every this many steps
-
-
-def rng_state() -> dict[str, Any]:
-    """Every random state in types torch.load(weights_only=True) admits (tensors, tuples, ints, floats, strings)."""
-    name, keys, position, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
-    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))
-    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    name, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def train_epochs(
@@ -138,70 +113,80 @@ def short_postfix(sums: dict[str, torch.Tensor], seen: int, rate: float) -> str:
     return f"{text}, {rate:.0f} img/s"
 
 
-class Training(RunParts):
-    """The run's training with checkpoints after every epoch, and the source-model training of -Off defenses."""
+class Trainer:
+    """The run's training with checkpoints after every epoch, the convergence verdict on its history, and the
+    source-model training of -Off defenses. It holds the history and the initial width; the parts it only reads."""
+
+    def __init__(self, parts: RunParts, checkpoints: Checkpoints) -> None:
+        self.parts = parts
+        self.checkpoints = checkpoints
+        resumed = parts.checkpoint
+        self.history: list[dict[str, float]] = list(resumed["history"]) if resumed else []
+        self.initial_width = 0.0  # the posterior's mean width before the first epoch (set by train)
 
     def train(self, net: torch.nn.Module, train: Batches, context: TrainContext) -> None:
         """Epochs of defense.loss; checkpoint and epoch_finished after each (a resumed run continues its states)."""
-        experiment = self.experiment
-        optimizer = make_optimizer(experiment, self.defense, net, n_train=context.n_train)
+        parts, resumed = self.parts, self.parts.checkpoint
+        experiment = parts.experiment
+        optimizer = make_optimizer(experiment, parts.defense, net, n_train=context.n_train)
         start_epoch = 0
-        saved_width = self.checkpoint.get("initial_width") if self.checkpoint is not None else None
+        saved_width = resumed.get("initial_width") if resumed is not None else None
         # before any epoch (and after IVON set the widths): a resumed run keeps the width it started from
         self.initial_width = (
             float(saved_width) if saved_width is not None else width_statistics(net).get(WIDTH_KEY, 0.0)
         )
-        if self.checkpoint is not None and self.checkpoint.get("optimizer") is not None:
-            optimizer.load_state_dict(self.checkpoint["optimizer"])
-            start_epoch = int(self.checkpoint["epoch"])
-            set_rng_state(self.checkpoint["rng"])
+        if resumed is not None and resumed.get("optimizer") is not None:
+            optimizer.load_state_dict(resumed["optimizer"])
+            start_epoch = int(resumed["epoch"])
+            set_rng_state(resumed["rng"])
         generator = torch.Generator().manual_seed(experiment.seed)
-        if self.checkpoint is not None and "generator" in self.checkpoint:
-            generator.set_state(self.checkpoint["generator"])
+        if resumed is not None and "generator" in resumed:
+            generator.set_state(resumed["generator"])
 
         def finished(epoch: int, metrics: dict[str, float]) -> None:
             self.history.append({"epoch": epoch, **metrics})
-            if not self.place.leader:  # rank 0 alone checkpoints and reports
+            if not parts.place.leader:  # rank 0 alone checkpoints and reports
                 return
-            path = self.save_checkpoint(net, optimizer, generator, epoch)
-            self.pm.hook.checkpoint_saved(run=self.info, checkpoint=path)  # first: whatever interrupts, it is kept
-            self.pm.hook.epoch_finished(run=self.info, epoch=epoch, metrics=metrics, checkpoint=path)
+            path = self.checkpoints.save_epoch(net, optimizer, generator, epoch, self.history, self.initial_width)
+            parts.pm.hook.checkpoint_saved(run=parts.info, checkpoint=path)  # first: whatever interrupts, it is kept
+            parts.pm.hook.epoch_finished(run=parts.info, epoch=epoch, metrics=metrics, checkpoint=path)
 
         def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> LossOutput:
-            return self.defense.loss(model, batch, context)
+            return parts.defense.loss(model, batch, context)
 
         train_epochs(
             net,
             train,
-            sharded_loss(net, loss, self.place) if self.place.active else loss,
+            sharded_loss(net, loss, parts.place) if parts.place.active else loss,
             optimizer,
             epochs=experiment.epochs,
             batch_size=experiment.batch_size,
             generator=generator,
-            label=self.label,
-            progress=self.progress,
+            label=parts.label,
+            progress=parts.progress,
             start_epoch=start_epoch,
             context=context,
             on_epoch=finished,
-            announce=self.place.leader,
-            reduce=(lambda metrics: mean_over_ranks(metrics, self.place)) if self.place.active else None,
+            announce=parts.place.leader,
+            reduce=(lambda metrics: mean_over_ranks(metrics, parts.place)) if parts.place.active else None,
             stop=self.converged if experiment.until_converged else None,
         )
 
     def finish_training(self, net: torch.nn.Module, context: TrainContext) -> dict[str, float]:
         """The defense's after_training, once: its metrics and the changed model are checkpointed, so a resumed run
         takes them from the checkpoint instead of running it again."""
-        if self.last_state is not None and "trained_metrics" in self.last_state:
-            return {k: float(v) for k, v in self.last_state["trained_metrics"].items()}
-        metrics = self.defense.after_training(net, context)
+        last = self.checkpoints.last_state
+        if last is not None and "trained_metrics" in last:
+            return {k: float(v) for k, v in last["trained_metrics"].items()}
+        metrics = self.parts.defense.after_training(net, context)
         if metrics is None:
             return {}
         metrics = {k: float(v) for k, v in metrics.items()}
-        if self.place.leader:
-            state = self.latest_state(net)
+        if self.parts.place.leader:
+            state = self.checkpoints.latest(net, self.history)
             state.update(model=net.state_dict(), rng=rng_state(), trained_metrics=metrics)
-            path = self.write_state(state)
-            self.pm.hook.checkpoint_saved(run=self.info, checkpoint=path)
+            path = self.checkpoints.write(state)
+            self.parts.pm.hook.checkpoint_saved(run=self.parts.info, checkpoint=path)
         return metrics
 
     def converged(self) -> bool:
@@ -211,81 +196,29 @@ class Training(RunParts):
         if verdict is not None:
             return verdict.converged
         losses = [float(h["loss"]) for h in self.history if "loss" in h]
-        return relative_change(losses, self.experiment.convergence_window) < self.experiment.convergence_tol
+        experiment = self.parts.experiment
+        return relative_change(losses, experiment.convergence_window) < experiment.convergence_tol
 
     def verdict(self) -> ConvergenceVerdict | None:
         """The posterior's convergence verdict on the epochs so far (None for a network without Gaussian weights)."""
-        experiment = self.experiment
+        experiment = self.parts.experiment
         return convergence_verdict(
             self.history, self.initial_width, tol=experiment.convergence_tol, window=experiment.convergence_window
         )
 
-    def save_checkpoint(
-        self, net: torch.nn.Module, optimizer: OptimizerSteps, generator: torch.Generator, epoch: int
-    ) -> Path:
-        """Write everything needed to resume after `epoch` (atomically: a crash never leaves half a file)."""
-        state = {
-            "experiment": self.name,
-            "spec": self.spec,
-            "epoch": epoch,
-            "model": net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": rng_state(),
-            "generator": generator.get_state(),
-            "history": self.history,
-            "initial_width": self.initial_width,
-        }
-        return self.write_state(state)
-
-    def write_state(self, state: dict[str, Any]) -> Path:
-        """Write a checkpoint state atomically (a crash never leaves half a file) and keep it as the latest."""
-        path = self.workdir / CHECKPOINT_NAME
-        partial = path.with_suffix(".partial")
-        torch.save(state, partial)
-        partial.replace(path)
-        self.last_state = state
-        return path
-
-    def latest_state(self, net: torch.nn.Module) -> dict[str, Any]:
-        """A copy of the last checkpoint's state, or the state of a run that trained no epoch (epochs = 0)."""
-        if self.last_state is not None:
-            return dict(self.last_state)
-        return {
-            "experiment": self.name,
-            "spec": self.spec,
-            "epoch": 0,
-            "model": net.state_dict(),
-            "optimizer": None,
-            "rng": rng_state(),
-            "history": self.history,
-        }
-
-    def save_evaluation(self, net: torch.nn.Module, label: str, records: list[EvalRecord]) -> None:
-        """After an attack: the checkpoint gains its records and the random state after it, so a resumed run skips
-        it and continues bit for bit (epochs = 0 runs get a checkpoint here too); rank 0 alone writes it."""
-        if not self.place.leader:
-            return
-        state = self.latest_state(net)
-        finished = [
-            *state.get("evaluated", []),
-            {"label": label, "records": [attrs.asdict(r) for r in records], "rng": rng_state()},
-        ]
-        path = self.write_state({**state, "evaluated": finished})
-        self.pm.hook.checkpoint_saved(run=self.info, checkpoint=path)
-
     def fit(self, model: torch.nn.Module, train: Batches, epochs: int) -> torch.nn.Module:
         """Train a deterministic `model` with plain cross-entropy (Adam, lr 1e-3, the experiment's batch size),
         through the same epoch loop as the run."""
-        model = as_sampled(model).to(self.device).train()
+        model = as_sampled(model).to(self.parts.device).train()
         train_epochs(
             model,
             train,
             lambda net, batch: LossOutput(loss=mean_cross_entropy(net(batch[0]), batch[1])),
             OptimizerSteps(torch.optim.Adam(model.parameters(), lr=1e-3)),
             epochs=epochs,
-            batch_size=self.experiment.batch_size,
-            generator=torch.Generator().manual_seed(self.experiment.seed),
-            label=f"{self.label} source model",
-            progress=self.progress,
+            batch_size=self.parts.experiment.batch_size,
+            generator=torch.Generator().manual_seed(self.parts.experiment.seed),
+            label=f"{self.parts.label} source model",
+            progress=self.parts.progress,
         )
         return model.eval()

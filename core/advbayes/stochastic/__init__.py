@@ -8,6 +8,7 @@ from advbayes.stochastic.layers import (
     Folded,
     GaussianParameter,
     StochasticLayer,
+    regularizer_terms,
 )
 from advbayes.stochastic.model import (
     StochasticModel,
@@ -53,6 +54,7 @@ __all__ = [
     "posterior_statistics",
     "predict",
     "predict_repeated",
+    "regularizer_terms",
     "takes_samples",
     "to_bayesian",
     "unflatten_parameters",

@@ -6,15 +6,14 @@ import torch
 from torch import nn
 
 import advbayes
-from advbayes.plugins import create_plugin_manager
-from advbayes.registry import load_registry
+from advbayes.testing import create_plugin_manager, plugin_registry
 from advbayes_rse.defense import NoiseLayer, with_noise_layers
 
 
 def test_the_installed_plugin_is_discovered_with_its_defense_and_entries() -> None:
     pm = create_plugin_manager()
     assert "advbayes-rse" in pm.info
-    registry = load_registry(pm=pm)
+    registry = plugin_registry(pm=pm)
     assert "rse-mnist" in registry.entries["defenses"] and "rse-mnist-5k" in registry.entries["experiments"]
 
 

@@ -12,16 +12,13 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 import advbayes
-from advbayes.components import EvalBatch, TrainContext
-from advbayes.plugins import create_plugin_manager
-from advbayes.registry import load_registry
-from advbayes.stochastic import StochasticLayer, as_sampled, frozen
-from helpers import draw_network
+from advbayes import EvalBatch, StochasticLayer, TrainContext, as_sampled, frozen
+from advbayes.testing import create_plugin_manager, draw_network, plugin_registry
 
 
 @pytest.fixture(scope="module")
 def registry():
-    return load_registry(pm=create_plugin_manager())
+    return plugin_registry()
 
 
 def build(registry, kind: str, spec):

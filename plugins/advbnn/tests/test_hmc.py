@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 import advbayes
 from advbayes import SampleEnsemble, hookimpl
-from advbayes.plugins import create_plugin_manager
+from advbayes.testing import create_plugin_manager
 from advbayes_advbnn.hmc import chain_diagnostics, sample_posterior
 
 MOONS_HMC = {

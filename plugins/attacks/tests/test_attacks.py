@@ -11,15 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import advbayes
-from advbayes.plugins import create_plugin_manager
-from advbayes.registry import load_registry
-from advbayes.stochastic import as_sampled, frozen, to_bayesian
-from helpers import draw_network
+from advbayes import as_sampled, frozen, to_bayesian
+from advbayes.testing import create_plugin_manager, draw_network, plugin_registry
 
 
 def attack(spec: dict, value_range=(-math.inf, math.inf)):
     """Build an attack through the real plugin manager and the registry's validation."""
-    registry = load_registry(pm=create_plugin_manager())
+    registry = plugin_registry()
     resolved = registry.resolve("attacks", spec, where=("test", "test", "attack"))
     import attrs
 

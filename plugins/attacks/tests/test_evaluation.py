@@ -11,11 +11,10 @@ import torch
 from torch import nn
 
 import advbayes
-from advbayes.plugins import create_plugin_manager
-from advbayes.registry import load_registry
-from advbayes.stochastic import as_sampled, predict, to_bayesian
+from advbayes import as_sampled, predict, to_bayesian
+from advbayes.testing import create_plugin_manager, plugin_registry
 
-REGISTRY = load_registry(pm=create_plugin_manager())
+REGISTRY = plugin_registry()
 
 
 def attack(spec: dict | str, **changes):

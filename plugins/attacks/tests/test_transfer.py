@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import advbayes
-from advbayes.plugins import create_plugin_manager
-from advbayes.registry import load_registry
+from advbayes.testing import create_plugin_manager, plugin_registry
 
 FAST = {"epochs": 2, "dataset.train_size": 300, "dataset.test_size": 200, "eps": [0.0, 0.3]}
 FGSM_TRANSFER = {"use": "transfer", "name": "fgsm-from-standard", "source": "standard", "attack": {"use": "fgsm"}}
@@ -16,7 +15,7 @@ FGSM_TRANSFER = {"use": "transfer", "name": "fgsm-from-standard", "source": "sta
 
 def fgsm_accuracy(source, target, dataset_spec, eps: float) -> float:
     """Independent reference: FGSM crafted on `source`, accuracy of `target` on it."""
-    registry = load_registry(pm=create_plugin_manager())
+    registry = plugin_registry()
     x, y = registry.build("datasets", dataset_spec).data("test").tensors
     x_req = x.clone().requires_grad_(True)
     loss = torch.nn.functional.cross_entropy(source(x_req, samples=1)[0], y, reduction="sum")
@@ -70,7 +69,7 @@ def test_an_unknown_transfer_source_is_a_clear_error() -> None:
         advbayes.run(
             "moons", track=False, pm=create_plugin_manager(), attacks=[{**FGSM_TRANSFER, "source": "nobody"}], **FAST
         )
-    registry = load_registry(pm=create_plugin_manager())
+    registry = plugin_registry()
     unbound = registry.build("attacks", registry.resolve("attacks", FGSM_TRANSFER, where=("t", "t", "t")))
     with pytest.raises(advbayes.RunError, match="used before bind"):
         attrs.evolve(unbound, eps=0.1)(None, torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))

@@ -12,19 +12,15 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import advbayes
-from advbayes.components import EvalBatch, EvalContext, TrainContext
-from advbayes.engine import Run
-from advbayes.plugins import create_plugin_manager
-from advbayes.registry import load_registry
-from advbayes.stochastic import frozen
+from advbayes import EvalBatch, EvalContext, TrainContext, frozen
+from advbayes.testing import create_plugin_manager, draw_network, observed_splits, plugin_registry, run_tiny
 from advbayes_d3.defenses import per_draw_input_gradients
 from advbayes_d3.metrics import clearly_below
 from advbayes_d3.penalties import omega_m, omega_s, omega_v1, omega_v2, omega_v3, unit_directions
-from helpers import draw_network
 
 
 def build_defense(spec):
-    registry = load_registry(pm=create_plugin_manager())
+    registry = plugin_registry()
     return registry.build("defenses", registry.resolve("defenses", spec, where=("test", "test", "defense")))
 
 
@@ -119,7 +115,7 @@ def test_one_backward_gives_the_per_draw_gradients(gradient_of: str) -> None:
 
 def test_the_front_stays_deterministic() -> None:
     defense = build_defense({"use": "d3"})
-    registry = load_registry(pm=create_plugin_manager())
+    registry = plugin_registry()
     network = registry.build("models", registry.resolve("models", "mnist-cnn", where=("t", "t", "t"))).build(
         (1, 28, 28), 10
     )
@@ -149,22 +145,8 @@ def test_training_with_lambda_m_lowers_omega_m_on_mnist_5k() -> None:
 # ------------------------------------------------------------------------------------------- offline training
 
 
-def test_offline_augmentation_appends_one_adversarial_copy_and_leaves_the_test_split(monkeypatch) -> None:
+def test_offline_augmentation_appends_one_adversarial_copy_and_leaves_the_test_split() -> None:
     """Through the real engine: the defense trains on 2N examples (N clean + N FGSM), evaluation sees the test split."""
-    seen: dict[str, object] = {}
-    original_train, original_evaluate = Run.train, Run.evaluate
-
-    def train(self, net, train, context):
-        seen["train"] = train.dataset
-        return original_train(self, net, train, context)
-
-    def evaluate(self, net, test):
-        seen["test"] = test.dataset
-        seen["dataset"] = self.dataset
-        return original_evaluate(self, net, test)
-
-    monkeypatch.setattr(Run, "train", train)
-    monkeypatch.setattr(Run, "evaluate", evaluate)
     defense = {
         "use": "d3",
         "bayesian_fraction": 0.5,
@@ -172,15 +154,8 @@ def test_offline_augmentation_appends_one_adversarial_copy_and_leaves_the_test_s
         "offline_attack": {"use": "fgsm", "eps": 0.25},
         "offline_epochs": 1,
     }
-    advbayes.run(
-        "moons",
-        track=False,
-        pm=create_plugin_manager(),
-        defense=defense,
-        epochs=1,
-        attacks=["none"],
-        model={"use": "mlp", "widths": [16]},
-    )
+    with observed_splits() as seen:
+        run_tiny(defense=defense, attacks=["none"], model={"use": "mlp", "widths": [16]})
     dataset = seen["dataset"]
     clean_x, clean_y = dataset.data("train").tensors
     train_x, train_y = seen["train"].tensors
@@ -197,7 +172,7 @@ def test_offline_augmentation_appends_one_adversarial_copy_and_leaves_the_test_s
 
 def test_offline_source_from_an_earlier_defense_and_a_resumed_run_gets_the_same_data() -> None:
     """The -Off data from a peer model are reproducible: the augmentation runs in its own seeded random state."""
-    registry = load_registry(pm=create_plugin_manager())
+    registry = plugin_registry()
     defense = build_defense(
         {"use": "d3", "offline_attack": {"use": "pgd", "eps": 0.2, "steps": 3}, "offline_source": "cnn"}
     )
@@ -246,7 +221,7 @@ class Quantized(nn.Module):
 
 def obfuscation_values(target: nn.Module, source: nn.Module, x, y, eps: float) -> dict[str, float]:
     """The metric bound to `source`, updated with FGSM examples crafted white-box on `target`."""
-    registry = load_registry(pm=create_plugin_manager())
+    registry = plugin_registry()
 
     def build_attack(entry):
         return registry.build("attacks", registry.resolve("attacks", entry, where=("t", "t", "t")))

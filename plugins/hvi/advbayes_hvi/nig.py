@@ -6,8 +6,7 @@ import math
 
 import torch
 
-from advbayes import GaussianParameter
-from advbayes.stochastic.layers import regularizer_terms
+from advbayes import GaussianParameter, regularizer_terms
 
 
 def nu_term(nu: float) -> float:

@@ -11,16 +11,14 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 from torch import nn
 
-from advbayes.components import TrainContext
-from advbayes.plugins import create_plugin_manager
-from advbayes.registry import load_registry
-from advbayes.stochastic import frozen, hierarchical_regularizer_terms, to_bayesian
+from advbayes import TrainContext, frozen, hierarchical_regularizer_terms, to_bayesian
+from advbayes.testing import plugin_registry
 from advbayes_hvi.defenses import regularizer
 from advbayes_hvi.nig import NIGParameter, nig_kl, nu_term, optimal_kl, standard_gamma
 
 
 def build_defense(spec: dict):
-    registry = load_registry(pm=create_plugin_manager())
+    registry = plugin_registry()
     return registry.build("defenses", registry.resolve("defenses", spec, where=("test", "test", "defense")))
 
 

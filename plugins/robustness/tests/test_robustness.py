@@ -11,10 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import advbayes
-from advbayes.components import AttackResult, EvalBatch
-from advbayes.plugins import create_plugin_manager
-from advbayes.registry import load_registry
-from advbayes.stochastic import as_sampled, frozen, predict, to_bayesian
+from advbayes import AttackResult, EvalBatch, as_sampled, frozen, predict, to_bayesian
+from advbayes.testing import create_plugin_manager, plugin_registry
 from advbayes_robustness.condition import discriminant_jacobian, robustness_conditions
 from advbayes_robustness.models import MCDropoutModel, Smoothed
 
@@ -22,7 +20,7 @@ CPU = torch.device("cpu")
 
 
 def build(kind: str, spec):
-    registry = load_registry(pm=create_plugin_manager())
+    registry = plugin_registry()
     return registry.build(kind, registry.resolve(kind, spec, where=("test", "test", kind)))
 
 

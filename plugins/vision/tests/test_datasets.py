@@ -12,15 +12,14 @@ import torch
 from PIL import Image
 
 import advbayes
-from advbayes.errors import AdvbayesError
-from advbayes.plugins import create_plugin_manager
-from advbayes.registry import load_registry
+from advbayes import AdvbayesError
+from advbayes.testing import plugin_registry
 from advbayes_vision.datasets import DatasetUnavailable, stratified_split
 
 
 def build(kind_name: str, **params):
     """Construct a data set through the real plugin manager and registry validation."""
-    registry = load_registry(pm=create_plugin_manager())
+    registry = plugin_registry()
     resolved = registry.resolve("datasets", {"use": kind_name, **params}, where=("test", "test", "dataset"))
     return registry.build("datasets", resolved)
 

@@ -7,15 +7,14 @@ import torch
 from torch import nn
 
 import advbayes
-from advbayes.plugins import create_plugin_manager
-from advbayes.registry import load_registry
+from advbayes.testing import create_plugin_manager, plugin_registry
 from advbayes_vision.models import Normalize
 
 CONVERTIBLE = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
 
 def build(spec: dict, input_shape: tuple[int, ...], classes: int) -> nn.Module:
-    registry = load_registry(pm=create_plugin_manager())
+    registry = plugin_registry()
     resolved = registry.resolve("models", spec, where=("test", "test", "model"))
     return registry.build("models", resolved).build(input_shape, classes)
 

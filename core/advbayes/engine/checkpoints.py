@@ -1,0 +1,116 @@
+"""A run's checkpoints: every random state in a form torch.load(weights_only=True) admits, and the writer that
+keeps the latest resumable state of a run (after each epoch, after training, after each attack)."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import attrs
+import numpy as np
+import torch
+
+from advbayes.engine.building import RunParts
+from advbayes.posterior.optimizers import OptimizerSteps
+from advbayes.results import EvalRecord
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random state in types torch.load(weights_only=True) admits (tensors, tuples, ints, floats, strings)."""
+    name, keys, position, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what rng_state saved."""
+    random.setstate(state["python"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpoints:
+    """The run's resumable state: written atomically to its work folder, handed to the checkpoint_saved hook, and
+    extended after every attack so that a resumed run skips what finished and continues bit for bit."""
+
+    def __init__(self, parts: RunParts) -> None:
+        self.parts = parts
+        self.resumed: Mapping[str, Any] | None = parts.checkpoint  # what this run resumed from, if anything
+        self.workdir = Path(tempfile.mkdtemp(prefix="advbayes-run-"))
+        self.last_state: dict[str, Any] | None = dict(parts.checkpoint) if parts.checkpoint else None
+
+    def finished_evaluations(self) -> dict[str, dict[str, Any]]:
+        """label -> {records, rng} of the attacks the resumed checkpoint had finished."""
+        return {entry["label"]: entry for entry in (self.resumed or {}).get("evaluated", [])}
+
+    def save_epoch(
+        self,
+        net: torch.nn.Module,
+        optimizer: OptimizerSteps,
+        generator: torch.Generator,
+        epoch: int,
+        history: list[dict[str, float]],
+        initial_width: float,
+    ) -> Path:
+        """Write everything needed to resume after `epoch`."""
+        state = {
+            "experiment": self.parts.name,
+            "spec": self.parts.spec,
+            "epoch": epoch,
+            "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+            "generator": generator.get_state(),
+            "history": history,
+            "initial_width": initial_width,
+        }
+        return self.write(state)
+
+    def write(self, state: dict[str, Any]) -> Path:
+        """Write a state atomically (a crash never leaves half a file) and keep it as the latest."""
+        path = self.workdir / CHECKPOINT_NAME
+        partial = path.with_suffix(".partial")
+        torch.save(state, partial)
+        partial.replace(path)
+        self.last_state = state
+        return path
+
+    def latest(self, net: torch.nn.Module, history: list[dict[str, float]]) -> dict[str, Any]:
+        """A copy of the last state written, or the state of a run that trained no epoch (epochs = 0)."""
+        if self.last_state is not None:
+            return dict(self.last_state)
+        return {
+            "experiment": self.parts.name,
+            "spec": self.parts.spec,
+            "epoch": 0,
+            "model": net.state_dict(),
+            "optimizer": None,
+            "rng": rng_state(),
+            "history": history,
+        }
+
+    def save_evaluation(
+        self, net: torch.nn.Module, label: str, records: list[EvalRecord], history: list[dict[str, float]]
+    ) -> None:
+        """After an attack: the state gains its records and the random state after it (epochs = 0 runs get a
+        checkpoint here too); rank 0 alone writes it."""
+        if not self.parts.place.leader:
+            return
+        state = self.latest(net, history)
+        finished = [
+            *state.get("evaluated", []),
+            {"label": label, "records": [attrs.asdict(r) for r in records], "rng": rng_state()},
+        ]
+        path = self.write({**state, "evaluated": finished})
+        self.parts.pm.hook.checkpoint_saved(run=self.parts.info, checkpoint=path)
