@@ -1,0 +1,81 @@
+"""advbayes.testing, the helpers plugin authors test with: each does what it says and fails when it should."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import advbayes
+from advbayes.testing import (
+    assert_one_clear_error,
+    build_entry,
+    draw_network,
+    install_fixture_plugin,
+    observed_splits,
+    plugin_registry,
+    run_tiny,
+)
+
+
+def test_build_entry_builds_what_a_run_builds_and_rejects_bad_parameters() -> None:
+    attack = build_entry("attacks", {"use": "fgsm", "eps": 0.25})
+    assert type(attack).__name__ == "FGSM" and attack.eps == 0.25
+    registry = plugin_registry()
+    from_registry = registry.build("attacks", registry.resolve("attacks", "fgsm", where=("t", "t", "t")))
+    assert build_entry("attacks", "fgsm", using=registry) == from_registry
+    error = assert_one_clear_error(lambda: build_entry("attacks", {"use": "fgsm", "eps": -1.0}), "key 'eps'")
+    assert isinstance(error, advbayes.RegistryError)
+
+
+def test_assert_one_clear_error_fails_on_a_missing_fragment_several_lines_or_no_error() -> None:
+    def raise_(message: str) -> None:
+        raise advbayes.RunError(message)
+
+    assert_one_clear_error(lambda: raise_("key 'x': expected an int"), "key 'x'", "expected an int")
+    with pytest.raises(AssertionError, match="does not name"):
+        assert_one_clear_error(lambda: raise_("key 'x': expected an int"), "key 'y'")
+    with pytest.raises(AssertionError, match="several lines"):
+        assert_one_clear_error(lambda: raise_("first line\nsecond line"))
+    with pytest.raises(pytest.fail.Exception):  # no error at all
+        assert_one_clear_error(lambda: None)
+    with pytest.raises(ValueError):  # another kind of error is not swallowed
+        assert_one_clear_error(lambda: int("x"))
+
+
+def test_run_tiny_runs_the_engine_and_observed_splits_sees_its_data() -> None:
+    with observed_splits() as seen:
+        result = run_tiny(attacks=["fgsm"], eps=[0.1])
+    assert isinstance(result, advbayes.RunResult) and len(result.history) == 1
+    assert [r.attack for r in result.records] == ["fgsm"] and result.records[0].eps == 0.1
+    train_x, _ = seen["dataset"].data("train").tensors
+    torch.testing.assert_close(seen["train"].tensors[0], train_x)  # a plain defense trains on the train split
+    assert len(seen["test"]) == result.records[0].examples  # and is evaluated on every test example
+    with observed_splits() as later:
+        pass
+    assert later == {}  # outside the block the engine is as it was
+
+
+def test_draw_network_equals_the_stochastic_draw() -> None:
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    model = advbayes.to_bayesian(original, init_sigma=0.1)
+    x = torch.randn(5, 4)
+    logits = model(x, 3)
+    for s in range(3):
+        torch.testing.assert_close(draw_network(original, model, s)(x), logits[s])
+
+
+def test_install_fixture_plugin_is_found_by_a_fresh_plugin_manager(plugin_site) -> None:
+    install_fixture_plugin(
+        plugin_site,
+        "advbayes-fixture-empty",
+        """
+        from advbayes import hookimpl
+
+        @hookimpl
+        def register_defenses(register):
+            pass
+        """,
+    )
+    assert "advbayes-fixture-empty" in advbayes.testing.create_plugin_manager().info
