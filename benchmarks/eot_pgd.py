@@ -65,7 +65,7 @@ def measure(args: argparse.Namespace) -> None:
                 "eps": EPS,
                 "steps": STEPS,
                 "step_size": ALPHA,
-                "samples": SAMPLES,
+                "attack_samples": SAMPLES,
                 "expectation": "loss",
                 "random_start": False,
                 "keep": "last",

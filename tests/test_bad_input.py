@@ -354,7 +354,7 @@ INT_KEYS = [
     "eval_batch_size",
     "dataset.train_size",
     "dataset.seed",
-    "attacks.none.samples",
+    "attacks.none.attack_samples",
 ]
 FLOAT_KEYS = ["lr", "weight_decay", "momentum", "dataset.noise", "model.dropout"]
 LIST_KEYS = ["eps", "attack_samples", "inference_samples", "seeds", "model.widths"]

@@ -12,7 +12,7 @@ import advbayes
 from advbayes.plugins import create_plugin_manager
 
 SUBSET = {"epochs": 1, "dataset.n_train": 128, "dataset.n_test": 16, "eps": [0.1], "seeds": [0]}
-SMALL_AUTOATTACK = {"extends": "autoattack-rand", "name": "autoattack-rand", "samples": 2, "repeats": 2}
+SMALL_AUTOATTACK = {"extends": "autoattack-rand", "name": "autoattack-rand", "attack_samples": 2, "verdict_repeats": 2}
 
 
 @pytest.mark.slow
@@ -36,7 +36,7 @@ def test_claims_experiment_runs_on_a_subset(experiment: str, defenses: list[str]
     assert [r.spec["defense"]["name"] for r in results] == defenses
     for result in results:
         attacks = {a["name"] for a in result.spec["attacks"]}
-        assert {r.attack for r in result.records} == attacks
+        assert {r.attack_label for r in result.records} == attacks
         for record in result.records:  # a count of right verdicts out of n x R, inside its own interval
             m = record.metrics
             verdicts = m["accuracy_n"] * m.get("repeats", 1.0)
@@ -56,4 +56,4 @@ def test_d3_collapse_experiment_runs_every_variant_on_a_subset() -> None:
     assert changed["d3-m-full-elbo"]["alpha"] == 1.0 and changed["d3-m-true-logit"]["gradient_of"] == "true-logit"
     for result in results:
         (record,) = result.records
-        assert record.attack == "none" and 0.0 <= record.metrics["accuracy"] <= 1.0
+        assert record.attack_label == "none" and 0.0 <= record.metrics["accuracy"] <= 1.0

@@ -140,8 +140,8 @@ def test_report_with_claims_reads_every_row_from_the_runs(store: str, tmp_path: 
     text = (out / "report.md").read_text()
     assert "**Verdict rule**" in text and "## Summary of the claims" in text
     row = next(line for line in text.splitlines() if "the MLP beats chance" in line)
-    accuracies = [next(r.metrics["accuracy"] for r in m.records if r.attack == "none") for m in group.results]
-    n = int(next(r.metrics["accuracy_n"] for r in group.results[0].records if r.attack == "none"))
+    accuracies = [next(r.metrics["accuracy"] for r in m.records if r.attack_label == "none") for m in group.results]
+    n = int(next(r.metrics["accuracy_n"] for r in group.results[0].records if r.attack_label == "none"))
     mean, low, high = interval(accuracies, [0.5, 0.5], n, proportion=True)
     assert (
         "B = 0.5;" in row

@@ -91,7 +91,7 @@ def test_repeated_verdicts_give_the_mean_and_the_all_r_worst_case() -> None:
 
 def record(attack: str, eps: float, acc: float, n: int = 500, **diagnostics: float) -> EvalRecord:
     return EvalRecord(
-        attack=attack,
+        attack_label=attack,
         eps=eps,
         metrics={"accuracy": acc},
         attack_samples=1,
@@ -143,7 +143,7 @@ def test_checks_name_run_attack_and_eps_and_stay_quiet_on_a_sound_evaluation() -
 def test_tables_carry_the_interval_and_n() -> None:
     records = [
         EvalRecord(
-            attack="pgd-20",
+            attack_label="pgd-20",
             eps=0.1,
             metrics={"accuracy": 0.62, "accuracy_ci_low": 0.577, "accuracy_ci_high": 0.661, "accuracy_n": 500.0},
             attack_samples=1,
@@ -182,8 +182,8 @@ SMALL_AUTOATTACK = {
 SMALL_RAND = {
     "extends": "autoattack-rand",
     "name": "autoattack-rand-small",
-    "samples": 4,
-    "repeats": 3,
+    "attack_samples": 4,
+    "verdict_repeats": 3,
     "attacks": [
         {"extends": "apgd-ce", "name": "apgd-ce", "steps": 4, "keep": "last"},
         {"extends": "apgd-dlr", "name": "apgd-dlr", "steps": 4, "keep": "last"},
@@ -220,7 +220,7 @@ def test_autoattack_rand_on_a_bnn_reports_the_mean_and_the_all_r_worst_case() ->
         attacks=["none", SMALL_RAND],
         **{"dataset.n_test": 64, "dataset.n_train": 1000},
     )
-    metrics = next(r.metrics for r in result.records if r.attack == "autoattack-rand-small")
+    metrics = next(r.metrics for r in result.records if r.attack_label == "autoattack-rand-small")
     assert metrics["repeats"] == 3
     assert metrics["accuracy_worst"] <= metrics["accuracy"] <= metrics["accuracy_ci_high"]
     assert metrics["accuracy_worst_ci_low"] <= metrics["accuracy_worst"] <= metrics["accuracy_worst_ci_high"]
@@ -262,7 +262,9 @@ def test_compare_shows_intervals_and_the_mean_and_sd_across_seeds(store: str) ->
     as_json = CliRunner().invoke(cli, ["compare", "moons", "--tracking-uri", store, "--json"])
     records = json.loads(as_json.output)
     expected = {
-        (r.run_id, r.seed, rec.attack, rec.eps, rec.metrics["accuracy"]) for r in group.results for rec in r.records
+        (r.run_id, r.seed, rec.attack_label, rec.eps, rec.metrics["accuracy"])
+        for r in group.results
+        for rec in r.records
     }
     assert {(x["run_id"], x["seed"], x["attack"], x["eps"], x["value"]) for x in records} == expected
     assert all(x["ci_low"] <= x["value"] <= x["ci_high"] and x["status"] == "FINISHED" for x in records)

@@ -31,6 +31,7 @@ EXPECTED: dict[str, Any] = {
     "metrics": lambda v: isinstance(v, Mapping) and all(isinstance(x, float) for x in v.values()),
     "checkpoint": lambda v: isinstance(v, Path) and v.is_file(),
     "attack": lambda v: isinstance(v, str) and v,
+    "attack_label": lambda v: isinstance(v, str) and v,
     "records": lambda v: isinstance(v, Sequence) and v and all(isinstance(r, EvalRecord) for r in v),
     "figures": lambda v: isinstance(v, Mapping),
     "result": lambda v: v is None or isinstance(v, RunResult),
@@ -123,8 +124,10 @@ class Recorder:
         self.record("checkpoint_saved", run=run, checkpoint=checkpoint)
 
     @hookimpl
-    def evaluation_finished(self, run, attack, records, figures):  # type: ignore[no-untyped-def]
-        self.record("evaluation_finished", run=run, attack=attack, records=records, figures=figures)
+    def evaluation_finished(self, run, attack_label, records, figures, attack):  # type: ignore[no-untyped-def]
+        self.record(
+            "evaluation_finished", run=run, attack_label=attack_label, records=records, figures=figures, attack=attack
+        )
 
     @hookimpl
     def run_finished(self, run, result, status, error):  # type: ignore[no-untyped-def]

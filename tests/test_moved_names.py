@@ -45,3 +45,47 @@ def test_names_that_changed_home_without_a_warning_are_the_same_objects() -> Non
     assert advbayes.sweep.plan_sweep is advbayes.sweep.plan.plan_sweep
     assert advbayes.tracking.client_for is advbayes.tracking.store.client_for
     assert advbayes.tracking.run_started is advbayes.tracking.hooks.run_started  # the plugin's hooks, by the same name
+
+
+def test_renamed_registry_keys_keep_working_with_a_warning_and_build_the_same_attack() -> None:
+    from advbayes.testing import build_entry
+
+    with pytest.warns(DeprecationWarning, match="key 'samples' is now 'attack_samples'"):
+        old = build_entry("attacks", {"use": "pgd", "samples": 7})
+    assert old == build_entry("attacks", {"use": "pgd", "attack_samples": 7})
+    with pytest.warns(DeprecationWarning, match="key 'repeats' is now 'verdict_repeats'"):
+        ensemble = build_entry("attacks", {"extends": "autoattack-rand", "repeats": 2, "samples": 3})
+    assert (ensemble.verdict_repeats, ensemble.attack_samples) == (2, 3)  # the child's old names beat the parent's
+    with pytest.warns(DeprecationWarning, match="Attack.samples is now"):
+        assert old.samples == 7
+
+
+def test_a_renamed_key_given_under_both_names_is_one_clear_error() -> None:
+    from advbayes.testing import assert_one_clear_error, build_entry
+
+    assert_one_clear_error(
+        lambda: build_entry("attacks", {"use": "pgd", "samples": 2, "attack_samples": 3}), "key 'samples'", "not both"
+    )
+
+
+def test_an_old_key_in_an_override_replaces_the_current_one() -> None:
+    from advbayes.registry import load_registry
+
+    registry = load_registry()
+    with pytest.warns(DeprecationWarning):
+        spec = registry.resolve_experiment("moons", [("attacks.none.samples", 4)])
+    assert spec["attacks"][0]["attack_samples"] == 4 and "samples" not in spec["attacks"][0]
+
+
+def test_gaussian_noise_is_no_longer_called_eps() -> None:
+    import torch
+
+    from advbayes import GaussianParameter
+
+    parameter = GaussianParameter(torch.zeros(3), 0.1)
+    noise = torch.ones(2, 3)
+    with pytest.warns(DeprecationWarning, match="GaussianParameter.eps is now GaussianParameter.noise"):
+        parameter.eps = noise
+    assert parameter.noise is noise
+    with pytest.warns(DeprecationWarning):
+        assert parameter.eps is noise

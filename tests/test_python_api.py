@@ -42,7 +42,7 @@ def test_pgd_stays_in_the_ball_and_the_value_range_on_a_bayesian_model() -> None
     from advbayes.attacks import PGD
 
     bnn, (x, y) = to_bayesian(small_net(), init_sigma=0.05), batch()
-    attack = PGD(eps=0.2, samples=10, steps=5)
+    attack = PGD(eps=0.2, attack_samples=10, steps=5)
     x_adv = attack(bnn, x, y)
     assert x_adv.shape == x.shape
     assert float((x_adv - x).abs().amax()) <= 0.2 + 1e-6

@@ -82,11 +82,13 @@ def test_working_directory_registry_is_merged(isolated_cwd: Path) -> None:
 
 def test_overrides_reach_nested_entries_and_list_items(tmp_path: Path) -> None:
     registry = registry_from(tmp_path, BASE)
-    overrides = [parse_override(t) for t in ("epochs=3", "model.dropout=0.5", "attacks.none.samples=4", "eps=[0, 0.1]")]
+    overrides = [
+        parse_override(t) for t in ("epochs=3", "model.dropout=0.5", "attacks.none.attack_samples=4", "eps=[0, 0.1]")
+    ]
     spec = registry.resolve_experiment("tiny", overrides)
     assert spec["epochs"] == 3
     assert spec["model"]["dropout"] == 0.5
-    assert spec["attacks"][0]["samples"] == 4
+    assert spec["attacks"][0]["attack_samples"] == 4
     assert spec["eps"] == [0.0, 0.1]
     swapped = registry.resolve_experiment("tiny", [parse_override("model=wide")])
     assert swapped["model"]["widths"] == [64, 64]

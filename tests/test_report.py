@@ -34,7 +34,7 @@ def test_report_of_a_small_tracked_run_has_the_tables_and_figures(store: str, tm
     assert "## moons" in text and "### accuracy" in text and "### training (last epoch)" in text
     for member in group.results:
         name = member.spec["defense"]["name"]
-        metrics = next(r.metrics for r in member.records if r.attack == "none")
+        metrics = next(r.metrics for r in member.records if r.attack_label == "none")
         value = format_interval(
             metrics["accuracy"],
             *wilson_interval(metrics["accuracy"] * metrics["accuracy_n"], int(metrics["accuracy_n"])),

@@ -113,7 +113,7 @@ def test_attack_at_every_eps_is_a_metric_per_eps_in_one_child_run(store: str) ->
     assert set(table) == {"none", "shift"}
     assert table["shift"][0.0] == table["none"][0.0]  # a zero shift is the clean input
     assert table["none"][0.5] == table["none"][0.0] == table["none"][2.0]  # `none` is measured once
-    shift_records = [r for r in result.records if r.attack == "shift"]
+    shift_records = [r for r in result.records if r.attack_label == "shift"]
     assert [r.max_linf for r in shift_records] == pytest.approx([0.0, 0.5, 2.0])
     assert [r.mean_l2 for r in shift_records] == pytest.approx([0.0, 0.5 * 2**0.5, 2.0 * 2**0.5], rel=1e-5)
     client = MlflowClient(store)
@@ -393,7 +393,7 @@ def test_sample_sweeps_become_one_child_run_per_combination(store: str) -> None:
     result = advbayes.run(
         "moons", tracking_uri=store, pm=create_plugin_manager(), attack_samples=[1, 3], inference_samples=[2, 5]
     )
-    combos = {(r.attack, r.attack_samples, r.inference_samples, r.entry) for r in result.records}
+    combos = {(r.attack_label, r.attack_samples, r.inference_samples, r.entry) for r in result.records}
     assert combos == {(f"none:sa{a}:si{i}", a, i, "none") for a in (1, 3) for i in (2, 5)}
     client = MlflowClient(store)
     (parent,) = client.search_runs(
@@ -494,7 +494,7 @@ def test_a_run_interrupted_during_evaluation_resumes_without_rerunning_or_duplic
     with pytest.raises(KeyboardInterrupt) as raised:
         advbayes.run("moons", tracking_uri=store, pm=pm, **settings)
     interrupted = raised.value.advbayes_run_id
-    assert [r.attack for r in raised.value.advbayes_records] == ["none", "fgsm"]  # what finished is kept
+    assert [r.attack_label for r in raised.value.advbayes_records] == ["none", "fgsm"]  # what finished is kept
     evaluated: list[str] = []
     counting = create_plugin_manager()
 

@@ -47,7 +47,7 @@ def test_run_tiny_runs_the_engine_and_observed_splits_sees_its_data() -> None:
     with observed_splits() as seen:
         result = run_tiny(attacks=["fgsm"], eps=[0.1])
     assert isinstance(result, advbayes.RunResult) and len(result.history) == 1
-    assert [r.attack for r in result.records] == ["fgsm"] and result.records[0].eps == 0.1
+    assert [r.attack_label for r in result.records] == ["fgsm"] and result.records[0].eps == 0.1
     train_x, _ = seen["dataset"].data("train").tensors
     torch.testing.assert_close(seen["train"].tensors[0], train_x)  # a plain defense trains on the train split
     assert len(seen["test"]) == result.records[0].examples  # and is evaluated on every test example

@@ -70,10 +70,10 @@ def evaluation_findings(
     findings: list[Finding] = []
     by_attack: dict[str, list[EvalRecord]] = {}
     for record in records:
-        by_attack.setdefault(record.attack, []).append(record)
+        by_attack.setdefault(record.attack_label, []).append(record)
     for label, attack in attacks.items():
         if stochastic and attack.access == "white-box":
-            one_draw = min((r.attack_samples for r in by_attack.get(label, [])), default=attack.samples) == 1
+            one_draw = min((r.attack_samples for r in by_attack.get(label, [])), default=attack.attack_samples) == 1
             frozen = getattr(attack, "resample", "step") == "attack"
             if one_draw or frozen:
                 how = "averages S_A = 1 draw" if one_draw else "freezes one set of draws (resample = 'attack')"
@@ -167,7 +167,7 @@ def _black_box_findings(
                         label,
                         record.eps,
                         f"black-box robust accuracy {record.metrics['accuracy']:.4f} is below every white-box attack's "
-                        f"(best {best.attack}: {best.metrics['accuracy']:.4f}); "
+                        f"(best {best.attack_label}: {best.metrics['accuracy']:.4f}); "
                         "the gradients mislead (gradient masking)",
                     )
                 )

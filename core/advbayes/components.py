@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -267,7 +268,7 @@ class Attack(Component):
     access: ClassVar[str] = "white-box"  # "black-box" (queries or a surrogate only) or "none"; masking checks use it
     eps: float = param(0.0, ge=0.0, help="perturbation budget")
     norm: str = param("inf", kind=str, choices=("inf", "2"), help="'inf' (L_inf) or '2' (L2)")
-    samples: int = param(1, kind=int, ge=1, help="S_A: draws the attack averages over")
+    attack_samples: int = param(1, kind=int, ge=1, help="S_A: draws the attack averages over")
     value_range: tuple[float, float] = attrs.field(default=(0.0, 1.0), metadata={"internal": True})
     inference_samples: int = attrs.field(default=1, metadata={"internal": True})
     prediction_average: str = attrs.field(default="probs", metadata={"internal": True})
@@ -286,6 +287,12 @@ class Attack(Component):
     def verdict_repeats(self) -> int:
         """R: independent S_I predictions that judge each attacked example (1 unless the attack asks for more)."""
         return 1
+
+    @property
+    def samples(self) -> int:
+        """Deprecated name of `attack_samples` (CHANGELOG.md)."""
+        warnings.warn("Attack.samples is now Attack.attack_samples", DeprecationWarning, stacklevel=2)
+        return self.attack_samples
 
     def deterministic_only(self, build_attack: Callable[[Any], Attack]) -> str | None:
         """The name of the (sub-)attack that cannot judge a stochastic model, or None; checked before training."""

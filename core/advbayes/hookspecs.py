@@ -118,14 +118,21 @@ def checkpoint_saved(run: RunInfo, checkpoint: Path) -> None:
     """
 
 
-@hookspec
-def evaluation_finished(run: RunInfo, attack: str, records: Sequence[EvalRecord], figures: Mapping[str, Any]) -> None:
+@hookspec(
+    warn_on_impl_args={
+        "attack": DeprecationWarning("evaluation_finished: the argument 'attack' is now 'attack_label' (CHANGELOG.md)")
+    }
+)
+def evaluation_finished(
+    run: RunInfo, attack_label: str, records: Sequence[EvalRecord], figures: Mapping[str, Any], attack: str
+) -> None:
     """One attack (at one S_A, S_I) has been evaluated at every eps.
 
     run: the RunInfo of the run
-    attack: the attack's label (its entry name, or name:saA:siI in a sample sweep)
+    attack_label: the attack's label (its entry name, or name:saA:siI in a sample sweep)
     records: one EvalRecord per eps (metrics, S_A, S_I, applied perturbation)
     figures: the metrics' matplotlib figures by relative path
+    attack: the same label under its old name, for one release (an implementation that takes it is warned)
     """
 
 

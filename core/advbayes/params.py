@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -246,3 +247,27 @@ def is_entry_list(attribute: attrs.Attribute) -> bool:
 def parameter_fields(cls: type) -> dict[str, attrs.Attribute]:
     """The fields of a component class that a registry entry may set."""
     return {a.name: a for a in attrs.fields(cls) if not a.metadata.get("internal")}
+
+
+# Keys renamed so that each quantity has one name everywhere (CHANGELOG.md): S_A is attack_samples, R is
+# verdict_repeats. The old key keeps working, with a DeprecationWarning, for one release.
+RENAMED_KEYS = {"samples": "attack_samples", "repeats": "verdict_repeats"}
+
+
+def with_current_names(cls: type, params: dict[str, Any], *, where: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """`params` with renamed keys under their current names (warning once for each), and current -> old name for
+    the keys that were renamed, so that an error names the key as it was written."""
+    fields = parameter_fields(cls)
+    current, written = dict(params), {}
+    for old, new in RENAMED_KEYS.items():
+        if old in current and old not in fields and new in fields:
+            if new in current:
+                raise ParamError(old, f"one of '{old}' (the old name) and '{new}', not both", current[old])
+            warnings.warn(
+                f"{where}: key '{old}' is now '{new}'; the old name goes in the next release",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            current[new] = current.pop(old)
+            written[new] = old
+    return current, written

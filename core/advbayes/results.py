@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from advbayes.intervals import format_interval, is_companion, mean_sd
 class EvalRecord:
     """The metrics of one attack at one eps, with the sample counts and the perturbation actually applied."""
 
-    attack: str
+    attack_label: str  # the attack's entry name, with :saN:siM when an experiment sweeps the sample counts
     eps: float
     metrics: dict[str, float]
     attack_samples: int
@@ -27,8 +28,22 @@ class EvalRecord:
     mean_l2: float
     max_linf: float
     examples: int
-    entry: str = ""  # the attack's registry entry; `attack` adds :saN:siM when an experiment sweeps them
+    entry: str = ""  # the attack's registry entry
     diagnostics: dict[str, float] = attrs.field(factory=dict)  # e.g. zero_grad_share, averaged over examples
+
+    @property
+    def attack(self) -> str:
+        """Deprecated name of `attack_label` (CHANGELOG.md): `attack` is an Attack object elsewhere."""
+        warnings.warn("EvalRecord.attack is now EvalRecord.attack_label", DeprecationWarning, stacklevel=2)
+        return self.attack_label
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> EvalRecord:
+        """A record from attrs.asdict (a checkpoint), including those written before `attack` was renamed."""
+        values = dict(fields)
+        if "attack" in values:
+            values["attack_label"] = values.pop("attack")
+        return cls(**values)
 
 
 def eps_label(eps: float) -> str:
@@ -55,12 +70,12 @@ def cell(metrics: Mapping[str, float], metric: str) -> str:
 
 def pivot(records: Sequence[EvalRecord], metric: str) -> tuple[list[str], list[float], dict[str, dict[float, float]]]:
     """Attack names, eps values and table[attack][eps] of one metric."""
-    attacks = list(dict.fromkeys(r.attack for r in records))
+    attacks = list(dict.fromkeys(r.attack_label for r in records))
     eps_values = sorted({r.eps for r in records})
     table: dict[str, dict[float, float]] = {a: {} for a in attacks}
     for record in records:
         if metric in record.metrics:
-            table[record.attack][record.eps] = record.metrics[metric]
+            table[record.attack_label][record.eps] = record.metrics[metric]
     return attacks, eps_values, table
 
 
@@ -85,7 +100,7 @@ def format_value(value: float) -> str:
 def format_table(records: Sequence[EvalRecord], metric: str) -> str:
     """One metric as a text table: attack rows, eps columns; accuracies with their 95 % Wilson interval and n."""
     attacks, eps_values, _ = pivot(records, metric)
-    found = {(r.attack, r.eps): r.metrics for r in records if metric in r.metrics}
+    found = {(r.attack_label, r.eps): r.metrics for r in records if metric in r.metrics}
     sizes = {int(m[f"{metric}_n"]) for m in found.values() if f"{metric}_n" in m}
     title = metric if not sizes else f"{metric} [95% CI], n={'/'.join(str(n) for n in sorted(sizes))}"
     header = [title, *(f"eps={e:g}" for e in eps_values)]
@@ -104,7 +119,7 @@ def to_csv(records: Sequence[EvalRecord]) -> str:
     for r in records:
         for name, value in r.metrics.items():
             writer.writerow(
-                [r.attack, r.eps, name, value, r.attack_samples, r.inference_samples, r.mean_l2, r.max_linf]
+                [r.attack_label, r.eps, name, value, r.attack_samples, r.inference_samples, r.mean_l2, r.max_linf]
             )
     return out.getvalue()
 

@@ -133,7 +133,7 @@ def assert_one_clear_error(
 
 def draw_network(original: nn.Module, stochastic: nn.Module, s: int) -> nn.Module:
     """Draw s of a stochastic model (to_bayesian of `original`, after a forward) as a plain torch network: the
-    original with w = mu + sigma * eps[s] and the draw's BatchNorm statistics."""
+    original with w = mu + sigma * noise[s] and the draw's BatchNorm statistics."""
     from torch import nn
 
     from advbayes.stochastic import BayesBatchNorm2d, StochasticLayer
@@ -145,7 +145,7 @@ def draw_network(original: nn.Module, stochastic: nn.Module, s: int) -> nn.Modul
             for attr in ("weight", "bias"):
                 gaussian = getattr(module, attr)
                 if gaussian is not None:
-                    value = gaussian.mu + gaussian.sigma * gaussian.eps[s]
+                    value = gaussian.mu + gaussian.sigma * gaussian.noise[s]
                     setattr(target, attr, nn.Parameter(value.detach().clone()))
             if isinstance(module, BayesBatchNorm2d):
                 target.running_mean.copy_(module.running_mean)  # type: ignore[operator]

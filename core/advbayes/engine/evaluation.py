@@ -34,7 +34,7 @@ class Evaluator:
 
     def sample_sweep(self, attack: Attack) -> list[tuple[int, int]]:
         """(S_A, S_I) combinations: the experiment's sweeps, or the attack's and the defense's own counts."""
-        attack_samples = list(self.parts.experiment.attack_samples) or [attack.samples]
+        attack_samples = list(self.parts.experiment.attack_samples) or [attack.attack_samples]
         inference_samples = list(self.parts.experiment.inference_samples) or [self.parts.defense.inference_samples]
         return [(a, i) for a in attack_samples for i in inference_samples]
 
@@ -56,20 +56,24 @@ class Evaluator:
         for attack_name, unbound in parts.attacks:
             attack_bound = unbound.bind(context)
             combinations = self.sample_sweep(attack_bound)
-            for samples_a, samples_i in combinations:
+            for attack_samples, inference_samples in combinations:
                 label = (
-                    attack_name if len(combinations) == 1 else f"{attack_name}:sa{samples_a}:si{samples_i}"
+                    attack_name if len(combinations) == 1 else f"{attack_name}:sa{attack_samples}:si{inference_samples}"
                 )  # MLflow-safe
-                attack_base = attrs.evolve(attack_bound, samples=samples_a)
+                attack_base = attrs.evolve(attack_bound, attack_samples=attack_samples)
                 evaluated[label] = attack_base
                 if label in done:
-                    records.extend(EvalRecord(**record) for record in done[label]["records"])
+                    records.extend(EvalRecord.from_dict(record) for record in done[label]["records"])
                     set_rng_state(done[label]["rng"])  # as if it had just run
                     continue
-                attack_records, figures = self.evaluate_attack(net, test, label, attack_base, samples_i, metrics)
+                attack_records, figures = self.evaluate_attack(
+                    net, test, label, attack_base, inference_samples, metrics
+                )
                 attack_records = [attrs.evolve(r, entry=attack_name) for r in attack_records]
                 records.extend(attack_records)
-                parts.pm.hook.evaluation_finished(run=parts.info, attack=label, records=attack_records, figures=figures)
+                parts.pm.hook.evaluation_finished(
+                    run=parts.info, attack_label=label, records=attack_records, figures=figures, attack=label
+                )
                 self.checkpoints.save_evaluation(net, label, attack_records, self.history)
         self.findings = evaluation_findings(parts.spec["defense"]["name"], records, evaluated, self.stochastic)
         if parts.place.leader:  # the same findings on every rank: said once
@@ -82,7 +86,7 @@ class Evaluator:
         test: Batches,
         label: str,
         attack_base: Attack,
-        samples_i: int,
+        inference_samples: int,
         metrics: list[tuple[str, Any]],
     ) -> tuple[list[EvalRecord], dict[str, Any]]:
         """One attack at one (S_A, S_I): records for every eps and the metrics' figures."""
@@ -104,22 +108,22 @@ class Evaluator:
                 attack_base,
                 eps=eps,
                 value_range=self.parts.dataset.value_range,
-                inference_samples=samples_i,
+                inference_samples=inference_samples,
                 prediction_average=self.parts.defense.prediction_average,
             )
             states = {name: metric.create().to(self.parts.device) for name, metric in metrics}
             values, metric_figures, (l2_sum, linf_max, count, zero_share) = self.measure(
-                net, test, attack, eps, states, bar, samples_i
+                net, test, attack, eps, states, bar, inference_samples
             )
             figures.update({f"{metric}/{eps_label(eps)}/{file}": f for (metric, file), f in metric_figures.items()})
             for reported in [eps] if attack_base.uses_eps else eps_values:
                 attack_records.append(
                     EvalRecord(
-                        attack=label,
+                        attack_label=label,
                         eps=reported,
                         metrics=values,
-                        attack_samples=attack.samples,
-                        inference_samples=samples_i,
+                        attack_samples=attack.attack_samples,
+                        inference_samples=inference_samples,
                         mean_l2=l2_sum / max(count, 1),
                         max_linf=linf_max,
                         examples=count,
@@ -151,18 +155,18 @@ class Evaluator:
         eps: float,
         states: dict[str, Any],
         bar: Any = None,
-        samples_i: int | None = None,
+        inference_samples: int | None = None,
     ) -> tuple[dict[str, float], dict[tuple[str, str], Any], tuple[float, float, int, float]]:
         """Attack the test split, predict on S_I fresh draws (R times when the attack asks), update the metric states.
 
         Returns the metric values, their figures by (metric, file), the applied perturbation (sum of L2 lengths,
         max L_inf, examples) and the share of exactly-zero input-gradient components the attack reported.
         """
-        samples_i = samples_i or self.parts.defense.inference_samples
+        inference_samples = inference_samples or self.parts.defense.inference_samples
         average = self.parts.defense.prediction_average
         repeats = attack.verdict_repeats if self.stochastic else 1
         l2_sum, linf_max, count, zero_sum = 0.0, 0.0, 0, 0.0
-        sizes = (attack.samples, samples_i * repeats, self.parts.experiment.eval_batch_size)
+        sizes = (attack.attack_samples, inference_samples * repeats, self.parts.experiment.eval_batch_size)
         if bar is not None and self.stochastic and sizes not in self.timed_sizes:
             self.timed_sizes.add(sizes)
             # A stochastic layer's first call at a new (S, B) times its execution strategies: seconds on a CPU
@@ -173,10 +177,10 @@ class Evaluator:
             repeated = None
             with torch.no_grad():  # fresh draws, independent of the attack's
                 if repeats > 1:
-                    repeated = predict_repeated(net, result.x_adv, samples_i, repeats, average)
+                    repeated = predict_repeated(net, result.x_adv, inference_samples, repeats, average)
                     probs = repeated[0]
                 else:
-                    probs, _ = predict(net, result.x_adv, samples_i, average)
+                    probs, _ = predict(net, result.x_adv, inference_samples, average)
             batch = EvalBatch(
                 model=net,
                 x=x,
@@ -185,7 +189,7 @@ class Evaluator:
                 probs=probs,
                 attack=attack,
                 eps=eps,
-                inference_samples=samples_i,
+                inference_samples=inference_samples,
                 device=self.parts.device,
                 prediction_average=average,
                 repeated_probs=repeated,

@@ -157,7 +157,7 @@ def points_from_records(records: Iterable[Any], metric: str, defense: str, seed:
         Point(
             defense,
             seed,
-            r.attack,
+            r.attack_label,
             r.eps,
             r.metrics[metric],
             r.metrics.get(f"{metric}_ci_low"),

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from advbayes.errors import RegistryError
-from advbayes.params import KINDS
+from advbayes.params import KINDS, RENAMED_KEYS
 from advbayes.plugins import PluginManager, get_plugin_manager
 
 if sys.version_info >= (3, 11):
@@ -281,5 +281,9 @@ class EntryTables:
             current = parent
         merged: dict[str, Any] = {}
         for entry in reversed(lineage):  # the root first, so each child's own keys win
+            for old, new in RENAMED_KEYS.items():  # under either of a renamed key's names
+                if old in entry.body or new in entry.body:
+                    merged.pop(old, None)
+                    merged.pop(new, None)
             merged.update({k: copy.deepcopy(v) for k, v in entry.body.items() if k != "extends"})
         return merged

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from advbayes.errors import RegistryError
+from advbayes.params import RENAMED_KEYS
 from advbayes.registry.files import parse_toml, suggest, tomllib
 
 OVERRIDE_SOURCE = "--set"
@@ -95,4 +96,6 @@ def apply_override(table: dict[str, Any], dotted: str, value: Any) -> None:
             file=OVERRIDE_SOURCE,
             key=dotted,
         )
+    if last in RENAMED_KEYS:  # the old name of a key replaces the value under its current name (with a warning)
+        node.pop(RENAMED_KEYS[last], None)
     node[last] = value  # a whole entry may be replaced by a name or inline table; re-resolution validates

@@ -12,7 +12,15 @@ import attrs
 
 from advbayes.errors import RegistryError
 from advbayes.experiment import Experiment
-from advbayes.params import KINDS, ParamError, entry_kind, is_entry_list, parameter_fields
+from advbayes.params import (
+    KINDS,
+    RENAMED_KEYS,
+    ParamError,
+    entry_kind,
+    is_entry_list,
+    parameter_fields,
+    with_current_names,
+)
 from advbayes.plugins import PluginManager
 from advbayes.registry.files import (
     MAX_NESTING,
@@ -143,6 +151,7 @@ class Registry(EntryTables):
         use = body.get("use", name) if kind != "experiments" else None
         cls = self.component_class(kind, use, file=file, entry=entry)
         fields = parameter_fields(cls)
+        renamed = {old for old, new in RENAMED_KEYS.items() if new in fields and old not in fields}  # construct warns
         params: dict[str, Any] = {}
         for key, value in body.items():
             if key in RESERVED:
@@ -152,7 +161,7 @@ class Registry(EntryTables):
                     check_name(value, file=file, entry=entry, key=key)
                 continue
             field = fields.get(key)
-            if field is None:
+            if field is None and key not in renamed:
                 what = f"parameters of {kind[:-1]} '{use}'" if use else "experiment keys"
                 raise RegistryError(f"unknown key{suggest(key, fields, what)}", file=file, entry=entry, key=key)
             params[key] = value
@@ -238,11 +247,14 @@ def _check_unique_names(items: list[dict[str, Any]], *, file: str, entry: str, k
 
 
 def construct(cls: type, params: Mapping[str, Any], *, file: str, entry: str) -> Any:
-    """Construct an attrs component from parameters, turning validator errors into one-line registry errors."""
+    """Construct an attrs component from parameters (renamed keys under their current names), turning validator
+    errors into one-line registry errors that name the key as it was written."""
+    written: dict[str, str] = {}
     try:
-        return cls(**params)
+        current, written = with_current_names(cls, dict(params), where=f"{file}: {entry}")
+        return cls(**current)
     except ParamError as exc:
-        raise RegistryError(str(exc), file=file, entry=entry, key=exc.key) from None
+        raise RegistryError(str(exc), file=file, entry=entry, key=written.get(exc.key, exc.key)) from None
     except (TypeError, ValueError) as exc:
         raise RegistryError(f"invalid parameters: {exc}", file=file, entry=entry) from None
 

@@ -1,7 +1,8 @@
 """Mean-field Gaussian layers whose activations carry a leading sample dimension [S', B, ...] (S' = 1 or S).
 
-A layer holds mean and log-std parameters. Before a forward pass its model draws eps [S, *shape] for every
-stochastic parameter; the layer then evaluates all S draws at once: w_s = mu + exp(log_sigma) * eps_s.
+A layer holds mean and log-std parameters. Before a forward pass its model draws noise [S, *shape] for every
+stochastic parameter; the layer then evaluates all S draws at once: w_s = mu + exp(log_sigma) * noise_s.
+(`eps` names the attack radius in advbayes and nothing else.)
 An input with S' = 1 (the deterministic trunk's output) is shared by all draws and never copied S times.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -42,12 +44,23 @@ class GaussianParameter(nn.Module):
         super().__init__()
         self.mu = nn.Parameter(mean.detach().clone())
         self.log_sigma = nn.Parameter(torch.full_like(mean, math.log(init_sigma)))
-        self.eps: torch.Tensor | None = None  # [S, *shape], set by the model before each forward
+        self.noise: torch.Tensor | None = None  # [S, *shape], set by the model before each forward
 
     @property
     def sigma(self) -> torch.Tensor:
         """Standard deviation."""
         return self.log_sigma.exp()
+
+    @property
+    def eps(self) -> torch.Tensor | None:
+        """Deprecated name of `noise` (CHANGELOG.md): `eps` is the attack radius in advbayes."""
+        warnings.warn("GaussianParameter.eps is now GaussianParameter.noise", DeprecationWarning, stacklevel=2)
+        return self.noise
+
+    @eps.setter
+    def eps(self, value: torch.Tensor | None) -> None:
+        warnings.warn("GaussianParameter.eps is now GaussianParameter.noise", DeprecationWarning, stacklevel=2)
+        self.noise = value
 
     def sample_noise(self, samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Noise for S draws, [S, ...]: standard normal (subclasses may add channels, e.g. variance draws)."""
@@ -55,20 +68,20 @@ class GaussianParameter(nn.Module):
 
     def drawn_noise(self) -> torch.Tensor:
         """The noise the model set for this forward (an error when it set none)."""
-        if self.eps is None:
+        if self.noise is None:
             raise RuntimeError("no draws were made for this parameter: the model draws before each forward")
-        return self.eps
+        return self.noise
 
     def draws(self, samples: int) -> torch.Tensor:
         """The S weight draws [S, *shape] (fresh noise if the model set none)."""
-        eps = self.eps
-        if eps is None or eps.shape[0] != samples:
-            eps = self.sample_noise(samples)
-        return self.weights_from(eps)
+        noise = self.noise
+        if noise is None or noise.shape[0] != samples:
+            noise = self.sample_noise(samples)
+        return self.weights_from(noise)
 
-    def weights_from(self, eps: torch.Tensor) -> torch.Tensor:
-        """w = mu + sigma * eps, for noise [S, *shape]."""
-        return self.mu + self.log_sigma.exp() * eps
+    def weights_from(self, noise: torch.Tensor) -> torch.Tensor:
+        """w = mu + sigma * noise, for noise [S, *shape]."""
+        return self.mu + self.log_sigma.exp() * noise
 
     def kl(self, prior_sigma: float) -> torch.Tensor:
         """KL(q || N(0, prior_sigma^2)) summed over the tensor's entries."""
@@ -218,7 +231,7 @@ class BayesBatchNorm2d(StochasticLayer):
         if not norm.affine:
             raise ValueError("a BatchNorm2d without affine parameters has nothing to make Bayesian")
         self.num_features = norm.num_features
-        self.eps_value = norm.eps
+        self.variance_floor = norm.eps  # BatchNorm's epsilon, added to the variance
         self.momentum = norm.momentum if norm.momentum is not None else 0.1
         self.track_running_stats = norm.track_running_stats
         self.weight = GaussianParameter(norm.weight, init_sigma)
@@ -256,7 +269,7 @@ class BayesBatchNorm2d(StochasticLayer):
         else:
             mean = self.running_mean.view(1, 1, -1, 1, 1)
             var = self.running_var.view(1, 1, -1, 1, 1)
-        normalized = (x - mean) * torch.rsqrt(var + self.eps_value)
+        normalized = (x - mean) * torch.rsqrt(var + self.variance_floor)
         weight = self.weight.draws(samples).view(samples, 1, -1, 1, 1)
         bias = self.bias.draws(samples).view(samples, 1, -1, 1, 1)
         return normalized * weight + bias

@@ -110,9 +110,9 @@ class StochasticModel(nn.Module):
                 raise ValueError(f"draws are frozen at samples={self._frozen_samples}, got samples={samples}")
             return
         for parameter in self.gaussian_parameters():
-            parameter.eps = parameter.sample_noise(samples, self.generator(parameter.mu.device))
+            parameter.noise = parameter.sample_noise(samples, self.generator(parameter.mu.device))
             if self.noise_off:
-                parameter.eps.zero_()
+                parameter.noise.zero_()
         if self._frozen:
             self._frozen_samples = samples
 
@@ -238,12 +238,12 @@ class StochasticModel(nn.Module):
                 layer.samples = stop - start
                 layer.strategy = self.strategy
                 for parameter in layer.gaussian_parameters():
-                    parameter.eps = full[id(parameter)][start:stop]
+                    parameter.noise = full[id(parameter)][start:stop]
             out = self.net(inputs)
         finally:
             for layer in layers:
                 for parameter in layer.gaussian_parameters():
-                    parameter.eps = full[id(parameter)]
+                    parameter.noise = full[id(parameter)]
         if out.shape[0] == 1 and stop - start > 1:  # no stochastic layer on the path to the output
             out = out.expand(stop - start, *out.shape[1:])
         return out

@@ -210,7 +210,9 @@ def run_combination(
 
 def short_result(result: Any) -> str:
     """A run's accuracies as `attack@eps value`, at most 4."""
-    cells = [f"{r.attack}@{r.eps:g} {r.metrics['accuracy']:.3f}" for r in result.records if "accuracy" in r.metrics]
+    cells = [
+        f"{r.attack_label}@{r.eps:g} {r.metrics['accuracy']:.3f}" for r in result.records if "accuracy" in r.metrics
+    ]
     return ", ".join(cells[:4]) + (" ..." if len(cells) > 4 else "")
 
 

@@ -132,7 +132,7 @@ def checkpoint_saved(run: Any, checkpoint: Path) -> None:
 
 
 @hookimpl
-def evaluation_finished(run: Any, attack: str, records: Sequence[EvalRecord], figures: Mapping[str, Any]) -> None:
+def evaluation_finished(run: Any, attack_label: str, records: Sequence[EvalRecord], figures: Mapping[str, Any]) -> None:
     """A nested child run for the attack: its parameters, one metric per eps, figures; copies on the parent."""
     parent_id = run.run_id
     if not run.track or parent_id is None:
@@ -141,15 +141,15 @@ def evaluation_finished(run: Any, attack: str, records: Sequence[EvalRecord], fi
     parent = client.get_run(parent_id)
     for earlier in client.search_runs(  # an attack evaluated again (a resumed run) supersedes its earlier child
         [parent.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`advbayes.attack` = '{attack}'",
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`advbayes.attack` = '{attack_label}'",
     ):
         client.delete_run(earlier.info.run_id)
     first = records[0]
-    entry = next(a for a in run.spec["attacks"] if a["name"] == (first.entry or attack))
+    entry = next(a for a in run.spec["attacks"] if a["name"] == (first.entry or attack_label))
     child = client.create_run(
         parent.info.experiment_id,
-        run_name=attack,
-        tags={"mlflow.parentRunId": parent_id, ROLE_TAG: CHILD_ROLE, "advbayes.attack": attack},
+        run_name=attack_label,
+        tags={"mlflow.parentRunId": parent_id, ROLE_TAG: CHILD_ROLE, "advbayes.attack": attack_label},
     )
     child_id = child.info.run_id
     run.tracking["open_child"] = child_id
@@ -168,7 +168,7 @@ def evaluation_finished(run: Any, attack: str, records: Sequence[EvalRecord], fi
         values = {**record.metrics, "mean_l2": record.mean_l2, "max_linf": record.max_linf}
         for key, value in values.items():
             child_metrics[f"{key}/{eps_label(record.eps)}"] = value
-            parent_metrics[f"{attack}/{key}/{eps_label(record.eps)}"] = value
+            parent_metrics[f"{attack_label}/{key}/{eps_label(record.eps)}"] = value
     _log_metrics(client, child_id, child_metrics)
     for step, record in enumerate(sorted(records, key=lambda r: r.eps)):  # eps-ordered series for charts
         _log_metrics(client, child_id, {**record.metrics, "eps": record.eps}, step=step)

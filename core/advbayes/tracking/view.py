@@ -41,7 +41,7 @@ def headline_columns(records: Sequence[EvalRecord]) -> list[str]:
     by_attack: dict[str, list[EvalRecord]] = {}
     for record in records:
         if "accuracy" in record.metrics:
-            by_attack.setdefault(record.attack, []).append(record)
+            by_attack.setdefault(record.attack_label, []).append(record)
     keys = []
     for attack, group in by_attack.items():
         constant = len({r.metrics["accuracy"] for r in group}) == 1

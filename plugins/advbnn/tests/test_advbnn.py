@@ -70,7 +70,7 @@ def test_adv_bnn_draws_fresh_weights_at_every_pgd_step_and_for_the_update(regist
     model.strategy = "batched"  # no one-time strategy measurement passes in the record
     layer = next(m for m in model.modules() if isinstance(m, StochasticLayer))
     seen = []
-    layer.register_forward_hook(lambda module, args, out: seen.append((module.weight.eps.clone(), module.training)))
+    layer.register_forward_hook(lambda module, args, out: seen.append((module.weight.noise.clone(), module.training)))
     defense.loss(model, (torch.rand(8, 1, 6, 6), torch.randint(0, 3, (8,))), context(registry))
     assert len(seen) == 4 + 1 + 1  # PGD steps, PGD's final loss, the update
     assert all(not torch.equal(a[0], b[0]) for i, a in enumerate(seen) for b in seen[i + 1 :])

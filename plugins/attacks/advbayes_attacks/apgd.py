@@ -64,7 +64,7 @@ class APGD(IterativeAttack):
         clean_logits: torch.Tensor | None = None
         if not stochastic or self.targets:  # the clean prediction scores the clean input or ranks the targets
             with torch.no_grad():
-                clean_logits = model(x, samples=self.samples)
+                clean_logits = model(x, samples=self.attack_samples)
         overall = self.selection(model, y, stochastic)
         # the clean input competes too (a deterministic model's misclassified example needs no attack)
         if clean_logits is None:
@@ -161,7 +161,7 @@ class APGD(IterativeAttack):
                 window, since_check = max(window - window_decrease, window_min), 0
         if self.keep == "last":
             with torch.no_grad():
-                final_logits = model(x_adv, samples=self.samples)
+                final_logits = model(x_adv, samples=self.attack_samples)
             score = (
                 None
                 if stochastic

@@ -100,10 +100,10 @@ class GradientAttack(Attack):
         a backward each (same draws, same sum; what it measures faster). The others need every draw at once.
         """
         if self.expectation == "loss":
-            return mean_loss_gradient(model, x, self.samples, lambda logits: self.losses_of(logits, y, target))
+            return mean_loss_gradient(model, x, self.attack_samples, lambda logits: self.losses_of(logits, y, target))
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = model(x, samples=self.samples)
+            logits = model(x, samples=self.attack_samples)
             losses = self.losses_of(logits, y, target)
             (gradient,) = torch.autograd.grad(losses.sum(), x)
         return losses.detach(), gradient, logits.detach()
@@ -111,7 +111,7 @@ class GradientAttack(Attack):
     def evaluate_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example attack loss without a gradient."""
         with torch.no_grad():
-            return self.losses_of(model(x, samples=self.samples), y)
+            return self.losses_of(model(x, samples=self.attack_samples), y)
 
     @contextlib.contextmanager
     def draws(self, model: nn.Module) -> Iterator[None]:
@@ -266,7 +266,7 @@ class PGD(IterativeAttack):
                     stepped = x_adv + self.alpha * ascent_direction(gradient, self.norm)
                     x_adv = self.clamp(x + project(stepped - x, self.eps, self.norm)).detach()
                 with torch.no_grad():
-                    final_logits = model(x_adv, samples=self.samples)
+                    final_logits = model(x_adv, samples=self.attack_samples)
                 final = self.losses_of(final_logits, y)
                 history[restart, self.steps] = final.mean()
                 self.offer(chosen, x_adv, final, final_logits, y)

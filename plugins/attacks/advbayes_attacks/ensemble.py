@@ -42,13 +42,10 @@ class WorstCase(Attack):
     name: ClassVar[str] = "worst-case"
     access: ClassVar[str] = "ensemble"
     attacks: list[Any] = entry_list_param("attacks", (), nonempty=True, help="the attacks, run in this order")
-    repeats: int = param(5, kind=int, ge=1, le=10_000, help="R: independent S_I predictions that judge each example")
+    verdict_repeats: int = param(
+        5, kind=int, ge=1, le=10_000, help="R: independent S_I predictions that judge each example"
+    )
     inner: tuple[Attack, ...] = attrs.field(default=(), eq=False, repr=False, metadata={"internal": True})
-
-    @property
-    def verdict_repeats(self) -> int:
-        """The evaluation judges the result with the same R."""
-        return self.repeats
 
     def deterministic_only(self, build_attack: Any) -> str | None:
         """The first sub-attack that needs a deterministic model, if any."""
@@ -67,7 +64,7 @@ class WorstCase(Attack):
         if not self.inner:
             raise RunError("attack 'worst-case' used before bind(): the run engine binds it to its sub-attacks")
         x, y = x.detach(), y.long()
-        repeats = self.repeats if is_stochastic(model, x) else 1
+        repeats = self.verdict_repeats if is_stochastic(model, x) else 1
         best_x = x.clone()
         right = correct_counts(model, x, y, repeats, self.inference_samples, self.prediction_average)
         diagnostics: dict[str, Any] = {"robust_clean": float((right > 0).float().mean())}
@@ -79,7 +76,7 @@ class WorstCase(Attack):
                 attack,
                 eps=self.eps,
                 norm=self.norm,
-                samples=self.samples,
+                attack_samples=self.attack_samples,
                 value_range=self.value_range,
                 inference_samples=self.inference_samples,
                 prediction_average=self.prediction_average,

@@ -71,7 +71,7 @@ class Square(Attack):
     def margins(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The true class's log-probability minus the best other one, of the S_A-averaged prediction ([B], <0 wrong)."""
         with torch.no_grad():
-            log_probs = predictive_log_probs(model(x, samples=self.samples), self.expectation)
+            log_probs = predictive_log_probs(model(x, samples=self.attack_samples), self.expectation)
         true = log_probs.gather(1, y.view(-1, 1)).squeeze(1)
         other = log_probs.scatter(1, y.view(-1, 1), float("-inf")).amax(dim=1)
         return true - other

@@ -82,7 +82,7 @@ def test_pgd_stays_in_the_ball_and_the_value_range(norm: str) -> None:
     y = torch.randint(0, 4, (32,))
     eps = 0.2 if norm == "inf" else 1.5
     result = attack(
-        {"use": "pgd", "norm": norm, "eps": eps, "steps": 15, "step_size": eps / 2, "samples": 3}, (0.0, 1.0)
+        {"use": "pgd", "norm": norm, "eps": eps, "steps": 15, "step_size": eps / 2, "attack_samples": 3}, (0.0, 1.0)
     )(model, x, y)
     assert float(result.x_adv.min()) >= 0.0 and float(result.x_adv.max()) <= 1.0
     delta = result.x_adv - x
@@ -101,7 +101,9 @@ def test_eot_on_a_deterministic_model_equals_plain_pgd_bit_for_bit() -> None:
     results = []
     for samples in (1, 7, 30):
         torch.manual_seed(5)
-        results.append(attack({"use": "pgd", "eps": 0.1, "steps": 10, "samples": samples}, (0.0, 1.0))(net, x, y).x_adv)
+        results.append(
+            attack({"use": "pgd", "eps": 0.1, "steps": 10, "attack_samples": samples}, (0.0, 1.0))(net, x, y).x_adv
+        )
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
@@ -111,7 +113,7 @@ def test_vectorized_eot_gradient_equals_the_loop_over_per_draw_networks(expectat
     original = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
     model = to_bayesian(copy.deepcopy(original), init_sigma=0.2, seed=3)
     x, y = torch.rand(5, 1, 6, 6), torch.randint(0, 4, (5,))
-    pgd = attack({"use": "pgd", "eps": 0.1, "samples": 6, "expectation": expectation})
+    pgd = attack({"use": "pgd", "eps": 0.1, "attack_samples": 6, "expectation": expectation})
     with frozen(model):
         _, vectorized = pgd.loss_and_gradient(model, x, y)
         x_ref = x.clone().requires_grad_(True)
@@ -133,7 +135,7 @@ def test_same_seed_same_adversarial_examples() -> None:
     for _ in range(2):
         torch.manual_seed(3)
         model = to_bayesian(base, init_sigma=0.2, seed=9)
-        outputs.append(attack({"use": "pgd", "eps": 0.1, "samples": 2})(model, x, y).x_adv)
+        outputs.append(attack({"use": "pgd", "eps": 0.1, "attack_samples": 2})(model, x, y).x_adv)
     assert torch.equal(outputs[0], outputs[1])
 
 
@@ -167,15 +169,15 @@ def test_restarts_and_best_iterate_never_lower_the_attack_score() -> None:
 def test_resample_attack_freezes_one_set_of_draws() -> None:
     model = to_bayesian(nn.Sequential(nn.Flatten(), nn.Linear(20, 3)), init_sigma=0.5, seed=0, strategy="batched")
     x, y = torch.rand(4, 20), torch.randint(0, 3, (4,))
-    frozen_attack = attack({"use": "pgd", "eps": 0.1, "steps": 3, "resample": "attack", "samples": 2})
+    frozen_attack = attack({"use": "pgd", "eps": 0.1, "steps": 3, "resample": "attack", "attack_samples": 2})
     seen = []
-    hook = model.net[1].register_forward_hook(lambda module, args, out: seen.append(module.weight.eps.clone()))
+    hook = model.net[1].register_forward_hook(lambda module, args, out: seen.append(module.weight.noise.clone()))
     frozen_attack(model, x, y)
     hook.remove()
     assert len(seen) == 4 and all(torch.equal(seen[0], e) for e in seen)
-    fresh = attack({"use": "pgd", "eps": 0.1, "steps": 3, "samples": 2})
+    fresh = attack({"use": "pgd", "eps": 0.1, "steps": 3, "attack_samples": 2})
     seen.clear()
-    model.net[1].register_forward_hook(lambda module, args, out: seen.append(module.weight.eps.clone()))
+    model.net[1].register_forward_hook(lambda module, args, out: seen.append(module.weight.noise.clone()))
     fresh(model, x, y)
     assert not torch.equal(seen[0], seen[1])
 

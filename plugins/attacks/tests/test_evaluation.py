@@ -150,7 +150,7 @@ def test_keep_best_on_a_stochastic_model_scores_candidate_and_incumbent_in_one_f
             return self.inner(x, samples=samples)
 
     x, y = torch.rand(6, 10), torch.randint(0, 3, (6,))
-    attack({"use": "pgd", "eps": 0.2, "steps": 4, "keep": "best", "selection_samples": 7, "samples": 3})(
+    attack({"use": "pgd", "eps": 0.2, "steps": 4, "keep": "best", "selection_samples": 7, "attack_samples": 3})(
         Recorded(), x, y
     )
     gradient_calls = [c for c in calls if c[2]]
@@ -224,7 +224,7 @@ def test_worst_case_breaks_exactly_the_examples_some_attack_breaks() -> None:
         {"use": "fgsm", "name": "fgsm"},
         {"use": "pgd", "name": "pgd-fixed", "steps": 5, "random_start": False, "loss": "cw"},
     ]
-    ensemble = attack({"use": "worst-case", "attacks": subs, "repeats": 5}, eps=0.05)
+    ensemble = attack({"use": "worst-case", "attacks": subs, "verdict_repeats": 5}, eps=0.05)
     from advbayes.components import EvalContext
 
     bound = ensemble.bind(EvalContext(build_attack=lambda entry: attack(entry), device=torch.device("cpu")))

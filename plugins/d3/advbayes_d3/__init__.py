@@ -28,13 +28,13 @@ def register_metrics(register: Any) -> None:
 
 
 @hookimpl
-def evaluation_finished(run: Any, attack: str, records: Any, figures: Any) -> None:
+def evaluation_finished(run: Any, attack_label: str, records: Any, figures: Any) -> None:
     """Say it loudly when an attack's black-box accuracy is clearly below its white-box accuracy."""
     for record in records:
         if record.metrics.get("obfuscation_flag", 0.0) > 0:
             warnings.warn(
                 f"{run.experiment} / {run.spec['defense']['name']}: at eps {record.eps:g}, transfer accuracy "
-                f"{record.metrics['black_box_accuracy']:.3f} is clearly below {attack} accuracy "
+                f"{record.metrics['black_box_accuracy']:.3f} is clearly below {attack_label} accuracy "
                 f"{record.metrics['white_box_accuracy']:.3f}: the white-box attack is likely obfuscated",
                 ObfuscationWarning,
                 stacklevel=2,

@@ -315,7 +315,7 @@ def test_d3_mnist_5k_experiment_runs_on_a_subset() -> None:
     for result in group.results:
         table = result.table()
         assert set(table) == {"none", "fgsm", "pgd-40", "eot-pgd-40", "transfer-pgd-40"}
-        record = next(r for r in result.records if r.attack == "pgd-40")
+        record = next(r for r in result.records if r.attack_label == "pgd-40")
         assert {"white_box_accuracy", "black_box_accuracy", "obfuscation_gap", "obfuscation_flag"} <= set(
             record.metrics
         )

@@ -71,6 +71,6 @@ class NIGParameter(GaussianParameter):
         e_s = 1.0 / standard_gamma(self.nu, shape, generator, device)
         return torch.stack([e_mu, e, e_s], dim=1).to(self.mu.dtype)
 
-    def weights_from(self, eps: torch.Tensor) -> torch.Tensor:
+    def weights_from(self, noise: torch.Tensor) -> torch.Tensor:
         """The hierarchical draw from its three noise channels."""
-        return self.mu + self.log_sigma.exp() * eps[:, 0] + (self.psi * eps[:, 2]).sqrt() * eps[:, 1]
+        return self.mu + self.log_sigma.exp() * noise[:, 0] + (self.psi * noise[:, 2]).sqrt() * noise[:, 1]

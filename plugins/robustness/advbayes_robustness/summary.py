@@ -13,7 +13,7 @@ from advbayes_robustness.figures import lines_figure, quantile_box_figure
 def _by_entry(records: Sequence[EvalRecord]) -> dict[str, list[EvalRecord]]:
     groups: dict[str, list[EvalRecord]] = defaultdict(list)
     for record in records:
-        groups[record.entry or record.attack].append(record)
+        groups[record.entry or record.attack_label].append(record)
     return groups
 
 
@@ -51,9 +51,9 @@ def sweep_figures(records: Sequence[EvalRecord]) -> dict[str, Any]:
             figures[f"{entry}/accuracy_vs_inference_samples.png"] = lines_figure(
                 series, f"{entry}: accuracy vs S_I (S_A = {top_a})", "S_I (inference samples)", "accuracy", logx=True
             )
-    for label in dict.fromkeys(r.attack for r in records):
+    for label in dict.fromkeys(r.attack_label for r in records):
         ordered = sorted(
-            (r for r in records if r.attack == label and "linear_fraction" in r.metrics), key=lambda r: r.eps
+            (r for r in records if r.attack_label == label and "linear_fraction" in r.metrics), key=lambda r: r.eps
         )
         if len(ordered) > 1:
             xs = [r.eps for r in ordered]

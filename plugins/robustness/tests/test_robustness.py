@@ -286,7 +286,7 @@ def test_sampling_fashion_style_runs_on_a_subset_with_sweeps_as_child_runs(store
     )
     assert [r.spec["defense"]["name"] for r in group.results] == ["bnn", "mc-dropout-0.3", "mc-dropout-0.6"]
     for result in group.results:
-        labels = {r.attack for r in result.records}
+        labels = {r.attack_label for r in result.records}
         assert labels == {f"fgm:sa{a}:si{i}" for a in (1, 5) for i in (1, 5)}
         assert {
             "fgm/accuracy_vs_attack_samples.png",
