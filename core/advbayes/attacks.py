@@ -1,4 +1,4 @@
-"""Attacks as torchattacks users call them: `PGD(eps=8/255, attack_samples=10)(model, x, y)` returns the adversarial batch.
+"""Attacks as torchattacks users call them: `PGD(eps=8/255, attack_samples=10)(model, x, y)` is the adversarial batch.
 
 Every attack component a plugin registers is importable here under its class name (`from advbayes.attacks import
 PGD, FGSM, APGD, Square`), and every registry entry through `entry("pgd-20", eps=0.3)`. The model may be a plain
