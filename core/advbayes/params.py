@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -254,13 +254,17 @@ def parameter_fields(cls: type) -> dict[str, attrs.Attribute]:
 RENAMED_KEYS = {"samples": "attack_samples", "repeats": "verdict_repeats"}
 
 
+def old_names(fields: Mapping[str, Any]) -> dict[str, str]:
+    """old -> current name of the renamed keys a component with these fields still accepts."""
+    return {old: new for old, new in RENAMED_KEYS.items() if new in fields and old not in fields}
+
+
 def with_current_names(cls: type, params: dict[str, Any], *, where: str) -> tuple[dict[str, Any], dict[str, str]]:
     """`params` with renamed keys under their current names (warning once for each), and current -> old name for
     the keys that were renamed, so that an error names the key as it was written."""
-    fields = parameter_fields(cls)
     current, written = dict(params), {}
-    for old, new in RENAMED_KEYS.items():
-        if old in current and old not in fields and new in fields:
+    for old, new in old_names(parameter_fields(cls)).items():
+        if old in current:
             if new in current:
                 raise ParamError(old, f"one of '{old}' (the old name) and '{new}', not both", current[old])
             warnings.warn(

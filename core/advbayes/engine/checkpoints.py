@@ -46,13 +46,12 @@ class Checkpoints:
 
     def __init__(self, parts: RunParts) -> None:
         self.parts = parts
-        self.resumed: Mapping[str, Any] | None = parts.checkpoint  # what this run resumed from, if anything
         self.workdir = Path(tempfile.mkdtemp(prefix="advbayes-run-"))
         self.last_state: dict[str, Any] | None = dict(parts.checkpoint) if parts.checkpoint else None
 
     def finished_evaluations(self) -> dict[str, dict[str, Any]]:
         """label -> {records, rng} of the attacks the resumed checkpoint had finished."""
-        return {entry["label"]: entry for entry in (self.resumed or {}).get("evaluated", [])}
+        return {entry["label"]: entry for entry in (self.parts.checkpoint or {}).get("evaluated", [])}
 
     def save_epoch(
         self,

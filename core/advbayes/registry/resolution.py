@@ -14,10 +14,10 @@ from advbayes.errors import RegistryError
 from advbayes.experiment import Experiment
 from advbayes.params import (
     KINDS,
-    RENAMED_KEYS,
     ParamError,
     entry_kind,
     is_entry_list,
+    old_names,
     parameter_fields,
     with_current_names,
 )
@@ -151,7 +151,7 @@ class Registry(EntryTables):
         use = body.get("use", name) if kind != "experiments" else None
         cls = self.component_class(kind, use, file=file, entry=entry)
         fields = parameter_fields(cls)
-        renamed = {old for old, new in RENAMED_KEYS.items() if new in fields and old not in fields}  # construct warns
+        renamed = old_names(fields)  # accepted here; construct renames them, with a warning
         params: dict[str, Any] = {}
         for key, value in body.items():
             if key in RESERVED:
