@@ -6,10 +6,10 @@ and from nowhere else in the core, as llm plugins import `llm`.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from advbayes.version import __version__
 
 if TYPE_CHECKING:
     from advbayes.adversarial import adversarial_examples

@@ -65,8 +65,8 @@ def cache_key(args: Sequence[str]) -> str | None:
         return None
     if any(a in ("--help", "-h", "--debug") for a in args) or "_ADVBAYES_COMPLETE" in os.environ:
         return None
-    from advbayes import __version__
     from advbayes.plugins import ENTRY_POINT_GROUP, get_plugin_manager
+    from advbayes.version import __version__
 
     lines = [sys.executable, __version__, repr(list(args)), os.getcwd()]
     lines += sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("ADVBAYES_"))

@@ -231,7 +231,7 @@ def _selected(names: Iterable[str], load: set[str] | None, disable: set[str]) ->
 
 def load_builtin_plugins(pm: PluginManager, disable: set[str]) -> None:
     """Register the plugins that ship inside the core."""
-    from advbayes import __version__
+    from advbayes.version import __version__
 
     for module_name in BUILTIN_PLUGINS:
         if module_name in disable:

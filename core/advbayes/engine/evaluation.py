@@ -47,7 +47,7 @@ class Evaluator:
         net.eval()
         records: list[EvalRecord] = []
         context = parts.eval_context(net)
-        self.stochastic = self.is_stochastic(net, test)
+        self.stochastic = first_batch_is_stochastic(self.parts, net, test)
         metrics = [(name, metric.bind(context)) for name, metric in parts.metrics if metric.per_attack]
         evaluated: dict[str, Attack] = {}
         # a resumed run: attacks whose records the checkpoint holds are not run again (their child runs exist)
@@ -215,20 +215,22 @@ class Evaluator:
         count = int(total(count, place))
         return values, figures, (l2_sum, linf_max, count, zero_sum / max(count, 1))
 
-    def is_stochastic(self, net: torch.nn.Module, test: Batches) -> bool:
-        """Whether two identical calls of the network on the first test batch differ."""
-        first = next(iter(test.iterate(self.parts.experiment.eval_batch_size, shuffle=False)), None)
-        return first is not None and is_stochastic(net, first[0])
 
-    def check_attacks_fit(self, net: torch.nn.Module, test: Batches) -> None:
-        """Before training: an attack that can only judge a deterministic model must not meet a stochastic one."""
-        needs = [(name, attack.deterministic_only(self.parts.build_attack)) for name, attack in self.parts.attacks]
-        needs = [(name, sub) for name, sub in needs if sub is not None]
-        if not needs:
-            return
-        if self.is_stochastic(net.eval(), test):
-            name, sub = needs[0]
-            raise RunError(
-                f"experiments.{self.parts.name}: attack '{name}' ({sub}) judges single evaluations, but defense "
-                f"'{self.parts.spec['defense']['name']}' gives a stochastic model; use autoattack-rand for it"
-            )
+def first_batch_is_stochastic(parts: RunParts, net: torch.nn.Module, test: Batches) -> bool:
+    """Whether two identical calls of the network on the first test batch differ."""
+    first = next(iter(test.iterate(parts.experiment.eval_batch_size, shuffle=False)), None)
+    return first is not None and is_stochastic(net, first[0])
+
+
+def check_attacks_fit(parts: RunParts, net: torch.nn.Module, test: Batches) -> None:
+    """Before training: an attack that can only judge a deterministic model must not meet a stochastic one."""
+    needs = [(name, attack.deterministic_only(parts.build_attack)) for name, attack in parts.attacks]
+    needs = [(name, sub) for name, sub in needs if sub is not None]
+    if not needs:
+        return
+    if first_batch_is_stochastic(parts, net.eval(), test):
+        name, sub = needs[0]
+        raise RunError(
+            f"experiments.{parts.name}: attack '{name}' ({sub}) judges single evaluations, but defense "
+            f"'{parts.spec['defense']['name']}' gives a stochastic model; use autoattack-rand for it"
+        )

@@ -21,7 +21,7 @@ from advbayes.components import TrainContext, prepared_model
 from advbayes.engine.building import RunParts
 from advbayes.engine.checkpoints import Checkpoints, set_rng_state
 from advbayes.engine.distributed import SINGLE, Distributed, join, leave, seed_draws, shard
-from advbayes.engine.evaluation import Evaluator
+from advbayes.engine.evaluation import Evaluator, check_attacks_fit
 from advbayes.engine.training import Trainer
 from advbayes.errors import RunError
 from advbayes.plugins import PluginManager, get_plugin_manager
@@ -64,7 +64,7 @@ class Run:
         if parts.checkpoint is not None:
             net.load_state_dict(parts.checkpoint["model"])
         seed_draws(parts.experiment.seed, parts.place)
-        evaluator.check_attacks_fit(net, test)
+        check_attacks_fit(self.parts, net, test)
         context = TrainContext(
             dataset=parts.dataset,
             train=train_split,

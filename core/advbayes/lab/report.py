@@ -26,7 +26,8 @@ from advbayes.lab.claims import (
 )
 from advbayes.lab.figures import Point, drawable_metrics, experiment_figure, save_figure, series_figure
 from advbayes.results import format_value
-from advbayes.tracking import client_for, tracked_runs
+from advbayes.tracking.runs import tracked_runs
+from advbayes.tracking.store import client_for
 
 TRAIN_COLUMNS = ("loss", "ce", "acc", "kl_per_param", "mean_sigma2", "r", "omega_m", "omega_s", "epoch_seconds")
 

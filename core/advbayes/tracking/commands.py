@@ -34,7 +34,8 @@ COMPARE_FIELDS = (  # the columns of compare --csv, in order (compare_records' k
 
 def runs_view_urls(uri: str, port: int) -> list[tuple[str, str]]:
     """(experiment, URL) of each tracked experiment's runs view with the advbayes columns; none for a new store."""
-    from advbayes.tracking import VIEW_KEY, VIEW_TAG, client_for, sqlite_path
+    from advbayes.tracking.store import client_for, sqlite_path
+    from advbayes.tracking.view import VIEW_KEY, VIEW_TAG
 
     database = sqlite_path(uri)
     if database is not None and not database.exists():
@@ -58,7 +59,7 @@ def add_commands(cli: click.Group) -> None:
     @tracking_option
     def ui_command(port: int, tracking_uri: str | None) -> None:
         """Serve the MLflow UI on 127.0.0.1 over the same store runs are tracked in."""
-        from advbayes.tracking import default_tracking_uri
+        from advbayes.tracking.store import default_tracking_uri
 
         uri = tracking_uri or default_tracking_uri()
         if uri.startswith(("http://", "https://")):
@@ -122,7 +123,7 @@ def add_commands(cli: click.Group) -> None:
     def runs_command(experiments: Sequence[str], stale: bool, tracking_uri: str | None, debug: bool) -> None:
         """List the tracked runs of EXPERIMENTS (all when none is named), newest first, with how to resume each."""
         from advbayes.results import format_grid
-        from advbayes.tracking import liveness, status_text, tracked_runs
+        from advbayes.tracking.runs import liveness, status_text, tracked_runs
 
         runs = tracked_runs(tracking_uri, experiments)
         if stale:
