@@ -63,3 +63,23 @@ def test_compare_of_a_metric_no_run_logged_is_an_error_listing_the_logged_ones(s
     result = CliRunner().invoke(cli, ["compare", "moons", "--metric", "acc", "--tracking-uri", store])
     assert result.exit_code == 2
     assert "Error: --metric acc: no run of moons logged it; logged: accuracy, max_linf, mean_l2" in result.output
+
+
+def test_report_keeps_runs_with_different_settings_apart_and_averages_only_over_seeds(
+    store: str, tmp_path: Path
+) -> None:
+    from advbayes.intervals import mean_sd
+
+    pm = create_plugin_manager()
+    by_lr = {
+        lr: advbayes.run("moons", tracking_uri=store, pm=pm, seeds=[0, 1], epochs=1, lr=lr) for lr in (0.05, 0.001)
+    }
+    result = CliRunner().invoke(cli, ["report", "moons", "--out", str(tmp_path), "--tracking-uri", store])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "report.md").read_text()
+    for lr, group in by_lr.items():
+        mean, sd = mean_sd([r.table()["none"][0.0] for r in group.results])
+        row = f"| standard lr={lr}: mean +- sd over 2 seeds | none | {mean:.4f} +- {sd:.4f} |"
+        assert row in text, text
+        assert f"| standard lr={lr} (seed 1) |" in text
+    assert text.count("mean +- sd over") == 2

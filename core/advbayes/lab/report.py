@@ -27,26 +27,33 @@ from advbayes.lab.claims import (
 from advbayes.lab.figures import Point, drawable_metrics, experiment_figure, save_figure, series_figure
 from advbayes.results import format_value
 from advbayes.tracking.runs import tracked_runs
+from advbayes.tracking.settings import group_key, group_label, varied_settings
 from advbayes.tracking.store import client_for
 
 TRAIN_COLUMNS = ("loss", "ce", "acc", "kl_per_param", "mean_sigma2", "r", "omega_m", "omega_s", "epoch_seconds")
 
 
 def latest_per_defense(runs: Sequence[Any]) -> list[Any]:
-    """The newest FINISHED parent run of each defense and seed, in training order (oldest first)."""
-    chosen: dict[tuple[str, str], Any] = {}
-    for run in runs:  # newest first
-        key = (run.data.tags.get("advbayes.defense", "?"), run.data.tags.get("advbayes.seed", "?"))
-        if run.info.status == "FINISHED" and key not in chosen:
-            chosen[key] = run
+    """The newest FINISHED parent run of each defense, varied setting (tracking/settings.py) and seed, in
+    training order (oldest first)."""
+    finished = [run for run in runs if run.info.status == "FINISHED"]
+    varied = varied_settings(finished)
+    chosen: dict[tuple[str, ...], Any] = {}
+    for run in finished:  # newest first
+        chosen.setdefault((*group_key(run, varied), run.data.tags.get("advbayes.seed", "?")), run)
     return sorted(chosen.values(), key=lambda r: r.info.start_time)
 
 
+def defense_group(run: Any, runs: Sequence[Any]) -> str:
+    """The defense with every setting that tells it apart from the other runs of its defense (never the seed)."""
+    return group_label(run, varied_settings(runs))
+
+
 def run_label(run: Any, runs: Sequence[Any]) -> str:
-    """The defense, with the seed when the report holds several seeds of it."""
-    defense = run.data.tags.get("advbayes.defense", "?")
-    seeds = {r.data.tags.get("advbayes.seed") for r in runs if r.data.tags.get("advbayes.defense", "?") == defense}
-    return defense if len(seeds) < 2 else f"{defense} (seed {run.data.tags.get('advbayes.seed', '?')})"
+    """The defense group, with the seed when the report holds several seeds of it."""
+    group = defense_group(run, runs)
+    seeds = {r.data.tags.get("advbayes.seed") for r in runs if defense_group(r, runs) == group}
+    return group if len(seeds) < 2 else f"{group} (seed {run.data.tags.get('advbayes.seed', '?')})"
 
 
 def read_results(client: Any, run_id: str, scratch: Path) -> list[dict[str, str]]:
@@ -128,13 +135,13 @@ def copy_figures(
     return sorted(copied)
 
 
-def points_of(run: Any, rows: Sequence[dict[str, str]], metric: str) -> list[Point]:
-    """One run's values of `metric` (from its results.csv rows) as figure points, with their intervals."""
+def points_of(run: Any, rows: Sequence[dict[str, str]], metric: str, group: str) -> list[Point]:
+    """One run's values of `metric` (from its results.csv rows) as figure points of its defense group."""
     value_of = values_by_key(rows)
     seed = run.data.tags.get("advbayes.seed", "")
     return [
         Point(
-            run.data.tags.get("advbayes.defense", "?"),
+            group,
             int(seed) if seed.isdigit() else None,
             attack,
             eps,
@@ -157,7 +164,10 @@ def overlay_figures(
 ) -> list[str]:
     """The experiment's paper figures (one per metric, defenses overlaid, PNG and PDF) and their Markdown."""
     labels = [run_label(r, runs) for r in runs]
-    points = {m: [p for r, label in zip(runs, labels) for p in points_of(r, results[label], m)] for m in metrics}
+    points = {
+        m: [p for r, label in zip(runs, labels) for p in points_of(r, results[label], m, defense_group(r, runs))]
+        for m in metrics
+    }
     parts: list[str] = []
     for metric in drawable_metrics(points):
         png, pdf = save_figure(experiment_figure(points[metric], metric, title=name), folder, f"{metric}_vs_eps")
@@ -199,7 +209,7 @@ def experiment_section(store: StoreRuns, name: str, out: Path, figures_dir: Path
     ]
     parts.append(markdown_table(["defense", "run id"], [[run_label(r, runs), f"`{r.info.run_id}`"] for r in runs]))
     results = {run_label(r, runs): store.rows(r.info.run_id) for r in runs}
-    groups = {run_label(r, runs): r.data.tags.get("advbayes.defense", "?") for r in runs}
+    groups = {run_label(r, runs): defense_group(r, runs) for r in runs}
     names = list(dict.fromkeys(row["metric"] for rows in results.values() for row in rows))
     names = [m for m in names if not is_companion(m, set(names))]
     shown = [m for m in names if metrics is None or m in metrics]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import datetime
-import io
 import json
 import os
 import sys
@@ -15,21 +13,6 @@ import click
 
 from advbayes.cli_options import debug_option, tracking_option
 from advbayes.errors import RunError
-
-COMPARE_FIELDS = (  # the columns of compare --csv, in order (compare_records' keys)
-    "run_id",
-    "experiment",
-    "status",
-    "started",
-    "defense",
-    "seed",
-    "attack",
-    "eps",
-    "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-)
 
 
 def runs_view_urls(uri: str, port: int) -> list[tuple[str, str]]:
@@ -100,7 +83,7 @@ def add_commands(cli: click.Group) -> None:
         experiments: Sequence[str], metric: str, output: str, tracking_uri: str | None, debug: bool
     ) -> None:
         """Print the tracked runs of EXPERIMENTS as a table: one row per run, one column per attack x eps."""
-        from advbayes.tracking.compare import compare_records, compare_table
+        from advbayes.tracking.compare import compare_csv, compare_records, compare_table
 
         if output == "table":
             click.echo(compare_table(tracking_uri, experiments, metric))
@@ -109,11 +92,7 @@ def add_commands(cli: click.Group) -> None:
         if output == "json":
             click.echo(json.dumps(records, indent=2))
             return
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(COMPARE_FIELDS), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(records)
-        click.echo(buffer.getvalue(), nl=False)
+        click.echo(compare_csv(records), nl=False)
 
     @cli.command("runs")
     @click.argument("experiments", nargs=-1)

@@ -5,21 +5,11 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
+from typing import Any
 
 from advbayes.errors import RunError
 from advbayes.tracking.store import PARENT_ROLE, ROLE_TAG, client_for
-
-if TYPE_CHECKING:
-    pass
-
 
 HOST_TAG = "advbayes.host"
 PID_TAG = "advbayes.pid"

@@ -1,0 +1,92 @@
+"""compare never averages runs made with different settings: every varied setting is a column or part of the
+defense's label, and the clean accuracy shows for runs whose eps lists differ."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import advbayes
+from advbayes.cli import cli
+from advbayes.intervals import mean_sd
+from advbayes.plugins import create_plugin_manager
+from advbayes.tracking.settings import defense_label, group_key, varied_settings
+
+
+class FakeRun:
+    """The parts of an MLflow run that the settings read."""
+
+    def __init__(self, defense: str, seed: str, **params: str) -> None:
+        self.data = type("Data", (), {})()
+        self.data.tags = {"advbayes.experiment": "e", "advbayes.defense": defense, "advbayes.seed": seed}
+        self.data.params = {"seed": seed, "eps": "[0.1]", **params}
+
+
+def test_varied_settings_are_the_keys_that_differ_within_one_defense_seed_and_eps_aside() -> None:
+    runs = [
+        FakeRun("bnn", "0", lr="0.01", **{"defense.prior_sigma": "0.1"}),
+        FakeRun("bnn", "1", lr="0.01", **{"defense.prior_sigma": "0.2"}),
+        FakeRun("standard", "0", lr="0.1", epochs="3"),
+        FakeRun("standard", "1", lr="0.1"),  # a key one run lacks differs too
+    ]
+    varied = varied_settings(runs)
+    assert varied == ["defense.prior_sigma", "epochs"]  # lr differs only between defenses: not a setting
+    assert [defense_label(r, varied) for r in runs[:2]] == ["bnn[prior_sigma=0.1]", "bnn[prior_sigma=0.2]"]
+    assert group_key(runs[2], varied) != group_key(runs[3], varied)
+    same_but_seed = [FakeRun("bnn", "0", lr="0.01"), FakeRun("bnn", "1", lr="0.01")]
+    assert varied_settings(same_but_seed) == []
+    assert group_key(same_but_seed[0], []) == group_key(same_but_seed[1], [])
+
+
+def test_compare_groups_runs_by_every_varied_setting_and_never_averages_across_them(store: str) -> None:
+    pm = create_plugin_manager()
+    by_lr = {
+        lr: advbayes.run("moons", tracking_uri=store, pm=pm, seeds=[0, 1], epochs=2, lr=lr) for lr in (0.05, 0.001)
+    }
+    table = CliRunner().invoke(cli, ["compare", "moons", "--tracking-uri", store])
+    assert table.exit_code == 0, table.output
+    header = table.output.splitlines()[0]
+    assert " lr " in f" {header} "
+    means = [line for line in table.output.splitlines() if line.startswith("mean+-sd")]
+    assert len(means) == 2, table.output  # one per lr, never one over all four runs
+    for lr, group in by_lr.items():
+        mean, sd = mean_sd([r.table()["none"][0.0] for r in group.results])
+        assert any(f" {lr} " in f" {line} " and f"{mean:.4f} +- {sd:.4f}" in line for line in means), table.output
+    records = json.loads(CliRunner().invoke(cli, ["compare", "moons", "--tracking-uri", store, "--json"]).output)
+    assert {(r["run_id"], r["settings"]["lr"]) for r in records} == {
+        (result.run_id, str(lr)) for lr, group in by_lr.items() for result in group.results
+    }
+    rows = list(
+        csv.DictReader(
+            io.StringIO(CliRunner().invoke(cli, ["compare", "moons", "--tracking-uri", store, "--csv"]).output)
+        )
+    )
+    assert {(r["run_id"], r["lr"]) for r in rows} == {(r["run_id"], r["settings"]["lr"]) for r in records}
+
+
+def test_a_varied_defense_parameter_is_part_of_the_defense_label(store: str) -> None:
+    pm = create_plugin_manager()
+    for sigma in (0.1, 0.3):
+        advbayes.run("moons", tracking_uri=store, pm=pm, epochs=1, defense="bnn", **{"defense.prior_sigma": sigma})
+    table = CliRunner().invoke(cli, ["compare", "moons", "--tracking-uri", store])
+    assert "bnn[prior_sigma=0.1]" in table.output and "bnn[prior_sigma=0.3]" in table.output, table.output
+    assert "prior_sigma " not in table.output.splitlines()[0]  # in the label, not a column too
+
+
+@pytest.mark.parametrize("eps_lists", [([0.1, 0.2], [0.3])])
+def test_clean_accuracy_shows_for_every_run_whatever_its_eps_list(
+    store: str, eps_lists: tuple[list[float], ...]
+) -> None:
+    pm = create_plugin_manager()
+    clean = [
+        advbayes.run("moons", tracking_uri=store, pm=pm, epochs=1, eps=eps).table()["none"][eps[0]] for eps in eps_lists
+    ]
+    table = CliRunner().invoke(cli, ["compare", "moons", "--tracking-uri", store])
+    lines = table.output.splitlines()
+    assert lines[0].rstrip().endswith("none"), table.output  # one clean column, not one per eps
+    for line, value in zip(lines[2:4], reversed(clean)):  # newest first
+        assert line.rstrip().endswith("]") and f" {value:.4f} [" in line, table.output
