@@ -137,6 +137,24 @@ def test_meaningless_numbers_are_refused_before_any_work(
     assert_one_clear_line(code, output, isolated_cwd, expected)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["eps=[8]"], "attack 'fgsm' on data set 'mnist-5k': eps 8 is wider than the data's value range [0, 1]"),
+        (["eps=[0.1, 8/255]"], "key 'eps': TOML has no arithmetic: write 8/255 as 0.03137255"),
+        (  # no eps list: the attack's own eps is the radius
+            ["eps=[]", 'attacks=[{use="fgsm", name="big", eps=2}]'],
+            "attack 'big' on data set 'mnist-5k': eps 2 is wider",
+        ),
+    ],
+)
+def test_an_eps_in_the_wrong_units_is_refused_before_any_work(
+    isolated_cwd: Path, no_work: None, overrides: list[str], expected: str
+) -> None:
+    code, output = invoke("run", "quickstart", *(f"--set={o}" for o in overrides), "--dry-run")
+    assert_one_clear_line(code, output, isolated_cwd, expected)
+
+
 def test_an_infinite_value_is_accepted_where_a_field_means_it() -> None:
     from advbayes.registry import load_registry
 

@@ -115,3 +115,68 @@ def test_a_composite_registry_entry_is_bound_to_its_parts_as_the_engine_binds_it
     with torch.no_grad():
         clean, attacked = (net(x).argmax(-1) == y).float().mean(), (net(x_adv).argmax(-1) == y).float().mean()
     assert attacked <= clean
+
+
+def test_inputs_outside_the_value_range_are_refused_in_one_line_not_clamped() -> None:
+    from advbayes.attacks import FGSM
+
+    net, (x, y) = small_net(), batch()
+    normalized = (x - 0.5) / 0.25  # in [-2, 2]: a clamp to [0, 1] would move inputs by up to 2
+    with pytest.raises(
+        advbayes.AttackInputError,
+        match=r"^advbayes.attacks.FGSM: inputs lie in \[-[\d.]+, [\d.]+\], outside value_range \[0, 1\]",
+    ) as caught:
+        FGSM(eps=0.01)(net, normalized, y)
+    assert isinstance(caught.value, ValueError) and "\n" not in str(caught.value)  # as torchattacks: a ValueError
+    x_adv = FGSM(eps=0.01, value_range=(-2.0, 2.0))(net, normalized, y)  # the inputs' own range: honoured
+    assert float((x_adv - normalized).abs().amax()) <= 0.01 + 1e-6
+
+
+def test_an_linf_eps_wider_than_the_value_range_is_refused_and_an_l2_one_is_not() -> None:
+    from advbayes.attacks import FGSM, PGD
+
+    net, (x, y) = small_net(), batch()
+    with pytest.raises(
+        advbayes.AttackInputError, match=r"eps 8 is wider than the data's value range \[0, 1\].*8/255 is 0.0313725"
+    ):
+        FGSM(eps=8)(net, x, y)
+    assert FGSM(eps=1.0)(net, x, y).shape == x.shape  # the whole range is still a radius
+    x_adv = PGD(eps=3.0, norm="2", steps=2)(net, x, y)  # L2 adds over 16 inputs: 3 is a sane radius
+    assert float((x_adv - x).flatten(1).norm(dim=1).amax()) <= 3.0 + 1e-5
+
+
+def test_on_a_stochastic_model_the_api_warns_and_refuses_as_the_engine_does() -> None:
+    import warnings
+
+    from advbayes.attacks import PGD
+    from advbayes.errors import EvaluationWarning
+
+    bnn, (x, y) = to_bayesian(small_net(), init_sigma=0.05), batch()
+    with pytest.raises(
+        advbayes.AttackInputError,
+        match=r"the model is stochastic .* fab-t judges single evaluations; use entry\('autoattack-rand'\)",
+    ):
+        advbayes.attacks.entry("autoattack", eps=0.1)(bnn, x, y)
+    with pytest.warns(EvaluationWarning, match=r"attacks.PGD: the model is stochastic .* averages S_A = 1 draw"):
+        PGD(eps=0.1, steps=2)(bnn, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EvaluationWarning)  # S_A = 10: nothing to warn about
+        PGD(eps=0.1, steps=2, attack_samples=10)(bnn, x, y)
+        PGD(eps=0.1, steps=2)(small_net(), x, y)  # a deterministic model: S_A = 1 is right
+
+
+def test_autoattack_rand_takes_s_i_and_warns_when_each_verdict_is_one_draw() -> None:
+    from advbayes.errors import EvaluationWarning
+
+    bnn, (x, y) = to_bayesian(small_net(), init_sigma=0.05), batch()
+    quick = {"attack_samples": 2, "verdict_repeats": 2, "attacks": [{"extends": "apgd-ce", "steps": 3}]}
+    judged = advbayes.attacks.entry("autoattack-rand", eps=0.1, inference_samples=5, **quick)
+    assert judged.attack.inference_samples == 5
+    x_adv = judged(bnn, x, y)
+    assert float((x_adv - x).abs().amax()) <= 0.1 + 1e-6
+    with pytest.warns(
+        EvaluationWarning, match=r"each of its 2 judging predictions uses S_I = 1 draw; pass inference_samples"
+    ):
+        advbayes.attacks.entry("autoattack-rand", eps=0.1, **quick)(bnn, x, y)
+    with pytest.raises(RegistryError, match=r"key 'inference_samples': expected an integer >= 1 \(S_I\), got 0"):
+        advbayes.attacks.entry("autoattack-rand", inference_samples=0)

@@ -31,7 +31,14 @@ if TYPE_CHECKING:
         eval_mode,
     )
     from advbayes.engine import run
-    from advbayes.errors import AdvbayesError, EvaluationWarning, PluginError, RegistryError, RunError
+    from advbayes.errors import (
+        AdvbayesError,
+        AttackInputError,
+        EvaluationWarning,
+        PluginError,
+        RegistryError,
+        RunError,
+    )
     from advbayes.hookspecs import hookimpl
     from advbayes.intervals import with_interval
     from advbayes.losses import elbo_loss, ensemble_accuracy, mean_cross_entropy
@@ -91,6 +98,7 @@ _EXPORTS = {
     "PluginError": "advbayes.errors",
     "RegistryError": "advbayes.errors",
     "RunError": "advbayes.errors",
+    "AttackInputError": "advbayes.errors",
     "RunGroup": "advbayes.results",
     "RunInfo": "advbayes.results",
     "RunResult": "advbayes.results",
@@ -168,6 +176,7 @@ __all__ = [
     "PluginError",
     "RegistryError",
     "RunError",
+    "AttackInputError",
     "RunGroup",
     "RunInfo",
     "RunResult",

@@ -2,16 +2,19 @@
 
 Every attack component a plugin registers is importable here under its class name (`from advbayes.attacks import
 PGD, FGSM, APGD, Square`), and every registry entry through `entry("pgd-20", eps=0.3)`. The model may be a plain
-`nn.Module` returning [B, k] logits or an advbayes model taking a sample dimension; inputs are clamped to [0, 1]
-unless `value_range` says otherwise. The engine's own evaluation uses the same components, so a number computed
-here and one from `advbayes run` come from the same code.
+`nn.Module` returning [B, k] logits or an advbayes model taking a sample dimension. Inputs must lie in
+`value_range` ([0, 1] unless given; normalized inputs need their own range) and an L_inf eps within its width:
+anything else is an AttackInputError (a ValueError), as torchattacks raises, instead of a silent clamp. On a
+stochastic model the attack warns and refuses exactly as `advbayes run` does, and `inference_samples` (S_I) sets
+how many draws each judging prediction averages. The engine's own evaluation uses the same components, so a
+number computed here and one from `advbayes run` come from the same code.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from advbayes.errors import RegistryError
+from advbayes.errors import AttackInputError, RegistryError
 
 if TYPE_CHECKING:
     import torch
@@ -20,6 +23,8 @@ if TYPE_CHECKING:
     from advbayes.components import Attack, AttackResult
 
 API_SOURCE = "advbayes.attacks"
+PREDICTION_KEYS = ("inference_samples", "prediction_average")  # how the defense predicts: set by the engine in a run
+RANGE_TOLERANCE = 1e-6  # float noise at the edges of the range (e.g. 1.0000001 after a normalization round trip)
 
 
 class OneCallAttack:
@@ -30,7 +35,9 @@ class OneCallAttack:
     def __init__(self, **params: Any) -> None:
         from advbayes.registry import construct
 
-        self.attack: Attack = construct(self.component, params, file=API_SOURCE, entry=type(self).__name__)
+        own = {key: value for key, value in params.items() if key not in PREDICTION_KEYS}
+        attack = construct(self.component, own, file=API_SOURCE, entry=type(self).__name__)
+        self.attack: Attack = with_prediction(attack, params, type(self).__name__)
 
     @classmethod
     def wrapping(cls, attack: Attack, name: str) -> OneCallAttack:
@@ -47,7 +54,43 @@ class OneCallAttack:
         """The full result: adversarial examples, perturbation and the attack's diagnostics."""
         from advbayes.stochastic import as_sampled
 
-        return self.bound(x.device)(as_sampled(model), x, y)
+        check_inputs(type(self).__name__, self.attack, x)
+        sampled = as_sampled(model)
+        self.check_model(model, sampled, x)
+        return self.bound(x.device)(sampled, x, y)
+
+    def check_model(self, model: nn.Module, sampled: nn.Module, x: torch.Tensor) -> None:
+        """On a stochastic model, what the engine checks before a run: refuse an attack that judges single
+        evaluations, warn when the attack's gradient follows single draws. Probed once per model (two calls)."""
+        import warnings
+
+        from advbayes.checks import randomness_problem
+        from advbayes.errors import EvaluationWarning
+        from advbayes.stochastic import is_stochastic
+
+        checked: set[int] = self.__dict__.setdefault("_checked_models", set())
+        if id(model) in checked:
+            return
+        checked.add(id(model))
+        if not is_stochastic(sampled, x):
+            return
+        name = type(self).__name__
+        sub = self.attack.deterministic_only(_api_context(x.device, self.attack.value_range).build_attack)
+        if sub is not None:
+            raise AttackInputError(
+                f"{API_SOURCE}.{name}: the model is stochastic (identical calls differ) and {sub} judges single "
+                "evaluations; use entry('autoattack-rand') for it"
+            )
+        problem = randomness_problem(self.attack, self.attack.attack_samples)
+        if problem is not None:
+            warnings.warn(f"{API_SOURCE}.{name}: {problem}", EvaluationWarning, stacklevel=3)
+        if self.attack.verdict_repeats > 1 and self.attack.inference_samples == 1:
+            warnings.warn(
+                f"{API_SOURCE}.{name}: each of its {self.attack.verdict_repeats} judging predictions uses S_I = 1 "
+                "draw; pass inference_samples=S_I to judge as the defense predicts",
+                EvaluationWarning,
+                stacklevel=3,
+            )
 
     def bound(self, device: torch.device) -> Attack:
         """The attack bound as the engine binds it (composite attacks build their parts from the registry, with
@@ -59,6 +102,45 @@ class OneCallAttack:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.attack!r})"
+
+
+def with_prediction(attack: Attack, params: dict[str, Any], where: str) -> Attack:
+    """The attack with the prediction settings a run takes from its defense (S_I, the average), when given."""
+    import attrs
+
+    given = {key: params[key] for key in PREDICTION_KEYS if key in params}
+    samples = given.get("inference_samples", 1)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise RegistryError(
+            f"expected an integer >= 1 (S_I), got {samples!r}", file=API_SOURCE, entry=where, key="inference_samples"
+        )
+    if given.get("prediction_average", "probs") not in ("probs", "logits"):
+        raise RegistryError(
+            f"expected 'probs' or 'logits', got {given['prediction_average']!r}",
+            file=API_SOURCE,
+            entry=where,
+            key="prediction_average",
+        )
+    return attrs.evolve(attack, **given) if given else attack
+
+
+def check_inputs(name: str, attack: Attack, x: torch.Tensor) -> None:
+    """Inputs outside the attack's value range would be moved by its clamp, and an L_inf eps wider than the range
+    is in the wrong units: both are errors before any work, in one line."""
+    from advbayes.components import radius_problem
+
+    low, high = attack.value_range
+    if x.numel():
+        least, most = float(x.min()), float(x.max())
+        if least < low - RANGE_TOLERANCE or most > high + RANGE_TOLERANCE:
+            raise AttackInputError(
+                f"{API_SOURCE}.{name}: inputs lie in [{least:.4g}, {most:.4g}], outside value_range "
+                f"[{low:g}, {high:g}] that the attack clamps to; pass value_range=(low, high) of your inputs "
+                "(normalized data) or attack unnormalized inputs"
+            )
+    problem = radius_problem(attack.eps, attack.norm, attack.value_range)
+    if problem is not None:
+        raise AttackInputError(f"{API_SOURCE}.{name}: {problem}")
 
 
 def _api_context(device: torch.device, value_range: tuple[float, float]) -> Any:
@@ -116,8 +198,11 @@ def entry(name: str, **overrides: Any) -> OneCallAttack:
     registry = load_registry()
     where = ("registry", f"attacks.{name}", "")
     resolved = registry.resolve("attacks", name, where=where)
-    unknown = sorted(set(overrides) - set(resolved))
+    unknown = sorted(set(overrides) - set(resolved) - set(PREDICTION_KEYS))
     if unknown:
-        raise RegistryError(f"unknown key '{unknown[0]}'; keys: {', '.join(sorted(resolved))}", file=API_SOURCE)
-    resolved = registry.resolve("attacks", {**resolved, **overrides}, where=where)
-    return OneCallAttack.wrapping(registry.build("attacks", resolved), name)
+        keys = sorted({*resolved, *PREDICTION_KEYS})
+        raise RegistryError(f"unknown key '{unknown[0]}'; keys: {', '.join(keys)}", file=API_SOURCE)
+    own = {key: value for key, value in overrides.items() if key not in PREDICTION_KEYS}
+    resolved = registry.resolve("attacks", {**resolved, **own}, where=where)
+    attack = with_prediction(registry.build("attacks", resolved), overrides, name)
+    return OneCallAttack.wrapping(attack, name)

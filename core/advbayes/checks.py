@@ -63,6 +63,21 @@ def _steps_only_differ(first: Attack, second: Attack) -> bool:
     return bool(changed(first, steps=_steps(second), eps=second.eps) == attrs.evolve(second, eps=second.eps))
 
 
+def randomness_problem(attack: Attack, attack_samples: int) -> str | None:
+    """Why a white-box attack on a stochastic model may overstate robustness (S_A = 1, or draws frozen for the
+    whole attack), or None; the engine reports it as a finding and advbayes.attacks as a warning."""
+    if attack.access != "white-box":
+        return None
+    one_draw = attack_samples == 1
+    if not one_draw and getattr(attack, "resample", "step") != "attack":
+        return None
+    how = "averages S_A = 1 draw" if one_draw else "freezes one set of draws (resample = 'attack')"
+    return (
+        f"the model is stochastic (identical calls differ) but the attack {how}; its gradient follows "
+        "single draws and robust accuracy may be overstated (use S_A >= 10 or autoattack-rand)"
+    )
+
+
 def evaluation_findings(
     run: str, records: Sequence[EvalRecord], attacks: Mapping[str, Attack], stochastic: bool
 ) -> list[Finding]:
@@ -72,21 +87,11 @@ def evaluation_findings(
     for record in records:
         by_attack.setdefault(record.attack_label, []).append(record)
     for label, attack in attacks.items():
-        if stochastic and attack.access == "white-box":
-            one_draw = min((r.attack_samples for r in by_attack.get(label, [])), default=attack.attack_samples) == 1
-            frozen = getattr(attack, "resample", "step") == "attack"
-            if one_draw or frozen:
-                how = "averages S_A = 1 draw" if one_draw else "freezes one set of draws (resample = 'attack')"
-                findings.append(
-                    finding(
-                        "randomness",
-                        run,
-                        label,
-                        None,
-                        f"the model is stochastic (identical calls differ) but the attack {how}; its gradient follows "
-                        "single draws and robust accuracy may be overstated (use S_A >= 10 or autoattack-rand)",
-                    )
-                )
+        if stochastic:
+            attack_samples = min((r.attack_samples for r in by_attack.get(label, [])), default=attack.attack_samples)
+            problem = randomness_problem(attack, attack_samples)
+            if problem is not None:
+                findings.append(finding("randomness", run, label, None, problem))
     for label, rows in by_attack.items():
         rows = sorted(rows, key=lambda r: r.eps)
         for record in rows:

@@ -310,6 +310,18 @@ class Attack(Component):
         return x.clamp(low, high)
 
 
+def radius_problem(eps: float, norm: str, value_range: tuple[float, float]) -> str | None:
+    """Why an L_inf radius cannot be meant as given: wider than the data's whole value range (eps in other units,
+    e.g. 8 for 8/255), or None. L2 radii add over every input, so they may exceed the range."""
+    low, high = value_range
+    if norm != "inf" or not math.isfinite(high - low) or eps <= high - low:
+        return None
+    return (
+        f"eps {eps:g} is wider than the data's value range [{low:g}, {high:g}]: an L_inf radius is in the data's "
+        f"units (8/255 is {8 / 255:.7f})"
+    )
+
+
 class MetricState(torchmetrics.Metric):
     """Accumulated state of a metric over evaluation batches; compute() gives named scalars."""
 

@@ -36,6 +36,11 @@ class RunError(AdvbayesError):
     """A run cannot start as asked (no CUDA device, nothing to resume, ...)."""
 
 
+class AttackInputError(AdvbayesError, ValueError):
+    """An attack called from Python on inputs it would silently change (outside its value range), with an eps wider
+    than that range, or on a model it cannot judge; a ValueError, as torchattacks raises for inputs out of range."""
+
+
 class EvaluationWarning(UserWarning):
     """A randomness or gradient-masking check found that an evaluation may overstate robustness."""
 

@@ -206,6 +206,24 @@ def check_model_sources(name: str, spec: Mapping[str, Any], registry: Any, train
             )
 
 
+def check_eps(name: str, spec: Mapping[str, Any], registry: Any) -> None:
+    """Every L_inf radius an attack will use fits the data set's value range (eps=[8] meant 8/255)."""
+    from advbayes.components import radius_problem
+
+    value_range = registry.build("datasets", spec["dataset"]).value_range
+    for entry in spec["attacks"]:
+        attack = registry.build("attacks", entry)
+        if not attack.uses_eps:
+            continue
+        for eps in spec["eps"] or [attack.eps]:
+            problem = radius_problem(float(eps), attack.norm, value_range)
+            if problem is not None:
+                raise RunError(
+                    f"experiments.{name}: attack '{entry['name']}' on data set '{spec['dataset']['name']}': {problem}; "
+                    "TOML has no arithmetic, so write the decimal"
+                )
+
+
 def preflight(name: str, variants: Sequence[Mapping[str, Any]], registry: Any, device: torch.device) -> None:
     """Every check above for each defense of the run (in the order they train), before any work."""
     probed: dict[str, MemoryModel] = {}
@@ -213,6 +231,7 @@ def preflight(name: str, variants: Sequence[Mapping[str, Any]], registry: Any, d
     for spec in variants:
         defense = spec["defense"]["name"]
         check_model_sources(name, spec, registry, trained)
+        check_eps(name, spec, registry)
         if defense not in probed:
             probed[defense] = probe_network(name, spec, registry, device)
         check_memory(name, spec, registry, probed[defense], device)

@@ -14,8 +14,9 @@ from advbayes.intervals import with_interval
 class AccuracyState(MetricState):
     """Counts correct predictions (argmax of the S_I-averaged probabilities) on attacked inputs.
 
-    With R independent predictions per example (EvalBatch.repeated_probs), `accuracy` is the mean over the R
-    and `accuracy_worst` counts an example only when all R predictions are right.
+    With R independent predictions per example (EvalBatch.repeated_probs, autoattack-rand), `accuracy` counts an
+    example only when all R predictions are right: the robust accuracy to report, since an attacker who gets R
+    tries wins on any one of them. `accuracy_mean_over_r`, the mean over the R, is reported beside it.
     """
 
     correct: torch.Tensor  # states added by add_state (typed here: nn.Module's __getattr__ is untyped)
@@ -40,12 +41,13 @@ class AccuracyState(MetricState):
         self.repeats = torch.maximum(self.repeats, torch.tensor(probs.shape[0], device=self.repeats.device))
 
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        """Accuracy in [0, 1] with its interval and n; with R > 1 also the all-R worst case."""
+        """Accuracy in [0, 1] with its interval and n; with R > 1 the all-R count, the mean over R beside it."""
         n = int(self.total)
-        values = with_interval("accuracy", float(self.correct), n)
-        if int(self.repeats) > 1:
-            values.update(with_interval("accuracy_worst", float(self.all_correct), n))
-            values["repeats"] = float(self.repeats)
+        if int(self.repeats) == 1:
+            values = with_interval("accuracy", float(self.correct), n)
+        else:
+            values = with_interval("accuracy", float(self.all_correct), n)
+            values.update(with_interval("accuracy_mean_over_r", float(self.correct), n))
         # float64: a float32 tensor would turn 0.996 into 0.9959999918937683 in every table, CSV and the MLflow UI
         return {key: torch.tensor(value, dtype=torch.float64) for key, value in values.items()}
 

@@ -3,6 +3,7 @@ experiment."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from advbayes.errors import RegistryError
@@ -10,6 +11,10 @@ from advbayes.params import RENAMED_KEYS
 from advbayes.registry.files import parse_toml, suggest, tomllib
 
 OVERRIDE_SOURCE = "--set"
+
+
+ARITHMETIC = re.compile(r"(?P<a>\d+(?:\.\d*)?)\s*(?P<op>[/*])\s*(?P<b>\d+(?:\.\d*)?)")  # 8/255, 2*0.1
+NUMBERS_ONLY = re.compile(r"^[\[\]\s\d.eE+\-*/,()]+$")  # a value of numbers and operators, not a path like a/2020/1
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -22,6 +27,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         tomllib.loads(f"value = {raw}")
     except tomllib.TOMLDecodeError:
+        arithmetic = ARITHMETIC.search(raw) if NUMBERS_ONLY.match(raw) else None
+        if arithmetic:
+            divisor = float(arithmetic["b"])
+            number = float(arithmetic["a"]) / divisor if arithmetic["op"] == "/" and divisor else None
+            hint = f"write {arithmetic[0]} as {number:.7g}" if number is not None else "write the value as a decimal"
+            raise RegistryError(
+                f"TOML has no arithmetic: {hint}, got {raw!r}",
+                file=OVERRIDE_SOURCE,
+                key=key,
+            ) from None
         return key, raw  # a bare word is a string
     except (RecursionError, ValueError):
         pass  # parse_toml below names the problem in one line

@@ -30,6 +30,13 @@ def correct_counts(
     return (probs.argmax(dim=-1) == y.long()).sum(dim=0)
 
 
+def entry_label(entry: Any, attack: Attack) -> str:
+    """A sub-attack's registry entry name (apgd-ce, apgd-dlr: one component, two entries), else its component."""
+    if isinstance(entry, str):
+        return entry
+    return str(entry.get("name") or entry.get("use") or attack.name) if isinstance(entry, dict) else attack.name
+
+
 @attrs.frozen(kw_only=True)
 class WorstCase(Attack):
     """The worst case per example over `attacks`, each run on the examples no earlier attack broke (AutoAttack).
@@ -68,7 +75,7 @@ class WorstCase(Attack):
         best_x = x.clone()
         right = correct_counts(model, x, y, repeats, self.inference_samples, self.prediction_average)
         diagnostics: dict[str, Any] = {"robust_clean": float((right > 0).float().mean())}
-        for attack in self.inner:
+        for entry, attack in zip(self.attacks, self.inner):
             active = (right > 0).nonzero().squeeze(1)
             if active.numel() == 0:
                 break
@@ -89,7 +96,7 @@ class WorstCase(Attack):
             chosen, counts = best_x[active], right[active]
             chosen[better], counts[better] = found[better], found_right[better]
             best_x[active], right[active] = chosen, counts
-            diagnostics[f"robust_after_{attack.name}"] = float((right > 0).float().mean())
+            diagnostics[f"robust_after_{entry_label(entry, attack)}"] = float((right > 0).float().mean())
         delta = best_x - x
         return AttackResult(x_adv=best_x, delta=delta, diagnostics={**lengths(delta), **diagnostics})
 
