@@ -229,8 +229,44 @@ def test_show_prints_the_resolved_entry_as_toml(tmp_path: Path) -> None:
     }
     result = CliRunner().invoke(cli, ["show", "tiny", "--registry", str(user)])
     shown = tomllib.loads(result.output)["experiments"]["tiny"]
-    assert shown == load_registry([user]).resolve_experiment("tiny")
+    resolved = load_registry([user]).resolve_experiment("tiny")
+    if resolved["eps"]:  # the experiment's eps list replaces each attack's own: show leaves those out
+        resolved["attacks"] = [{k: v for k, v in a.items() if k != "eps"} for a in resolved["attacks"]]
+    assert shown == resolved
     assert tomllib.loads(tomli_w.dumps(shown)) == shown  # what show prints is valid TOML that reads back the same
+
+
+def test_show_lists_every_parameter_with_its_type_default_or_required_and_help(tmp_path: Path) -> None:
+    import attrs
+
+    from advbayes.components import Defense
+    from advbayes.params import param, parameter_fields
+    from advbayes.registry import construct
+
+    @attrs.frozen(kw_only=True)
+    class Needy(Defense):
+        """A defense with a required parameter."""
+
+        strength: float = param(ge=0.0, le=2.0, help="how strong")
+
+    assert [line.split(":")[0] for line in parameter_help_lines(Needy)] == list(parameter_fields(Needy))
+    assert "strength: a finite number >= 0.0 and <= 2.0; required. how strong" in parameter_help_lines(Needy)
+    construct(Needy, {"strength": 1.0}, file="t", entry="t")  # the class is a valid component
+    result = CliRunner().invoke(cli, ["show", "mc-dropout"])
+    assert result.exit_code == 0, result.output
+    assert "rate" not in tomllib.loads(result.output)["defenses"]["mc-dropout"]  # no value: not a TOML key ...
+    assert (
+        "#   rate: a finite number >= 0.0 and < 1.0 or none; default none. dropout rate" in result.output
+    )  # ... but shown
+    quickstart = CliRunner().invoke(cli, ["show", "quickstart"]).output
+    assert all("eps" not in a for a in tomllib.loads(quickstart)["experiments"]["quickstart"]["attacks"])
+    assert "#   eps: a list of finite numbers >= 0.0" in quickstart
+
+
+def parameter_help_lines(cls: type) -> list[str]:
+    from advbayes.params import parameter_help
+
+    return parameter_help(cls)
 
 
 def test_list_shows_entries_components_and_unavailable_ones(tmp_path: Path) -> None:

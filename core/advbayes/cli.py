@@ -169,7 +169,7 @@ def run_command(
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
         sys.exit(subprocess.call([*launcher, "-m", "advbayes.cli", *args]))
     try:
-        result = run(experiment, progress=sys.stderr.isatty(), **settings)
+        result = run(experiment, progress=True, **settings)  # a bar on a terminal, else a line every 30 s
     except AdvbayesError:
         raise
     except Exception as exc:  # the hooks have marked the tracked run FAILED; report it in one line
@@ -324,7 +324,10 @@ def format_plan(prepared: Any, tracking_uri: str | None, *, track: bool) -> str:
 @registry_option
 @debug_option
 def show_command(entry: str, registry_files: Sequence[str], debug: bool) -> None:
-    """Print the fully resolved ENTRY (name or kind.name) as TOML."""
+    """Print the fully resolved ENTRY (name or kind.name) as TOML, then every parameter of its component with its
+    type, default or "required", and help."""
+    from advbayes.experiment import Experiment
+    from advbayes.params import parameter_help
     from advbayes.registry import load_registry
 
     registry = load_registry(registry_files)
@@ -333,9 +336,17 @@ def show_command(entry: str, registry_files: Sequence[str], debug: bool) -> None
     where = (raw.file if raw else "registry", f"{kind}.{name}", "")
     if kind == "experiments":
         resolved = registry.resolve_experiment(name)
+        if resolved.get("eps"):  # the experiment's eps list replaces every attack's own eps: do not show those
+            resolved["attacks"] = [{k: v for k, v in a.items() if k != "eps"} for a in resolved["attacks"]]
+        component: type = Experiment
+        title = "experiment keys (an attack's own eps is replaced by this eps list when it is not empty)"
     else:
         resolved = registry.resolve(kind, name, where=where)
+        component = registry.component_class(kind, resolved["use"], file=where[0], entry=where[1])
+        title = f"parameters of {kind[:-1]} component '{resolved['use']}'"
     click.echo(tomli_w.dumps({kind: {name: resolved}}).rstrip())
+    click.echo(f"\n# {title}:")  # TOML comments: the output stays a valid registry file
+    click.echo("\n".join(f"#   {line}" for line in parameter_help(component)))
 
 
 @cli.command("list")

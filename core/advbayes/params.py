@@ -12,6 +12,7 @@ import attrs
 _NOTHING = attrs.NOTHING
 ENTRY_KIND = "advbayes_entry_kind"
 HELP = "advbayes_help"
+EXPECTED = "advbayes_expected"  # what a value must be, as errors and `advbayes show` say it
 ENTRY_LIST = "advbayes_entry_list"
 # Bounds every parameter has unless it declares its own upper bound: a value beyond them is a typo or an attack
 # on the run (a width of 10**12 allocates until the machine dies), and it is refused before any work.
@@ -70,11 +71,7 @@ def _check_scalar(
     what: str | None = None,
     infinite: bool = False,
 ) -> None:
-    bounds = _bounds_text(ge, gt, le, lt)
-    finite = " finite" if kind is float and not infinite else ""
-    expected = what or (_type_name(kind).replace("a number", f"a{finite} number") + (f" {bounds}" if bounds else ""))
-    if choices is not None:
-        expected = "one of " + ", ".join(repr(c) for c in choices)
+    expected = what or _expected_scalar(kind, ge=ge, gt=gt, le=le, lt=lt, choices=choices, infinite=infinite)
     ok_type = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
     if kind is float and isinstance(value, float) and not math.isfinite(value):
         ok_type = infinite and not math.isnan(value)  # nan or +-inf is meaningful only where a field says so
@@ -89,6 +86,23 @@ def _check_scalar(
         or (lt is not None and value >= lt)
     ):
         raise ParamError(key, expected, value)
+
+
+def _expected_scalar(
+    kind: type,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[str] | None = None,
+    infinite: bool = False,
+) -> str:
+    if choices is not None:
+        return "one of " + ", ".join(repr(c) for c in choices)
+    bounds = _bounds_text(ge, gt, le, lt)
+    finite = " finite" if kind is float and not infinite else ""
+    return _type_name(kind).replace("a number", f"a{finite} number") + (f" {bounds}" if bounds else "")
 
 
 def _default_upper(kind: type, le: float | None, lt: float | None) -> float | None:
@@ -140,7 +154,11 @@ def param(
         default=default,
         converter=converter,
         validator=_scalar_validator(kind, optional, ge=ge, gt=gt, le=le, lt=lt, choices=choices, infinite=infinite),
-        metadata={HELP: help},
+        metadata={
+            HELP: help,
+            EXPECTED: _expected_scalar(kind, ge=ge, gt=gt, le=le, lt=lt, choices=choices, infinite=infinite)
+            + (" or none" if optional else ""),
+        },
         kw_only=True,
     )
 
@@ -172,8 +190,9 @@ def list_param(
             return tuple(_to_float(v) if kind is float else v for v in value)
         return value
 
+    expected = f"a {'non-empty ' if nonempty else ''}list of {item_text}"
+
     def validate(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        expected = f"a {'non-empty ' if nonempty else ''}list of {item_text}"
         if not isinstance(value, tuple) or (nonempty and not value):
             raise ParamError(attribute.name, expected, value)
         if len(value) > LIST_LIMIT:
@@ -188,7 +207,7 @@ def list_param(
         factory=lambda: tuple(default),
         converter=convert,
         validator=validate,
-        metadata={HELP: help},
+        metadata={HELP: help, EXPECTED: expected},
         kw_only=True,
     )
 
@@ -205,7 +224,7 @@ def entry_param(kind: str, default: Any = None, *, optional: bool = True, help: 
     return attrs.field(
         default=default,
         validator=validate,
-        metadata={HELP: help, ENTRY_KIND: kind},
+        metadata={HELP: help, ENTRY_KIND: kind, EXPECTED: f"the name of a {kind[:-1]} entry or an inline table"},
         kw_only=True,
     )
 
@@ -216,8 +235,9 @@ def entry_list_param(kind: str, default: Sequence[str] = (), *, nonempty: bool =
     def convert(value: Any) -> Any:
         return list(value) if isinstance(value, tuple) else value
 
+    expected = f"a {'non-empty ' if nonempty else ''}list of {kind[:-1]} entry names or inline tables"
+
     def validate(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        expected = f"a {'non-empty ' if nonempty else ''}list of {kind[:-1]} entry names or inline tables"
         if not isinstance(value, list) or (nonempty and not value):
             raise ParamError(attribute.name, expected, value)
         if len(value) > LIST_LIMIT:
@@ -229,7 +249,7 @@ def entry_list_param(kind: str, default: Sequence[str] = (), *, nonempty: bool =
         factory=lambda: list(default),
         converter=convert,
         validator=validate,
-        metadata={HELP: help, ENTRY_KIND: kind, ENTRY_LIST: True},
+        metadata={HELP: help, ENTRY_KIND: kind, ENTRY_LIST: True, EXPECTED: expected},
         kw_only=True,
     )
 
@@ -275,3 +295,29 @@ def with_current_names(cls: type, params: dict[str, Any], *, where: str) -> tupl
             current[new] = current.pop(old)
             written[new] = old
     return current, written
+
+
+def toml_text(value: Any) -> str:
+    """A default as a registry file would write it (true, [1, 2], "text"); none for a missing value."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_text(item) for item in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def parameter_help(cls: type) -> list[str]:
+    """One line per parameter of a component: name, what a value must be, its default or "required", its help."""
+    lines = []
+    for name, field in parameter_fields(cls).items():
+        default: Any = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # attrs types Factory loosely
+            default = default.factory()
+        given = "required" if default is _NOTHING else f"default {toml_text(default)}"
+        text = field.metadata.get(HELP, "")
+        lines.append(f"{name}: {field.metadata.get(EXPECTED, 'any value')}; {given}" + (f". {text}" if text else ""))
+    return lines

@@ -6,7 +6,6 @@ from typing import Any
 
 import attrs
 import torch
-from tqdm.auto import tqdm
 
 from advbayes.batches import Batches
 from advbayes.checks import Finding, evaluation_findings, warn
@@ -15,6 +14,7 @@ from advbayes.engine.building import RunParts
 from advbayes.engine.checkpoints import Checkpoints, set_rng_state
 from advbayes.engine.distributed import total
 from advbayes.errors import RunError
+from advbayes.progress import progress_bar
 from advbayes.results import EvalRecord, eps_label
 from advbayes.stochastic import is_stochastic, predict, predict_repeated
 
@@ -94,43 +94,38 @@ class Evaluator:
         figures: dict[str, Any] = {}
         attack_records: list[EvalRecord] = []
         measured = eps_values if attack_base.uses_eps else eps_values[:1]
-        bar = tqdm(
-            total=len(test) * len(measured),
-            unit="img",
-            desc=f"{self.parts.label} {label}",
-            disable=not self.parts.progress,
-            dynamic_ncols=True,
-        )
-        for eps in measured:
-            if attack_base.uses_eps:
-                bar.set_description(f"{self.parts.label} {label} eps {eps:g}")
-            attack = attrs.evolve(
-                attack_base,
-                eps=eps,
-                value_range=self.parts.dataset.value_range,
-                inference_samples=inference_samples,
-                prediction_average=self.parts.defense.prediction_average,
-            )
-            states = {name: metric.create().to(self.parts.device) for name, metric in metrics}
-            values, metric_figures, (l2_sum, linf_max, count, zero_share) = self.measure(
-                net, test, attack, eps, states, bar, inference_samples
-            )
-            figures.update({f"{metric}/{eps_label(eps)}/{file}": f for (metric, file), f in metric_figures.items()})
-            for reported in [eps] if attack_base.uses_eps else eps_values:
-                attack_records.append(
-                    EvalRecord(
-                        attack_label=label,
-                        eps=reported,
-                        metrics=values,
-                        attack_samples=attack.attack_samples,
-                        inference_samples=inference_samples,
-                        mean_l2=l2_sum / max(count, 1),
-                        max_linf=linf_max,
-                        examples=count,
-                        diagnostics={"zero_grad_share": zero_share},
-                    )
+        with progress_bar(
+            len(test) * len(measured), "img", f"{self.parts.label} {label}", enabled=self.parts.progress
+        ) as bar:
+            for eps in measured:
+                if attack_base.uses_eps:
+                    bar.set_description(f"{self.parts.label} {label} eps {eps:g}")
+                attack = attrs.evolve(
+                    attack_base,
+                    eps=eps,
+                    value_range=self.parts.dataset.value_range,
+                    inference_samples=inference_samples,
+                    prediction_average=self.parts.defense.prediction_average,
                 )
-        bar.close()
+                states = {name: metric.create().to(self.parts.device) for name, metric in metrics}
+                values, metric_figures, (l2_sum, linf_max, count, zero_share) = self.measure(
+                    net, test, attack, eps, states, bar, inference_samples
+                )
+                figures.update({f"{metric}/{eps_label(eps)}/{file}": f for (metric, file), f in metric_figures.items()})
+                for reported in [eps] if attack_base.uses_eps else eps_values:
+                    attack_records.append(
+                        EvalRecord(
+                            attack_label=label,
+                            eps=reported,
+                            metrics=values,
+                            attack_samples=attack.attack_samples,
+                            inference_samples=inference_samples,
+                            mean_l2=l2_sum / max(count, 1),
+                            max_linf=linf_max,
+                            examples=count,
+                            diagnostics={"zero_grad_share": zero_share},
+                        )
+                    )
         return attack_records, figures
 
     def evaluate_model(self, net: torch.nn.Module, test: Batches) -> tuple[dict[str, float], dict[str, Any]]:

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from advbayes.batches import Batches
 from advbayes.components import LossOutput, TrainContext
@@ -21,6 +20,7 @@ from advbayes.losses import mean_cross_entropy
 from advbayes.posterior import WIDTH_KEY, ConvergenceVerdict, convergence_verdict, width_statistics
 from advbayes.posterior.convergence import relative_change
 from advbayes.posterior.optimizers import OptimizerSteps, make_optimizer
+from advbayes.progress import progress_bar
 from advbayes.stochastic import as_sampled
 
 STEPS_PER_CHECK = 10  # the loss is synced to the host (finite? progress text) every this many steps
@@ -56,45 +56,37 @@ def train_epochs(
         sums: dict[str, torch.Tensor] = {}
         seen = 0
         started = time.perf_counter()
-        bar = tqdm(
-            total=len(train),
-            unit="img",
-            desc=f"{label} epoch {epoch + 1}/{epochs}",
-            disable=not progress,
-            leave=True,
-            dynamic_ncols=True,
-        )
-        for step, (x, y) in enumerate(train.iterate(batch_size, shuffle=True, generator=generator)):
-            if context is not None:
-                context.step += 1
-            with optimizer.sampling():
-                output = loss(net, (x, y))
-                optimizer.zero_grad()
-                output.loss.backward()
-            optimizer.step()
-            batch = len(y)
-            seen += batch
-            for key, value in {"loss": output.loss, **output.parts}.items():
-                value = torch.as_tensor(value).detach().float()
-                sums[key] = sums.get(key, 0.0) + value * batch
-            bar.update(batch)
-            if step % STEPS_PER_CHECK == 0:
-                loss_now = float(output.loss.detach())
-                if not math.isfinite(loss_now):
-                    raise RunError(f"training diverged: loss is {loss_now} at epoch {epoch + 1}, step {step + 1}")
-                rate = seen / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix_str(short_postfix(sums, seen, rate), refresh=False)
-        elapsed = time.perf_counter() - started
-        metrics = {k: float(v) / max(seen, 1) for k, v in sums.items()}
-        if not math.isfinite(metrics.get("loss", 0.0)):
-            raise RunError(f"training diverged: mean loss is {metrics['loss']} in epoch {epoch + 1}")
-        metrics.update(width_statistics(net))  # empty for a network without Gaussian weights
-        metrics["images_per_s"] = seen / max(elapsed, 1e-9)
-        metrics["epoch_seconds"] = elapsed
-        if reduce is not None:  # a distributed run: the means of whole batches, not of this rank's shards
-            metrics = reduce(metrics)
-        bar.close()
-        if not progress and announce:
+        with progress_bar(len(train), "img", f"{label} epoch {epoch + 1}/{epochs}", enabled=progress) as bar:
+            for step, (x, y) in enumerate(train.iterate(batch_size, shuffle=True, generator=generator)):
+                if context is not None:
+                    context.step += 1
+                with optimizer.sampling():
+                    output = loss(net, (x, y))
+                    optimizer.zero_grad()
+                    output.loss.backward()
+                optimizer.step()
+                batch = len(y)
+                seen += batch
+                for key, value in {"loss": output.loss, **output.parts}.items():
+                    value = torch.as_tensor(value).detach().float()
+                    sums[key] = sums.get(key, 0.0) + value * batch
+                bar.update(batch)
+                if step % STEPS_PER_CHECK == 0:
+                    loss_now = float(output.loss.detach())
+                    if not math.isfinite(loss_now):
+                        raise RunError(f"training diverged: loss is {loss_now} at epoch {epoch + 1}, step {step + 1}")
+                    rate = seen / max(time.perf_counter() - started, 1e-9)
+                    bar.set_postfix_str(short_postfix(sums, seen, rate), refresh=False)
+            elapsed = time.perf_counter() - started
+            metrics = {k: float(v) / max(seen, 1) for k, v in sums.items()}
+            if not math.isfinite(metrics.get("loss", 0.0)):
+                raise RunError(f"training diverged: mean loss is {metrics['loss']} in epoch {epoch + 1}")
+            metrics.update(width_statistics(net))  # empty for a network without Gaussian weights
+            metrics["images_per_s"] = seen / max(elapsed, 1e-9)
+            metrics["epoch_seconds"] = elapsed
+            if reduce is not None:  # a distributed run: the means of whole batches, not of this rank's shards
+                metrics = reduce(metrics)
+        if announce and not (progress and sys.stderr.isatty()):  # a terminal's bar shows it; logs get the line
             # the posterior's width per layer kind goes to MLflow; the line keeps the overall mean and quantiles
             parts = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.count("/") < 2)
             print(f"{label} epoch {epoch + 1}/{epochs}: {parts}", file=sys.stderr)

@@ -1,0 +1,55 @@
+"""Progress without a terminal: a line at least every PROGRESS_SECONDS with what runs, the batch and the time left."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+
+import pytest
+
+import advbayes
+import advbayes.progress
+from advbayes.progress import LineProgress, clock_text
+
+
+def test_clock_text_reads_as_minutes_and_hours() -> None:
+    assert [clock_text(s) for s in (0, 59.6, 61, 3600 + 62)] == ["0:00", "1:00", "1:01", "1:01:02"]
+
+
+def test_a_line_comes_every_period_even_while_one_batch_runs_and_none_after_close() -> None:
+    out = io.StringIO()
+    with LineProgress(total=100, unit="img", desc="quickstart/standard pgd-20 eps 0.1", every=0.05, stream=out) as bar:
+        bar.update(25)  # one batch of 25 done; the second one runs for a while
+        time.sleep(0.3)
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 3  # several lines while no batch finished: the timer reports, not the update
+    pattern = r"^quickstart/standard pgd-20 eps 0.1: batch 2, 25/100 img \(25 %\) done, 0:00 elapsed, about 0:0\d left$"
+    assert all(re.match(pattern, line) for line in lines), lines
+    time.sleep(0.15)
+    assert out.getvalue().splitlines() == lines  # closed: silent
+
+
+def test_the_time_left_is_the_rate_so_far_applied_to_what_remains(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(advbayes.progress.time, "monotonic", lambda: now[0])
+    bar = LineProgress(total=1000, unit="img", desc="d", every=3600, stream=io.StringIO())
+    try:
+        assert bar.line().endswith("time left unknown")
+        bar.update(250)
+        now[0] += 60  # 250 images in a minute: 750 more take three
+        assert bar.line() == "d: batch 2, 250/1000 img (25 %) done, 1:00 elapsed, about 3:00 left"
+    finally:
+        bar.close()
+
+
+def test_without_a_terminal_a_run_reports_in_lines_and_with_progress_off_says_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(advbayes.progress, "PROGRESS_SECONDS", 0.01)
+    advbayes.run("moons", track=False, progress=True, epochs=1, **{"dataset.test_size": 2000})
+    err = capsys.readouterr().err
+    assert re.search(r"moons/standard seed 0 none: batch \d+, \d+/2000 img", err), err[-2000:]
+    assert "moons/standard seed 0 epoch 1/1: loss" in err  # the epoch's summary line as well
+    advbayes.run("moons", track=False, progress=False, epochs=1)
+    assert "batch" not in capsys.readouterr().err
