@@ -81,3 +81,24 @@ def test_a_failed_command_is_never_kept(tmp_path: Path) -> None:
     out, seen = advbayes(tmp_path, "show", "no-such-entry")
     assert seen["code"] == 2 and out == ""
     assert not list((tmp_path / "cache").glob("*.out"))
+
+
+@pytest.mark.slow  # fresh processes that import torch: seconds each
+def test_the_cache_sees_an_edit_that_keeps_size_and_mtime_and_the_equals_spelling(tmp_path: Path) -> None:
+    registry = tmp_path / "mine.toml"
+    registry.write_text('[experiments.mine]\nextends = "quickstart"\ndescription = "first"\n')
+    stamp = registry.stat()
+    for spelling in (("--registry", str(registry)), (f"--registry={registry}",)):
+        first, _ = advbayes(tmp_path, "list", "experiments", *spelling)
+        assert "  mine  first" in first
+    registry.write_text('[experiments.mine]\nextends = "quickstart"\ndescription = "fresh"\n')  # same size
+    os.utime(registry, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # as cp -p, touch -r, rsync -t leave it
+    assert registry.stat().st_size == stamp.st_size and registry.stat().st_mtime_ns == stamp.st_mtime_ns
+    for spelling in (("--registry", str(registry)), (f"--registry={registry}",)):
+        changed, seen = advbayes(tmp_path, "list", "experiments", *spelling)
+        assert "  mine  fresh" in changed and "torch" in seen["heavy"], spelling  # recomputed, not the old answer
+
+
+def test_an_argument_too_long_for_a_file_name_is_one_error_line(tmp_path: Path) -> None:
+    out, seen = advbayes(tmp_path, "show", "x" * 300)
+    assert seen["code"] == 2 and out == ""

@@ -2,8 +2,9 @@
 
 Both validate every registry entry against the registered components, which imports torch, torchmetrics and every
 plugin's modules (about 4 s on a laptop-class CPU). Their answer changes only when code, a registry file, the
-installed packages or the plugin selection change, so it is kept, keyed on all of those, and printed again in
-milliseconds. A command that failed or wrote to stderr (a warning) is never kept.
+installed packages or the plugin selection change, so it is kept, keyed on all of those (files by the hash of
+their contents, never by mtime or by how an argument spells them), and printed again in milliseconds. A command
+that failed or wrote to stderr (a warning) is never kept.
 """
 
 from __future__ import annotations
@@ -37,11 +38,33 @@ def cache_dir() -> Path:
 
 
 def _stat_line(path: Path) -> str:
+    """A directory's identity: its mtime changes when a distribution is installed into it or removed from it."""
     try:
         st = path.stat()
     except OSError:
         return f"{path} absent"
     return f"{path} {st.st_mtime_ns} {st.st_size}"
+
+
+def _content_line(path: Path) -> str:
+    """A file's identity by its contents: an edit that keeps size and mtime (cp -p, touch -r) still changes it."""
+    try:
+        return f"{path} {hashlib.sha256(path.read_bytes()).hexdigest()}"
+    except OSError:  # absent, a directory, a name too long for the system: nothing to read
+        return f"{path} absent"
+
+
+def _named_files(args: Sequence[str]) -> list[Path]:
+    """Every argument that names a file, in either spelling (`--registry x.toml`, `--registry=x.toml`)."""
+    found = []
+    for arg in args:
+        for candidate in {arg, arg.partition("=")[2]} - {""}:
+            try:
+                if Path(candidate).is_file():
+                    found.append(Path(candidate).resolve())
+            except (OSError, ValueError):  # ENAMETOOLONG, a NUL byte: not a file
+                continue
+    return found
 
 
 def _package_files(module: str) -> Iterator[Path]:
@@ -78,12 +101,12 @@ def cache_key(args: Sequence[str]) -> str | None:
         lines.append(f"{entry_point.name}={entry_point.value} {version}")
         modules.append(entry_point.module)
     for module in sorted(set(modules)):
-        lines += [_stat_line(path) for path in _package_files(module)]
+        lines += [_content_line(path) for path in _package_files(module)]
     # Registry files: the plugins' (loading plugins is cheap: they import their components only when asked),
     # ./registry.toml, and every argument that names a file (--registry).
-    lines += [_stat_line(path.resolve()) for _plugin, path in get_plugin_manager().registry_paths()]
-    lines.append(_stat_line(Path("registry.toml").resolve()))
-    lines += [_stat_line(Path(a).resolve()) for a in args if Path(a).is_file()]
+    lines += [_content_line(path.resolve()) for _plugin, path in get_plugin_manager().registry_paths()]
+    lines.append(_content_line(Path("registry.toml").resolve()))
+    lines += [_content_line(path) for path in _named_files(args)]
     return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
