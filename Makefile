@@ -10,10 +10,11 @@ STAMP := $(VENV)/.advbayes-installed
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) examples/my-defense-plugin/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "advbayes needs Python 3.10 or newer"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch and torchvision as a matched pair from the package index (loose lower bounds).
-	$(BIN)/python -m pip install --quiet "torch>=2.2" "torchvision>=0.17"
-	$(BIN)/python -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGIN_DIRS),-e ./$(p)) -e ./examples/my-defense-plugin
+	# uv (from PyPI) resolves and installs everything in one step, in parallel, and keeps build logs quiet.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.4"
+	# torch and torchvision resolved together as a matched pair from the package index (loose lower bounds).
+	$(BIN)/uv pip install --quiet --python $(BIN)/python "torch>=2.2" "torchvision>=0.17" \
+		-e ".[test]" $(foreach p,$(PLUGIN_DIRS),-e ./$(p)) -e ./examples/my-defense-plugin
 	touch $@
 
 install: $(STAMP)
@@ -28,13 +29,16 @@ lint: install
 	$(BIN)/python -m ruff format --check $(LINTED)
 	$(BIN)/python -m mypy
 
+# The suite runs on every core (pytest-xdist; TEST_WORKERS=1 runs it serially).
+TEST_WORKERS ?= auto
+
 test: install lint
-	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # The core of the suite without the tests marked slow (real trainings, official-implementation comparisons,
 # fresh processes) or server (a real mlflow server): for the edit-test loop. CI runs `make test`.
 test-fast: install
-	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -m "not slow and not server"
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow and not server"
 
 clean:
 	rm -rf $(VENV) build dist core/*.egg-info plugins/*/*.egg-info

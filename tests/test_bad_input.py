@@ -155,6 +155,24 @@ def test_an_eps_in_the_wrong_units_is_refused_before_any_work(
     assert_one_clear_line(code, output, isolated_cwd, expected)
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["list", "bogus"], "'bogus' is not one of 'datasets'"),
+        (
+            ["ui", "--port", "0"],
+            "Invalid value for '--port': 0 is not in the range 1<=x<=65535. (see cli ui --help)",
+        ),
+        (["show", "--"], "Missing argument 'ENTRY'. (see cli show --help)"),
+        (["run", "--nope"], "No such option '--nope'"),
+        (["show", "x", "--registry", "."], "Invalid value for '--registry'"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_help_to_read(isolated_cwd: Path, args: list[str], expected: str) -> None:
+    code, output = invoke(*args)
+    assert_one_clear_line(code, output, isolated_cwd, expected)
+
+
 def test_an_infinite_value_is_accepted_where_a_field_means_it() -> None:
     from advbayes.registry import load_registry
 

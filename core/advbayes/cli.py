@@ -60,6 +60,26 @@ class AdvbayesGroup(click.Group):
         self.add_plugin_commands()
         return super().list_commands(ctx)
 
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """click's main, with a usage error as one `Error:` line naming the command's --help (click prints the
+        usage block, a hint and the error on three)."""
+        run_click: Any = super().main  # typed by click as never returning, which holds only in standalone mode
+        if not standalone_mode:
+            return run_click(*args, standalone_mode=False, **kwargs)
+        try:
+            result = run_click(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "advbayes"
+            click.echo(f"Error: {one_line(exc.format_message())} (see {where} --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"Error: {one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)  # ctx.exit(code) comes back as the code
+
     def invoke(self, ctx: click.Context) -> Any:
         warnings.showwarning = _show_warning
         # MLflow prints a "View run ... at: URL" line to stdout for every run closed on a server store: it would
