@@ -46,10 +46,12 @@ def test_the_time_left_is_the_rate_so_far_applied_to_what_remains(monkeypatch: p
 def test_without_a_terminal_a_run_reports_in_lines_and_with_progress_off_says_nothing(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(advbayes.progress, "PROGRESS_SECONDS", 0.01)
-    advbayes.run("moons", track=False, progress=True, epochs=1, **{"dataset.test_size": 2000})
+    monkeypatch.setattr(advbayes.progress, "PROGRESS_SECONDS", 0.001)  # a line every ms: the evaluation is quick
+    advbayes.run(
+        "moons", track=False, progress=True, epochs=1, attacks=["fgsm"], eps=[0.1, 0.2], **{"dataset.test_size": 2000}
+    )
     err = capsys.readouterr().err
-    assert re.search(r"moons/standard seed 0 none: batch \d+, \d+/2000 img", err), err[-2000:]
+    assert re.search(r"moons/standard seed 0 fgsm eps 0.\d: batch \d+, \d+/4000 img", err), err[-2000:]
     assert "moons/standard seed 0 epoch 1/1: loss" in err  # the epoch's summary line as well
     advbayes.run("moons", track=False, progress=False, epochs=1)
     assert "batch" not in capsys.readouterr().err

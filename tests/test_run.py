@@ -526,8 +526,13 @@ def test_ctrl_c_without_tracking_prints_the_attacks_that_finished(monkeypatch: p
     assert message.startswith("no tracked run was open")
 
 
-def test_progress_names_the_defense_and_eps_and_keeps_the_postfix_short(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_names_the_defense_and_eps_and_keeps_the_postfix_short(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import advbayes.progress
     from advbayes.engine.training import short_postfix
+
+    monkeypatch.setattr(advbayes.progress, "on_terminal", lambda: True)  # bars as a terminal shows them
 
     sums = {
         "loss": torch.tensor(20.0),

@@ -74,10 +74,15 @@ class LineProgress:
         self._timer.join(timeout=self.every)
 
 
+def on_terminal() -> bool:
+    """Whether stderr is a terminal (a bar redraws in place there; anywhere else it would fill the log)."""
+    return sys.stderr.isatty()
+
+
 def progress_bar(total: int, unit: str, desc: str, *, enabled: bool, leave: bool = True) -> Any:
     """A tqdm bar on a terminal, LineProgress when stderr is not one, a silent bar when progress is off."""
     from tqdm.auto import tqdm
 
-    if enabled and not sys.stderr.isatty():
+    if enabled and not on_terminal():
         return LineProgress(total, unit, desc)
     return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, leave=leave, dynamic_ncols=True)

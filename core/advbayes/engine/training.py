@@ -20,7 +20,7 @@ from advbayes.losses import mean_cross_entropy
 from advbayes.posterior import WIDTH_KEY, ConvergenceVerdict, convergence_verdict, width_statistics
 from advbayes.posterior.convergence import relative_change
 from advbayes.posterior.optimizers import OptimizerSteps, make_optimizer
-from advbayes.progress import progress_bar
+from advbayes.progress import on_terminal, progress_bar
 from advbayes.stochastic import as_sampled
 
 STEPS_PER_CHECK = 10  # the loss is synced to the host (finite? progress text) every this many steps
@@ -86,7 +86,7 @@ def train_epochs(
             metrics["epoch_seconds"] = elapsed
             if reduce is not None:  # a distributed run: the means of whole batches, not of this rank's shards
                 metrics = reduce(metrics)
-        if announce and not (progress and sys.stderr.isatty()):  # a terminal's bar shows it; logs get the line
+        if announce and not (progress and on_terminal()):  # a terminal's bar shows it; logs get the line
             # the posterior's width per layer kind goes to MLflow; the line keeps the overall mean and quantiles
             parts = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.count("/") < 2)
             print(f"{label} epoch {epoch + 1}/{epochs}: {parts}", file=sys.stderr)
