@@ -212,6 +212,7 @@ def test_autoattack_on_a_deterministic_defense_is_the_worst_case_of_its_parts() 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("batched_draws")  # an end-to-end run: no timing race per model
 def test_autoattack_rand_on_a_bnn_reports_the_all_r_accuracy_with_the_mean_over_r_beside_it() -> None:
     result = advbayes.run(
         "quickstart",

@@ -441,6 +441,7 @@ def test_a_tampered_checkpoint_runs_no_code_on_resume(store: str, tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("batched_draws")  # four processes end to end: no timing race per model
 def test_four_runs_started_at_once_in_a_fresh_directory_all_finish(isolated_cwd: Path) -> None:
     """The embedded store is created and migrated once, under a file lock; the others wait for it."""
     import subprocess

@@ -16,6 +16,8 @@ from advbayes.errors import RegistryError
 from advbayes.registry import load_registry
 from advbayes.sweep import COMBINATION_TAG, SWEEP_ID_TAG, SweepError, parse_grid_option, plan_sweep, split_values
 
+pytestmark = pytest.mark.usefixtures("batched_draws")  # end-to-end runs: no timing race per model
+
 
 def sweep(args: list[str]) -> tuple[int, str, str]:
     """The CLI in this process: (exit code, stdout, stderr)."""

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "assert_one_clear_error",
+    "batched_draws",
     "build_entry",
     "create_plugin_manager",
     "draw_network",
@@ -64,6 +65,14 @@ def isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     reset_plugin_manager()
     yield tmp_path
     reset_plugin_manager()
+
+
+@pytest.fixture
+def batched_draws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stochastic model runs its S draws in one pass (ADVBAYES_STRATEGY=batched, inherited by worker
+    processes): for tests that check an experiment runs end to end, where the auto strategy's timing race would
+    only add seconds per model; the race itself is tested on its own."""
+    monkeypatch.setenv("ADVBAYES_STRATEGY", "batched")
 
 
 @pytest.fixture
