@@ -90,3 +90,39 @@ def test_clean_accuracy_shows_for_every_run_whatever_its_eps_list(
     assert lines[0].rstrip().endswith("none"), table.output  # one clean column, not one per eps
     for line, value in zip(lines[2:4], reversed(clean)):  # newest first
         assert line.rstrip().endswith("]") and f" {value:.4f} [" in line, table.output
+
+
+def test_the_ui_gets_accuracy_as_a_series_over_eps_line_charts_and_runs_grouped_by_setting(store: str) -> None:
+    from mlflow import MlflowClient
+
+    from advbayes.tracking.view import GROUP_TAG, VIEW_TAG
+
+    pm = create_plugin_manager()
+    attacked = {"attacks": ["none", "fgsm"], "eps": [0.05, 0.2], "epochs": 1}
+    by_lr = {
+        lr: advbayes.run("moons", tracking_uri=store, pm=pm, seeds=[0, 1], lr=lr, **attacked) for lr in (0.05, 0.001)
+    }
+    client = MlflowClient(store)
+    for group in by_lr.values():
+        for result in group.results:
+            history = client.get_metric_history(result.run_id, "fgsm/accuracy")
+            assert sorted((m.step, m.value) for m in history) == [  # step = eps x 1000
+                (50, result.table()["fgsm"][0.05]),
+                (200, result.table()["fgsm"][0.2]),
+            ]
+            assert {m.step for m in client.get_metric_history(result.run_id, "fgsm/accuracy_ci_low")} == {50, 200}
+    experiment = client.get_experiment_by_name("moons").experiment_id
+    parents = client.search_runs([experiment], "tags.`advbayes.role` = 'parent'")
+    tags = {r.info.run_id: r.data.tags[GROUP_TAG] for r in parents}
+    for lr, group in by_lr.items():  # the seeds of one lr share a group; the two lrs never do
+        assert {tags[r.run_id] for r in group.results} == {f"standard lr={lr}"}
+    view = json.loads(client.get_experiment_by_name("moons").tags[VIEW_TAG])
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": GROUP_TAG}]
+    assert view["groupBy"]["aggregateFunction"] == "average" and view["useGroupedValuesInCharts"] is True
+    (chart,) = view["compareRunCharts"]
+    assert (chart["type"], chart["metricKey"], chart["xAxisKey"], chart["range"]) == (
+        "LINE",
+        "fgsm/accuracy",
+        "step",
+        {"yMin": 0, "yMax": 1},
+    )

@@ -63,7 +63,7 @@ def test_ui_shows_the_runs_of_a_tracked_experiment_in_its_runs_view(isolated_cwd
         assert metrics == ["none/accuracy/eps_0.1000", "fgsm/accuracy/eps_0.1000", "fgsm/accuracy/eps_0.2000"]
         assert all(all(key in r.data.metrics for key in metrics) for r in runs)
         charts = view["compareRunCharts"]  # one chart per attack measured at several eps, in the first section
-        assert [(c["type"], c["selectedMetrics"]) for c in charts] == [("PARALLEL", metrics[1:])]
+        assert [(c["type"], c["metricKey"], c["xAxisKey"]) for c in charts] == [("LINE", "fgsm/accuracy", "step")]
         assert [section["uuid"] for section in view["compareRunSections"]] == [charts[0]["metricSectionId"]]
         assert runs[0].data.metrics["none/accuracy/eps_0.1000"] == group.results[-1].table()["none"][0.1]
     finally:

@@ -51,6 +51,14 @@ def eps_label(eps: float) -> str:
     return f"eps_{eps:.4f}"
 
 
+EPS_STEPS = 1000  # a metric's series over eps is logged at step = eps x 1000 (MLflow's steps are integers)
+
+
+def eps_step(eps: float) -> int:
+    """The MLflow step of `eps` in a metric's series over eps: eps in thousandths (0.1 -> 100, 8/255 -> 31)."""
+    return round(eps * EPS_STEPS)
+
+
 def metric_names(records: Iterable[EvalRecord]) -> list[str]:
     """Metric names in first-seen order, without the interval companions (<name>_ci_low, _ci_high, _n)."""
     names: dict[str, None] = {}

@@ -34,7 +34,7 @@ else:  # pragma: no cover
 
 from advbayes.errors import RunError, error_text
 from advbayes.hookspecs import hookimpl
-from advbayes.results import eps_label, metric_names, to_csv
+from advbayes.results import eps_label, eps_step, metric_names, to_csv
 
 if TYPE_CHECKING:
     from advbayes.results import EvalRecord, RunResult
@@ -173,6 +173,9 @@ def evaluation_finished(run: Any, attack_label: str, records: Sequence[EvalRecor
     for step, record in enumerate(sorted(records, key=lambda r: r.eps)):  # eps-ordered series for charts
         _log_metrics(client, child_id, {**record.metrics, "eps": record.eps}, step=step)
     _log_metrics(client, parent_id, parent_metrics)
+    for record in records:  # each metric as a series over eps on the parent: the UI's line charts draw it
+        series = {f"{attack_label}/{key}": value for key, value in record.metrics.items()}
+        _log_metrics(client, parent_id, series, step=eps_step(record.eps))
     for path, figure in figures.items():
         _log_figure(client, child_id, figure, f"figures/{path}")
     client.set_terminated(child_id, status="FINISHED")

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from advbayes.results import EPS_STEPS, eps_label
 from advbayes.tracking.store import experiment_lock, set_changed_tags, sqlite_path, store_lock
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
-
-from advbayes.results import eps_label
 
 if TYPE_CHECKING:
     from advbayes.results import EvalRecord
@@ -50,42 +43,71 @@ def headline_columns(records: Sequence[EvalRecord]) -> list[str]:
 
 
 CHART_SECTION = "advbayes-robust-accuracy"
+GROUP_TAG = "advbayes.group"  # what the UI groups runs by: a defense and the settings that set it apart
 
 
 def robust_accuracy_charts(columns: Sequence[str]) -> dict[str, Any]:
-    """The charts view of the saved view: a section first in line with one chart per attack measured at several
-    eps, each run a line through its accuracy at every eps (MLflow's parallel-coordinates chart: each axis
-    scales on its own). MLflow's own charts (training curves, one bar per metric key) follow it."""
-    by_attack: dict[str, list[str]] = {}
+    """The charts view of the saved view: a section first in line with one line chart per attack measured at
+    several eps, robust accuracy against eps (the series `ATTACK/accuracy` at step = eps x 1000) on a fixed
+    [0, 1] axis, runs grouped by GROUP_TAG so a group's seeds draw as their mean line and band. MLflow's own
+    charts (training curves, one bar per metric key) follow it."""
+    by_attack: dict[str, int] = {}
     for column in columns:
         if column.startswith("metrics.`") and "/accuracy/eps_" in column:
-            key = column[len("metrics.`") : -1]
-            by_attack.setdefault(key.split("/accuracy/")[0], []).append(key)
+            attack = column[len("metrics.`") : -1].split("/accuracy/")[0]
+            by_attack[attack] = by_attack.get(attack, 0) + 1
     charts = [
         {
             "uuid": f"advbayes-{attack}",
-            "type": "PARALLEL",
-            "runsCountToCompare": 10,
+            "type": "LINE",
+            "runsCountToCompare": 100,
             "metricSectionId": CHART_SECTION,
             "deleted": False,
             "isGenerated": False,
-            "displayName": f"{attack}: accuracy per eps",
-            "selectedParams": [],
-            "selectedMetrics": keys,
-            "showAllRuns": True,
+            "displayName": f"{attack}: accuracy against eps (x-axis: eps x {EPS_STEPS})",
+            "metricKey": f"{attack}/accuracy",
+            "selectedMetricKeys": [f"{attack}/accuracy"],
+            "xAxisKey": "step",
+            "useGlobalXaxisKey": False,
+            "xAxisScaleType": "linear",
+            "scaleType": "linear",
+            "lineSmoothness": 0,
+            "useGlobalLineSmoothing": False,
+            "displayPoints": True,
+            "range": {"yMin": 0, "yMax": 1},
         }
-        for attack, keys in by_attack.items()
-        if len(keys) > 1
+        for attack, count in by_attack.items()
+        if count > 1
     ]
     section = {
         "uuid": CHART_SECTION,
-        "name": "Robust accuracy per eps",
+        "name": "Robust accuracy against eps",
         "display": True,
         "isReordered": False,
         "deleted": False,
         "isGenerated": False,
     }
-    return {"compareRunCharts": charts, "compareRunSections": [section], "isAccordionReordered": True} if charts else {}
+    grouping = {
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": GROUP_TAG}]},
+        "useGroupedValuesInCharts": True,
+    }
+    if not charts:
+        return grouping
+    return {"compareRunCharts": charts, "compareRunSections": [section], "isAccordionReordered": True, **grouping}
+
+
+def update_run_groups(client: Any, experiment: str) -> None:
+    """Tag every parent run with its group (tracking/settings.py: the defense with the settings that tell it
+    apart from the other runs of that defense), the key the UI groups seeds by; call it under experiment_lock."""
+    from advbayes.tracking.settings import group_label, varied_settings
+    from advbayes.tracking.store import PARENT_ROLE, ROLE_TAG
+
+    runs = client.search_runs([experiment], filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'", max_results=5000)
+    varied = varied_settings(runs)
+    for run in runs:
+        label = group_label(run, varied)
+        if run.data.tags.get(GROUP_TAG) != label:
+            client.set_tag(run.info.run_id, GROUP_TAG, label)
 
 
 def update_runs_view(client: Any, experiment: str, metric_keys: Sequence[str]) -> None:
@@ -107,6 +129,7 @@ def update_runs_view(client: Any, experiment: str, metric_keys: Sequence[str]) -
         state.update(selectedColumns=columns, columnOrder=columns, columnWidths=widths)
         state.update(robust_accuracy_charts(columns))
         set_changed_tags(client, experiment, {VIEW_TAG: json.dumps(state)})
+        update_run_groups(client, experiment)
 
 
 def experiment_id(client: Any, name: str, description: str = "") -> str:
