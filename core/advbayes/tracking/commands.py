@@ -61,6 +61,8 @@ def add_commands(cli: click.Group) -> None:
             "127.0.0.1",
             "--port",
             str(port),
+            "--workers",  # one person's browser: MLflow's default of 4 workers would take every core of a laptop
+            "1",
         ]
         os.execv(sys.executable, args)
 
