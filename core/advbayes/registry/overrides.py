@@ -4,6 +4,7 @@ experiment."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from advbayes.errors import RegistryError
@@ -23,6 +24,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise RegistryError(f"expected KEY=VALUE, got {text!r}", file=OVERRIDE_SOURCE)
+    odd = next((ch for ch in key if unicodedata.category(ch)[0] in "CZ"), None)  # control, format, separators
+    if odd is not None:
+        raise RegistryError(
+            f"a key holds no spaces, line breaks or control characters, got {key!r} (U+{ord(odd):04X})",
+            file=OVERRIDE_SOURCE,
+        )
     raw = raw.strip()
     try:
         tomllib.loads(f"value = {raw}")
