@@ -155,6 +155,14 @@ def test_an_eps_in_the_wrong_units_is_refused_before_any_work(
     assert_one_clear_line(code, output, isolated_cwd, expected)
 
 
+@pytest.mark.parametrize("key", ["ep\nochs", "ep\u2028ochs", "ep\u200bochs", "ep ochs", "ep\x00ochs"])
+def test_override_keys_with_line_breaks_spaces_or_control_characters_are_refused(
+    isolated_cwd: Path, no_work: None, key: str
+) -> None:
+    code, output = invoke("run", "moons", "--set", f"{key}=1")
+    assert_one_clear_line(code, output, isolated_cwd, "--set: a key holds no spaces, line breaks or control characters")
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -168,14 +176,6 @@ def test_an_eps_in_the_wrong_units_is_refused_before_any_work(
         (["show", "x", "--registry", "."], "Invalid value for '--registry'"),
     ],
 )
-@pytest.mark.parametrize("key", ["ep\nochs", "ep\u2028ochs", "ep\u200bochs", "ep ochs", "ep\x00ochs"])
-def test_override_keys_with_line_breaks_spaces_or_control_characters_are_refused(
-    isolated_cwd: Path, no_work: None, key: str
-) -> None:
-    code, output = invoke("run", "moons", "--set", f"{key}=1")
-    assert_one_clear_line(code, output, isolated_cwd, "--set: a key holds no spaces, line breaks or control characters")
-
-
 def test_usage_errors_are_one_line_naming_the_help_to_read(isolated_cwd: Path, args: list[str], expected: str) -> None:
     code, output = invoke(*args)
     assert_one_clear_line(code, output, isolated_cwd, expected)
