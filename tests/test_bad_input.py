@@ -614,3 +614,45 @@ def test_sqlite_busy_errors_are_retried_and_others_are_not(monkeypatch: pytest.M
     with pytest.raises(ValueError, match="no such experiment"):
         client.create_run()
     assert calls == ["create"]
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A port on 127.0.0.1 that accepts connections and never answers (a hung server): yields the port."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(listener.accept()[0])  # held open, never read or answered
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        thread.join(timeout=2)
+        for connection in accepted:
+            connection.close()
+        listener.close()
+
+
+def test_a_tracking_server_that_accepts_and_never_answers_is_one_line_within_seconds(
+    isolated_cwd: Path, no_work: None
+) -> None:
+    import time
+
+    with silent_server() as port:
+        started = time.monotonic()
+        code, output = invoke("run", "moons", "--tracking-uri", f"http://127.0.0.1:{port}")
+        elapsed = time.monotonic() - started
+    assert_one_clear_line(code, output, isolated_cwd, "accepts connections but gave no HTTP answer within 3 s")
+    assert elapsed < 15, elapsed

@@ -208,3 +208,13 @@ def test_a_sweep_on_two_ray_workers_tracks_to_an_mlflow_server_over_postgresql(t
             assert "metrics.`none/accuracy/eps_0.0000`" in view
         finally:
             stop(server)
+
+
+@pytest.mark.parametrize("address", ["localhost:0", "localhost", "ray://127.0.0.1"])
+def test_a_cluster_address_without_a_port_is_one_line_before_ray_starts(isolated_cwd: Path, address: str) -> None:
+    started = time.monotonic()
+    code, _out, err = sweep(["moons", "--grid", "seed=0,1", "--address", address])
+    assert code == 2 and time.monotonic() - started < 20
+    assert err.strip().splitlines() == [
+        f"Error: --address {address}: expected HOST:PORT with a port from 1 to 65535, or 'auto'"
+    ]

@@ -78,7 +78,7 @@ def absolute_store(uri: str) -> str:
 
 def probe_address(address: str) -> None:
     """A TCP connection to the cluster's host:port, so an unreachable --address fails in seconds, not after Ray's
-    minutes of retries ('auto' and addresses without a port are left to Ray)."""
+    minutes of retries; an address without a port (or port 0) is refused, since Ray would retry it for good."""
     if address == "auto":
         return
     parsed = urlparse(address if "://" in address else f"ray://{address}")
@@ -87,7 +87,7 @@ def probe_address(address: str) -> None:
     except ValueError:
         raise SweepError(f"--address {address}: the port is not a number from 1 to 65535") from None
     if not host or not port:
-        return
+        raise SweepError(f"--address {address}: expected HOST:PORT with a port from 1 to 65535, or 'auto'")
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
     except OSError as exc:

@@ -75,6 +75,26 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "m
 CONNECT_TIMEOUT = 3.0  # seconds; MLflow itself retries an unreachable server for minutes
 
 
+def check_answers(uri: str) -> None:
+    """An MLflow server answers its /health request within CONNECT_TIMEOUT: a port that accepts connections and
+    never answers (a hung server, something else listening) is an error now, not a run that hangs for minutes."""
+    import urllib.error
+    import urllib.request
+
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=CONNECT_TIMEOUT) as response:  # noqa: S310 - http(s) only
+            response.read(64)
+    except urllib.error.HTTPError:
+        return  # it answers HTTP (a proxy in front of MLflow may not route /health): MLflow's calls will tell
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RunError(
+            f"tracking store {uri} accepts connections but gave no HTTP answer within {CONNECT_TIMEOUT:g} s "
+            f"({reason or type(exc).__name__}); is an MLflow server running there? Or pass --no-track"
+        ) from None
+
+
 def check_store(uri: str, *, write: bool) -> None:
     """Fail fast, in one line, on a store that cannot work: an unknown scheme, a server nobody answers on, or (to
     write) a sqlite file whose directory is missing or read-only."""
@@ -100,6 +120,8 @@ def check_store(uri: str, *, write: bool) -> None:
                 f"tracking store {uri} is unreachable ({host}:{port}: {exc.strerror or type(exc).__name__}); start it, "
                 "or pass another --tracking-uri, or --no-track"
             ) from None
+        if scheme in ("http", "https"):
+            check_answers(uri)
     database = sqlite_path(uri)
     if database is None:
         return
