@@ -228,10 +228,11 @@ def preflight(name: str, variants: Sequence[Mapping[str, Any]], registry: Any, d
     """Every check above for each defense of the run (in the order they train), before any work."""
     probed: dict[str, MemoryModel] = {}
     trained: list[str] = []
+    if variants:  # the variants differ in defense and seed only: one eps check serves them all
+        check_eps(name, variants[0], registry)
     for spec in variants:
         defense = spec["defense"]["name"]
         check_model_sources(name, spec, registry, trained)
-        check_eps(name, spec, registry)
         if defense not in probed:
             probed[defense] = probe_network(name, spec, registry, device)
         check_memory(name, spec, registry, probed[defense], device)

@@ -44,16 +44,24 @@ def latest_per_defense(runs: Sequence[Any]) -> list[Any]:
     return sorted(chosen.values(), key=lambda r: r.info.start_time)
 
 
-def defense_group(run: Any, runs: Sequence[Any]) -> str:
-    """The defense with every setting that tells it apart from the other runs of its defense (never the seed)."""
-    return group_label(run, varied_settings(runs))
+def defense_groups(runs: Sequence[Any]) -> dict[str, str]:
+    """run id -> the defense with every setting that tells it apart from the other runs of its defense (never
+    the seed); the varied settings are found once for all the runs."""
+    varied = varied_settings(runs)
+    return {run.info.run_id: group_label(run, varied) for run in runs}
 
 
-def run_label(run: Any, runs: Sequence[Any]) -> str:
-    """The defense group, with the seed when the report holds several seeds of it."""
-    group = defense_group(run, runs)
-    seeds = {r.data.tags.get("advbayes.seed") for r in runs if defense_group(r, runs) == group}
-    return group if len(seeds) < 2 else f"{group} (seed {run.data.tags.get('advbayes.seed', '?')})"
+def run_labels(runs: Sequence[Any], groups: Mapping[str, str]) -> dict[str, str]:
+    """run id -> its defense group, with the seed when the report holds several seeds of that group."""
+    seeds: dict[str, set[str | None]] = {}
+    for run in runs:
+        seeds.setdefault(groups[run.info.run_id], set()).add(run.data.tags.get("advbayes.seed"))
+    labels = {}
+    for run in runs:
+        group = groups[run.info.run_id]
+        several = len(seeds[group]) > 1
+        labels[run.info.run_id] = f"{group} (seed {run.data.tags.get('advbayes.seed', '?')})" if several else group
+    return labels
 
 
 def read_results(client: Any, run_id: str, scratch: Path) -> list[dict[str, str]]:
@@ -163,9 +171,10 @@ def overlay_figures(
     folder: Path,
 ) -> list[str]:
     """The experiment's paper figures (one per metric, defenses overlaid, PNG and PDF) and their Markdown."""
-    labels = [run_label(r, runs) for r in runs]
+    groups = defense_groups(runs)
+    labels = run_labels(runs, groups)
     points = {
-        m: [p for r, label in zip(runs, labels) for p in points_of(r, results[label], m, defense_group(r, runs))]
+        m: [p for r in runs for p in points_of(r, results[labels[r.info.run_id]], m, groups[r.info.run_id])]
         for m in metrics
     }
     parts: list[str] = []
@@ -207,9 +216,11 @@ def experiment_section(store: StoreRuns, name: str, out: Path, figures_dir: Path
         f"commit {first.data.tags.get('advbayes.git_commit', 'unknown')[:12]}.",
         "",
     ]
-    parts.append(markdown_table(["defense", "run id"], [[run_label(r, runs), f"`{r.info.run_id}`"] for r in runs]))
-    results = {run_label(r, runs): store.rows(r.info.run_id) for r in runs}
-    groups = {run_label(r, runs): defense_group(r, runs) for r in runs}
+    group_of = defense_groups(runs)
+    label_of = run_labels(runs, group_of)
+    parts.append(markdown_table(["defense", "run id"], [[label_of[r.info.run_id], f"`{r.info.run_id}`"] for r in runs]))
+    results = {label_of[r.info.run_id]: store.rows(r.info.run_id) for r in runs}
+    groups = {label_of[r.info.run_id]: group_of[r.info.run_id] for r in runs}
     names = list(dict.fromkeys(row["metric"] for rows in results.values() for row in rows))
     names = [m for m in names if not is_companion(m, set(names))]
     shown = [m for m in names if metrics is None or m in metrics]
@@ -220,7 +231,7 @@ def experiment_section(store: StoreRuns, name: str, out: Path, figures_dir: Path
     if train_keys:
         rows = [
             [
-                run_label(r, runs),
+                label_of[r.info.run_id],
                 *(
                     format_value(r.data.metrics[f"train/{k}"]) if f"train/{k}" in r.data.metrics else "-"
                     for k in train_keys
@@ -235,9 +246,14 @@ def experiment_section(store: StoreRuns, name: str, out: Path, figures_dir: Path
             [k[len("model/") :], *(format_value(r.data.metrics[k]) if k in r.data.metrics else "-" for r in runs)]
             for k in model_keys
         ]
-        parts += ["", "### model metrics", "", markdown_table(["metric", *(run_label(r, runs) for r in runs)], rows)]
+        parts += [
+            "",
+            "### model metrics",
+            "",
+            markdown_table(["metric", *(label_of[r.info.run_id] for r in runs)], rows),
+        ]
     for run in runs:
-        label = run_label(run, runs)
+        label = label_of[run.info.run_id]
         folder = label.replace(" (seed ", "-seed").rstrip(")")  # a path part without spaces or brackets
         copied = copy_figures(client, run, scratch, figures_dir / name / folder, metrics)
         if copied:

@@ -96,8 +96,8 @@ def seed_rows(runs: Sequence[Any], columns: list[Column], varied: Sequence[str])
         if len(by_seed) < 2:
             continue
         cells = []
+        metrics = [r.data.metrics for r in by_seed.values()]
         for _attack, _eps, keys in columns:
-            metrics = [r.data.metrics for r in by_seed.values()]
             values = [m[key] for m in metrics if (key := logged_key(m, keys)) is not None]
             cells.append("-" if not values else "{:.4f} +- {:.4f}".format(*mean_sd(values)))
         seeds = ",".join(sorted(by_seed))
