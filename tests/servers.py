@@ -23,7 +23,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(url: str, process: subprocess.Popen, timeout: float = 90.0) -> str:
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 240.0) -> str:
     """Poll `url` until it answers 200; fail with the server's output if it dies or times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

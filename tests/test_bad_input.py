@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -275,7 +278,6 @@ def closed_port() -> int:
     ids=["unknown-scheme", "http-closed-port", "postgresql-closed-port", "port-out-of-range"],  # stable: xdist
 )
 def test_a_store_that_cannot_work_fails_fast(isolated_cwd: Path, uri: str, expected: str) -> None:
-    import time
 
     started = time.perf_counter()
     code, output = invoke("run", "moons", "--set", "epochs=0", "--tracking-uri", uri)
@@ -318,9 +320,6 @@ def test_a_read_only_working_directory_is_one_line(isolated_cwd: Path, monkeypat
 @pytest.mark.parametrize("delay", [0.0, 0.1])
 def test_a_store_killed_while_being_created_leaves_nothing_half_made(isolated_cwd: Path, delay: float) -> None:
     import signal
-    import subprocess
-    import sys
-    import time
 
     creator = subprocess.Popen(
         [sys.executable, "-c", "from advbayes.tracking import client_for; client_for(None)"], cwd=isolated_cwd
@@ -437,6 +436,13 @@ BAD_LISTS = [
     "[[1]]",
     f"[{HUGE}]",
 ]
+UNFIT_ATTACKS = [  # attacks that cannot run on half-moons, or sources no store holds
+    '["square"]',
+    '["fab-t"]',
+    '["autoattack"]',
+    '[{use="transfer", name="t", source="run:0123456789abcdef0123456789abcdef", attack="fgsm"}]',
+    '[{use="transfer", name="t", source="run:", attack="fgsm"}]',
+]
 BAD_ENTRIES = ['"no-such-entry-xyz"', "3", "true", '{use="no-such-xyz"}', "[3]", "[]", DEEP]
 
 
@@ -447,6 +453,7 @@ def bad_override() -> st.SearchStrategy[str]:
         st.tuples(st.sampled_from(FLOAT_KEYS), st.sampled_from(BAD_FLOATS)),
         st.tuples(st.sampled_from(LIST_KEYS), st.sampled_from(BAD_LISTS)),
         st.tuples(st.sampled_from(ENTRY_KEYS), st.sampled_from(BAD_ENTRIES)),
+        st.tuples(st.just("attacks"), st.sampled_from(UNFIT_ATTACKS)),  # known before work: data shape, range, store
         st.tuples(
             st.text(
                 st.characters(blacklist_characters="=", blacklist_categories=("Cs",)), min_size=1, max_size=30
@@ -522,6 +529,28 @@ def test_fuzz_bad_overrides_are_one_clear_line_before_any_work(
         assert_one_clear_line(code, output, cwd)
 
 
+def bad_store_uri() -> st.SearchStrategy[str]:
+    """--tracking-uri values that cannot work, the scheme in any case: retired file stores, options, unknown schemes,
+    sqlite files in missing directories, servers nobody listens on."""
+    scheme = st.sampled_from(["file", "sqlite", "sqlite+pysqlite", "http", "postgresql", "gopher", "s3"])
+    cased = st.tuples(scheme, st.lists(st.booleans(), min_size=20, max_size=20)).map(
+        lambda pair: "".join(c.upper() if up else c for c, up in zip(pair[0], pair[1]))
+    )
+    rest = st.sampled_from(["///no/such/dir/x.db", "://127.0.0.1:1/db", "://127.0.0.1:99999", "///"])
+    return st.one_of(
+        st.tuples(cased, rest).map("".join),
+        st.sampled_from(["--host=0.0.0.0", "-x", "./some/dir", "no-such-dir/store", "databricks"]),
+    )
+
+
+@FUZZ
+@given(uri=bad_store_uri())
+def test_fuzz_bad_store_uris_are_one_clear_line_before_any_work(isolated_cwd: Path, no_work: None, uri: str) -> None:
+    with fresh_directory() as cwd:
+        code, output = invoke("run", "moons", "--tracking-uri", uri)
+        assert_one_clear_line(code, output, cwd)
+
+
 @FUZZ
 @given(content=bad_registry())
 def test_fuzz_bad_registries_are_one_clear_line_before_any_work(
@@ -537,15 +566,9 @@ def test_fuzz_bad_registries_are_one_clear_line_before_any_work(
 # ------------------------------------------------------------------------------------------ killed runs
 
 
-@pytest.mark.slow  # a fresh process that imports torch and trains or lists: seconds
-def test_a_sigkilled_run_is_found_as_stale_and_resumed(isolated_cwd: Path) -> None:
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from mlflow import MlflowClient
-
+def endless_run(cwd: Path, until: str) -> tuple[subprocess.Popen, list[str]]:
+    """`advbayes run moons` for 100,000 epochs in a fresh process, returned once a stderr line contains `until`
+    (or after 120 s), with the stderr lines read so far."""
     runner = subprocess.Popen(
         [
             sys.executable,
@@ -558,15 +581,28 @@ def test_a_sigkilled_run_is_found_as_stale_and_resumed(isolated_cwd: Path) -> No
             "--set",
             "dataset.train_size=64",
         ],
-        cwd=isolated_cwd,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert runner.stderr is not None
+    seen: list[str] = []
     deadline = time.monotonic() + 120
-    for line in runner.stderr:  # one line per epoch; the checkpoint of epoch 3 is logged before epoch 4 starts
-        if "epoch 4/" in line or time.monotonic() > deadline:
+    for line in runner.stderr:  # one line per epoch
+        seen.append(line)
+        if until in line or time.monotonic() > deadline:
             break
+    return runner, seen
+
+
+@pytest.mark.slow  # a fresh process that imports torch and trains or lists: seconds
+def test_a_sigkilled_run_is_found_as_stale_and_resumed(isolated_cwd: Path) -> None:
+    import signal
+
+    from mlflow import MlflowClient
+
+    runner, _ = endless_run(isolated_cwd, until="epoch 4/")  # the checkpoint of epoch 3 is logged before epoch 4
     runner.send_signal(signal.SIGKILL)
     runner.wait(timeout=60)
     code, output = invoke("runs", "--stale")
@@ -648,7 +684,6 @@ def silent_server() -> Iterator[int]:
 def test_a_tracking_server_that_accepts_and_never_answers_is_one_line_within_seconds(
     isolated_cwd: Path, no_work: None
 ) -> None:
-    import time
 
     with silent_server() as port:
         started = time.monotonic()
@@ -656,3 +691,220 @@ def test_a_tracking_server_that_accepts_and_never_answers_is_one_line_within_sec
         elapsed = time.monotonic() - started
     assert_one_clear_line(code, output, isolated_cwd, "accepts connections but gave no HTTP answer within 3 s")
     assert elapsed < 15, elapsed
+
+
+@contextlib.contextmanager
+def health_only_server() -> Iterator[int]:
+    """A port on 127.0.0.1 whose /health answers and whose every other request hangs (a half-hung MLflow server)."""
+    import http.server
+    import threading
+
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path.startswith("/health"):
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+                return
+            release.wait(120)  # never answers while the test runs
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_every_request_to_a_half_hung_tracking_server_is_bounded_and_one_line(
+    isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the health check, MLflow's own requests carry a read timeout and few retries (the CLI sets them; small
+    here to keep the test short): listing runs and resuming one end in one line, not a quarter-hour wait."""
+    import advbayes.cli as cli_module
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    assert cli_module.HTTP_TIMEOUT * (cli_module.HTTP_RETRIES + 1) <= 120  # the defaults are bounded too
+    with health_only_server() as port:
+        for args in (["runs"], ["run", "--resume", "0123456789abcdef0123456789abcdef"], ["compare", "moons"]):
+            started = time.monotonic()
+            code, output = invoke(*args, "--tracking-uri", f"http://127.0.0.1:{port}")
+            elapsed = time.monotonic() - started
+            lines = output.splitlines()
+            assert code != 0 and len(lines) == 1 and lines[0].startswith("Error: "), output[-2000:]
+            assert "Traceback" not in output and "timed out" in lines[0].lower(), lines[0]
+            assert elapsed < 30, (args, elapsed)
+
+
+# ------------------------------------------------------------------------------------------ limits the machine sets
+
+
+def test_the_memory_check_reads_the_cgroup_limit_v2_and_v1(tmp_path: Path) -> None:
+    """The free memory a container allows: limit - usage of the process's cgroup and every parent, the least."""
+    from advbayes.preflight import cgroup_memory
+
+    v2 = tmp_path / "v2"
+    (v2 / "box" / "job").mkdir(parents=True)
+    (v2 / "memory.max").write_text("max\n")
+    (v2 / "box" / "memory.max").write_text(str(8 * 2**30))
+    (v2 / "box" / "memory.current").write_text(str(7 * 2**30))  # the parent has 1 GiB left: it binds
+    (v2 / "box" / "job" / "memory.max").write_text(str(4 * 2**30))
+    (v2 / "box" / "job" / "memory.current").write_text(str(2**30))
+    membership = tmp_path / "cgroup"
+    membership.write_text("0::/box/job\n")
+    assert cgroup_memory(v2, membership) == 2**30
+    v1 = tmp_path / "v1"
+    (v1 / "memory" / "job").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    (v1 / "memory" / "memory.usage_in_bytes").write_text("123\n")
+    (v1 / "memory" / "job" / "memory.limit_in_bytes").write_text(str(3 * 2**30))
+    (v1 / "memory" / "job" / "memory.usage_in_bytes").write_text(str(2**30))
+    membership.write_text("5:cpu,cpuacct:/\n4:memory:/job\n0::/\n")
+    assert cgroup_memory(v1, membership) == 2 * 2**30
+    membership.write_text("4:memory:/\n")  # the root cgroup without a limit: none
+    assert cgroup_memory(v1, membership) is None
+    assert cgroup_memory(v1, tmp_path / "missing") is None
+
+
+@pytest.mark.slow  # a fresh interpreter under ulimit -v
+def test_the_memory_check_reads_the_address_space_limit() -> None:
+
+    script = (
+        "import resource\n"
+        "size = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:'))\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (size + 2**32, resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
+        "from advbayes.preflight import address_space_memory, available_memory\n"
+        "import torch\n"
+        "print(address_space_memory() <= 2**32, available_memory(torch.device('cpu')) <= 2**32)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["True", "True"], done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("uri", "normal"),
+    [
+        ("SQLITE:////tmp/x.db", "sqlite:////tmp/x.db"),
+        ("sqlite+pysqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+        ("Sqlite+PySqlite:///rel.db", "sqlite:///rel.db"),
+        ("HTTP://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("postgresql+psycopg2://u@h/db", "postgresql+psycopg2://u@h/db"),
+        ("/plain/path", "/plain/path"),
+        ("C:/windows/path", "C:/windows/path"),
+    ],
+)
+def test_store_uris_have_one_spelling(uri: str, normal: str) -> None:
+    from advbayes.tracking.store import normalize_uri, sqlite_path
+
+    assert normalize_uri(uri) == normal
+    assert (sqlite_path(uri) is not None) == normal.startswith("sqlite:///")
+
+
+def test_every_sqlite_spelling_gets_the_store_lock_and_retries(isolated_cwd: Path) -> None:
+    from advbayes.tracking.store import BusyRetryingClient, client_for
+
+    for spelling in ("SQLITE", "sqlite+pysqlite"):
+        client = client_for(f"{spelling}:///{isolated_cwd / 'x.db'}")
+        assert isinstance(client, BusyRetryingClient) and client.tracking_uri == f"sqlite:///{isolated_cwd / 'x.db'}"
+    assert (isolated_cwd / "x.db.lock").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["ui", "--tracking-uri=--host=0.0.0.0"], "looks like an option"),
+        (["ui", "--tracking-uri", "file:///tmp/nowhere"], "MLflow's file store is in maintenance mode"),
+        (["run", "moons", "--tracking-uri", "file:///tmp/nowhere"], "MLflow's file store is in maintenance mode"),
+        (["runs", "--tracking-uri", "./a-directory"], "MLflow's file store is in maintenance mode"),
+    ],
+)
+def test_store_uris_that_cannot_work_are_one_line(isolated_cwd: Path, args: list[str], fragment: str) -> None:
+    code, output = invoke(*args)
+    assert_one_clear_line(code, output, isolated_cwd, fragment)
+
+
+def test_mlflows_logged_busy_errors_are_hidden_and_other_errors_are_not(
+    store: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MLflow logs each "database is locked" with a traceback before raising it; the retry makes that noise."""
+    import logging
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from advbayes.tracking.store import client_for
+
+    client_for(store)
+    logger = logging.getLogger("mlflow.store.db.utils")
+    busy = sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    other = sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("disk I/O error"))
+    with caplog.at_level(logging.ERROR, logger="mlflow.store.db.utils"):
+        for error in (busy, other):
+            try:
+                raise error
+            except sqlalchemy.exc.OperationalError as exc:
+                logger.exception("SQLAlchemy database error. The following exception is caught.\n%s", exc)
+    assert [r.getMessage().count("disk I/O error") for r in caplog.records] == [1]
+
+
+# ------------------------------------------------------------------------------------------ faults during a run
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines a failure printed that are not the run's own progress lines."""
+    return [line for line in stderr.splitlines() if " epoch " not in line and line.strip()]
+
+
+@pytest.mark.slow  # a fresh process that imports torch and trains
+def test_a_full_disk_mid_run_is_one_line_and_leaves_the_store_intact(isolated_cwd: Path) -> None:
+    """Writes past a size fail as on a full disk (RLIMIT_FSIZE; Python ignores SIGXFSZ, so they raise EFBIG)."""
+    import sqlite3
+
+    from advbayes.tracking.store import client_for
+
+    database = isolated_cwd / "mlflow.db"
+    client_for(f"sqlite:///{database}")  # made here: the limited process can only grow it a little
+    limit = database.stat().st_size + 64 * 1024
+    script = (
+        "import resource, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+        "from advbayes.cli import cli\n"
+        "cli(['run', 'moons', '--set', 'epochs=400', '--set', 'dataset.train_size=64'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=isolated_cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0, done.stderr[-2000:]
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert any(cause in lines[0] for cause in ("File too large", "disk I/O error", "database or disk is full")), lines
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        statuses = [status for (status,) in db.execute("SELECT status FROM runs")]
+    assert "FINISHED" not in statuses and "RUNNING" not in statuses, statuses
+
+
+@pytest.mark.slow  # a fresh process that imports torch and trains
+def test_a_store_deleted_mid_run_stops_the_run_in_one_line(isolated_cwd: Path) -> None:
+    runner, seen = endless_run(isolated_cwd, until="epoch 3/")
+    (isolated_cwd / "mlflow.db").unlink()
+    try:
+        _, rest = runner.communicate(timeout=120)  # it stops by itself: no hang, no run into the void
+    finally:
+        runner.kill()
+    lines = error_lines("".join(seen) + rest)
+    assert runner.returncode not in (0, None) and len(lines) == 2, lines  # the store's creation line, the error
+    assert lines[0].startswith("advbayes: created the MLflow store"), lines
+    assert lines[1].startswith("Error: ") and "was deleted or replaced during the run" in lines[1], lines

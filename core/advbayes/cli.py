@@ -85,9 +85,14 @@ class AdvbayesGroup(click.Group):
         # MLflow prints a "View run ... at: URL" line to stdout for every run closed on a server store: it would
         # break the results table and the sweep summary that scripts read.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        if not _debug(ctx):  # MLflow's INFO lines (store creation, migrations) would precede our one-line errors
-            os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # A tracking server that answers its health check and then hangs: MLflow's defaults (120 s per request,
+        # 7 retries with growing pauses) would wait a quarter of an hour; these bound it to about 90 s.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_RETRIES))
+        if not _debug(ctx):  # every failure is one `Error:` line: MLflow's log lines and download bars would add more
+            os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "CRITICAL")
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            logging.getLogger("mlflow").setLevel(logging.CRITICAL)
         try:
             return super().invoke(ctx)
         except AdvbayesError as exc:
@@ -95,6 +100,13 @@ class AdvbayesGroup(click.Group):
                 raise
             click.echo(f"Error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # MLflow, Ray or a plugin failing in a command: reported, in one line, not hidden
+            if _debug(ctx):
+                raise
+            click.echo(f"Error: {one_line(error_text(exc))} (again with --debug for the traceback)", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt as exc:
             finished = getattr(exc, "advbayes_records", None)
             if finished:  # the attacks that finished before the interruption
@@ -112,6 +124,8 @@ class AdvbayesGroup(click.Group):
             ctx.exit(130)
 
 
+HTTP_TIMEOUT = 30  # seconds without a byte from a tracking server before a request fails
+HTTP_RETRIES = 2
 MAX_ERROR = 1000  # characters of an error line; a multi-megabyte key is not echoed whole
 
 

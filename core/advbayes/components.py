@@ -6,7 +6,7 @@ import contextlib
 import functools
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -296,6 +296,13 @@ class Attack(Component):
 
     def deterministic_only(self, build_attack: Callable[[Any], Attack]) -> str | None:
         """The name of the (sub-)attack that cannot judge a stochastic model, or None; checked before training."""
+        return None
+
+    def input_problem(
+        self, input_shape: Sequence[int], value_range: tuple[float, float], build_attack: Callable[[Any], Attack]
+    ) -> str | None:
+        """Why this attack (or a sub-attack) cannot run on a data set's inputs of this shape and value range, or
+        None; checked before training (an image-only attack on 2-D points, a [0, 1]-only one on other ranges)."""
         return None
 
     def bind(self, context: EvalContext) -> Attack:

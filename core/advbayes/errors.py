@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class AdvbayesError(Exception):
     """A user-facing error: the CLI prints its message as one line and exits with status 2."""
@@ -49,6 +51,11 @@ MAX_ERROR_TEXT = 4000  # characters kept of an error's message (MLflow tags hold
 
 
 def error_text(error: BaseException) -> str:
-    """One line: the exception's type and message."""
+    """One line: the exception's type and message (an HTTP client's timeout as the request that timed out, not
+    the client's page of retry internals)."""
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if "Timeout" in message and "Max retries exceeded" in message:
+        request = re.search(r"API request to (\S+) failed", message)
+        target = request.group(1) if request else "the server"
+        message = f"the request to {target} timed out (no answer within MLFLOW_HTTP_REQUEST_TIMEOUT, after retries)"
     return f"{type(error).__name__}: {message}"[:MAX_ERROR_TEXT] if message else type(error).__name__

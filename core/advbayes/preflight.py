@@ -7,8 +7,9 @@ one-line RunError, so a run that cannot work fails before it trains, downloads o
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from advbayes.components import prepared_model
-from advbayes.errors import RunError, error_text
+from advbayes.errors import AdvbayesError, RunError, error_text
 from advbayes.posterior.optimizers import optimizer_problem
 
 DEVICE_TYPES = ("cpu", "cuda")
@@ -43,10 +44,18 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes free for the run: the GPU's free memory, or the machine's available RAM (None when unknown)."""
+    """Bytes free for the run: the GPU's free memory, or the least of the machine's available RAM, what the
+    process's cgroups still allow (a container's memory.max) and its address-space limit (ulimit -v); None when
+    none is known."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
+    limits = [limit for limit in (machine_memory(), cgroup_memory(), address_space_memory()) if limit is not None]
+    return min(limits) if limits else None
+
+
+def machine_memory() -> int | None:
+    """MemAvailable of /proc/meminfo (else the free pages), in bytes."""
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
@@ -58,6 +67,59 @@ def available_memory(device: torch.device) -> int | None:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _read_bytes(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (v2) or unreadable: no limit here
+
+
+def cgroup_memory(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes the process's memory cgroups still allow (limit - usage, the least over the cgroup and its parents),
+    cgroup v2 (memory.max) or v1 (memory.limit_in_bytes); None without a limit."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    free: list[int] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        if controllers == "":  # v2: one unified hierarchy
+            base, limit_file, usage_file = root, "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):
+            base, limit_file, usage_file = root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        folder = base / path.strip("/")
+        while True:  # the cgroup and every parent up to the mount point: the tightest limit wins
+            limit, usage = _read_bytes(folder / limit_file), _read_bytes(folder / usage_file)
+            if limit is not None and limit < 2**60 and usage is not None:  # v1 writes "no limit" as ~2**63
+                free.append(max(0, limit - usage))
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return min(free) if free else None
+
+
+def address_space_memory() -> int | None:
+    """Bytes left under the process's address-space limit (RLIMIT_AS, ulimit -v): the limit minus its VmSize."""
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        return None
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    try:
+        with open("/proc/self/status") as handle:
+            size = next((int(line.split()[1]) * 1024 for line in handle if line.startswith("VmSize:")), 0)
+    except OSError:
+        size = 0
+    return max(0, soft - size)
 
 
 def gib(size: float) -> str:
@@ -184,9 +246,16 @@ def check_memory(name: str, spec: Mapping[str, Any], registry: Any, memory: Memo
             )
 
 
-def check_model_sources(name: str, spec: Mapping[str, Any], registry: Any, trained_before: Sequence[str]) -> None:
+def check_model_sources(
+    name: str,
+    spec: Mapping[str, Any],
+    registry: Any,
+    trained_before: Sequence[str],
+    load_run: Callable[[str], Any] | None = None,
+) -> None:
     """Every model source a component names (transfer attacks, black-box metrics, offline defenses) is a defense
-    trained earlier in the experiment, or run:<RUN_ID>."""
+    trained earlier in the experiment, or run:<RUN_ID> of a tracked run whose model `load_run` loads (so an
+    unknown id or a tampered model/entry.toml fails now, not after training)."""
     defense_name = spec["defense"]["name"]
     parts = [("defense", spec["defense"], "defenses")]
     parts += [("attack", entry, "attacks") for entry in spec["attacks"]]
@@ -196,7 +265,14 @@ def check_model_sources(name: str, spec: Mapping[str, Any], registry: Any, train
             [*trained_before] if kind == "defenses" else [*trained_before, defense_name]
         )  # evaluation sees itself
         for source in registry.build(kind, entry).model_sources():
-            if source.startswith("run:") or source in available:
+            if source.startswith("run:"):
+                if load_run is not None:
+                    try:
+                        load_run(source[len("run:") :])
+                    except AdvbayesError as exc:
+                        raise RunError(f"experiments.{name}: {what} '{entry['name']}' uses source '{source}': {exc}")
+                continue
+            if source in available:
                 continue
             listed = ", ".join(trained_before) or "none"
             raise RunError(
@@ -224,15 +300,47 @@ def check_eps(name: str, spec: Mapping[str, Any], registry: Any) -> None:
                 )
 
 
-def preflight(name: str, variants: Sequence[Mapping[str, Any]], registry: Any, device: torch.device) -> None:
-    """Every check above for each defense of the run (in the order they train), before any work."""
+def check_attack_inputs(name: str, spec: Mapping[str, Any], registry: Any) -> None:
+    """Every attack can run on the data set's inputs: their shape (image-only attacks) and value range."""
+    dataset = registry.build("datasets", spec["dataset"])
+    value_range = tuple(float(v) for v in dataset.value_range)
+
+    def build_attack(entry: Any) -> Any:
+        return registry.build_attack(entry, where=("run", f"experiments.{name}", "attack"), value_range=value_range)
+
+    for entry in spec["attacks"]:
+        problem = build_attack(entry).input_problem(tuple(dataset.input_shape), value_range, build_attack)
+        if problem is not None:
+            raise RunError(
+                f"experiments.{name}: attack '{entry['name']}' cannot run on data set '{spec['dataset']['name']}': "
+                f"{problem}"
+            )
+
+
+def preflight(
+    name: str,
+    variants: Sequence[Mapping[str, Any]],
+    registry: Any,
+    device: torch.device,
+    load_run: Callable[[str], Any] | None = None,
+) -> None:
+    """Every check above for each defense of the run (in the order they train), before any work; `load_run`
+    loads a tracked run's model (run:<RUN_ID> sources)."""
     probed: dict[str, MemoryModel] = {}
     trained: list[str] = []
-    if variants:  # the variants differ in defense and seed only: one eps check serves them all
+    loaded: dict[str, Any] = {}
+
+    def load_once(run_id: str) -> Any:
+        if run_id not in loaded and load_run is not None:
+            loaded[run_id] = load_run(run_id)
+        return loaded.get(run_id)
+
+    if variants:  # the variants differ in defense and seed only: one check of eps and inputs serves them all
         check_eps(name, variants[0], registry)
+        check_attack_inputs(name, variants[0], registry)
     for spec in variants:
         defense = spec["defense"]["name"]
-        check_model_sources(name, spec, registry, trained)
+        check_model_sources(name, spec, registry, trained, load_once if load_run is not None else None)
         if defense not in probed:
             probed[defense] = probe_network(name, spec, registry, device)
         check_memory(name, spec, registry, probed[defense], device)

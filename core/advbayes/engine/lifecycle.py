@@ -18,7 +18,7 @@ import torch
 from advbayes.batches import Batches
 from advbayes.checks import warn
 from advbayes.components import TrainContext, prepared_model
-from advbayes.engine.building import RunParts
+from advbayes.engine.building import RunParts, tracked_model
 from advbayes.engine.checkpoints import Checkpoints, set_rng_state
 from advbayes.engine.distributed import SINGLE, Distributed, join, leave, seed_draws, shard
 from advbayes.engine.evaluation import Evaluator, check_attacks_fit
@@ -172,7 +172,13 @@ def prepare_run(
             raise RunError("name an experiment to run (advbayes list experiments shows them)")
         spec = loaded.resolve_experiment(name, overrides)
     variants = expand_variants(spec)
-    preflight(name, [v for v in variants if v["seed"] == variants[0]["seed"]], loaded, torch_device)
+    preflight(
+        name,
+        [v for v in variants if v["seed"] == variants[0]["seed"]],
+        loaded,
+        torch_device,
+        load_run=lambda run_id: tracked_model(pm, run_id, tracking_uri, torch.device("cpu")),
+    )
     return PreparedRun(name, spec, variants, loaded, torch_device, resume, checkpoint, resumed_from)
 
 

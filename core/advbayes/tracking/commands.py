@@ -42,11 +42,12 @@ def add_commands(cli: click.Group) -> None:
     @tracking_option
     def ui_command(port: int, tracking_uri: str | None) -> None:
         """Serve the MLflow UI on 127.0.0.1 over the same store runs are tracked in."""
-        from advbayes.tracking.store import default_tracking_uri
+        from advbayes.tracking.store import check_store, default_tracking_uri, normalize_uri
 
-        uri = tracking_uri or default_tracking_uri()
+        uri = normalize_uri(tracking_uri or default_tracking_uri())
         if uri.startswith(("http://", "https://")):
             raise RunError(f"--tracking-uri {uri} is a server already: open it in a browser")
+        check_store(uri, write=True)  # the UI creates a new sqlite store, so its directory must be writable
         click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}", err=True)
         for name, url in runs_view_urls(uri, port):
             click.echo(f"  {name}: {url}", err=True)
@@ -99,13 +100,28 @@ def add_commands(cli: click.Group) -> None:
     @cli.command("runs")
     @click.argument("experiments", nargs=-1)
     @click.option("--stale", is_flag=True, help="Only runs left RUNNING by a process that no longer exists (killed).")
+    @click.option(
+        "--close",
+        "close",
+        metavar="RUN_ID",
+        default=None,
+        help="Mark a run whose process is gone (stale, or interrupted) FAILED, so it is no longer offered for resume.",
+    )
     @tracking_option
     @debug_option
-    def runs_command(experiments: Sequence[str], stale: bool, tracking_uri: str | None, debug: bool) -> None:
+    def runs_command(
+        experiments: Sequence[str], stale: bool, close: str | None, tracking_uri: str | None, debug: bool
+    ) -> None:
         """List the tracked runs of EXPERIMENTS (all when none is named), newest first, with how to resume each."""
         from advbayes.results import format_grid
-        from advbayes.tracking.runs import liveness, status_text, tracked_runs
+        from advbayes.tracking.runs import close_run, liveness, next_step, status_text, tracked_runs
+        from advbayes.tracking.store import client_for
 
+        if close is not None:
+            if experiments or stale:
+                raise click.UsageError("--close RUN_ID takes no EXPERIMENTS and no --stale")
+            click.echo(close_run(tracking_uri, close))
+            return
         runs = tracked_runs(tracking_uri, experiments)
         if stale:
             runs = [run for run in runs if liveness(run) == "stale"]
@@ -113,10 +129,10 @@ def add_commands(cli: click.Group) -> None:
             click.echo("no stale runs" if stale else "no tracked runs")
             return
         rows = []
+        client = client_for(tracking_uri, write=False)
         for run in runs:
             tags = run.data.tags
             started = datetime.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
-            resumable = run.info.status != "FINISHED" and liveness(run) != "alive"
             rows.append(
                 [
                     run.info.run_id,
@@ -125,10 +141,10 @@ def add_commands(cli: click.Group) -> None:
                     tags.get("advbayes.seed", "?"),
                     status_text(run),
                     started,
-                    f"advbayes run --resume {run.info.run_id}" if resumable else "",
+                    next_step(client, run),
                 ]
             )
-        click.echo(format_grid(["run", "experiment", "defense", "seed", "status", "started", "resume"], rows))
+        click.echo(format_grid(["run", "experiment", "defense", "seed", "status", "started", "next"], rows))
 
     @cli.command("report")
     @click.argument("experiments", nargs=-1, required=True)

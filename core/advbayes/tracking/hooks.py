@@ -13,7 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
-from advbayes.tracking.runs import PID_TAG, flatten, git_commit, liveness, process_tags, run_params
+from advbayes.tracking.lease import Lease, claim, describe
+from advbayes.tracking.runs import (
+    current_holder,
+    flatten,
+    git_commit,
+    has_checkpoint,
+    liveness,
+    process_tags,
+    restart_hint,
+    run_params,
+)
 from advbayes.tracking.store import (
     CHECKPOINT_DIR,
     CHILD_ROLE,
@@ -24,6 +34,7 @@ from advbayes.tracking.store import (
     PARENT_ROLE,
     ROLE_TAG,
     client_for,
+    tracked_run,
 )
 from advbayes.tracking.view import experiment_id, headline_columns, update_runs_view
 
@@ -32,7 +43,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from advbayes.errors import RunError, error_text
+from advbayes.errors import AdvbayesError, RunError, error_text
 from advbayes.hookspecs import hookimpl
 from advbayes.results import eps_label, eps_step, metric_names, to_csv
 
@@ -78,6 +89,8 @@ def run_started(run: Any) -> None:
                 f"--resume {run.resume_run_id}: the run FINISHED; there is nothing to resume (to train it further, "
                 "give --set epochs=N: a new tracked run that starts from its checkpoint)"
             )
+        # The lease first: of two resumes started together, the loser is refused before it writes anything.
+        run.tracking["lease"] = claim(client, run.resume_run_id, purpose=f"--resume {run.resume_run_id}").start()
         client.update_run(run.resume_run_id, status="RUNNING")
         run.run_id = run.resume_run_id
         for key, value in process_tags().items():  # the run lives in this process now
@@ -109,13 +122,14 @@ def run_started(run: Any) -> None:
     created = client.create_run(experiment, run_name=spec["defense"]["name"], tags=tags)
     run_id = created.info.run_id
     run.run_id = run_id
+    run.tracking["lease"] = claim(client, run_id, purpose=f"run {run_id}").start()
     _log_params(client, run_id, run_params(spec))
     client.log_text(run_id, tomli_w.dumps({"experiments": {run.experiment: spec}}), "experiment.toml")
 
 
 @hookimpl
 def epoch_finished(run: Any, epoch: int, metrics: Mapping[str, float], checkpoint: Path) -> None:
-    """Per-epoch training metrics (step = epoch)."""
+    """Per-epoch training metrics (step = epoch); checkpoint_saved, just before, checked the lease."""
     run_id = run.run_id
     if not run.track or run_id is None:
         return
@@ -128,6 +142,7 @@ def checkpoint_saved(run: Any, checkpoint: Path) -> None:
     """The latest checkpoint replaces the run's checkpoint artifact (after each epoch and each attack)."""
     if not run.track or run.run_id is None:
         return
+    _check_lease(run)
     client_for(run.store).log_artifact(run.run_id, str(checkpoint), CHECKPOINT_DIR)
 
 
@@ -137,6 +152,7 @@ def evaluation_finished(run: Any, attack_label: str, records: Sequence[EvalRecor
     parent_id = run.run_id
     if not run.track or parent_id is None:
         return
+    _check_lease(run)
     client = client_for(run.store)
     parent = client.get_run(parent_id)
     for earlier in client.search_runs(  # an attack evaluated again (a resumed run) supersedes its earlier child
@@ -188,6 +204,13 @@ def run_finished(run: Any, result: RunResult | None, status: str, error: BaseExc
     run_id = run.run_id
     if not run.track or run_id is None:
         return
+    lease: Lease | None = run.tracking.pop("lease", None)
+    if lease is not None:
+        lease.stop()
+        if lease.store_gone():  # the store was deleted: nothing can be recorded (the run's error says so)
+            return
+        if lease.failure is None and not lease.holds():  # another process took the run over: it is theirs now
+            return
     client = client_for(run.store)
     open_child = run.tracking.pop("open_child", None)
     if open_child is not None:
@@ -220,6 +243,13 @@ def run_finished(run: Any, result: RunResult | None, status: str, error: BaseExc
     client.set_terminated(run_id, status=status)
 
 
+def _check_lease(run: Any) -> None:
+    """Before a write: fail if this process no longer holds the run (see lease.py)."""
+    lease: Lease | None = run.tracking.get("lease")
+    if lease is not None:
+        lease.check()
+
+
 def log_model(client: Any, run_id: str, experiment: str, spec: Mapping[str, Any], model: Any) -> None:
     """The trained network as model/weights.pt (its state_dict: tensors only, no draw noise) and model/entry.toml
     (the resolved data set, model and defense entries that rebuild it); nothing pickled, nothing to execute."""
@@ -238,22 +268,20 @@ def load_checkpoint(run_id: str, tracking_uri: str | None, destination: Path) ->
     from mlflow.exceptions import MlflowException
 
     client = client_for(tracking_uri, write=False)
-    try:
-        tracked = client.get_run(run_id)
-    except MlflowException:
-        raise RunError(f"--resume {run_id}: no such run in {client.tracking_uri}") from None
+    tracked = tracked_run(client, run_id, f"--resume {run_id}")
     if tracked.data.tags.get(ROLE_TAG) == CHILD_ROLE:
         raise RunError(f"--resume {run_id}: that is an attack's child run; resume its parent run")
     if liveness(tracked) == "alive":
         raise RunError(
-            f"--resume {run_id}: the run is still running (process {tracked.data.tags.get(PID_TAG)} on this machine)"
+            f"--resume {run_id}: the run is being written by {describe(current_holder(tracked))}; only one process "
+            "writes a run"
         )
+    if not has_checkpoint(client, run_id):
+        raise RunError(f"--resume {run_id}: {restart_hint(tracked)}")
     try:
         local = client.download_artifacts(run_id, f"{CHECKPOINT_DIR}/checkpoint.pt", str(destination))
-    except (MlflowException, OSError):
-        raise RunError(
-            f"--resume {run_id}: the run has no checkpoint (it stopped before its first epoch ended)"
-        ) from None
+    except (MlflowException, OSError) as exc:
+        raise RunError(f"--resume {run_id}: its checkpoint could not be downloaded ({error_text(exc)[:200]})") from None
     return Path(local)
 
 
@@ -268,10 +296,7 @@ def load_model(run_id: str, tracking_uri: str | None) -> Any:
     from advbayes.registry import load_registry
 
     client = client_for(tracking_uri, write=False)
-    try:
-        client.get_run(run_id)
-    except MlflowException:
-        raise RunError(f"no tracked run {run_id} in {client.tracking_uri}") from None
+    tracked_run(client, run_id, f"tracked run {run_id}")
     with tempfile.TemporaryDirectory(prefix="advbayes-model-") as scratch:
         try:
             folder = Path(client.download_artifacts(run_id, MODEL_DIR, scratch))
@@ -297,11 +322,19 @@ def load_model(run_id: str, tracking_uri: str | None) -> Any:
                 f"tracked run {run_id}: its model is not one advbayes wrote ({str(exc).splitlines()[0][:160]})"
             ) from None
     registry = load_registry(pm=get_plugin_manager())
-    model = prepared_model(
-        registry.build("datasets", entry["dataset"]),
-        registry.build("models", entry["model"]),
-        registry.build("defenses", entry["defense"]),
-    )
+    parts = []
+    for key, kind in (("dataset", "datasets"), ("model", "models"), ("defense", "defenses")):
+        table = entry.get(key)
+        if not isinstance(table, dict) or not isinstance(table.get("use", table.get("name")), str):
+            raise RunError(
+                f"tracked run {run_id}: its {MODEL_DIR}/{MODEL_ENTRY} has no `{key}` entry table (expected the "
+                f"resolved {key} entry advbayes logged, got {type(table).__name__}); it was not written by advbayes"
+            )
+        try:
+            parts.append(registry.build(kind, table))
+        except AdvbayesError as exc:
+            raise RunError(f"tracked run {run_id}: its {MODEL_DIR}/{MODEL_ENTRY}, `{key}`: {exc}") from None
+    model = prepared_model(*parts)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from advbayes.errors import RunError
-from advbayes.tracking.store import PARENT_ROLE, ROLE_TAG, client_for
+from advbayes.tracking.lease import current_writer, holder_state
+from advbayes.tracking.store import CHECKPOINT_DIR, CHILD_ROLE, PARENT_ROLE, ROLE_TAG, client_for, tracked_run
 
+CLOSED_TAG = "advbayes.closed"  # runs --close: never offered for resume again
 HOST_TAG = "advbayes.host"
 PID_TAG = "advbayes.pid"
 
@@ -20,21 +23,26 @@ def process_tags() -> dict[str, str]:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
+def current_holder(run: Any) -> dict[str, Any]:
+    """The process that writes (or last wrote) a run: its latest lease, else (runs tracked before leases) its
+    host and pid tags."""
+    latest = current_writer(run)
+    if latest is not None:
+        return latest[1]
+    tags = run.data.tags
+    return {"host": tags.get(HOST_TAG), "pid": tags.get(PID_TAG)}
+
+
 def liveness(run: Any) -> str:
-    """For a RUNNING run: "alive" (its process runs here), "stale" (its process here is gone: killed), or
-    "elsewhere" (another machine; cannot tell). Runs in other states: their status."""
+    """For a RUNNING run: "alive" (its writer runs: its process here, or its heartbeat elsewhere is fresh), "stale"
+    (its writer is gone: killed here, or silent past the lease's expiry), or "elsewhere" (another machine, no
+    heartbeat to judge by). Runs in other states: their status."""
     if run.info.status != "RUNNING":
         return run.info.status
-    tags = run.data.tags
-    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
-        return "elsewhere"
-    try:
-        os.kill(int(tags[PID_TAG]), 0)
-    except ProcessLookupError:
-        return "stale"
-    except PermissionError:  # a process of another user holds that id: alive
-        return "alive"
-    return "alive"
+    latest = current_writer(run)
+    holder = current_holder(run)
+    number = latest[0] if latest is not None else None
+    return holder_state(run, holder.get("host"), str(holder.get("pid", "")), number, holder)
 
 
 def status_text(run: Any) -> str:
@@ -67,10 +75,6 @@ def run_params(spec: Mapping[str, Any]) -> dict[str, str]:
     return flat
 
 
-# The MLflow UI: open the runs view (not the GenAI one), show the entry's description, and offer a saved view
-# whose columns are the defense, the seed and the robust accuracy per attack and eps instead of 160 params.
-
-
 def git_commit() -> str | None:
     """The commit of the working directory's git checkout, if there is one."""
     try:
@@ -97,3 +101,61 @@ def tracked_runs(uri: str | None, experiments: Sequence[str]) -> list[Any]:
     return client.search_runs(
         ids, filter_string=f"tags.`{ROLE_TAG}` = '{PARENT_ROLE}'", order_by=["attributes.start_time DESC"]
     )
+
+
+def has_checkpoint(client: Any, run_id: str) -> bool:
+    """Whether the run logged a checkpoint to resume from."""
+    return any(item.path.endswith("checkpoint.pt") for item in client.list_artifacts(run_id, CHECKPOINT_DIR))
+
+
+def restart_hint(run: Any) -> str:
+    """What to do with a run that stopped before its first checkpoint: there is nothing to resume, so run again."""
+    experiment = run.data.tags.get("advbayes.experiment", "EXPERIMENT")
+    return (
+        f"the run stopped before its first checkpoint, so there is nothing to resume; run it again from the start "
+        f"(advbayes run {experiment}, with the --set overrides it had: its experiment.toml artifact lists them)"
+    )
+
+
+def close_run(uri: str | None, run_id: str) -> str:
+    """Mark a run whose process is gone FAILED (with its open attack runs), taking its lease first so that a resume
+    starting at the same moment and this close cannot both win; returns what was done, as one line."""
+
+    from advbayes.tracking.lease import claim, describe
+
+    client = client_for(uri)
+    run = tracked_run(client, run_id, f"runs --close {run_id}")
+    if run.data.tags.get(ROLE_TAG) == CHILD_ROLE:
+        raise RunError(f"runs --close {run_id}: that is an attack's child run; close its parent run")
+    if run.info.status == "FINISHED" or CLOSED_TAG in run.data.tags:
+        done = "FINISHED" if run.info.status == "FINISHED" else "closed"
+        raise RunError(f"runs --close {run_id}: the run is {done} already; there is nothing to close")
+    if liveness(run) == "alive":
+        raise RunError(
+            f"runs --close {run_id}: the run is being written by {describe(current_holder(run))}; stop that "
+            "process first"
+        )
+    claim(client, run_id, purpose=f"runs --close {run_id}")  # no heartbeat: the run ends now
+    open_children = f"tags.`mlflow.parentRunId` = '{run_id}' and attributes.status = 'RUNNING'"
+    children = client.search_runs([run.info.experiment_id], filter_string=open_children)
+    for child in children:
+        client.set_terminated(child.info.run_id, status="FAILED")
+    was = status_text(run)
+    client.set_tag(run_id, CLOSED_TAG, f"{was}, closed {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    if "error" not in run.data.tags:
+        client.set_tag(run_id, "error", f"closed by advbayes runs --close (it was {was})")
+    client.set_terminated(run_id, status="FAILED")
+    return f"run {run_id} ({run.data.tags.get('advbayes.experiment', '?')}) marked FAILED"
+
+
+def next_step(client: Any, run: Any) -> str:
+    """What `runs` offers for a run: the resume command when it has a checkpoint and no live writer, a fresh start
+    (and --close for a stale one) when it has none, nothing for a finished or running one."""
+    if run.info.status == "FINISHED" or CLOSED_TAG in run.data.tags or liveness(run) == "alive":
+        return ""
+    run_id = run.info.run_id
+    if has_checkpoint(client, run_id):
+        return f"advbayes run --resume {run_id}"
+    experiment = run.data.tags.get("advbayes.experiment", "EXPERIMENT")
+    close = f"advbayes runs --close {run_id}; " if run.info.status == "RUNNING" else ""
+    return f"no checkpoint: {close}advbayes run {experiment}"

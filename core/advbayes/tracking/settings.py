@@ -10,6 +10,7 @@ from typing import Any
 # rest name or describe the experiment rather than set it.
 NOT_SETTINGS = frozenset({"seed", "seeds", "eps", "name", "description"})
 DEFENSE_PREFIX = "defense."
+BOOKKEEPING_PREFIX = "advbayes."  # params advbayes keeps for itself (the run's writers, see lease.py)
 
 
 def experiment_and_defense(run: Any) -> tuple[str, str]:
@@ -26,7 +27,7 @@ def varied_settings(runs: Sequence[Any]) -> list[str]:
         groups.setdefault(experiment_and_defense(run), []).append(run.data.params)
     varied: set[str] = set()
     for params in groups.values():
-        keys = set().union(*params) - NOT_SETTINGS
+        keys = {key for key in set().union(*params) - NOT_SETTINGS if not key.startswith(BOOKKEEPING_PREFIX)}
         varied.update(key for key in keys if len({p.get(key) for p in params}) > 1)
     return sorted(varied)
 

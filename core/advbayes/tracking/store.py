@@ -18,7 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     pass
 
-from advbayes.errors import RunError
+from advbayes.errors import RunError, error_text
 
 if TYPE_CHECKING:
     pass
@@ -41,8 +41,22 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{quote(str(Path.cwd() / DEFAULT_STORE))}"
 
 
+def normalize_uri(uri: str) -> str:
+    """One spelling per store: the scheme in lower case (schemes are case-insensitive, SQLAlchemy's registry is
+    not: SQLITE:/// failed at run time) and sqlite+pysqlite (the default driver) as sqlite, so every sqlite
+    spelling gets the store lock and the busy retries."""
+    scheme, sep, rest = uri.partition(":")
+    if not sep or len(scheme) == 1 or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+        return uri  # a plain path (or a Windows drive letter)
+    scheme = scheme.lower()
+    if scheme == "sqlite+pysqlite":
+        scheme = "sqlite"
+    return f"{scheme}:{rest}"
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI (percent-decoded, as SQLAlchemy reads it), or None for other stores."""
+    uri = normalize_uri(uri)
     if not uri.startswith("sqlite:///"):
         return None
     path = uri[len("sqlite:///") :].split("?", 1)[0]
@@ -96,15 +110,27 @@ def check_answers(uri: str) -> None:
 
 
 def check_store(uri: str, *, write: bool) -> None:
-    """Fail fast, in one line, on a store that cannot work: an unknown scheme, a server nobody answers on, or (to
-    write) a sqlite file whose directory is missing or read-only."""
+    """Fail fast, in one line, on a store that cannot work: an unknown scheme, MLflow's retired file store, a
+    server nobody answers on, or (to write) a sqlite file whose directory is missing or read-only."""
+    uri = normalize_uri(uri)
+    if uri.startswith("-"):
+        raise RunError(
+            f"tracking URI {uri!r} looks like an option, not a store; expected sqlite:///PATH, "
+            "postgresql://HOST/DB or http(s)://HOST:PORT"
+        )
     scheme = urlparse(uri).scheme.split("+")[0].lower()
     if len(scheme) == 1 or not scheme:  # a plain path (or a Windows drive letter): MLflow's file store
         scheme = "file"
     if scheme not in STORE_SCHEMES:
         raise RunError(
-            f"tracking URI {uri}: unknown scheme '{scheme}'; expected sqlite:///PATH, postgresql://HOST/DB, "
-            "http(s)://HOST:PORT or a directory"
+            f"tracking URI {uri}: unknown scheme '{scheme}'; expected sqlite:///PATH, postgresql://HOST/DB or "
+            "http(s)://HOST:PORT"
+        )
+    if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+        raise RunError(
+            f"tracking URI {uri}: MLflow's file store is in maintenance mode and refuses new runs; use "
+            "sqlite:///PATH/mlflow.db (mlflow migrate-filestore moves old runs into it), or set "
+            "MLFLOW_ALLOW_FILE_STORE=true"
         )
     if scheme in DEFAULT_PORTS:
         parsed = urlparse(uri)
@@ -124,6 +150,8 @@ def check_store(uri: str, *, write: bool) -> None:
             check_answers(uri)
     database = sqlite_path(uri)
     if database is None:
+        if scheme == "sqlite":
+            raise RunError(f"tracking URI {uri}: expected sqlite:///PATH (three slashes, then the file's path)")
         return
     if database.exists():
         if not database.is_file():
@@ -171,6 +199,19 @@ class BusyRetryingClient:
         return call
 
 
+class _HideBusyErrors(logging.Filter):
+    """MLflow logs every "database is locked" with a traceback before raising it; BusyRetryingClient retries those
+    and raises the last one, so the log record is noise (a hundred lines on stderr for a call that then succeeds)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(_is_busy(arg) for arg in record.args or () if isinstance(arg, BaseException)) and not (
+            record.exc_info and record.exc_info[1] is not None and _is_busy(record.exc_info[1])
+        )
+
+
+_BUSY_FILTER = _HideBusyErrors()
+
+
 def _is_busy(error: BaseException) -> bool:
     """Whether an error (or one it was raised from) is sqlite's "database is locked" / "database is busy"."""
     seen: BaseException | None = error
@@ -187,12 +228,15 @@ def client_for(uri: str | None, *, write: bool = True) -> Any:
     under a lock."""
     from mlflow import MlflowClient
 
-    uri = uri or default_tracking_uri()
+    uri = normalize_uri(uri or default_tracking_uri())
     if uri not in _READY:
         check_store(uri, write=write)
     database = sqlite_path(uri)
     if database is None:
         return MlflowClient(tracking_uri=uri)
+    busy_logger = logging.getLogger("mlflow.store.db.utils")
+    if _BUSY_FILTER not in busy_logger.filters:
+        busy_logger.addFilter(_BUSY_FILTER)
     if uri in _READY:
         return BusyRetryingClient(MlflowClient(tracking_uri=uri))
     if not write:  # reading an existing store: no lock file beside it (its directory may be read-only)
@@ -250,7 +294,7 @@ def _open_sqlite(uri: str, database: Path) -> Any:
 
 def describe_store(uri: str | None) -> str:
     """Where runs would be tracked, checked as a run checks it, and whether the store exists yet."""
-    uri = uri or default_tracking_uri()
+    uri = normalize_uri(uri or default_tracking_uri())
     check_store(uri, write=True)
     database = sqlite_path(uri)
     if database is None:
@@ -282,3 +326,17 @@ def set_changed_tags(client: Any, experiment: str, tags: Mapping[str, str]) -> N
             client.set_experiment_tag(experiment, key, value)
         except Exception:  # noqa: BLE001 - the concurrent insert; a second failure is raised
             client.set_experiment_tag(experiment, key, value)
+
+
+def tracked_run(client: Any, run_id: str, purpose: str) -> Any:
+    """The run `run_id` of the store, or one line starting with `purpose`: no such run, or the store's own error
+    (a timeout is not a missing run)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise RunError(f"{purpose}: no such run in {client.tracking_uri}") from None
+        reason = error_text(exc)[:300]
+        raise RunError(f"{purpose}: the store {client.tracking_uri} could not be read ({reason})") from None

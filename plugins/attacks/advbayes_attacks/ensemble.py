@@ -62,6 +62,15 @@ class WorstCase(Attack):
                 return found
         return None
 
+    def input_problem(self, input_shape: Any, value_range: tuple[float, float], build_attack: Any) -> str | None:
+        """The first sub-attack that cannot run on these inputs, named."""
+        for entry in self.attacks:
+            sub = build_attack(entry)
+            problem = sub.input_problem(input_shape, value_range, build_attack)
+            if problem is not None:
+                return f"its sub-attack '{entry_label(entry, sub)}': {problem}"
+        return None
+
     def bind(self, context: EvalContext) -> Attack:
         """Build and bind the sub-attacks."""
         return attrs.evolve(self, inner=tuple(context.build_attack(entry).bind(context) for entry in self.attacks))
@@ -117,6 +126,12 @@ class FABTargeted(Attack):
     def deterministic_only(self, build_attack: Any) -> str | None:
         """FAB-T judges single evaluations."""
         return self.name
+
+    def input_problem(self, input_shape: Any, value_range: tuple[float, float], build_attack: Any) -> str | None:
+        """The official FAB clips to [0, 1]."""
+        if tuple(float(v) for v in value_range) != (0.0, 1.0):
+            return f"the official FAB works in [0, 1]; the data's range is [{value_range[0]:g}, {value_range[1]:g}]"
+        return None
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
         """The official FABAttack_PT, targeted, on the model's single deterministic prediction."""

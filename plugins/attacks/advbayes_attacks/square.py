@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -67,6 +67,12 @@ class Square(Attack):
     rescale_schedule: bool = param(
         False, kind=bool, help="stretch the square-size schedule to `queries` (AutoAttack: off)"
     )
+
+    def input_problem(self, input_shape: Any, value_range: tuple[float, float], build_attack: Any) -> str | None:
+        """Squares are windows of an image: inputs must be [C, H, W]."""
+        if len(tuple(input_shape)) != 3:
+            return f"it perturbs square windows of images [C, H, W]; the data set's inputs are {list(input_shape)}"
+        return None
 
     def margins(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The true class's log-probability minus the best other one, of the S_A-averaged prediction ([B], <0 wrong)."""

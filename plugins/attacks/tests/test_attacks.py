@@ -221,3 +221,22 @@ def test_undefended_mnist_cnn_accuracy_falls_with_eps_and_pgd_is_at_least_as_str
     assert all(fgsm[a] > fgsm[b] for a, b in zip(eps, eps[1:]))
     assert all(pgd[a] > pgd[b] for a, b in zip(eps[:-1], eps[1:-1])) and pgd[0.3] <= pgd[0.2]
     assert all(pgd[e] <= fgsm[e] for e in eps)
+
+
+@pytest.mark.parametrize(
+    "attack_entry, fragment",
+    [
+        ("square", "attack 'square' cannot run on data set 'half-moons': it perturbs square windows of images "),
+        ("fab-t", "attack 'fab-t' cannot run on data set 'half-moons': the official FAB works in [0, 1]; the data's "),
+        ("autoattack", "attack 'autoattack' cannot run on data set 'half-moons': its sub-attack 'fab-t': the official"),
+    ],
+)
+def test_an_attack_that_cannot_run_on_the_data_fails_before_training(attack_entry: str, fragment: str) -> None:
+    """Square needs images and the official FAB [0, 1]; half-moons are unbounded points in the plane: refused in
+    the pre-run checks, which prepare_run makes without training anything."""
+    from advbayes.engine.lifecycle import prepare_run
+
+    with pytest.raises(advbayes.RunError) as raised:
+        prepare_run("moons", track=False, pm=create_plugin_manager(), overrides=[("attacks", [attack_entry])])
+    assert str(raised.value).startswith(f"experiments.moons: {fragment}"), str(raised.value)
+    assert "[2]" in str(raised.value) or "[-inf, inf]" in str(raised.value)

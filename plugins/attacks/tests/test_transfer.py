@@ -73,3 +73,25 @@ def test_an_unknown_transfer_source_is_a_clear_error() -> None:
     unbound = registry.build("attacks", registry.resolve("attacks", FGSM_TRANSFER, where=("t", "t", "t")))
     with pytest.raises(advbayes.RunError, match="used before bind"):
         attrs.evolve(unbound, eps=0.1)(None, torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
+
+
+def test_an_unknown_or_tampered_tracked_source_fails_before_training(store: str) -> None:
+    """run:<RUN_ID> sources are loaded in the pre-run checks: an unknown id, and a model/entry.toml that is not the
+    entry advbayes logged, are one-line errors from the pre-run checks (nothing is tracked for them)."""
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    pm = create_plugin_manager()
+    unknown = {**FGSM_TRANSFER, "source": "run:0123456789abcdef0123456789abcdef"}
+    with pytest.raises(advbayes.RunError, match=r"uses source 'run:0123456789abcdef0123456789abcdef': (no tracking store|tracked run \w+: no such run)"):
+        advbayes.run("moons", tracking_uri=store, pm=pm, attacks=[unknown], **FAST)
+    assert MlflowClient(store).search_experiments(filter_string="name = 'moons'") == []  # nothing was tracked
+    source = advbayes.run("moons", tracking_uri=store, pm=pm, model={"use": "mlp", "widths": [8]}, **FAST)
+    entry = Path(MlflowClient(store).get_run(source.run_id).info.artifact_uri.removeprefix("file://")) / "model"
+    (entry / "entry.toml").write_text('experiment = "moons"\nmodel = "mlp"\n')
+    tampered = {**FGSM_TRANSFER, "source": f"run:{source.run_id}"}
+    with pytest.raises(advbayes.RunError, match=r"its model/entry.toml has no `dataset` entry table"):
+        advbayes.run("moons", tracking_uri=store, pm=pm, attacks=[tampered], **FAST)
+    with pytest.raises(advbayes.RunError, match=r"uses source 'run:0123456789abcdef0123456789abcdef': (no tracking store|tracked run \w+: no such run)"):
+        advbayes.run("moons", track=False, tracking_uri=store, pm=pm, attacks=[unknown], **FAST)
