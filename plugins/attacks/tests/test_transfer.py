@@ -84,7 +84,10 @@ def test_an_unknown_or_tampered_tracked_source_fails_before_training(store: str)
 
     pm = create_plugin_manager()
     unknown = {**FGSM_TRANSFER, "source": "run:0123456789abcdef0123456789abcdef"}
-    with pytest.raises(advbayes.RunError, match=r"uses source 'run:0123456789abcdef0123456789abcdef': (no tracking store|tracked run \w+: no such run)"):
+    with pytest.raises(
+        advbayes.RunError,
+        match=r"uses source 'run:0123456789abcdef0123456789abcdef': (no tracking store|tracked run \w+: no such run)",
+    ):
         advbayes.run("moons", tracking_uri=store, pm=pm, attacks=[unknown], **FAST)
     assert MlflowClient(store).search_experiments(filter_string="name = 'moons'") == []  # nothing was tracked
     source = advbayes.run("moons", tracking_uri=store, pm=pm, model={"use": "mlp", "widths": [8]}, **FAST)
@@ -93,5 +96,8 @@ def test_an_unknown_or_tampered_tracked_source_fails_before_training(store: str)
     tampered = {**FGSM_TRANSFER, "source": f"run:{source.run_id}"}
     with pytest.raises(advbayes.RunError, match=r"its model/entry.toml has no `dataset` entry table"):
         advbayes.run("moons", tracking_uri=store, pm=pm, attacks=[tampered], **FAST)
-    with pytest.raises(advbayes.RunError, match=r"uses source 'run:0123456789abcdef0123456789abcdef': (no tracking store|tracked run \w+: no such run)"):
+    with pytest.raises(
+        advbayes.RunError,
+        match=r"uses source 'run:0123456789abcdef0123456789abcdef': (no tracking store|tracked run \w+: no such run)",
+    ):
         advbayes.run("moons", track=False, tracking_uri=store, pm=pm, attacks=[unknown], **FAST)
