@@ -829,6 +829,7 @@ def test_every_sqlite_spelling_gets_the_store_lock_and_retries(isolated_cwd: Pat
         (["ui", "--tracking-uri", "file:///tmp/nowhere"], "MLflow's file store is in maintenance mode"),
         (["run", "moons", "--tracking-uri", "file:///tmp/nowhere"], "MLflow's file store is in maintenance mode"),
         (["runs", "--tracking-uri", "./a-directory"], "MLflow's file store is in maintenance mode"),
+        (["run", "moons", "--tracking-uri", "databricks://nobody"], "no Databricks credentials for profile nobody"),
     ],
 )
 def test_store_uris_that_cannot_work_are_one_line(isolated_cwd: Path, args: list[str], fragment: str) -> None:

@@ -109,6 +109,23 @@ def check_answers(uri: str) -> None:
         ) from None
 
 
+def check_databricks(uri: str) -> None:
+    """A Databricks store needs databricks-sdk and credentials for the URI's profile: checked as MLflow will read
+    them (environment, ~/.databrickscfg), before any work."""
+    try:
+        from databricks.sdk.config import Config
+    except ImportError:
+        raise RunError(f"tracking URI {uri}: a Databricks store needs the databricks-sdk package") from None
+    profile = urlparse(uri).netloc or os.environ.get("DATABRICKS_CONFIG_PROFILE") or None
+    try:
+        Config(profile=profile)
+    except Exception as exc:  # noqa: BLE001 - the SDK's ValueError and its config-file errors alike
+        raise RunError(
+            f"tracking URI {uri}: no Databricks credentials for profile {profile or 'DEFAULT'} "
+            f"({error_text(exc)[:160]}); run databricks auth login, or set DATABRICKS_HOST and DATABRICKS_TOKEN"
+        ) from None
+
+
 def check_store(uri: str, *, write: bool) -> None:
     """Fail fast, in one line, on a store that cannot work: an unknown scheme, MLflow's retired file store, a
     server nobody answers on, or (to write) a sqlite file whose directory is missing or read-only."""
@@ -126,6 +143,8 @@ def check_store(uri: str, *, write: bool) -> None:
             f"tracking URI {uri}: unknown scheme '{scheme}'; expected sqlite:///PATH, postgresql://HOST/DB or "
             "http(s)://HOST:PORT"
         )
+    if scheme == "databricks":
+        check_databricks(uri)
     if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
         raise RunError(
             f"tracking URI {uri}: MLflow's file store is in maintenance mode and refuses new runs; use "
