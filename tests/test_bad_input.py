@@ -543,7 +543,7 @@ def bad_store_uri() -> st.SearchStrategy[str]:
     )
 
 
-@FUZZ
+@settings(FUZZ, max_examples=150)  # 7 schemes x 20 casings x 4 tails: a few hundred distinct, each a store check
 @given(uri=bad_store_uri())
 def test_fuzz_bad_store_uris_are_one_clear_line_before_any_work(isolated_cwd: Path, no_work: None, uri: str) -> None:
     with fresh_directory() as cwd:

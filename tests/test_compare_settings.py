@@ -95,7 +95,7 @@ def test_clean_accuracy_shows_for_every_run_whatever_its_eps_list(
 def test_the_ui_gets_accuracy_as_a_series_over_eps_line_charts_and_runs_grouped_by_setting(store: str) -> None:
     from mlflow import MlflowClient
 
-    from advbayes.tracking.view import GROUP_TAG, VIEW_TAG
+    from advbayes.tracking.view import GROUP_TAG, INTERVALS_TAG, VIEW_TAG
 
     pm = create_plugin_manager()
     attacked = {"attacks": ["none", "fgsm"], "eps": [0.05, 0.2], "epochs": 1}
@@ -126,3 +126,21 @@ def test_the_ui_gets_accuracy_as_a_series_over_eps_line_charts_and_runs_grouped_
         "step",
         {"yMin": 0, "yMax": 1},
     )
+    # the second saved view: every accuracy column with its interval's bounds beside it, one row per run
+    intervals = json.loads(client.get_experiment_by_name("moons").tags[INTERVALS_TAG])
+    metrics = [c[len("metrics.`") : -1] for c in intervals["selectedColumns"] if c.startswith("metrics.")]
+    assert metrics[:3] == [
+        "none/accuracy/eps_0.0500",
+        "none/accuracy_ci_low/eps_0.0500",
+        "none/accuracy_ci_high/eps_0.0500",
+    ]
+    assert metrics[3:6] == [
+        "fgsm/accuracy/eps_0.0500",
+        "fgsm/accuracy_ci_low/eps_0.0500",
+        "fgsm/accuracy_ci_high/eps_0.0500",
+    ]
+    assert intervals["groupBy"] is None
+    for parent in parents:  # each column names a metric every run logged, low <= accuracy <= high
+        values = [parent.data.metrics[key] for key in metrics]
+        for accuracy, low, high in zip(values[::3], values[1::3], values[2::3]):
+            assert low <= accuracy <= high

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from servers import free_port, mlflow_server_process, start, stop, wait_for
+from servers import free_port, mlflow_server_process, rendered_dom, start, stop, wait_for
 
 import advbayes
 
@@ -66,9 +66,17 @@ def test_ui_shows_the_runs_of_a_tracked_experiment_in_its_runs_view(isolated_cwd
         assert [(c["type"], c["metricKey"], c["xAxisKey"]) for c in charts] == [("LINE", "fgsm/accuracy", "step")]
         assert [section["uuid"] for section in view["compareRunSections"]] == [charts[0]["metricSectionId"]]
         assert runs[0].data.metrics["none/accuracy/eps_0.1000"] == group.results[-1].table()["none"][0.1]
+        view_url = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=advbayes"
+        dom = rendered_dom(view_url)  # what a browser shows: the page's JavaScript run by headless Chromium
     finally:
         output = stop(process)
-    assert (
-        f"moons: http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=advbayes"
-        in output
-    )
+    assert f"moons: {view_url}" in output
+    assert f"moons (with intervals): {view_url}-intervals" in output
+    if dom is None:
+        pytest.skip("no chromium here: the API checks above passed, the rendered page was not read")
+    for metric in metrics:  # the saved view's columns, each run's defense and its values, as the table renders them
+        assert metric in dom, metric
+    for result in group.results:
+        defense = result.spec["defense"]["name"]
+        assert f">{defense}<" in dom, defense
+        assert f">{round(result.table()['fgsm'][0.2], 3):g}<" in dom, (defense, result.table()["fgsm"])

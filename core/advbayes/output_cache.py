@@ -28,6 +28,9 @@ MAX_ENTRIES = 200  # answers kept; the oldest go first
 _CODE_SUFFIXES = (".py", ".toml", ".pth")
 
 
+SITE_DIRECTORIES = ("site-packages", "dist-packages")
+
+
 def cache_dir() -> Path:
     """ADVBAYES_CACHE_DIR, else $XDG_CACHE_HOME/advbayes, else ~/.cache/advbayes."""
     given = os.environ.get(CACHE_ENV)
@@ -93,8 +96,10 @@ def cache_key(args: Sequence[str]) -> str | None:
 
     lines = [sys.executable, __version__, repr(list(args)), os.getcwd()]
     lines += sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("ADVBAYES_"))
-    # A directory's mtime changes when a distribution is installed into it or removed from it.
-    lines += [_stat_line(Path(entry)) for entry in sys.path if entry]
+    # A site directory's mtime changes when a distribution is installed into it or removed from it. Other path
+    # entries (an editable install's source folder) are left out: their modules are hashed below, and their mtime
+    # moves with any file written beside them, which made the key change between two identical calls.
+    lines += [_stat_line(Path(entry)) for entry in sys.path if Path(entry).name in SITE_DIRECTORIES]
     modules = ["advbayes"]
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         version = entry_point.dist.version if entry_point.dist is not None else "?"

@@ -16,9 +16,10 @@ from advbayes.errors import RunError
 
 
 def runs_view_urls(uri: str, port: int) -> list[tuple[str, str]]:
-    """(experiment, URL) of each tracked experiment's runs view with the advbayes columns; none for a new store."""
+    """(experiment, URL) of each tracked experiment's saved runs views (accuracy columns; accuracy with its interval's
+    bounds); none for a new store."""
     from advbayes.tracking.store import client_for, sqlite_path
-    from advbayes.tracking.view import VIEW_KEY, VIEW_TAG
+    from advbayes.tracking.view import INTERVALS_KEY, INTERVALS_TAG, VIEW_KEY, VIEW_TAG
 
     database = sqlite_path(uri)
     if database is not None and not database.exists():
@@ -26,11 +27,11 @@ def runs_view_urls(uri: str, port: int) -> list[tuple[str, str]]:
     client = client_for(uri, write=False)
     urls = []
     for experiment in client.search_experiments():
-        if VIEW_TAG in experiment.tags:
-            query = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
-            urls.append(
-                (experiment.name, f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?{query}")
-            )
+        for tag, key, label in ((VIEW_TAG, VIEW_KEY, ""), (INTERVALS_TAG, INTERVALS_KEY, " (with intervals)")):
+            if tag in experiment.tags:
+                query = f"workflowType=machine_learning&viewStateShareKey={key}"
+                page = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?{query}"
+                urls.append((experiment.name + label, page))
     return urls
 
 

@@ -17,7 +17,10 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 DESCRIPTION_TAG = "mlflow.note.content"
 VIEW_TAG = "mlflow.sharedViewState.advbayes"  # opened by ...#/experiments/ID?viewStateShareKey=advbayes
 VIEW_KEY = "advbayes"
+INTERVALS_KEY = "advbayes-intervals"  # a second saved view: each accuracy with its interval's bounds beside it
+INTERVALS_TAG = f"mlflow.sharedViewState.{INTERVALS_KEY}"
 MAX_VIEW_COLUMNS = 24
+BOUNDS = ("accuracy_ci_low", "accuracy_ci_high")
 
 
 def experiment_tags(description: str) -> dict[str, str]:
@@ -115,21 +118,47 @@ def update_runs_view(client: Any, experiment: str, metric_keys: Sequence[str]) -
     import json
 
     with experiment_lock(client):  # concurrent runs each add their columns: none may be lost
-        current = client.get_experiment(experiment).tags.get(VIEW_TAG)
-        try:
-            state = json.loads(current) if current else {}
-        except ValueError:  # written by hand or by another version: replaced
-            state = {}
-        columns = list(state.get("selectedColumns") or ["tags.`advbayes.defense`", "tags.`advbayes.seed`"])
-        for key in metric_keys:
-            column = f"metrics.`{key}`"
-            if column not in columns and len(columns) < MAX_VIEW_COLUMNS:
-                columns.append(column)
+        tags = client.get_experiment(experiment).tags
+        state = _view_state(tags.get(VIEW_TAG))
+        columns = _with_columns(state, [f"metrics.`{key}`" for key in metric_keys], MAX_VIEW_COLUMNS)
         widths = {c: 180 for c in columns if c.startswith("metrics.")}  # fits `pgd-20/accuracy/eps_0.3000`
         state.update(selectedColumns=columns, columnOrder=columns, columnWidths=widths)
         state.update(robust_accuracy_charts(columns))
-        set_changed_tags(client, experiment, {VIEW_TAG: json.dumps(state)})
+        intervals = _view_state(tags.get(INTERVALS_TAG))
+        with_bounds = [
+            f"metrics.`{name}`"
+            for key in metric_keys
+            for name in (key, *(key.replace("/accuracy/", f"/{bound}/") for bound in BOUNDS))
+        ]
+        bounded = _with_columns(intervals, with_bounds, 3 * MAX_VIEW_COLUMNS)
+        intervals.update(
+            selectedColumns=bounded,
+            columnOrder=bounded,
+            columnWidths={c: 150 for c in bounded if c.startswith("metrics.")},
+            groupBy=None,  # one row per run: an interval belongs to a run, an average of bounds is not an interval
+        )
+        set_changed_tags(client, experiment, {VIEW_TAG: json.dumps(state), INTERVALS_TAG: json.dumps(intervals)})
         update_run_groups(client, experiment)
+
+
+def _view_state(text: str | None) -> dict[str, Any]:
+    """A saved view's state from its tag; one written by hand or by another version is replaced."""
+    import json
+
+    try:
+        state = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _with_columns(state: dict[str, Any], added: Sequence[str], limit: int) -> list[str]:
+    """The view's columns (the defense and the seed first) with `added` appended, at most `limit` of them."""
+    columns = list(state.get("selectedColumns") or ["tags.`advbayes.defense`", "tags.`advbayes.seed`"])
+    for column in added:
+        if column not in columns and len(columns) < limit:
+            columns.append(column)
+    return columns
 
 
 def experiment_id(client: Any, name: str, description: str = "") -> str:
