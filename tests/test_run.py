@@ -163,7 +163,11 @@ def test_ctrl_c_on_the_command_line_names_the_run_to_resume(store: str, monkeypa
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("moons").experiment_id])
     assert result.exit_code == 130
-    assert f"tracked run {run.info.run_id} is marked KILLED; resume it with --resume {run.info.run_id}" in result.output
+    # the defense interrupts its first batch: no checkpoint, so the message says how to start again, not resume
+    assert f"tracked run {run.info.run_id} is marked KILLED before its first checkpoint, so there is nothing" in (
+        result.output
+    )
+    assert "run it again: advbayes run moons --tracking-uri " in result.output and "--resume" not in result.output
     result = CliRunner().invoke(cli, ["run", "moons", "--no-track", "--set", 'defense={use="failing", interrupt=true}'])
     assert result.exit_code == 130 and "no tracked run was open" in result.output
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import warnings
@@ -64,6 +65,8 @@ class AdvbayesGroup(click.Group):
         """click's main, with a usage error as one `Error:` line naming the command's --help (click prints the
         usage block, a hint and the error on three)."""
         run_click: Any = super().main  # typed by click as never returning, which holds only in standalone mode
+        given = kwargs.get("args", args[0] if args else None)
+        self.invoked_args = list(given) if given is not None else sys.argv[1:]  # for "run it again: ..." messages
         if not standalone_mode:
             return run_click(*args, standalone_mode=False, **kwargs)
         try:
@@ -115,9 +118,16 @@ class AdvbayesGroup(click.Group):
                 for metric in metric_names(finished):
                     click.echo(format_table(finished, metric) + "\n")
             run_id = getattr(exc, "advbayes_run_id", None)
-            if run_id:
+            if run_id and getattr(exc, "advbayes_checkpointed", True):
                 click.echo(
                     f"Interrupted: tracked run {run_id} is marked KILLED; resume it with --resume {run_id}", err=True
+                )
+            elif run_id:  # nothing to resume from: say how to start it again
+                again = shlex.join(["advbayes", *getattr(self, "invoked_args", sys.argv[1:])])
+                click.echo(
+                    f"Interrupted: tracked run {run_id} is marked KILLED before its first checkpoint, so there is "
+                    f"nothing to resume; run it again: {again}",
+                    err=True,
                 )
             else:
                 click.echo("Interrupted: no tracked run was open", err=True)

@@ -326,6 +326,7 @@ def _run_one(
     except KeyboardInterrupt as exc:
         pm.hook.run_finished(run=info, result=None, status="KILLED", error=exc)
         exc.advbayes_run_id = info.run_id  # type: ignore[attr-defined]  # for the CLI's message
+        exc.advbayes_checkpointed = engine.checkpoints.last_state is not None  # type: ignore[attr-defined]
         exc.advbayes_records = list(engine.evaluator.records_so_far)  # type: ignore[attr-defined]  # what finished
         raise
     except BaseException as exc:
