@@ -38,7 +38,7 @@ TEST_WORKERS ?= auto
 TEST_ENV := MLFLOW_DISABLE_TELEMETRY=true OMP_NUM_THREADS=1
 
 test: install lint
-	$(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # The core of the suite without the tests marked slow (real trainings, official-implementation comparisons,
 # fresh processes) or server (a real mlflow server): for the edit-test loop. CI runs `make test`.
