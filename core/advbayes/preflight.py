@@ -328,19 +328,19 @@ def preflight(
     loads a tracked run's model (run:<RUN_ID> sources)."""
     probed: dict[str, MemoryModel] = {}
     trained: list[str] = []
-    loaded: dict[str, Any] = {}
+    loaded: set[str] = set()
 
-    def load_once(run_id: str) -> Any:
-        if run_id not in loaded and load_run is not None:
-            loaded[run_id] = load_run(run_id)
-        return loaded.get(run_id)
+    def load_once(run_id: str) -> None:  # the variants of a run share their sources: each is loaded once
+        if load_run is not None and run_id not in loaded:
+            load_run(run_id)
+            loaded.add(run_id)
 
     if variants:  # the variants differ in defense and seed only: one check of eps and inputs serves them all
         check_eps(name, variants[0], registry)
         check_attack_inputs(name, variants[0], registry)
     for spec in variants:
         defense = spec["defense"]["name"]
-        check_model_sources(name, spec, registry, trained, load_once if load_run is not None else None)
+        check_model_sources(name, spec, registry, trained, load_once)
         if defense not in probed:
             probed[defense] = probe_network(name, spec, registry, device)
         check_memory(name, spec, registry, probed[defense], device)

@@ -69,10 +69,12 @@ def last_heartbeat(run: Any, number: int, holder: Mapping[str, Any]) -> float | 
     return max(times) if times else None
 
 
-def holder_state(run: Any, host: str | None, pid: str | None, number: int | None, holder: Mapping[str, Any]) -> str:
-    """ "alive", "stale" (gone: its process here is dead, or silent past LEASE_EXPIRY) or "elsewhere" (another
-    machine, no heartbeat to judge by)."""
-    if host == socket.gethostname() and pid is not None and pid.isdigit():
+def holder_state(run: Any, number: int | None, holder: Mapping[str, Any]) -> str:
+    """Whether writer `number` (None: a run tracked before leases, its holder read from its tags) is "alive",
+    "stale" (gone: its process here is dead, or silent past LEASE_EXPIRY) or "elsewhere" (another machine, no
+    heartbeat to judge by)."""
+    host, pid = holder.get("host"), str(holder.get("pid", ""))
+    if host == socket.gethostname() and pid.isdigit():
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
@@ -128,7 +130,9 @@ class Lease:
 
     def holds(self) -> bool:
         """Whether this process is still the run's latest writer (read from the store)."""
-        latest = current_writer(self.client.get_run(self.run_id))
+        return self._is_mine(current_writer(self.client.get_run(self.run_id)))
+
+    def _is_mine(self, latest: tuple[int, dict[str, Any]] | None) -> bool:
         return latest is not None and latest[0] == self.number and latest[1].get("token") == self.holder["token"]
 
     def store_gone(self) -> bool:
@@ -148,8 +152,8 @@ class Lease:
                 f"run {self.run_id}: its heartbeat could not be written to the store "
                 f"({error_text(self.failure)[:200]}); stopping, so that no second writer and this one overlap"
             )
-        if not self.holds():
-            latest = current_writer(self.client.get_run(self.run_id))
+        latest = current_writer(self.client.get_run(self.run_id))
+        if not self._is_mine(latest):
             other = describe(latest[1]) if latest else "another process"
             raise RunError(
                 f"run {self.run_id} was taken over by {other} (this process's heartbeat went unseen for "
@@ -178,8 +182,7 @@ def claim(client: Any, run_id: str, *, purpose: str) -> Lease:
     latest = current_writer(run)
     if latest is not None:
         number, holder = latest
-        host, pid = holder.get("host"), str(holder.get("pid", ""))
-        if run.info.status == "RUNNING" and holder_state(run, host, pid, number, holder) == "alive":
+        if run.info.status == "RUNNING" and holder_state(run, number, holder) == "alive":
             raise RunError(f"{purpose}: the run is being written by {describe(holder)}; only one process writes a run")
     me = _me()
     number = latest[0] + 1 if latest is not None else 0

@@ -40,9 +40,9 @@ def liveness(run: Any) -> str:
     if run.info.status != "RUNNING":
         return run.info.status
     latest = current_writer(run)
-    holder = current_holder(run)
-    number = latest[0] if latest is not None else None
-    return holder_state(run, holder.get("host"), str(holder.get("pid", "")), number, holder)
+    if latest is None:  # tracked before leases: its host and pid tags
+        return holder_state(run, None, current_holder(run))
+    return holder_state(run, *latest)
 
 
 def status_text(run: Any) -> str:
