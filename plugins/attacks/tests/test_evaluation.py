@@ -25,9 +25,18 @@ def attack(spec: dict | str, **changes):
 
 @pytest.fixture(scope="module")
 def mnist() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """mnist-cnn trained 2 epochs on 5,000 real digits (offline), and 500 test digits."""
+    """A 784-256-256-10 MLP trained 2 epochs on 4,000 real digits (offline, 91 % clean), and 500 test digits.
+
+    An MLP, not mnist-cnn: the comparisons with the official attacks test the algorithms, which see the network only
+    through its logits and gradients, and an MLP's forward is ~50x cheaper (square: 4 s instead of 60 s)."""
     result = advbayes.run(
-        "quickstart", track=False, pm=create_plugin_manager(), attacks=["none"], eps=[0.0], **{"dataset.n_test": 500}
+        "quickstart",
+        track=False,
+        pm=create_plugin_manager(),
+        attacks=["none"],
+        eps=[0.0],
+        model={"use": "mlp", "widths": [256, 256]},
+        **{"dataset.n_test": 500},
     )
     dataset = REGISTRY.build(
         "datasets", REGISTRY.resolve("datasets", {"use": "mnist-5k", "n_test": 500}, where=("t", "t", "t"))
@@ -114,8 +123,7 @@ def test_on_a_bayesian_network_no_iterate_is_chosen_by_lucky_draws(mnist) -> Non
     """Default entries keep the last iterate; keep = "best" compares iterates on fresh draws and is no longer
     inflated the way scoring on each step's own draw was (all three judged on the same fresh draws)."""
     net, x, y = mnist
-    x, y = x[:200], y[:200]
-    bnn = to_bayesian(net, which=0.5, init_sigma=0.05, seed=0)
+    bnn = to_bayesian(net, which=0.5, init_sigma=0.1, seed=0)
     for name in ("pgd-20", "pgd-30", "pgd-40", "eot-pgd-10"):
         assert attack(name).keep == "last", name
 
@@ -169,9 +177,9 @@ def test_apgd_matches_the_official_implementation_on_500_digits(mnist, loss: str
 
     net, x, y = mnist
     torch.manual_seed(0)
-    ours = attack({"use": "apgd", "loss": loss, "eps": 0.1, "steps": 25})(as_sampled(net), x, y).x_adv
-    official = APGDAttack(net, n_iter=25, eps=0.1, loss=loss, seed=0).perturb(x, y)
-    assert float((ours - x).abs().max()) <= 0.1 + 1e-6
+    ours = attack({"use": "apgd", "loss": loss, "eps": 0.05, "steps": 25})(as_sampled(net), x, y).x_adv
+    official = APGDAttack(net, n_iter=25, eps=0.05, loss=loss, seed=0).perturb(x, y)
+    assert float((ours - x).abs().max()) <= 0.05 + 1e-6
     ours_accuracy, official_accuracy = accuracy(net, ours, y), accuracy(net, official, y)
     assert ours_accuracy < accuracy(net, x, y) - 0.2
     assert abs(ours_accuracy - official_accuracy) <= 0.01, (ours_accuracy, official_accuracy)
@@ -183,22 +191,22 @@ def test_apgd_t_matches_the_official_implementation_on_500_digits(mnist) -> None
 
     net, x, y = mnist
     torch.manual_seed(0)
-    ours = attack("apgd-t", eps=0.1, steps=25, targets=3)(as_sampled(net), x, y).x_adv
-    official = APGDAttack_targeted(net, n_iter=25, eps=0.1, n_target_classes=3, seed=0).perturb(x, y)
+    ours = attack("apgd-t", eps=0.05, steps=25, targets=3)(as_sampled(net), x, y).x_adv
+    official = APGDAttack_targeted(net, n_iter=25, eps=0.05, n_target_classes=3, seed=0).perturb(x, y)
     ours_accuracy, official_accuracy = accuracy(net, ours, y), accuracy(net, official, y)
     assert abs(ours_accuracy - official_accuracy) <= 0.01, (ours_accuracy, official_accuracy)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("norm, eps", [("inf", 0.2), ("2", 2.0)])
+@pytest.mark.parametrize("norm, eps", [("inf", 0.08), ("2", 1.5)])
 def test_square_matches_the_official_implementation_on_500_digits(mnist, norm: str, eps: float) -> None:
     from pyautoattack.square import SquareAttack
 
     net, x, y = mnist
     torch.manual_seed(0)
-    ours = attack({"use": "square", "norm": norm, "eps": eps, "queries": 300})(as_sampled(net), x, y).x_adv
+    ours = attack({"use": "square", "norm": norm, "eps": eps, "queries": 1000})(as_sampled(net), x, y).x_adv
     official = SquareAttack(
-        net, norm="Linf" if norm == "inf" else "L2", eps=eps, n_queries=300, resc_schedule=False, seed=0
+        net, norm="Linf" if norm == "inf" else "L2", eps=eps, n_queries=1000, resc_schedule=False, seed=0
     ).perturb(x, y)
     delta = (ours - x).flatten(1)
     assert float(delta.abs().max() if norm == "inf" else delta.norm(dim=1).max()) <= eps + 1e-4
@@ -207,9 +215,9 @@ def test_square_matches_the_official_implementation_on_500_digits(mnist, norm: s
     assert abs(ours_accuracy - official_accuracy) <= SQUARE_TOLERANCE, (ours_accuracy, official_accuracy)
 
 
-SQUARE_TOLERANCE = (
-    0.03  # 300 queries of random search: one seed to the next moves either implementation by up to 6 points
-)
+# 1,000 queries of random search on this MLP, seeds 0-2: ours 0.402-0.410 vs official 0.404-0.414 (Linf 0.08) and
+# 0.380-0.388 vs 0.390-0.396 (L2 1.5); a seed moves either implementation by about a point.
+SQUARE_TOLERANCE = 0.03
 
 
 # ------------------------------------------------------------------------------------------- worst case
