@@ -34,11 +34,12 @@ def tracked(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def runs_by_processes(cwd: Path) -> dict[str, object]:
+def runs_by_processes(cwd: Path) -> dict[tuple[str, str], object]:
+    """{(defense, processes): run} of the parent runs in ./mlflow.db."""
     client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("moons")
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`advbayes.role` = 'parent'")
-    return {run.data.tags.get("advbayes.processes", "1"): run for run in runs}
+    return {(run.data.tags["advbayes.defense"], run.data.tags.get("advbayes.processes", "1")): run for run in runs}
 
 
 def loss_curve(cwd: Path, run: object) -> list[float]:
@@ -56,28 +57,28 @@ def test_each_rank_draws_its_own_stream() -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_train_a_deterministic_network_as_one_process_does(isolated_cwd: Path) -> None:
-    tracked(isolated_cwd)
-    out = tracked(isolated_cwd, "--nproc", "2").stdout
+def test_two_gloo_processes_train_as_one_process_does_exactly_when_deterministic_within_noise_when_bayesian(
+    isolated_cwd: Path,
+) -> None:
+    """One launch of each kind runs both defenses (every launch starts processes that import torch and MLflow)."""
+    both = ("--set", 'defenses=["standard", "bnn"]')
+    tracked(isolated_cwd, *both)
+    out = tracked(isolated_cwd, *both, "--nproc", "2").stdout
     runs = runs_by_processes(isolated_cwd)
-    assert sorted(runs) == ["1", "2"]  # one tracked run per launch: rank 1 tracked nothing
-    single, ddp = runs["1"], runs["2"]
+    assert sorted(runs) == [("bnn", "1"), ("bnn", "2"), ("standard", "1"), ("standard", "2")]  # rank 1 tracked none
+
+    single, ddp = runs["standard", "1"], runs["standard", "2"]
     assert loss_curve(isolated_cwd, ddp) == pytest.approx(loss_curve(isolated_cwd, single), rel=1e-5)
     for key in ("none/accuracy/eps_0.0000", "fgsm/accuracy/eps_0.1000"):  # evaluation sharded, then gathered
         assert ddp.data.metrics[key] == pytest.approx(single.data.metrics[key], abs=1 / 500 + 1e-9)
-    assert "n=500" in out and out.count("accuracy [95% CI]") == 1  # every example counted, printed once
+    assert "n=500" in out and out.count("accuracy [95% CI]") == 2  # every example counted, printed once per defense
     names = {a.path for a in MlflowClient(f"sqlite:///{isolated_cwd / 'mlflow.db'}").list_artifacts(ddp.info.run_id)}
     assert "checkpoints" in names
 
-
-@pytest.mark.slow
-def test_two_gloo_processes_train_a_bayesian_network_within_noise_of_one(isolated_cwd: Path) -> None:
-    tracked(isolated_cwd, "--set", "defense=bnn")
-    tracked(isolated_cwd, "--set", "defense=bnn", "--nproc", "2")
-    runs = runs_by_processes(isolated_cwd)
-    single, ddp = (runs[k].data.metrics["none/accuracy/eps_0.0000"] for k in ("1", "2"))
-    p = (single + ddp) / 2
-    assert abs(single - ddp) <= 3 * math.sqrt(2 * p * (1 - p) / 500)  # 3 sd of the difference of two accuracies
-    single_curve, ddp_curve = (loss_curve(isolated_cwd, runs[k]) for k in ("1", "2"))
+    single, ddp = runs["bnn", "1"], runs["bnn", "2"]
+    p = (single.data.metrics["none/accuracy/eps_0.0000"] + ddp.data.metrics["none/accuracy/eps_0.0000"]) / 2
+    difference = abs(single.data.metrics["none/accuracy/eps_0.0000"] - ddp.data.metrics["none/accuracy/eps_0.0000"])
+    assert difference <= 3 * math.sqrt(2 * p * (1 - p) / 500)  # 3 sd of the difference of two accuracies
+    single_curve, ddp_curve = loss_curve(isolated_cwd, single), loss_curve(isolated_cwd, ddp)
     assert ddp_curve[-1] == pytest.approx(single_curve[-1], rel=0.15)
     assert ddp_curve != single_curve  # the ranks' draws are their own, not a replay of one process's
