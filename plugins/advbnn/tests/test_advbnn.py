@@ -123,6 +123,7 @@ def test_weight_stats_against_a_direct_computation(registry) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("batched_draws")  # runs end to end: the auto strategy's timing race adds seconds
 def test_adv_bnn_training_lowers_its_loss_on_mnist_5k() -> None:
     result = advbayes.run(
         "quickstart",

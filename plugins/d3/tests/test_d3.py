@@ -290,6 +290,7 @@ def test_d3_predicts_by_averaging_logits() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("batched_draws")  # runs end to end: the auto strategy's timing race adds seconds
 def test_d3_mnist_5k_experiment_runs_on_a_subset() -> None:
     """The claims experiment resolves and runs end to end (1 epoch, a tiny subset); the findings come from the full run."""
     group = advbayes.run(

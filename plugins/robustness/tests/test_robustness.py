@@ -268,6 +268,7 @@ def test_transfer_correlation_matrix_through_the_engine() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("batched_draws")  # runs end to end: the auto strategy's timing race adds seconds
 def test_sampling_fashion_style_runs_on_a_subset_with_sweeps_as_child_runs(store: str) -> None:
     group = advbayes.run(
         "sampling-fashion-style",
