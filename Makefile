@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 STAMP := $(VENV)/.advbayes-installed
 
-.PHONY: install demo lint test test-fast clean
+.PHONY: install demo lint test test-fast findings clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) examples/my-defense-plugin/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "advbayes needs Python 3.10 or newer"; exit 1; }
@@ -44,6 +44,16 @@ test: install lint
 # fresh processes) or server (a real mlflow server): for the edit-test loop. CI runs `make test`.
 test-fast: install
 	$(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow and not server"
+
+# docs/findings.md from the run records in docs/records (`advbayes export`), with no store and no network: the same
+# bytes on every machine (docs/reports.md).
+FINDINGS_EXPERIMENTS := sampling-fashion-style gradient-limit-mnist-5k advbnn-mnist-5k hvi-vs-advbnn-mnist-5k \
+	hvi-vs-advbnn-autoattack-mnist-5k d3-collapse-mnist-5k
+FINDINGS_METRICS := accuracy cos_alpha_mean attack_length_mean linear_fraction smooth_fraction softmax_robustness
+
+findings: install
+	$(BIN)/advbayes report $(FINDINGS_EXPERIMENTS) --records docs/records --claims docs/claims.toml \
+		--preamble docs/findings-preamble.md --out docs --file findings.md $(foreach m,$(FINDINGS_METRICS),--metric $(m))
 
 clean:
 	rm -rf $(VENV) build dist core/*.egg-info plugins/*/*.egg-info

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import os
 import shutil
@@ -25,23 +24,13 @@ from advbayes.lab.claims import (
     x_of,
 )
 from advbayes.lab.figures import Point, drawable_metrics, experiment_figure, save_figure, series_figure
+from advbayes.lab.records import read_records
+from advbayes.lab.sources import RecordRuns, RunSource, StoreRuns, values_by_key
 from advbayes.results import format_value
-from advbayes.tracking.runs import tracked_runs
-from advbayes.tracking.settings import group_key, group_label, varied_settings
+from advbayes.tracking.settings import group_label, varied_settings
 from advbayes.tracking.store import client_for
 
 TRAIN_COLUMNS = ("loss", "ce", "acc", "kl_per_param", "mean_sigma2", "r", "omega_m", "omega_s", "epoch_seconds")
-
-
-def latest_per_defense(runs: Sequence[Any]) -> list[Any]:
-    """The newest FINISHED parent run of each defense, varied setting (tracking/settings.py) and seed, in
-    training order (oldest first)."""
-    finished = [run for run in runs if run.info.status == "FINISHED"]
-    varied = varied_settings(finished)
-    chosen: dict[tuple[str, ...], Any] = {}
-    for run in finished:  # newest first
-        chosen.setdefault((*group_key(run, varied), run.data.tags.get("advbayes.seed", "?")), run)
-    return sorted(chosen.values(), key=lambda r: r.info.start_time)
 
 
 def defense_groups(runs: Sequence[Any]) -> dict[str, str]:
@@ -62,18 +51,6 @@ def run_labels(runs: Sequence[Any], groups: Mapping[str, str]) -> dict[str, str]
         several = len(seeds[group]) > 1
         labels[run.info.run_id] = f"{group} (seed {run.data.tags.get('advbayes.seed', '?')})" if several else group
     return labels
-
-
-def read_results(client: Any, run_id: str, scratch: Path) -> list[dict[str, str]]:
-    """The rows of a run's results.csv artifact."""
-    path = client.download_artifacts(run_id, "results.csv", str(scratch))
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def values_by_key(rows: Sequence[dict[str, str]]) -> dict[tuple[str, float, str], float]:
-    """A run's results.csv rows as {(attack, eps, metric): value}; intervals are the metrics NAME_ci_low/_high."""
-    return {(r["attack"], float(r["eps"]), r["metric"]): float(r["value"]) for r in rows}
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -115,32 +92,6 @@ def metric_table(results: dict[str, list[dict[str, str]]], metric: str, groups: 
             cells = ["{:.4f} +- {:.4f}".format(*mean_sd(by_eps[e])) if e in by_eps else "-" for e in eps_values]
             rows.append([f"{defense}: mean +- sd over {max(len(v) for v in by_eps.values())} seeds", attack, *cells])
     return markdown_table(["defense", "attack", *(f"eps {e:g}" for e in eps_values)], rows)
-
-
-def copy_figures(
-    client: Any, run: Any, scratch: Path, destination: Path, metrics: Sequence[str] | None = None
-) -> list[Path]:
-    """The run-level figures (metric vs eps, only `metrics`' when given; figures/), copied under `destination`."""
-    copied: list[Path] = []
-    pending = [""]
-    while pending:
-        folder = pending.pop()
-        for item in client.list_artifacts(run.info.run_id, folder or None):
-            if item.is_dir and not item.path.startswith(("checkpoints", "model")):
-                pending.append(item.path)
-            elif item.path.endswith(".png"):
-                if (
-                    metrics is not None
-                    and "/" not in item.path
-                    and item.path.removesuffix("_vs_eps.png") not in metrics
-                ):
-                    continue
-                local = Path(client.download_artifacts(run.info.run_id, item.path, str(scratch)))
-                target = destination / item.path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(local, target)
-                copied.append(target)
-    return sorted(copied)
 
 
 def points_of(run: Any, rows: Sequence[dict[str, str]], metric: str, group: str) -> list[Point]:
@@ -185,15 +136,25 @@ def overlay_figures(
     return parts
 
 
-def experiment_section(store: StoreRuns, name: str, out: Path, figures_dir: Path, metrics: Sequence[str] | None) -> str:
+def code_of(tags: Mapping[str, str]) -> str:
+    """`commit C (uncommitted changes), torch T, mlflow M` from a run's provenance tags."""
+    commit = tags.get("advbayes.git_commit")
+    text = f"commit {commit[:12]}" if commit else "commit unknown"
+    if tags.get("advbayes.git_dirty") == "true":
+        text += " with uncommitted changes"
+    versions = [f"{p} {tags[key]}" for p in ("advbayes", "torch", "mlflow") if (key := f"advbayes.version.{p}") in tags]
+    return ", ".join([text, *versions])
+
+
+def experiment_section(store: RunSource, name: str, out: Path, figures_dir: Path, metrics: Sequence[str] | None) -> str:
     """The Markdown of one experiment: setting, tables per metric, training summary, model metrics, figures."""
-    client, scratch = store.client, store.scratch
     runs = store.runs(name)
     if not runs:
-        raise RunError(f"experiment '{name}' has no FINISHED runs in {client.tracking_uri}")
+        raise RunError(f"experiment '{name}' has no FINISHED runs in {store.source}")
     first = runs[0]
     params = first.data.params
-    started = dt.datetime.fromtimestamp(first.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+    # UTC: the same runs give the same report on every machine (make findings regenerates it byte for byte)
+    started = dt.datetime.fromtimestamp(first.info.start_time / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     setting = ", ".join(
         f"{label} {params[key]}"
         for label, key in (
@@ -213,7 +174,7 @@ def experiment_section(store: StoreRuns, name: str, out: Path, figures_dir: Path
         params.get("description", ""),
         "",
         f"Setting: {setting}; device {first.data.tags.get('advbayes.device', '?')}; started {started}; "
-        f"commit {first.data.tags.get('advbayes.git_commit', 'unknown')[:12]}.",
+        f"{code_of(first.data.tags)}.",
         "",
     ]
     group_of = defense_groups(runs)
@@ -240,7 +201,7 @@ def experiment_section(store: StoreRuns, name: str, out: Path, figures_dir: Path
             for r in runs
         ]
         parts += ["", "### training (last epoch)", "", markdown_table(["defense", *train_keys], rows)]
-    model_keys = list(dict.fromkeys(k for r in runs for k in r.data.metrics if k.startswith("model/")))
+    model_keys = sorted({k for r in runs for k in r.data.metrics if k.startswith("model/")})  # not the store's order
     if model_keys:
         rows = [
             [k[len("model/") :], *(format_value(r.data.metrics[k]) if k in r.data.metrics else "-" for r in runs)]
@@ -255,57 +216,14 @@ def experiment_section(store: StoreRuns, name: str, out: Path, figures_dir: Path
     for run in runs:
         label = label_of[run.info.run_id]
         folder = label.replace(" (seed ", "-seed").rstrip(")")  # a path part without spaces or brackets
-        copied = copy_figures(client, run, scratch, figures_dir / name / folder, metrics)
+        copied = store.copy_figures(run, figures_dir / name / folder, metrics)
         if copied:
             parts += ["", f"### figures: {label}", ""]
             parts += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in copied]
     return "\n".join(parts)
 
 
-class StoreRuns:
-    """The store's newest finished runs per experiment and their results.csv rows, each read once per report."""
-
-    def __init__(self, client: Any, scratch: Path) -> None:
-        self.client, self.scratch = client, scratch
-        self._runs: dict[str, list[Any]] = {}
-        self._rows: dict[str, list[dict[str, str]]] = {}
-
-    def runs(self, experiment: str, *, missing_ok: bool = False) -> list[Any]:
-        """The newest finished run of each defense and seed; an experiment the store lacks is an error, or []."""
-        if experiment not in self._runs:
-            if missing_ok and self.client.get_experiment_by_name(experiment) is None:
-                return []
-            self._runs[experiment] = latest_per_defense(tracked_runs(self.client.tracking_uri, [experiment]))
-        return self._runs[experiment]
-
-    def rows(self, run_id: str) -> list[dict[str, str]]:
-        """The rows of a run's results.csv artifact."""
-        if run_id not in self._rows:
-            self._rows[run_id] = read_results(self.client, run_id, self.scratch)
-        return self._rows[run_id]
-
-    def defenses(self, experiment: str) -> list[str]:
-        """The defenses of an experiment's finished runs ([] when the store has no such experiment)."""
-        runs = self.runs(experiment, missing_ok=True)
-        return list(dict.fromkeys(r.data.tags.get("advbayes.defense", "?") for r in runs))
-
-    def runs_of(
-        self, experiment: str, defense: str
-    ) -> list[tuple[int, str, Mapping[tuple[str, float, str], float], Mapping[str, float]]]:
-        """[(seed, run id, results {(attack, eps, metric): value}, run metrics)] of one defense's runs."""
-        return [
-            (
-                int(r.data.tags.get("advbayes.seed", "0")),
-                r.info.run_id,
-                values_by_key(self.rows(r.info.run_id)),
-                dict(r.data.metrics),
-            )
-            for r in self.runs(experiment, missing_ok=True)
-            if r.data.tags.get("advbayes.defense", "?") == defense
-        ]
-
-
-def claim_figure(store: StoreRuns, spec: FigureSpec, folder: Path, out: Path) -> list[str]:
+def claim_figure(store: RunSource, spec: FigureSpec, folder: Path, out: Path) -> list[str]:
     """One [[figure]] of a claims file, drawn from the store, and its Markdown."""
     defenses = list(spec.defenses) or store.defenses(spec.experiment)
     series: dict[str, dict[float, list[float]]] = {}
@@ -313,8 +231,8 @@ def claim_figure(store: StoreRuns, spec: FigureSpec, folder: Path, out: Path) ->
         by_x = series.setdefault(defense, {})
         for _seed, run_id, results, metrics in store.runs_of(spec.experiment, defense):
             if spec.history:
-                for m in store.client.get_metric_history(run_id, spec.metric):
-                    by_x.setdefault(float(m.step), []).append(m.value)
+                for step, value in store.history(run_id, spec.metric):
+                    by_x.setdefault(float(step), []).append(value)
             elif spec.attack is not None:
                 for (attack, eps, metric), value in results.items():
                     x = x_of(spec.attack, attack)
@@ -343,7 +261,7 @@ def claim_figure(store: StoreRuns, spec: FigureSpec, folder: Path, out: Path) ->
 
 
 def claims_section(
-    store: StoreRuns, claims: Sequence[Claim], figures: Sequence[FigureSpec], source: str, out: Path, figures_dir: Path
+    store: RunSource, claims: Sequence[Claim], figures: Sequence[FigureSpec], source: str, out: Path, figures_dir: Path
 ) -> str:
     """The claims summary: the verdict rule, one row per claim, then the claims file's figures."""
     rows, verdicts = [], []
@@ -386,14 +304,19 @@ def write_report(
     preamble: Path | None = None,
     metrics: Sequence[str] | None = None,
     claims: Path | None = None,
+    records: Path | None = None,
 ) -> Path:
-    """Write OUT/FILE (and its figures beside it) for the newest finished runs of `experiments`; with `claims`,
-    a summary that checks each claim of that file against the runs first."""
+    """Write OUT/FILE (and its figures beside it) for the newest finished runs of `experiments`, read from the
+    store or, with `records`, from run records (lab/records.py); with `claims`, a summary that checks each claim of
+    that file against the runs first."""
     if Path(file).name != file or file in ("", ".", ".."):
         raise RunError(f"--file: expected a file name inside --out, got {file!r}")
+    if records is not None and tracking_uri is not None:
+        raise RunError("--records and --tracking-uri: a report reads one source, give one of them")
     # MLflow draws a progress bar per downloaded artifact: dozens of lines of noise for small files
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    client = client_for(tracking_uri, write=False)
+    recorded = RecordRuns(read_records(records), records) if records is not None else None
+    client = client_for(tracking_uri, write=False) if recorded is None else None
     out.mkdir(parents=True, exist_ok=True)
     figures_dir = out / f"{Path(file).stem}_figures"
     if figures_dir.exists():
@@ -405,11 +328,11 @@ def write_report(
         sections.append(preamble.read_text().rstrip())
     else:
         sections.append(f"# advbayes report: {', '.join(experiments)}")
-    sections.append(f"Generated by `advbayes report {' '.join(experiments)}` from {client.tracking_uri}.")
     # a malformed claims file fails before anything is read or drawn
     claim_list, claim_figures = load_claims(claims) if claims is not None else ([], [])
     with tempfile.TemporaryDirectory(prefix="advbayes-report-") as scratch:
-        store = StoreRuns(client, Path(scratch))
+        store: RunSource = recorded if recorded is not None else StoreRuns(client, Path(scratch))
+        sections.append(f"Generated by `advbayes report {' '.join(experiments)}` from {store.source}.")
         if claims is not None:
             sections.append(claims_section(store, claim_list, claim_figures, claims.name, out, figures_dir))
         for name in experiments:

@@ -36,7 +36,7 @@ def runs_view_urls(uri: str, port: int) -> list[tuple[str, str]]:
 
 
 def add_commands(cli: click.Group) -> None:
-    """Add ui, compare, runs and report to the advbayes command line."""
+    """Add ui, compare, runs, report and export to the advbayes command line."""
 
     @cli.command("ui")
     @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port on 127.0.0.1.")
@@ -164,6 +164,11 @@ def add_commands(cli: click.Group) -> None:
         type=click.Path(dir_okay=False, path_type=Path),
         help="A claims file ([[claim]], [[figure]]): a verdict per claim from the runs, before the sections.",
     )
+    @click.option(
+        "--records",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Read the runs from run records (advbayes export) instead of a store: no store, no network.",
+    )
     @tracking_option
     @debug_option
     def report_command(
@@ -173,6 +178,7 @@ def add_commands(cli: click.Group) -> None:
         preamble: Path | None,
         metrics: Sequence[str],
         claims: Path | None,
+        records: Path | None,
         tracking_uri: str | None,
         debug: bool,
     ) -> None:
@@ -187,5 +193,22 @@ def add_commands(cli: click.Group) -> None:
             preamble=preamble,
             metrics=metrics or None,
             claims=claims,
+            records=records,
         )
         click.echo(str(path))
+
+    @cli.command("export")
+    @click.argument("experiments", nargs=-1, required=True)
+    @click.option(
+        "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder of the records."
+    )
+    @tracking_option
+    @debug_option
+    def export_command(experiments: Sequence[str], out: Path, tracking_uri: str | None, debug: bool) -> None:
+        """Export the runs a report of EXPERIMENTS reads as JSON run records (params, metrics, tags, results; no
+        weights) into OUT/EXPERIMENT/, for `advbayes report --records OUT`."""
+        from advbayes.lab.sources import export_records
+
+        written = export_records(experiments, out, tracking_uri)
+        size = sum(p.stat().st_size for p in written)
+        click.echo(f"{len(written)} run records ({size / 1e6:.2f} MB) in {out}")

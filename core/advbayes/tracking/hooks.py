@@ -17,10 +17,10 @@ from advbayes.tracking.lease import Lease, claim, describe
 from advbayes.tracking.runs import (
     current_holder,
     flatten,
-    git_commit,
     has_checkpoint,
     liveness,
     process_tags,
+    provenance,
     restart_hint,
     run_params,
 )
@@ -113,10 +113,7 @@ def run_started(run: Any) -> None:
     }
     if run.resumed_from:  # a resumed run whose settings changed: a new run, since MLflow params never change
         tags["advbayes.resumed_from"] = run.resumed_from
-    commit = git_commit()
-    if commit:
-        tags["advbayes.git_commit"] = commit
-        tags["mlflow.source.git.commit"] = commit
+    tags.update(provenance())  # the commit, whether it had uncommitted changes, and the package versions
     # The MLflow experiment is the advbayes experiment; its runs are named by defense, so variants line up.
     experiment = experiment_id(client, run.experiment, str(spec.get("description", "")))
     created = client.create_run(experiment, run_name=spec["defense"]["name"], tags=tags)

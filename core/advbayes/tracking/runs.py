@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from advbayes.errors import RunError
@@ -75,13 +77,42 @@ def run_params(spec: Mapping[str, Any]) -> dict[str, str]:
     return flat
 
 
-def git_commit() -> str | None:
-    """The commit of the working directory's git checkout, if there is one."""
+def _git(args: Sequence[str], where: Path) -> str | None:
+    """The output of `git ARGS` run in `where`, or None when git or the checkout is missing."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit(where: Path | None = None) -> str | None:
+    """The commit of the git checkout advbayes runs from (its source directory; `where` if given), if any.
+
+    The package's directory, not the working directory: runs are started from a results directory outside the
+    checkout, and the code that ran is what a reader needs to find."""
+    return _git(["rev-parse", "HEAD"], where or Path(__file__).resolve().parent) or None
+
+
+def provenance(where: Path | None = None) -> dict[str, str]:
+    """Tags that say which code ran: the checkout's commit and whether it had uncommitted changes to tracked files,
+    and the versions of Python, torch, MLflow and advbayes (the plugins' versions are tagged on their own)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    folder = where or Path(__file__).resolve().parent
+    tags = {"advbayes.version.python": platform.python_version()}
+    for package in ("advbayes", "torch", "mlflow"):
+        try:
+            tags[f"advbayes.version.{package}"] = version(package)
+        except PackageNotFoundError:
+            tags[f"advbayes.version.{package}"] = "not installed"
+    commit = git_commit(folder)
+    if commit:
+        tags["advbayes.git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+        changes = _git(["status", "--porcelain", "--untracked-files=no"], folder)
+        tags["advbayes.git_dirty"] = "unknown" if changes is None else str(bool(changes)).lower()
+    return tags
 
 
 def tracked_runs(uri: str | None, experiments: Sequence[str]) -> list[Any]:

@@ -1,0 +1,64 @@
+"""Every tracked run says which code ran: the commit of advbayes's checkout, whether it had uncommitted changes, and
+the package versions, read back against git and importlib.metadata."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+import advbayes
+from advbayes.plugins import create_plugin_manager
+from advbayes.tracking.runs import provenance
+
+CHECKOUT = Path(advbayes.__file__).resolve().parent
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_provenance_follows_the_checkouts_commit_and_its_uncommitted_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for key in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.setenv(key, "advbayes-test")
+    git("init", "-q", cwd=repo)
+    (repo / "code.py").write_text("x = 1\n")
+    git("add", "code.py", cwd=repo)
+    git("commit", "-q", "-m", "one", cwd=repo)
+    tags = provenance(repo)
+    assert tags["advbayes.git_commit"] == git("rev-parse", "HEAD", cwd=repo) == tags["mlflow.source.git.commit"]
+    assert tags["advbayes.git_dirty"] == "false"
+    (repo / "notes.txt").write_text("untracked files are not the code that ran\n")
+    assert provenance(repo)["advbayes.git_dirty"] == "false"
+    (repo / "code.py").write_text("x = 2\n")
+    assert provenance(repo)["advbayes.git_dirty"] == "true"
+    outside = tmp_path / "not-a-checkout"
+    outside.mkdir()
+    assert "advbayes.git_commit" not in provenance(outside) and "advbayes.git_dirty" not in provenance(outside)
+    assert provenance(outside)["advbayes.version.torch"] == version("torch")
+    assert provenance(outside)["advbayes.version.python"] == platform.python_version()
+
+
+def test_a_run_started_outside_the_checkout_is_tagged_with_the_checkouts_commit(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a results directory, not the source tree
+    try:
+        commit = git("rev-parse", "HEAD", cwd=CHECKOUT)
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", cwd=CHECKOUT))
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("advbayes is not installed from a git checkout here")
+    result = advbayes.run("moons", tracking_uri=store, pm=create_plugin_manager(), epochs=1)
+    tags = MlflowClient(store).get_run(result.run_id).data.tags
+    assert tags["advbayes.git_commit"] == commit
+    assert tags["advbayes.git_dirty"] == str(dirty).lower()
+    for package in ("advbayes", "torch", "mlflow"):
+        assert tags[f"advbayes.version.{package}"] == version(package)
