@@ -3,10 +3,12 @@ one-line errors for malformed files, and a report whose claim rows are read back
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from scipy import stats
@@ -14,7 +16,7 @@ from scipy import stats
 import advbayes
 from advbayes.cli import cli
 from advbayes.errors import RunError
-from advbayes.lab.claims import interval, load_claims, t95, verdict
+from advbayes.lab.claims import interval, load_claims, paired_interval, t95, verdict
 from advbayes.plugins import create_plugin_manager
 
 
@@ -172,3 +174,120 @@ def test_a_claim_no_run_has_is_a_one_line_error(store: str, tmp_path: Path) -> N
     )
     assert result.exit_code == 2
     assert "no finished run of experiment 'moons' has bnn accuracy (none, eps 0)" in result.output
+
+
+# ------------------------------------------------------------------------------------------- paired by image
+
+
+def two_way_bootstrap(a: np.ndarray, b: np.ndarray, replicates: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """A second implementation: the 95 % percentile interval of mean(a - b) resampling seeds and images (the same
+    images on every seed, as in a run's fixed test split)."""
+    rng = np.random.default_rng(seed)
+    k, n = a.shape
+    d = (a - b).astype(float)
+    means = np.empty(replicates)
+    for r in range(replicates):
+        seeds, images = rng.integers(0, k, k), rng.integers(0, n, n)
+        means[r] = d[np.ix_(seeds, images)].mean()
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def correlated_outcomes(k: int, n: int, effect: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two verdicts on the same images: mostly right or wrong together, A right more often by `effect`."""
+    rng = np.random.default_rng(seed)
+    easy = rng.random(n) < 0.6  # images both verdicts get right on almost every seed
+    b = ((rng.random((k, n)) < 0.15) | easy).astype(int)
+    a = (b | (rng.random((k, n)) < effect)).astype(int)
+    return a, b
+
+
+def test_paired_interval_is_the_hand_formula_and_agrees_with_a_bootstrap_over_seeds_and_images() -> None:
+    a, b = correlated_outcomes(5, 1000, 0.03, seed=1)
+    mean, low, high = paired_interval(a.tolist(), b.tolist())
+    per_seed = (a - b).mean(axis=1)
+    per_image = (a - b).mean(axis=0)
+    half = math.hypot(
+        stats.t.ppf(0.975, 4) * per_seed.std(ddof=1) / math.sqrt(5),
+        stats.norm.ppf(0.975) * per_image.std(ddof=1) / math.sqrt(1000),
+    )
+    assert (mean, low, high) == pytest.approx(
+        (per_seed.mean(), per_seed.mean() - half, per_seed.mean() + half), abs=1e-4
+    )
+    boot_low, boot_high = two_way_bootstrap(a, b)
+    # the bootstrap of k = 5 seeds uses the normal quantile, ours Student's t (wider by 2.776 / 1.96 on that term),
+    # and ours counts the image-by-seed interaction twice: ours is at least as wide and not grossly wider
+    assert high - low >= (boot_high - boot_low) * 0.95
+    assert high - low <= (boot_high - boot_low) * 1.6
+    assert low > 0  # a 3-point effect on 1,000 shared images and 5 seeds is decided
+
+
+def test_pairing_by_image_decides_what_independent_binomial_errors_cannot() -> None:
+    a, b = correlated_outcomes(3, 1000, 0.02, seed=2)
+    _, low, high = paired_interval(a.tolist(), b.tolist())
+    _, unpaired_low, unpaired_high = interval(a.mean(axis=1).tolist(), b.mean(axis=1).tolist(), 1000, True)
+    assert high - low < (unpaired_high - unpaired_low) / 1.5
+    assert low > 0 and unpaired_low < 0  # the same data: held when paired, inconclusive when treated as independent
+    same = paired_interval(a.tolist(), a.tolist())
+    assert same == (0.0, 0.0, 0.0)  # identical verdicts on every image and seed: no difference, no doubt
+    with pytest.raises(ValueError):
+        paired_interval(a.tolist(), b[:, :999].tolist())
+
+
+def test_minimal_detectable_effect_and_the_growth_that_would_decide_a_row() -> None:
+    from advbayes.lab.claims import Claim, Evaluated, Quantity
+
+    claim = Claim("p", "A > B", "-", "greater", Quantity(constant=1.0), Quantity(constant=0.0))
+    inconclusive = Evaluated(claim, [0, 1, 2], [], [], 1000, 0.01, -0.01, 0.03, "inconclusive")
+    assert inconclusive.detectable == pytest.approx(0.02 * (1.96 + 0.8416) / 1.96, rel=1e-3)
+    assert inconclusive.growth_to_decide() == pytest.approx((0.02 / 0.01) ** 2)  # h must shrink from 0.02 to 0.01
+    held = Evaluated(claim, [0, 1, 2], [], [], 1000, 0.05, 0.02, 0.08, "held")
+    assert held.growth_to_decide() is None
+
+
+def test_a_claim_between_two_attacks_of_the_same_runs_is_paired_by_image(store: str, tmp_path: Path) -> None:
+    import torch
+    from mlflow import MlflowClient
+
+    from advbayes import predict
+    from advbayes.results import unpack_outcomes
+    from advbayes.testing import plugin_registry
+
+    group = advbayes.run(
+        "moons", tracking_uri=store, pm=create_plugin_manager(), seeds=[0, 1], epochs=2, attacks=["none", "fgsm"],
+        eps=[0.0, 0.3],
+    )  # fmt: skip
+    client = MlflowClient(store)
+    registry = plugin_registry()
+    outcomes = {}
+    for member in group.results:
+        dataset = registry.build(
+            "datasets", registry.resolve("datasets", member.spec["dataset"], where=("t", "t", "t"))
+        )
+        x, y = dataset.data("test").tensors
+        with torch.no_grad():  # a second computation of which clean test points the returned model gets right
+            right = (predict(member.model, x)[0].argmax(-1) == y).int().tolist()
+        path = client.download_artifacts(member.run_id, "examples.csv", str(tmp_path / member.run_id))
+        with open(path, newline="") as handle:
+            table = {(r["attack"], float(r["eps"])): r for r in csv.DictReader(handle)}
+        clean = unpack_outcomes(table["none", 0.0]["outcomes"], int(table["none", 0.0]["n"]))
+        assert clean == right
+        attacked = unpack_outcomes(table["fgsm", 0.3]["outcomes"], int(table["fgsm", 0.3]["n"]))
+        assert sum(attacked) / len(attacked) == pytest.approx(
+            next(r.metrics["accuracy"] for r in member.records if r.attack_label == "fgsm" and r.eps == 0.3)
+        )
+        outcomes[member.seed] = (attacked, clean)
+    claims = tmp_path / "claims.toml"
+    claims.write_text(
+        '[[claim]]\npaper = "p"\nclaim = "fgsm lowers accuracy"\npaper_number = "-"\nexperiment = "moons"\n'
+        'a = { defense = "standard", metric = "accuracy", attack = "none", eps = 0.0 }\n'
+        'b = { defense = "standard", metric = "accuracy", attack = "fgsm", eps = 0.3 }\n'
+    )
+    result = CliRunner().invoke(
+        cli, ["report", "moons", "--out", str(tmp_path / "r"), "--claims", str(claims), "--tracking-uri", store]
+    )
+    assert result.exit_code == 0, result.output
+    row = next(line for line in (tmp_path / "r" / "report.md").read_text().splitlines() if "fgsm lowers" in line)
+    seeds = sorted(outcomes)
+    mean, low, high = paired_interval([outcomes[s][1] for s in seeds], [outcomes[s][0] for s in seeds])
+    assert f"d = {mean:.4g} [{low:.4g}, {high:.4g}], paired by seed and image" in row
+    assert "MDE" in row

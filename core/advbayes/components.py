@@ -346,6 +346,10 @@ class MetricState(torchmetrics.Metric):
         """Optional matplotlib figures to log, by file name."""
         return {}
 
+    def per_example(self) -> dict[str, torch.Tensor]:
+        """Optional per-example outcomes (0/1, in the test split's order) of named results, for paired tests."""
+        return {}
+
 
 @attrs.frozen(kw_only=True)
 class Metric(Component):

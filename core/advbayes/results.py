@@ -30,6 +30,7 @@ class EvalRecord:
     examples: int
     entry: str = ""  # the attack's registry entry
     diagnostics: dict[str, float] = attrs.field(factory=dict)  # e.g. zero_grad_share, averaged over examples
+    per_example: dict[str, str] = attrs.field(factory=dict)  # metric -> 0/1 outcome per test example, pack_outcomes
 
     @property
     def attack(self) -> str:
@@ -44,6 +45,33 @@ class EvalRecord:
         if "attack" in values:
             values["attack_label"] = values.pop("attack")
         return cls(**values)
+
+
+def pack_outcomes(outcomes: Any) -> str:
+    """0/1 outcomes per example (a tensor or sequence) as hex, 4 examples per digit, the first in the top bit."""
+    values = outcomes.tolist() if hasattr(outcomes, "tolist") else list(outcomes)
+    bits = "".join("1" if int(v) else "0" for v in values)
+    bits += "0" * (-len(bits) % 4)
+    return "".join(f"{int(bits[i : i + 4], 2):x}" for i in range(0, len(bits), 4))
+
+
+def unpack_outcomes(packed: str, n: int) -> list[int]:
+    """The n 0/1 outcomes of pack_outcomes' hex."""
+    if len(packed) != -(-n // 4):
+        raise ValueError(f"{n} outcomes need {-(-n // 4)} hex digits, got {len(packed)}")
+    bits = "".join(f"{int(digit, 16):04b}" for digit in packed)
+    return [int(b) for b in bits[:n]]
+
+
+def outcomes_csv(records: Sequence[EvalRecord]) -> str:
+    """One row per attack, eps and metric with per-example outcomes: n and the packed outcomes (examples.csv)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["attack", "eps", "metric", "n", "outcomes"])
+    for r in records:
+        for name, packed in r.per_example.items():
+            writer.writerow([r.attack_label, r.eps, name, r.examples, packed])
+    return out.getvalue()
 
 
 def eps_label(eps: float) -> str:

@@ -11,6 +11,12 @@ from advbayes.components import EvalBatch, Metric, MetricState
 from advbayes.intervals import with_interval
 
 
+def is_sharded() -> bool:
+    """Whether this evaluation runs on several processes."""
+    distributed = torch.distributed
+    return distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1
+
+
 class AccuracyState(MetricState):
     """Counts correct predictions (argmax of the S_I-averaged probabilities) on attacked inputs.
 
@@ -23,6 +29,7 @@ class AccuracyState(MetricState):
     all_correct: torch.Tensor
     total: torch.Tensor
     repeats: torch.Tensor
+    per_example_correct: list[torch.Tensor] | torch.Tensor  # a list while updating; one tensor after a sync
 
     def __init__(self) -> None:
         super().__init__()
@@ -30,6 +37,7 @@ class AccuracyState(MetricState):
         self.add_state("all_correct", default=torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("repeats", default=torch.tensor(1), dist_reduce_fx="max")
+        self.add_state("per_example_correct", default=[], dist_reduce_fx="cat")  # for paired tests (lab/claims.py)
 
     def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
         """Count the batch's correct predictions (over every repeat)."""
@@ -37,6 +45,8 @@ class AccuracyState(MetricState):
         right = probs.argmax(dim=-1) == batch.y.to(probs.device).long()  # [R, B]
         self.correct += right.double().mean(dim=0).sum().to(self.correct.device)
         self.all_correct += right.all(dim=0).sum().to(self.all_correct.device)
+        assert isinstance(self.per_example_correct, list)  # a list until compute() syncs it
+        self.per_example_correct.append(right.all(dim=0).to(torch.uint8))  # the verdict `accuracy` counts
         self.total += torch.tensor(batch.y.numel(), device=self.total.device)
         self.repeats = torch.maximum(self.repeats, torch.tensor(probs.shape[0], device=self.repeats.device))
 
@@ -50,6 +60,14 @@ class AccuracyState(MetricState):
             values.update(with_interval("accuracy_mean_over_r", float(self.correct), n))
         # float64: a float32 tensor would turn 0.996 into 0.9959999918937683 in every table, CSV and the MLflow UI
         return {key: torch.tensor(value, dtype=torch.float64) for key, value in values.items()}
+
+    def per_example(self) -> dict[str, torch.Tensor]:
+        """Which test examples `accuracy` counted as correct, in the test split's order (none when the evaluation was
+        sharded over processes: the gathered shards are not in that order)."""
+        if is_sharded() or not self.per_example_correct:
+            return {}
+        correct = self.per_example_correct
+        return {"accuracy": torch.cat(correct) if isinstance(correct, list) else correct.flatten()}
 
 
 @attrs.frozen(kw_only=True)

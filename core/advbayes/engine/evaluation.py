@@ -15,7 +15,7 @@ from advbayes.engine.checkpoints import Checkpoints, set_rng_state
 from advbayes.engine.distributed import total
 from advbayes.errors import RunError
 from advbayes.progress import progress_bar
-from advbayes.results import EvalRecord, eps_label
+from advbayes.results import EvalRecord, eps_label, pack_outcomes
 from advbayes.stochastic import is_stochastic, predict, predict_repeated
 
 
@@ -108,7 +108,7 @@ class Evaluator:
                     prediction_average=self.parts.defense.prediction_average,
                 )
                 states = {name: metric.create().to(self.parts.device) for name, metric in metrics}
-                values, metric_figures, (l2_sum, linf_max, count, zero_share) = self.measure(
+                values, metric_figures, (l2_sum, linf_max, count, zero_share), outcomes = self.measure(
                     net, test, attack, eps, states, bar, inference_samples
                 )
                 figures.update({f"{metric}/{eps_label(eps)}/{file}": f for (metric, file), f in metric_figures.items()})
@@ -124,6 +124,7 @@ class Evaluator:
                             max_linf=linf_max,
                             examples=count,
                             diagnostics={"zero_grad_share": zero_share},
+                            per_example=outcomes,
                         )
                     )
         return attack_records, figures
@@ -139,7 +140,7 @@ class Evaluator:
         if not states:
             return {}, {}
         clean = self.parts.registry.build("attacks", {"name": "none", "use": "none"})  # the built-in clean "attack"
-        values, metric_figures, _ = self.measure(net, test, clean, 0.0, states)
+        values, metric_figures, _, _ = self.measure(net, test, clean, 0.0, states)
         return values, {f"{metric}/{file}": figure for (metric, file), figure in metric_figures.items()}
 
     def measure(
@@ -151,11 +152,12 @@ class Evaluator:
         states: dict[str, Any],
         bar: Any = None,
         inference_samples: int | None = None,
-    ) -> tuple[dict[str, float], dict[tuple[str, str], Any], tuple[float, float, int, float]]:
+    ) -> tuple[dict[str, float], dict[tuple[str, str], Any], tuple[float, float, int, float], dict[str, str]]:
         """Attack the test split, predict on S_I fresh draws (R times when the attack asks), update the metric states.
 
         Returns the metric values, their figures by (metric, file), the applied perturbation (sum of L2 lengths,
-        max L_inf, examples) and the share of exactly-zero input-gradient components the attack reported.
+        max L_inf, examples), the share of exactly-zero input-gradient components the attack reported, and the
+        metrics' per-example outcomes packed as hex (results.pack_outcomes).
         """
         inference_samples = inference_samples or self.parts.defense.inference_samples
         average = self.parts.defense.prediction_average
@@ -201,14 +203,16 @@ class Evaluator:
                 bar.update(len(y))
         values: dict[str, float] = {}
         figures: dict[tuple[str, str], Any] = {}
+        outcomes: dict[str, str] = {}
         for metric_name, state in states.items():  # compute() gathers a sharded evaluation's states over ranks
             values.update({key: float(value) for key, value in state.compute().items()})
             if self.parts.place.leader:
                 figures.update({(metric_name, file): figure for file, figure in state.figures().items()})
+                outcomes.update({key: pack_outcomes(v) for key, v in state.per_example().items()})
         place = self.parts.place
         l2_sum, linf_max, zero_sum = total(l2_sum, place), total(linf_max, place, "max"), total(zero_sum, place)
         count = int(total(count, place))
-        return values, figures, (l2_sum, linf_max, count, zero_sum / max(count, 1))
+        return values, figures, (l2_sum, linf_max, count, zero_sum / max(count, 1)), outcomes
 
 
 def first_batch_is_stochastic(parts: RunParts, net: torch.nn.Module, test: Batches) -> bool:

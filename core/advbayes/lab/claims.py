@@ -40,11 +40,21 @@ T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.
 
 VERDICT_RULE = """\
 **Verdict rule** (applied by `advbayes report --claims` to every row, never by eye). Each row compares two
-quantities A and B of the same experiment, paired by seed: d_s = A_s - B_s for each of the k seeds. The interval
-of d is mean(d) +- h with h = sqrt((t_{k-1} sd(d) / sqrt(k))^2 + (1.96 se)^2): the first term is the seeds'
-spread (Student's t at 95 %), the second the test sample's binomial error of an accuracy, se^2 = mean over seeds
-of p_A (1 - p_A) / n + p_B (1 - p_B) / n (0 for other metrics and for constants). With one seed only the
-binomial term is left, so a non-accuracy row with one seed is always inconclusive.
+quantities A and B of the same experiment, paired by seed: d_s = A_s - B_s for each of the k seeds, d = mean(d_s).
+The 95 % interval of d is d +- h with h = sqrt((t_{k-1} sd(d_s) / sqrt(k))^2 + (1.96 se)^2). The first term is
+the spread over seeds (training and attack randomness; Student's t). The second is the error from the choice of
+test images, and how it is computed depends on what the runs recorded:
+- **paired by image** (accuracies whose runs logged which test images each verdict got right): A and B are judged
+  on the same images, so se^2 = var_i(D_i) / n, where D_i is image i's difference (0, 1 or -1) averaged over
+  seeds. Most images are right (or wrong) under both, so this is far smaller than treating A and B as
+  independent; adding it to the seed term counts the image-by-seed interaction twice, so h is slightly
+  conservative. tests/test_claims_verdicts.py checks h against a bootstrap over seeds and images.
+- **unpaired** (other proportions, or runs without per-image records): the binomial error of independent
+  accuracies, se^2 = mean over seeds of p_A (1 - p_A) / n + p_B (1 - p_B) / n, which overstates the error of a
+  paired difference; 0 for other metrics and constants. A non-accuracy row with one seed is inconclusive.
+Each row also gives its **minimal detectable effect** (MDE = h (1.96 + 0.84) / 1.96: the difference it would
+detect with 80 % power at its n and seeds) and, when inconclusive, the factor by which the seeds and test images
+would have to grow for an effect of the measured size to decide it (the interval shrinks as 1 / sqrt(factor)).
 - claim "A > B": **held** if the interval lies above 0; **did not hold** if it lies below delta (the smallest
   effect the claim needs; 0 unless the row names one), i.e. the data rule out an effect of that size;
   **inconclusive** otherwise.
@@ -107,7 +117,7 @@ class FigureSpec:
 
 @dataclass
 class Evaluated:
-    """A claim's values per seed, the difference's interval and the verdict."""
+    """A claim's values per seed, the difference's interval, how it was paired, and the verdict."""
 
     claim: Claim
     seeds: list[int]
@@ -119,6 +129,51 @@ class Evaluated:
     high: float
     verdict: str
     run_ids: list[str] = field(default_factory=list)
+    paired_by_image: bool = False
+
+    @property
+    def half_width(self) -> float:
+        """h: half the interval's width."""
+        return (self.high - self.low) / 2
+
+    @property
+    def detectable(self) -> float:
+        """The minimal detectable effect: h (z_0.975 + z_0.80) / z_0.975."""
+        return self.half_width * (Z95 + Z80) / Z95
+
+    def growth_to_decide(self) -> float | None:
+        """How many times the seeds and images would have to grow (h ~ 1 / sqrt) for the measured effect to decide
+        the row (None: decided, no interval, or at a boundary no sample size decides)."""
+        if self.verdict != "inconclusive" or math.isinf(self.half_width):
+            return None
+        gap = decision_gap(self.claim.kind, self.mean, self.claim.delta)
+        return (self.half_width / gap) ** 2 if gap > 0 else None
+
+
+Z80 = 0.8416  # the standard normal's 80 % quantile: power 80 %
+
+
+def decision_gap(kind: str, mean: float, delta: float) -> float:
+    """How far the measured difference lies from the boundary it must clear to decide the row either way."""
+    if kind == "greater":
+        return max(mean, delta - mean)
+    if kind == "similar":
+        return max(delta - abs(mean), abs(mean) - delta)
+    return abs(delta - mean)  # not-greater
+
+
+def paired_interval(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> tuple[float, float, float]:
+    """mean(d) and its interval for 0/1 outcomes a[s][i], b[s][i] of k seeds on the same n images (VERDICT_RULE)."""
+    k, n = len(a), len(a[0])
+    if len(b) != k or any(len(row) != n for row in (*a, *b)):
+        raise ValueError("paired outcomes need the same seeds and the same images on both sides")
+    per_seed = [(sum(ra) - sum(rb)) / n for ra, rb in zip(a, b, strict=True)]
+    mean, sd = mean_sd(per_seed)
+    seed_term = t95(k - 1) * sd / math.sqrt(k) if k > 1 else 0.0
+    per_image = [sum(a[s][i] - b[s][i] for s in range(k)) / k for i in range(n)]
+    _, image_sd = mean_sd(per_image)
+    half = math.hypot(seed_term, Z95 * image_sd / math.sqrt(n))
+    return mean, mean - half, mean + half
 
 
 def t95(df: int) -> float:
@@ -256,23 +311,27 @@ def load_claims(path: Path) -> tuple[list[Claim], list[FigureSpec]]:
     return claims, figures
 
 
-RunValues = Callable[[str, str], "list[tuple[int, str, Mapping[tuple[str, float, str], float], Mapping[str, float]]]"]
+Keyed = Mapping[tuple[str, float, str], Any]
+RunValues = Callable[[str, str], "Sequence[tuple[int, str, Keyed, Mapping[str, float], Keyed]]"]
+SideValue = tuple[float, "int | None", str, "list[int] | None"]  # value, n, run id, per-example outcomes
 
 
-def side_values(q: Quantity, runs_of: RunValues) -> dict[int, tuple[float, int | None, str]]:
-    """{seed: (value, n, run id)} of one side (a constant has no seeds: {-1: ...})."""
+def side_values(q: Quantity, runs_of: RunValues) -> dict[int, SideValue]:
+    """{seed: (value, n, run id, outcomes per test example or None)} of one side (a constant: {-1: ...})."""
     if q.constant is not None:
-        return {-1: (q.constant, None, "")}
-    values: dict[int, tuple[float, int | None, str]] = {}
-    for seed, run_id, results, metrics in runs_of(q.experiment, q.defense):
+        return {-1: (q.constant, None, "", None)}
+    values: dict[int, SideValue] = {}
+    for seed, run_id, results, metrics, outcomes in runs_of(q.experiment, q.defense):
+        per_example = None
         if q.attack is None or q.eps is None:  # a run metric (a per-attack one always names its eps)
             value, n = metrics.get(q.metric), None
         else:
             value = results.get((q.attack, q.eps, q.metric))
             count = results.get((q.attack, q.eps, f"{q.metric}_n"))
             n = int(count) if count is not None else None
+            per_example = outcomes.get((q.attack, q.eps, q.metric))
         if value is not None and not math.isnan(value):
-            values[seed] = (value, n, run_id)
+            values[seed] = (value, n, run_id, per_example)
     return values
 
 
@@ -296,7 +355,15 @@ def evaluate(claim: Claim, runs_of: RunValues) -> Evaluated:
     ns = [v[1] for pair in pairs for v in pair if v[1] is not None]
     n = min(ns) if ns else None
     proportion = all(q.constant is not None or q.metric in PROPORTIONS for q in (claim.a, claim.b))
-    mean, low, high = interval(av, bv, n, proportion)
+    outcomes_a, outcomes_b = [pa[3] for pa, _ in pairs], [pb[3] for _, pb in pairs]
+    paired = (
+        all(o is not None for o in outcomes_a + outcomes_b)
+        and len({len(o) for o in outcomes_a + outcomes_b if o is not None}) == 1
+    )
+    if paired:  # the same test images on both sides: a paired difference per image (VERDICT_RULE)
+        mean, low, high = paired_interval(outcomes_a, outcomes_b)  # type: ignore[arg-type]
+    else:
+        mean, low, high = interval(av, bv, n, proportion)
     ids = [pa[2] for pa, _ in pairs if pa[2]] + [pb[2] for _, pb in pairs if pb[2]]  # A's runs, then B's
     return Evaluated(
         claim=claim,
@@ -309,6 +376,7 @@ def evaluate(claim: Claim, runs_of: RunValues) -> Evaluated:
         high=high,
         verdict=verdict(claim.kind, low, high, claim.delta),
         run_ids=list(dict.fromkeys(ids)),
+        paired_by_image=paired,
     )
 
 
@@ -329,10 +397,16 @@ def claim_row(e: Evaluated) -> list[str]:
         f"{label} = {q.describe()}" + ("" if q.constant is not None else f": {_fmt(values)}")
         for label, q, values in (("A", c.a, e.a), ("B", c.b, e.b))
     ]
+    pairing = "paired by seed and image" if e.paired_by_image else "paired by seed"
+    power = "" if math.isinf(e.low) else f"; MDE {e.detectable:.3g}"
+    growth = e.growth_to_decide()
+    if growth is not None:
+        power += f"; deciding it needs ~{growth:.3g}x the seeds and images" if growth > 1 else ""
     ours = (
         f"{sides[0]}; {sides[1]}; "
-        f"d = {e.mean:.4g} {bounds}; seeds {', '.join(map(str, e.seeds))}"
+        f"d = {e.mean:.4g} {bounds}, {pairing}; seeds {', '.join(map(str, e.seeds))}"
         + (f"; n {e.n}" if e.n else "")
+        + power
         + (f". {c.note}" if c.note else "")
     )
     experiments = sorted({q.experiment for q in (c.a, c.b) if q.experiment})

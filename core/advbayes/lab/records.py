@@ -2,7 +2,8 @@
 place of the store, so that a report (docs/findings.md) regenerates with no store and no network.
 
 A record holds what the report reads: the run's params, tags, last metric values, the per-epoch history of its
-training metrics and its results.csv rows. No weights, checkpoints or figures (the figures are drawn again from
+training metrics, its results.csv rows and its examples.csv rows (which test examples each accuracy counted, for
+paired tests). No weights, checkpoints or figures (the figures are drawn again from
 the numbers). mlflow-export-import was not used: it exports whole runs with their artifacts (weights and checkpoints
 included) in a layout that has to be imported into a store again before anything can read it.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from advbayes.errors import RunError
+from advbayes.results import unpack_outcomes
 
 RECORD_VERSION = 1
 DROPPED_TAGS = ("advbayes.heartbeat", "advbayes.pid", "mlflow.runName", "mlflow.user", "mlflow.log-model.history")
@@ -50,9 +52,16 @@ class RecordRun:
     experiment: str
     histories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     results: list[dict[str, str]] = field(default_factory=list)
+    examples: list[dict[str, str]] = field(default_factory=list)
 
 
-def record_of(client: Any, run: Any, experiment: str, rows: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+def record_of(
+    client: Any,
+    run: Any,
+    experiment: str,
+    rows: Sequence[Mapping[str, str]],
+    examples: Sequence[Mapping[str, str]] = (),
+) -> dict[str, Any]:
     """The JSON-ready record of one tracked run (the histories of its train/ metrics read from the store)."""
     metrics = dict(run.data.metrics)
     histories = {
@@ -72,6 +81,7 @@ def record_of(client: Any, run: Any, experiment: str, rows: Sequence[Mapping[str
         "metrics": metrics,
         "histories": histories,
         "results": [dict(row) for row in rows],
+        "examples": [dict(row) for row in examples],
     }
 
 
@@ -121,6 +131,7 @@ def read_record(path: Path) -> RecordRun:
     metrics = _field(record, "metrics", dict, path)
     histories = _field(record, "histories", dict, path)
     results = _field(record, "results", list, path)
+    examples = _field(record, "examples", list, path)
     for name, table in (("params", params), ("tags", tags)):
         bad = next((k for k, v in table.items() if not isinstance(v, str)), None)
         if bad is not None:
@@ -131,6 +142,13 @@ def read_record(path: Path) -> RecordRun:
     for i, row in enumerate(results):
         if not isinstance(row, dict) or not {"attack", "eps", "metric", "value"} <= set(row):
             raise RunError(f"{path}: key 'results[{i}]': expected a row with attack, eps, metric and value")
+    for i, row in enumerate(examples):
+        if not isinstance(row, dict) or not {"attack", "eps", "metric", "n", "outcomes"} <= set(row):
+            raise RunError(f"{path}: key 'examples[{i}]': expected a row with attack, eps, metric, n and outcomes")
+        try:
+            unpack_outcomes(str(row["outcomes"]), int(row["n"]))
+        except ValueError as exc:
+            raise RunError(f"{path}: key 'examples[{i}].outcomes': {exc}") from None
     try:
         steps = {k: [(int(s), float(v)) for s, v in points] for k, points in histories.items()}
     except (TypeError, ValueError):
@@ -146,6 +164,7 @@ def read_record(path: Path) -> RecordRun:
         experiment=_field(record, "experiment", str, path),
         histories=steps,
         results=[{k: str(v) for k, v in row.items()} for row in results],
+        examples=[{k: str(v) for k, v in row.items()} for row in examples],
     )
 
 

@@ -229,7 +229,7 @@ def claim_figure(store: RunSource, spec: FigureSpec, folder: Path, out: Path) ->
     series: dict[str, dict[float, list[float]]] = {}
     for defense in defenses:
         by_x = series.setdefault(defense, {})
-        for _seed, run_id, results, metrics in store.runs_of(spec.experiment, defense):
+        for _seed, run_id, results, metrics, _outcomes in store.runs_of(spec.experiment, defense):
             if spec.history:
                 for step, value in store.history(run_id, spec.metric):
                     by_x.setdefault(float(step), []).append(value)

@@ -12,6 +12,7 @@ from typing import Any
 
 from advbayes.errors import RunError
 from advbayes.lab.records import RecordRun, dumps_record, record_of
+from advbayes.results import unpack_outcomes
 from advbayes.tracking.runs import tracked_runs
 from advbayes.tracking.settings import group_key, varied_settings
 from advbayes.tracking.store import client_for
@@ -28,11 +29,19 @@ def latest_per_defense(runs: Sequence[Any]) -> list[Any]:
     return sorted(chosen.values(), key=lambda r: r.info.start_time)
 
 
-def read_results(client: Any, run_id: str, scratch: Path) -> list[dict[str, str]]:
-    """The rows of a run's results.csv artifact."""
-    path = client.download_artifacts(run_id, "results.csv", str(scratch))
+def read_results(client: Any, run_id: str, scratch: Path, name: str = "results.csv") -> list[dict[str, str]]:
+    """The rows of a run's results.csv artifact (or another CSV artifact `name`)."""
+    path = client.download_artifacts(run_id, name, str(scratch))
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+Outcomes = dict[tuple[str, float, str], list[int]]  # (attack, eps, metric) -> 0/1 per test example
+
+
+def outcomes_by_key(rows: Sequence[Mapping[str, str]]) -> Outcomes:
+    """A run's examples.csv rows as {(attack, eps, metric): [0/1 per test example]}."""
+    return {(r["attack"], float(r["eps"]), r["metric"]): unpack_outcomes(r["outcomes"], int(r["n"])) for r in rows}
 
 
 def values_by_key(rows: Sequence[dict[str, str]]) -> dict[tuple[str, float, str], float]:
@@ -88,6 +97,10 @@ class RunSource:
         """The run's own figures, copied under `destination` (none where the source keeps no figures)."""
         raise NotImplementedError
 
+    def examples(self, run_id: str) -> list[dict[str, str]]:
+        """The rows of a run's examples.csv (per-example outcomes); [] for runs tracked before it existed."""
+        raise NotImplementedError
+
     def defenses(self, experiment: str) -> list[str]:
         """The defenses of an experiment's finished runs ([] when the source has no such experiment)."""
         runs = self.runs(experiment, missing_ok=True)
@@ -95,14 +108,16 @@ class RunSource:
 
     def runs_of(
         self, experiment: str, defense: str
-    ) -> list[tuple[int, str, Mapping[tuple[str, float, str], float], Mapping[str, float]]]:
-        """[(seed, run id, results {(attack, eps, metric): value}, run metrics)] of one defense's runs."""
+    ) -> list[tuple[int, str, Mapping[tuple[str, float, str], float], Mapping[str, float], Outcomes]]:
+        """[(seed, run id, results {(attack, eps, metric): value}, run metrics, per-example outcomes)] of one
+        defense's runs."""
         return [
             (
                 int(r.data.tags.get("advbayes.seed", "0")),
                 r.info.run_id,
                 values_by_key(self.rows(r.info.run_id)),
                 dict(r.data.metrics),
+                outcomes_by_key(self.examples(r.info.run_id)),
             )
             for r in self.runs(experiment, missing_ok=True)
             if r.data.tags.get("advbayes.defense", "?") == defense
@@ -117,6 +132,7 @@ class StoreRuns(RunSource):
         self.source = client.tracking_uri
         self._runs: dict[str, list[Any]] = {}
         self._rows: dict[str, list[dict[str, str]]] = {}
+        self._examples: dict[str, list[dict[str, str]]] = {}
 
     def runs(self, experiment: str, *, missing_ok: bool = False) -> list[Any]:
         """The newest finished run of each defense and seed; an experiment the store lacks is an error, or []."""
@@ -131,6 +147,14 @@ class StoreRuns(RunSource):
         if run_id not in self._rows:
             self._rows[run_id] = read_results(self.client, run_id, self.scratch)
         return self._rows[run_id]
+
+    def examples(self, run_id: str) -> list[dict[str, str]]:
+        """The rows of a run's examples.csv artifact ([] when it has none)."""
+        if run_id not in self._examples:
+            listed = {item.path for item in self.client.list_artifacts(run_id)}
+            found = "examples.csv" in listed
+            self._examples[run_id] = read_results(self.client, run_id, self.scratch, "examples.csv") if found else []
+        return self._examples[run_id]
 
     def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
         """(step, value) of a metric's history, read from the store."""
@@ -167,6 +191,10 @@ class RecordRuns(RunSource):
         """The recorded results.csv rows."""
         return self._by_id[run_id].results
 
+    def examples(self, run_id: str) -> list[dict[str, str]]:
+        """The recorded examples.csv rows."""
+        return self._by_id[run_id].examples
+
     def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
         """The recorded history (train/ metrics only; [] for others)."""
         return self._by_id[run_id].histories.get(metric, [])
@@ -195,7 +223,7 @@ def export_records(experiments: Sequence[str], out: Path, tracking_uri: str | No
                 shutil.rmtree(folder)
             folder.mkdir(parents=True)
             for run in runs:
-                record = record_of(client, run, name, store.rows(run.info.run_id))
+                record = record_of(client, run, name, store.rows(run.info.run_id), store.examples(run.info.run_id))
                 seed = run.data.tags.get("advbayes.seed", "x")
                 path = folder / f"{run.data.tags.get('advbayes.defense', 'run')}-seed{seed}-{run.info.run_id[:8]}.json"
                 path.write_text(dumps_record(record))

@@ -45,7 +45,7 @@ else:  # pragma: no cover
 
 from advbayes.errors import AdvbayesError, RunError, error_text
 from advbayes.hookspecs import hookimpl
-from advbayes.results import eps_label, eps_step, metric_names, to_csv
+from advbayes.results import eps_label, eps_step, metric_names, outcomes_csv, to_csv
 
 if TYPE_CHECKING:
     from advbayes.results import EvalRecord, RunResult
@@ -224,6 +224,8 @@ def run_finished(run: Any, result: RunResult | None, status: str, error: BaseExc
             client.set_tag(run_id, "posterior.converged", "true" if converged else "false")
         client.log_text(run_id, to_csv(result.records), "results.csv")
         client.log_text(run_id, result.format() + "\n", "results.txt")
+        if any(r.per_example for r in result.records):  # which test examples each verdict got right: paired tests
+            client.log_text(run_id, outcomes_csv(result.records), "examples.csv")
         from advbayes.lab.figures import drawable_metrics, experiment_figure, points_from_records, safe_file_name
 
         defense = result.spec["defense"]["name"]
