@@ -24,7 +24,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/advbayes run quickstart
 
-LINTED := core plugins examples tests benchmarks
+LINTED := core plugins examples tests benchmarks  # tests/test_lint.py lists the same
 
 lint: install
 	$(BIN)/python -m ruff check $(LINTED)
@@ -37,7 +37,8 @@ lint: install
 TEST_WORKERS ?= auto
 TEST_ENV := MLFLOW_DISABLE_TELEMETRY=true OMP_NUM_THREADS=1
 
-test: install lint
+# The static checks of `lint` run inside the suite (tests/test_lint.py), beside the other tests on idle cores.
+test: install
 	$(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # The core of the suite without the tests marked slow (real trainings, official-implementation comparisons,

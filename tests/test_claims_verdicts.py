@@ -84,6 +84,16 @@ def test_verdict_rule_at_its_edges(kind: str, low: float, high: float, delta: fl
         ),
         ("[[claim]]\npaper = 'p'\n", "expected a string 'claim'"),
         ("[[figure]]\nname = 'f'\nexperiment = 'e'\ntitle = 't'\nmetric = 'accuracy'\n", "needs an {x}"),
+        (
+            "[[claim]]\npaper = 'p'\nclaim = 'c'\npaper_number = 'n'\nexperiment = 'e'\ncite = 3\n"
+            "a = { constant = 1 }\nb = { constant = 0 }\n",
+            "claim 1.cite: expected a non-empty string, got 3",
+        ),
+        (
+            "[[claim]]\npaper = 'p'\nclaim = 'c'\npaper_number = 'n'\nexperiment = 'e'\nnot_testable = 'x'\n"
+            "artifact = 'y'\na = { constant = 1 }\nb = { constant = 0 }\n",
+            "claim 1: a claim is either not testable here or an artifact, not both",
+        ),
         ("[claims]\n", "unknown table 'claims'"),
         ("a = [", "not valid TOML"),
     ],
@@ -291,3 +301,33 @@ def test_a_claim_between_two_attacks_of_the_same_runs_is_paired_by_image(store: 
     mean, low, high = paired_interval([outcomes[s][1] for s in seeds], [outcomes[s][0] for s in seeds])
     assert f"d = {mean:.4g} [{low:.4g}, {high:.4g}], paired by seed and image" in row
     assert "MDE" in row
+
+
+def test_a_claim_not_testable_here_says_why_and_an_artifact_is_labelled(store: str, tmp_path: Path) -> None:
+    advbayes.run("moons", tracking_uri=store, pm=create_plugin_manager(), seeds=[0, 1], epochs=2)
+    claims = tmp_path / "claims.toml"
+    claims.write_text(
+        '[[claim]]\npaper = "p"\nclaim = "beats chance"\npaper_number = "0.9"\ncite = "table 2, section 4"\n'
+        'experiment = "moons"\nartifact = "two moons are nearly separable"\n'
+        'a = { defense = "standard", metric = "accuracy", attack = "none", eps = 0.0 }\nb = { constant = 0.5 }\n'
+        '[[claim]]\npaper = "p"\nclaim = "holds on ImageNet"\npaper_number = "-"\nexperiment = "nosuch"\n'
+        'not_testable = "no ImageNet offline"\na = { defense = "x", metric = "m" }\nb = { constant = 0.5 }\n'
+    )
+    result = CliRunner().invoke(
+        cli, ["report", "moons", "--out", str(tmp_path / "r"), "--claims", str(claims), "--tracking-uri", store]
+    )
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "r" / "report.md").read_text()
+    artifact = next(line for line in text.splitlines() if "beats chance" in line)
+    assert "0.9 (table 2, section 4)" in artifact
+    assert artifact.rstrip(" |").endswith("artifact (held): two moons are nearly separable")
+    untested = next(line for line in text.splitlines() if "holds on ImageNet" in line)
+    assert "not testable here: no ImageNet offline" in untested and untested.rstrip(" |").endswith("not testable here")
+    assert "0 held, 0 did not hold, 0 inconclusive, 0 not run; 1 not testable here, 1 artifacts" in text
+
+
+def test_every_shipped_claim_is_cited_and_the_file_loads() -> None:
+    claims, figures = load_claims(Path(__file__).resolve().parents[1] / "docs" / "claims.toml")
+    assert claims and figures
+    uncited = [c.text for c in claims if not c.cite]
+    assert not uncited, f"claims without a figure/table reference: {uncited}"

