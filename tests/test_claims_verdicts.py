@@ -254,6 +254,17 @@ def test_minimal_detectable_effect_and_the_growth_that_would_decide_a_row() -> N
     assert held.growth_to_decide() is None
 
 
+def report_with_claims(store: str, folder: Path, claims_text: str) -> str:
+    """The text of `advbayes report moons` over `store` with the claims file `claims_text`."""
+    claims = folder / "claims.toml"
+    claims.write_text(claims_text)
+    result = CliRunner().invoke(
+        cli, ["report", "moons", "--out", str(folder / "r"), "--claims", str(claims), "--tracking-uri", store]
+    )
+    assert result.exit_code == 0, result.output
+    return (folder / "r" / "report.md").read_text()
+
+
 def test_a_claim_between_two_attacks_of_the_same_runs_is_paired_by_image(store: str, tmp_path: Path) -> None:
     import torch
     from mlflow import MlflowClient
@@ -286,17 +297,14 @@ def test_a_claim_between_two_attacks_of_the_same_runs_is_paired_by_image(store: 
             next(r.metrics["accuracy"] for r in member.records if r.attack_label == "fgsm" and r.eps == 0.3)
         )
         outcomes[member.seed] = (attacked, clean)
-    claims = tmp_path / "claims.toml"
-    claims.write_text(
+    text = report_with_claims(
+        store,
+        tmp_path,
         '[[claim]]\npaper = "p"\nclaim = "fgsm lowers accuracy"\npaper_number = "-"\nexperiment = "moons"\n'
         'a = { defense = "standard", metric = "accuracy", attack = "none", eps = 0.0 }\n'
-        'b = { defense = "standard", metric = "accuracy", attack = "fgsm", eps = 0.3 }\n'
+        'b = { defense = "standard", metric = "accuracy", attack = "fgsm", eps = 0.3 }\n',
     )
-    result = CliRunner().invoke(
-        cli, ["report", "moons", "--out", str(tmp_path / "r"), "--claims", str(claims), "--tracking-uri", store]
-    )
-    assert result.exit_code == 0, result.output
-    row = next(line for line in (tmp_path / "r" / "report.md").read_text().splitlines() if "fgsm lowers" in line)
+    row = next(line for line in text.splitlines() if "fgsm lowers" in line)
     seeds = sorted(outcomes)
     mean, low, high = paired_interval([outcomes[s][1] for s in seeds], [outcomes[s][0] for s in seeds])
     assert f"d = {mean:.4g} [{low:.4g}, {high:.4g}], paired by seed and image" in row
@@ -305,19 +313,15 @@ def test_a_claim_between_two_attacks_of_the_same_runs_is_paired_by_image(store: 
 
 def test_a_claim_not_testable_here_says_why_and_an_artifact_is_labelled(store: str, tmp_path: Path) -> None:
     advbayes.run("moons", tracking_uri=store, pm=create_plugin_manager(), seeds=[0, 1], epochs=2)
-    claims = tmp_path / "claims.toml"
-    claims.write_text(
+    text = report_with_claims(
+        store,
+        tmp_path,
         '[[claim]]\npaper = "p"\nclaim = "beats chance"\npaper_number = "0.9"\ncite = "table 2, section 4"\n'
         'experiment = "moons"\nartifact = "two moons are nearly separable"\n'
         'a = { defense = "standard", metric = "accuracy", attack = "none", eps = 0.0 }\nb = { constant = 0.5 }\n'
         '[[claim]]\npaper = "p"\nclaim = "holds on ImageNet"\npaper_number = "-"\nexperiment = "nosuch"\n'
-        'not_testable = "no ImageNet offline"\na = { defense = "x", metric = "m" }\nb = { constant = 0.5 }\n'
+        'not_testable = "no ImageNet offline"\na = { defense = "x", metric = "m" }\nb = { constant = 0.5 }\n',
     )
-    result = CliRunner().invoke(
-        cli, ["report", "moons", "--out", str(tmp_path / "r"), "--claims", str(claims), "--tracking-uri", store]
-    )
-    assert result.exit_code == 0, result.output
-    text = (tmp_path / "r" / "report.md").read_text()
     artifact = next(line for line in text.splitlines() if "beats chance" in line)
     assert "0.9 (table 2, section 4)" in artifact
     assert artifact.rstrip(" |").endswith("artifact (held): two moons are nearly separable")
