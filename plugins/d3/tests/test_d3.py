@@ -298,7 +298,7 @@ def test_d3_mnist_5k_experiment_runs_on_a_subset() -> None:
         track=False,
         pm=create_plugin_manager(),
         epochs=1,
-        **{"dataset.n_train": 128, "dataset.n_test": 32},
+        **{"dataset.n_train": 64, "dataset.n_test": 16},
         attacks=[
             "none",
             "fgsm",

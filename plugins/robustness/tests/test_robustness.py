@@ -280,8 +280,8 @@ def test_sampling_fashion_style_runs_on_a_subset_with_sweeps_as_child_runs(store
         inference_samples=[1, 5],
         eps=[0.5, 1.5],
         **{
-            "dataset.n_train": 256,
-            "dataset.n_test": 64,
+            "dataset.n_train": 128,
+            "dataset.n_test": 32,
             "metrics": ["accuracy", "robustness-condition", {"use": "prediction-variance", "draws": 50}],
         },
     )
