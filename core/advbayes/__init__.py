@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 
 # Each public name and the module that defines it. They are imported on first use, so that `import advbayes` (and
 # with it every plugin module, the CLI's --help and shell completion) costs milliseconds instead of the seconds
-# torch, torchmetrics and mlflow take to import.
+# torch and mlflow take to import.
 _EXPORTS = {
     "AdvbayesError": "advbayes.errors",
     "Attack": "advbayes.components",

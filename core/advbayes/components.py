@@ -11,12 +11,12 @@ from typing import Any, ClassVar
 
 import attrs
 import torch
-import torchmetrics
 from torch import nn
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Subset, TensorDataset
 
 from advbayes.errors import RunError
+from advbayes.metric_state import MetricState
 from advbayes.params import param
 from advbayes.stochastic.sampled import as_sampled
 
@@ -329,31 +329,9 @@ def radius_problem(eps: float, norm: str, value_range: tuple[float, float]) -> s
     )
 
 
-class MetricState(torchmetrics.Metric):
-    """Accumulated state of a metric over evaluation batches; compute() gives named scalars."""
-
-    full_state_update: bool = False
-
-    def update(self, batch: EvalBatch) -> None:  # type: ignore[override]
-        """Accumulate one attacked batch."""
-        raise NotImplementedError
-
-    def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        """Named scalar results."""
-        raise NotImplementedError
-
-    def figures(self) -> dict[str, Any]:
-        """Optional matplotlib figures to log, by file name."""
-        return {}
-
-    def per_example(self) -> dict[str, torch.Tensor]:
-        """Optional per-example outcomes (0/1, in the test split's order) of named results, for paired tests."""
-        return {}
-
-
 @attrs.frozen(kw_only=True)
 class Metric(Component):
-    """A metric configuration; create() gives a fresh torchmetrics state updated with EvalBatch records."""
+    """A metric configuration; create() gives a fresh MetricState (metric_state.py) updated with EvalBatch records."""
 
     kind: ClassVar[str] = "metrics"
     per_attack: ClassVar[bool] = True  # False: it describes the model, computed once on the clean test split

@@ -1,6 +1,6 @@
 """The cached answers of the read-only commands `list` and `show`.
 
-Both validate every registry entry against the registered components, which imports torch, torchmetrics and every
+Both validate every registry entry against the registered components, which imports torch and every
 plugin's modules (about 4 s on a laptop-class CPU). Their answer changes only when code, a registry file, the
 installed packages or the plugin selection change, so it is kept, keyed on all of those (files by the hash of
 their contents, never by mtime or by how an argument spells them), and printed again in milliseconds. A command

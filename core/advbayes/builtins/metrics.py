@@ -9,12 +9,7 @@ import torch
 
 from advbayes.components import EvalBatch, Metric, MetricState
 from advbayes.intervals import with_interval
-
-
-def is_sharded() -> bool:
-    """Whether this evaluation runs on several processes."""
-    distributed = torch.distributed
-    return distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1
+from advbayes.metric_state import sharded
 
 
 class AccuracyState(MetricState):
@@ -64,7 +59,7 @@ class AccuracyState(MetricState):
     def per_example(self) -> dict[str, torch.Tensor]:
         """Which test examples `accuracy` counted as correct, in the test split's order (none when the evaluation was
         sharded over processes: the gathered shards are not in that order)."""
-        if is_sharded() or not self.per_example_correct:
+        if sharded() or not self.per_example_correct:
             return {}
         correct = self.per_example_correct
         return {"accuracy": torch.cat(correct) if isinstance(correct, list) else correct.flatten()}

@@ -1,6 +1,6 @@
 """One run on several processes (torchrun, or `advbayes run --nproc N`): DistributedDataParallel training on shards
 of every global batch, draws seeded per rank, rank 0 alone tracking and checkpointing, evaluation sharded and
-gathered (the metric states are torchmetrics states: compute() reduces them across ranks)."""
+gathered (metric_state.MetricState: compute() reduces the states across ranks)."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ class Obfuscation(Metric):
         def craft(batch: EvalBatch) -> torch.Tensor:
             eps = batch.eps if batch.attack.uses_eps else 0.0  # an eps-free attack (none) compares with clean data
             attack = attrs.evolve(inner, eps=eps, value_range=batch.attack.value_range)
-            with torch.enable_grad():  # torchmetrics runs update() without gradients
+            with torch.enable_grad():  # MetricState runs update() without gradients
                 return attack(source, batch.x, batch.y).x_adv
 
         return ObfuscationState(craft, self.margin)

@@ -39,7 +39,7 @@ def quantile_values(prefix: str, values: torch.Tensor) -> dict[str, torch.Tensor
 
 
 def _cat(values: Any) -> torch.Tensor:
-    """A list state after or before torchmetrics' sync, as one tensor."""
+    """A list state before or after MetricState's sync (which concatenates it), as one tensor."""
     if isinstance(values, torch.Tensor):
         return values
     return torch.cat(values) if values else torch.empty(0)
