@@ -79,5 +79,8 @@ def test_a_single_eps_is_a_point_per_defense_sized_for_a_column_and_saved_as_png
 def test_flags_are_not_drawn_and_file_names_hold_no_colon_slash_or_space() -> None:
     flags = {"obfuscation_flag": [Point("d3", 0, "pgd", 0.1, 1.0)], "accuracy": [Point("d3", 0, "pgd", 0.1, 0.5)]}
     assert drawable_metrics(flags) == ["accuracy"]
+    point = [Point("bnn", 0, "fgm", 0.5, 0.1)]
+    spread = {"cos_alpha_mean": point, "cos_alpha_q05": point, "cos_alpha_q95": point, "margin_q50": point}
+    assert drawable_metrics(spread) == ["cos_alpha_mean", "margin_q50"]  # quantiles of a drawn mean are its figure's
     assert safe_file_name("pgd:S_A=10 / x") == "pgd_S_A_10_x"
     assert safe_file_name("../..") == "figure"

@@ -168,9 +168,24 @@ def points_from_records(records: Iterable[Any], metric: str, defense: str, seed:
     ]
 
 
+QUANTILE = re.compile(r"(.+)_q\d\d")
+
+
+def is_quantile_companion(metric: str, metrics: Iterable[str]) -> bool:
+    """NAME_q05 ... NAME_q95 beside NAME_mean (or NAME): a distribution's quantiles, whose figure is NAME's."""
+    match = QUANTILE.fullmatch(metric)
+    return match is not None and any(m in metrics for m in (match.group(1), f"{match.group(1)}_mean"))
+
+
 def drawable_metrics(points_by_metric: Mapping[str, Sequence[Point]]) -> list[str]:
-    """The metrics worth a figure: not 0/1 flags, and measured somewhere (any attack, any eps)."""
-    return [m for m, ps in points_by_metric.items() if ps and not is_flag(m, (p.value for p in ps))]
+    """The metrics worth a figure: not 0/1 flags, not the quantiles of a drawn mean (five more figures per quantity,
+    each a line per quantile level; they stay metrics), and measured somewhere (any attack, any eps)."""
+    names = [m for m, ps in points_by_metric.items() if ps]
+    return [
+        m
+        for m in names
+        if not is_flag(m, (p.value for p in points_by_metric[m])) and not is_quantile_companion(m, names)
+    ]
 
 
 def series_figure(
