@@ -157,6 +157,10 @@ def test_records_and_a_store_together_or_an_empty_folder_are_refused(exported: P
         cli, ["report", "moons", "--records", "records", "--tracking-uri", source.store, "--out", "x"]
     )
     assert result.exit_code != 0 and "--records and --tracking-uri" in result.output
+    result = CliRunner().invoke(cli, ["report", "moons", "--records", "nowhere", "--out", "x"])
+    assert "--records nowhere: no such directory (write it with: advbayes export EXPERIMENT... --out nowhere)" in (
+        result.output
+    )
     (exported / "empty").mkdir()
     result = CliRunner().invoke(cli, ["report", "moons", "--records", "empty", "--out", "x"])
     assert result.exit_code != 0 and "no record files" in result.output

@@ -172,7 +172,9 @@ def read_records(folder: Path) -> dict[str, list[RecordRun]]:
     """{experiment: runs} of every record under `folder` (files in sorted order, so the result never depends on
     the file system's)."""
     if not folder.is_dir():
-        raise RunError(f"--records {folder}: no such directory")
+        raise RunError(
+            f"--records {folder}: no such directory (write it with: advbayes export EXPERIMENT... --out {folder})"
+        )
     runs: dict[str, list[RecordRun]] = {}
     seen: dict[str, Path] = {}
     for path in sorted(folder.rglob("*.json")):
