@@ -1,4 +1,5 @@
-"""Time the CLI's quick commands as whole processes, as a shell runs them: --help, list, show and a TAB completion.
+"""Time the CLI's quick commands as whole processes, as a shell runs them: --help, list, show, a TAB completion,
+and a whole small run.
 
 `list` and `show` are timed twice: uncached (ADVBAYES_NO_CACHE=1: what the first call after an install or a
 registry edit costs) and answered from the output cache. The reference is `python -c "import torch"`, the floor
@@ -48,6 +49,8 @@ def main() -> None:
         ("advbayes show pgd-20 (cached)", timed([executable, "show", "pgd-20"], base, args.repeats)),
         ("advbayes list (uncached)", timed([executable, "list"], uncached, args.repeats)),
         ("advbayes show pgd-20 (uncached)", timed([executable, "show", "pgd-20"], uncached, args.repeats)),
+        # a whole small run (5 epochs of two moons, untracked): what every run, sweep task and DDP rank pays to start
+        ("advbayes run moons --no-track", timed([executable, "run", "moons", "--no-track"], base, args.repeats)),
     ]
     shutil.rmtree(cache, ignore_errors=True)
     print(f"median of {args.repeats} runs each; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
