@@ -144,3 +144,41 @@ def test_the_ui_gets_accuracy_as_a_series_over_eps_line_charts_and_runs_grouped_
         values = [parent.data.metrics[key] for key in metrics]
         for accuracy, low, high in zip(values[::3], values[1::3], values[2::3]):
             assert low <= accuracy <= high
+
+
+def test_run_groups_are_tagged_when_another_process_tags_the_same_run_at_once(store: str) -> None:
+    """On a server store two finishing runs may add the same group tag to a third run at the same moment; MLflow's
+    SQL store reads, then inserts, and the loser failed on PostgreSQL's unique key (tag_pk) in a CI sweep."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from advbayes.tracking.view import GROUP_TAG, update_run_groups
+
+    result = advbayes.run("moons", tracking_uri=store, pm=create_plugin_manager(), epochs=1)
+    other = MlflowClient(store)
+    label = other.get_run(result.run_id).data.tags[GROUP_TAG]
+    other.delete_tag(result.run_id, GROUP_TAG)
+    experiment = other.get_run(result.run_id).info.experiment_id
+
+    class Racing(MlflowClient):
+        """The other process inserts the tag between this one's read and its insert, once."""
+
+        raced = False
+
+        def set_tag(self, run_id: str, key: str, value: str, synchronous: bool | None = None) -> None:
+            if not Racing.raced:
+                Racing.raced = True
+                other.set_tag(run_id, key, value)
+                raise MlflowException('duplicate key value violates unique constraint "tag_pk"')
+            super().set_tag(run_id, key, value)
+
+    update_run_groups(Racing(store), experiment)
+    assert Racing.raced and other.get_run(result.run_id).data.tags[GROUP_TAG] == label
+
+    class Broken(MlflowClient):
+        def set_tag(self, run_id: str, key: str, value: str, synchronous: bool | None = None) -> None:
+            raise MlflowException("the store is gone")
+
+    other.delete_tag(result.run_id, GROUP_TAG)
+    with pytest.raises(MlflowException, match="the store is gone"):  # a failure that persists is not swallowed
+        update_run_groups(Broken(store), experiment)

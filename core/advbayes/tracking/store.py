@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -339,12 +339,18 @@ def set_changed_tags(client: Any, experiment: str, tags: Mapping[str, str]) -> N
     prevents that for sqlite, and on a server store the loser's second try updates the row the winner inserted."""
     current = client.get_experiment(experiment).tags
     for key, value in tags.items():
-        if current.get(key) == value:
-            continue
-        try:
-            client.set_experiment_tag(experiment, key, value)
-        except Exception:  # noqa: BLE001 - the concurrent insert; a second failure is raised
-            client.set_experiment_tag(experiment, key, value)
+        if current.get(key) != value:
+            set_racing(client.set_experiment_tag, experiment, key, value)
+
+
+def set_racing(set_tag: Callable[[str, str, str], Any], owner: str, key: str, value: str) -> None:
+    """set_tag(owner, key, value) where another process may add the same new tag at the same moment: MLflow's
+    SQL store reads, then inserts, so the loser fails on the unique key (PostgreSQL's tag_pk); its second try
+    finds the row and updates it. A second failure is raised."""
+    try:
+        set_tag(owner, key, value)
+    except Exception:  # noqa: BLE001 - the concurrent insert, reported differently by every store
+        set_tag(owner, key, value)
 
 
 def tracked_run(client: Any, run_id: str, purpose: str) -> Any:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from advbayes.results import EPS_STEPS, eps_label
-from advbayes.tracking.store import experiment_lock, set_changed_tags, sqlite_path, store_lock
+from advbayes.tracking.store import experiment_lock, set_changed_tags, set_racing, sqlite_path, store_lock
 
 if TYPE_CHECKING:
     from advbayes.results import EvalRecord
@@ -109,8 +109,8 @@ def update_run_groups(client: Any, experiment: str) -> None:
     varied = varied_settings(runs)
     for run in runs:
         label = group_label(run, varied)
-        if run.data.tags.get(GROUP_TAG) != label:
-            client.set_tag(run.info.run_id, GROUP_TAG, label)
+        if run.data.tags.get(GROUP_TAG) != label:  # on a server store another finishing run may tag it too
+            set_racing(client.set_tag, run.info.run_id, GROUP_TAG, label)
 
 
 def update_runs_view(client: Any, experiment: str, metric_keys: Sequence[str]) -> None:
