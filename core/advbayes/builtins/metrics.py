@@ -24,7 +24,7 @@ class AccuracyState(MetricState):
     all_correct: torch.Tensor
     total: torch.Tensor
     repeats: torch.Tensor
-    per_example_correct: list[torch.Tensor] | torch.Tensor  # a list while updating; one tensor after a sync
+    per_example_correct: list[torch.Tensor]  # one tensor only inside a sharded compute(), which does not read it
 
     def __init__(self) -> None:
         super().__init__()
@@ -40,7 +40,6 @@ class AccuracyState(MetricState):
         right = probs.argmax(dim=-1) == batch.y.to(probs.device).long()  # [R, B]
         self.correct += right.double().mean(dim=0).sum().to(self.correct.device)
         self.all_correct += right.all(dim=0).sum().to(self.all_correct.device)
-        assert isinstance(self.per_example_correct, list)  # a list until compute() syncs it
         self.per_example_correct.append(right.all(dim=0).to(torch.uint8))  # the verdict `accuracy` counts
         self.total += torch.tensor(batch.y.numel(), device=self.total.device)
         self.repeats = torch.maximum(self.repeats, torch.tensor(probs.shape[0], device=self.repeats.device))
@@ -61,8 +60,7 @@ class AccuracyState(MetricState):
         sharded over processes: the gathered shards are not in that order)."""
         if sharded() or not self.per_example_correct:
             return {}
-        correct = self.per_example_correct
-        return {"accuracy": torch.cat(correct) if isinstance(correct, list) else correct.flatten()}
+        return {"accuracy": torch.cat(self.per_example_correct)}
 
 
 @attrs.frozen(kw_only=True)

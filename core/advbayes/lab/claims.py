@@ -147,6 +147,11 @@ class Evaluated:
         """The minimal detectable effect: h (z_0.975 + z_0.80) / z_0.975."""
         return self.half_width * (Z95 + Z80) / Z95
 
+    @property
+    def outcome(self) -> str:
+        """What the summary counts: the verdict, or "artifact" for a row whose outcome the setup fixes."""
+        return "artifact" if self.claim.artifact else self.verdict
+
     def growth_to_decide(self) -> float | None:
         """How many times the seeds and images would have to grow (h ~ 1 / sqrt) for the measured effect to decide
         the row (None: decided, no interval, or at a boundary no sample size decides)."""
@@ -432,12 +437,6 @@ def claim_row(e: Evaluated) -> list[str]:
 def cited(claim: Claim) -> str:
     """The paper's number with where the paper gives it."""
     return f"{claim.paper_number} ({claim.cite})" if claim.cite else claim.paper_number
-
-
-def row_outcome(row: Sequence[str]) -> str:
-    """The verdict a summary counts for a row: held, did not hold, inconclusive, not run, not testable, artifact."""
-    last = row[-1]
-    return "artifact" if last.startswith("artifact") else "not testable" if last.startswith("not testable") else last
 
 
 def not_run_row(claim: Claim, experiments: Sequence[str]) -> list[str]:

@@ -22,7 +22,6 @@ from advbayes.lab.claims import (
     load_claims,
     not_run_row,
     not_testable_row,
-    row_outcome,
     x_of,
 )
 from advbayes.lab.figures import Point, drawable_metrics, experiment_figure, save_figure, series_figure
@@ -266,10 +265,11 @@ def claims_section(
     store: RunSource, claims: Sequence[Claim], figures: Sequence[FigureSpec], source: str, out: Path, figures_dir: Path
 ) -> str:
     """The claims summary: the verdict rule, one row per claim, then the claims file's figures."""
-    rows = []
+    rows, outcomes = [], []
     for claim in claims:
         if claim.not_testable:
             rows.append(not_testable_row(claim))
+            outcomes.append("not testable")
             continue
         # an experiment with no finished run at all was not run into this store: said in its row; a defense or
         # metric missing from an experiment that has runs is a mistake in the claims file, and an error
@@ -277,9 +277,11 @@ def claims_section(
         missing = sorted(e for e in named if not store.defenses(e))
         if missing:
             rows.append(not_run_row(claim, missing))
+            outcomes.append("not run")
         else:
-            rows.append(claim_row(evaluate(claim, store.runs_of)))
-    outcomes = [row_outcome(row) for row in rows]
+            evaluated = evaluate(claim, store.runs_of)
+            rows.append(claim_row(evaluated))
+            outcomes.append(evaluated.outcome)
     counts = {
         v: outcomes.count(v) for v in ("held", "did not hold", "inconclusive", "not run", "not testable", "artifact")
     }
