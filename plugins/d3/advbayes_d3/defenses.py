@@ -10,7 +10,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset as TorchDataset
 
-from advbayes import Defense, LossOutput, TrainContext, entry_param, kl, mean_cross_entropy, param, to_bayesian
+from advbayes import (
+    BayesConv2d,
+    BayesLinear,
+    Defense,
+    LossOutput,
+    TrainContext,
+    entry_param,
+    kl,
+    mean_cross_entropy,
+    param,
+    to_bayesian,
+)
 from advbayes_d3.offline import adversarial_split, source_model
 from advbayes_d3.penalties import omega_m, omega_s, omega_v1, omega_v2, omega_v3, unit_directions
 
@@ -58,6 +69,12 @@ class D3(Defense):
     prior_sigma: float = param(0.15, gt=0.0, help="prior std of the ELBO's KL")
     alpha: float = param(0.02, gt=0.0, le=1.0, help="KL weight (alpha / N_train)")
     init_sigma: float = param(0.01, gt=0.0, help="initial posterior std")
+    init_mean_std: float = param(
+        0.0,
+        ge=0.0,
+        help="std s of N(0, s) the Bayesian weight and bias means are redrawn from (TensorFlow Probability's "
+        "default: 0.1); 0 keeps PyTorch's initialization",
+    )
     inference_samples: int = param(10, kind=int, ge=1, help="S_I (the paper: as many draws as in training)")
     offline_attack: Any = entry_param(
         "attacks", None, help="-Off: this attack's examples on a deterministic model are appended to the training set"
@@ -84,7 +101,15 @@ class D3(Defense):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """The last `bayesian_fraction` of the weight layers become Gaussian; the front stays deterministic."""
-        return to_bayesian(model, which=self.bayesian_fraction, init_sigma=self.init_sigma)
+        bayesian = to_bayesian(model, which=self.bayesian_fraction, init_sigma=self.init_sigma)
+        if self.init_mean_std > 0:  # the paper's code is TFP's Reparameterization layers: loc ~ N(0, 0.1)
+            with torch.no_grad():
+                for layer in bayesian.modules():
+                    if isinstance(layer, (BayesLinear, BayesConv2d)):
+                        for gaussian in (layer.weight, layer.bias):
+                            if gaussian is not None:
+                                gaussian.mu.normal_(0.0, self.init_mean_std)
+        return bayesian
 
     def penalties(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
         """The active penalties, averaged over the batch."""

@@ -124,6 +124,29 @@ def test_the_front_stays_deterministic() -> None:
     assert kinds.count("BayesLinear") == 2 and "BayesConv2d" not in kinds  # ceil(0.25 * 5) = 2 weight layers
 
 
+def test_tfp_initialization_redraws_only_the_bayesian_means() -> None:
+    registry = plugin_registry()
+    network = registry.build("models", registry.resolve("models", "mnist-cnn", where=("t", "t", "t"))).build(
+        (1, 28, 28), 10
+    )
+    keep = build_defense({"use": "d3", "bayesian_fraction": 0.6}).prepare(network)
+    torch.manual_seed(0)
+    tfp = build_defense({"use": "d3", "bayesian_fraction": 0.6, "init_mean_std": 0.1, "init_sigma": 0.049})
+    model = tfp.prepare(network)
+    means = torch.cat([p.detach().flatten() for n, p in model.named_parameters() if n.endswith(".mu")])
+    kept = torch.cat([p.detach().flatten() for n, p in keep.named_parameters() if n.endswith(".mu")])
+    assert means.numel() > 100_000 and abs(float(means.mean())) < 1e-3
+    assert float(means.std()) == pytest.approx(0.1, rel=0.01)  # N(0, 0.1), as TFP's loc initializer
+    assert float(kept.std()) < 0.05  # PyTorch's fan-in initialization of the same layers is much narrower
+    sigmas = torch.cat([p.detach().exp().flatten() for n, p in model.named_parameters() if n.endswith("log_sigma")])
+    torch.testing.assert_close(sigmas, torch.full_like(sigmas, 0.049))
+    front = {n.replace(".module", "").removeprefix("net."): p for n, p in model.named_parameters() if ".module." in n}
+    assert sorted(front) == ["0.bias", "0.weight", "3.bias", "3.weight"]
+    for name, parameter in network.named_parameters():
+        if name in front:
+            torch.testing.assert_close(front[name], parameter)  # the deterministic front is the network's own
+
+
 @pytest.mark.slow
 def test_training_with_lambda_m_lowers_omega_m_on_mnist_5k() -> None:
     common = {
