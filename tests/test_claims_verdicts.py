@@ -167,7 +167,7 @@ def test_report_with_claims_reads_every_row_from_the_runs(store: str, tmp_path: 
     # the training metrics are logged per epoch: acc - loss is a real comparison with two seeds
     assert "last training accuracy above last training loss" in text
     not_run = next(line for line in text.splitlines() if "an experiment this store never ran" in line)
-    assert "not run: advbnn-mnist-5k has no finished runs in this store" in not_run
+    assert "not run: advbnn-mnist-5k has no finished runs in the store or records read" in not_run
     assert not_run.rstrip(" |").endswith("not run") and "1 not run" in text
     figure = out / "report_figures" / "claims" / "loss_per_epoch.png"
     assert figure.is_file() and figure.stat().st_size > 1000
@@ -252,6 +252,30 @@ def test_minimal_detectable_effect_and_the_growth_that_would_decide_a_row() -> N
     assert inconclusive.growth_to_decide() == pytest.approx((0.02 / 0.01) ** 2)  # h must shrink from 0.02 to 0.01
     held = Evaluated(claim, [0, 1, 2], [], [], 1000, 0.05, 0.02, 0.08, "held")
     assert held.growth_to_decide() is None
+
+
+def test_a_row_from_an_unconverged_posterior_is_marked_and_not_counted_as_a_finding() -> None:
+    from advbayes.lab.claims import Claim, Quantity, claim_row, evaluate
+
+    def runs_of(converged: dict[int, float | None]):
+        def of(experiment: str, defense: str):
+            runs = []
+            for seed, flag in converged.items():
+                value = {"bnn": 0.9, "standard": 0.5}[defense] + 0.01 * seed
+                metrics = {} if flag is None or defense == "standard" else {"model/posterior/converged": flag}
+                runs.append((seed, f"{defense}{seed}" + "0" * 20, {("none", 0.0, "accuracy"): value}, metrics, {}))
+            return runs
+
+        return of
+
+    side = {"experiment": "e", "metric": "accuracy", "attack": "none", "eps": 0.0}
+    claim = Claim("p", "bnn beats standard", "-", "greater", Quantity(defense="bnn", **side),
+                  Quantity(defense="standard", **side))  # fmt: skip
+    converged = evaluate(claim, runs_of({0: 1.0, 1: 1.0, 2: None}))  # None: a run that judged no posterior
+    assert converged.verdict == "held" and converged.outcome == "held" and not converged.unconverged
+    stuck = evaluate(claim, runs_of({0: 1.0, 1: 0.0, 2: 1.0}))
+    assert stuck.verdict == "held" and stuck.outcome == "not converged" and stuck.unconverged == ["bnn1" + "0" * 20]
+    assert claim_row(stuck)[-1] == "posterior not converged (held; runs `bnn10000`)"
 
 
 def report_with_claims(store: str, folder: Path, claims_text: str) -> str:

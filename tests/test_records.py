@@ -119,7 +119,7 @@ def test_records_hold_no_weights_and_are_one_readable_line_per_value(exported: P
     assert [f.name.split("-seed")[0] for f in files] == ["bnn", "bnn", "standard", "standard"]
     for file in files:
         record = json.loads(file.read_text())
-        assert {"params", "tags", "metrics", "histories", "results"} <= set(record)
+        assert {"params", "tags", "metrics", "histories", "result_columns", "results"} <= set(record)
         assert not any("advbayes.writer" in key for key in record["params"])  # leases are not results
         assert "advbayes.heartbeat" not in record["tags"]
         assert record["tags"]["advbayes.version.torch"]
@@ -128,18 +128,20 @@ def test_records_hold_no_weights_and_are_one_readable_line_per_value(exported: P
         for table in ("params", "tags", "metrics", "histories"):
             for key, value in record[table].items():
                 assert any(line.startswith(f"  {json.dumps(key)}: {json.dumps(value)}") for line in lines), key
-        assert all(f"  {json.dumps(row, sort_keys=True)}" in lines | {line.rstrip(",") for line in lines}
+        assert all(f"  {json.dumps(row)}" in lines | {line.rstrip(",") for line in lines}
                    for row in record["results"])  # fmt: skip
+        assert {"attack", "eps", "metric", "value"} <= set(record["result_columns"])
 
 
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
         (lambda r: "not json", "not a readable JSON record"),
-        (lambda r: {**r, "advbayes_record": 99}, "key 'advbayes_record': expected record version 1, got 99"),
+        (lambda r: {**r, "advbayes_record": 99}, "key 'advbayes_record': expected record version 2, got 99"),
         (lambda r: {**r, "params": {"lr": 0.1}}, "key 'params.lr': expected a string, got 0.1"),
         (lambda r: {**r, "metrics": {"x": "high"}}, "key 'metrics.x': expected a number, got 'high'"),
-        (lambda r: {**r, "results": [{"attack": "none"}]}, "key 'results[0]': expected a row with attack, eps"),
+        (lambda r: {**r, "results": [["none"]]}, "key 'results[0]': expected a list of"),
+        (lambda r: {**r, "result_columns": ["attack"]}, "key 'result_columns': expected names including attack"),
         (lambda r: {k: v for k, v in r.items() if k != "run_id"}, "key 'run_id': expected str, got None"),
     ],
 )

@@ -62,10 +62,13 @@ would have to grow for an effect of the measured size to decide it (the interval
   wholly outside; **inconclusive** otherwise.
 - claim "A - B < delta": **held** if the interval lies below delta; **did not hold** if it lies above; else
   **inconclusive**.
-- a row whose experiment has no finished run in the store says **not run**.
+- a row whose experiment has no finished run in the store or records read says **not run**.
 - a claim this setup cannot test (another model class, data set or posterior) says **not testable here** with the
   reason, and is not run; a row whose outcome is fixed by the setup rather than measured is an **artifact**: its
-  verdict is shown with the reason, and it is not counted as a finding."""
+  verdict is shown with the reason, and it is not counted as a finding.
+- a row computed from a Bayesian run whose posterior did not converge (its `posterior/converged` model metric is
+  0: the width or loss still moving when training stopped, or HMC chains with R-hat > 1.1) says **posterior not
+  converged** with the verdict its numbers would give and the runs concerned; it is not counted as a finding."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ class Evaluated:
     verdict: str
     run_ids: list[str] = field(default_factory=list)
     paired_by_image: bool = False
+    unconverged: list[str] = field(default_factory=list)  # run ids whose posterior did not converge
 
     @property
     def half_width(self) -> float:
@@ -149,8 +153,9 @@ class Evaluated:
 
     @property
     def outcome(self) -> str:
-        """What the summary counts: the verdict, or "artifact" for a row whose outcome the setup fixes."""
-        return "artifact" if self.claim.artifact else self.verdict
+        """What the summary counts: the verdict, "artifact" for a row whose outcome the setup fixes, or "not
+        converged" for a row computed from a posterior that did not converge."""
+        return "artifact" if self.claim.artifact else "not converged" if self.unconverged else self.verdict
 
     def growth_to_decide(self) -> float | None:
         """How many times the seeds and images would have to grow (h ~ 1 / sqrt) for the measured effect to decide
@@ -332,13 +337,15 @@ def load_claims(path: Path) -> tuple[list[Claim], list[FigureSpec]]:
 
 Keyed = Mapping[tuple[str, float, str], Any]
 RunValues = Callable[[str, str], "Sequence[tuple[int, str, Keyed, Mapping[str, float], Keyed]]"]
-SideValue = tuple[float, "int | None", str, "list[int] | None"]  # value, n, run id, per-example outcomes
+SideValue = tuple[float, "int | None", str, "list[int] | None", bool]  # value, n, run id, outcomes, unconverged
+CONVERGED = "model/posterior/converged"  # 1 or 0 where the run judged its posterior (Bayesian defenses)
 
 
 def side_values(q: Quantity, runs_of: RunValues) -> dict[int, SideValue]:
-    """{seed: (value, n, run id, outcomes per test example or None)} of one side (a constant: {-1: ...})."""
+    """{seed: (value, n, run id, outcomes per test example or None, posterior not converged)} of one side (a
+    constant: {-1: ...})."""
     if q.constant is not None:
-        return {-1: (q.constant, None, "", None)}
+        return {-1: (q.constant, None, "", None, False)}
     values: dict[int, SideValue] = {}
     for seed, run_id, results, metrics, outcomes in runs_of(q.experiment, q.defense):
         per_example = None
@@ -350,7 +357,7 @@ def side_values(q: Quantity, runs_of: RunValues) -> dict[int, SideValue]:
             n = int(count) if count is not None else None
             per_example = outcomes.get((q.attack, q.eps, q.metric))
         if value is not None and not math.isnan(value):
-            values[seed] = (value, n, run_id, per_example)
+            values[seed] = (value, n, run_id, per_example, metrics.get(CONVERGED) == 0.0)
     return values
 
 
@@ -396,6 +403,7 @@ def evaluate(claim: Claim, runs_of: RunValues) -> Evaluated:
         verdict=verdict(claim.kind, low, high, claim.delta),
         run_ids=list(dict.fromkeys(ids)),
         paired_by_image=paired,
+        unconverged=list(dict.fromkeys(v[2] for pair in pairs for v in pair if v[4])),
     )
 
 
@@ -431,6 +439,9 @@ def claim_row(e: Evaluated) -> list[str]:
     experiments = sorted({q.experiment for q in (c.a, c.b) if q.experiment})
     runs = "<br>".join(f"`{r}`" for r in e.run_ids)
     shown = f"artifact ({e.verdict}): {c.artifact}" if c.artifact else e.verdict
+    if e.unconverged and not c.artifact:
+        runs_named = ", ".join(f"`{r[:8]}`" for r in e.unconverged)
+        shown = f"posterior not converged ({e.verdict}; runs {runs_named})"
     return [c.paper, c.text, cited(c), relation[c.kind], ours, f"{', '.join(experiments)}<br>{runs}", shown]
 
 
@@ -440,10 +451,10 @@ def cited(claim: Claim) -> str:
 
 
 def not_run_row(claim: Claim, experiments: Sequence[str]) -> list[str]:
-    """The row of a claim whose experiment has no finished run in the store."""
+    """The row of a claim whose experiment has no finished run in the store or records read."""
     where = ", ".join(experiments)
-    return [claim.paper, claim.text, cited(claim), claim.kind, f"not run: {where} has no finished runs in this "
-            "store", where, "not run"]  # fmt: skip
+    return [claim.paper, claim.text, cited(claim), claim.kind, f"not run: {where} has no finished runs in the "
+            "store or records read", where, "not run"]  # fmt: skip
 
 
 def not_testable_row(claim: Claim) -> list[str]:

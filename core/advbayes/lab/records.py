@@ -2,10 +2,12 @@
 place of the store, so that a report (docs/findings.md) regenerates with no store and no network.
 
 A record holds what the report reads: the run's params, tags, last metric values, the per-epoch history of its
-training metrics, its results.csv rows and its examples.csv rows (which test examples each accuracy counted, for
-paired tests). No weights, checkpoints or figures (the figures are drawn again from
-the numbers). mlflow-export-import was not used: it exports whole runs with their artifacts (weights and checkpoints
-included) in a layout that has to be imported into a store again before anything can read it.
+training metrics, its results.csv rows (as `result_columns` and one list of values per row: the column names
+repeated on each of a robustness run's ~2,000 rows made up two thirds of its record) and its examples.csv rows
+(which test examples each accuracy counted, for paired tests). No weights, checkpoints or figures (the figures are
+drawn again from the numbers). mlflow-export-import was not used: it exports whole runs with their artifacts
+(weights and checkpoints included) in a layout that has to be imported into a store again before anything can read
+it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from advbayes.errors import RunError
 from advbayes.results import unpack_outcomes
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: results as columns + rows
 DROPPED_TAGS = ("advbayes.heartbeat", "advbayes.pid", "mlflow.runName", "mlflow.user", "mlflow.log-model.history")
 DROPPED_PARAMS = ("advbayes.writer.",)  # leases: which process wrote the run, not what it computed
 
@@ -69,6 +71,7 @@ def record_of(
         for key in sorted(metrics)
         if key.startswith("train/")
     }
+    columns = sorted({key for row in rows for key in row})
     return {
         "advbayes_record": RECORD_VERSION,
         "experiment": experiment,
@@ -80,7 +83,8 @@ def record_of(
         "tags": {k: v for k, v in run.data.tags.items() if k not in DROPPED_TAGS},
         "metrics": metrics,
         "histories": histories,
-        "results": [dict(row) for row in rows],
+        "result_columns": columns,
+        "results": [[row.get(key) for key in columns] for row in rows],
         "examples": [dict(row) for row in examples],
     }
 
@@ -130,6 +134,7 @@ def read_record(path: Path) -> RecordRun:
     tags = _field(record, "tags", dict, path)
     metrics = _field(record, "metrics", dict, path)
     histories = _field(record, "histories", dict, path)
+    columns = _field(record, "result_columns", list, path)
     results = _field(record, "results", list, path)
     examples = _field(record, "examples", list, path)
     for name, table in (("params", params), ("tags", tags)):
@@ -139,9 +144,11 @@ def read_record(path: Path) -> RecordRun:
     bad = next((k for k, v in metrics.items() if not isinstance(v, (int, float)) or isinstance(v, bool)), None)
     if bad is not None:
         raise RunError(f"{path}: key 'metrics.{bad}': expected a number, got {metrics[bad]!r:.60}")
-    for i, row in enumerate(results):
-        if not isinstance(row, dict) or not {"attack", "eps", "metric", "value"} <= set(row):
-            raise RunError(f"{path}: key 'results[{i}]': expected a row with attack, eps, metric and value")
+    if not all(isinstance(c, str) for c in columns) or not {"attack", "eps", "metric", "value"} <= set(columns):
+        raise RunError(f"{path}: key 'result_columns': expected names including attack, eps, metric and value")
+    for i, values in enumerate(results):
+        if not isinstance(values, list) or len(values) != len(columns):
+            raise RunError(f"{path}: key 'results[{i}]': expected a list of {len(columns)} values (result_columns)")
     for i, row in enumerate(examples):
         if not isinstance(row, dict) or not {"attack", "eps", "metric", "n", "outcomes"} <= set(row):
             raise RunError(f"{path}: key 'examples[{i}]': expected a row with attack, eps, metric, n and outcomes")
@@ -163,7 +170,7 @@ def read_record(path: Path) -> RecordRun:
         data=RecordData(params=params, tags=tags, metrics={k: float(v) for k, v in metrics.items()}),
         experiment=_field(record, "experiment", str, path),
         histories=steps,
-        results=[{k: str(v) for k, v in row.items()} for row in results],
+        results=[{k: str(v) for k, v in zip(columns, values) if v is not None} for values in results],
         examples=[{k: str(v) for k, v in row.items()} for row in examples],
     )
 

@@ -247,7 +247,7 @@ def claim_figure(store: RunSource, spec: FigureSpec, folder: Path, out: Path) ->
     series = {d: v for d, v in series.items() if v}
     if not series:
         if not store.defenses(spec.experiment):  # the experiment was not run into this store
-            return [f"Figure '{spec.title}': experiment {spec.experiment} has no finished runs in this store."]
+            return [f"Figure '{spec.title}': experiment {spec.experiment} has no finished runs in what was read."]
         raise RunError(f"figure '{spec.name}': no run of experiment '{spec.experiment}' has {spec.metric}")
     figure = series_figure(
         series,
@@ -283,7 +283,8 @@ def claims_section(
             rows.append(claim_row(evaluated))
             outcomes.append(evaluated.outcome)
     counts = {
-        v: outcomes.count(v) for v in ("held", "did not hold", "inconclusive", "not run", "not testable", "artifact")
+        v: outcomes.count(v)
+        for v in ("held", "did not hold", "inconclusive", "not run", "not testable", "artifact", "not converged")
     }
     parts = [
         "## Summary of the claims",
@@ -292,7 +293,8 @@ def claims_section(
         "",
         f"Verdicts: {counts['held']} held, {counts['did not hold']} did not hold, "
         f"{counts['inconclusive']} inconclusive, {counts['not run']} not run; {counts['not testable']} not testable "
-        f"here, {counts['artifact']} artifacts of the setup (claims from `{source}`).",
+        f"here, {counts['artifact']} artifacts of the setup, {counts['not converged']} on a posterior that did not "
+        f"converge (claims from `{source}`).",
         "",
         markdown_table(CLAIM_HEADER, rows),
     ]
