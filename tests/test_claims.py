@@ -47,14 +47,24 @@ def test_claims_experiment_runs_on_a_subset(experiment: str, defenses: list[str]
     assert bayesian and all(model_metric in r.model_metrics for r in bayesian)
 
 
+D3_SUBSET = {**SUBSET, "dataset.n_train": 16}  # a D3 step (K = 10 draws, double backprop) costs ~1 s per 64 images
+D3_COLLAPSE = ["d3-bnn", "d3-m", "d3-m-full-elbo", "d3-m-true-logit", "d3-m-init-0.05", "d3-m-lambda-2"]
+
+
 @pytest.mark.slow
-def test_d3_collapse_experiment_runs_every_variant_on_a_subset() -> None:
-    outcome = advbayes.run("d3-collapse-mnist-5k", track=False, pm=create_plugin_manager(), **SUBSET)
+@pytest.mark.parametrize(
+    ("experiment", "names"),
+    [("d3-collapse-mnist-5k", D3_COLLAPSE), ("d3-paper-init-mnist-5k", ["d3-bnn-tfp", "d3-m-tfp"])],
+)
+def test_d3_experiments_run_every_variant_on_a_subset(experiment: str, names: list[str]) -> None:
+    outcome = advbayes.run(experiment, track=False, pm=create_plugin_manager(), **D3_SUBSET)
     results = getattr(outcome, "results", [outcome])
-    names = ["d3-bnn", "d3-m", "d3-m-full-elbo", "d3-m-true-logit", "d3-m-init-0.05", "d3-m-lambda-2"]
     assert [r.spec["defense"]["name"] for r in results] == names
     changed = {r.spec["defense"]["name"]: r.spec["defense"] for r in results}
-    assert changed["d3-m-full-elbo"]["alpha"] == 1.0 and changed["d3-m-true-logit"]["gradient_of"] == "true-logit"
+    if experiment == "d3-collapse-mnist-5k":
+        assert changed["d3-m-full-elbo"]["alpha"] == 1.0 and changed["d3-m-true-logit"]["gradient_of"] == "true-logit"
+    else:  # TensorFlow Probability's initialization and prior on both
+        assert all(d["init_mean_std"] == 0.1 and d["prior_sigma"] == 1.0 for d in changed.values())
     for result in results:
         (record,) = result.records
         assert record.attack_label == "none" and 0.0 <= record.metrics["accuracy"] <= 1.0
