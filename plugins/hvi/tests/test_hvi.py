@@ -137,6 +137,24 @@ def test_hvi_loss_is_cross_entropy_plus_beta_r() -> None:
     torch.testing.assert_close(output.loss, expected)
 
 
+def test_hvi_widths_train_at_the_same_scale_lr_as_adv_bnn() -> None:
+    from advbayes.posterior.optimizers import make_optimizer
+    from advbayes.registry import load_registry
+
+    registry = load_registry()
+    spec = registry.resolve_experiment("hvi-vs-advbnn-mnist-5k", [])
+    experiment = registry.build("experiments", spec)
+    lrs = {}
+    for name in ("adv-hvi", "adv-bnn"):
+        defense = registry.build("defenses", registry.resolve("defenses", name, where=("test", "x", "y")))
+        model = defense.prepare(nn.Sequential(nn.Flatten(), nn.Linear(10, 3)))
+        means, scales = make_optimizer(experiment, defense, model, n_train=100).optimizer.param_groups
+        log_sigmas = {id(p) for n, p in model.named_parameters() if n.endswith("log_sigma")}
+        assert {id(p) for p in scales["params"]} == log_sigmas
+        lrs[name] = (means["lr"], scales["lr"])
+    assert lrs["adv-hvi"] == lrs["adv-bnn"] == (0.001, 0.01)  # the experiment's lr; the posteriors' own scale lr
+
+
 def test_finite_nu_draws_have_the_hierarchical_variance_and_follow_the_models_seed() -> None:
     defense = build_defense({"use": "hvi", "init_variance": 0.04, "nu": 6.0})
     model = defense.prepare(nn.Sequential(nn.Linear(1, 1, bias=False)))
