@@ -51,7 +51,9 @@ test images, and how it is computed depends on what the runs recorded:
   conservative. tests/test_claims_verdicts.py checks h against a bootstrap over seeds and images.
 - **unpaired** (other proportions, or runs without per-image records): the binomial error of independent
   accuracies, se^2 = mean over seeds of p_A (1 - p_A) / n + p_B (1 - p_B) / n, which overstates the error of a
-  paired difference; 0 for other metrics and constants. A non-accuracy row with one seed is inconclusive.
+  paired difference; 0 for other metrics and constants. A non-accuracy row with one seed is inconclusive; an
+  accuracy row with one seed has no seed term, so its interval covers the test images but not the training
+  randomness, and the row says so.
 Each row also gives its **minimal detectable effect** (MDE = h (1.96 + 0.84) / 1.96: the difference it would
 detect with 80 % power at its n and seeds) and, when inconclusive, the factor by which the seeds and test images
 would have to grow for an effect of the measured size to decide it (the interval shrinks as 1 / sqrt(factor)).
@@ -425,6 +427,8 @@ def claim_row(e: Evaluated) -> list[str]:
         for label, q, values in (("A", c.a, e.a), ("B", c.b, e.b))
     ]
     pairing = "paired by seed and image" if e.paired_by_image else "paired by seed"
+    if len(e.seeds) == 1 and not math.isinf(e.low):
+        pairing += " (one seed: the interval leaves out training randomness)"
     power = "" if math.isinf(e.low) else f"; MDE {e.detectable:.3g}"
     growth = e.growth_to_decide()
     if growth is not None:
