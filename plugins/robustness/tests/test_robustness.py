@@ -298,3 +298,22 @@ def test_sampling_fashion_style_runs_on_a_subset_with_sweeps_as_child_runs(store
         assert result.model_metrics["prediction_variance_mean"] > 0
         for record in result.records:
             assert record.metrics["smooth_fraction"] <= record.metrics["linear_fraction"] + 1e-9
+
+
+@pytest.mark.slow
+def test_smoothing_condition_experiment_uses_the_smoothing_models_l_on_a_subset() -> None:
+    group = advbayes.run(
+        "smoothing-condition-mnist-5k",
+        track=False,
+        pm=create_plugin_manager(),
+        epochs=1,
+        seeds=[0],
+        **{"dataset.n_train": 128, "dataset.n_test": 32},
+    )
+    (result,) = group.results
+    assert result.spec["defense"]["name"] == "smoothing-0.1" and result.spec["attack_samples"] == [10]
+    assert {r.eps for r in result.records} == {0.5, 1.0, 1.5, 3.0}
+    for record in result.records:
+        assert record.attack_label == "fgm" and record.attack_samples == 10
+        assert record.metrics["smoothness_L"] == pytest.approx(2 / 0.1)  # the paper's L for noise variance 0.1
+        assert record.metrics["smooth_fraction"] <= record.metrics["linear_fraction"] + 1e-9
