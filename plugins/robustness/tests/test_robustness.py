@@ -312,7 +312,7 @@ def test_smoothing_condition_experiment_uses_the_smoothing_models_l_on_a_subset(
     )
     (result,) = group.results
     assert result.spec["defense"]["name"] == "smoothing-0.1" and result.spec["attack_samples"] == [10]
-    assert {r.eps for r in result.records} == {0.5, 1.0, 1.5, 3.0}
+    assert {r.eps for r in result.records} == {0.05, 0.1, 0.2, 0.5, 1.0, 1.5, 3.0}
     for record in result.records:
         assert record.attack_label == "fgm" and record.attack_samples == 10
         assert record.metrics["smoothness_L"] == pytest.approx(2 / 0.1)  # the paper's L for noise variance 0.1
