@@ -62,3 +62,13 @@ def test_a_run_started_outside_the_checkout_is_tagged_with_the_checkouts_commit(
     assert tags["advbayes.git_dirty"] == str(dirty).lower()
     for package in ("advbayes", "torch", "mlflow"):
         assert tags[f"advbayes.version.{package}"] == version(package)
+    from click.testing import CliRunner
+
+    from advbayes.cli import cli
+
+    done = CliRunner().invoke(cli, ["report", "moons", "--tracking-uri", store, "--out", str(tmp_path / "r")])
+    assert done.exit_code == 0, done.output
+    text = (tmp_path / "r" / "report.md").read_text()
+    row = next(line for line in text.splitlines() if f"`{result.run_id}`" in line)  # each run's own commit
+    assert f"commit {commit[:12]}" in row and ("with uncommitted changes" in row) == dirty
+    assert "batch 64, seed 0;" in text  # the seeds of the runs behind the section

@@ -137,12 +137,16 @@ def overlay_figures(
     return parts
 
 
-def code_of(tags: Mapping[str, str]) -> str:
-    """`commit C (uncommitted changes), torch T, mlflow M` from a run's provenance tags."""
+def commit_of(tags: Mapping[str, str]) -> str:
+    """`commit C` (with uncommitted changes) from a run's provenance tags."""
     commit = tags.get("advbayes.git_commit")
     text = f"commit {commit[:12]}" if commit else "commit unknown"
-    if tags.get("advbayes.git_dirty") == "true":
-        text += " with uncommitted changes"
+    return text + (" with uncommitted changes" if tags.get("advbayes.git_dirty") == "true" else "")
+
+
+def code_of(tags: Mapping[str, str]) -> str:
+    """`commit C (uncommitted changes), torch T, mlflow M` from a run's provenance tags."""
+    text = commit_of(tags)
     versions = [f"{p} {tags[key]}" for p in ("advbayes", "torch", "mlflow") if (key := f"advbayes.version.{p}") in tags]
     return ", ".join([text, *versions])
 
@@ -165,10 +169,12 @@ def experiment_section(store: RunSource, name: str, out: Path, figures_dir: Path
             ("model", "model.name"),
             ("epochs", "epochs"),
             ("batch", "batch_size"),
-            ("seed", "seed"),
         )
         if key in params
     )
+    seeds = sorted({int(r.data.params["seed"]) for r in runs if r.data.params.get("seed", "").lstrip("-").isdigit()})
+    if seeds:
+        setting += f", seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
     parts = [
         f"## {name}",
         "",
@@ -180,7 +186,12 @@ def experiment_section(store: RunSource, name: str, out: Path, figures_dir: Path
     ]
     group_of = defense_groups(runs)
     label_of = run_labels(runs, group_of)
-    parts.append(markdown_table(["defense", "run id"], [[label_of[r.info.run_id], f"`{r.info.run_id}`"] for r in runs]))
+    parts.append(
+        markdown_table(
+            ["defense", "run id", "code"],
+            [[label_of[r.info.run_id], f"`{r.info.run_id}`", commit_of(r.data.tags)] for r in runs],
+        )
+    )
     results = {label_of[r.info.run_id]: store.rows(r.info.run_id) for r in runs}
     groups = {label_of[r.info.run_id]: group_of[r.info.run_id] for r in runs}
     names = list(dict.fromkeys(row["metric"] for rows in results.values() for row in rows))
