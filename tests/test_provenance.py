@@ -47,6 +47,23 @@ def test_provenance_follows_the_checkouts_commit_and_its_uncommitted_changes(
     assert provenance(outside)["advbayes.version.python"] == platform.python_version()
 
 
+def test_a_process_keeps_the_commit_of_the_code_it_loaded_when_the_checkout_moves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import advbayes.tracking.runs as runs
+
+    heads = iter(["a" * 40, "b" * 40])  # the checkout is pulled to another commit between two runs of one process
+    monkeypatch.setattr(runs, "_git", lambda args, where: next(heads) if args[0] == "rev-parse" else "")
+    runs._process_provenance.cache_clear()
+    try:
+        first, second = provenance(), provenance()
+        second["advbayes.git_commit"] = "changed by a caller"
+        third = provenance()
+    finally:
+        runs._process_provenance.cache_clear()  # later tests read the real checkout again
+    assert first["advbayes.git_commit"] == third["advbayes.git_commit"] == "a" * 40  # each caller gets a copy
+
+
 def test_a_run_started_outside_the_checkout_is_tagged_with_the_checkouts_commit(
     store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import socket
@@ -96,10 +97,25 @@ def git_commit(where: Path | None = None) -> str | None:
 
 def provenance(where: Path | None = None) -> dict[str, str]:
     """Tags that say which code ran: the checkout's commit and whether it had uncommitted changes to tracked files,
-    and the versions of Python, torch, MLflow and advbayes (the plugins' versions are tagged on their own)."""
+    and the versions of Python, torch, MLflow and advbayes (the plugins' versions are tagged on their own).
+
+    For advbayes's own checkout (no `where`) the answer is read once per process: a process that runs many
+    defenses keeps the code it loaded even when the checkout moves to another commit meanwhile."""
+    if where is None:
+        return dict(_process_provenance())
+    return _read_provenance(where)
+
+
+@functools.lru_cache(maxsize=1)
+def _process_provenance() -> dict[str, str]:
+    """provenance() of advbayes's own checkout, as first read by this process."""
+    return _read_provenance(Path(__file__).resolve().parent)
+
+
+def _read_provenance(folder: Path) -> dict[str, str]:
+    """provenance() of the checkout at `folder`, read now."""
     from importlib.metadata import PackageNotFoundError, version
 
-    folder = where or Path(__file__).resolve().parent
     tags = {"advbayes.version.python": platform.python_version()}
     for package in ("advbayes", "torch", "mlflow"):
         try:
