@@ -266,6 +266,28 @@ def test_race_keeps_the_loop_on_a_near_tie_and_lets_a_burst_of_load_not_decide()
     assert winner == "loop"
 
 
+def test_a_race_of_long_calls_times_one_round_after_the_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(strategies, "LONG_CALL", 0.02)
+    calls: dict[str, int] = {"loop": 0, "batched": 0}
+
+    def sleeper(name: str, seconds: float) -> Callable[[], None]:
+        def call() -> None:
+            calls[name] += 1
+            time.sleep(seconds)
+
+        return call
+
+    winner, _ = strategies.race(
+        {"loop": sleeper("loop", 0.03), "batched": sleeper("batched", 0.01)}, torch.device("cpu"), reference="loop"
+    )
+    assert winner == "batched" and calls == {"loop": 2, "batched": 2}  # warm-up and one timed call each
+    calls.update(loop=0, batched=0)
+    strategies.race(
+        {"loop": sleeper("loop", 0.002), "batched": sleeper("batched", 0.001)}, torch.device("cpu"), reference="loop"
+    )
+    assert calls == {"loop": 1 + strategies.ROUNDS, "batched": 1 + strategies.ROUNDS}  # short calls: every round
+
+
 def test_a_measured_choice_is_measured_again_after_its_recheck_counts() -> None:
     strategies.forget_choices()
     key = ("test-signature",)
