@@ -83,3 +83,12 @@ def test_report_keeps_runs_with_different_settings_apart_and_averages_only_over_
         assert row in text, text
         assert f"| standard lr={lr} (seed 1) |" in text
     assert text.count("mean +- sd over") == 2
+
+
+def test_a_pipe_inside_a_table_cell_is_escaped_and_the_row_keeps_its_cells() -> None:
+    from advbayes.lab.report import markdown_table
+
+    table = markdown_table(["claim", "verdict"], [["min_c r_c > ||delta||", "held"]])
+    row = table.splitlines()[-1]
+    cells = re.split(r"(?<!\\)\|", row.strip())[1:-1]  # GitHub splits a row at unescaped pipes only
+    assert [c.strip() for c in cells] == [r"min_c r_c > \|\|delta\|\|", "held"]

@@ -55,9 +55,13 @@ def run_labels(runs: Sequence[Any], groups: Mapping[str, str]) -> dict[str, str]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    """A GitHub-flavoured Markdown table; a `|` inside a cell (a norm, ||delta||) is escaped, so it stays one cell."""
+
+    def cells(values: Sequence[str]) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+
+    lines = [cells(header), "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += [cells(row) for row in rows]
     return "\n".join(lines)
 
 
