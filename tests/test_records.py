@@ -98,6 +98,9 @@ def test_a_report_from_records_is_the_same_bytes_every_time_and_anywhere(
     assert report("--records", "records", out="three") == first  # another folder, the same relative path
     assert "from the run records in records." in first
     assert (exported / "one" / "findings_figures" / "claims" / "kl.png").is_file()  # drawn from the histories
+    for suffix in ("png", "pdf"):  # the figures too: a PDF carries no creation date
+        one, two = (exported / run / "findings_figures" / "claims" / f"kl.{suffix}" for run in ("one", "two"))
+        assert one.read_bytes() == two.read_bytes(), suffix
 
 
 def test_records_give_the_stores_tables_and_verdicts(exported: Path, source: Source) -> None:
