@@ -62,22 +62,22 @@ def race(
     reference, the naive loop it replaces.
     """
     names = list(candidates)
-    slowest = 0.0
-    for name in names:  # warm-up: caches, kernels, and nested measurements of the layers
-        synchronize(device)
-        started = time.perf_counter()
-        candidates[name]()
-        synchronize(device)
-        slowest = max(slowest, time.perf_counter() - started)
+    # warm-up: caches, kernels, and nested measurements of the layers
+    slowest = max(call_seconds(candidates[name], device) for name in names)
     best = dict.fromkeys(names, math.inf)
     for round_ in range(ROUNDS if slowest < LONG_CALL else 1):
         for name in names if round_ % 2 == 0 else names[::-1]:
-            synchronize(device)
-            started = time.perf_counter()
-            candidates[name]()
-            synchronize(device)
-            best[name] = min(best[name], time.perf_counter() - started)
+            best[name] = min(best[name], call_seconds(candidates[name], device))
     return pick(best, reference), best
+
+
+def call_seconds(call: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call takes, the device's queued work included."""
+    synchronize(device)
+    started = time.perf_counter()
+    call()
+    synchronize(device)
+    return time.perf_counter() - started
 
 
 def pick(best: dict[Any, float], reference: Any) -> Any:
