@@ -104,11 +104,10 @@ class D3(Defense):
         bayesian = to_bayesian(model, which=self.bayesian_fraction, init_sigma=self.init_sigma)
         if self.init_mean_std > 0:  # the paper's code is TFP's Reparameterization layers: loc ~ N(0, 0.1)
             with torch.no_grad():
-                for layer in bayesian.modules():
-                    if isinstance(layer, (BayesLinear, BayesConv2d)):
-                        for gaussian in (layer.weight, layer.bias):
-                            if gaussian is not None:
-                                gaussian.mu.normal_(0.0, self.init_mean_std)
+                for layer in bayesian.stochastic_layers():
+                    if isinstance(layer, (BayesLinear, BayesConv2d)):  # not BatchNorm: a scale near 0 kills it
+                        for gaussian in layer.gaussian_parameters():
+                            gaussian.mu.normal_(0.0, self.init_mean_std)
         return bayesian
 
     def penalties(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
