@@ -176,7 +176,7 @@ def experiment_section(store: RunSource, name: str, out: Path, figures_dir: Path
         )
         if key in params
     )
-    seeds = sorted({int(r.data.params["seed"]) for r in runs if r.data.params.get("seed", "").lstrip("-").isdigit()})
+    seeds = sorted({int(seed) for r in runs if (seed := r.data.tags.get("advbayes.seed", "")).isdigit()})
     if seeds:
         setting += f", seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
     parts = [
