@@ -112,14 +112,21 @@ def test_last_fraction_makes_only_the_back_bayesian() -> None:
     assert kinds["8"] == "BayesLinear"
 
 
-def test_every_strategy_gives_the_same_numbers() -> None:
+@pytest.mark.parametrize("grad", [True, False])
+def test_every_strategy_gives_the_same_numbers(grad: bool) -> None:
+    # without autograd, auto measures on the real calls: each of the repeated calls may run another candidate
+    strategies.forget_choices()
     x = torch.randn(9, 2, 8, 8)
-    outputs = []
+    outputs: dict[str, list[torch.Tensor]] = {}
     for strategy in ("loop", "batched", "auto"):
         model = to_bayesian(cnn(), init_sigma=0.2, strategy=strategy, seed=5)
-        outputs.append(model(x, samples=7))
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(outputs[0], outputs[2], rtol=1e-4, atol=1e-5)
+        with torch.set_grad_enabled(grad):
+            outputs[strategy] = [model(x, samples=7) for _ in range(3 * (1 + strategies.ROUNDS))]
+    for strategy in ("batched", "auto"):
+        for got, expected in zip(outputs[strategy], outputs["loop"]):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert bool(strategies.LAYER_CHOICES) == (not grad)  # auto's layers measured on the real calls only without
+    strategies.forget_choices()
 
 
 def test_auto_measurement_has_no_side_effects_on_draws_or_running_statistics() -> None:
@@ -326,6 +333,41 @@ def test_an_expected_loss_gradient_by_passes_equals_the_per_draw_networks(
     strategies.forget_choices()
 
 
+def test_a_forward_without_autograd_measures_its_pass_size_on_its_real_calls_and_keeps_the_per_draw_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # every call runs the S draws exactly once, in whatever passes it is measuring, and gives the per-draw networks
+    strategies.forget_choices()
+    original = cnn().eval()
+    model = to_bayesian(original, init_sigma=0.2, seed=4).eval()
+    x = torch.randn(80, 2, 8, 8)  # batch 80: candidate passes of 1, 3 (256 // 80) and all 7 draws
+    passes: list[list[int]] = []
+    forward_draws = model.forward_draws
+
+    def counted(inputs: torch.Tensor, layers: list, start: int, stop: int) -> torch.Tensor:
+        passes[-1].append(stop - start)
+        return forward_draws(inputs, layers, start, stop)
+
+    monkeypatch.setattr(model, "forward_draws", counted)
+    for _ in range(3 * (1 + strategies.ROUNDS) + 2):
+        passes.append([])
+        model.seed(9)
+        with torch.no_grad():
+            out = model(x, samples=7)
+        assert sum(passes[-1]) == 7  # one pass per chunk of the real call: nothing run for the measurement alone
+    (choice,) = strategies.FORWARD_CHOICES.values()
+    assert choice.candidates == [1, 3, 7] and choice.winner in (1, 3, 7)
+    assert sorted(len(p) for p in passes[:3]) == [1, 3, 7]  # the first calls: all 7 draws in 1, 3 and 7 passes
+    assert all(len(times) >= 2 for times in choice.times.values())  # a warm-up and at least one timed call each
+    model.seed(9)
+    with torch.no_grad():
+        draws = model(x, samples=7)
+    for s in range(7):
+        torch.testing.assert_close(draws[s], draw_network(original, model, s)(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out, draws)
+    strategies.forget_choices()
+
+
 def test_an_expected_loss_gradient_draws_as_one_call_does() -> None:
     # the per-draw passes consume the model's generator exactly as one call with S draws: same seed, same draws
     x = torch.randn(5, 12)
@@ -336,8 +378,32 @@ def test_an_expected_loss_gradient_draws_as_one_call_does() -> None:
     torch.testing.assert_close(passes(x, samples=4), call(x, samples=4))
 
 
+def measure(choice: strategies.OnlineChoice, seconds: dict[str, float], work: int = 1) -> list[str]:
+    """Drive an online choice with calls of known durations until it decides; the candidates it ran, in order."""
+    ran = []
+    while choice.winner is None:
+        ran.append(choice.next())
+        choice.record(ran[-1], seconds[ran[-1]] * work, work)
+    return ran
+
+
+def test_an_online_candidate_more_than_twice_as_slow_as_another_is_not_run_again() -> None:
+    choice = strategies.OnlineChoice(["loop", "slow", "fast"], reference="loop")
+    ran = measure(choice, {"loop": 0.010, "slow": 0.025, "fast": 0.004})
+    # one warm-up call each, then a timed call each: "slow" (6x "fast") and then "loop" (2.5x) leave the running
+    assert ran.count("slow") == 2 and ran.count("loop") == 2 and ran.count("fast") == 1 + strategies.ROUNDS
+    assert choice.winner == "fast" and choice.running == ["fast"]
+
+
+def test_an_online_choice_of_long_calls_decides_on_one_timed_call_each_per_unit_of_work() -> None:
+    choice = strategies.OnlineChoice(["loop", "batched"], reference="loop")
+    ran = measure(choice, {"loop": 0.006, "batched": 0.004}, work=128)  # 0.77 s and 0.51 s per call of 128
+    assert sorted(ran) == ["batched", "batched", "loop", "loop"] and choice.winner == "batched"
+    assert choice.timings() == pytest.approx({"loop": 0.006, "batched": 0.004})
+
+
 def test_an_online_choice_measures_on_real_calls_keeps_the_loop_on_a_near_tie_and_measures_again() -> None:
-    seconds = {"loop": 1.0, "fast": 0.5, "tie": 0.97}
+    seconds = {"loop": 0.010, "fast": 0.006, "tie": 0.0097}  # short calls: ROUNDS timed calls each
     for rival, expected in (("fast", "fast"), ("tie", "loop")):
         choice = strategies.OnlineChoice(["loop", rival], reference="loop")
         ran = []
@@ -346,7 +412,7 @@ def test_an_online_choice_measures_on_real_calls_keeps_the_loop_on_a_near_tie_an
             ran.append(candidate)
             choice.record(candidate, seconds[candidate] * (20 if len(ran) <= 2 else 1))  # slow warm-up calls
         assert sorted(ran) == sorted(["loop", rival] * (strategies.ROUNDS + 1)) and choice.winner == expected
-        assert choice.timings() == {"loop": 1.0, rival: seconds[rival]}  # the warm-up calls were dropped
+        assert choice.timings() == {"loop": 0.010, rival: seconds[rival]}  # the warm-up calls were dropped
         while choice.calls + 1 < min(strategies.RECHECK_AT):
             assert choice.next() == expected
         choice.next()  # the recheck count: measuring again

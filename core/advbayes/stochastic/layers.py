@@ -94,6 +94,10 @@ def _draw_count(x: torch.Tensor, samples: int) -> int:
     return x.shape[0]
 
 
+def _call_named(candidates: dict[str, Any], inputs: list[torch.Tensor], name: str) -> torch.Tensor:
+    return cast(torch.Tensor, candidates[name](*inputs))
+
+
 class StochasticLayer(nn.Module):
     """Base of the Gaussian layers: the number of draws of the current forward pass and the strategy."""
 
@@ -115,8 +119,13 @@ class StochasticLayer(nn.Module):
             # and one draw is one dense kernel either way: nothing to time
             if self.samples == 1:
                 name = "loop"
+            elif self.samples > strategies.MAX_LOOP:
+                name = "batched"
+            elif not torch.is_grad_enabled():  # measured on the real calls (no backward to time with them)
+                run = functools.partial(_call_named, candidates, inputs)
+                return strategies.run_chosen(strategies.layer_choice(key), inputs[0].device, run)
             else:
-                name = "batched" if self.samples > strategies.MAX_LOOP else (strategies.cached(key) or "")
+                name = strategies.cached(key) or ""
         if not name:  # first call of this signature: measure both on detached copies
             detached = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
             trial: dict[str, Callable[[], torch.Tensor]] = {

@@ -19,6 +19,13 @@ CHUNK_TARGET = 256  # besides all draws and one draw per pass, auto tries passes
 MAX_PASSES = 64  # and never more passes than this (1,000 draws are not timed as 1,000 passes)
 
 
+def pass_sizes(samples: int, batch: int) -> set[int]:
+    """Candidate draws per pass: all S in one, about CHUNK_TARGET examples per pass, and the most passes allowed."""
+    fewest = math.ceil(samples / MAX_PASSES)  # never more than MAX_PASSES passes (1,000 draws are not 1,000 passes)
+    per_target = max(1, min(samples, CHUNK_TARGET // max(batch, 1)))
+    return {samples, max(per_target, fewest), max(1, fewest)}
+
+
 def measure_pass_size(
     model: StochasticModel, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, grad: bool
 ) -> int:
@@ -27,9 +34,7 @@ def measure_pass_size(
     One pass over S x B examples can be slower than S passes over B on a CPU (cache); a GPU favours one.
     """
     batch = inputs.shape[1]
-    fewest = math.ceil(samples / MAX_PASSES)  # never time more than MAX_PASSES passes
-    per_target = max(1, min(samples, CHUNK_TARGET // max(batch, 1)))
-    candidates = sorted({samples, max(per_target, fewest), max(1, fewest)}, reverse=True)
+    candidates = sorted(pass_sizes(samples, batch), reverse=True)
     saved = {name: buffer.clone() for name, buffer in model.named_buffers()}
     probe = inputs.detach().requires_grad_(inputs.requires_grad)
     weights = [p for p in model.parameters() if p.requires_grad] if grad else []

@@ -9,9 +9,11 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 STRATEGIES = ("auto", "loop", "batched")
 STRATEGY_ENV = "ADVBAYES_STRATEGY"
@@ -46,6 +48,7 @@ ROUNDS = 3  # interleaved timing rounds after one warm-up call of each candidate
 # A warm-up call this long gets one timed round: timer noise is small against it, and each round repeats the
 # caller's work (races on a Bayesian mnist-cnn with 20 draws took 203 of a 218 s evaluation on a 2-core CPU).
 LONG_CALL = 0.5
+OUT_OF_RUNNING = 2.0  # an online candidate this many times slower than another is measured no more
 RECHECK_AT = frozenset({64, 1024, 16384})  # calls of a signature after which its choice is measured again
 _CALLS: dict[tuple[Any, ...], int] = {}
 
@@ -91,44 +94,80 @@ def pick(best: dict[Any, float], reference: Any) -> Any:
 class OnlineChoice:
     """A choice among candidates that compute the same result, measured on the caller's real calls.
 
-    Until it has decided, each call runs the candidate timed least so far (in alternating order) and keeps the
-    time; after one warm-up and ROUNDS timed calls of each, the fastest by `pick` serves every call. It measures
-    again after RECHECK_AT calls. No call is spent on measurement alone: only the slower candidates' extra time.
+    Until it has decided, each call runs the candidate still in the running that was timed least so far (in
+    alternating order) and keeps the time; after one warm-up and ROUNDS timed calls of each (one when a timed call
+    took LONG_CALL or more), the fastest by `pick` serves every call. A candidate whose best timed call is over
+    OUT_OF_RUNNING times another's leaves the running at once: its calls are the measurement's whole cost. It
+    measures again after RECHECK_AT calls. No call is spent on measurement alone.
     """
 
     def __init__(self, candidates: list[Any], reference: Any) -> None:
         self.candidates, self.reference = candidates, reference
-        self.times: dict[Any, list[float]] = {c: [] for c in candidates}
-        self.winner: Any = None
         self.calls = 0
+        self._restart()
+
+    def _restart(self) -> None:
+        self.times: dict[Any, list[float]] = {c: [] for c in self.candidates}
+        self.running = list(self.candidates)
+        self.rounds = ROUNDS
+        self.winner: Any = None
 
     def next(self) -> Any:
         """The candidate the next call should run."""
         self.calls += 1
         if self.winner is not None and self.calls in RECHECK_AT:
-            self.winner, self.times = None, {c: [] for c in self.candidates}
+            self._restart()
         if self.winner is not None:
             return self.winner
-        fewest = min(len(t) for t in self.times.values())
-        order = self.candidates if fewest % 2 == 0 else self.candidates[::-1]
+        fewest = min(len(self.times[c]) for c in self.running)
+        order = self.running if fewest % 2 == 0 else self.running[::-1]
         return next(c for c in order if len(self.times[c]) == fewest)
 
-    def record(self, candidate: Any, seconds: float) -> None:
-        """Keep a measured call's time (warm-up calls are dropped); decide once every candidate has ROUNDS."""
-        if self.winner is not None:
+    def record(self, candidate: Any, seconds: float, work: int = 1) -> None:
+        """Keep a measured call's time per unit of `work` (warm-up calls are dropped); decide once every candidate
+        in the running has its rounds."""
+        if self.winner is not None or candidate not in self.running:
             return
-        self.times[candidate].append(seconds)
-        if all(len(t) > ROUNDS for t in self.times.values()):
-            self.winner = pick({c: min(t[1:]) for c, t in self.times.items()}, self.reference)
+        self.times[candidate].append(seconds / max(work, 1))
+        if len(self.times[candidate]) > 1 and seconds >= LONG_CALL:
+            self.rounds = 1  # timer noise is small against a call this long
+        best = self.timings()
+        fastest = min(best.values(), default=math.inf)
+        self.running = [c for c in self.running if best.get(c, 0.0) <= OUT_OF_RUNNING * fastest]
+        if all(len(self.times[c]) > self.rounds for c in self.running):
+            self.winner = pick({c: best[c] for c in self.running}, self.reference)
 
     def drop(self, candidate: Any) -> None:
         """Take a candidate out (it failed, e.g. out of memory) and measure the rest again."""
         self.candidates = [c for c in self.candidates if c != candidate]
-        self.winner, self.times = None, {c: [] for c in self.candidates}
+        self._restart()
 
     def timings(self) -> dict[Any, float]:
         """Each candidate's best measured time so far (warm-up excluded)."""
         return {c: min(t[1:]) for c, t in self.times.items() if len(t) > 1}
+
+
+def run_chosen(choice: OnlineChoice, device: torch.device, call: Callable[[Any], T], work: int = 1) -> T:
+    """`call(candidate)` for the choice's next candidate, timed into the choice: the measurement is the real call.
+    Times are per unit of `work` (e.g. examples), so calls on a bucket's smaller last batch compare fairly. A
+    candidate other than the reference that runs out of CUDA memory is dropped and the call made again."""
+    while True:
+        candidate = choice.next()
+        if choice.winner is not None:  # decided: no timing, and no synchronization stalling a GPU's queue
+            return call(candidate)
+        synchronize(device)
+        started = time.perf_counter()
+        try:
+            result = call(candidate)
+        except torch.OutOfMemoryError:
+            if candidate == choice.reference or device.type != "cuda":
+                raise
+            torch.cuda.empty_cache()
+            choice.drop(candidate)  # this candidate does not fit: no longer one
+            continue
+        synchronize(device)
+        choice.record(candidate, time.perf_counter() - started, work)
+        return result
 
 
 def due(key: tuple[Any, ...], chosen: dict[tuple[Any, ...], Any]) -> bool:
@@ -146,7 +185,19 @@ def _with_backward(run: Callable[[], torch.Tensor], inputs: list[torch.Tensor]) 
     return lambda: torch.autograd.grad(run().sum(), targets, allow_unused=True)
 
 
-CHUNK_CHOICES: dict[tuple[Any, ...], int] = {}  # draws per pass, by model architecture and call signature
+CHUNK_CHOICES: dict[tuple[Any, ...], int] = {}  # draws per pass of a forward under autograd, by signature
+FORWARD_CHOICES: dict[tuple[Any, ...], OnlineChoice] = {}  # draws per pass of a forward without autograd
+LAYER_CHOICES: dict[tuple[Any, ...], OnlineChoice] = {}  # a layer's loop or batched kernels, without autograd
+
+
+def layer_choice(key: tuple[Any, ...]) -> OnlineChoice:
+    """The loop-or-batched choice of a layer signature called without autograd, measured on its real calls (no
+    backward follows, so the call is the whole cost; a race cost 8 calls per signature: 4 of a 9.5 s evaluation)."""
+    if key not in LAYER_CHOICES:
+        LAYER_CHOICES[key] = OnlineChoice(["loop", "batched"], reference="loop")
+    return LAYER_CHOICES[key]
+
+
 GRADIENT_CHOICES: dict[tuple[Any, ...], OnlineChoice] = {}  # draws per forward-backward pass of an expected loss
 
 
@@ -169,7 +220,11 @@ def cached(key: tuple[Any, ...]) -> str | None:
 
 def chosen_strategies() -> dict[tuple[Any, ...], tuple[str, dict[str, float]]]:
     """Every signature measured so far with its winner and timings (for benchmarks and diagnostics)."""
-    return {key: (name, _TIMINGS.get(key, {})) for key, name in _CHOSEN.items()}
+    chosen = {key: (name, _TIMINGS.get(key, {})) for key, name in _CHOSEN.items()}
+    for key, choice in LAYER_CHOICES.items():
+        if choice.winner is not None:
+            chosen[key + ("no autograd",)] = (choice.winner, choice.timings())
+    return chosen
 
 
 def forget_choices() -> None:
@@ -178,4 +233,6 @@ def forget_choices() -> None:
     _TIMINGS.clear()
     _CALLS.clear()
     CHUNK_CHOICES.clear()
+    FORWARD_CHOICES.clear()
+    LAYER_CHOICES.clear()
     GRADIENT_CHOICES.clear()

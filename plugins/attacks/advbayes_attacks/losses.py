@@ -25,6 +25,9 @@ def _at(values: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def dlr(z: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
     """Croce & Hein's difference-of-logits ratio (targeted when `target` is given); shift and scale invariant in z."""
+    needed = 3 if target is None else 4
+    if z.shape[-1] < needed:  # its denominator reads the 3rd (targeted: 4th) largest logit
+        raise ValueError(f"the DLR loss needs at least {needed} classes, the model has {z.shape[-1]}: use loss 'ce'")
     ordered = z.sort(dim=-1).values
     if target is None:
         return -(_at(z, y) - _other_max(z, y)) / (ordered[..., -1] - ordered[..., -3] + 1e-12)
