@@ -346,7 +346,9 @@ def load_model(run_id: str, tracking_uri: str | None) -> Any:
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    """ui, compare, runs and report: the commands that read the MLflow store."""
+    """ui, compare, runs, report, export, bench and leaderboard: the commands that read or write the MLflow store."""
+    from advbayes.lab.commands import add_lab_commands
     from advbayes.tracking.commands import add_commands
 
     add_commands(cli)
+    add_lab_commands(cli)

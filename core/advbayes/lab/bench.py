@@ -1,0 +1,192 @@
+"""advbayes bench: a defense trained and attacked under the leaderboard protocol, its result card written and tracked.
+
+Per seed: the deterministic twin is trained (the transfer attack's source), then the defense (clean accuracy, its
+posterior's verdict), then each threat model's attacks evaluate the trained defense as a resumed run (the trained
+model is read from the checkpoint, not trained again). Every run is tracked; the card names them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from advbayes.errors import RunError
+from advbayes.lab.cards import CARD_VERSION, check_outcomes, deviations, summary, threat_section, write_card
+from advbayes.lab.protocol import TWIN, Protocol, protocol_for
+from advbayes.results import RunResult, unpack_outcomes
+
+BENCH_TAG = "advbayes.bench"  # the bench a run belongs to: defense entry, data set and protocol version
+
+
+def bench(
+    entry: str,
+    *,
+    dataset: str = "mnist-5k",
+    seeds: Sequence[int] | None = None,
+    overrides: Sequence[tuple[str, Any]] = (),
+    device: str = "auto",
+    tracking_uri: str | None = None,
+    registry: Sequence[str | Path] = (),
+    progress: bool = False,
+    out: Path | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Bench the defense entry `entry` under the protocol of `dataset`; the card (also written under `out`, and
+    logged to every run of the defense as bench_card.json)."""
+    from advbayes.engine.lifecycle import prepare_run, run
+
+    protocol = protocol_for(dataset)
+    seeds = list(protocol.seeds if seeds is None else seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise RunError(f"--seeds: expected distinct seeds, got {seeds}")
+    settings = [("defense", entry), *overrides]
+    prepared = prepare_run(protocol.experiment, registry=registry, device=device, track=False, overrides=settings)
+    spec = prepared.spec
+    data = prepared.registry.build("datasets", spec["dataset"])
+    shape, value_range = tuple(data.input_shape), tuple(data.value_range)
+    started = time.perf_counter()
+    tag = {BENCH_TAG: f"{entry} on {dataset}, protocol {protocol.version}"}
+    common: dict[str, Any] = {"registry": registry, "device": device, "tracking_uri": tracking_uri}
+    common.update(progress=progress, tags=tag)
+    trained: list[RunResult] = []
+    evaluated: dict[str, list[RunResult]] = {t.name: [] for t in protocol.threat_models}
+    run_ids: dict[str, dict[str, str]] = {}
+    for seed in seeds:
+        ids = run_ids[str(seed)] = {}
+        twin_id = None
+        if entry != TWIN:
+            say(f"bench {entry}: seed {seed}: training the deterministic twin ({TWIN})")
+            twin = run(protocol.experiment, overrides=[*settings, ("defense", TWIN), ("seed", seed)], **common)
+            twin_id = ids["twin"] = _run_id(twin)
+        say(f"bench {entry}: seed {seed}: training")
+        result = run(protocol.experiment, overrides=[*settings, ("seed", seed)], **common)
+        assert isinstance(result, RunResult)
+        trained.append(result)
+        ids["train"] = _run_id(result)
+        stochastic = _is_stochastic(result, shape, value_range)
+        for threat in protocol.threat_models:
+            say(f"bench {entry}: seed {seed}: {threat.name} attacks at eps {', '.join(f'{e:g}' for e in threat.radii)}")
+            attacks = ["none", *protocol.attacks(threat, stochastic, twin_id)]
+            changed = [("attacks", attacks), ("eps", list(threat.radii))]
+            attacked = run(resume=ids["train"], overrides=changed, **common)
+            assert isinstance(attacked, RunResult)
+            evaluated[threat.name].append(attacked)
+            ids[threat.name] = _run_id(attacked)
+    card = card_of(protocol, entry, spec, seeds, trained, evaluated, run_ids, overrides)
+    card["stochastic"] = stochastic
+    card["seconds"] = time.perf_counter() - started
+    card["device"] = trained[0].device
+    card["runs"]["store"] = trained[0].store or ""
+    _log_card(card, trained, evaluated, tracking_uri)
+    if out is not None:
+        write_card(card, out / card_file(card))
+    return card
+
+
+def _run_id(result: Any) -> str:
+    if not isinstance(result, RunResult) or result.run_id is None:
+        raise RunError("bench needs tracked runs (its evaluations resume the trained run): do not pass --no-track")
+    return result.run_id
+
+
+def _is_stochastic(result: RunResult, input_shape: tuple[int, ...], value_range: tuple[float, float]) -> bool:
+    """Whether the trained network draws at random (two identical calls differ), probed on inputs of its data."""
+    from advbayes.stochastic import as_sampled, is_stochastic
+
+    model = as_sampled(result.model).eval()
+    parameter = next(model.parameters(), None)
+    where = parameter.device if parameter is not None else torch.device("cpu")
+    low, high = value_range
+    probe = low + (high - low) * torch.rand((8, *input_shape), generator=torch.Generator().manual_seed(0))
+    return is_stochastic(model, probe.to(where))
+
+
+def card_of(
+    protocol: Protocol,
+    entry: str,
+    spec: dict[str, Any],
+    seeds: Sequence[int],
+    trained: Sequence[RunResult],
+    evaluated: dict[str, list[RunResult]],
+    run_ids: dict[str, dict[str, str]],
+    overrides: Sequence[tuple[str, Any]],
+) -> dict[str, Any]:
+    """The card of a bench from its runs' results."""
+    from advbayes.tracking.runs import provenance
+
+    clean = []
+    for result in trained:
+        (record,) = [r for r in result.records if r.attack_label == "none"][:1]
+        clean.append(unpack_outcomes(record.per_example["accuracy"], record.examples))
+    findings = [f for results in evaluated.values() for result in results for f in result.findings]
+    converged = [r.model_metrics.get("posterior/converged") for r in trained]
+    checks = check_outcomes(findings, converged)
+    examples = len(clean[0])
+    settings = [f"{key}={json.dumps(value)}" for key, value in overrides]  # as --set takes them (TOML values)
+    return {
+        "advbayes_card": CARD_VERSION,
+        "protocol": protocol.describe(),
+        "defense": {"entry": entry, "params": dict(spec["defense"]), "settings": settings},
+        "model": str(spec["model"].get("name", spec["model"].get("use", ""))),
+        "stochastic": False,  # set by bench, which probed the trained network
+        "deviations": (found := deviations(protocol, seeds, examples, settings)),
+        "conforms": not found,
+        "passed": all(c["status"] != "failed" for c in checks),
+        "checks": checks,
+        "clean": summary(clean),
+        "threat_models": {
+            t.name: threat_section(t, [r.records for r in evaluated[t.name]]) for t in protocol.threat_models
+        },
+        "runs": {"store": "", "experiment_id": "", "seeds": run_ids},
+        "provenance": {**provenance(), "created": datetime.date.today().isoformat()},
+        "device": "",
+        "seconds": 0.0,
+    }
+
+
+def card_file(card: dict[str, Any]) -> str:
+    """The card's file name: data set and defense entry."""
+    return f"{card['protocol']['dataset']}--{card['defense']['entry']}.json"
+
+
+def _log_card(
+    card: dict[str, Any], trained: Sequence[RunResult], evaluated: dict[str, list[RunResult]], uri: str | None
+) -> None:
+    """Log the card to each of the defense's runs (bench_card.json), so the store holds it beside them, and name the
+    store's experiment in it (the page links to the runs)."""
+    from advbayes.tracking.store import client_for
+
+    client = client_for(trained[0].store or uri, write=True)
+    card["runs"]["experiment_id"] = client.get_run(trained[0].run_id).info.experiment_id
+    text = json.dumps(card, indent=1, sort_keys=True)
+    for result in [*trained, *(r for results in evaluated.values() for r in results)]:
+        if result.run_id is not None:
+            client.log_text(result.run_id, text, "bench_card.json")
+
+
+def cards_in_store(uri: str | None) -> list[dict[str, Any]]:
+    """The newest card of each defense and data set logged in the store (bench_card.json of the bench's runs)."""
+    import tempfile
+
+    from advbayes.lab.cards import read_card
+    from advbayes.tracking.store import client_for
+
+    client = client_for(uri, write=False)
+    newest: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for experiment in client.search_experiments():
+            for found in client.search_runs([experiment.experiment_id], f"tags.`{BENCH_TAG}` != ''"):
+                if "bench_card.json" not in {a.path for a in client.list_artifacts(found.info.run_id)}:
+                    continue
+                path = Path(client.download_artifacts(found.info.run_id, "bench_card.json", scratch))
+                card = read_card(path)
+                key = (card["protocol"]["dataset"], card["defense"]["entry"])
+                if key not in newest or found.info.start_time > newest[key][0]:
+                    newest[key] = (found.info.start_time, json.loads(json.dumps(card)))
+    return [card for _, card in sorted(newest.values(), key=lambda item: item[1]["defense"]["entry"])]

@@ -1,0 +1,217 @@
+"""Result cards: one JSON file per benched defense (schema CARD_VERSION, validated on read), built from its runs'
+per-example verdicts, and their ranking (a card with a failed check never above a passing one)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from advbayes.checks import Finding
+from advbayes.errors import RunError
+from advbayes.intervals import mean_sd, wilson_interval
+from advbayes.lab.protocol import CHECKS, CONVERGED, Protocol, ThreatModel
+from advbayes.results import EvalRecord, unpack_outcomes
+
+CARD_VERSION = 1
+# which check each evaluation finding (advbayes.checks) fails
+FAILS = {
+    "randomness": "randomness",
+    "zero-gradients": "gradient-masking",
+    "rises-with-eps": "monotonic-in-eps",
+    "rises-with-steps": "monotonic-in-steps",
+    "black-box-stronger": "black-box-below-white-box",
+}
+
+
+def worst_case(records: Sequence[EvalRecord], eps: float) -> tuple[list[int], dict[str, float]]:
+    """Per test example at radius `eps`: 1 when it survived every attack (each attack's own verdict, all R
+    predictions right for autoattack-rand), and each attack's accuracy."""
+    rows = [r for r in records if r.eps == eps and r.entry != "none" and r.attack_label != "none"]
+    if not rows:
+        raise RunError(f"no attack was evaluated at eps {eps:g}: the card has nothing to report there")
+    survived: list[int] | None = None
+    for record in rows:
+        if "accuracy" not in record.per_example:
+            raise RunError(f"attack {record.attack_label} at eps {eps:g} kept no per-example verdicts (sharded run?)")
+        outcomes = unpack_outcomes(record.per_example["accuracy"], record.examples)
+        survived = outcomes if survived is None else [a & b for a, b in zip(survived, outcomes)]
+    assert survived is not None
+    return survived, {r.attack_label: r.metrics["accuracy"] for r in rows}
+
+
+def summary(per_seed: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """Mean over seeds of the per-seed accuracy, the seeds' sd and values, and the 95 % Wilson interval of all the
+    verdicts pooled (n x seeds; the seeds' sd is beside it, not in it)."""
+    values = [sum(v) / len(v) for v in per_seed]
+    mean, sd = mean_sd(values)
+    successes, n = sum(sum(v) for v in per_seed), sum(len(v) for v in per_seed)
+    low, high = wilson_interval(successes, n)
+    return {"value": mean, "interval": [low, high], "seed_sd": sd, "seed_values": values, "n": len(per_seed[0])}
+
+
+def check_outcomes(findings: Sequence[Finding], converged: Sequence[float | None]) -> list[dict[str, str]]:
+    """Every protocol check: failed with the findings' messages, or passed; the posterior check is n/a for a network
+    without Gaussian weights (no posterior to judge)."""
+    outcomes = []
+    for check in CHECKS:
+        failed = [f.message for f in findings if FAILS.get(f.kind) == check]
+        status = "failed" if failed else "passed"
+        outcomes.append({"name": check, "status": status, "detail": "; ".join(failed) or "no finding"})
+    judged = [c for c in converged if c is not None]
+    if not judged:
+        outcomes.append({"name": CONVERGED, "status": "n/a", "detail": "no Gaussian weights: no posterior to judge"})
+    else:
+        unconverged = sum(1 for c in judged if c != 1.0)
+        outcomes.append(
+            {
+                "name": CONVERGED,
+                "status": "failed" if unconverged else "passed",
+                "detail": f"posterior/converged on {len(judged) - unconverged} of {len(judged)} seeds",
+            }
+        )
+    return outcomes
+
+
+def threat_section(threat: ThreatModel, records_by_seed: Sequence[Sequence[EvalRecord]]) -> dict[str, Any]:
+    """A threat model's part of a card: per radius the worst case over its attacks, and each attack's mean."""
+    radii = {}
+    for eps in threat.radii:
+        survived, by_attack = zip(*(worst_case(records, eps) for records in records_by_seed))
+        attacks = sorted({name for row in by_attack for name in row})
+        section = summary(survived)
+        section["by_attack"] = {a: mean_sd([row[a] for row in by_attack if a in row])[0] for a in attacks}
+        radii[f"{eps:g}"] = section
+    return {"norm": threat.norm, "headline": f"{threat.headline:g}", "radii": radii}
+
+
+# Settings the protocol fixes (what is evaluated, on what): a --set of one is a deviation. Training settings (epochs,
+# lr, batch size, the defense's own parameters) are the defense's configuration, recorded with it on the card.
+PROTOCOL_KEYS = ("dataset", "model", "attacks", "eps", "seeds", "seed", "metrics", "defenses", "variants")
+
+
+def deviations(protocol: Protocol, seeds: Sequence[int], examples: int, overrides: Sequence[str]) -> list[str]:
+    """Where a bench left the protocol: fewer seeds or test examples, a changed evaluation setting."""
+    found = []
+    if len(seeds) < len(protocol.seeds):
+        found.append(f"{len(seeds)} seed(s), the protocol asks for {len(protocol.seeds)}")
+    if examples < protocol.test_examples:
+        found.append(f"{examples} test examples, the protocol asks for the full split of {protocol.test_examples}")
+    found += [f"--set {o}" for o in overrides if o.split("=", 1)[0].split(".", 1)[0] in PROTOCOL_KEYS]
+    return found
+
+
+# ------------------------------------------------------------------------------------------------ schema
+
+NUMBER, TEXT, FLAG, INTEGER = "number", "text", "flag", "integer"
+STAT = {"value": NUMBER, "interval": [NUMBER], "seed_sd": NUMBER, "seed_values": [NUMBER], "n": INTEGER}
+SCHEMA: dict[str, Any] = {
+    "advbayes_card": INTEGER,
+    "protocol": {
+        "version": INTEGER,
+        "dataset": TEXT,
+        "experiment": TEXT,
+        "test_examples": INTEGER,
+        "seeds": [INTEGER],
+        "attack_samples": INTEGER,
+        "threat_models": [{"name": TEXT, "norm": TEXT, "radii": [NUMBER], "headline": NUMBER}],
+    },
+    "defense": {"entry": TEXT, "params": {"*": None}, "settings": [TEXT]},
+    "model": TEXT,
+    "stochastic": FLAG,
+    "conforms": FLAG,
+    "deviations": [TEXT],
+    "passed": FLAG,
+    "checks": [{"name": TEXT, "status": TEXT, "detail": TEXT}],
+    "clean": STAT,
+    "threat_models": {"*": {"norm": TEXT, "headline": TEXT, "radii": {"*": {**STAT, "by_attack": {"*": NUMBER}}}}},
+    "runs": {"store": TEXT, "experiment_id": TEXT, "seeds": {"*": {"*": TEXT}}},
+    "provenance": {"*": TEXT},
+    "device": TEXT,
+    "seconds": NUMBER,
+}
+KINDS = {
+    NUMBER: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    INTEGER: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    TEXT: lambda v: isinstance(v, str),
+    FLAG: lambda v: isinstance(v, bool),
+}
+
+
+def validate(value: Any, schema: Any, where: str) -> None:
+    """Raise a one-line RunError at the first key whose value does not have the schema's type."""
+    if schema is None:  # anything (a defense's own parameters)
+        return
+    if isinstance(schema, str):
+        if not KINDS[schema](value):
+            raise RunError(f"{where}: expected {schema}, got {json.dumps(value)[:80]}")
+        return
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            raise RunError(f"{where}: expected a list, got {json.dumps(value)[:80]}")
+        for i, item in enumerate(value):
+            validate(item, schema[0], f"{where}[{i}]")
+        return
+    if not isinstance(value, dict):
+        raise RunError(f"{where}: expected a table, got {json.dumps(value)[:80]}")
+    if "*" in schema:
+        for key, item in value.items():
+            validate(item, schema["*"], f"{where}.{key}")
+        return
+    for key, item_schema in schema.items():
+        if key not in value:
+            raise RunError(f"{where}: key '{key}' is missing")
+        validate(value[key], item_schema, f"{where}.{key}")
+    extra = sorted(set(value) - set(schema))
+    if extra:
+        raise RunError(f"{where}: unknown key '{extra[0]}' (expected {', '.join(schema)})")
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    """A result card, validated: a one-line error naming the file and key for anything else."""
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: not a readable result card ({exc})") from None
+    if not isinstance(card, dict) or card.get("advbayes_card") != CARD_VERSION:
+        found = card.get("advbayes_card") if isinstance(card, dict) else None
+        raise RunError(f"{path}: expected a result card of schema {CARD_VERSION} (advbayes_card), got {found!r}")
+    validate(card, SCHEMA, str(path))
+    for check in card["checks"]:
+        if check["status"] not in ("passed", "failed", "n/a"):
+            status = check["status"]
+            raise RunError(f"{path}: check {check['name']}: status must be passed, failed or n/a, not {status!r}")
+    if card["passed"] != all(c["status"] != "failed" for c in card["checks"]):
+        raise RunError(f"{path}: 'passed' is {card['passed']} but its checks say otherwise")
+    return card
+
+
+def write_card(card: Mapping[str, Any], path: Path) -> Path:
+    """Write a card (validated first: nothing invalid is ever written) as indented JSON with sorted keys."""
+    validate(card, SCHEMA, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_cards(folder: Path) -> list[dict[str, Any]]:
+    """Every *.json card under `folder`, validated, in file-name order."""
+    if not folder.is_dir():
+        raise RunError(f"{folder}: no such folder of result cards")
+    return [read_card(path) for path in sorted(folder.rglob("*.json"))]
+
+
+def headline(card: Mapping[str, Any], threat: str) -> float:
+    """The card's robust accuracy at its threat model's headline radius (-1 when it has no such threat model)."""
+    section = card["threat_models"].get(threat)
+    return -1.0 if section is None else float(section["radii"][section["headline"]]["value"])
+
+
+def ranked(cards: Sequence[Mapping[str, Any]], threat: str) -> list[Mapping[str, Any]]:
+    """Cards by robust accuracy at the headline radius, highest first; every card with a failed check and every
+    card off the protocol after every passing, conforming one."""
+    return sorted(
+        cards, key=lambda c: (not c["passed"], not c["conforms"], -headline(c, threat), c["defense"]["entry"])
+    )

@@ -1,0 +1,252 @@
+"""The leaderboard: the protocol's attacks, result cards (per-example worst case, checks, schema validated on read),
+their ranking, the static page, and `advbayes bench` end to end on a third-party plugin's defense."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from servers import rendered_dom
+
+from advbayes.checks import Finding
+from advbayes.cli import cli
+from advbayes.errors import RunError
+from advbayes.intervals import wilson_interval
+from advbayes.lab.cards import CARD_VERSION, check_outcomes, ranked, read_card, summary, worst_case, write_card
+from advbayes.lab.leaderboard import write_leaderboard
+from advbayes.lab.protocol import CHECKS, CONVERGED, PROTOCOLS, ThreatModel
+from advbayes.results import EvalRecord, pack_outcomes
+
+
+def record(attack: str, eps: float, outcomes: list[int]) -> EvalRecord:
+    return EvalRecord(
+        attack_label=attack,
+        entry=attack,
+        eps=eps,
+        metrics={"accuracy": sum(outcomes) / len(outcomes)},
+        attack_samples=20,
+        inference_samples=10,
+        mean_l2=0.0,
+        max_linf=eps,
+        examples=len(outcomes),
+        per_example={"accuracy": pack_outcomes(outcomes)},
+    )
+
+
+def test_the_protocol_picks_autoattack_rand_for_a_stochastic_network_and_transfers_from_the_twin() -> None:
+    protocol = PROTOCOLS["mnist-5k"]
+    l2 = protocol.threat_model("L2")
+    stochastic = protocol.attacks(l2, stochastic=True, twin_run="abc")
+    assert stochastic[0] == {"extends": "autoattack-rand", "name": "autoattack-rand-l2", "norm": "2"}
+    assert [a.get("attack_samples") for a in stochastic[1:3]] == [20, 20]  # EOT over S_A draws
+    assert [a["steps"] for a in stochastic[1:3]] == [10, 40]  # the steps-monotonicity pair
+    assert stochastic[3]["source"] == "run:abc" and stochastic[3]["attack"]["norm"] == "2"
+    deterministic = protocol.attacks(l2, stochastic=False, twin_run=None)
+    assert deterministic[0]["extends"] == "autoattack" and len(deterministic) == 3  # no twin, no transfer
+    assert all("attack_samples" not in a for a in deterministic)
+    with pytest.raises(RunError, match="no threat model 'L1'"):
+        protocol.threat_model("L1")
+    with pytest.raises(ValueError, match="headline radius 0.3 is not one of"):
+        ThreatModel(name="Linf", norm="inf", radii=(0.1,), headline=0.3)
+
+
+def test_an_example_is_robust_only_when_it_survives_every_attack() -> None:
+    rng = random.Random(0)
+    attacks = {name: [rng.randint(0, 1) for _ in range(50)] for name in ("a", "b", "c")}
+    records = [record(name, 0.1, outcomes) for name, outcomes in attacks.items()]
+    records.append(record("none", 0.1, [1] * 50))  # the clean row is not an attack
+    survived, by_attack = worst_case(records, 0.1)
+    assert survived == [int(all(attacks[n][i] for n in attacks)) for i in range(50)]
+    assert by_attack == {n: sum(v) / 50 for n, v in attacks.items()}
+    with pytest.raises(RunError, match="no attack was evaluated at eps 0.2"):
+        worst_case(records, 0.2)
+
+
+def test_a_summary_pools_the_seeds_verdicts_for_its_interval_and_keeps_their_spread() -> None:
+    seeds = [[1] * 30 + [0] * 10, [1] * 20 + [0] * 20]
+    stat = summary(seeds)
+    assert stat["value"] == pytest.approx(0.625) and stat["seed_values"] == [0.75, 0.5] and stat["n"] == 40
+    assert stat["seed_sd"] == pytest.approx(0.1767767, rel=1e-6)  # sample sd of 0.75 and 0.5
+    assert stat["interval"] == list(wilson_interval(50, 80))
+
+
+def test_each_finding_fails_its_check_and_a_network_without_a_posterior_is_not_judged_on_one() -> None:
+    findings = [
+        Finding(kind="rises-with-steps", attack="eot-pgd-40-linf", eps=0.1, message="40 steps leave more"),
+        Finding(kind="black-box-stronger", attack="transfer", eps=0.2, message="transfer beats white box"),
+    ]
+    outcomes = {c["name"]: c for c in check_outcomes(findings, [None, None])}
+    assert set(outcomes) == {*CHECKS, CONVERGED}
+    assert (
+        outcomes["monotonic-in-steps"]["status"] == "failed" and "40 steps" in outcomes["monotonic-in-steps"]["detail"]
+    )
+    assert outcomes["black-box-below-white-box"]["status"] == "failed"
+    assert outcomes["randomness"]["status"] == "passed" and outcomes[CONVERGED]["status"] == "n/a"
+    posterior = {c["name"]: c for c in check_outcomes([], [1.0, 0.0, 1.0])}[CONVERGED]
+    assert posterior["status"] == "failed" and posterior["detail"] == "posterior/converged on 2 of 3 seeds"
+
+
+def make_card(entry: str, robust: float, passed: bool = True, conforms: bool = True) -> dict[str, Any]:
+    """A valid card of the digits protocol (as bench writes them) with a given headline robust accuracy."""
+    protocol = PROTOCOLS["digits"]
+
+    def stat(value: float) -> dict[str, Any]:
+        low, high = wilson_interval(value * 360, 360)
+        return {"value": value, "interval": [low, high], "seed_sd": 0.01, "seed_values": [value], "n": 360}
+
+    threats = {
+        t.name: {
+            "norm": t.norm,
+            "headline": f"{t.headline:g}",
+            "radii": {f"{e:g}": {**stat(robust / (1 + i)), "by_attack": {"x": robust}} for i, e in enumerate(t.radii)},
+        }
+        for t in protocol.threat_models
+    }
+    checks = [{"name": name, "status": "passed", "detail": "no finding"} for name in CHECKS]
+    if not passed:
+        checks[1] = {"name": CHECKS[1], "status": "failed", "detail": "zero gradients"}
+    return {
+        "advbayes_card": CARD_VERSION,
+        "protocol": protocol.describe(),
+        "defense": {"entry": entry, "params": {"name": entry, "use": entry}, "settings": []},
+        "model": "mlp-small",
+        "stochastic": True,
+        "conforms": conforms,
+        "deviations": [] if conforms else ["1 seed(s), the protocol asks for 3"],
+        "passed": passed,
+        "checks": checks,
+        "clean": stat(0.95),
+        "threat_models": threats,
+        "runs": {"store": "sqlite:///mlflow.db", "experiment_id": "1", "seeds": {"0": {"train": "r" + entry}}},
+        "provenance": {"advbayes.git_commit": "abc"},
+        "device": "cpu",
+        "seconds": 12.5,
+    }
+
+
+def test_a_card_with_a_failed_check_or_off_the_protocol_is_never_ranked_above_a_passing_one() -> None:
+    cards = [
+        make_card("masked", 0.99, passed=False),
+        make_card("short", 0.95, conforms=False),
+        make_card("low", 0.40),
+        make_card("high", 0.60),
+    ]
+    assert [c["defense"]["entry"] for c in ranked(cards, "Linf")] == ["high", "low", "short", "masked"]
+
+
+def test_a_written_card_reads_back_and_a_wrong_one_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
+    card = make_card("bnn", 0.5)
+    path = write_card(card, tmp_path / "bnn.json")
+    assert read_card(path) == card
+    broken = copy.deepcopy(card)
+    broken["threat_models"]["L2"]["radii"]["0.25"]["interval"][1] = "high"
+    path.write_text(json.dumps(broken))
+    with pytest.raises(RunError) as raised:
+        read_card(path)
+    assert str(raised.value) == f'{path}.threat_models.L2.radii.0.25.interval[1]: expected number, got "high"'
+    broken = copy.deepcopy(card)
+    broken["passed"] = False
+    path.write_text(json.dumps(broken))
+    with pytest.raises(RunError, match="'passed' is False but its checks say otherwise"):
+        read_card(path)
+    path.write_text(json.dumps({**card, "advbayes_card": 99}))
+    with pytest.raises(RunError, match=r"expected a result card of schema 1 \(advbayes_card\), got 99"):
+        read_card(path)
+    with pytest.raises(RunError, match=r"bad\.json: key 'clean' is missing"):
+        write_card({k: v for k, v in card.items() if k != "clean"}, tmp_path / "bad.json")
+    assert not (tmp_path / "bad.json").exists()  # nothing invalid is written
+
+
+LEAVES = st.sampled_from(["text", 7, 0.5, None, True, [1], {"a": 1}])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.randoms(use_true_random=False), LEAVES)
+def test_fuzz_any_value_of_the_wrong_kind_is_refused_in_one_line_naming_its_key(rng: random.Random, bad: Any) -> None:
+    card = make_card("bnn", 0.5)
+    node, path = card, []
+    while isinstance(node, dict) and node:  # walk down to a random leaf
+        key = rng.choice(sorted(node))
+        if not isinstance(node[key], (dict, list)) or not node[key] or key == "params":
+            break
+        path.append(key)
+        node = node[key]
+    if isinstance(node, list) or key == "params" or type(node[key]) is type(bad) or isinstance(node[key], (list, dict)):
+        return  # a list, the defense's free-form parameters, or a replacement of the same kind: nothing to refuse
+    if isinstance(node[key], float) and type(bad) is int and not isinstance(bad, bool):
+        return  # an integer is a number
+    node[key] = bad
+    where = ".".join(["card.json", *path, key])
+    with pytest.raises(RunError) as raised:
+        read_card_from(card)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("card.json") and key in message, message
+    assert message.startswith(where) or key in ("advbayes_card", "passed", "status"), message  # checked as a whole
+
+
+def read_card_from(card: dict[str, Any]) -> dict[str, Any]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "card.json"
+        path.write_text(json.dumps(card))
+        try:
+            return read_card(path)
+        except RunError as exc:
+            raise RunError(str(exc).replace(str(path), "card.json")) from None
+
+
+def test_the_page_ranks_each_threat_model_and_the_same_cards_give_the_same_bytes(tmp_path: Path) -> None:
+    cards = [make_card("masked", 0.99, passed=False), make_card("low", 0.40), make_card("high", 0.60)]
+    index = write_leaderboard(cards, tmp_path / "a")
+    write_leaderboard(list(reversed(cards)), tmp_path / "b")
+    for page in ("index.html", "digits--high.html", "digits--masked.html"):
+        assert (tmp_path / "a" / page).read_bytes() == (tmp_path / "b" / page).read_bytes()
+    text = index.read_text()
+    rows = [text.index(f'href="digits--{name}.html"') for name in ("high", "low", "masked")]
+    assert rows == sorted(rows)  # within each threat model: high, low, then the card with a failed check
+    assert text.count('data-threat="Linf"') == 3 and text.count('data-threat="L2"') == 3
+    assert "failed: gradient-masking" in text and "class=failed" in text
+    detail = (tmp_path / "a" / "digits--high.html").read_text()
+    assert "<svg" in detail and "eps (inf norm)" in detail and "rhigh" in detail  # figure, run id unlinked
+    linked = write_leaderboard(cards, tmp_path / "c", ui="http://127.0.0.1:5000").parent / "digits--high.html"
+    assert 'href="http://127.0.0.1:5000/#/experiments/1/runs/rhigh"' in linked.read_text()
+    dom = rendered_dom(index.as_uri())
+    if dom is None:
+        pytest.skip("no chromium here: the page's HTML was checked, its rendering was not")
+    visible = dom.split("<tbody>")[1]
+    assert visible.count("hidden") == 3  # the filter shows one threat model (Linf, the first) of the two
+
+
+@pytest.mark.slow
+def test_bench_places_a_third_party_plugins_defense_on_the_page_in_one_command(isolated_cwd: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["bench", "rse", "--dataset", "digits", "--seeds", "0", "--set", "epochs=3"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.stderr
+    card = read_card(isolated_cwd / "cards" / "digits--rse.json")
+    assert card["stochastic"] and card["defense"]["params"]["use"] == "rse"
+    assert card["deviations"] == ["1 seed(s), the protocol asks for 3"] and not card["conforms"]
+    assert card["defense"]["settings"] == ["epochs=3"]  # a training setting: the defense's configuration
+    assert set(card["runs"]["seeds"]["0"]) == {"twin", "train", "Linf", "L2"}
+    linf = card["threat_models"]["Linf"]["radii"]["0.05"]
+    assert set(linf["by_attack"]) == {
+        "autoattack-rand-linf", "eot-pgd-10-linf", "eot-pgd-40-linf", "transfer-pgd-40-linf"
+    }  # fmt: skip
+    assert linf["value"] <= min(linf["by_attack"].values()) <= card["clean"]["value"]  # the worst case per example
+    assert "Linf eps 0.05:" in result.stdout and "off the protocol: 1 seed(s)" in result.stdout
+    from_store = runner.invoke(cli, ["leaderboard", "--out", "board"], catch_exceptions=False)
+    from_cards = runner.invoke(cli, ["leaderboard", "--cards", "cards", "--out", "board2"], catch_exceptions=False)
+    assert from_store.exit_code == 0 and from_cards.exit_code == 0, from_store.stderr + from_cards.stderr
+    for page in ("index.html", "digits--rse.html"):
+        assert (isolated_cwd / "board" / page).read_bytes() == (isolated_cwd / "board2" / page).read_bytes()
+    empty = runner.invoke(cli, ["leaderboard", "--cards", "board", "--out", "x"])
+    assert empty.exit_code == 2 and "no result cards in board: advbayes bench ENTRY makes one" in empty.stderr
