@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 STAMP := $(VENV)/.advbayes-installed
 
-.PHONY: install demo lint test test-fast findings clean
+.PHONY: install demo lint test test-fast findings leaderboard clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) examples/my-defense-plugin/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "advbayes needs Python 3.10 or newer"; exit 1; }
@@ -56,6 +56,14 @@ findings: install
 	rm -rf docs/findings_figures  # figures of experiments no longer reported do not linger
 	$(BIN)/advbayes report $(FINDINGS_EXPERIMENTS) --records docs/records --claims docs/claims.toml \
 		--preamble docs/findings-preamble.md --out docs --file findings.md $(foreach m,$(FINDINGS_METRICS),--metric $(m))
+
+# docs/leaderboard/index.html and a page per defense from the result cards in docs/leaderboard/cards (`advbayes
+# bench`), with no store and no network: the same bytes on every machine (docs/leaderboard.md).
+LEADERBOARD_CARDS := docs/leaderboard/cards
+
+leaderboard: install
+	rm -f docs/leaderboard/*.html  # pages of cards no longer shipped do not linger
+	$(BIN)/advbayes leaderboard --cards $(LEADERBOARD_CARDS) --out docs/leaderboard
 
 clean:
 	rm -rf $(VENV) build dist core/*.egg-info plugins/*/*.egg-info

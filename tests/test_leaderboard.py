@@ -229,13 +229,20 @@ def test_the_page_ranks_each_threat_model_and_the_same_cards_give_the_same_bytes
 def test_bench_places_a_third_party_plugins_defense_on_the_page_in_one_command(isolated_cwd: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(
-        cli, ["bench", "rse", "--dataset", "digits", "--seeds", "0", "--set", "epochs=3"], catch_exceptions=False
+        cli,
+        ["bench", "rse", "--dataset", "digits", "--seeds", "0", "--set", "epochs=3", "--set", "dataset.n_test=120"],
+        catch_exceptions=False,
     )
     assert result.exit_code == 0, result.stderr
     card = read_card(isolated_cwd / "cards" / "digits--rse.json")
     assert card["stochastic"] and card["defense"]["params"]["use"] == "rse"
-    assert card["deviations"] == ["1 seed(s), the protocol asks for 3"] and not card["conforms"]
-    assert card["defense"]["settings"] == ["epochs=3"]  # a training setting: the defense's configuration
+    assert card["deviations"] == [
+        "1 seed(s), the protocol asks for 3",
+        "120 test examples, the protocol asks for the full split of 360",
+        "--set dataset.n_test=120",
+    ]
+    assert not card["conforms"] and card["clean"]["n"] == 120
+    assert card["defense"]["settings"] == ["epochs=3", "dataset.n_test=120"]  # epochs: the defense's configuration
     assert set(card["runs"]["seeds"]["0"]) == {"twin", "train", "Linf", "L2"}
     linf = card["threat_models"]["Linf"]["radii"]["0.05"]
     assert set(linf["by_attack"]) == {
@@ -250,3 +257,14 @@ def test_bench_places_a_third_party_plugins_defense_on_the_page_in_one_command(i
         assert (isolated_cwd / "board" / page).read_bytes() == (isolated_cwd / "board2" / page).read_bytes()
     empty = runner.invoke(cli, ["leaderboard", "--cards", "board", "--out", "x"])
     assert empty.exit_code == 2 and "no result cards in board: advbayes bench ENTRY makes one" in empty.stderr
+
+
+def test_make_leaderboard_regenerates_the_committed_pages_from_the_shipped_cards(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    cards = root / "docs" / "leaderboard" / "cards"
+    result = CliRunner().invoke(cli, ["leaderboard", "--cards", str(cards), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    shipped = sorted(p.name for p in (root / "docs" / "leaderboard").glob("*.html"))
+    assert shipped == sorted(p.name for p in tmp_path.glob("*.html"))  # no stale page of an earlier card
+    for name in shipped:
+        assert (tmp_path / name).read_bytes() == (root / "docs" / "leaderboard" / name).read_bytes(), name
