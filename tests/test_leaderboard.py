@@ -268,3 +268,24 @@ def test_make_leaderboard_regenerates_the_committed_pages_from_the_shipped_cards
     assert shipped == sorted(p.name for p in tmp_path.glob("*.html"))  # no stale page of an earlier card
     for name in shipped:
         assert (tmp_path / name).read_bytes() == (root / "docs" / "leaderboard" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["bnnn"],
+            "Error: ENTRY 'bnnn': no such defense entry; did you mean 'bnn' or 'd3-bnn'? (advbayes list defenses",
+        ),
+        (
+            ["bnn", "--dataset", "cifar"],
+            "Error: --dataset 'cifar': no leaderboard protocol for it (there are: mnist-5k,",
+        ),
+        (["bnn", "--seeds", "0,x"], "Error: --seeds: expected integers separated by commas, e.g. 0,1,2, got '0,x'"),
+        (["bnn", "--seeds", "1,1"], "Error: --seeds: expected distinct seeds, got [1, 1]"),
+    ],
+)
+def test_a_bad_bench_is_one_line_before_any_work(isolated_cwd: Path, args: list[str], error: str) -> None:
+    result = CliRunner().invoke(cli, ["bench", *args])
+    assert result.exit_code == 2 and result.stderr.startswith(error), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (isolated_cwd / "mlflow.db").exists()

@@ -8,6 +8,7 @@ model is read from the checkpoint, not trained again). Every run is tracked; the
 from __future__ import annotations
 
 import datetime
+import difflib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -40,11 +41,17 @@ def bench(
     """Bench the defense entry `entry` under the protocol of `dataset`; the card (also written under `out`, and
     logged to every run of the defense as bench_card.json)."""
     from advbayes.engine.lifecycle import prepare_run, run
+    from advbayes.registry import load_registry
 
     protocol = protocol_for(dataset)
     seeds = list(protocol.seeds if seeds is None else seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise RunError(f"--seeds: expected distinct seeds, got {seeds}")
+    known = load_registry(registry).names("defenses")
+    if entry not in known:
+        close = difflib.get_close_matches(entry, known, n=2)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise RunError(f"ENTRY {entry!r}: no such defense entry; {hint}(advbayes list defenses shows them)")
     settings = [("defense", entry), *overrides]
     prepared = prepare_run(protocol.experiment, registry=registry, device=device, track=False, overrides=settings)
     spec = prepared.spec
