@@ -215,14 +215,14 @@ def test_the_page_ranks_each_threat_model_and_the_same_cards_give_the_same_bytes
     assert text.count('data-threat="Linf"') == 3 and text.count('data-threat="L2"') == 3
     assert "failed: gradient-masking" in text and "class=failed" in text
     detail = (tmp_path / "a" / "digits--high.html").read_text()
-    assert "<svg" in detail and "eps (inf norm)" in detail and "rhigh" in detail  # figure, run id unlinked
+    assert "<svg" in detail and "eps (inf norm; 0: clean accuracy)" in detail and "rhigh" in detail  # figure, run id unlinked
     linked = write_leaderboard(cards, tmp_path / "c", ui="http://127.0.0.1:5000").parent / "digits--high.html"
     assert 'href="http://127.0.0.1:5000/#/experiments/1/runs/rhigh"' in linked.read_text()
     dom = rendered_dom(index.as_uri())
     if dom is None:
         pytest.skip("no chromium here: the page's HTML was checked, its rendering was not")
     visible = dom.split("<tbody>")[1]
-    assert visible.count("hidden") == 3  # the filter shows one threat model (Linf, the first) of the two
+    assert visible.count("hidden") == 3  # the filters show one threat model of the two (L2, first by name)
 
 
 @pytest.mark.slow

@@ -13,9 +13,10 @@ from advbayes.lab.cards import ranked
 
 BAR_WIDTH = 160
 STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1200px; }
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
 table { border-collapse: collapse; margin: 12px 0; }
 th, td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: left; vertical-align: middle; }
+td { white-space: nowrap; }
 th.sortable { cursor: pointer; user-select: none; }
 th.sortable:after { content: " \\2195"; color: #999; }
 tr.failed td { color: #999; }
@@ -136,8 +137,9 @@ def index_page(cards: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def eps_figure(section: Mapping[str, Any], width: int = 420, height: int = 260) -> str:
-    """An inline SVG of robust accuracy against eps: the worst case with its intervals, and each attack's mean."""
+def eps_figure(section: Mapping[str, Any], clean: float, width: int = 420, height: int = 260) -> str:
+    """An inline SVG of accuracy against eps (from clean accuracy at 0): the worst case per example with its
+    intervals, each attack's mean dashed, and a legend under it."""
     radii = sorted(section["radii"], key=float)
     top = max(float(r) for r in radii) or 1.0
     left, bottom = 40, 30
@@ -146,40 +148,38 @@ def eps_figure(section: Mapping[str, Any], width: int = 420, height: int = 260) 
         x = left + (width - left - 10) * float(eps) / top
         return round(x, 1), round(10 + (height - bottom - 10) * (1 - value), 1)
 
-    lines = []
+    lines, legend = [], ['<span style="color:#08519c">&#9644; worst case per example (95 % intervals)</span>']
     attacks = sorted({a for r in radii for a in section["radii"][r]["by_attack"]})
     palette = ["#e6550d", "#31a354", "#756bb1", "#636363", "#d6616b", "#17becf"]
     for i, attack in enumerate(attacks):
-        points = [
+        points = [point("0", clean)] + [
             point(r, section["radii"][r]["by_attack"][attack])
             for r in radii
             if attack in section["radii"][r]["by_attack"]
         ]
-        path = " ".join(f"{x},{y}" for x, y in points)
         color = palette[i % len(palette)]
+        path = " ".join(f"{x},{y}" for x, y in points)
         lines.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-dasharray="4 3"/>')
-        x, y = points[-1]
-        label = f'<text x="{x - 4}" y="{y - 4}" font-size="10" fill="{color}" text-anchor="end">'
-        lines.append(f"{label}{html.escape(attack)}</text>")
-    worst = [point(r, section["radii"][r]["value"]) for r in radii]
-    lines.append(
-        f'<polyline points="{" ".join(f"{x},{y}" for x, y in worst)}" fill="none" stroke="#08519c" stroke-width="2"/>'
-    )
-    for r, (x, _) in zip(radii, worst):
-        low, high = section["radii"][r]["interval"]
-        _, y_low = point(r, low)
-        _, y_high = point(r, high)
-        lines.append(f'<line x1="{x}" x2="{x}" y1="{y_low}" y2="{y_high}" stroke="#08519c"/>')
+        legend.append(f'<span style="color:{color}">- - {html.escape(attack)}</span>')
+    worst = [point("0", clean)] + [point(r, section["radii"][r]["value"]) for r in radii]
+    path = " ".join(f"{x},{y}" for x, y in worst)
+    lines.append(f'<polyline points="{path}" fill="none" stroke="#08519c" stroke-width="2"/>')
+    for r, (x, _) in zip(["0", *radii], worst):
+        if r != "0":
+            low, high = section["radii"][r]["interval"]
+            (_, y_low), (_, y_high) = point(r, low), point(r, high)
+            lines.append(f'<line x1="{x}" x2="{x}" y1="{y_low}" y2="{y_high}" stroke="#08519c"/>')
         lines.append(f'<text x="{x}" y="{height - 12}" font-size="10" text-anchor="middle">{r}</text>')
     for value in (0.0, 0.5, 1.0):
-        _, y = point(radii[0], value)
+        _, y = point("0", value)
         lines.append(f'<text x="{left - 6}" y="{y + 3}" font-size="10" text-anchor="end">{value:g}</text>')
         lines.append(f'<line x1="{left}" x2="{width - 10}" y1="{y}" y2="{y}" stroke="#eee"/>')
     return (
-        f'<svg width="{width}" height="{height}" role="img" aria-label="robust accuracy against eps">'
+        f'<svg width="{width}" height="{height}" role="img" aria-label="accuracy against eps">'
         + "".join(lines)
         + f'<text x="{width / 2}" y="{height - 1}" font-size="11" text-anchor="middle">'
-        + f"eps ({section['norm']} norm)</text></svg>"
+        + f"eps ({section['norm']} norm; 0: clean accuracy)</text></svg>"
+        + f'<p class="note">{" &nbsp; ".join(legend)}</p>'
     )
 
 
@@ -187,7 +187,7 @@ def card_page(card: Mapping[str, Any], ui: str | None) -> str:
     """A defense's detail page: accuracy against eps per threat model, its checks, settings, provenance and runs."""
     entry = html.escape(card["defense"]["entry"])
     figures = "".join(
-        f"<h3>{html.escape(threat)}</h3>{eps_figure(section)}"
+        f"<h3>{html.escape(threat)}</h3>{eps_figure(section, card['clean']['value'])}"
         for threat, section in sorted(card["threat_models"].items())
     )
     checks = "".join(
