@@ -215,7 +215,9 @@ def test_the_page_ranks_each_threat_model_and_the_same_cards_give_the_same_bytes
     assert text.count('data-threat="Linf"') == 3 and text.count('data-threat="L2"') == 3
     assert "failed: gradient-masking" in text and "class=failed" in text
     detail = (tmp_path / "a" / "digits--high.html").read_text()
-    assert "<svg" in detail and "eps (inf norm; 0: clean accuracy)" in detail and "rhigh" in detail  # figure, run id unlinked
+    assert (
+        "<svg" in detail and "eps (inf norm; 0: clean accuracy)" in detail and "rhigh" in detail
+    )  # figure, run id unlinked
     linked = write_leaderboard(cards, tmp_path / "c", ui="http://127.0.0.1:5000").parent / "digits--high.html"
     assert 'href="http://127.0.0.1:5000/#/experiments/1/runs/rhigh"' in linked.read_text()
     dom = rendered_dom(index.as_uri())
@@ -275,7 +277,7 @@ def test_make_leaderboard_regenerates_the_committed_pages_from_the_shipped_cards
     [
         (
             ["bnnn"],
-            "Error: ENTRY 'bnnn': no such defense entry; did you mean 'bnn' or 'd3-bnn'? (advbayes list defenses",
+            "Error: ENTRY 'bnnn': no such defense entry or component; did you mean 'bnn' or 'd3-bnn'? (advbayes list defenses",
         ),
         (
             ["bnn", "--dataset", "cifar"],

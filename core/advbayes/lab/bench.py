@@ -47,11 +47,14 @@ def bench(
     seeds = list(protocol.seeds if seeds is None else seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise RunError(f"--seeds: expected distinct seeds, got {seeds}")
-    known = load_registry(registry).names("defenses")
+    loaded = load_registry(registry)
+    known = sorted({*loaded.names("defenses"), *loaded.pm.components.names("defenses")})  # entries and components
     if entry not in known:
         close = difflib.get_close_matches(entry, known, n=2)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        raise RunError(f"ENTRY {entry!r}: no such defense entry; {hint}(advbayes list defenses shows them)")
+        raise RunError(
+            f"ENTRY {entry!r}: no such defense entry or component; {hint}(advbayes list defenses shows them)"
+        )
     settings = [("defense", entry), *overrides]
     prepared = prepare_run(protocol.experiment, registry=registry, device=device, track=False, overrides=settings)
     spec = prepared.spec
