@@ -1,20 +1,19 @@
 """What a leaderboard card costs before starting one: `advbayes bench` on one defense, projected from measured times.
 
-    python benchmarks/bench_cost.py DEFENSE [--dataset mnist-5k] [--device cpu|cuda] [--epochs N] [--batches 1]
+    python benchmarks/bench_cost.py DEFENSE [--dataset mnist-5k] [--device cpu|cuda] [--epochs N] [--examples 128]
 
 Measures, for the defense under the protocol of the data set: the seconds of one training epoch (of the defense
-and of its deterministic twin), and the seconds per evaluation batch of every attack of every threat model at its
-largest radius (on the network after that one epoch: every example is attacked by every sub-attack, the upper
-end; a trained defense leaves fewer examples for the later sub-attacks). Then projects a card: the epochs (the
-bench experiment's cap unless --epochs) x the epoch time, plus per threat model the batches of the test split x
-the radii x the attacks' batch times, times the protocol's seeds. Run it with --device cuda on a GPU to project a
-GPU card from that GPU's own measured batch times.
+and of its deterministic twin), and the seconds per test example of every attack of every threat model at its
+largest radius, timed on --examples test examples (on the network after that one epoch: nearly every example is
+attacked by every sub-attack, the upper end; a trained defense leaves fewer examples for the later sub-attacks).
+Then projects a card: the epochs (the bench experiment's cap unless --epochs) x the epoch time, plus per threat
+model the full test split x the radii x the attacks' per-example times, times the protocol's seeds. Run it with
+--device cuda on a GPU to project a GPU card from that GPU's own measured times.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 import warnings
 
@@ -35,9 +34,9 @@ def epoch_seconds(experiment: str, defense: str, device: str) -> tuple[float, to
     return float(result.history[-1]["epoch_seconds"]), result.model, result.spec
 
 
-def batch_seconds(attack: object, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> float:
-    """Median seconds of the attack on one batch (after one unmeasured call)."""
-    attack(model, x, y)  # type: ignore[operator]
+def call_seconds(attack: object, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> float:
+    """Median seconds of the attack on (x, y) over `repeats` calls, the first included (as a card's first batch
+    includes the execution strategy's measurement; an autoattack-rand call on a Bayesian CNN is minutes on a CPU)."""
     times = []
     for _ in range(repeats):
         synchronize(x.device)
@@ -54,7 +53,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist-5k")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs to project (default: the cap)")
-    parser.add_argument("--batches", type=int, default=1, help="timed batches per attack (median)")
+    parser.add_argument("--examples", type=int, default=128, help="test examples each attack is timed on")
+    parser.add_argument("--repeats", type=int, default=1, help="timed calls per attack (median)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     protocol = protocol_for(args.dataset)
@@ -63,19 +63,19 @@ def main() -> None:
     twin_epoch, twin = 0.0, None
     if args.defense != TWIN:
         twin_epoch, twin, _ = epoch_seconds(protocol.experiment, TWIN, args.device)
-    model, batch = as_sampled(model).eval(), int(spec["eval_batch_size"])
+    model, batch = as_sampled(model).eval(), args.examples
     data = load_registry().build("datasets", spec["dataset"])
     test = data.load("test")
     x = torch.stack([torch.as_tensor(test[i][0]) for i in range(batch)]).float().to(device)
     y = torch.as_tensor([int(test[i][1]) for i in range(batch)]).to(device)
     stochastic = is_stochastic(model, x)
-    epochs = args.epochs or int(spec["epochs"])
+    epochs = args.epochs or int(load_registry().resolve_experiment(protocol.experiment)["epochs"])
     print(
         f"{args.defense} on {args.dataset} (protocol {protocol.version}), device {device}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}, {'stochastic' if stochastic else 'deterministic'}, batch {batch}"
+        f"threads {torch.get_num_threads()}, {'stochastic' if stochastic else 'deterministic'}, timed on {batch} "
+        "test examples"
     )
     print(f"training: {defense_epoch:.2f} s/epoch (twin {twin_epoch:.2f} s/epoch) x {epochs} epochs")
-    batches = math.ceil(protocol.test_examples / batch)
     evaluation = 0.0
     for threat in protocol.threat_models:
         eps = max(threat.radii)
@@ -87,10 +87,10 @@ def main() -> None:
             else:
                 overrides = {k: v for k, v in spec_.items() if k not in ("extends", "name")}
                 attack, target = entry(spec_["extends"], **{**overrides, "eps": eps}), model
-            seconds = batch_seconds(attack, target, x, y, args.batches)
-            total = seconds * batches * len(threat.radii)
+            seconds = call_seconds(attack, target, x, y, args.repeats) / batch
+            total = seconds * protocol.test_examples * len(threat.radii)
             evaluation += total
-            print(f"  {name:<24} {seconds:8.2f} s/batch -> {total / 60:8.1f} min for {len(threat.radii)} radii")
+            print(f"  {name:<24} {seconds:8.4f} s/example -> {total / 60:8.1f} min for {len(threat.radii)} radii")
     training = (defense_epoch + twin_epoch) * epochs
     per_seed = training + evaluation
     seeds = len(protocol.seeds)
