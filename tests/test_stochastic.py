@@ -395,10 +395,10 @@ def test_an_online_candidate_more_than_twice_as_slow_as_another_is_not_run_again
     assert choice.winner == "fast" and choice.running == ["fast"]
 
 
-def test_an_online_choice_of_long_calls_decides_on_one_timed_call_each_per_unit_of_work() -> None:
+def test_an_online_choice_of_long_calls_decides_on_one_call_each_per_unit_of_work() -> None:
     choice = strategies.OnlineChoice(["loop", "batched"], reference="loop")
     ran = measure(choice, {"loop": 0.006, "batched": 0.004}, work=128)  # 0.77 s and 0.51 s per call of 128
-    assert sorted(ran) == ["batched", "batched", "loop", "loop"] and choice.winner == "batched"
+    assert sorted(ran) == ["batched", "loop"] and choice.winner == "batched"  # a long first call is its own timing
     assert choice.timings() == pytest.approx({"loop": 0.006, "batched": 0.004})
 
 

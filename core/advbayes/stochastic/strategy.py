@@ -95,10 +95,11 @@ class OnlineChoice:
     """A choice among candidates that compute the same result, measured on the caller's real calls.
 
     Until it has decided, each call runs the candidate still in the running that was timed least so far (in
-    alternating order) and keeps the time; after one warm-up and ROUNDS timed calls of each (one when a timed call
-    took LONG_CALL or more), the fastest by `pick` serves every call. A candidate whose best timed call is over
-    OUT_OF_RUNNING times another's leaves the running at once: its calls are the measurement's whole cost. It
-    measures again after RECHECK_AT calls. No call is spent on measurement alone.
+    alternating order) and keeps the time; after one warm-up and ROUNDS timed calls of each (when a call takes
+    LONG_CALL or more: one call each, the first counted as timed), the fastest by `pick` serves every call. A
+    candidate whose best timed call is over OUT_OF_RUNNING times another's leaves the running at once: its calls
+    are the measurement's whole cost. It measures again after RECHECK_AT calls. No call is spent on measurement
+    alone.
     """
 
     def __init__(self, candidates: list[Any], reference: Any) -> None:
@@ -128,9 +129,12 @@ class OnlineChoice:
         in the running has its rounds."""
         if self.winner is not None or candidate not in self.running:
             return
-        self.times[candidate].append(seconds / max(work, 1))
-        if len(self.times[candidate]) > 1 and seconds >= LONG_CALL:
-            self.rounds = 1  # timer noise is small against a call this long
+        per_work = seconds / max(work, 1)
+        self.times[candidate].append(per_work)
+        if seconds >= LONG_CALL:  # timer noise and one-time costs are small against a call this long:
+            self.rounds = 1  # one timed call each decides,
+            if len(self.times[candidate]) == 1:  # and a first call is its own timed call (no warm-up to discard)
+                self.times[candidate].append(per_work)
         best = self.timings()
         fastest = min(best.values(), default=math.inf)
         self.running = [c for c in self.running if best.get(c, 0.0) <= OUT_OF_RUNNING * fastest]
