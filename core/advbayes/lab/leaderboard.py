@@ -11,7 +11,7 @@ from typing import Any
 
 from advbayes.lab.cards import ranked
 
-BAR_WIDTH = 160
+BAR_WIDTH = 100
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
 table { border-collapse: collapse; margin: 12px 0; }
