@@ -291,3 +291,33 @@ def test_a_bad_bench_is_one_line_before_any_work(isolated_cwd: Path, args: list[
     result = CliRunner().invoke(cli, ["bench", *args])
     assert result.exit_code == 2 and result.stderr.startswith(error), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (isolated_cwd / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_bench_of_a_tracked_run_attacks_its_trained_model_beside_a_twin_trained_on_its_settings(
+    isolated_cwd: Path,
+) -> None:
+    import advbayes
+
+    store = f"sqlite:///{isolated_cwd / 'mlflow.db'}"
+    settings = {"defense": "bnn", "epochs": 2, "until_converged": False, "dataset.n_test": 90, "seed": 4}
+    with pytest.warns(advbayes.EvaluationWarning):
+        source = advbayes.run("bench-digits", tracking_uri=store, **settings)
+    assert isinstance(source, advbayes.RunResult) and source.run_id is not None
+    result = CliRunner().invoke(cli, ["bench", source.run_id, "--dataset", "digits"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    card = read_card(isolated_cwd / "cards" / "digits--bnn.json")
+    runs = card["runs"]["seeds"]["4"]
+    assert runs["source"] == source.run_id and set(runs) == {"source", "twin", "Linf", "L2"}
+    from mlflow import MlflowClient
+
+    for threat in ("Linf", "L2"):  # evaluations of the tracked model itself (its checkpoint), not of a retrained one
+        assert MlflowClient(store).get_run(runs[threat]).data.tags["advbayes.resumed_from"] == source.run_id
+    assert "90 test examples, the protocol asks for the full split of 360" in card["deviations"]
+    posterior = {c["name"]: c for c in card["checks"]}["converged-posterior"]
+    assert posterior["status"] == "failed" and not card["passed"]  # 2 epochs: no verdict can show convergence
+    moons = advbayes.run("moons", tracking_uri=store, epochs=1)
+    assert isinstance(moons, advbayes.RunResult)
+    other = CliRunner().invoke(cli, ["bench", str(moons.run_id), "--dataset", "digits"])
+    assert other.exit_code == 2
+    assert f"Error: run {moons.run_id}: trained on data set 'half-moons', not 'digits'" in other.stderr

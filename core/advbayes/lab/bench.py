@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from advbayes.lab.cards import CARD_VERSION, check_outcomes, deviations, summary
 from advbayes.lab.protocol import TWIN, Protocol, protocol_for
 from advbayes.results import RunResult, unpack_outcomes
 
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id: bench that tracked run instead of training an entry
 BENCH_TAG = "advbayes.bench"  # the bench a run belongs to: defense entry, data set and protocol version
 
 
@@ -40,56 +42,77 @@ def bench(
 ) -> dict[str, Any]:
     """Bench the defense entry `entry` under the protocol of `dataset`; the card (also written under `out`, and
     logged to every run of the defense as bench_card.json)."""
+    from advbayes.engine.building import tracked_model
     from advbayes.engine.lifecycle import prepare_run, run
+    from advbayes.plugins import get_plugin_manager
     from advbayes.registry import load_registry
 
     protocol = protocol_for(dataset)
     seeds = list(protocol.seeds if seeds is None else seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise RunError(f"--seeds: expected distinct seeds, got {seeds}")
-    loaded = load_registry(registry)
-    known = sorted({*loaded.names("defenses"), *loaded.pm.components.names("defenses")})  # entries and components
-    if entry not in known:
-        close = difflib.get_close_matches(entry, known, n=2)
-        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        raise RunError(
-            f"ENTRY {entry!r}: no such defense entry or component; {hint}(advbayes list defenses shows them)"
-        )
-    settings = [("defense", entry), *overrides]
-    prepared = prepare_run(protocol.experiment, registry=registry, device=device, track=False, overrides=settings)
-    spec = prepared.spec
-    data = prepared.registry.build("datasets", spec["dataset"])
+    tracked = RUN_ID.fullmatch(entry) is not None
+    if tracked:  # a tracked run: its own experiment, defense and seed; the twin trained on the same settings
+        source = prepare_run(resume=entry, registry=registry, device=device, tracking_uri=tracking_uri)
+        name, spec = source.name, source.spec
+        if spec["dataset"].get("name") != protocol.dataset:
+            raise RunError(f"run {entry}: trained on data set {spec['dataset'].get('name')!r}, not {dataset!r}")
+        if overrides:
+            raise RunError(f"run {entry}: --set changes training, and a tracked run is already trained")
+        seeds = [int(spec["seed"])]
+        settings: list[tuple[str, Any]] = []
+    else:
+        _check_entry(entry, registry)
+        name, settings = protocol.experiment, [("defense", entry), *overrides]
+        spec = prepare_run(name, registry=registry, device=device, track=False, overrides=settings).spec
+    data = load_registry(registry).build("datasets", spec["dataset"])
     shape, value_range = tuple(data.input_shape), tuple(data.value_range)
+    label = spec["defense"]["name"] if tracked else entry
     started = time.perf_counter()
-    tag = {BENCH_TAG: f"{entry} on {dataset}, protocol {protocol.version}"}
+    tag = {BENCH_TAG: f"{label} on {dataset}, protocol {protocol.version}"}
     common: dict[str, Any] = {"registry": registry, "device": device, "tracking_uri": tracking_uri}
     common.update(progress=progress, tags=tag)
     trained: list[RunResult] = []
     evaluated: dict[str, list[RunResult]] = {t.name: [] for t in protocol.threat_models}
     run_ids: dict[str, dict[str, str]] = {}
+    clean = [("attacks", ["none"]), ("eps", [0.0])]  # the twin of a tracked run is evaluated clean only
     for seed in seeds:
         ids = run_ids[str(seed)] = {}
         twin_id = None
-        if entry != TWIN:
-            say(f"bench {entry}: seed {seed}: training the deterministic twin ({TWIN})")
-            twin = run(protocol.experiment, overrides=[*settings, ("defense", TWIN), ("seed", seed)], **common)
+        if spec["defense"].get("use") != TWIN:
+            say(f"bench {label}: seed {seed}: training the deterministic twin ({TWIN})")
+            twin_settings = [*settings, ("defense", TWIN), ("seed", seed)]
+            if tracked:  # the tracked run's own settings, a standard defense, evaluated clean only
+                twin = run(name, spec=spec, overrides=[*twin_settings, *clean], **common)
+            else:
+                twin = run(name, overrides=twin_settings, **common)
             twin_id = ids["twin"] = _run_id(twin)
-        say(f"bench {entry}: seed {seed}: training")
-        result = run(protocol.experiment, overrides=[*settings, ("seed", seed)], **common)
-        assert isinstance(result, RunResult)
-        trained.append(result)
-        ids["train"] = _run_id(result)
-        stochastic = _is_stochastic(result, shape, value_range)
+        if tracked:  # trained already: its model is probed, and the first threat model's run gives the clean row
+            ids["source"] = entry
+            model = tracked_model(get_plugin_manager(), entry, tracking_uri, torch.device("cpu"))
+        else:
+            say(f"bench {label}: seed {seed}: training")
+            result = run(name, overrides=[*settings, ("seed", seed)], **common)
+            assert isinstance(result, RunResult)
+            trained.append(result)
+            ids["train"] = _run_id(result)
+            model = result.model
+        stochastic = _is_stochastic(model, shape, value_range)
         for threat in protocol.threat_models:
-            say(f"bench {entry}: seed {seed}: {threat.name} attacks at eps {', '.join(f'{e:g}' for e in threat.radii)}")
+            say(f"bench {label}: seed {seed}: {threat.name} attacks at eps {', '.join(f'{e:g}' for e in threat.radii)}")
             attacks = ["none", *protocol.attacks(threat, stochastic, twin_id)]
             changed = [("attacks", attacks), ("eps", list(threat.radii))]
-            attacked = run(resume=ids["train"], overrides=changed, **common)
+            attacked = run(resume=entry if tracked else ids["train"], overrides=changed, **common)
             assert isinstance(attacked, RunResult)
             evaluated[threat.name].append(attacked)
             ids[threat.name] = _run_id(attacked)
-    card = card_of(protocol, entry, spec, seeds, trained, evaluated, run_ids, overrides)
+        if tracked:
+            trained.append(evaluated[protocol.threat_models[0].name][-1])
+    card = card_of(protocol, label, spec, seeds, trained, evaluated, run_ids, overrides)
     card["stochastic"] = stochastic
+    if name != protocol.experiment:  # trained elsewhere: data, network or training may differ from the protocol's
+        card["deviations"].append(f"trained by experiment {name}, not the protocol's {protocol.experiment}")
+        card["conforms"] = False
     card["seconds"] = time.perf_counter() - started
     card["device"] = trained[0].device
     card["runs"]["store"] = trained[0].store or ""
@@ -99,17 +122,31 @@ def bench(
     return card
 
 
+def _check_entry(entry: str, registry: Sequence[str | Path]) -> None:
+    """A one-line error for a name that is neither a defense entry nor a defense component."""
+    from advbayes.registry import load_registry
+
+    loaded = load_registry(registry)
+    known = sorted({*loaded.names("defenses"), *loaded.pm.components.names("defenses")})  # entries and components
+    if entry not in known:
+        close = difflib.get_close_matches(entry, known, n=2)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise RunError(
+            f"ENTRY {entry!r}: no such defense entry or component; {hint}(advbayes list defenses shows them)"
+        )
+
+
 def _run_id(result: Any) -> str:
     if not isinstance(result, RunResult) or result.run_id is None:
         raise RunError("bench needs tracked runs (its evaluations resume the trained run): do not pass --no-track")
     return result.run_id
 
 
-def _is_stochastic(result: RunResult, input_shape: tuple[int, ...], value_range: tuple[float, float]) -> bool:
+def _is_stochastic(net: torch.nn.Module, input_shape: tuple[int, ...], value_range: tuple[float, float]) -> bool:
     """Whether the trained network draws at random (two identical calls differ), probed on inputs of its data."""
     from advbayes.stochastic import as_sampled, is_stochastic
 
-    model = as_sampled(result.model).eval()
+    model = as_sampled(net).eval()
     parameter = next(model.parameters(), None)
     where = parameter.device if parameter is not None else torch.device("cpu")
     low, high = value_range

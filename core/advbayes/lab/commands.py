@@ -51,8 +51,8 @@ def add_lab_commands(cli: click.Group) -> None:
         tracking_uri: str | None,
         debug: bool,
     ) -> None:
-        """Train the defense ENTRY and attack it under the leaderboard protocol (docs/leaderboard.md); write its
-        result card to OUT and log it to its tracked runs."""
+        """Train the defense ENTRY (or take tracked run ENTRY) and attack it under the leaderboard protocol
+        (docs/leaderboard.md); write its result card to OUT and log it to its tracked runs."""
         from advbayes.lab.bench import bench, card_file
         from advbayes.registry import parse_override
 
