@@ -305,6 +305,11 @@ class Attack(Component):
         None; checked before training (an image-only attack on 2-D points, a [0, 1]-only one on other ranges)."""
         return None
 
+    def classes_problem(self, num_classes: int, build_attack: Callable[[Any], Attack]) -> str | None:
+        """Why this attack (or a sub-attack) cannot run on a data set with this many classes, or None; checked
+        before training (the DLR loss reads the third largest logit, the targeted one the fourth)."""
+        return None
+
     def bind(self, context: EvalContext) -> Attack:
         """Called once before evaluation; an attack that needs other models or entries returns a bound copy."""
         return self

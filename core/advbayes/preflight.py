@@ -301,7 +301,8 @@ def check_eps(name: str, spec: Mapping[str, Any], registry: Any) -> None:
 
 
 def check_attack_inputs(name: str, spec: Mapping[str, Any], registry: Any) -> None:
-    """Every attack can run on the data set's inputs: their shape (image-only attacks) and value range."""
+    """Every attack can run on the data set's inputs (their shape for image-only attacks, their value range) and
+    number of classes."""
     dataset = registry.build("datasets", spec["dataset"])
     value_range = tuple(float(v) for v in dataset.value_range)
 
@@ -309,7 +310,9 @@ def check_attack_inputs(name: str, spec: Mapping[str, Any], registry: Any) -> No
         return registry.build_attack(entry, where=("run", f"experiments.{name}", "attack"), value_range=value_range)
 
     for entry in spec["attacks"]:
-        problem = build_attack(entry).input_problem(tuple(dataset.input_shape), value_range, build_attack)
+        attack = build_attack(entry)
+        problem = attack.input_problem(tuple(dataset.input_shape), value_range, build_attack)
+        problem = problem or attack.classes_problem(int(dataset.num_classes), build_attack)
         if problem is not None:
             raise RunError(
                 f"experiments.{name}: attack '{entry['name']}' cannot run on data set '{spec['dataset']['name']}': "

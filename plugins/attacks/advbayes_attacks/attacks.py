@@ -80,6 +80,16 @@ class GradientAttack(Attack):
         help="step: fresh S_A draws every iteration; attack: one set for the attack",
     )
 
+    def classes_problem(self, num_classes: int, build_attack: Any) -> str | None:
+        """The DLR loss reads the third largest logit (targeted: the fourth), so it needs that many classes."""
+        if self.loss != "dlr":
+            return None
+        needed = 4 if getattr(self, "targets", 0) else 3
+        if num_classes >= needed:
+            return None
+        kind = "targeted DLR" if needed == 4 else "DLR"
+        return f"its {kind} loss needs at least {needed} classes, the data set has {num_classes} (use loss 'ce')"
+
     def losses_of(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """Per-example attack loss of per-draw logits [S, B, k]."""
         return attack_loss(logits, y, self.loss, self.expectation, self.kappa, target)

@@ -62,6 +62,15 @@ class WorstCase(Attack):
                 return found
         return None
 
+    def classes_problem(self, num_classes: int, build_attack: Any) -> str | None:
+        """The first sub-attack that cannot run with this many classes, named."""
+        for entry in self.attacks:
+            sub = build_attack(entry)
+            problem = sub.classes_problem(num_classes, build_attack)
+            if problem is not None:
+                return f"its sub-attack '{entry_label(entry, sub)}': {problem}"
+        return None
+
     def input_problem(self, input_shape: Any, value_range: tuple[float, float], build_attack: Any) -> str | None:
         """The first sub-attack that cannot run on these inputs, named."""
         for entry in self.attacks:

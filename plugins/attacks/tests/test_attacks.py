@@ -240,3 +240,27 @@ def test_an_attack_that_cannot_run_on_the_data_fails_before_training(attack_entr
         prepare_run("moons", track=False, pm=create_plugin_manager(), overrides=[("attacks", [attack_entry])])
     assert str(raised.value).startswith(f"experiments.moons: {fragment}"), str(raised.value)
     assert "[2]" in str(raised.value) or "[-inf, inf]" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "attack_entry, fragment",
+    [
+        (
+            "autoattack-rand",
+            "its sub-attack 'apgd-dlr': its DLR loss needs at least 3 classes, the data set has 2 (use loss 'ce')",
+        ),
+        ("apgd-t", "its targeted DLR loss needs at least 4 classes, the data set has 2 (use loss 'ce')"),
+    ],
+)
+def test_a_dlr_attack_on_two_classes_fails_before_training(attack_entry: str, fragment: str) -> None:
+    """The DLR loss divides by the gap to the third largest logit (targeted: the fourth): on two moons it was an
+    IndexError in the middle of the evaluation, after training."""
+    from advbayes.engine.lifecycle import prepare_run
+
+    with pytest.raises(advbayes.RunError) as raised:
+        prepare_run("moons", track=False, pm=create_plugin_manager(), overrides=[("attacks", [attack_entry])])
+    assert (
+        str(raised.value)
+        == f"experiments.moons: attack '{attack_entry}' cannot run on data set 'half-moons': {fragment}"
+    )
+    prepare_run("moons", track=False, pm=create_plugin_manager(), overrides=[("attacks", ["apgd-ce"])])  # CE is fine
