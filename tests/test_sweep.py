@@ -154,7 +154,22 @@ def test_four_concurrent_runs_on_the_sqlite_store_lose_nothing_and_resume_reruns
 ) -> None:
     """4 Ray workers write to one sqlite file at once: every run, metric and saved-view column arrives. The grid's
     lr=1e6 cells diverge, are listed as failed, and --resume reruns those alone (one sweep for both checks: each
-    sweep starts a Ray whose workers import torch and MLflow, ~30 s on 2 cores)."""
+    sweep on a new Ray starts workers that import torch and MLflow, ~30 s on 2 cores)."""
+    import ray
+
+    # one Ray for both sweeps, started here as a notebook would: the sweep uses it and leaves it running, and the
+    # resume's tasks find its workers warm (each new Ray's workers import torch and MLflow again, seconds each)
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
+    try:
+        check_four_runs_and_resume(isolated_cwd)
+        code, _out, err = sweep(["moons", "--grid", "seed=0,1", "--workers", "2"])
+        assert code == 2 and "--workers 2: this process's Ray is running already with 4 CPUs" in err
+        assert ray.is_initialized()  # a Ray the sweep did not start is not stopped by it
+    finally:
+        ray.shutdown()
+
+
+def check_four_runs_and_resume(isolated_cwd: Path) -> None:
     grid = ["--grid", "seed=0,1,2", "--grid", "lr=0.01,1000000.0", "--set", "optimizer=sgd", "--set", "epochs=1"]
     code, out, err = sweep(["moons", *grid, "--workers", "4"])
     assert code == 1, err
@@ -171,7 +186,7 @@ def test_four_concurrent_runs_on_the_sqlite_store_lose_nothing_and_resume_reruns
     assert f"advbayes sweep --resume {sweep_id}" in out
     before = {r.info.run_id: r.info.status for r in runs}
     assert sorted(before.values()) == ["FAILED"] * 3 + ["FINISHED"] * 3
-    code, out, err = sweep(["--resume", sweep_id, "--workers", "2"])
+    code, out, err = sweep(["--resume", sweep_id])  # on the same Ray, 4 CPUs
     assert code == 1 and "(3 had finished before --resume)" in out
     after = parent_runs(uri, "moons", sweep_id)
     new = [r for r in after if r.info.run_id not in before]

@@ -109,6 +109,14 @@ def connect(address: str | None, workers: int | None, cpus_per_run: float) -> bo
     if address is None:
         if workers is not None and workers < 1:
             raise SweepError(f"--workers: expected a number of concurrent runs >= 1, got {workers}")
+        if ray.is_initialized():  # this process runs a Ray already (a notebook, an earlier sweep): use it as it is
+            have = float(ray.cluster_resources().get("CPU", 0))
+            if workers is not None and workers * max(cpus_per_run, 1) != have:
+                raise SweepError(
+                    f"--workers {workers}: this process's Ray is running already with {have:g} CPUs; "
+                    "leave --workers out to use it, or ray.shutdown() it first"
+                )
+            return False  # not ours to stop; its workers stay warm (torch and MLflow imported) for the next sweep
         cpus = None if workers is None else max(1, int(workers * max(cpus_per_run, 1)))
         try:
             ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=256 * 2**20, **quiet)
