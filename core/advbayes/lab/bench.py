@@ -2,7 +2,8 @@
 
 Per seed: the deterministic twin is trained (the transfer attack's source), then the defense (clean accuracy, its
 posterior's verdict), then each threat model's attacks evaluate the trained defense as a resumed run (the trained
-model is read from the checkpoint, not trained again). Every run is tracked; the card names them.
+model is read from the checkpoint, not trained again). Every run is tracked; the card names them. Given a tracked
+run's id instead of a defense, that run's model is attacked as it is, beside a twin trained on its settings.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def bench(
     out: Path | None = None,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Bench the defense entry `entry` under the protocol of `dataset`; the card (also written under `out`, and
-    logged to every run of the defense as bench_card.json)."""
+    """Bench the defense entry (or tracked run id) `entry` under the protocol of `dataset`; the card (also written
+    under `out`, and logged to every run of the defense as bench_card.json)."""
     from advbayes.engine.building import tracked_model
     from advbayes.engine.lifecycle import prepare_run, run
     from advbayes.plugins import get_plugin_manager
@@ -235,5 +236,5 @@ def cards_in_store(uri: str | None) -> list[dict[str, Any]]:
                 card = read_card(path)
                 key = (card["protocol"]["dataset"], card["defense"]["entry"])
                 if key not in newest or found.info.start_time > newest[key][0]:
-                    newest[key] = (found.info.start_time, json.loads(json.dumps(card)))
+                    newest[key] = (found.info.start_time, card)
     return [card for _, card in sorted(newest.values(), key=lambda item: item[1]["defense"]["entry"])]
