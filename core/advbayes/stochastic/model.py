@@ -183,19 +183,19 @@ class StochasticModel(nn.Module):
         return torch.cat(outputs)
 
     def _chunk_size(self, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int) -> int:
-        """Draws per pass: max_batch when set; under "auto", the fastest of a few sizes, measured once."""
+        """Draws per pass: max_batch when set; under "auto", the fastest of a few sizes, measured once (only a forward
+        under autograd gets here: one without it chooses on its real calls, in forward)."""
         batch = inputs.shape[1]
         if self.max_batch is not None:
             return samples if samples * batch <= self.max_batch else max(1, self.max_batch // max(batch, 1))
         if self.strategy != "auto" or samples == 1:
             return samples
-        grad = torch.is_grad_enabled()
         shape = (inputs.shape[0], size_bucket(batch), *inputs.shape[2:])  # nearby batch sizes share one measurement
-        key = (self.architecture(), samples, shape, inputs.device.type, inputs.dtype, grad, self.training)
+        key = (self.architecture(), samples, shape, inputs.device.type, inputs.dtype, self.training)
         # shared by every model of this architecture (e.g. the defenses of one experiment); measured again after
         # RECHECK_AT calls, so a choice made while the machine was busy does not stick
         if due(key, _CHUNK_CHOICES):
-            _CHUNK_CHOICES[key] = measure_pass_size(self, inputs, layers, samples, grad)
+            _CHUNK_CHOICES[key] = measure_pass_size(self, inputs, layers, samples)
         return _CHUNK_CHOICES[key]
 
     def architecture(self) -> tuple[Any, ...]:

@@ -27,9 +27,10 @@ def pass_sizes(samples: int, batch: int) -> set[int]:
 
 
 def measure_pass_size(
-    model: StochasticModel, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int, grad: bool
+    model: StochasticModel, inputs: torch.Tensor, layers: Sequence[StochasticLayer], samples: int
 ) -> int:
-    """Time whole passes (forward, and backward when gradients are on) for a few chunk sizes; no side effects.
+    """Time whole passes (forward and backward: the model measures this way only under autograd) for a few chunk
+    sizes; no side effects.
 
     One pass over S x B examples can be slower than S passes over B on a CPU (cache); a GPU favours one.
     """
@@ -37,14 +38,14 @@ def measure_pass_size(
     candidates = sorted(pass_sizes(samples, batch), reverse=True)
     saved = {name: buffer.clone() for name, buffer in model.named_buffers()}
     probe = inputs.detach().requires_grad_(inputs.requires_grad)
-    weights = [p for p in model.parameters() if p.requires_grad] if grad else []
+    weights = [p for p in model.parameters() if p.requires_grad]
     targets = [probe] if probe.requires_grad else weights  # an attack differentiates the input; training, weights
     runs: dict[int, Callable[[], object]] = {}
     for chunk in candidates:
 
         def run(chunk: int = chunk) -> None:
             out = model.run_in_passes(probe, layers, samples, chunk)
-            if grad and targets:
+            if targets:
                 torch.autograd.grad(out.float().sum(), targets, allow_unused=True)
 
         runs[chunk] = run
