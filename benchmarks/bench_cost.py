@@ -14,7 +14,6 @@ model the full test split x the radii x the attacks' per-example times, times th
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import torch
@@ -24,7 +23,7 @@ from advbayes.attacks import entry
 from advbayes.lab.protocol import TWIN, protocol_for
 from advbayes.registry import load_registry
 from advbayes.stochastic import as_sampled, is_stochastic
-from advbayes.stochastic.strategy import synchronize
+from advbayes.stochastic.strategy import call_seconds as call_seconds_of
 
 
 def epoch_seconds(experiment: str, defense: str, device: str) -> tuple[float, torch.nn.Module, dict]:
@@ -37,14 +36,8 @@ def epoch_seconds(experiment: str, defense: str, device: str) -> tuple[float, to
 def call_seconds(attack: object, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> float:
     """Median seconds of the attack on (x, y) over `repeats` calls, the first included (as a card's first batch
     includes the execution strategy's measurement; an autoattack-rand call on a Bayesian CNN is minutes on a CPU)."""
-    times = []
-    for _ in range(repeats):
-        synchronize(x.device)
-        started = time.perf_counter()
-        attack(model, x, y)  # type: ignore[operator]
-        synchronize(x.device)
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
+    times = sorted(call_seconds_of(lambda: attack(model, x, y), x.device) for _ in range(repeats))  # type: ignore[operator]
+    return times[len(times) // 2]
 
 
 def main() -> None:
@@ -64,12 +57,13 @@ def main() -> None:
     if args.defense != TWIN:
         twin_epoch, twin, _ = epoch_seconds(protocol.experiment, TWIN, args.device)
     model, batch = as_sampled(model).eval(), args.examples
-    data = load_registry().build("datasets", spec["dataset"])
+    registry = load_registry()
+    data = registry.build("datasets", spec["dataset"])
     test = data.load("test")
     x = torch.stack([torch.as_tensor(test[i][0]) for i in range(batch)]).float().to(device)
     y = torch.as_tensor([int(test[i][1]) for i in range(batch)]).to(device)
     stochastic = is_stochastic(model, x)
-    epochs = args.epochs or int(load_registry().resolve_experiment(protocol.experiment)["epochs"])
+    epochs = args.epochs or int(registry.resolve_experiment(protocol.experiment)["epochs"])
     print(
         f"{args.defense} on {args.dataset} (protocol {protocol.version}), device {device}, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, {'stochastic' if stochastic else 'deterministic'}, timed on {batch} "

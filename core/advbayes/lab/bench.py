@@ -46,7 +46,6 @@ def bench(
     from advbayes.engine.building import tracked_model
     from advbayes.engine.lifecycle import prepare_run, run
     from advbayes.plugins import get_plugin_manager
-    from advbayes.registry import load_registry
 
     protocol = protocol_for(dataset)
     seeds = list(protocol.seeds if seeds is None else seeds)
@@ -54,8 +53,8 @@ def bench(
         raise RunError(f"--seeds: expected distinct seeds, got {seeds}")
     tracked = RUN_ID.fullmatch(entry) is not None
     if tracked:  # a tracked run: its own experiment, defense and seed; the twin trained on the same settings
-        source = prepare_run(resume=entry, registry=registry, device=device, tracking_uri=tracking_uri)
-        name, spec = source.name, source.spec
+        prepared = prepare_run(resume=entry, registry=registry, device=device, tracking_uri=tracking_uri)
+        name, spec = prepared.name, prepared.spec
         if spec["dataset"].get("name") != protocol.dataset:
             raise RunError(f"run {entry}: trained on data set {spec['dataset'].get('name')!r}, not {dataset!r}")
         if overrides:
@@ -65,8 +64,9 @@ def bench(
     else:
         _check_entry(entry, registry)
         name, settings = protocol.experiment, [("defense", entry), *overrides]
-        spec = prepare_run(name, registry=registry, device=device, track=False, overrides=settings).spec
-    data = load_registry(registry).build("datasets", spec["dataset"])
+        prepared = prepare_run(name, registry=registry, device=device, track=False, overrides=settings)
+        spec = prepared.spec
+    data = prepared.registry.build("datasets", spec["dataset"])
     shape, value_range = tuple(data.input_shape), tuple(data.value_range)
     label = spec["defense"]["name"] if tracked else entry
     started = time.perf_counter()
@@ -109,8 +109,7 @@ def bench(
             ids[threat.name] = _run_id(attacked)
         if tracked:
             trained.append(evaluated[protocol.threat_models[0].name][-1])
-    card = card_of(protocol, label, spec, seeds, trained, evaluated, run_ids, overrides)
-    card["stochastic"] = stochastic
+    card = card_of(protocol, label, spec, seeds, trained, evaluated, run_ids, overrides, stochastic)
     if name != protocol.experiment:  # trained elsewhere: data, network or training may differ from the protocol's
         card["deviations"].append(f"trained by experiment {name}, not the protocol's {protocol.experiment}")
         card["conforms"] = False
@@ -164,6 +163,7 @@ def card_of(
     evaluated: dict[str, list[RunResult]],
     run_ids: dict[str, dict[str, str]],
     overrides: Sequence[tuple[str, Any]],
+    stochastic: bool,
 ) -> dict[str, Any]:
     """The card of a bench from its runs' results."""
     from advbayes.tracking.runs import provenance
@@ -182,7 +182,7 @@ def card_of(
         "protocol": protocol.describe(),
         "defense": {"entry": entry, "params": dict(spec["defense"]), "settings": settings},
         "model": str(spec["model"].get("name", spec["model"].get("use", ""))),
-        "stochastic": False,  # set by bench, which probed the trained network
+        "stochastic": stochastic,
         "deviations": (found := deviations(protocol, seeds, examples, settings)),
         "conforms": not found,
         "passed": all(c["status"] != "failed" for c in checks),
