@@ -13,7 +13,7 @@ from advbayes.plugins import create_plugin_manager
 
 pytestmark = pytest.mark.usefixtures("batched_draws")  # end-to-end runs: no timing race per model
 
-SUBSET = {"epochs": 1, "dataset.n_train": 64, "dataset.n_test": 16, "eps": [0.1], "seeds": [0]}
+SUBSET = {"epochs": 1, "dataset.n_train": 64, "dataset.n_test": 8, "eps": [0.1], "seeds": [0]}
 SMALL_AUTOATTACK = {"extends": "autoattack-rand", "name": "autoattack-rand", "attack_samples": 2, "verdict_repeats": 2}
 
 
