@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -128,45 +129,73 @@ def test_a_resume_of_an_unknown_sweep_is_one_line(isolated_cwd: Path) -> None:
     assert code == 2 and "give no NAME, --grid or --set" in err
 
 
-@pytest.mark.slow
-def test_the_ray_cluster_refuses_what_it_cannot_give_before_any_run() -> None:
-    """On a real local Ray: a GPU request no node has, a CUDA device without a GPU, a store the workers miss."""
+@pytest.fixture(scope="module")
+def ray_stopped_after_the_module() -> Iterator[None]:
+    yield
     import ray
 
+    ray.shutdown()
+
+
+@pytest.fixture
+def warm_ray(ray_stopped_after_the_module: None) -> None:
+    """A local Ray of 4 CPUs, started on first use as a notebook would and left running for this module's next
+    sweeps, whose tasks find its workers warm (every new Ray's workers import torch and MLflow again, ~10 s of the 2
+    cores per sweep). Its workers keep the environment it starts in, so the batched strategy is set here."""
+    import ray
+
+    if not ray.is_initialized():
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("ADVBAYES_STRATEGY", "batched")
+            ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
+
+
+@pytest.fixture
+def no_ray() -> None:
+    """No Ray in this process: a warm one an earlier test left is stopped (the next `warm_ray` starts another)."""
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_sweep_asking_for_a_gpu_no_node_has_starts_and_stops_its_own_ray_and_runs_nothing(
+    isolated_cwd: Path, no_ray: None
+) -> None:
+    import ray
+
+    code, out, err = sweep(["moons", "--grid", "seed=0,1", "--workers", "1", "--gpus-per-run", "1"])
+    assert code == 2 and "--gpus-per-run 1: no node of the Ray cluster has 1 GPU(s)" in err, err
+    assert out == "" and not ray.is_initialized()  # the Ray it started is stopped again
+
+
+@pytest.mark.slow
+def test_the_ray_cluster_refuses_what_it_cannot_give_before_any_run(warm_ray: None) -> None:
+    """On a real local Ray: a GPU request no node has, a CUDA device without a GPU, a store the workers miss."""
     from advbayes.sweep.runner import check_workers_reach, connect, task_resources
 
-    assert connect(None, 1, 1.0) is True
-    try:
-        with pytest.raises(SweepError, match=r"--gpus-per-run 1: no node of the Ray cluster has 1 GPU\(s\)"):
-            task_resources(1.0, 1.0, "auto")
-        with pytest.raises(SweepError, match="--device cuda: the tasks reserve no GPU"):
-            task_resources(None, 1.0, "cuda")
-        assert task_resources(None, 1.0, "auto") == (1.0, 0.0, "cpu")  # no GPU in the cluster: 0 per run, on CPU
-        with pytest.raises(SweepError, match="the Ray workers cannot reach the tracking store sqlite:////nonexistent"):
-            check_workers_reach("sqlite:////nonexistent/mlflow.db")
-    finally:
-        ray.shutdown()
+    assert connect(None, None, 1.0) is False  # a Ray this process runs already is used, and not the sweep's to stop
+    with pytest.raises(SweepError, match=r"--gpus-per-run 1: no node of the Ray cluster has 1 GPU\(s\)"):
+        task_resources(1.0, 1.0, "auto")
+    with pytest.raises(SweepError, match="--device cuda: the tasks reserve no GPU"):
+        task_resources(None, 1.0, "cuda")
+    assert task_resources(None, 1.0, "auto") == (1.0, 0.0, "cpu")  # no GPU in the cluster: 0 per run, on CPU
+    with pytest.raises(SweepError, match="the Ray workers cannot reach the tracking store sqlite:////nonexistent"):
+        check_workers_reach("sqlite:////nonexistent/mlflow.db")
 
 
 @pytest.mark.slow
 def test_four_concurrent_runs_on_the_sqlite_store_lose_nothing_and_resume_reruns_only_failures(
-    isolated_cwd: Path,
+    isolated_cwd: Path, warm_ray: None
 ) -> None:
     """4 Ray workers write to one sqlite file at once: every run, metric and saved-view column arrives. The grid's
-    lr=1e6 cells diverge, are listed as failed, and --resume reruns those alone (one sweep for both checks: each
-    sweep on a new Ray starts workers that import torch and MLflow, ~30 s on 2 cores)."""
+    lr=1e6 cells diverge, are listed as failed, and --resume reruns those alone, on the same warm Ray."""
     import ray
 
-    # one Ray for both sweeps, started here as a notebook would: the sweep uses it and leaves it running, and the
-    # resume's tasks find its workers warm (each new Ray's workers import torch and MLflow again, seconds each)
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
-    try:
-        check_four_runs_and_resume(isolated_cwd)
-        code, _out, err = sweep(["moons", "--grid", "seed=0,1", "--workers", "2"])
-        assert code == 2 and "--workers 2: this process's Ray is running already with 4 CPUs" in err
-        assert ray.is_initialized()  # a Ray the sweep did not start is not stopped by it
-    finally:
-        ray.shutdown()
+    check_four_runs_and_resume(isolated_cwd)
+    code, _out, err = sweep(["moons", "--grid", "seed=0,1", "--workers", "2"])
+    assert code == 2 and "--workers 2: this process's Ray is running already with 4 CPUs" in err
+    assert ray.is_initialized()  # a Ray the sweep did not start is not stopped by it
 
 
 def check_four_runs_and_resume(isolated_cwd: Path) -> None:
@@ -195,14 +224,14 @@ def check_four_runs_and_resume(isolated_cwd: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_a_sweep_on_two_ray_workers_tracks_to_an_mlflow_server_over_postgresql(tmp_path: Path) -> None:
-    """The team store: PostgreSQL, `mlflow server` over it with an artifact root, 4 runs from 2 Ray workers."""
+def test_a_sweep_on_ray_workers_tracks_to_an_mlflow_server_over_postgresql(tmp_path: Path, warm_ray: None) -> None:
+    """The team store: PostgreSQL, `mlflow server` over it with an artifact root, 4 runs from 4 Ray workers at once."""
     with postgres_server() as database:
         server, url = mlflow_server_process(database, tmp_path / "artifacts", tmp_path)
         try:
             code, out, err = sweep(
                 ["moons", "--grid", "defense=standard,bnn", "--grid", "seed=0,1", "--set", "epochs=2"]
-                + ["--workers", "2", "--tracking-uri", url]
+                + ["--workers", "4", "--tracking-uri", url]
             )
             assert code == 0, err
             runs = parent_runs(url, "moons", sweep_id_of(out))
