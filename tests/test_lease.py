@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -72,6 +73,28 @@ def test_a_dead_holder_here_is_replaced_and_the_replaced_lease_fails_its_check(s
     assert not lease.holds()
     with pytest.raises(RunError, match=rf"^run {run_id} was taken over by process 7 on elsewhere-host"):
         lease.check()
+
+
+def test_a_write_that_fails_because_the_store_was_deleted_after_the_check_says_so_in_one_line(store: str) -> None:
+    """The race a full suite once hit: the lease is checked, the store file is deleted, and the next write fails
+    with the database's own words ("Query-invoked autoflush"). The run's error names the deletion instead; any
+    other failed write keeps its own error."""
+    from mlflow.exceptions import MlflowException
+
+    from advbayes.tracking.hooks import _lease_checked
+
+    run_id = new_run(store)
+    lease = claim(client_for(store), run_id, purpose=f"run {run_id}")
+    run = SimpleNamespace(tracking={"lease": lease})
+    unrelated = MlflowException("(raised as a result of Query-invoked autoflush)")
+    with pytest.raises(MlflowException, match="autoflush"), _lease_checked(run):  # the store is there: as raised
+        raise unrelated
+    with pytest.raises(RunError, match=rf"^run {run_id}: the MLflow store .* was deleted or replaced during the run"):
+        with _lease_checked(run):  # the check passes; the file goes; the write fails
+            Path(store.removeprefix("sqlite:///")).unlink()
+            raise unrelated
+    with pytest.raises(RunError, match="was deleted or replaced"), _lease_checked(run):  # and the next check says so
+        pass
 
 
 def test_a_holder_on_another_machine_is_alive_while_its_heartbeat_is_fresh(store: str) -> None:

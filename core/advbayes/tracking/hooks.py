@@ -7,7 +7,8 @@ import pickle
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,8 +131,8 @@ def epoch_finished(run: Any, epoch: int, metrics: Mapping[str, float], checkpoin
     run_id = run.run_id
     if not run.track or run_id is None:
         return
-    client = client_for(run.store)
-    _log_metrics(client, run_id, {f"train/{k}": v for k, v in metrics.items()}, step=epoch)
+    with _lease_checked(run, before=False):
+        _log_metrics(client_for(run.store), run_id, {f"train/{k}": v for k, v in metrics.items()}, step=epoch)
 
 
 @hookimpl
@@ -139,17 +140,21 @@ def checkpoint_saved(run: Any, checkpoint: Path) -> None:
     """The latest checkpoint replaces the run's checkpoint artifact (after each epoch and each attack)."""
     if not run.track or run.run_id is None:
         return
-    _check_lease(run)
-    client_for(run.store).log_artifact(run.run_id, str(checkpoint), CHECKPOINT_DIR)
+    with _lease_checked(run):
+        client_for(run.store).log_artifact(run.run_id, str(checkpoint), CHECKPOINT_DIR)
 
 
 @hookimpl
 def evaluation_finished(run: Any, attack_label: str, records: Sequence[EvalRecord], figures: Mapping[str, Any]) -> None:
     """A nested child run for the attack: its parameters, one metric per eps, figures; copies on the parent."""
-    parent_id = run.run_id
-    if not run.track or parent_id is None:
+    if not run.track or run.run_id is None:
         return
-    _check_lease(run)
+    with _lease_checked(run):
+        _track_attack(run, attack_label, records, figures)
+
+
+def _track_attack(run: Any, attack_label: str, records: Sequence[EvalRecord], figures: Mapping[str, Any]) -> None:
+    parent_id = run.run_id
     client = client_for(run.store)
     parent = client.get_run(parent_id)
     for earlier in client.search_runs(  # an attack evaluated again (a resumed run) supersedes its earlier child
@@ -242,11 +247,20 @@ def run_finished(run: Any, result: RunResult | None, status: str, error: BaseExc
     client.set_terminated(run_id, status=status)
 
 
-def _check_lease(run: Any) -> None:
-    """Before a write: fail if this process no longer holds the run (see lease.py)."""
+@contextmanager
+def _lease_checked(run: Any, *, before: bool = True) -> Iterator[None]:
+    """Around a run's writes: fail first if this process no longer holds the run (see lease.py), and if a write
+    fails because the store was deleted after that check (the database's own error then says "no such table" or
+    "autoflush"), fail with the line that says so."""
     lease: Lease | None = run.tracking.get("lease")
-    if lease is not None:
+    if lease is not None and before:
         lease.check()
+    try:
+        yield
+    except Exception:
+        if lease is not None:
+            lease.fail_if_store_gone()
+        raise
 
 
 def log_model(client: Any, run_id: str, experiment: str, spec: Mapping[str, Any], model: Any) -> None:

@@ -139,14 +139,18 @@ class Lease:
         """Whether the sqlite store file was deleted or replaced since the claim (writes would go nowhere)."""
         return self.database is not None and _file_identity(self.database) != self._identity
 
-    def check(self) -> None:
-        """Fail, in one line, if the store was deleted, another process took the run over or the heartbeat could
-        not be written."""
+    def fail_if_store_gone(self) -> None:
+        """Fail, in one line, if the store was deleted or replaced since the claim."""
         if self.store_gone():
             raise RunError(
                 f"run {self.run_id}: the MLflow store {self.database} was deleted or replaced during the run; "
                 "stopping (nothing more can be recorded in it)"
             )
+
+    def check(self) -> None:
+        """Fail, in one line, if the store was deleted, another process took the run over or the heartbeat could
+        not be written."""
+        self.fail_if_store_gone()
         if self.failure is not None:
             raise RunError(
                 f"run {self.run_id}: its heartbeat could not be written to the store "
