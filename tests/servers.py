@@ -50,8 +50,9 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
     return process.stdout.read() if process.stdout else ""
 
 
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+def start(args: list[str], cwd: Path, **extra_env: str) -> subprocess.Popen:
+    """`args` in its own process group (stop() ends it and every process it started), output captured."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **extra_env}
     return subprocess.Popen(
         args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
     )
@@ -78,6 +79,8 @@ def mlflow_server_process(backend: str, artifacts: Path, cwd: Path) -> tuple[sub
             "1",
         ],
         cwd,
+        # as docs/scale.md's team server: no MLflow job runner and its 7 huey consumers (GenAI jobs advbayes never uses)
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -156,3 +159,17 @@ def rendered_dom(url: str, timeout: float = 120.0) -> str | None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+def command_lines_in_group(leader: int) -> list[str]:
+    """The command lines of the live processes in process group `leader` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            group = int(stat[stat.rindex(")") + 2 :].split()[2])
+            if group == leader:
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, ValueError):
+            continue  # not a process, or it ended while being read
+    return found

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from servers import free_port, mlflow_server_process, rendered_dom, start, stop, wait_for
+from servers import command_lines_in_group, free_port, mlflow_server_process, rendered_dom, start, stop, wait_for
 
 import advbayes
 
@@ -68,6 +68,9 @@ def test_ui_shows_the_runs_of_a_tracked_experiment_in_its_runs_view(isolated_cwd
         assert runs[0].data.metrics["none/accuracy/eps_0.1000"] == group.results[-1].table()["none"][0.1]
         view_url = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=advbayes"
         dom = rendered_dom(view_url)  # what a browser shows: the page's JavaScript run by headless Chromium
+        serving = command_lines_in_group(process.pid)  # the UI's processes: its server, no GenAI job runner
+        assert any("uvicorn" in line for line in serving), serving
+        assert not any("huey" in line or "_job_runner" in line for line in serving), serving
     finally:
         output = stop(process)
     assert f"moons: {view_url}" in output

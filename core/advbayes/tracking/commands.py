@@ -66,7 +66,10 @@ def add_commands(cli: click.Group) -> None:
             "--workers",  # one person's browser: MLflow's default of 4 workers would take every core of a laptop
             "1",
         ]
-        os.execv(sys.executable, args)
+        # MLflow 3's server also starts a job runner and 7 huey consumers, each its own Python importing MLflow, for
+        # GenAI jobs (scorers, prompt optimization) that advbayes never submits; a user who wants them sets it true.
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+        os.execve(sys.executable, args, env)
 
     @cli.command("compare")
     @click.argument("experiments", nargs=-1, required=True)
