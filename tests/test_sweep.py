@@ -169,6 +169,7 @@ def test_a_sweep_asking_for_a_gpu_no_node_has_starts_and_stops_its_own_ray_and_r
     assert out == "" and not ray.is_initialized()  # the Ray it started is stopped again
 
 
+@pytest.mark.xdist_group("warm-ray")  # conftest.py deals these to one worker: one Ray for the three
 @pytest.mark.slow
 def test_the_ray_cluster_refuses_what_it_cannot_give_before_any_run(warm_ray: None) -> None:
     """On a real local Ray: a GPU request no node has, a CUDA device without a GPU, a store the workers miss."""
@@ -184,6 +185,7 @@ def test_the_ray_cluster_refuses_what_it_cannot_give_before_any_run(warm_ray: No
         check_workers_reach("sqlite:////nonexistent/mlflow.db")
 
 
+@pytest.mark.xdist_group("warm-ray")  # conftest.py deals these to one worker: one Ray for the three
 @pytest.mark.slow
 def test_four_concurrent_runs_on_the_sqlite_store_lose_nothing_and_resume_reruns_only_failures(
     isolated_cwd: Path, warm_ray: None
@@ -199,29 +201,30 @@ def test_four_concurrent_runs_on_the_sqlite_store_lose_nothing_and_resume_reruns
 
 
 def check_four_runs_and_resume(isolated_cwd: Path) -> None:
-    grid = ["--grid", "seed=0,1,2", "--grid", "lr=0.01,1000000.0", "--set", "optimizer=sgd", "--set", "epochs=1"]
+    grid = ["--grid", "seed=0,1", "--grid", "lr=0.01,1000000.0", "--set", "optimizer=sgd", "--set", "epochs=1"]
     code, out, err = sweep(["moons", *grid, "--workers", "4"])
     assert code == 1, err
     uri = f"sqlite:///{isolated_cwd / 'mlflow.db'}"
     sweep_id = sweep_id_of(out)
     runs = parent_runs(uri, "moons", sweep_id)
     finished = [r for r in runs if r.info.status == "FINISHED"]
-    assert sorted(int(r.data.tags["advbayes.seed"]) for r in finished) == [0, 1, 2]
+    assert sorted(int(r.data.tags["advbayes.seed"]) for r in finished) == [0, 1]
     for run in finished:
         assert {"none/accuracy/eps_0.0000", "train/loss"} <= set(run.data.metrics)
         assert run.data.tags[COMBINATION_TAG] == f"lr=0.01 seed={run.data.tags['advbayes.seed']}"
-    assert err.count("] finished lr=0.01 seed=") == 3
-    assert out.count("  FAILED lr=1000000.0 seed=") == 3 and "training diverged" in out
+    assert err.count("] finished lr=0.01 seed=") == 2
+    assert out.count("  FAILED lr=1000000.0 seed=") == 2 and "training diverged" in out
     assert f"advbayes sweep --resume {sweep_id}" in out
     before = {r.info.run_id: r.info.status for r in runs}
-    assert sorted(before.values()) == ["FAILED"] * 3 + ["FINISHED"] * 3
+    assert sorted(before.values()) == ["FAILED"] * 2 + ["FINISHED"] * 2
     code, out, err = sweep(["--resume", sweep_id])  # on the same Ray, 4 CPUs
-    assert code == 1 and "(3 had finished before --resume)" in out
+    assert code == 1 and "(2 had finished before --resume)" in out
     after = parent_runs(uri, "moons", sweep_id)
     new = [r for r in after if r.info.run_id not in before]
-    assert len(new) == 3 and all(r.data.tags[COMBINATION_TAG].startswith("lr=1000000.0") for r in new)
+    assert len(new) == 2 and all(r.data.tags[COMBINATION_TAG].startswith("lr=1000000.0") for r in new)
 
 
+@pytest.mark.xdist_group("warm-ray")  # conftest.py deals these to one worker: one Ray for the three
 @pytest.mark.slow
 @pytest.mark.server
 def test_a_sweep_on_ray_workers_tracks_to_an_mlflow_server_over_postgresql(tmp_path: Path, warm_ray: None) -> None:

@@ -126,3 +126,48 @@ def test_a_store_copied_from_the_suites_template_is_what_mlflows_migrations_buil
     run = client.create_run(client.create_experiment("x"))
     client.log_metric(run.info.run_id, "m", 1.0)
     assert client.get_run(run.info.run_id).data.metrics == {"m": 1.0}
+
+
+def test_the_suites_order_starts_every_worker_on_slow_tests_and_keeps_an_xdist_group_on_one_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """conftest.py's collection order for pytest-xdist's worksteal, which hands each of N workers one contiguous
+    block (what is left, split evenly, worker by worker): each block begins with its slow tests, the slow ones are
+    spread over the blocks, a group's tests are in one block, and no test is lost or repeated."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("suite_conftest", Path(__file__).parents[1] / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+
+    def item(name: str, *marks: tuple[str, tuple]) -> SimpleNamespace:
+        found = {mark: SimpleNamespace(args=args) for mark, args in marks}
+        return SimpleNamespace(nodeid=name, get_closest_marker=found.get)
+
+    slow, warm = ("slow", ()), ("xdist_group", ("warm-ray",))
+    items = [item(f"fast{i}") for i in range(7)] + [item(f"slow{i}", slow) for i in range(5)]
+    items.insert(3, item("ray-a", slow, warm))
+    items.append(item("ray-b", slow, warm))
+    names = [i.nodeid for i in items]
+    for workers in (2, 3):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(workers))
+        ordered = list(items)
+        suite.pytest_collection_modifyitems(None, ordered)
+        assert sorted(i.nodeid for i in ordered) == sorted(names)
+        blocks, left, start = [], len(ordered), 0
+        for w in range(workers):
+            size = left // (workers - w)
+            blocks.append([i.nodeid for i in ordered[start : start + size]])
+            left, start = left - size, start + size
+        for block in blocks:
+            kinds = [name.startswith(("slow", "ray")) for name in block]
+            assert kinds == sorted(kinds, reverse=True), block  # slow first, then fast
+            assert any(kinds), block  # every worker starts on slow work
+        assert sum("ray-a" in b and "ray-b" in b for b in blocks) == 1, blocks
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "1")
+    ordered = list(items)
+    suite.pytest_collection_modifyitems(None, ordered)
+    assert [i.nodeid for i in ordered] == [n for n in names if n[0] != "f"] + [n for n in names if n[0] == "f"]
