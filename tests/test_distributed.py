@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from advbayes.cli import cli
 from advbayes.engine.distributed import Distributed, seed_draws
 
 SETTINGS = ["--set", "epochs=3", "--set", 'attacks=["none", "fgsm"]', "--set", "eps=[0.0, 0.1]"]
@@ -60,9 +62,11 @@ def test_each_rank_draws_its_own_stream() -> None:
 def test_two_gloo_processes_train_as_one_process_does_exactly_when_deterministic_within_noise_when_bayesian(
     isolated_cwd: Path,
 ) -> None:
-    """One launch of each kind runs both defenses (every launch starts processes that import torch and MLflow)."""
+    """One launch of each kind runs both defenses. The single-process reference runs in this process, through the
+    same command line (a fresh one would only import torch and MLflow again); the two ranks are fresh processes."""
     both = ("--set", 'defenses=["standard", "bnn"]')
-    tracked(isolated_cwd, *both)
+    single_process = CliRunner().invoke(cli, ["run", "moons", *SETTINGS, *both])
+    assert single_process.exit_code == 0, single_process.output[-3000:]
     out = tracked(isolated_cwd, *both, "--nproc", "2").stdout
     runs = runs_by_processes(isolated_cwd)
     assert sorted(runs) == [("bnn", "1"), ("bnn", "2"), ("standard", "1"), ("standard", "2")]  # rank 1 tracked none
