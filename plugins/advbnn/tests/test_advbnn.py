@@ -133,7 +133,7 @@ def test_adv_bnn_training_lowers_its_loss_on_mnist_5k() -> None:
         epochs=2,
         attacks=["none"],
         eps=[0.0],
-        **{"dataset.n_train": 640, "dataset.n_test": 100},
+        **{"dataset.n_train": 320, "dataset.n_test": 100},  # loss 87.4 then 85.4 (seed 0); 7 s, where 640 took 16 s
     )
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0], losses

@@ -213,7 +213,7 @@ def test_undefended_mnist_cnn_accuracy_falls_with_eps_and_pgd_is_at_least_as_str
         pm=create_plugin_manager(),
         attacks=["fgsm", "pgd-20"],
         eps=[0.0, 0.1, 0.2, 0.3],
-        **{"dataset.n_test": 200},
+        **{"dataset.n_test": 100},  # FGSM 0.97, 0.78, 0.27, 0.02 and PGD-20 0.97, 0.68, 0.09, 0.0 (seed 0)
     )
     fgsm, pgd = result.table()["fgsm"], result.table()["pgd-20"]
     eps = [0.0, 0.1, 0.2, 0.3]
