@@ -16,23 +16,10 @@ import click
 import tomli_w
 
 from advbayes.cli_options import complete_entries, debug_option, registry_option, tracking_option
-from advbayes.errors import AdvbayesError, EvaluationWarning, RunError, error_text
+from advbayes.cli_output import exit_now, one_line, show_warning
+from advbayes.errors import AdvbayesError, RunError, error_text
 
 KIND_CHOICES = ("datasets", "models", "defenses", "attacks", "metrics", "experiments")
-
-
-def _show_warning(
-    message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
-) -> None:
-    from advbayes.plugins import PluginLoadWarning
-
-    if issubclass(category, (PluginLoadWarning, EvaluationWarning)):
-        click.echo(f"advbayes: warning: {message}", err=True)
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
-
-
-_default_showwarning = warnings.showwarning
 
 
 class AdvbayesGroup(click.Group):
@@ -84,7 +71,7 @@ class AdvbayesGroup(click.Group):
         sys.exit(result if isinstance(result, int) else 0)  # ctx.exit(code) comes back as the code
 
     def invoke(self, ctx: click.Context) -> Any:
-        warnings.showwarning = _show_warning
+        warnings.showwarning = show_warning
         # MLflow prints a "View run ... at: URL" line to stdout for every run closed on a server store: it would
         # break the results table and the sweep summary that scripts read.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -136,14 +123,6 @@ class AdvbayesGroup(click.Group):
 
 HTTP_TIMEOUT = 30  # seconds without a byte from a tracking server before a request fails
 HTTP_RETRIES = 2
-MAX_ERROR = 1000  # characters of an error line; a multi-megabyte key is not echoed whole
-
-
-def one_line(text: str) -> str:
-    """The message as exactly one printable line: control characters escaped (a key holding a newline cannot
-    forge a second line), cut at MAX_ERROR characters."""
-    escaped = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
-    return escaped if len(escaped) <= MAX_ERROR else escaped[: MAX_ERROR - 30] + f"... ({len(escaped)} characters)"
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -482,9 +461,17 @@ def plugins_command(as_json: bool, debug: bool) -> None:
 
 def main() -> None:
     """Console entry point; `list` and `show` answer from the output cache when nothing they read has changed."""
+    try:
+        _answer(sys.argv[1:])
+    except SystemExit as exc:
+        exit_now(exc.code)
+    exit_now(0)
+
+
+def _answer(args: list[str]) -> None:
     from advbayes import output_cache
 
-    key = output_cache.cache_key(sys.argv[1:])
+    key = output_cache.cache_key(args)
     if key is None:
         cli(prog_name="advbayes")
         return
