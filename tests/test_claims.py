@@ -14,7 +14,24 @@ from advbayes.plugins import create_plugin_manager
 pytestmark = pytest.mark.usefixtures("batched_draws")  # end-to-end runs: no timing race per model
 
 SUBSET = {"epochs": 1, "dataset.n_train": 64, "dataset.n_test": 8, "eps": [0.1], "seeds": [0]}
-SMALL_AUTOATTACK = {"extends": "autoattack-rand", "name": "autoattack-rand", "attack_samples": 2, "verdict_repeats": 2}
+SMALL_AUTOATTACK = {
+    "extends": "autoattack-rand",
+    "name": "autoattack-rand",
+    "attack_samples": 2,
+    "verdict_repeats": 2,
+    "attacks": [  # autoattack-rand's two sub-attacks, 5 steps each instead of 100
+        {"extends": "apgd-ce", "name": "apgd-ce", "keep": "last", "steps": 5},
+        {"extends": "apgd-dlr", "name": "apgd-dlr", "keep": "last", "steps": 5},
+    ],
+}
+# The experiments' own attack entries, at 2 steps: a step of EOT-PGD-30 with 10 draws samples every weight 10 times,
+# and at 8 test images that, not the images, is the cost (hvi-vs-advbnn-mnist-5k: 12 s with all 30 steps, 3 s here).
+SHORT_ATTACKS = {
+    "advbnn-mnist-5k": ["pgd-20", "eot-pgd-10"],
+    "hvi-vs-advbnn-mnist-5k": ["pgd-30", "eot-pgd-30-10"],
+    "hvi-vs-advbnn-autoattack-mnist-5k": ["eot-pgd-30-10"],
+    "gradient-limit-mnist-5k": ["pgd-15-posterior"],
+}
 
 
 @pytest.mark.slow
@@ -24,13 +41,14 @@ SMALL_AUTOATTACK = {"extends": "autoattack-rand", "name": "autoattack-rand", "at
         ("advbnn-mnist-5k", ["standard", "adversarial-training", "bnn", "adv-bnn"], "weight_mean_sigma2"),
         ("hvi-vs-advbnn-mnist-5k", ["adv-bnn", "adv-hvi"], "weight_mean_sigma2"),
         ("hvi-vs-advbnn-autoattack-mnist-5k", ["adv-bnn", "adv-hvi"], "weight_mean_sigma2"),
-        ("gradient-limit-mnist-5k", ["bnn-full-elbo"], "expected_gradient_abs/s250_repeat_sd"),
+        ("gradient-limit-mnist-5k", ["bnn-full-elbo"], "expected_gradient_abs/s40_repeat_sd"),
     ],
 )
 def test_claims_experiment_runs_on_a_subset(experiment: str, defenses: list[str], model_metric: str) -> None:
-    overrides = dict(SUBSET)
+    overrides = dict(SUBSET) | {f"attacks.{name}.steps": 2 for name in SHORT_ATTACKS[experiment]}
     if experiment == "gradient-limit-mnist-5k":
-        overrides["metrics"] = ["accuracy", {"use": "gradient-limit", "sample_counts": [1, 10, 250], "examples": 4}]
+        # 40 draws at most (the experiment: 250): the 250-draw gradients were 7 of the test's 11 s
+        overrides["metrics"] = ["accuracy", {"use": "gradient-limit", "sample_counts": [1, 10, 40], "examples": 4}]
     if experiment == "hvi-vs-advbnn-autoattack-mnist-5k":  # its own attack list, with fewer draws
         overrides["attacks"] = ["none", SMALL_AUTOATTACK]
     outcome = advbayes.run(experiment, track=False, pm=create_plugin_manager(), **overrides)
