@@ -735,7 +735,7 @@ def test_every_request_to_a_half_hung_tracking_server_is_bounded_and_one_line(
     here to keep the test short): listing runs and resuming one end in one line, not a quarter-hour wait."""
     import advbayes.cli as cli_module
 
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     assert cli_module.HTTP_TIMEOUT * (cli_module.HTTP_RETRIES + 1) <= 120  # the defaults are bounded too
     with health_only_server() as port:
