@@ -387,3 +387,28 @@ def test_an_unquoted_dotted_table_header_is_an_error_that_shows_the_quoted_form(
         "user.toml: entry defenses.gauss-noise-0: [defenses.gauss-noise-0.1] is an entry 'gauss-noise-0' with a "
         """table '1'; a name that holds a dot is quoted: [defenses."gauss-noise-0.1"]"""
     )
+
+
+def test_defense_naming_one_of_the_experiments_own_defenses_picks_it_as_the_experiment_configures_it(
+    tmp_path: Path,
+) -> None:
+    """`--grid defense=NAME` splits an experiment's own defenses: NAME is the experiment's entry, with its own
+    settings, not the registry entry of the same name (which a sweep of hvi-vs-advbnn-mnist-5k had run instead)."""
+    registry = load_registry([write(tmp_path / "user.toml", MINE)])
+    own = registry.resolve_experiment("mine", [("defense", "bnn")])
+    assert own["defense"]["init_sigma"] == 0.05 and not own.get("defenses")
+    both = registry.resolve_experiment("mine", [("defenses", ["bnn", "standard"])])
+    assert [d["name"] for d in both["defenses"]] == ["bnn", "standard"] and both["defenses"][0]["init_sigma"] == 0.05
+    other = registry.resolve_experiment("mine", [("defense", "adv-bnn")])  # not the experiment's: the registry's
+    assert other["defense"]["name"] == "adv-bnn" and other["defense"]["init_sigma"] == 0.01
+    plain = load_registry().resolve_experiment("moons", [("defense", "bnn")])
+    assert plain["defense"]["init_sigma"] == 0.01  # the registry's bnn, whose default it is
+
+
+MINE = """
+[experiments.mine]
+dataset = "half-moons"
+model = "mlp-small"
+defenses = [{ extends = "bnn", name = "bnn", init_sigma = 0.05 }, "standard"]
+attacks = ["none"]
+"""

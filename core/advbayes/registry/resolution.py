@@ -203,6 +203,7 @@ class Registry(EntryTables):
         if not overrides:
             return spec
         for key, value in overrides:
+            value = own_defenses(spec, key, value)
             for one, other in (("defense", "defenses"), ("defenses", "defense")):
                 if key == one:  # `--set defenses=[a, b]` on an experiment of one defense replaces it (and back)
                     spec.pop(other, None)
@@ -286,3 +287,20 @@ def load_registry(
             raise RegistryError("no such registry file", file=str(path))
         registry.add_file(path)
     return registry
+
+
+def own_defenses(spec: Mapping[str, Any], key: str, value: Any) -> Any:
+    """`defense=NAME` (or `defenses=[...]`) naming one of the experiment's own defenses picks that entry as the
+    experiment configures it, not the registry entry of the same name: `--grid defense=adv-hvi` on
+    hvi-vs-advbnn-mnist-5k had run the registry's adv-hvi, whose init_variance 0.1 the experiment overrides."""
+    if key not in ("defense", "defenses"):
+        return value
+    own = {d["name"]: d for d in spec.get("defenses") or [] if isinstance(d, dict) and "name" in d}
+    single = spec.get("defense")
+    if isinstance(single, dict) and "name" in single:
+        own.setdefault(single["name"], single)
+    if isinstance(value, str):
+        return dict(own[value]) if value in own else value
+    if isinstance(value, list):
+        return [dict(own[v]) if isinstance(v, str) and v in own else v for v in value]
+    return value
