@@ -23,6 +23,7 @@ from advbayes.lab.cards import CARD_VERSION, check_outcomes, ranked, read_card, 
 from advbayes.lab.leaderboard import write_leaderboard
 from advbayes.lab.protocol import CHECKS, CONVERGED, PROTOCOLS, ThreatModel
 from advbayes.results import EvalRecord, pack_outcomes
+from helpers import install_fixture_plugin
 
 
 def record(attack: str, eps: float, outcomes: list[int]) -> EvalRecord:
@@ -291,6 +292,40 @@ def test_a_bad_bench_is_one_line_before_any_work(isolated_cwd: Path, args: list[
     result = CliRunner().invoke(cli, ["bench", *args])
     assert result.exit_code == 2 and result.stderr.startswith(error), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (isolated_cwd / "mlflow.db").exists()
+
+
+BROKEN_DEFENSE_PLUGIN = """
+from typing import ClassVar
+import attrs
+from advbayes import Defense, hookimpl
+
+@attrs.frozen(kw_only=True)
+class Broken(Defense):
+    name: ClassVar[str] = "broken-loss"
+
+    def loss(self, model, batch, context):
+        raise ValueError("the plugin's loss is wrong")
+
+@hookimpl
+def register_defenses(register):
+    register(Broken)
+"""
+
+
+def test_a_defense_that_fails_in_training_stops_the_bench_before_its_twin_is_trained(
+    isolated_cwd: Path, plugin_site: Path
+) -> None:
+    """The defense trains before its twin: a third-party defense's bug costs its first step, not a twin's training."""
+    install_fixture_plugin(plugin_site, "advbayes-fixture-broken-loss", BROKEN_DEFENSE_PLUGIN)
+    result = CliRunner().invoke(cli, ["bench", "broken-loss", "--dataset", "digits", "--seeds", "0"])
+    assert result.exit_code == 1 and "the plugin's loss is wrong" in result.stderr, result.stderr
+    assert "training the deterministic twin" not in result.output and "seed 0: training" in result.output
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{isolated_cwd / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.data.tags["advbayes.defense"] for r in runs] == ["broken-loss"]  # no twin run
+    assert runs[0].info.status == "FAILED"
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """advbayes bench: a defense trained and attacked under the leaderboard protocol, its result card written and tracked.
 
-Per seed: the deterministic twin is trained (the transfer attack's source), then the defense (clean accuracy, its
-posterior's verdict), then each threat model's attacks evaluate the trained defense as a resumed run (the trained
+Per seed: the defense is trained (clean accuracy, its posterior's verdict), then its deterministic twin (the transfer
+attack's source), then each threat model's attacks evaluate the trained defense as a resumed run (the trained
 model is read from the checkpoint, not trained again). Every run is tracked; the card names them. Given a tracked
 run's id instead of a defense, that run's model is attacked as it is, beside a twin trained on its settings.
 """
@@ -79,6 +79,16 @@ def bench(
     clean = [("attacks", ["none"]), ("eps", [0.0])]  # the twin of a tracked run is evaluated clean only
     for seed in seeds:
         ids = run_ids[str(seed)] = {}
+        if tracked:  # trained already: its model is probed, and the first threat model's run gives the clean row
+            ids["source"] = entry
+            model = tracked_model(get_plugin_manager(), entry, tracking_uri, torch.device("cpu"))
+        else:  # before the twin: a defense that fails in training fails before the twin's cost, not after it
+            say(f"bench {label}: seed {seed}: training")
+            result = run(name, overrides=[*settings, ("seed", seed)], **common)
+            assert isinstance(result, RunResult)
+            trained.append(result)
+            ids["train"] = _run_id(result)
+            model = result.model
         twin_id = None
         if spec["defense"].get("use") != TWIN:
             say(f"bench {label}: seed {seed}: training the deterministic twin ({TWIN})")
@@ -88,16 +98,6 @@ def bench(
             else:
                 twin = run(name, overrides=twin_settings, **common)
             twin_id = ids["twin"] = _run_id(twin)
-        if tracked:  # trained already: its model is probed, and the first threat model's run gives the clean row
-            ids["source"] = entry
-            model = tracked_model(get_plugin_manager(), entry, tracking_uri, torch.device("cpu"))
-        else:
-            say(f"bench {label}: seed {seed}: training")
-            result = run(name, overrides=[*settings, ("seed", seed)], **common)
-            assert isinstance(result, RunResult)
-            trained.append(result)
-            ids["train"] = _run_id(result)
-            model = result.model
         stochastic = _is_stochastic(model, shape, value_range)
         for threat in protocol.threat_models:
             say(f"bench {label}: seed {seed}: {threat.name} attacks at eps {', '.join(f'{e:g}' for e in threat.radii)}")
