@@ -61,12 +61,14 @@ findings: install
 		--preamble docs/findings-preamble.md --out docs --file findings.md $(foreach m,$(FINDINGS_METRICS),--metric $(m))
 
 # docs/leaderboard/index.html and a page per defense from the result cards in docs/leaderboard/cards (`advbayes
-# bench`), with no store and no network: the same bytes on every machine (docs/leaderboard.md).
+# bench`), with no store and no network: the same bytes on every machine (docs/leaderboard.md). Each card is first
+# re-derived from its runs' records in docs/leaderboard/records (`advbayes export --cards`); a difference stops it.
 LEADERBOARD_CARDS := docs/leaderboard/cards
+LEADERBOARD_RECORDS := docs/leaderboard/records
 
 leaderboard: install
 	rm -f docs/leaderboard/*.html  # pages of cards no longer shipped do not linger
-	$(BIN)/advbayes leaderboard --cards $(LEADERBOARD_CARDS) --out docs/leaderboard
+	$(BIN)/advbayes leaderboard --cards $(LEADERBOARD_CARDS) --records $(LEADERBOARD_RECORDS) --out docs/leaderboard
 
 clean:
 	rm -rf $(VENV) build dist core/*.egg-info plugins/*/*.egg-info

@@ -258,6 +258,13 @@ def test_bench_places_a_third_party_plugins_defense_on_the_page_in_one_command(i
     assert from_store.exit_code == 0 and from_cards.exit_code == 0, from_store.stderr + from_cards.stderr
     for page in ("index.html", "digits--rse.html"):
         assert (isolated_cwd / "board" / page).read_bytes() == (isolated_cwd / "board2" / page).read_bytes()
+    exported = runner.invoke(cli, ["export", "--cards", "cards", "--out", "records"], catch_exceptions=False)
+    assert exported.exit_code == 0 and exported.stdout.startswith("4 run records"), exported.output
+    assert sorted(p.name.split("-")[0] for p in (isolated_cwd / "records" / "digits--rse").iterdir()) == [
+        "L2", "Linf", "train", "twin"
+    ]  # fmt: skip
+    checked = runner.invoke(cli, ["leaderboard", "--cards", "cards", "--records", "records", "--out", "board3"])
+    assert checked.exit_code == 0 and "1 card(s) re-derived" in checked.stderr, checked.output
     empty = runner.invoke(cli, ["leaderboard", "--cards", "board", "--out", "x"])
     assert empty.exit_code == 2 and "no result cards in board: advbayes bench ENTRY makes one" in empty.stderr
 
@@ -265,8 +272,11 @@ def test_bench_places_a_third_party_plugins_defense_on_the_page_in_one_command(i
 def test_make_leaderboard_regenerates_the_committed_pages_from_the_shipped_cards(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     cards = root / "docs" / "leaderboard" / "cards"
-    result = CliRunner().invoke(cli, ["leaderboard", "--cards", str(cards), "--out", str(tmp_path)])
-    assert result.exit_code == 0, result.output
+    records = root / "docs" / "leaderboard" / "records"  # as make leaderboard: each card re-derived from its runs
+    result = CliRunner().invoke(
+        cli, ["leaderboard", "--cards", str(cards), "--records", str(records), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0 and "9 card(s) re-derived" in result.stderr, result.output
     shipped = sorted(p.name for p in (root / "docs" / "leaderboard").glob("*.html"))
     assert shipped == sorted(p.name for p in tmp_path.glob("*.html"))  # no stale page of an earlier card
     for name in shipped:
@@ -351,6 +361,10 @@ def test_bench_of_a_tracked_run_attacks_its_trained_model_beside_a_twin_trained_
     assert "90 test examples, the protocol asks for the full split of 360" in card["deviations"]
     posterior = {c["name"]: c for c in card["checks"]}["converged-posterior"]
     assert posterior["status"] == "failed" and not card["passed"]  # 2 epochs: no verdict can show convergence
+    exported = CliRunner().invoke(cli, ["export", "--cards", "cards", "--out", "records"], catch_exceptions=False)
+    assert exported.exit_code == 0, exported.output  # the tracked run's card re-derives from its runs (its Linf: clean)
+    checked = CliRunner().invoke(cli, ["leaderboard", "--cards", "cards", "--records", "records", "--out", "board"])
+    assert checked.exit_code == 0 and "1 card(s) re-derived" in checked.stderr, checked.output
     moons = advbayes.run("moons", tracking_uri=store, epochs=1)
     assert isinstance(moons, advbayes.RunResult)
     other = CliRunner().invoke(cli, ["bench", str(moons.run_id), "--dataset", "digits"])

@@ -1,10 +1,11 @@
-"""The options every advbayes command shares (--registry, --debug, --tracking-uri) and entry-name completion:
+"""The options advbayes commands share (--registry, --debug, --tracking-uri, --cards) and entry-name completion:
 in a module of their own, so that commands outside cli.py (the tracking plugin's) use them without importing
 the CLI."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -35,6 +36,13 @@ def tracking_option(func: Callable[..., Any]) -> Callable[..., Any]:
         default=None,
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
     )(func)
+
+
+def cards_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--cards FOLDER (repeatable, passed as `folders`): folders of result cards."""
+    return click.option(
+        "--cards", "folders", multiple=True, type=click.Path(file_okay=False, path_type=Path), help=help_text
+    )
 
 
 def complete_entries(kinds: Sequence[str], qualified: bool) -> Callable[..., list[Any]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from advbayes.cli_options import complete_entries, debug_option, registry_option, tracking_option
+from advbayes.cli_options import cards_option, complete_entries, debug_option, registry_option, tracking_option
 from advbayes.errors import RunError
 
 
@@ -79,13 +79,7 @@ def add_lab_commands(cli: click.Group) -> None:
             click.echo("  off the protocol: " + "; ".join(card["deviations"]))
 
     @cli.command("leaderboard")
-    @click.option(
-        "--cards",
-        "folders",
-        multiple=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help="A folder of result cards (repeatable); without it, the cards logged in the tracking store.",
-    )
+    @cards_option("A folder of result cards (repeatable); without it, the cards logged in the tracking store.")
     @click.option(
         "--out",
         required=True,
@@ -93,10 +87,21 @@ def add_lab_commands(cli: click.Group) -> None:
         help="Folder the static page is written to.",
     )
     @click.option("--ui", default=None, metavar="URL", help="The MLflow UI the runs link to (e.g. advbayes ui's).")
+    @click.option(
+        "--records",
+        default=None,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Re-derive every card from its runs' records first (advbayes export --cards); any difference stops it.",
+    )
     @tracking_option
     @debug_option
     def leaderboard_command(
-        folders: Sequence[Path], out: Path, ui: str | None, tracking_uri: str | None, debug: bool
+        folders: Sequence[Path],
+        out: Path,
+        ui: str | None,
+        records: Path | None,
+        tracking_uri: str | None,
+        debug: bool,
     ) -> None:
         """Write a static HTML leaderboard (OUT/index.html, a page per defense) from result cards."""
         from advbayes.lab.bench import cards_in_store
@@ -107,4 +112,9 @@ def add_lab_commands(cli: click.Group) -> None:
         if not cards:
             where = ", ".join(map(str, folders)) if folders else "the tracking store"
             raise RunError(f"no result cards in {where}: advbayes bench ENTRY makes one")
+        if records is not None:
+            from advbayes.lab.card_records import verify_cards
+
+            checked = verify_cards(cards, records)
+            click.echo(f"{checked} card(s) re-derived from their runs' records in {records}: as stated", err=True)
         click.echo(str(write_leaderboard(cards, out, ui)))

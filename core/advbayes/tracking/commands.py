@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from advbayes.cli_options import debug_option, tracking_option
+from advbayes.cli_options import cards_option, debug_option, tracking_option
 from advbayes.errors import RunError
 
 
@@ -201,17 +201,30 @@ def add_commands(cli: click.Group) -> None:
         click.echo(str(path))
 
     @cli.command("export")
-    @click.argument("experiments", nargs=-1, required=True)
+    @click.argument("experiments", nargs=-1)
     @click.option(
         "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder of the records."
     )
+    @cards_option("Export the runs of these result cards instead (repeatable): OUT/DATASET--ENTRY/.")
     @tracking_option
     @debug_option
-    def export_command(experiments: Sequence[str], out: Path, tracking_uri: str | None, debug: bool) -> None:
-        """Export the runs a report of EXPERIMENTS reads as JSON run records (params, metrics, tags, results; no
-        weights) into OUT/EXPERIMENT/, for `advbayes report --records OUT`."""
+    def export_command(
+        experiments: Sequence[str], out: Path, folders: Sequence[Path], tracking_uri: str | None, debug: bool
+    ) -> None:
+        """Export the runs a report of EXPERIMENTS reads (or every run of the result cards in --cards) as JSON run
+        records (params, metrics, tags, results; no weights) into OUT, for `advbayes report --records OUT` (or
+        `advbayes leaderboard --records OUT`)."""
         from advbayes.lab.sources import export_records
 
-        written = export_records(experiments, out, tracking_uri)
+        if bool(experiments) == bool(folders):
+            raise click.UsageError("name EXPERIMENTS or give --cards FOLDER, not both and not neither")
+        if folders:
+            from advbayes.lab.card_records import export_card_runs
+            from advbayes.lab.cards import read_cards
+
+            cards = [card for folder in folders for card in read_cards(folder)]
+            written = export_card_runs(cards, out, tracking_uri)
+        else:
+            written = export_records(experiments, out, tracking_uri)
         size = sum(p.stat().st_size for p in written)
         click.echo(f"{len(written)} run records ({size / 1e6:.2f} MB) in {out}")

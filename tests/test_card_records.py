@@ -1,0 +1,138 @@
+"""Result cards re-derived from their runs' records (advbayes export --cards; leaderboard --records): the shipped
+cards against the shipped records, a hand-written worst case, and every kind of tampering caught in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from advbayes.cli import cli
+from advbayes.errors import RunError
+from advbayes.lab.card_records import verify_cards
+from advbayes.lab.cards import read_card
+from advbayes.results import pack_outcomes, unpack_outcomes
+
+BOARD = Path(__file__).resolve().parents[1] / "docs" / "leaderboard"
+
+
+def by_hand(records: Path, threat: str, eps: float) -> list[float]:
+    """Per seed, the share of test digits right under every attack of `threat` at `eps`, from the records' raw rows."""
+    values = []
+    for path in sorted(records.glob(f"{threat}-seed*.json")):
+        rows = json.loads(path.read_text())["examples"]
+        attacked = [r for r in rows if r["attack"] != "none" and float(r["eps"]) == eps and r["metric"] == "accuracy"]
+        survived = [all(bits) for bits in zip(*(unpack_outcomes(r["outcomes"], int(r["n"])) for r in attacked))]
+        values.append(sum(survived) / len(survived))
+    return values
+
+
+def test_every_shipped_card_is_what_its_shipped_runs_give() -> None:
+    cards = [read_card(path) for path in sorted((BOARD / "cards").glob("*.json"))]
+    assert len(cards) >= 9 and verify_cards(cards, BOARD / "records") == len(cards)
+    card = read_card(BOARD / "cards" / "digits--adv-bnn.json")  # and the headline, computed here from the raw rows
+    for threat, section in card["threat_models"].items():
+        stated = section["radii"][section["headline"]]
+        derived = by_hand(BOARD / "records" / "digits--adv-bnn", threat, float(section["headline"]))
+        assert sorted(derived) == pytest.approx(sorted(stated["seed_values"]), abs=1e-12)
+        assert sum(derived) / len(derived) == pytest.approx(stated["value"], abs=1e-12)
+
+
+@pytest.fixture
+def bnn(tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    """The shipped bnn card and a copy of its runs' records to tamper with."""
+    shutil.copytree(BOARD / "records" / "digits--bnn", tmp_path / "records" / "digits--bnn")
+    return read_card(BOARD / "cards" / "digits--bnn.json"), tmp_path / "records"
+
+
+def edit(path: Path, change: Any) -> None:
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+def flip_first_survivor(record: dict[str, Any]) -> None:
+    """One test digit that survived autoattack-rand at the first radius now counts as broken."""
+    row = next(r for r in record["examples"] if r["attack"].startswith("autoattack-rand"))
+    outcomes = unpack_outcomes(row["outcomes"], int(row["n"]))
+    outcomes[outcomes.index(1)] = 0
+    row["outcomes"] = pack_outcomes(outcomes)
+
+
+def test_one_changed_verdict_in_one_run_is_caught_naming_the_card_and_key(bnn: tuple[dict[str, Any], Path]) -> None:
+    card, records = bnn
+    edit(next((records / "digits--bnn").glob("Linf-seed1-*.json")), flip_first_survivor)
+    with pytest.raises(RunError) as caught:
+        verify_cards([card], records)
+    message = str(caught.value)
+    assert message.startswith("card digits--bnn: key 'threat_models.Linf.radii.0.05.")
+    assert "the card says" in message and "its runs' records give" in message and "\n" not in message
+
+
+def test_a_card_whose_own_number_was_edited_is_caught(bnn: tuple[dict[str, Any], Path]) -> None:
+    card, records = bnn
+    card["clean"]["value"] += 0.01
+    with pytest.raises(RunError, match=r"^card digits--bnn: key 'clean.value': the card says 0\.9"):
+        verify_cards([card], records)
+
+
+def test_a_finding_the_card_does_not_report_fails_its_check(bnn: tuple[dict[str, Any], Path]) -> None:
+    card, records = bnn
+    key = "advbayes.check.zero-gradients.eot-pgd-10-l2"
+
+    def masked(record: dict[str, Any]) -> None:
+        record["tags"][key] = "run x, attack eot-pgd-10-l2, every eps: 80 % of input-gradient components are zero"
+
+    edit(next((records / "digits--bnn").glob("L2-seed0-*.json")), masked)
+    with pytest.raises(RunError, match="check gradient-masking: the card says passed, its runs' records give failed"):
+        verify_cards([card], records)
+
+
+def test_an_unconverged_posterior_fails_the_card_that_says_converged(bnn: tuple[dict[str, Any], Path]) -> None:
+    card, records = bnn
+    edit(
+        next((records / "digits--bnn").glob("train-seed2-*.json")),
+        lambda r: r["metrics"].update({"model/posterior/converged": 0.0}),
+    )
+    with pytest.raises(
+        RunError, match="check converged-posterior: the card says passed, its runs' records give failed"
+    ):
+        verify_cards([card], records)
+
+
+def test_a_missing_run_and_another_commit_are_each_one_line(bnn: tuple[dict[str, Any], Path]) -> None:
+    card, records = bnn
+    trains = sorted((records / "digits--bnn").glob("train-seed*.json"))
+    edit(trains[0], lambda r: r["tags"].update({"advbayes.git_commit": "0" * 40}))
+    with pytest.raises(RunError, match="its seeds' runs were tagged with different code"):
+        verify_cards([card], records)
+    for train in trains[1:]:
+        edit(train, lambda r: r["tags"].update({"advbayes.git_commit": "0" * 40}))
+    with pytest.raises(RunError, match="key 'provenance.advbayes.git_commit': the card says 'a0713d7"):
+        verify_cards([card], records)
+    trains[0].unlink()
+    with pytest.raises(RunError, match=r"^card digits--bnn: run 4418ec5c\w+ \(seed 0, train\) has no record$"):
+        verify_cards([card], records)
+
+
+def test_leaderboard_with_records_refuses_a_card_its_runs_contradict(bnn: tuple[dict[str, Any], Path]) -> None:
+    card, records = bnn
+    cards = records.parent / "cards"
+    cards.mkdir()
+    shutil.copy(BOARD / "cards" / "digits--bnn.json", cards)
+    runner = CliRunner()
+    first = records.parent / "first"
+    good = runner.invoke(cli, ["leaderboard", "--cards", str(cards), "--records", str(records), "--out", str(first)])
+    assert good.exit_code == 0 and "1 card(s) re-derived from their runs' records" in good.stderr, good.stderr
+    assert (first / "digits--bnn.html").exists()
+    edit(next((records / "digits--bnn").glob("L2-seed2-*.json")), flip_first_survivor)
+    out = records.parent / "board"
+    bad = runner.invoke(cli, ["leaderboard", "--cards", str(cards), "--records", str(records), "--out", str(out)])
+    assert bad.exit_code != 0 and "card digits--bnn: key 'threat_models.L2.radii.0.25." in bad.stderr, bad.stderr
+    assert not out.exists()  # nothing written from a card its runs contradict
+    neither = runner.invoke(cli, ["export", "--out", str(out)])
+    assert neither.exit_code == 2 and "name EXPERIMENTS or give --cards FOLDER" in neither.stderr
