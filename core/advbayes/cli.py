@@ -205,8 +205,10 @@ def run_command(
     results = result.results if isinstance(result, RunGroup) else [result]
     tracked = [r for r in results if r.run_id]
     if tracked:
+        from advbayes.tracking.store import shown_uri
+
         ids = ", ".join(r.run_id for r in tracked if r.run_id)
-        click.echo(f"\nMLflow run {ids} ({tracked[0].store}); see it with: advbayes ui")
+        click.echo(f"\nMLflow run {ids} ({shown_uri(tracked[0].store or '')}); see it with: advbayes ui")
 
 
 @cli.command("sweep")

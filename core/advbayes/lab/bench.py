@@ -23,6 +23,7 @@ from advbayes.errors import RunError
 from advbayes.lab.cards import CARD_VERSION, check_outcomes, deviations, summary, threat_section, write_card
 from advbayes.lab.protocol import TWIN, Protocol, protocol_for
 from advbayes.results import RunResult, unpack_outcomes
+from advbayes.tracking.store import shown_uri
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id: bench that tracked run instead of training an entry
 BENCH_TAG = "advbayes.bench"  # the bench a run belongs to: defense entry, data set and protocol version
@@ -115,7 +116,7 @@ def bench(
         card["conforms"] = False
     card["seconds"] = time.perf_counter() - started
     card["device"] = trained[0].device
-    card["runs"]["store"] = trained[0].store or ""
+    card["runs"]["store"] = shown_uri(trained[0].store or "")  # never a password in a card
     _log_card(card, trained, evaluated, tracking_uri)
     if out is not None:
         write_card(card, out / card_file(card))

@@ -24,7 +24,7 @@ from advbayes.lab.protocol import ThreatModel
 from advbayes.lab.records import RecordRun, dumps_record, read_records, record_of
 from advbayes.lab.sources import read_results
 from advbayes.results import EvalRecord, unpack_outcomes
-from advbayes.tracking.store import MAX_TAG, client_for
+from advbayes.tracking.store import MAX_TAG, client_for, shown_uri
 
 CHECK_TAG = "advbayes.check."  # checks.Finding.tag: advbayes.check.KIND.ATTACK[.EPS], the message as its value
 CONVERGED_METRIC = "model/posterior/converged"
@@ -47,6 +47,11 @@ def export_card_runs(cards: Sequence[Mapping[str, Any]], out: Path, tracking_uri
         found: list[tuple[Mapping[str, Any], Any, list[tuple[str, str, Any]]]] = []
         for card in cards:
             store = tracking_uri or card["runs"]["store"] or None
+            if store is not None and "***" in store:  # a card keeps its store without the password (shown_uri)
+                raise RunError(
+                    f"card {card_name(card)}: its store {store} is written without its password: give it with "
+                    "--tracking-uri"
+                )
             client = client_for(store, write=False)
             runs = []
             for seed, roles in card["runs"]["seeds"].items():
@@ -54,9 +59,10 @@ def export_card_runs(cards: Sequence[Mapping[str, Any]], out: Path, tracking_uri
                     try:
                         runs.append((f"{role}-seed{seed}", run_id, client.get_run(run_id)))
                     except Exception as exc:  # noqa: BLE001 (MLflow raises its own kinds; any means: not there)
+                        where = f"{shown_uri(client.tracking_uri)} ({type(exc).__name__})"
                         raise RunError(
-                            f"card {card_name(card)}: run {run_id} (seed {seed}, {role}) is not in "
-                            f"{client.tracking_uri} ({type(exc).__name__}); give the store with --tracking-uri"
+                            f"card {card_name(card)}: run {run_id} (seed {seed}, {role}) is not in {where}; "
+                            "give the store with --tracking-uri"
                         ) from None
             found.append((card, client, runs))
         for card, client, runs in found:

@@ -15,7 +15,7 @@ from advbayes.lab.records import RecordRun, dumps_record, record_of
 from advbayes.results import unpack_outcomes
 from advbayes.tracking.runs import tracked_runs
 from advbayes.tracking.settings import group_key, varied_settings
-from advbayes.tracking.store import client_for
+from advbayes.tracking.store import client_for, shown_uri
 
 
 def latest_per_defense(runs: Sequence[Any]) -> list[Any]:
@@ -135,7 +135,7 @@ class StoreRuns(RunSource):
     def __init__(self, client: Any, scratch: Path) -> None:
         super().__init__()
         self.client, self.scratch = client, scratch
-        self.source = client.tracking_uri
+        self.source = shown_uri(client.tracking_uri)  # the report says it: never a password
         self._runs: dict[str, list[Any]] = {}
         self._rows: dict[str, list[dict[str, str]]] = {}
         self._examples: dict[str, list[dict[str, str]]] = {}
@@ -223,7 +223,7 @@ def export_records(experiments: Sequence[str], out: Path, tracking_uri: str | No
         chosen = {name: store.runs(name) for name in experiments}  # every experiment is checked before writing
         for name, runs in chosen.items():
             if not runs:
-                raise RunError(f"experiment '{name}' has no FINISHED runs in {client.tracking_uri}")
+                raise RunError(f"experiment '{name}' has no FINISHED runs in {shown_uri(client.tracking_uri)}")
         for name, runs in chosen.items():
             folder = out / name
             if folder.exists():

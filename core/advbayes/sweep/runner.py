@@ -17,6 +17,7 @@ import attrs
 
 from advbayes.errors import AdvbayesError, error_text
 from advbayes.sweep.plan import COMBINATION_TAG, SWEEP_ID_TAG, Combination, SweepError, SweepPlan
+from advbayes.tracking.store import shown_uri
 
 SWEEP_ROLE = "sweep"  # the record run that holds a sweep's plan (sweep.json); compare and report skip it
 MANIFEST = "sweep.json"
@@ -64,7 +65,7 @@ class SweepSummary:
             lines.append(f"  FAILED {outcome.label}: {outcome.error} (run {ids})")
         if self.failed:
             lines.append(f"rerun what did not finish: advbayes sweep --resume {self.plan.sweep_id}")
-        lines.append(f"compare: advbayes compare {self.plan.experiment} (store {self.tracking_uri})")
+        lines.append(f"compare: advbayes compare {self.plan.experiment} (store {shown_uri(self.tracking_uri)})")
         return "\n".join(lines)
 
 
@@ -254,7 +255,7 @@ def find_record(client: Any, sweep_id: str) -> SweepPlan:
     ids = [e.experiment_id for e in client.search_experiments()]
     found = client.search_runs(ids, filter_string=sweep_runs_filter(sweep_id, SWEEP_ROLE)) if ids else []
     if not found:
-        raise SweepError(f"--resume {sweep_id}: no sweep with that id in {client.tracking_uri}")
+        raise SweepError(f"--resume {sweep_id}: no sweep with that id in {shown_uri(client.tracking_uri)}")
     run_id = found[0].info.run_id
     with tempfile.TemporaryDirectory() as folder:
         path = client.download_artifacts(run_id, MANIFEST, folder)
@@ -356,7 +357,7 @@ def execute(
         }
         echo(
             f"sweep {plan.sweep_id}: {len(todo)} combination(s) of {plan.experiment} as Ray tasks "
-            f"({cpus:g} CPU, {gpus:g} GPU each) tracking to {tracking_uri}"
+            f"({cpus:g} CPU, {gpus:g} GPU each) tracking to {shown_uri(tracking_uri)}"
             + (f"; {len(skipped)} finished before, skipped" if skipped else "")
         )
         outcomes = wait_all(ray, pending, client, experiment, plan, progress, echo, tqdm)

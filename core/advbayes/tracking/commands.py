@@ -43,13 +43,13 @@ def add_commands(cli: click.Group) -> None:
     @tracking_option
     def ui_command(port: int, tracking_uri: str | None) -> None:
         """Serve the MLflow UI on 127.0.0.1 over the same store runs are tracked in."""
-        from advbayes.tracking.store import check_store, default_tracking_uri, normalize_uri
+        from advbayes.tracking.store import check_store, default_tracking_uri, normalize_uri, shown_uri
 
         uri = normalize_uri(tracking_uri or default_tracking_uri())
         if uri.startswith(("http://", "https://")):
-            raise RunError(f"--tracking-uri {uri} is a server already: open it in a browser")
+            raise RunError(f"--tracking-uri {shown_uri(uri)} is a server already: open it in a browser")
         check_store(uri, write=True)  # the UI creates a new sqlite store, so its directory must be writable
-        click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}", err=True)
+        click.echo(f"MLflow UI for {shown_uri(uri)} at http://127.0.0.1:{port}", err=True)
         for name, url in runs_view_urls(uri, port):
             click.echo(f"  {name}: {url}", err=True)
         args = [

@@ -14,7 +14,15 @@ from typing import Any
 
 from advbayes.errors import RunError
 from advbayes.tracking.lease import current_writer, holder_state
-from advbayes.tracking.store import CHECKPOINT_DIR, CHILD_ROLE, PARENT_ROLE, ROLE_TAG, client_for, tracked_run
+from advbayes.tracking.store import (
+    CHECKPOINT_DIR,
+    CHILD_ROLE,
+    PARENT_ROLE,
+    ROLE_TAG,
+    client_for,
+    shown_uri,
+    tracked_run,
+)
 
 CLOSED_TAG = "advbayes.closed"  # runs --close: never offered for resume again
 HOST_TAG = "advbayes.host"
@@ -141,7 +149,7 @@ def tracked_runs(uri: str | None, experiments: Sequence[str]) -> list[Any]:
     for name in experiments:
         found = client.get_experiment_by_name(name)
         if found is None:
-            raise RunError(f"no tracked runs of experiment '{name}' in {client.tracking_uri}")
+            raise RunError(f"no tracked runs of experiment '{name}' in {shown_uri(client.tracking_uri)}")
         ids.append(found.experiment_id)
     if not ids:
         return []

@@ -54,6 +54,28 @@ def normalize_uri(uri: str) -> str:
     return f"{scheme}:{rest}"
 
 
+SECRET_QUERY_KEYS = ("password", "passwd", "token", "secret")
+
+
+def shown_uri(uri: str) -> str:
+    """A store URI as advbayes writes it where others read it (cards, reports, messages): its password (in the
+    user part, or as a query parameter) replaced by ***, so that a team store's credential never lands in a file."""
+    parsed = urlparse(uri)
+    if not parsed.scheme or not parsed.netloc and not parsed.query:
+        return uri
+    netloc = parsed.netloc
+    if parsed.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = "&".join(
+        f"{key}=***" if key.lower() in SECRET_QUERY_KEYS else part
+        for part in parsed.query.split("&")
+        if part
+        for key in [part.split("=", 1)[0]]
+    )
+    return parsed._replace(netloc=netloc, query=query).geturl()
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI (percent-decoded, as SQLAlchemy reads it), or None for other stores."""
     uri = normalize_uri(uri)
@@ -104,7 +126,7 @@ def check_answers(uri: str) -> None:
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise RunError(
-            f"tracking store {uri} accepts connections but gave no HTTP answer within {CONNECT_TIMEOUT:g} s "
+            f"tracking store {shown_uri(uri)} accepts connections but gave no HTTP answer within {CONNECT_TIMEOUT:g} s "
             f"({reason or type(exc).__name__}); is an MLflow server running there? Or pass --no-track"
         ) from None
 
@@ -115,13 +137,13 @@ def check_databricks(uri: str) -> None:
     try:
         from databricks.sdk.config import Config
     except ImportError:
-        raise RunError(f"tracking URI {uri}: a Databricks store needs the databricks-sdk package") from None
+        raise RunError(f"tracking URI {shown_uri(uri)}: a Databricks store needs the databricks-sdk package") from None
     profile = urlparse(uri).netloc or os.environ.get("DATABRICKS_CONFIG_PROFILE") or None
     try:
         Config(profile=profile)
     except Exception as exc:  # noqa: BLE001 - the SDK's ValueError and its config-file errors alike
         raise RunError(
-            f"tracking URI {uri}: no Databricks credentials for profile {profile or 'DEFAULT'} "
+            f"tracking URI {shown_uri(uri)}: no Databricks credentials for profile {profile or 'DEFAULT'} "
             f"({error_text(exc)[:160]}); run databricks auth login, or set DATABRICKS_HOST and DATABRICKS_TOKEN"
         ) from None
 
@@ -130,6 +152,7 @@ def check_store(uri: str, *, write: bool) -> None:
     """Fail fast, in one line, on a store that cannot work: an unknown scheme, MLflow's retired file store, a
     server nobody answers on, or (to write) a sqlite file whose directory is missing or read-only."""
     uri = normalize_uri(uri)
+    shown = shown_uri(uri)  # the URI as messages say it: without its password
     if uri.startswith("-"):
         raise RunError(
             f"tracking URI {uri!r} looks like an option, not a store; expected sqlite:///PATH, "
@@ -140,14 +163,14 @@ def check_store(uri: str, *, write: bool) -> None:
         scheme = "file"
     if scheme not in STORE_SCHEMES:
         raise RunError(
-            f"tracking URI {uri}: unknown scheme '{scheme}'; expected sqlite:///PATH, postgresql://HOST/DB or "
+            f"tracking URI {shown}: unknown scheme '{scheme}'; expected sqlite:///PATH, postgresql://HOST/DB or "
             "http(s)://HOST:PORT"
         )
     if scheme == "databricks":
         check_databricks(uri)
     if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
         raise RunError(
-            f"tracking URI {uri}: MLflow's file store is in maintenance mode and refuses new runs; use "
+            f"tracking URI {shown}: MLflow's file store is in maintenance mode and refuses new runs; use "
             "sqlite:///PATH/mlflow.db (mlflow migrate-filestore moves old runs into it), or set "
             "MLFLOW_ALLOW_FILE_STORE=true"
         )
@@ -157,20 +180,20 @@ def check_store(uri: str, *, write: bool) -> None:
         try:
             port = parsed.port or DEFAULT_PORTS[scheme]
         except ValueError:
-            raise RunError(f"tracking URI {uri}: the port is not a number from 1 to 65535") from None
+            raise RunError(f"tracking URI {shown}: the port is not a number from 1 to 65535") from None
         try:
             socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
         except OSError as exc:
             raise RunError(
-                f"tracking store {uri} is unreachable ({host}:{port}: {exc.strerror or type(exc).__name__}); start it, "
-                "or pass another --tracking-uri, or --no-track"
+                f"tracking store {shown} is unreachable ({host}:{port}: {exc.strerror or type(exc).__name__}); "
+                "start it, or pass another --tracking-uri, or --no-track"
             ) from None
         if scheme in ("http", "https"):
             check_answers(uri)
     database = sqlite_path(uri)
     if database is None:
         if scheme == "sqlite":
-            raise RunError(f"tracking URI {uri}: expected sqlite:///PATH (three slashes, then the file's path)")
+            raise RunError(f"tracking URI {shown}: expected sqlite:///PATH (three slashes, then the file's path)")
         return
     if database.exists():
         if not database.is_file():
@@ -317,7 +340,7 @@ def describe_store(uri: str | None) -> str:
     check_store(uri, write=True)
     database = sqlite_path(uri)
     if database is None:
-        return uri
+        return shown_uri(uri)
     return f"{uri} ({'exists' if database.exists() else 'would be created'})"
 
 
@@ -362,6 +385,6 @@ def tracked_run(client: Any, run_id: str, purpose: str) -> Any:
         return client.get_run(run_id)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise RunError(f"{purpose}: no such run in {client.tracking_uri}") from None
+            raise RunError(f"{purpose}: no such run in {shown_uri(client.tracking_uri)}") from None
         reason = error_text(exc)[:300]
-        raise RunError(f"{purpose}: the store {client.tracking_uri} could not be read ({reason})") from None
+        raise RunError(f"{purpose}: the store {shown_uri(client.tracking_uri)} could not be read ({reason})") from None
