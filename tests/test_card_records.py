@@ -136,3 +136,20 @@ def test_leaderboard_with_records_refuses_a_card_its_runs_contradict(bnn: tuple[
     assert not out.exists()  # nothing written from a card its runs contradict
     neither = runner.invoke(cli, ["export", "--out", str(out)])
     assert neither.exit_code == 2 and "name EXPERIMENTS or give --cards FOLDER" in neither.stderr
+
+
+def test_a_verdict_without_its_accuracy_in_the_results_is_one_line(bnn: tuple[dict[str, Any], Path]) -> None:
+    card, records = bnn
+    path = next((records / "digits--bnn").glob("Linf-seed0-*.json"))
+
+    def drop_autoattack_accuracy(record: dict[str, Any]) -> None:
+        attack, metric = record["result_columns"].index("attack"), record["result_columns"].index("metric")
+        record["results"] = [
+            row for row in record["results"] if not (row[attack].startswith("autoattack") and row[metric] == "accuracy")
+        ]
+
+    edit(path, drop_autoattack_accuracy)
+    with pytest.raises(
+        RunError, match=r"^run 502f3872\w+: its results hold no accuracy of autoattack-rand-linf at eps"
+    ):
+        verify_cards([card], records)

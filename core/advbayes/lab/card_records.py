@@ -92,14 +92,15 @@ def eval_records(run: RecordRun) -> list[EvalRecord]:
         if row["metric"] != "accuracy":
             continue
         key = (row["attack"], float(row["eps"]))
+        if key not in values:
+            raise RunError(f"run {run.info.run_id}: its results hold no accuracy of {key[0]} at eps {key[1]:g}")
         n = int(row["n"])
-        outcomes = unpack_outcomes(row["outcomes"], n)
         records.append(
             EvalRecord(
                 attack_label=key[0],
                 entry=key[0],
                 eps=key[1],
-                metrics={"accuracy": values.get(key, sum(outcomes) / max(n, 1))},
+                metrics={"accuracy": values[key]},
                 attack_samples=0,
                 inference_samples=0,
                 mean_l2=0.0,
