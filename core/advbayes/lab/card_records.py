@@ -28,6 +28,7 @@ from advbayes.tracking.store import MAX_TAG, client_for, shown_uri
 
 CHECK_TAG = "advbayes.check."  # checks.Finding.tag: advbayes.check.KIND.ATTACK[.EPS], the message as its value
 CONVERGED_METRIC = "model/posterior/converged"
+CREATED = "created"  # the card's own date in its provenance: no run states it
 TRAINED_ROLE = "train"  # the run that trained the defense (a bench of an entry; a bench of a run id has none)
 
 
@@ -125,14 +126,14 @@ def rederive(card: Mapping[str, Any], runs: Mapping[str, RecordRun]) -> dict[str
         return runs[run_id]
 
     clean, converged, findings = [], [], []
-    trained_by: list[dict[str, str]] = []
+    trained_by: list[dict[str, str | None]] = []
     evaluated: dict[str, list[list[EvalRecord]]] = {t.name: [] for t in threats}
     for seed, roles in card["runs"]["seeds"].items():
-        # the bench's own run of the trained defense: its training run, or (a tracked run benched) its first evaluation
         for role in roles:  # every run the card names has its record, the twin's included
             run_of(seed, role)
+        # the bench's own run of the trained defense: its training run, or (a tracked run benched) its first evaluation
         trained = run_of(seed, TRAINED_ROLE if TRAINED_ROLE in roles else first)
-        trained_by.append({k: trained.data.tags[k] for k in card["provenance"] if k in trained.data.tags})
+        trained_by.append({k: trained.data.tags.get(k) for k in card["provenance"] if k != CREATED})
         clean_record = next((r for r in eval_records(trained) if r.attack_label == "none"), None)
         if clean_record is None:
             raise RunError(f"card {card_name(card)}: seed {seed}: run {trained.info.run_id} recorded no clean accuracy")
@@ -196,7 +197,7 @@ def verify_card(card: Mapping[str, Any], runs: Mapping[str, RecordRun], where: s
         if check["status"] == "failed" and _messages(mine["detail"]) != _messages(check["detail"]):
             raise RunError(f"{where}: check {check['name']}: its findings differ from those its runs tagged")
     stated = {key: card[key] for key in derived if key != "provenance"}
-    stated["provenance"] = {k: v for k, v in card["provenance"].items() if k in derived["provenance"]}
+    stated["provenance"] = {k: v for k, v in card["provenance"].items() if k != CREATED}
     found = _differences(stated, derived, "card")
     if found:
         key, says, gives = found[0]
