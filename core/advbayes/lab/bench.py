@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from advbayes.errors import RunError
-from advbayes.lab.cards import CARD_VERSION, check_outcomes, deviations, summary, threat_section, write_card
+from advbayes.lab.cards import CARD_VERSION, card_name, check_outcomes, deviations, summary, threat_section, write_card
 from advbayes.lab.protocol import TWIN, Protocol, protocol_for
 from advbayes.results import RunResult, unpack_outcomes
 from advbayes.tracking.store import shown_uri
@@ -201,7 +201,7 @@ def card_of(
 
 def card_file(card: dict[str, Any]) -> str:
     """The card's file name: data set and defense entry."""
-    return f"{card['protocol']['dataset']}--{card['defense']['entry']}.json"
+    return f"{card_name(card)}.json"
 
 
 def _log_card(

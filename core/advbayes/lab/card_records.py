@@ -19,10 +19,10 @@ from typing import Any
 
 from advbayes.checks import Finding
 from advbayes.errors import RunError
-from advbayes.lab.cards import check_outcomes, summary, threat_section
+from advbayes.lab.cards import card_name, check_outcomes, summary, threat_section
 from advbayes.lab.protocol import ThreatModel
 from advbayes.lab.records import RecordRun, dumps_record, read_records, record_of
-from advbayes.lab.sources import read_results
+from advbayes.lab.sources import StoreRuns
 from advbayes.results import EvalRecord, unpack_outcomes
 from advbayes.tracking.store import MAX_TAG, client_for, shown_uri
 
@@ -30,11 +30,6 @@ CHECK_TAG = "advbayes.check."  # checks.Finding.tag: advbayes.check.KIND.ATTACK[
 CONVERGED_METRIC = "model/posterior/converged"
 CREATED = "created"  # the card's own date in its provenance: no run states it
 TRAINED_ROLE = "train"  # the run that trained the defense (a bench of an entry; a bench of a run id has none)
-
-
-def card_name(card: Mapping[str, Any]) -> str:
-    """The card's folder of records, as its file is named: data set and defense entry."""
-    return f"{card['protocol']['dataset']}--{card['defense']['entry']}"
 
 
 def export_card_runs(cards: Sequence[Mapping[str, Any]], out: Path, tracking_uri: str | None = None) -> list[Path]:
@@ -71,15 +66,14 @@ def export_card_runs(cards: Sequence[Mapping[str, Any]], out: Path, tracking_uri
             if folder.exists():
                 shutil.rmtree(folder)
             folder.mkdir(parents=True)
+            store, experiments = StoreRuns(client, Path(scratch)), {}
             for label, run_id, run in runs:
-                experiment = client.get_experiment(run.info.experiment_id).name
-                listed = {item.path for item in client.list_artifacts(run_id)}
-                rows, examples = (
-                    read_results(client, run_id, Path(scratch), name) if name in listed else []
-                    for name in ("results.csv", "examples.csv")
-                )
+                if run.info.experiment_id not in experiments:  # a bench's runs share one or two experiments
+                    experiments[run.info.experiment_id] = client.get_experiment(run.info.experiment_id).name
+                experiment = experiments[run.info.experiment_id]
+                record = record_of(client, run, experiment, store.rows(run_id), store.examples(run_id))
                 path = folder / f"{label}-{run_id[:8]}.json"
-                path.write_text(dumps_record(record_of(client, run, experiment, rows, examples)))
+                path.write_text(dumps_record(record))
                 written.append(path)
     return written
 

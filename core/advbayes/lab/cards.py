@@ -203,6 +203,11 @@ def read_cards(folder: Path) -> list[dict[str, Any]]:
     return [read_card(path) for path in sorted(folder.rglob("*.json"))]
 
 
+def card_name(card: Mapping[str, Any]) -> str:
+    """A card's name: data set and defense entry (its file is NAME.json, its runs' records folder NAME/)."""
+    return f"{card['protocol']['dataset']}--{card['defense']['entry']}"
+
+
 def headline(card: Mapping[str, Any], threat: str) -> float:
     """The card's robust accuracy at its threat model's headline radius (-1 when it has no such threat model)."""
     section = card["threat_models"].get(threat)
