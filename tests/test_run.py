@@ -154,9 +154,8 @@ def test_ctrl_c_ends_the_run_killed(store: str) -> None:
 
 def test_ctrl_c_on_the_command_line_names_the_run_to_resume(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     pm = plugin_manager_with_test_components()
-    monkeypatch.setattr(
-        advbayes.engine.lifecycle, "get_plugin_manager", lambda: pm
-    )  # the CLI's runs see the test defense
+    # the CLI's runs see the test defense (a dotted path: monkeypatch imports the module, whatever ran before)
+    monkeypatch.setattr("advbayes.engine.lifecycle.get_plugin_manager", lambda: pm)
     result = CliRunner().invoke(
         cli, ["run", "moons", "--tracking-uri", store, "--set", 'defense={use="failing", interrupt=true}']
     )
@@ -228,6 +227,11 @@ def test_resume_with_changed_settings_is_a_new_run_that_records_them(store: str)
     old = client.get_run(first.run_id)  # the first run is left as it finished
     assert old.info.status == "FINISHED" and old.data.params["epochs"] == "2"
     assert [m.step for m in client.get_metric_history(first.run_id, "train/loss")] == [1, 2]
+    # the new run carries the first run's epochs, so its training curves are whole: those of the run never stopped
+    for key in ("train/loss", "train/acc"):
+        carried = [(m.step, m.value) for m in client.get_metric_history(resumed.run_id, key)]
+        assert carried == [(m.step, m.value) for m in client.get_metric_history(whole.run_id, key)]
+        assert carried[:2] == [(m.step, m.value) for m in client.get_metric_history(first.run_id, key)]
 
 
 def test_resuming_a_finished_run_unchanged_is_refused_and_leaves_it_finished(store: str) -> None:
@@ -521,7 +525,7 @@ def test_a_run_interrupted_during_evaluation_resumes_without_rerunning_or_duplic
 def test_ctrl_c_without_tracking_prints_the_attacks_that_finished(monkeypatch: pytest.MonkeyPatch) -> None:
     pm = create_plugin_manager()
     pm.register(InterruptAfterAttacks(1), name="interrupt")
-    monkeypatch.setattr(advbayes.engine.lifecycle, "get_plugin_manager", lambda: pm)
+    monkeypatch.setattr("advbayes.engine.lifecycle.get_plugin_manager", lambda: pm)
     result = CliRunner().invoke(
         cli, ["run", "moons", "--no-track", "--set", "epochs=0", "--set", 'attacks=["none", "fgsm"]']
     )

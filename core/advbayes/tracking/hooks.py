@@ -16,6 +16,7 @@ import tomli_w
 
 from advbayes.tracking.lease import Lease, claim, describe
 from advbayes.tracking.runs import (
+    copy_training_history,
     current_holder,
     flatten,
     has_checkpoint,
@@ -123,6 +124,8 @@ def run_started(run: Any) -> None:
     run.tracking["lease"] = claim(client, run_id, purpose=f"run {run_id}").start()
     _log_params(client, run_id, run_params(spec))
     client.log_text(run_id, tomli_w.dumps({"experiments": {run.experiment: spec}}), "experiment.toml")
+    if run.resumed_from:  # its epochs up to the checkpoint, so the new run's training curves start at epoch 1
+        copy_training_history(client, run.resumed_from, run_id)
 
 
 @hookimpl

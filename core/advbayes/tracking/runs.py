@@ -158,6 +158,21 @@ def tracked_runs(uri: str | None, experiments: Sequence[str]) -> list[Any]:
     )
 
 
+TRAINING_PREFIX = "train/"  # the per-epoch metrics (step = epoch) that the epoch_finished hook logs
+
+
+def copy_training_history(client: Any, source: str, target: str) -> int:
+    """Log the per-epoch training metrics of run `source` into run `target` (same steps and times), so that a run
+    resumed from another's checkpoint with changed settings shows its whole training; returns the count copied."""
+    from mlflow.entities import Metric
+
+    keys = sorted(k for k in client.get_run(source).data.metrics if k.startswith(TRAINING_PREFIX))
+    items = [Metric(key, m.value, m.timestamp, m.step) for key in keys for m in client.get_metric_history(source, key)]
+    for start in range(0, len(items), 500):
+        client.log_batch(target, metrics=items[start : start + 500])
+    return len(items)
+
+
 def has_checkpoint(client: Any, run_id: str) -> bool:
     """Whether the run logged a checkpoint to resume from."""
     return any(item.path.endswith("checkpoint.pt") for item in client.list_artifacts(run_id, CHECKPOINT_DIR))
