@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU checks of a session lent a device machine, as one prepared script (benchmarks/README.md, "On a GPU").
+# Here first: bash benchmarks/gpu/wheels.sh. Then the device tool's run, from the repository root:
+#   command "bash benchmarks/gpu/check.sh", carry [".whl"], timeout_s 480
+# It installs advbayes, its plugins and the example plugin on the image's Python (no network there: the wheels
+# travel in .whl), then runs each check under its own time limit, so one that hangs cannot eat the others'
+# time (at most 7.8 minutes in all, leaving a lease of 15 minutes room for one rerun). Each check's output is a file
+# in $OUT; summary.txt has one line per check with its exit status and seconds.
+# ONLY="tests bench_cost" runs those checks alone (a rerun of what failed). DEVICE=cpu SKIP_INSTALL=1
+# PYTHON=.venv/bin/python bash benchmarks/gpu/check.sh runs the same steps here (how the script is tested).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/gpu-out}
+DEVICE=${DEVICE:-cuda}
+PYTHON=${PYTHON:-python3}
+[[ $PYTHON == */* ]] && PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")"  # the checks cd away
+SCALE=${SCALE:-1}  # multiplies every time limit (a slower machine)
+mkdir -p "$OUT"
+export MLFLOW_DISABLE_TELEMETRY=true PYTHONUNBUFFERED=1
+: > "$OUT/summary.txt"
+
+source benchmarks/gpu/lib.sh
+
+if [[ ${SKIP_INSTALL:-0} != 1 ]]; then
+    editable=(-e .)
+    for plugin in plugins/*/ examples/my-defense-plugin/; do editable+=(-e "$plugin"); done
+    check install 90 bash -c "$PYTHON -m pip install -q --no-index --no-deps --no-compile .whl/*.whl && \
+        $PYTHON -m pip install -q --no-index --no-deps --no-build-isolation ${editable[*]}" || true
+fi
+check environment 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \
+    $PYTHON -c 'import sys, torch, mlflow, advbayes; print(sys.version.split()[0], torch.__version__, \
+    torch.cuda.is_available() and torch.cuda.get_device_name(0), mlflow.__version__)'; \
+    $PYTHON -m advbayes.cli list defenses 2>&1 | head -40"
+# The suite without the slow tests: every run in it picks CUDA by itself (--device auto) where there is one,
+# and the CUDA-only test (tests/test_run.py::test_quickstart_on_cuda) runs instead of being skipped.
+check tests 150 "$PYTHON" -m pytest -q -n 8 -m "not slow" -p no:cacheprovider --maxfail 20
+check quickstart 45 bash -c "cd \$(mktemp -d) && $PYTHON -m advbayes.cli run moons --device $DEVICE && \
+    $PYTHON -m advbayes.cli runs"
+check bench_cost 60 "$PYTHON" benchmarks/bench_cost.py bnn --dataset mnist-5k --device "$DEVICE" --examples 64
+check sample_dimension 40 "$PYTHON" benchmarks/sample_dimension.py --device "$DEVICE" --repeats 3
+check autoattack_rand 50 "$PYTHON" benchmarks/autoattack_rand.py --device "$DEVICE" --repeats 1 --steps 10
+echo "== summary"; cat "$OUT/summary.txt"
