@@ -20,6 +20,7 @@ from typing import Any
 
 from advbayes.errors import RunError
 from advbayes.results import unpack_outcomes
+from advbayes.tracking.runs import TRAINING_PREFIX
 
 RECORD_VERSION = 2  # 2: results as columns + rows
 DROPPED_TAGS = ("advbayes.heartbeat", "advbayes.pid", "mlflow.runName", "mlflow.user", "mlflow.log-model.history")
@@ -69,7 +70,7 @@ def record_of(
     histories = {
         key: [[m.step, m.value] for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
         for key in sorted(metrics)
-        if key.startswith("train/")
+        if key.startswith(TRAINING_PREFIX)
     }
     columns = sorted({key for row in rows for key in row})
     return {

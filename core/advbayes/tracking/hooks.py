@@ -16,11 +16,13 @@ import tomli_w
 
 from advbayes.tracking.lease import Lease, claim, describe
 from advbayes.tracking.runs import (
+    TRAINING_PREFIX,
     copy_training_history,
     current_holder,
     flatten,
     has_checkpoint,
     liveness,
+    log_metric_items,
     process_tags,
     provenance,
     restart_hint,
@@ -66,9 +68,7 @@ def _log_metrics(client: Any, run_id: str, metrics: Mapping[str, float], step: i
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-    for start in range(0, len(items), 500):
-        client.log_batch(run_id, metrics=items[start : start + 500])
+    log_metric_items(client, run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
 def _log_figure(client: Any, run_id: str, figure: Any, path: str) -> None:
@@ -135,7 +135,8 @@ def epoch_finished(run: Any, epoch: int, metrics: Mapping[str, float], checkpoin
     if not run.track or run_id is None:
         return
     with _lease_checked(run, before=False):
-        _log_metrics(client_for(run.store), run_id, {f"train/{k}": v for k, v in metrics.items()}, step=epoch)
+        training = {f"{TRAINING_PREFIX}{k}": v for k, v in metrics.items()}
+        _log_metrics(client_for(run.store), run_id, training, step=epoch)
 
 
 @hookimpl

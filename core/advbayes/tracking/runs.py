@@ -161,6 +161,12 @@ def tracked_runs(uri: str | None, experiments: Sequence[str]) -> list[Any]:
 TRAINING_PREFIX = "train/"  # the per-epoch metrics (step = epoch) that the epoch_finished hook logs
 
 
+def log_metric_items(client: Any, run_id: str, items: Sequence[Any]) -> None:
+    """Log MLflow `Metric`s into a run, 500 per call (under the store's batch limit)."""
+    for start in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=list(items[start : start + 500]))
+
+
 def copy_training_history(client: Any, source: str, target: str) -> int:
     """Log the per-epoch training metrics of run `source` into run `target` (same steps and times), so that a run
     resumed from another's checkpoint with changed settings shows its whole training; returns the count copied."""
@@ -168,8 +174,7 @@ def copy_training_history(client: Any, source: str, target: str) -> int:
 
     keys = sorted(k for k in client.get_run(source).data.metrics if k.startswith(TRAINING_PREFIX))
     items = [Metric(key, m.value, m.timestamp, m.step) for key in keys for m in client.get_metric_history(source, key)]
-    for start in range(0, len(items), 500):
-        client.log_batch(target, metrics=items[start : start + 500])
+    log_metric_items(client, target, items)
     return len(items)
 
 
