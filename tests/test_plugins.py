@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 import pytest
+import torch
 from click.testing import CliRunner
 
 from advbayes import hookspecs
@@ -141,6 +142,66 @@ def test_a_plugin_that_fails_to_import_is_reported_by_name_and_others_still_load
         pm = create_plugin_manager()
     assert [f.name for f in pm.failures] == ["advbayes-fixture-broken"]
     assert pm.components.get("attacks", "flip") is not None
+
+
+JITTER_PLUGIN = """
+from typing import ClassVar
+import attrs
+import torch
+from advbayes import Defense, LossOutput, hookimpl
+
+class Jittered(torch.nn.Module):
+    takes_samples = DECLARED
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, samples=1):
+        xs = x.unsqueeze(0).expand(samples, *x.shape)
+        noisy = (xs + 0.3 * torch.randn_like(xs)).flatten(0, 1)
+        return self.net(noisy).view(samples, x.shape[0], -1)
+
+@attrs.frozen(kw_only=True)
+class Jitter(Defense):
+    name: ClassVar[str] = "jitter"
+
+    def prepare(self, model):
+        return Jittered(model)
+
+    def loss(self, model, batch, context):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(model(x, samples=1)[0], y)
+        return LossOutput(loss=loss, parts={})
+
+@hookimpl
+def register_defenses(register):
+    register(Jitter)
+"""
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_defense_network_that_takes_samples_must_say_so_or_its_draws_would_be_ignored(
+    plugin_site: Path, declared: bool
+) -> None:
+    """A prepared network whose forward takes `samples` without `takes_samples = True` would be wrapped as
+    deterministic (forward(x): one draw whatever S an attack asks); it is one line before any work instead."""
+    from advbayes.components import prepared_model
+    from advbayes.stochastic import is_stochastic
+    from advbayes.testing import assert_one_clear_error, build_entry, run_tiny
+
+    install_fixture_plugin(plugin_site, "advbayes-fixture-jitter", JITTER_PLUGIN.replace("DECLARED", str(declared)))
+    if not declared:
+        fragments = ("defense 'jitter'", "prepare() returned a Jittered", "takes_samples = True")
+        assert_one_clear_error(lambda: run_tiny(defense="jitter", attacks=["none"]), *fragments)
+        return
+    net = prepared_model(
+        build_entry("datasets", "half-moons"), build_entry("models", "mlp-small"), build_entry("defenses", "jitter")
+    )
+    x = torch.zeros(4, 2)
+    assert tuple(net(x, samples=5).shape) == (5, 4, 2) and is_stochastic(net, x)
+    result = run_tiny(defense="jitter", attacks=["none"])
+    assert [r.attack_label for r in result.records] == ["none"]
 
 
 LAZY_BROKEN_PLUGIN = """

@@ -18,7 +18,7 @@ from torch.utils.data import Subset, TensorDataset
 from advbayes.errors import RunError
 from advbayes.metric_state import MetricState
 from advbayes.params import param
-from advbayes.stochastic.sampled import as_sampled
+from advbayes.stochastic.sampled import as_sampled, undeclared_sample_dimension
 
 SUBSET_SEED = 20190101  # subsets are the same in every run, whatever the run's seed
 
@@ -363,4 +363,12 @@ def prepared_model(dataset: Dataset, builder: Model, defense: Defense) -> nn.Mod
     """The network a run trains: the model entry built for the data set's inputs and classes, prepared by the
     defense, with a sample dimension (one function for the run, its pre-run checks and a tracked model's load)."""
     network = builder.build(tuple(dataset.input_shape), int(dataset.num_classes))
-    return as_sampled(defense.prepare(network))
+    prepared = defense.prepare(network)
+    if undeclared_sample_dimension(prepared):  # else wrapped as deterministic: one draw whatever S an attack asks
+        kind = type(prepared).__name__
+        raise ValueError(
+            f"defense '{defense.name}': prepare() returned a {kind} whose forward takes 'samples' but whose class does "
+            f"not set takes_samples = True (the sample-dimension contract, advbayes.SampledModel): set it, or drop "
+            "'samples' from forward for a deterministic network"
+        )
+    return as_sampled(prepared)

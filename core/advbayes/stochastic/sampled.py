@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -49,6 +50,12 @@ class DeterministicSampled(nn.Module):
     def forward(self, x: torch.Tensor, samples: int = 1) -> torch.Tensor:
         """Logits of the one deterministic network, with a sample dimension of size 1."""
         return self.net(x).unsqueeze(0)
+
+
+def undeclared_sample_dimension(model: nn.Module) -> bool:
+    """True when the module's forward takes `samples` but its class does not declare `takes_samples`: `as_sampled`
+    would wrap it as deterministic, calling forward(x) and ignoring its draws."""
+    return not takes_samples(model) and "samples" in inspect.signature(model.forward).parameters
 
 
 def as_sampled(model: nn.Module) -> nn.Module:  # the result keeps the SampledModel contract
