@@ -80,6 +80,19 @@ def test_a_card_whose_own_number_was_edited_is_caught(bnn: tuple[dict[str, Any],
         verify_cards([card], records)
 
 
+def test_an_edited_seed_value_names_the_seeds_values_not_an_index_of_their_sorted_order(
+    bnn: tuple[dict[str, Any], Path],
+) -> None:
+    card, records = bnn
+    stated = list(card["clean"]["seed_values"])
+    card["clean"]["seed_values"][1] = max(stated) + 0.01
+    with pytest.raises(RunError) as caught:
+        verify_cards([card], records)
+    message = str(caught.value)
+    assert message.startswith("card digits--bnn: key 'clean.seed_values': the card says [")
+    assert repr(sorted(stated))[:20] in message  # the values its runs give, whole
+
+
 def test_a_finding_the_card_does_not_report_fails_its_check(bnn: tuple[dict[str, Any], Path]) -> None:
     card, records = bnn
     key = "advbayes.check.zero-gradients.eot-pgd-10-l2"

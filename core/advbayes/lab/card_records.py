@@ -160,8 +160,9 @@ def _differences(stated: Any, derived: Any, key: str) -> list[tuple[str, Any, An
         if not isinstance(stated, dict) or set(stated) != set(derived):
             return [(key, sorted(stated) if isinstance(stated, dict) else stated, sorted(derived))]
         return [d for name in derived for d in _differences(stated[name], derived[name], f"{key}.{name}")]
-    if key.endswith(".seed_values"):
+    if key.endswith(".seed_values"):  # compared as a whole: an index into the sorted values would name no seed
         stated, derived = sorted(stated), sorted(derived)
+        return [] if not _differences(stated, derived, key + "[]") else [(key, stated, derived)]
     if isinstance(derived, list):
         if not isinstance(stated, list) or len(stated) != len(derived):
             return [(key, stated, derived)]
