@@ -14,16 +14,17 @@ import advbayes
 from advbayes.cli import cli
 from advbayes.intervals import mean_sd
 from advbayes.plugins import create_plugin_manager
-from advbayes.tracking.settings import defense_label, group_key, varied_settings
+from advbayes.tracking.settings import CONVERGED_METRIC, defense_label, group_key, group_label, varied_settings
 
 
 class FakeRun:
     """The parts of an MLflow run that the settings read."""
 
-    def __init__(self, defense: str, seed: str, **params: str) -> None:
+    def __init__(self, defense: str, seed: str, metrics: dict[str, float] | None = None, **params: str) -> None:
         self.data = type("Data", (), {})()
         self.data.tags = {"advbayes.experiment": "e", "advbayes.defense": defense, "advbayes.seed": seed}
         self.data.params = {"seed": seed, "eps": "[0.1]", **params}
+        self.data.metrics = metrics or {}
 
 
 def test_varied_settings_are_the_keys_that_differ_within_one_defense_seed_and_eps_aside() -> None:
@@ -40,6 +41,29 @@ def test_varied_settings_are_the_keys_that_differ_within_one_defense_seed_and_ep
     same_but_seed = [FakeRun("bnn", "0", lr="0.01"), FakeRun("bnn", "1", lr="0.01")]
     assert varied_settings(same_but_seed) == []
     assert group_key(same_but_seed[0], []) == group_key(same_but_seed[1], [])
+
+
+def test_the_cap_of_a_run_whose_posterior_converged_does_not_separate_it_from_a_larger_caps_runs() -> None:
+    """A converged run stopped before its cap: continued to a larger cap it would be the same run (the rule is
+    checked after every epoch), so seeds whose caps differ are one group; a cap that stopped a run unconverged,
+    or one that did not train until converged, is a setting."""
+    converged, unconverged = {CONVERGED_METRIC: 1.0}, {CONVERGED_METRIC: 0.0}
+    until = {"until_converged": "True"}
+    runs = [
+        FakeRun("adv-hvi", "0", converged, epochs="600", **until),
+        FakeRun("adv-hvi", "1", converged, epochs="300", **until),
+    ]
+    assert varied_settings(runs) == [] and group_key(runs[0], []) == group_key(runs[1], [])
+    capped = FakeRun("adv-hvi", "2", unconverged, epochs="300", **until)
+    varied = varied_settings([*runs, capped])
+    assert varied == ["epochs"]
+    assert [group_label(r, varied) for r in (*runs, capped)] == [
+        "adv-hvi epochs=until converged",
+        "adv-hvi epochs=until converged",
+        "adv-hvi epochs=300",
+    ]
+    fixed = [FakeRun("bnn", s, converged, epochs=e, until_converged="False") for s, e in (("0", "10"), ("1", "20"))]
+    assert varied_settings(fixed) == ["epochs"]  # trained for a fixed number of epochs: the number is the setting
 
 
 def test_compare_groups_runs_by_every_varied_setting_and_never_averages_across_them(store: str) -> None:

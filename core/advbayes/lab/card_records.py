@@ -24,10 +24,10 @@ from advbayes.lab.protocol import ThreatModel
 from advbayes.lab.records import RecordRun, dumps_record, read_records, record_of
 from advbayes.lab.sources import StoreRuns
 from advbayes.results import EvalRecord, unpack_outcomes
+from advbayes.tracking.settings import CONVERGED_METRIC
 from advbayes.tracking.store import MAX_TAG, client_for, shown_uri
 
 CHECK_TAG = "advbayes.check."  # checks.Finding.tag: advbayes.check.KIND.ATTACK[.EPS], the message as its value
-CONVERGED_METRIC = "model/posterior/converged"
 CREATED = "created"  # the card's own date in its provenance: no run states it
 TRAINED_ROLE = "train"  # the run that trained the defense (a bench of an entry; a bench of a run id has none)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from advbayes.errors import RunError
 from advbayes.intervals import Z95, mean_sd
+from advbayes.tracking.settings import CONVERGED_METRIC
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -340,7 +341,6 @@ def load_claims(path: Path) -> tuple[list[Claim], list[FigureSpec]]:
 Keyed = Mapping[tuple[str, float, str], Any]
 RunValues = Callable[[str, str], "Sequence[tuple[int, str, Keyed, Mapping[str, float], Keyed]]"]
 SideValue = tuple[float, "int | None", str, "list[int] | None", bool]  # value, n, run id, outcomes, unconverged
-CONVERGED = "model/posterior/converged"  # 1 or 0 where the run judged its posterior (Bayesian defenses)
 
 
 def side_values(q: Quantity, runs_of: RunValues) -> dict[int, SideValue]:
@@ -359,7 +359,7 @@ def side_values(q: Quantity, runs_of: RunValues) -> dict[int, SideValue]:
             n = int(count) if count is not None else None
             per_example = outcomes.get((q.attack, q.eps, q.metric))
         if value is not None and not math.isnan(value):
-            values[seed] = (value, n, run_id, per_example, metrics.get(CONVERGED) == 0.0)
+            values[seed] = (value, n, run_id, per_example, metrics.get(CONVERGED_METRIC) == 0.0)
     return values
 
 

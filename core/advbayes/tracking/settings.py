@@ -11,6 +11,19 @@ from typing import Any
 NOT_SETTINGS = frozenset({"seed", "seeds", "eps", "name", "description"})
 DEFENSE_PREFIX = "defense."
 BOOKKEEPING_PREFIX = "advbayes."  # params advbayes keeps for itself (the run's writers, see lease.py)
+CONVERGED_METRIC = "model/posterior/converged"  # 1 or 0 where a run judged its posterior (Bayesian defenses)
+CAP_KEY = "epochs"
+UNTIL_CONVERGED = "until converged"  # the cap of a run whose posterior converged: it did not decide the run
+
+
+def run_params(run: Any) -> Mapping[str, str]:
+    """The run's params as settings: a run trained until its posterior converged, which it did, has the epoch cap
+    "until converged", because any cap at least its stopping epoch trains the same run (the rule is checked after
+    every epoch), so runs continued to a larger cap are still averaged with those that stopped under the smaller."""
+    params = run.data.params
+    if params.get("until_converged") == "True" and run.data.metrics.get(CONVERGED_METRIC) == 1.0 and CAP_KEY in params:
+        return {**params, CAP_KEY: UNTIL_CONVERGED}
+    return params
 
 
 def experiment_and_defense(run: Any) -> tuple[str, str]:
@@ -24,7 +37,7 @@ def varied_settings(runs: Sequence[Any]) -> list[str]:
     value), sorted; the seed and eps are not settings."""
     groups: dict[tuple[str, str], list[Mapping[str, str]]] = {}
     for run in runs:
-        groups.setdefault(experiment_and_defense(run), []).append(run.data.params)
+        groups.setdefault(experiment_and_defense(run), []).append(run_params(run))
     varied: set[str] = set()
     for params in groups.values():
         keys = {key for key in set().union(*params) - NOT_SETTINGS if not key.startswith(BOOKKEEPING_PREFIX)}
@@ -34,7 +47,7 @@ def varied_settings(runs: Sequence[Any]) -> list[str]:
 
 def defense_label(run: Any, varied: Sequence[str]) -> str:
     """The defense entry's name, with the varied defense parameters of this run: noisy-bnn[sigma=0.2]."""
-    params = run.data.params
+    params = run_params(run)
     own = [f"{key[len(DEFENSE_PREFIX) :]}={params.get(key, '-')}" for key in varied if key.startswith(DEFENSE_PREFIX)]
     name = experiment_and_defense(run)[1]
     return f"{name}[{','.join(own)}]" if own else name
@@ -47,7 +60,8 @@ def setting_columns(varied: Sequence[str]) -> list[str]:
 
 def run_settings(run: Any, varied: Sequence[str]) -> dict[str, str]:
     """This run's values of the setting columns ("-" where it did not log the key)."""
-    return {key: run.data.params.get(key, "-") for key in setting_columns(varied)}
+    params = run_params(run)
+    return {key: params.get(key, "-") for key in setting_columns(varied)}
 
 
 def group_key(run: Any, varied: Sequence[str]) -> tuple[str, ...]:
