@@ -63,7 +63,7 @@ def bench(
         seeds = [int(spec["seed"])]
         settings: list[tuple[str, Any]] = []
     else:
-        _check_entry(entry, registry)
+        check_entry(entry, registry)
         name, settings = protocol.experiment, [("defense", entry), *overrides]
         prepared = prepare_run(name, registry=registry, device=device, track=False, overrides=settings)
         spec = prepared.spec
@@ -123,7 +123,7 @@ def bench(
     return card
 
 
-def _check_entry(entry: str, registry: Sequence[str | Path]) -> None:
+def check_entry(entry: str, registry: Sequence[str | Path]) -> None:
     """A one-line error for a name that is neither a defense entry nor a defense component."""
     from advbayes.registry import load_registry
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -38,6 +39,18 @@ def add_lab_commands(cli: click.Group) -> None:
     )
     @registry_option
     @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+    @click.option(
+        "--estimate",
+        is_flag=True,
+        help="Only project the bench's time on this device (one epoch, attacks timed on --examples); write nothing.",
+    )
+    @click.option(
+        "--examples",
+        default=128,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="With --estimate: test examples each attack is timed on.",
+    )
     @tracking_option
     @debug_option
     def bench_command(
@@ -48,6 +61,8 @@ def add_lab_commands(cli: click.Group) -> None:
         out: Path,
         registry_files: Sequence[str],
         device: str,
+        estimate: bool,
+        examples: int,
         tracking_uri: str | None,
         debug: bool,
     ) -> None:
@@ -56,18 +71,20 @@ def add_lab_commands(cli: click.Group) -> None:
         from advbayes.lab.bench import bench, card_file
         from advbayes.registry import parse_override
 
-        card = bench(
-            entry,
-            dataset=dataset,
-            seeds=parse_seeds(seeds),
-            overrides=[parse_override(text) for text in overrides],
-            device=device,
-            tracking_uri=tracking_uri,
-            registry=registry_files,
-            progress=True,
-            out=out,
-            say=lambda line: click.echo(line, err=True),
-        )
+        common: dict[str, Any] = {
+            "dataset": dataset,
+            "seeds": parse_seeds(seeds),
+            "overrides": [parse_override(text) for text in overrides],
+            "device": device,
+            "registry": registry_files,
+            "say": lambda line: click.echo(line, err=True),
+        }
+        if estimate:
+            from advbayes.lab.cost import estimate_bench
+
+            click.echo("\n".join(estimate_bench(entry, examples=examples, **common).lines()))
+            return
+        card = bench(entry, tracking_uri=tracking_uri, progress=True, out=out, **common)
         failed = [c["name"] for c in card["checks"] if c["status"] == "failed"]
         click.echo(f"card {out / card_file(card)}: clean {card['clean']['value']:.4f}")
         for threat, section in card["threat_models"].items():

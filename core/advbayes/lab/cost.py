@@ -1,0 +1,162 @@
+"""What a bench will cost, before it starts: one training epoch of the defense and of its twin, and each protocol
+attack at its largest radius timed on a few test examples, projected to the protocol's test split, radii, epoch
+cap and seeds (`advbayes bench ENTRY --estimate`; benchmarks/bench_cost.py prints the same)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from advbayes.errors import EvaluationWarning, RunError
+from advbayes.lab.protocol import TWIN, protocol_for
+
+
+@attrs.frozen
+class AttackCost:
+    """One protocol attack of one threat model: measured seconds per test example, and its projected seconds per
+    seed (the full test split at every radius of the threat model)."""
+
+    threat: str
+    name: str
+    seconds_per_example: float
+    seconds_per_seed: float
+
+
+@attrs.frozen
+class CostEstimate:
+    """A bench's projected time: training epochs x measured epoch seconds plus every attack, per seed and in all."""
+
+    defense: str
+    dataset: str
+    protocol: int
+    device: str
+    stochastic: bool
+    examples: int  # test examples each attack was timed on
+    epochs: int  # the epochs projected: the bench experiment's cap (an upper bound when it trains until converged)
+    defense_epoch: float
+    twin_epoch: float
+    attacks: tuple[AttackCost, ...]
+    seeds: int
+
+    @property
+    def training_seconds(self) -> float:
+        """Seconds of one seed's training: the defense's and its twin's epochs."""
+        return (self.defense_epoch + self.twin_epoch) * self.epochs
+
+    @property
+    def attack_seconds(self) -> float:
+        """Seconds of one seed's attacks, every threat model and radius."""
+        return sum(a.seconds_per_seed for a in self.attacks)
+
+    @property
+    def total_seconds(self) -> float:
+        """Seconds of the whole card: every seed's training and attacks."""
+        return self.seeds * (self.training_seconds + self.attack_seconds)
+
+    def lines(self) -> list[str]:
+        """The estimate as a person reads it: the measured times, then the projection."""
+        kind = "stochastic" if self.stochastic else "deterministic"
+        lines = [
+            f"{self.defense} on {self.dataset} (protocol {self.protocol}), device {self.device}, torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads, {kind}; attacks timed on {self.examples} test "
+            "examples",
+            f"training: {self.defense_epoch:.2f} s/epoch (twin {self.twin_epoch:.2f} s/epoch) x {self.epochs} epochs "
+            "(the cap: a run that converges stops earlier)",
+        ]
+        for a in self.attacks:
+            lines.append(
+                f"  {a.threat:<5} {a.name:<24} {a.seconds_per_example:9.4f} s/example -> "
+                f"{a.seconds_per_seed / 60:8.1f} min per seed"
+            )
+        lines.append(
+            f"projected card: {(self.training_seconds + self.attack_seconds) / 60:.1f} min per seed "
+            f"({self.training_seconds / 60:.1f} training, {self.attack_seconds / 60:.1f} attacks), "
+            f"{self.total_seconds / 3600:.2f} h for {self.seeds} seeds"
+        )
+        return lines
+
+
+def estimate_bench(
+    entry: str,
+    *,
+    dataset: str = "mnist-5k",
+    seeds: Sequence[int] | None = None,
+    overrides: Sequence[tuple[str, Any]] = (),
+    device: str = "auto",
+    registry: Sequence[str | Path] = (),
+    examples: int = 128,
+    epochs: int | None = None,
+    say: Callable[[str], None] = print,
+) -> CostEstimate:
+    """Measure and project what `advbayes bench entry` will cost on `device` (nothing is tracked or written)."""
+    from advbayes.attacks import entry as attack_entry
+    from advbayes.engine.lifecycle import run
+    from advbayes.lab.bench import check_entry
+    from advbayes.results import RunResult
+    from advbayes.stochastic import as_sampled, is_stochastic
+    from advbayes.stochastic.strategy import call_seconds
+
+    protocol = protocol_for(dataset)
+    if not 1 <= examples <= protocol.test_examples:
+        raise RunError(f"--examples: expected 1 to {protocol.test_examples} (the test split), got {examples}")
+    check_entry(entry, registry)
+
+    def one_epoch(defense: str) -> RunResult:
+        say(f"estimate {entry}: one training epoch of {defense}")
+        settings = [*overrides, ("defense", defense), ("epochs", 1), ("until_converged", False)]
+        with warnings.catch_warnings():  # one epoch is a timing: its posterior's "not converged" is no finding
+            warnings.simplefilter("ignore", EvaluationWarning)
+            result = run(protocol.experiment, overrides=settings, registry=registry, device=device, track=False)
+        assert isinstance(result, RunResult)
+        return result
+
+    trained = one_epoch(entry)
+    spec, model = trained.spec, as_sampled(trained.model).eval()
+    twin = None if spec["defense"].get("use") == TWIN else one_epoch(TWIN)
+    from advbayes.registry import load_registry
+
+    loaded = load_registry(registry)
+    test = loaded.build("datasets", spec["dataset"]).load("test")
+    target = next(model.parameters()).device
+    x = torch.stack([torch.as_tensor(test[i][0]) for i in range(examples)]).float().to(target)
+    y = torch.as_tensor([int(test[i][1]) for i in range(examples)]).to(target)
+    defense = loaded.build("defenses", spec["defense"])
+    prediction = {"inference_samples": defense.inference_samples, "prediction_average": defense.prediction_average}
+    stochastic = is_stochastic(model, x)
+    costs = []
+    for threat in protocol.threat_models:
+        eps = max(threat.radii)
+        for attack in protocol.attacks(threat, stochastic, "twin" if twin is not None else None):
+            say(f"estimate {entry}: timing {attack['name']} at eps {eps:g} on {examples} examples")
+            if attack.get("use") == "transfer":  # crafted on the twin (PGD-40); the defense only predicts
+                assert twin is not None
+                call = attack_entry("pgd-40", eps=eps, norm=threat.norm)
+                victim = as_sampled(twin.model).eval()
+            else:
+                own = {k: v for k, v in attack.items() if k not in ("extends", "name")}
+                call, victim = attack_entry(attack["extends"], **own, eps=eps, **prediction), model
+            per_example = call_seconds(lambda: call(victim, x, y), x.device) / examples  # noqa: B023 - called now
+            costs.append(
+                AttackCost(
+                    threat.name, attack["name"], per_example, per_example * protocol.test_examples * len(threat.radii)
+                )
+            )
+    cap = epochs or int(loaded.resolve_experiment(protocol.experiment, overrides)["epochs"])  # the bench's own cap
+    return CostEstimate(
+        defense=entry,
+        dataset=dataset,
+        protocol=protocol.version,
+        device=str(target),
+        stochastic=stochastic,
+        examples=examples,
+        epochs=cap,
+        defense_epoch=float(trained.history[-1]["epoch_seconds"]),
+        twin_epoch=0.0 if twin is None else float(twin.history[-1]["epoch_seconds"]),
+        attacks=tuple(costs),
+        seeds=len(protocol.seeds if seeds is None else seeds),
+    )
