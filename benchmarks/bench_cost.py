@@ -1,13 +1,15 @@
 """What a leaderboard card costs before starting one: `advbayes bench` on one defense, projected from measured times.
 
     python benchmarks/bench_cost.py DEFENSE [--dataset mnist-5k] [--device cpu|cuda] [--epochs N] [--examples 128]
+        [--train-epochs 1]
 
-The same measurement as `advbayes bench DEFENSE --estimate` (advbayes.lab.cost): the seconds of one training epoch
-of the defense and of its deterministic twin, and the seconds per test example of every attack of every threat
-model at its largest radius, timed on --examples test examples (on the network after that one epoch: nearly every
-example is attacked by every sub-attack, the upper end; a trained defense leaves fewer examples for the later
-sub-attacks). Then projects a card: the epochs (the bench experiment's cap unless --epochs) x the epoch time, plus
-per threat model the full test split x the radii x the attacks' per-example times, times the protocol's seeds.
+The same measurement as `advbayes bench DEFENSE --estimate` (advbayes.lab.cost): the seconds of a training epoch
+of the defense (--train-epochs, default 1) and of its deterministic twin, and the seconds per test example of every
+attack of every threat model at its largest radius, timed on --examples test examples of the network so trained.
+An attack skips what the network gets wrong and stops on what it broke, so the times follow the timed network's
+accuracy, which is printed (with a warning below 0.5: adversarial training after one epoch). Then projects a
+card: the epochs (the bench experiment's cap unless --epochs) x the epoch time, plus per threat model the full
+test split x the radii x the attacks' per-example times, times the protocol's seeds.
 Run it with --device cuda on a GPU to project a GPU card from that GPU's own measured times.
 """
 
@@ -27,6 +29,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs to project (default: the cap)")
     parser.add_argument("--examples", type=int, default=128, help="test examples each attack is timed on")
+    parser.add_argument("--train-epochs", type=int, default=1, help="epochs the timed network is trained first")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     projected = estimate_bench(
@@ -35,6 +38,7 @@ def main() -> None:
         device=args.device,
         examples=args.examples,
         epochs=args.epochs,
+        train_epochs=args.train_epochs,
         say=lambda line: print(line, file=sys.stderr),
     )
     print("\n".join(projected.lines()))

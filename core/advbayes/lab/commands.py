@@ -42,7 +42,7 @@ def add_lab_commands(cli: click.Group) -> None:
     @click.option(
         "--estimate",
         is_flag=True,
-        help="Only project the bench's time on this device (one epoch, attacks timed on --examples); write nothing.",
+        help="Only project the bench's time on this device (attacks timed on --examples); write nothing.",
     )
     @click.option(
         "--examples",
@@ -50,6 +50,13 @@ def add_lab_commands(cli: click.Group) -> None:
         show_default=True,
         type=click.IntRange(min=1),
         help="With --estimate: test examples each attack is timed on.",
+    )
+    @click.option(
+        "--train-epochs",
+        default=1,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="With --estimate: epochs the timed network is trained first.",
     )
     @tracking_option
     @debug_option
@@ -63,6 +70,7 @@ def add_lab_commands(cli: click.Group) -> None:
         device: str,
         estimate: bool,
         examples: int,
+        train_epochs: int,
         tracking_uri: str | None,
         debug: bool,
     ) -> None:
@@ -82,7 +90,7 @@ def add_lab_commands(cli: click.Group) -> None:
         if estimate:
             from advbayes.lab.cost import estimate_bench
 
-            click.echo("\n".join(estimate_bench(entry, examples=examples, **common).lines()))
+            click.echo("\n".join(estimate_bench(entry, examples=examples, train_epochs=train_epochs, **common).lines()))
             return
         card = bench(entry, tracking_uri=tracking_uri, progress=True, out=out, **common)
         failed = [c["name"] for c in card["checks"] if c["status"] == "failed"]

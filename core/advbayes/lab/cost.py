@@ -1,6 +1,9 @@
-"""What a bench will cost, before it starts: one training epoch of the defense and of its twin, and each protocol
-attack at its largest radius timed on a few test examples, projected to the protocol's test split, radii, epoch
-cap and seeds (`advbayes bench ENTRY --estimate`; benchmarks/bench_cost.py prints the same)."""
+"""What a bench will cost, before it starts: a few training epochs of the defense and one of its twin, and each
+protocol attack at its largest radius timed on a few test examples, projected to the protocol's test split, radii,
+epoch cap and seeds (`advbayes bench ENTRY --estimate`; benchmarks/bench_cost.py prints the same).
+
+An attack skips an example the network already gets wrong and stops on one it has broken, so its time follows the
+network's accuracy: the estimate states the clean accuracy of the network it timed and warns where that is low."""
 
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ import torch
 
 from advbayes.errors import EvaluationWarning, RunError
 from advbayes.lab.protocol import TWIN, protocol_for
+
+LOW_ACCURACY = 0.5  # below it the timed network leaves most examples unattacked: the times are a lower bound
+MAX_TRAIN_EPOCHS = 1000
 
 
 @attrs.frozen
@@ -37,6 +43,8 @@ class CostEstimate:
     device: str
     stochastic: bool
     examples: int  # test examples each attack was timed on
+    trained_epochs: int  # epochs the timed network was trained
+    clean_accuracy: float  # of the timed network on the timed examples
     epochs: int  # the epochs projected: the bench experiment's cap (an upper bound when it trains until converged)
     defense_epoch: float
     twin_epoch: float
@@ -65,6 +73,8 @@ class CostEstimate:
             f"{self.defense} on {self.dataset} (protocol {self.protocol}), device {self.device}, torch "
             f"{torch.__version__}, {torch.get_num_threads()} threads, {kind}; attacks timed on {self.examples} test "
             "examples",
+            f"timed network: {self.trained_epochs} epoch(s) of training, clean accuracy {self.clean_accuracy:.3f} on "
+            "the timed examples",
             f"training: {self.defense_epoch:.2f} s/epoch (twin {self.twin_epoch:.2f} s/epoch) x {self.epochs} epochs "
             "(the cap: a run that converges stops earlier)",
         ]
@@ -72,6 +82,11 @@ class CostEstimate:
             lines.append(
                 f"  {a.threat:<5} {a.name:<24} {a.seconds_per_example:9.4f} s/example -> "
                 f"{a.seconds_per_seed / 60:8.1f} min per seed"
+            )
+        if self.clean_accuracy < LOW_ACCURACY:
+            lines.append(
+                f"warning: the timed network gets {1 - self.clean_accuracy:.0%} of the timed examples wrong, which the "
+                "attacks skip: a trained one is attacked longer (time a better-trained one with --train-epochs N)"
             )
         lines.append(
             f"projected card: {(self.training_seconds + self.attack_seconds) / 60:.1f} min per seed "
@@ -91,6 +106,7 @@ def estimate_bench(
     registry: Sequence[str | Path] = (),
     examples: int = 128,
     epochs: int | None = None,
+    train_epochs: int = 1,
     say: Callable[[str], None] = print,
 ) -> CostEstimate:
     """Measure and project what `advbayes bench entry` will cost on `device` (nothing is tracked or written)."""
@@ -98,26 +114,28 @@ def estimate_bench(
     from advbayes.engine.lifecycle import run
     from advbayes.lab.bench import check_entry
     from advbayes.results import RunResult
-    from advbayes.stochastic import as_sampled, is_stochastic
+    from advbayes.stochastic import as_sampled, is_stochastic, predict
     from advbayes.stochastic.strategy import call_seconds
 
     protocol = protocol_for(dataset)
     if not 1 <= examples <= protocol.test_examples:
         raise RunError(f"--examples: expected 1 to {protocol.test_examples} (the test split), got {examples}")
+    if not 1 <= train_epochs <= MAX_TRAIN_EPOCHS:
+        raise RunError(f"--train-epochs: expected 1 to {MAX_TRAIN_EPOCHS}, got {train_epochs}")
     check_entry(entry, registry)
 
-    def one_epoch(defense: str) -> RunResult:
-        say(f"estimate {entry}: one training epoch of {defense}")
-        settings = [*overrides, ("defense", defense), ("epochs", 1), ("until_converged", False)]
+    def trained_for(defense: str, epochs: int) -> RunResult:
+        say(f"estimate {entry}: {epochs} training epoch(s) of {defense}")
+        settings = [*overrides, ("defense", defense), ("epochs", epochs), ("until_converged", False)]
         with warnings.catch_warnings():  # one epoch is a timing: its posterior's "not converged" is no finding
             warnings.simplefilter("ignore", EvaluationWarning)
             result = run(protocol.experiment, overrides=settings, registry=registry, device=device, track=False)
         assert isinstance(result, RunResult)
         return result
 
-    trained = one_epoch(entry)
+    trained = trained_for(entry, train_epochs)
     spec, model = trained.spec, as_sampled(trained.model).eval()
-    twin = None if spec["defense"].get("use") == TWIN else one_epoch(TWIN)
+    twin = None if spec["defense"].get("use") == TWIN else trained_for(TWIN, 1)
     from advbayes.registry import load_registry
 
     loaded = load_registry(registry)
@@ -128,6 +146,9 @@ def estimate_bench(
     defense = loaded.build("defenses", spec["defense"])
     prediction = {"inference_samples": defense.inference_samples, "prediction_average": defense.prediction_average}
     stochastic = is_stochastic(model, x)
+    with torch.no_grad():
+        probs, _ = predict(model, x, defense.inference_samples, defense.prediction_average)
+    clean = float((probs.argmax(-1) == y).float().mean())
     costs = []
     for threat in protocol.threat_models:
         eps = max(threat.radii)
@@ -154,8 +175,10 @@ def estimate_bench(
         device=str(target),
         stochastic=stochastic,
         examples=examples,
+        trained_epochs=train_epochs,
+        clean_accuracy=clean,
         epochs=cap,
-        defense_epoch=float(trained.history[-1]["epoch_seconds"]),
+        defense_epoch=sum(float(h["epoch_seconds"]) for h in trained.history) / len(trained.history),
         twin_epoch=0.0 if twin is None else float(twin.history[-1]["epoch_seconds"]),
         attacks=tuple(costs),
         seeds=len(protocol.seeds if seeds is None else seeds),
