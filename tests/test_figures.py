@@ -15,6 +15,7 @@ from advbayes.lab.figures import (
     experiment_figure,
     safe_file_name,
     save_figure,
+    series_figure,
 )
 
 
@@ -65,6 +66,17 @@ def test_several_seeds_are_drawn_as_mean_and_standard_deviation() -> None:
     assert xy[1] == pytest.approx((0.1, mean)) and bars[1] == pytest.approx((0.1, mean - sd, mean + sd))
     assert "mean +- sd over 3 seeds" in figure._suptitle.get_text()
 
+
+def test_a_history_whose_seeds_stopped_at_different_epochs_says_its_bars_cover_the_seeds_still_running() -> None:
+    """Seeds trained until converged stop at different epochs: the later means are over fewer seeds."""
+    stopped = {1.0: [1.0, 2.0, 3.0], 2.0: [2.0, 4.0], 3.0: [5.0]}
+    figure = series_figure({"adv-hvi": stopped}, title="width", xlabel="epoch", ylabel="s2")
+    ((xy, bars),) = drawn(figure.axes[0])
+    assert xy == [(1.0, 2.0), (2.0, 3.0), (3.0, 5.0)]
+    assert bars[1] == pytest.approx((2.0, 3.0 - mean_sd([2.0, 4.0])[1], 3.0 + mean_sd([2.0, 4.0])[1]))
+    assert "sd over the seeds still running, <= 3" in figure.axes[0].get_title()
+    same = series_figure({"b": {1.0: [1.0, 2.0], 2.0: [2.0, 3.0]}}, title="w", xlabel="epoch", ylabel="s2")
+    assert "(bars: sd over 2 seeds)" in same.axes[0].get_title()
 
 def test_a_single_eps_is_a_point_per_defense_sized_for_a_column_and_saved_as_png_and_pdf(tmp_path: Path) -> None:
     points = [Point("standard", 0, "fgsm", 0.3, 0.2, 0.1, 0.3), Point("bnn", 0, "fgsm", 0.3, 0.3, 0.2, 0.4)]

@@ -200,7 +200,14 @@ def series_figure(
     """One panel, a line per name through the mean of its values at each x, bars mean +- sd (over seeds)."""
     from matplotlib.figure import Figure
 
-    seeds = max((len(v) for by_x in series.values() for v in by_x.values()), default=1)
+    counts = {len(v) for by_x in series.values() for v in by_x.values()}
+    seeds = max(counts, default=1)
+    if seeds == 1:
+        bars = "one seed, no bars"
+    elif len(counts) > 1:  # seeds that stopped earlier (until converged) leave the later points fewer
+        bars = f"sd over the seeds still running, <= {seeds}"
+    else:
+        bars = f"sd over {seeds} seeds"
     with _paper_style():
         figure = Figure(figsize=(COLUMN_WIDTH, PANEL_HEIGHT + 0.45), layout="constrained")
         axes = figure.subplots()
@@ -224,6 +231,6 @@ def series_figure(
         axes.set_xlabel(xlabel)
         axes.set_ylabel(ylabel)
         axes.grid(alpha=0.3, linewidth=0.5)
-        axes.set_title(f"{title}\n(bars: {'sd over %d seeds' % seeds if seeds > 1 else 'one seed, no bars'})")
+        axes.set_title(f"{title}\n(bars: {bars})")
         axes.legend(frameon=False)
     return figure
