@@ -78,6 +78,7 @@ def test_a_history_whose_seeds_stopped_at_different_epochs_says_its_bars_cover_t
     same = series_figure({"b": {1.0: [1.0, 2.0], 2.0: [2.0, 3.0]}}, title="w", xlabel="epoch", ylabel="s2")
     assert "(bars: sd over 2 seeds)" in same.axes[0].get_title()
 
+
 def test_a_single_eps_is_a_point_per_defense_sized_for_a_column_and_saved_as_png_and_pdf(tmp_path: Path) -> None:
     points = [Point("standard", 0, "fgsm", 0.3, 0.2, 0.1, 0.3), Point("bnn", 0, "fgsm", 0.3, 0.3, 0.2, 0.4)]
     figure = experiment_figure(points, "accuracy", title="x")
