@@ -123,8 +123,8 @@ def bench(
     return card
 
 
-def check_entry(entry: str, registry: Sequence[str | Path]) -> None:
-    """A one-line error for a name that is neither a defense entry nor a defense component."""
+def check_entry(entry: str, registry: Sequence[str | Path]) -> Any:
+    """A one-line error for a name that is neither a defense entry nor a defense component; the loaded registry."""
     from advbayes.registry import load_registry
 
     loaded = load_registry(registry)
@@ -135,6 +135,7 @@ def check_entry(entry: str, registry: Sequence[str | Path]) -> None:
         raise RunError(
             f"ENTRY {entry!r}: no such defense entry or component; {hint}(advbayes list defenses shows them)"
         )
+    return loaded
 
 
 def _run_id(result: Any) -> str:

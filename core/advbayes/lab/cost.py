@@ -122,7 +122,7 @@ def estimate_bench(
         raise RunError(f"--examples: expected 1 to {protocol.test_examples} (the test split), got {examples}")
     if not 1 <= train_epochs <= MAX_TRAIN_EPOCHS:
         raise RunError(f"--train-epochs: expected 1 to {MAX_TRAIN_EPOCHS}, got {train_epochs}")
-    check_entry(entry, registry)
+    loaded = check_entry(entry, registry)
 
     def trained_for(defense: str, epochs: int) -> RunResult:
         say(f"estimate {entry}: {epochs} training epoch(s) of {defense}")
@@ -136,11 +136,8 @@ def estimate_bench(
     trained = trained_for(entry, train_epochs)
     spec, model = trained.spec, as_sampled(trained.model).eval()
     twin = None if spec["defense"].get("use") == TWIN else trained_for(TWIN, 1)
-    from advbayes.registry import load_registry
-
-    loaded = load_registry(registry)
     test = loaded.build("datasets", spec["dataset"]).load("test")
-    target = next(model.parameters()).device
+    target = torch.device(trained.device)
     x = torch.stack([torch.as_tensor(test[i][0]) for i in range(examples)]).float().to(target)
     y = torch.as_tensor([int(test[i][1]) for i in range(examples)]).to(target)
     defense = loaded.build("defenses", spec["defense"])
