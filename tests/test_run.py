@@ -210,6 +210,22 @@ def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(store: str) -> N
     assert [m.step for m in client.get_metric_history(interrupted, "train/loss")] == [1, 2, 3, 4]
 
 
+def test_a_bayesian_run_resumes_with_its_draws_where_they_stopped(store: str) -> None:
+    """A stochastic model draws from its own generators: a checkpoint keeps them, so the resumed epochs see the
+    draws an uninterrupted run sees (restarting them from the seed gave other weights and accuracies)."""
+    settings = {"defense": "bnn", "epochs": 4, "until_converged": False, "dataset.train_size": 300}
+    whole = advbayes.run("moons", tracking_uri=store, **settings)
+    pm = create_plugin_manager()
+    pm.register(InterruptAfterEpoch(2), name="interrupt")
+    with pytest.raises(KeyboardInterrupt) as raised:
+        advbayes.run("moons", tracking_uri=store, pm=pm, **settings)
+    resumed = advbayes.run(tracking_uri=store, resume=raised.value.advbayes_run_id)
+    assert isinstance(whole, advbayes.RunResult) and isinstance(resumed, advbayes.RunResult)
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed.table() == whole.table()
+
+
 def test_resume_with_changed_settings_is_a_new_run_that_records_them(store: str) -> None:
     whole = advbayes.run("moons", tracking_uri=store, epochs=4, **{"dataset.train_size": 300})
     first = advbayes.run("moons", tracking_uri=store, epochs=2, **{"dataset.train_size": 300})

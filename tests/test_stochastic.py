@@ -417,3 +417,31 @@ def test_an_online_choice_measures_on_real_calls_keeps_the_loop_on_a_near_tie_an
             assert choice.next() == expected
         choice.next()  # the recheck count: measuring again
         assert choice.winner is None and not any(choice.times.values())
+
+
+def test_a_saved_draw_state_makes_another_model_continue_the_same_draws() -> None:
+    """What a checkpoint keeps (draw_state.py): a model built again, with another seed, draws on where it stopped."""
+    from advbayes.engine.checkpoints import rng_state, set_rng_state
+    from advbayes.stochastic import SampleEnsemble
+
+    x = torch.randn(5, 12)
+    model = to_bayesian(mlp(), init_sigma=0.3, seed=3)
+    model(x, samples=4)  # the draws have moved on from the seed
+    saved = rng_state(model)
+    expected = model(x, samples=4)
+    rebuilt = to_bayesian(mlp(), init_sigma=0.3, seed=99)
+    rebuilt.load_state_dict(model.state_dict())
+    assert not torch.equal(rebuilt(x, samples=4), expected)
+    set_rng_state(saved, rebuilt)
+    assert torch.equal(rebuilt(x, samples=4), expected)
+    ensemble = SampleEnsemble(mlp(), capacity=6, seed=1)
+    ensemble.store(torch.randn(6, sum(p.numel() for p in ensemble.net.parameters())))
+    ensemble(x, samples=3)
+    state = rng_state(ensemble)["draws"]
+    expected = ensemble(x, samples=3)
+    other = SampleEnsemble(mlp(), capacity=6, seed=2)
+    other.load_state_dict(ensemble.state_dict())
+    other.load_draw_state(state[""])
+    assert torch.equal(other(x, samples=3), expected)
+    with pytest.raises(ValueError, match="the checkpoint has draws of module 'gone', which this network lacks"):
+        set_rng_state({**saved, "draws": {"gone": state[""]}}, rebuilt)

@@ -16,28 +16,34 @@ import torch
 from advbayes.engine.building import RunParts
 from advbayes.posterior.optimizers import OptimizerSteps
 from advbayes.results import EvalRecord
+from advbayes.stochastic.draw_state import draw_states, load_draw_states
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def rng_state() -> dict[str, Any]:
-    """Every random state in types torch.load(weights_only=True) admits (tensors, tuples, ints, floats, strings)."""
+def rng_state(net: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Every random state in types torch.load(weights_only=True) admits (tensors, tuples, ints, floats, strings):
+    the global generators', and those of the network `net` draws from (stochastic/draw_state.py)."""
     name, keys, position, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if net is not None:
+        state["draws"] = draw_states(net)
     return state
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what rng_state saved."""
+def set_rng_state(state: Mapping[str, Any], net: torch.nn.Module | None = None) -> None:
+    """Restore what rng_state saved (the network's own draws too, given `net`)."""
     random.setstate(state["python"])
     name, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if net is not None and "draws" in state:  # checkpoints written before draws were kept have none
+        load_draw_states(net, state["draws"])
 
 
 class Checkpoints:
@@ -69,7 +75,7 @@ class Checkpoints:
             "epoch": epoch,
             "model": net.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(net),
             "generator": generator.get_state(),
             "history": history,
             "initial_width": initial_width,
@@ -78,6 +84,8 @@ class Checkpoints:
 
     def write(self, state: dict[str, Any]) -> Path:
         """Write a state atomically (a crash never leaves half a file) and keep it as the latest."""
+        # this run's own settings: a run resumed with changed ones (--set) starts from a state that holds the old
+        state = {**state, "experiment": self.parts.name, "spec": self.parts.spec}
         path = self.workdir / CHECKPOINT_NAME
         partial = path.with_suffix(".partial")
         torch.save(state, partial)
@@ -95,7 +103,7 @@ class Checkpoints:
             "epoch": 0,
             "model": net.state_dict(),
             "optimizer": None,
-            "rng": rng_state(),
+            "rng": rng_state(net),
             "history": history,
         }
 
@@ -109,7 +117,7 @@ class Checkpoints:
         state = self.latest(net, history)
         finished = [
             *state.get("evaluated", []),
-            {"label": label, "records": [attrs.asdict(r) for r in records], "rng": rng_state()},
+            {"label": label, "records": [attrs.asdict(r) for r in records], "rng": rng_state(net)},
         ]
         path = self.write({**state, "evaluated": finished})
         self.parts.pm.hook.checkpoint_saved(run=self.parts.info, checkpoint=path)

@@ -64,7 +64,7 @@ class Evaluator:
                 evaluated[label] = attack_base
                 if label in done:
                     records.extend(EvalRecord.from_dict(record) for record in done[label]["records"])
-                    set_rng_state(done[label]["rng"])  # as if it had just run
+                    set_rng_state(done[label]["rng"], net)  # as if it had just run, the network's draws too
                     continue
                 attack_records, figures = self.evaluate_attack(
                     net, test, label, attack_base, inference_samples, metrics

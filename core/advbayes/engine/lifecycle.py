@@ -29,6 +29,7 @@ from advbayes.posterior import convergence_findings, sampler_finding
 from advbayes.preflight import preflight, resolve_device
 from advbayes.registry import Registry, load_registry
 from advbayes.results import RunGroup, RunInfo, RunResult
+from advbayes.stochastic.draw_state import load_draw_states
 
 
 def seed_everything(seed: int) -> None:
@@ -63,6 +64,7 @@ class Run:
         net = prepared_model(parts.dataset, parts.model_builder, parts.defense).to(parts.device)
         if parts.checkpoint is not None:
             net.load_state_dict(parts.checkpoint["model"])
+            load_draw_states(net, parts.checkpoint["rng"].get("draws", {}))  # its draws go on where they stopped
         seed_draws(parts.experiment.seed, parts.place)
         check_attacks_fit(self.parts, net, test)
         context = TrainContext(

@@ -130,7 +130,7 @@ class Trainer:
         if resumed is not None and resumed.get("optimizer") is not None:
             optimizer.load_state_dict(resumed["optimizer"])
             start_epoch = int(resumed["epoch"])
-            set_rng_state(resumed["rng"])
+            set_rng_state(resumed["rng"], net)
         generator = torch.Generator().manual_seed(experiment.seed)
         if resumed is not None and "generator" in resumed:
             generator.set_state(resumed["generator"])
@@ -176,7 +176,7 @@ class Trainer:
         metrics = {k: float(v) for k, v in metrics.items()}
         if self.parts.place.leader:
             state = self.checkpoints.latest(net, self.history)
-            state.update(model=net.state_dict(), rng=rng_state(), trained_metrics=metrics)
+            state.update(model=net.state_dict(), rng=rng_state(net), trained_metrics=metrics)
             path = self.checkpoints.write(state)
             self.parts.pm.hook.checkpoint_saved(run=self.parts.info, checkpoint=path)
         return metrics

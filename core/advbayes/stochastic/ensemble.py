@@ -7,12 +7,15 @@ attack's draws and the prediction's draws are independent, as for every stochast
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+
+from advbayes.stochastic.draw_state import generator_states, load_generator_states
 
 
 def unflatten_parameters(net: nn.Module, vectors: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -64,6 +67,15 @@ class SampleEnsemble(nn.Module):
     def seed(self, seed: int) -> None:
         """Restart the choice of samples: the same seed reproduces every choice."""
         self._seed, self._generator = seed, None
+
+    def draw_state(self) -> dict[str, Any]:
+        """The seed and the choice's generator state: what a checkpoint keeps (draw_state.py)."""
+        return generator_states(self._seed, {} if self._generator is None else {torch.device("cpu"): self._generator})
+
+    def load_draw_state(self, state: Mapping[str, Any]) -> None:
+        """Continue the choices that draw_state saved."""
+        self._seed, generators = load_generator_states(state)
+        self._generator = generators.get(torch.device("cpu"))
 
     def _choose(self, samples: int) -> torch.Tensor:
         if self._frozen is not None and self._frozen.numel() == samples:

@@ -6,13 +6,14 @@ import copy
 import functools
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
 from torch import nn
 
+from advbayes.stochastic.draw_state import generator_states, load_generator_states
 from advbayes.stochastic.layers import (
     BayesBatchNorm2d,
     BayesConv2d,
@@ -95,6 +96,14 @@ class StochasticModel(nn.Module):
         """Restart the model's draw generator: the same seed reproduces every draw."""
         self._seed = seed
         self._generators.clear()
+
+    def draw_state(self) -> dict[str, Any]:
+        """The seed and generator states: what a checkpoint keeps so that a resumed run draws on (draw_state.py)."""
+        return generator_states(self._seed, self._generators)
+
+    def load_draw_state(self, state: Mapping[str, Any]) -> None:
+        """Continue the draws that draw_state saved."""
+        self._seed, self._generators = load_generator_states(state)
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The model's generator on `device` (created from the seed on first use)."""

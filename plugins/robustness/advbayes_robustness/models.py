@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from advbayes import DeterministicSampled
+from advbayes import DeterministicSampled, generator_states, load_generator_states
 
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 
@@ -29,6 +29,14 @@ class DrawSource(nn.Module):
         if device not in self._generators:
             self._generators[device] = torch.Generator(device=device).manual_seed(self._seed)
         return self._generators[device]
+
+    def draw_state(self) -> dict[str, Any]:
+        """The seed and generator states, so that a resumed run draws on where it stopped."""
+        return generator_states(self._seed, self._generators)
+
+    def load_draw_state(self, state: Mapping[str, Any]) -> None:
+        """Continue the draws that draw_state saved."""
+        self._seed, self._generators = load_generator_states(state)
 
     def start_draws(self, device: torch.device) -> None:
         """Called at the start of every forward: inside frozen(), rewind to the block's first draws."""

@@ -317,3 +317,23 @@ def test_smoothing_condition_experiment_uses_the_smoothing_models_l_on_a_subset(
         assert record.attack_label == "fgm" and record.attack_samples == 10
         assert record.metrics["smoothness_L"] == pytest.approx(2 / 0.1)  # the paper's L for noise variance 0.1
         assert record.metrics["smooth_fraction"] <= record.metrics["linear_fraction"] + 1e-9
+
+
+def test_mc_dropout_and_smoothing_continue_their_draws_from_a_saved_draw_state() -> None:
+    """A checkpoint keeps their generators (draw_state.py): a resumed run's masks and noise go on, not restart."""
+    from advbayes.engine.checkpoints import rng_state, set_rng_state
+
+    x = torch.rand(4, 8)
+    for build in (
+        lambda seed: MCDropoutModel(nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Linear(8, 3)), seed=seed),
+        lambda seed: Smoothed(as_sampled(nn.Linear(8, 3)), noise_variance=0.04, seed=seed),
+    ):
+        torch.manual_seed(0)
+        model = build(0).eval()
+        model(x, samples=5)
+        saved = rng_state(model)
+        expected = model(x, samples=5)
+        torch.manual_seed(0)
+        rebuilt = build(7).eval()
+        set_rng_state(saved, rebuilt)
+        assert torch.equal(rebuilt(x, samples=5), expected)
