@@ -1,6 +1,6 @@
 """The stochastic substrate: models with a sample dimension ([B, ...] -> logits [S, B, k])."""
 
-from advbayes.stochastic.draw_state import generator_states, load_generator_states
+from advbayes.stochastic.draw_state import SeededDraws
 from advbayes.stochastic.ensemble import SampleEnsemble, unflatten_parameters
 from advbayes.stochastic.layers import (
     BayesBatchNorm2d,
@@ -41,6 +41,7 @@ __all__ = [
     "GaussianParameter",
     "SampleEnsemble",
     "SampledModel",
+    "SeededDraws",
     "SingleOutputView",
     "StochasticLayer",
     "StochasticModel",
@@ -48,11 +49,9 @@ __all__ = [
     "chosen_strategies",
     "forget_choices",
     "frozen",
-    "generator_states",
     "hierarchical_regularizer_terms",
     "is_stochastic",
     "kl",
-    "load_generator_states",
     "mean_loss_gradient",
     "posterior_statistics",
     "predict",

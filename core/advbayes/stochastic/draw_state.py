@@ -37,6 +37,33 @@ def load_generator_states(state: Mapping[str, Any]) -> tuple[int, dict[torch.dev
     return int(state["seed"]), generators
 
 
+class SeededDraws:
+    """A module's own seeded generator per device, and its draw state (for a class that sets `_seed` and an empty
+    `_generators` dict in its __init__)."""
+
+    _seed: int
+    _generators: dict[torch.device, torch.Generator]
+
+    def seed(self, seed: int) -> None:
+        """Restart the draws: the same seed reproduces every draw."""
+        self._seed = seed
+        self._generators.clear()
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The generator on `device` (created from the seed on first use)."""
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self._seed)
+        return self._generators[device]
+
+    def draw_state(self) -> dict[str, Any]:
+        """The seed and generator states: what a checkpoint keeps so that a resumed run draws on."""
+        return generator_states(self._seed, self._generators)
+
+    def load_draw_state(self, state: Mapping[str, Any]) -> None:
+        """Continue the draws that draw_state saved."""
+        self._seed, self._generators = load_generator_states(state)
+
+
 def draw_states(net: nn.Module) -> dict[str, Any]:
     """Every module's draw state by its name in `net` (empty for a network that draws from torch's generator)."""
     return {name: module.draw_state() for name, module in net.named_modules() if hasattr(module, "draw_state")}

@@ -6,14 +6,14 @@ import copy
 import functools
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
 from torch import nn
 
-from advbayes.stochastic.draw_state import generator_states, load_generator_states
+from advbayes.stochastic.draw_state import SeededDraws
 from advbayes.stochastic.layers import (
     BayesBatchNorm2d,
     BayesConv2d,
@@ -56,7 +56,7 @@ ELEMENTWISE = (
 CONVERTIBLE = (nn.Linear, nn.Conv2d, nn.BatchNorm2d)
 
 
-class StochasticModel(nn.Module):
+class StochasticModel(SeededDraws, nn.Module):
     """A network with Gaussian layers: forward(x, samples=S) gives logits [S, B, k], one weight draw per s.
 
     Layers before the first stochastic layer run once per batch on [1, B, ...]; the first stochastic layer
@@ -91,27 +91,6 @@ class StochasticModel(nn.Module):
     def gaussian_parameters(self) -> list[GaussianParameter]:
         """Every Gaussian parameter of the network."""
         return [p for layer in self.stochastic_layers() for p in layer.gaussian_parameters()]
-
-    def seed(self, seed: int) -> None:
-        """Restart the model's draw generator: the same seed reproduces every draw."""
-        self._seed = seed
-        self._generators.clear()
-
-    def draw_state(self) -> dict[str, Any]:
-        """The seed and generator states: what a checkpoint keeps so that a resumed run draws on (draw_state.py)."""
-        return generator_states(self._seed, self._generators)
-
-    def load_draw_state(self, state: Mapping[str, Any]) -> None:
-        """Continue the draws that draw_state saved."""
-        self._seed, self._generators = load_generator_states(state)
-
-    def generator(self, device: torch.device) -> torch.Generator:
-        """The model's generator on `device` (created from the seed on first use)."""
-        if device not in self._generators:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(self._seed)
-            self._generators[device] = generator
-        return self._generators[device]
 
     def draw(self, samples: int) -> None:
         """Draw S fresh noise tensors for every Gaussian parameter (unless the draws are frozen)."""

@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import nn
 
-from advbayes import DeterministicSampled, generator_states, load_generator_states
+from advbayes import DeterministicSampled, SeededDraws
 
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 
 
-class DrawSource(nn.Module):
-    """A seeded generator per device; frozen() replays the same random stream, so repeated calls see the same draws."""
+class DrawSource(SeededDraws, nn.Module):
+    """A seeded generator per device (kept by checkpoints: SeededDraws); frozen() replays the same random stream,
+    so repeated calls see the same draws."""
 
     def __init__(self, seed: int | None) -> None:
         super().__init__()
         self._seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self._replay: dict[torch.device, torch.Tensor] | None = None
-
-    def generator(self, device: torch.device) -> torch.Generator:
-        """The generator on `device`, created from the seed on first use."""
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self._seed)
-        return self._generators[device]
-
-    def draw_state(self) -> dict[str, Any]:
-        """The seed and generator states, so that a resumed run draws on where it stopped."""
-        return generator_states(self._seed, self._generators)
-
-    def load_draw_state(self, state: Mapping[str, Any]) -> None:
-        """Continue the draws that draw_state saved."""
-        self._seed, self._generators = load_generator_states(state)
 
     def start_draws(self, device: torch.device) -> None:
         """Called at the start of every forward: inside frozen(), rewind to the block's first draws."""
