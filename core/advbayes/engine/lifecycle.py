@@ -262,6 +262,51 @@ def run(
         leave(place)
 
 
+def replay(
+    run_id: str,
+    *,
+    registry: Sequence[str | Path] = (),
+    device: str = "auto",
+    tracking_uri: str | None = None,
+    pm: PluginManager | None = None,
+) -> RunResult:
+    """The result of the tracked run `run_id`, finished earlier, rebuilt from its last checkpoint: nothing is trained,
+    attacked or written (its defense's before_training and the model's own metrics are computed again)."""
+    pm = pm or get_plugin_manager()
+    prepared = prepare_run(resume=run_id, registry=registry, device=device, tracking_uri=tracking_uri, pm=pm)
+    checkpoint = prepared.checkpoint
+    assert checkpoint is not None and prepared.name is not None
+    spec, seed = prepared.spec, int(prepared.spec["seed"])
+    seed_everything(seed)
+    set_rng_state(checkpoint["rng"])
+    info = RunInfo(
+        experiment=prepared.name,
+        spec=spec,
+        seed=seed,
+        device=str(prepared.device),
+        plugins=plugin_versions(pm),
+        track=False,  # no hook writes: the run keeps what it recorded when it finished
+        tracking_uri=tracking_uri,
+    )
+    parts = RunParts(
+        prepared.name, spec, registry=prepared.registry, device=prepared.device, info=info, progress=False,
+        checkpoint=checkpoint,
+    )  # fmt: skip
+    engine = Run(parts)
+    try:
+        result = engine.execute()
+    finally:
+        shutil.rmtree(engine.checkpoints.workdir, ignore_errors=True)
+    finished = {entry["label"] for entry in checkpoint.get("evaluated", [])}
+    if len(result.history) != len(checkpoint["history"]) or {r.attack_label for r in result.records} - finished:
+        raise RunError(  # the checkpoint of a run that finished holds every epoch and attack; this one did not
+            f"run {run_id}: its checkpoint is not the state it finished in ({len(checkpoint['history'])} epochs, "
+            f"attacks {sorted(finished)}): it cannot be read back without training or attacking again"
+        )
+    result.run_id = run_id
+    return result
+
+
 def expand_variants(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One spec per (seed, defense), seeds outermost: what an experiment with `defenses` or `seeds` runs."""
     if not (spec.get("defenses") or spec.get("seeds")):

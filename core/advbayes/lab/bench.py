@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from advbayes.errors import RunError
+from advbayes.lab.bench_steps import ID_TAG, KEY_TAG, STEP_TAG, BenchSteps, bench_key
 from advbayes.lab.cards import CARD_VERSION, card_name, check_outcomes, deviations, summary, threat_section, write_card
 from advbayes.lab.protocol import TWIN, Protocol, protocol_for
 from advbayes.results import RunResult, unpack_outcomes
@@ -41,9 +42,12 @@ def bench(
     progress: bool = False,
     out: Path | None = None,
     say: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Bench the defense entry (or tracked run id) `entry` under the protocol of `dataset`; the card (also written
-    under `out`, and logged to every run of the defense as bench_card.json)."""
+    under `out`, and logged to every run of the defense as bench_card.json). With `resume`, the latest earlier bench
+    of the same entry, data set, protocol and settings in the store is continued: its finished runs are read back,
+    its interrupted ones resumed from their checkpoints."""
     from advbayes.engine.building import tracked_model
     from advbayes.engine.lifecycle import prepare_run, run
     from advbayes.plugins import get_plugin_manager
@@ -71,9 +75,19 @@ def bench(
     shape, value_range = tuple(data.input_shape), tuple(data.value_range)
     label = spec["defense"]["name"] if tracked else entry
     started = time.perf_counter()
-    tag = {BENCH_TAG: f"{label} on {dataset}, protocol {protocol.version}"}
+    key = bench_key(entry, protocol, overrides)
+    steps = BenchSteps(name, key, label, tracking_uri, say)
+    if resume:
+        steps.continue_earlier()  # refused here, before any work, when there is nothing to continue
+    else:
+        steps.start_new()
+    tag = {BENCH_TAG: f"{label} on {dataset}, protocol {protocol.version}", KEY_TAG: key, ID_TAG: steps.bench_id}
     common: dict[str, Any] = {"registry": registry, "device": device, "tracking_uri": tracking_uri}
-    common.update(progress=progress, tags=tag)
+    common.update(progress=progress)
+
+    def tracked_step(seed: int, role: str, start: Callable[[dict[str, str]], Any]) -> RunResult:
+        return steps.run(seed, role, lambda: start({**tag, STEP_TAG: f"{seed}/{role}"}), common)
+
     trained: list[RunResult] = []
     evaluated: dict[str, list[RunResult]] = {t.name: [] for t in protocol.threat_models}
     run_ids: dict[str, dict[str, str]] = {}
@@ -85,8 +99,8 @@ def bench(
             model = tracked_model(get_plugin_manager(), entry, tracking_uri, torch.device("cpu"))
         else:  # before the twin: a defense that fails in training fails before the twin's cost, not after it
             say(f"bench {label}: seed {seed}: training")
-            result = run(name, overrides=[*settings, ("seed", seed)], **common)
-            assert isinstance(result, RunResult)
+            settings_seed = [*settings, ("seed", seed)]
+            result = tracked_step(seed, "train", lambda t: run(name, overrides=settings_seed, tags=t, **common))
             trained.append(result)
             ids["train"] = _run_id(result)
             model = result.model
@@ -95,17 +109,22 @@ def bench(
             say(f"bench {label}: seed {seed}: training the deterministic twin ({TWIN})")
             twin_settings = [*settings, ("defense", TWIN), ("seed", seed)]
             if tracked:  # the tracked run's own settings, a standard defense, evaluated clean only
-                twin = run(name, spec=spec, overrides=[*twin_settings, *clean], **common)
+                twin_overrides = [*twin_settings, *clean]
+                twin = tracked_step(
+                    seed, "twin", lambda t: run(name, spec=spec, overrides=twin_overrides, tags=t, **common)
+                )
             else:
-                twin = run(name, overrides=twin_settings, **common)
+                twin = tracked_step(seed, "twin", lambda t: run(name, overrides=twin_settings, tags=t, **common))
             twin_id = ids["twin"] = _run_id(twin)
         stochastic = _is_stochastic(model, shape, value_range)
+        source = entry if tracked else ids["train"]
         for threat in protocol.threat_models:
             say(f"bench {label}: seed {seed}: {threat.name} attacks at eps {', '.join(f'{e:g}' for e in threat.radii)}")
             attacks = ["none", *protocol.attacks(threat, stochastic, twin_id)]
             changed = [("attacks", attacks), ("eps", list(threat.radii))]
-            attacked = run(resume=entry if tracked else ids["train"], overrides=changed, **common)
-            assert isinstance(attacked, RunResult)
+            attacked = tracked_step(
+                seed, threat.name, lambda t: run(resume=source, overrides=changed, tags=t, **common)
+            )
             evaluated[threat.name].append(attacked)
             ids[threat.name] = _run_id(attacked)
         if tracked:
@@ -114,10 +133,10 @@ def bench(
     if name != protocol.experiment:  # trained elsewhere: data, network or training may differ from the protocol's
         card["deviations"].append(f"trained by experiment {name}, not the protocol's {protocol.experiment}")
         card["conforms"] = False
-    card["seconds"] = time.perf_counter() - started
+    card["seconds"] = steps.seconds + time.perf_counter() - started  # with earlier processes' time on it
     card["device"] = trained[0].device
-    card["runs"]["store"] = shown_uri(trained[0].store or "")  # never a password in a card
-    _log_card(card, trained, evaluated, tracking_uri)
+    card["runs"]["store"] = shown_uri(steps.store)  # never a password in a card
+    _log_card(card, trained, evaluated, steps.store)
     if out is not None:
         write_card(card, out / card_file(card))
     return card

@@ -58,6 +58,11 @@ def add_lab_commands(cli: click.Group) -> None:
         type=click.IntRange(min=1),
         help="With --estimate: epochs the timed network is trained first.",
     )
+    @click.option(
+        "--resume",
+        is_flag=True,
+        help="Continue the latest interrupted bench of ENTRY with these settings: finished runs are read back.",
+    )
     @tracking_option
     @debug_option
     def bench_command(
@@ -71,6 +76,7 @@ def add_lab_commands(cli: click.Group) -> None:
         estimate: bool,
         examples: int,
         train_epochs: int,
+        resume: bool,
         tracking_uri: str | None,
         debug: bool,
     ) -> None:
@@ -90,9 +96,11 @@ def add_lab_commands(cli: click.Group) -> None:
         if estimate:
             from advbayes.lab.cost import estimate_bench
 
+            if resume:
+                raise RunError("--resume continues a bench, and --estimate runs none: give one of them")
             click.echo("\n".join(estimate_bench(entry, examples=examples, train_epochs=train_epochs, **common).lines()))
             return
-        card = bench(entry, tracking_uri=tracking_uri, progress=True, out=out, **common)
+        card = bench(entry, tracking_uri=tracking_uri, progress=True, out=out, resume=resume, **common)
         failed = [c["name"] for c in card["checks"] if c["status"] == "failed"]
         click.echo(f"card {out / card_file(card)}: clean {card['clean']['value']:.4f}")
         for threat, section in card["threat_models"].items():

@@ -1,0 +1,120 @@
+"""`advbayes bench --resume`: an interrupted bench continues from its runs (finished ones read back from their
+checkpoints, the interrupted one resumed), and its card equals that of a bench that was never interrupted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from advbayes import hookimpl
+from advbayes.cli import cli
+from advbayes.errors import RunError
+from advbayes.lab.bench import bench
+from advbayes.lab.bench_steps import ID_TAG, SECONDS_TAG, STEP_TAG, BenchSteps, bench_key
+from advbayes.lab.protocol import PROTOCOLS
+from advbayes.plugins import get_plugin_manager
+
+SETTINGS = [("epochs", 2), ("dataset.n_test", 48)]  # a small bench of a stochastic defense, with its twin
+
+
+class InterruptLinf:
+    """Ctrl-C after the first attack of a Linf evaluation: that attack is checkpointed, the others are not run."""
+
+    fired = False
+
+    @hookimpl
+    def evaluation_finished(self, run: Any, attack_label: str) -> None:
+        if not self.fired and run.tags.get(STEP_TAG, "").endswith("/Linf") and attack_label != "none":
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+def small_bench(store: str, out: Path, **kwargs: Any) -> dict[str, Any]:
+    return bench("bnn", dataset="digits", seeds=[0], overrides=SETTINGS, tracking_uri=store, out=out, **kwargs)
+
+
+def runs_of(store: str) -> list[Any]:
+    client = MlflowClient(store)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`advbayes.role` = 'parent'")
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A store holding a bench stopped by Ctrl-C in its Linf attacks (train and twin finished, L2 never started)."""
+    folder = tmp_path_factory.mktemp("interrupted")
+    store = f"sqlite:///{folder / 'mlflow.db'}"
+    pm, interrupter = get_plugin_manager(), InterruptLinf()
+    pm.register(interrupter, name="test-interrupt-linf")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            small_bench(store, folder / "cards")
+    finally:
+        pm.unregister(name="test-interrupt-linf")
+    return store, folder
+
+
+@pytest.mark.slow
+def test_a_resumed_bench_reads_back_what_finished_resumes_what_stopped_and_gives_the_uninterrupted_card(
+    interrupted: tuple[str, Path], tmp_path: Path
+) -> None:
+    store, folder = interrupted
+    before = {r.data.tags[STEP_TAG]: r for r in runs_of(store)}
+    assert {step: r.info.status for step, r in before.items()} == {
+        "0/train": "FINISHED", "0/twin": "FINISHED", "0/Linf": "KILLED"
+    }  # fmt: skip
+    said: list[str] = []
+    protocol = PROTOCOLS["digits"]
+    BenchSteps(protocol.experiment, bench_key("bnn", protocol, SETTINGS), "bnn", store, said.append).start_new()
+    assert said == [
+        f"bench bnn: an earlier bench of these settings stopped before its card (run {before['0/Linf'].info.run_id}, "
+        "step 0/Linf, KILLED); --resume continues it. This one starts over."
+    ]  # what a bench without --resume says first
+    said.clear()
+    card = small_bench(store, folder / "cards", resume=True, say=said.append)
+    seeds = card["runs"]["seeds"]["0"]
+    assert [seeds[s] for s in ("train", "twin", "Linf")] == [
+        before[f"0/{s}"].info.run_id for s in ("train", "twin", "Linf")
+    ]
+    assert f"bench bnn: seed 0: train: run {seeds['train']} finished earlier: read back" in said
+    assert f"bench bnn: seed 0: Linf: resuming run {seeds['Linf']} (KILLED)" in said
+    after = runs_of(store)
+    assert {r.info.status for r in after} == {"FINISHED"} and len(after) == 4  # one new run: L2
+    assert len({r.data.tags[ID_TAG] for r in after}) == 1  # the new run belongs to the same bench
+    assert card["seconds"] >= sum(float(r.data.tags[SECONDS_TAG]) for r in after) > 0
+    # the same bench, never interrupted, in a store of its own: every number of the card is the same
+    reference = small_bench(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "cards")
+    for part in ("clean", "threat_models", "checks", "stochastic", "defense", "deviations"):
+        assert card[part] == reference[part], part
+
+
+@pytest.mark.slow
+def test_resume_refuses_runs_made_by_other_code_before_any_work(interrupted: tuple[str, Path]) -> None:
+    store, folder = interrupted
+    client, count = MlflowClient(store), len(runs_of(store))
+    twin = next(r for r in runs_of(store) if r.data.tags[STEP_TAG] == "0/twin")
+    commit = twin.data.tags.get("advbayes.git_commit")
+    client.set_tag(twin.info.run_id, "advbayes.git_commit", "0" * 40)
+    try:
+        with pytest.raises(
+            RunError, match=f"--resume: run {twin.info.run_id} \\(step 0/twin\\) has advbayes.git_commit='0000"
+        ):
+            small_bench(store, folder / "cards", resume=True)
+    finally:
+        if commit is None:
+            client.delete_tag(twin.info.run_id, "advbayes.git_commit")
+        else:
+            client.set_tag(twin.info.run_id, "advbayes.git_commit", commit)
+    assert len(runs_of(store)) == count  # nothing started
+
+
+def test_resume_with_nothing_to_continue_is_one_line_naming_the_store(isolated_cwd: Path) -> None:
+    result = CliRunner().invoke(cli, ["bench", "standard", "--dataset", "digits", "--resume"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("Error: --resume: no earlier bench of standard with these settings")
+    assert "run it without --resume" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    both = CliRunner().invoke(cli, ["bench", "standard", "--dataset", "digits", "--resume", "--estimate"])
+    assert both.exit_code == 2 and "--resume continues a bench, and --estimate runs none" in both.stderr
