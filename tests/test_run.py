@@ -511,6 +511,22 @@ class InterruptAfterAttacks:
             raise KeyboardInterrupt
 
 
+def test_a_run_resumed_with_other_attacks_and_interrupted_resumes_with_its_own_attacks(store: str) -> None:
+    """Its checkpoints hold its own settings, not those of the run it started from (whose attacks were only
+    "none": resumed again, it went back to them and dropped the attacks it was started for)."""
+    first = advbayes.run("moons", tracking_uri=store, epochs=1, attacks=["none"], **{"dataset.test_size": 100})
+    attacks = {"attacks": ["none", "fgsm", "pgd-20"], "eps": [0.1]}
+    whole = advbayes.run(tracking_uri=store, resume=first.run_id, **attacks)
+    pm = create_plugin_manager()
+    pm.register(InterruptAfterAttacks(2), name="interrupt")
+    with pytest.raises(KeyboardInterrupt) as raised:
+        advbayes.run(tracking_uri=store, resume=first.run_id, pm=pm, **attacks)
+    resumed = advbayes.run(tracking_uri=store, resume=raised.value.advbayes_run_id)
+    assert isinstance(resumed, advbayes.RunResult)
+    assert [a["name"] for a in resumed.spec["attacks"]] == attacks["attacks"]
+    assert resumed.table() == whole.table() and set(resumed.table()) == {"none", "fgsm", "pgd-20"}
+
+
 def test_a_run_interrupted_during_evaluation_resumes_without_rerunning_or_duplicating_attacks(store: str) -> None:
     settings = {"epochs": 1, "attacks": ["none", "fgsm", "pgd-20"], "eps": [0.1], "dataset.test_size": 100}
     whole = advbayes.run("moons", tracking_uri=store, **settings)
