@@ -118,3 +118,29 @@ def test_resume_with_nothing_to_continue_is_one_line_naming_the_store(isolated_c
     assert "run it without --resume" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     both = CliRunner().invoke(cli, ["bench", "standard", "--dataset", "digits", "--resume", "--estimate"])
     assert both.exit_code == 2 and "--resume continues a bench, and --estimate runs none" in both.stderr
+
+
+def test_resume_says_when_uncommitted_changes_cannot_be_compared(
+    interrupted: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import advbayes.tracking.runs as tracking_runs
+
+    store, _ = interrupted
+    client, runs = MlflowClient(store), runs_of(store)
+    before = {r.info.run_id: r.data.tags.get("advbayes.git_dirty") for r in runs}
+    real = tracking_runs.provenance
+    monkeypatch.setattr(tracking_runs, "provenance", lambda where=None: {**real(where), "advbayes.git_dirty": "true"})
+    protocol, said = PROTOCOLS["digits"], []
+    try:
+        for run in runs:
+            client.set_tag(run.info.run_id, "advbayes.git_dirty", "true")
+        BenchSteps(
+            protocol.experiment, bench_key("bnn", protocol, SETTINGS), "bnn", store, said.append
+        ).continue_earlier()
+    finally:
+        for run_id, value in before.items():
+            if value is None:
+                client.delete_tag(run_id, "advbayes.git_dirty")
+            else:
+                client.set_tag(run_id, "advbayes.git_dirty", value)
+    assert len(said) == 1 and "was made by a checkout with uncommitted changes, as this one is" in said[0]

@@ -66,7 +66,7 @@ class BenchSteps:
             )
         latest = max(runs, key=lambda r: r.info.start_time)
         self.bench_id = latest.data.tags[ID_TAG]
-        mine = provenance()
+        mine, dirty = provenance(), None
         for found in (r for r in runs if r.data.tags[ID_TAG] == self.bench_id):
             differs = [k for k in CODE_TAGS if found.data.tags.get(k) != mine.get(k)]
             if differs:  # the card names one commit: every number in it must come from that code
@@ -76,9 +76,16 @@ class BenchSteps:
                     f"{found.data.tags.get(k)!r}, this process {k}={mine.get(k)!r}: continue the bench from that "
                     "code, or bench again without --resume"
                 )
+            if found.data.tags.get("advbayes.git_dirty") == "true":
+                dirty = found.info.run_id  # the commit is the same, but what was changed on top of it is not known
             step = found.data.tags.get(STEP_TAG, "")
             if step not in self.earlier or found.info.start_time > self.earlier[step].info.start_time:
                 self.earlier[step] = found
+        if dirty is not None:
+            self.say(
+                f"bench {self.label}: run {dirty} was made by a checkout with uncommitted changes, as this one is: "
+                "that they are the same changes cannot be checked"
+            )
 
     def run(self, seed: int, role: str, start: Callable[[], Any], common: Mapping[str, Any]) -> RunResult:
         """The step's result: read back when it finished earlier, resumed when it was interrupted after a
