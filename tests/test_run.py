@@ -346,6 +346,21 @@ def test_quickstart_on_cuda(store: str) -> None:
     assert result.device.startswith("cuda") and result.table()["none"][0.0] > 0.9
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_bayesian_run_on_cuda_resumes_with_its_draws_where_they_stopped(store: str) -> None:
+    """The draw generators a checkpoint keeps are CUDA generators here (draw_state.py)."""
+    settings = {"defense": "bnn", "epochs": 4, "until_converged": False, "dataset.train_size": 300, "device": "cuda"}
+    whole = advbayes.run("moons", tracking_uri=store, **settings)
+    pm = create_plugin_manager()
+    pm.register(InterruptAfterEpoch(2), name="interrupt")
+    with pytest.raises(KeyboardInterrupt) as raised:
+        advbayes.run("moons", tracking_uri=store, pm=pm, **settings)
+    resumed = advbayes.run(tracking_uri=store, resume=raised.value.advbayes_run_id, device="cuda")
+    assert isinstance(whole, advbayes.RunResult) and isinstance(resumed, advbayes.RunResult)
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # cuBLAS may sum in another order; other draws: far
+
+
 def test_user_experiment_file_runs_through_the_cli(isolated_cwd: Path) -> None:
     user = write(
         isolated_cwd / "mine.toml",
