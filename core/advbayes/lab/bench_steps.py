@@ -107,6 +107,7 @@ class BenchSteps:
                 self.say(f"bench {self.label}: seed {seed}: {role}: run {run_id} finished earlier: read back")
                 result = replay(run_id, **where)
                 result.store = self.store
+                result.device = found.data.tags.get("advbayes.device", result.device)  # where it ran, for the card
                 return result
             if has_checkpoint(self.client, run_id):
                 self.say(f"bench {self.label}: seed {seed}: {role}: resuming run {run_id} ({status})")
