@@ -66,6 +66,7 @@ def test_a_resumed_bench_reads_back_what_finished_resumes_what_stopped_and_gives
     assert {step: r.info.status for step, r in before.items()} == {
         "0/train": "FINISHED", "0/twin": "FINISHED", "0/Linf": "KILLED"
     }  # fmt: skip
+    assert float(before["0/Linf"].data.tags[SECONDS_TAG]) > 0  # Ctrl-C: the time it ran is kept for the card
     said: list[str] = []
     protocol = PROTOCOLS["digits"]
     BenchSteps(protocol.experiment, bench_key("bnn", protocol, SETTINGS), "bnn", store, said.append).start_new()

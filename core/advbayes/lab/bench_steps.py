@@ -5,6 +5,7 @@ from it, and only what never started runs anew. Hours of attacks are not lost to
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -94,33 +95,41 @@ class BenchSteps:
         from advbayes.tracking.runs import has_checkpoint
 
         found = self.earlier.get(f"{seed}/{role}")
-        began = time.perf_counter()
-        earlier_seconds = 0.0
-        if found is None:
-            result = start()
-        else:
-            run_id, status = found.info.run_id, found.info.status
+        if found is not None and found.info.status == "FINISHED":
+            run_id = found.info.run_id
+            self.say(f"bench {self.label}: seed {seed}: {role}: run {run_id} finished earlier: read back")
+            self.seconds += float(found.data.tags.get(SECONDS_TAG, 0.0))
+            result = replay(run_id, **{k: common[k] for k in ("registry", "device", "tracking_uri")})
+            result.store = self.store
+            result.device = found.data.tags.get("advbayes.device", result.device)  # where it ran, for the card
+            return result
+        call, carried, earlier_seconds = start, None, 0.0
+        if found is not None and has_checkpoint(self.client, found.info.run_id):
+            carried, status = found.info.run_id, found.info.status
+            self.say(f"bench {self.label}: seed {seed}: {role}: resuming run {carried} ({status})")
             earlier_seconds = float(found.data.tags.get(SECONDS_TAG, 0.0))
-            self.seconds += earlier_seconds
-            where = {k: common[k] for k in ("registry", "device", "tracking_uri")}
-            if status == "FINISHED":
-                self.say(f"bench {self.label}: seed {seed}: {role}: run {run_id} finished earlier: read back")
-                result = replay(run_id, **where)
-                result.store = self.store
-                result.device = found.data.tags.get("advbayes.device", result.device)  # where it ran, for the card
-                return result
-            if has_checkpoint(self.client, run_id):
-                self.say(f"bench {self.label}: seed {seed}: {role}: resuming run {run_id} ({status})")
-                result = run(resume=run_id, **common)
-            else:  # stopped before its first checkpoint: nothing to continue from
-                self.say(f"bench {self.label}: seed {seed}: {role}: run {run_id} ({status}) kept no checkpoint")
-                self.seconds -= earlier_seconds
-                earlier_seconds, result = 0.0, start()
+            call = functools.partial(run, resume=carried, **common)
+        elif found is not None:  # stopped before its first checkpoint: nothing to continue from
+            self.say(f"bench {self.label}: seed {seed}: {role}: run {found.info.run_id} kept no checkpoint: again")
+        self.seconds += earlier_seconds
+        began = time.perf_counter()
+        try:
+            result = call()
+        except BaseException as exc:  # Ctrl-C or a failure: the time it ran counts when the step is resumed
+            stopped = getattr(exc, "advbayes_run_id", None) or carried
+            if stopped is not None:
+                # a store that fails here must not hide the error that stopped the step, which is raised below
+                with contextlib.suppress(Exception):
+                    self._spent(stopped, earlier_seconds + time.perf_counter() - began)
+            raise
         assert isinstance(result, RunResult)
         if result.run_id is not None:
-            spent = earlier_seconds + time.perf_counter() - began
-            self.client.set_tag(result.run_id, SECONDS_TAG, f"{spent:.1f}")
+            self._spent(result.run_id, earlier_seconds + time.perf_counter() - began)
         return result
+
+    def _spent(self, run_id: str, seconds: float) -> None:
+        """Record the step's time so far on its run."""
+        self.client.set_tag(run_id, SECONDS_TAG, f"{seconds:.1f}")
 
     @functools.cached_property
     def client(self) -> Any:
