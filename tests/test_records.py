@@ -171,3 +171,33 @@ def test_records_and_a_store_together_or_an_empty_folder_are_refused(exported: P
     assert result.exit_code != 0 and "no record files" in result.output
     result = CliRunner().invoke(cli, ["report", "nosuch", "--records", "records", "--out", "x"])
     assert result.exit_code != 0 and "experiment 'nosuch' has no records in records" in result.output
+
+
+def test_an_export_keeps_the_records_of_runs_its_store_never_held_unless_a_newer_run_takes_their_place(
+    source: Source, tmp_path: Path
+) -> None:
+    """Records may be the only copy of runs made elsewhere: replacing the folder whole had deleted them."""
+    from mlflow import MlflowClient
+
+    records = tmp_path / "records"
+    shutil.copytree(source.records, records)
+    before = {p.name: p.read_text() for p in (records / "moons").iterdir()}
+    other = f"sqlite:///{tmp_path / 'other.db'}"  # another machine's store: standard, seeds 0 and 2
+    group = advbayes.run(
+        "moons", tracking_uri=other, pm=create_plugin_manager(), defense="standard", seeds=[0, 2], epochs=2,
+        eps=[0.0, 0.1],
+    )  # fmt: skip
+    assert isinstance(group, advbayes.RunGroup)
+    newer_seed0, seed2 = group.run_ids
+    result = CliRunner().invoke(cli, ["export", "moons", "--out", str(records), "--tracking-uri", other])
+    assert result.exit_code == 0 and result.stdout.startswith("5 run records ("), result.output
+    assert "moons: kept the records of 3 run(s) this store never held" in result.stderr
+    after = {p.name: p.read_text() for p in (records / "moons").iterdir()}
+    kept = {name for name in before if not name.startswith("standard-seed0-")}
+    assert {name: after[name] for name in kept} == {name: before[name] for name in kept}  # byte for byte
+    assert {n for n in after if n.startswith("standard-seed0-")} == {f"standard-seed0-{newer_seed0[:8]}.json"}
+    assert f"standard-seed2-{seed2[:8]}.json" in after
+    MlflowClient(other).delete_run(seed2)  # a run this store held and deleted: its record goes with it
+    again = CliRunner().invoke(cli, ["export", "moons", "--out", str(records), "--tracking-uri", other])
+    assert again.exit_code == 0 and again.stdout.startswith("4 run records ("), again.output
+    assert f"standard-seed2-{seed2[:8]}.json" not in {p.name for p in (records / "moons").iterdir()}

@@ -6,12 +6,12 @@ from __future__ import annotations
 import csv
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from advbayes.errors import RunError
-from advbayes.lab.records import RecordRun, dumps_record, record_of
+from advbayes.lab.records import RecordRun, dumps_record, read_record, record_of
 from advbayes.results import unpack_outcomes
 from advbayes.tracking.runs import tracked_runs
 from advbayes.tracking.settings import group_key, varied_settings
@@ -211,9 +211,13 @@ class RecordRuns(RunSource):
         return []
 
 
-def export_records(experiments: Sequence[str], out: Path, tracking_uri: str | None = None) -> list[Path]:
+def export_records(
+    experiments: Sequence[str], out: Path, tracking_uri: str | None = None, say: Callable[[str], None] = print
+) -> list[Path]:
     """Write OUT/EXPERIMENT/*.json for the runs a report of `experiments` reads (the newest finished run of each
-    defense, setting and seed); an experiment's folder is replaced whole, so a record never outlives its run."""
+    defense, setting and seed). An experiment's folder is replaced, so that a record never outlives its run, except
+    the records of runs this store never held (exported from another store: the only copy of those runs may be the
+    record): they are kept where no newer run of the store takes their place, and said."""
     if not experiments:
         raise RunError("export: name at least one experiment")
     client = client_for(tracking_uri, write=False)
@@ -224,7 +228,18 @@ def export_records(experiments: Sequence[str], out: Path, tracking_uri: str | No
         for name, runs in chosen.items():
             if not runs:
                 raise RunError(f"experiment '{name}' has no FINISHED runs in {shown_uri(client.tracking_uri)}")
+        foreign = {name: _records_from_other_stores(client, out / name) for name in experiments}
         for name, runs in chosen.items():
+            kept = foreign[name]
+            if kept:  # the newest of each defense, setting and seed among the store's runs and those records
+                records = {run.info.run_id: (run, file) for run, file in kept}
+                newest_first = sorted([*runs, *(r for r, _ in kept)], key=lambda r: (-r.info.start_time, r.info.run_id))
+                latest = latest_per_defense(newest_first)
+                runs = [r for r in latest if r.info.run_id not in records]
+                kept = [records[r.info.run_id] for r in latest if r.info.run_id in records]
+                if kept:
+                    ids = ", ".join(run.info.run_id[:8] for run, _ in kept)
+                    say(f"{name}: kept the records of {len(kept)} run(s) this store never held: {ids}")
             folder = out / name
             if folder.exists():
                 shutil.rmtree(folder)
@@ -235,4 +250,23 @@ def export_records(experiments: Sequence[str], out: Path, tracking_uri: str | No
                 path = folder / f"{run.data.tags.get('advbayes.defense', 'run')}-seed{seed}-{run.info.run_id[:8]}.json"
                 path.write_text(dumps_record(record))
                 written.append(path)
+            for _, (file_name, text) in kept:
+                (folder / file_name).write_text(text)
+                written.append(folder / file_name)
     return written
+
+
+def _records_from_other_stores(client: Any, folder: Path) -> list[tuple[RecordRun, tuple[str, str]]]:
+    """The records in `folder` whose run this store has never held (not even deleted): (run, (file name, text))."""
+    from mlflow.exceptions import MlflowException
+
+    found: list[tuple[RecordRun, tuple[str, str]]] = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        run = read_record(path)
+        try:
+            client.get_run(run.info.run_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            found.append((run, (path.name, path.read_text())))
+    return found

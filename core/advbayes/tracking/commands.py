@@ -225,6 +225,6 @@ def add_commands(cli: click.Group) -> None:
             cards = [card for folder in folders for card in read_cards(folder)]
             written = export_card_runs(cards, out, tracking_uri)
         else:
-            written = export_records(experiments, out, tracking_uri)
+            written = export_records(experiments, out, tracking_uri, say=lambda line: click.echo(line, err=True))
         size = sum(p.stat().st_size for p in written)
         click.echo(f"{len(written)} run records ({size / 1e6:.2f} MB) in {out}")
