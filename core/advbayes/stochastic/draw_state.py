@@ -2,8 +2,8 @@
 
 A stochastic model draws from its own seeded generators, not torch's global one (an attack's extra forward passes
 must not shift a prediction's draws). Those generators are not in torch's random state, so a checkpoint saved only
-that: a resumed run restarted its draws from the model's seed, repeating the noise of its first epochs and giving
-other numbers than a run never interrupted. Any module with draw_state() / load_draw_state(state) is saved and
+that: a resumed run's rebuilt network drew a new seed and began a new stream of draws, giving other numbers than a
+run never interrupted. Any module with draw_state() / load_draw_state(state) is saved and
 restored here, by its name in the network (the same names in the resumed run: it is built the same way).
 """
 
