@@ -212,7 +212,7 @@ def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(store: str) -> N
 
 def test_a_bayesian_run_resumes_with_its_draws_where_they_stopped(store: str) -> None:
     """A stochastic model draws from its own generators: a checkpoint keeps them, so the resumed epochs see the
-    draws an uninterrupted run sees (restarting them from the seed gave other weights and accuracies)."""
+    draws an uninterrupted run sees (a new stream of draws, as resumes had before, gave other weights and accuracies)."""
     settings = {"defense": "bnn", "epochs": 4, "until_converged": False, "dataset.train_size": 300}
     whole = advbayes.run("moons", tracking_uri=store, **settings)
     pm = create_plugin_manager()

@@ -320,7 +320,7 @@ def test_smoothing_condition_experiment_uses_the_smoothing_models_l_on_a_subset(
 
 
 def test_mc_dropout_and_smoothing_continue_their_draws_from_a_saved_draw_state() -> None:
-    """A checkpoint keeps their generators (draw_state.py): a resumed run's masks and noise go on, not restart."""
+    """A checkpoint keeps their generators (draw_state.py): a resumed run's masks and noise go on, no new stream."""
     from advbayes.engine.checkpoints import rng_state, set_rng_state
 
     x = torch.rand(4, 8)
