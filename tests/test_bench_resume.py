@@ -42,10 +42,11 @@ def runs_of(store: str) -> list[Any]:
     return client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`advbayes.role` = 'parent'")
 
 
-@pytest.fixture(scope="module")
-def interrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+@pytest.fixture
+def interrupted(tmp_path: Path) -> tuple[str, Path]:
     """A store holding a bench stopped by Ctrl-C in its Linf attacks (train and twin finished, L2 never started)."""
-    folder = tmp_path_factory.mktemp("interrupted")
+    folder = tmp_path / "interrupted"
+    folder.mkdir()
     store = f"sqlite:///{folder / 'mlflow.db'}"
     pm, interrupter = get_plugin_manager(), InterruptLinf()
     pm.register(interrupter, name="test-interrupt-linf")
@@ -92,24 +93,36 @@ def test_a_resumed_bench_reads_back_what_finished_resumes_what_stopped_and_gives
         assert card[part] == reference[part], part
 
 
-@pytest.mark.slow
-def test_resume_refuses_runs_made_by_other_code_before_any_work(interrupted: tuple[str, Path]) -> None:
-    store, folder = interrupted
-    client, count = MlflowClient(store), len(runs_of(store))
-    twin = next(r for r in runs_of(store) if r.data.tags[STEP_TAG] == "0/twin")
-    commit = twin.data.tags.get("advbayes.git_commit")
-    client.set_tag(twin.info.run_id, "advbayes.git_commit", "0" * 40)
-    try:
-        with pytest.raises(
-            RunError, match=f"--resume: run {twin.info.run_id} \\(step 0/twin\\) has advbayes.git_commit='0000"
-        ):
-            small_bench(store, folder / "cards", resume=True)
-    finally:
-        if commit is None:
-            client.delete_tag(twin.info.run_id, "advbayes.git_commit")
-        else:
-            client.set_tag(twin.info.run_id, "advbayes.git_commit", commit)
-    assert len(runs_of(store)) == count  # nothing started
+@pytest.fixture
+def recorded(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """A store holding the runs of a bench as --resume finds them (its tags: key, id, step, this code), and
+    nothing else: what --resume checks before any work needs no trained network."""
+    from advbayes.lab.bench_steps import KEY_TAG
+    from advbayes.tracking.runs import provenance
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, protocol = MlflowClient(store), PROTOCOLS["digits"]
+    experiment = client.create_experiment(protocol.experiment)
+    tags = {KEY_TAG: bench_key("bnn", protocol, SETTINGS), ID_TAG: "0123456789ab", **provenance()}
+    ids = {}
+    for step in ("0/train", "0/twin"):
+        ids[step] = client.create_run(experiment, tags={**tags, STEP_TAG: step}).info.run_id
+        client.set_terminated(ids[step])
+    return store, ids
+
+
+def test_resume_refuses_runs_made_by_other_code_before_any_work(
+    recorded: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    store, ids = recorded
+    client = MlflowClient(store)
+    client.set_tag(ids["0/twin"], "advbayes.git_commit", "0" * 40)
+    with pytest.raises(
+        RunError, match=f"--resume: run {ids['0/twin']} \\(step 0/twin\\) has advbayes.git_commit='0000"
+    ):
+        small_bench(store, tmp_path / "cards", resume=True)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert len(client.search_runs(experiments)) == 2  # nothing started
 
 
 def test_resume_with_nothing_to_continue_is_one_line_naming_the_store(isolated_cwd: Path) -> None:
@@ -122,26 +135,17 @@ def test_resume_with_nothing_to_continue_is_one_line_naming_the_store(isolated_c
 
 
 def test_resume_says_when_uncommitted_changes_cannot_be_compared(
-    interrupted: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+    recorded: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import advbayes.tracking.runs as tracking_runs
 
-    store, _ = interrupted
-    client, runs = MlflowClient(store), runs_of(store)
-    before = {r.info.run_id: r.data.tags.get("advbayes.git_dirty") for r in runs}
+    store, ids = recorded
+    for run_id in ids.values():
+        MlflowClient(store).set_tag(run_id, "advbayes.git_dirty", "true")
     real = tracking_runs.provenance
     monkeypatch.setattr(tracking_runs, "provenance", lambda where=None: {**real(where), "advbayes.git_dirty": "true"})
     protocol, said = PROTOCOLS["digits"], []
-    try:
-        for run in runs:
-            client.set_tag(run.info.run_id, "advbayes.git_dirty", "true")
-        BenchSteps(
-            protocol.experiment, bench_key("bnn", protocol, SETTINGS), "bnn", store, said.append
-        ).continue_earlier()
-    finally:
-        for run_id, value in before.items():
-            if value is None:
-                client.delete_tag(run_id, "advbayes.git_dirty")
-            else:
-                client.set_tag(run_id, "advbayes.git_dirty", value)
+    steps = BenchSteps(protocol.experiment, bench_key("bnn", protocol, SETTINGS), "bnn", store, said.append)
+    steps.continue_earlier()
     assert len(said) == 1 and "was made by a checkout with uncommitted changes, as this one is" in said[0]
+    assert steps.bench_id == "0123456789ab" and set(steps.earlier) == {"0/train", "0/twin"}
