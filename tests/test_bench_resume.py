@@ -3,6 +3,7 @@ checkpoints, the interrupted one resumed), and its card equals that of a bench t
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +45,22 @@ def runs_of(store: str) -> list[Any]:
 
 @pytest.fixture
 def interrupted(tmp_path: Path) -> tuple[str, Path]:
-    """A store holding a bench stopped by Ctrl-C in its Linf attacks (train and twin finished, L2 never started)."""
+    """A store holding a bench stopped by Ctrl-C in its Linf attacks (train and twin finished, L2 never started),
+    on the command line, which says how to go on."""
     folder = tmp_path / "interrupted"
     folder.mkdir()
     store = f"sqlite:///{folder / 'mlflow.db'}"
-    pm, interrupter = get_plugin_manager(), InterruptLinf()
-    pm.register(interrupter, name="test-interrupt-linf")
+    args = ["bench", "bnn", "--dataset", "digits", "--seeds", "0", "--set", "epochs=2", "--set", "dataset.n_test=48"]
+    args += ["--tracking-uri", store, "--out", str(folder / "cards")]
+    pm = get_plugin_manager()
+    pm.register(InterruptLinf(), name="test-interrupt-linf")
     try:
-        with pytest.raises(KeyboardInterrupt):
-            small_bench(store, folder / "cards")
+        result = CliRunner().invoke(cli, args)
     finally:
         pm.unregister(name="test-interrupt-linf")
+    assert result.exit_code == 130, result.output
+    hint = "Interrupted: the bench's finished runs and checkpoints are kept; go on: "
+    assert f"{hint}advbayes {shlex.join(args)} --resume" in result.stderr
     return store, folder
 
 

@@ -105,12 +105,16 @@ class AdvbayesGroup(click.Group):
                 for metric in metric_names(finished):
                     click.echo(format_table(finished, metric) + "\n")
             run_id = getattr(exc, "advbayes_run_id", None)
-            if run_id and getattr(exc, "advbayes_checkpointed", True):
+            given = list(getattr(self, "invoked_args", sys.argv[1:]))
+            if getattr(exc, "advbayes_bench", False):  # the bench, not its one run, is what the user goes on with
+                again = shlex.join(["advbayes", *given, *([] if "--resume" in given else ["--resume"])])
+                click.echo(f"Interrupted: the bench's finished runs and checkpoints are kept; go on: {again}", err=True)
+            elif run_id and getattr(exc, "advbayes_checkpointed", True):
                 click.echo(
                     f"Interrupted: tracked run {run_id} is marked KILLED; resume it with --resume {run_id}", err=True
                 )
             elif run_id:  # nothing to resume from: say how to start it again
-                again = shlex.join(["advbayes", *getattr(self, "invoked_args", sys.argv[1:])])
+                again = shlex.join(["advbayes", *given])
                 click.echo(
                     f"Interrupted: tracked run {run_id} is marked KILLED before its first checkpoint, so there is "
                     f"nothing to resume; run it again: {again}",

@@ -100,7 +100,11 @@ def add_lab_commands(cli: click.Group) -> None:
                 raise RunError("--resume continues a bench, and --estimate runs none: give one of them")
             click.echo("\n".join(estimate_bench(entry, examples=examples, train_epochs=train_epochs, **common).lines()))
             return
-        card = bench(entry, tracking_uri=tracking_uri, progress=True, out=out, resume=resume, **common)
+        try:
+            card = bench(entry, tracking_uri=tracking_uri, progress=True, out=out, resume=resume, **common)
+        except KeyboardInterrupt as exc:
+            exc.advbayes_bench = True  # type: ignore[attr-defined]  # the CLI says how to go on: --resume
+            raise
         failed = [c["name"] for c in card["checks"] if c["status"] == "failed"]
         click.echo(f"card {out / card_file(card)}: clean {card['clean']['value']:.4f}")
         for threat, section in card["threat_models"].items():
