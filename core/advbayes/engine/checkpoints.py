@@ -70,8 +70,6 @@ class Checkpoints:
     ) -> Path:
         """Write everything needed to resume after `epoch`."""
         state = {
-            "experiment": self.parts.name,
-            "spec": self.parts.spec,
             "epoch": epoch,
             "model": net.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -84,7 +82,8 @@ class Checkpoints:
 
     def write(self, state: dict[str, Any]) -> Path:
         """Write a state atomically (a crash never leaves half a file) and keep it as the latest."""
-        # this run's own settings: a run resumed with changed ones (--set) starts from a state that holds the old
+        # every state names this run's own settings here, in one place: a run resumed with changed ones (--set)
+        # starts from a state that holds the old
         state = {**state, "experiment": self.parts.name, "spec": self.parts.spec}
         path = self.workdir / CHECKPOINT_NAME
         partial = path.with_suffix(".partial")
@@ -98,8 +97,6 @@ class Checkpoints:
         if self.last_state is not None:
             return dict(self.last_state)
         return {
-            "experiment": self.parts.name,
-            "spec": self.parts.spec,
             "epoch": 0,
             "model": net.state_dict(),
             "optimizer": None,

@@ -276,23 +276,16 @@ def replay(
     prepared = prepare_run(resume=run_id, registry=registry, device=device, tracking_uri=tracking_uri, pm=pm)
     checkpoint = prepared.checkpoint
     assert checkpoint is not None and prepared.name is not None
-    spec, seed = prepared.spec, int(prepared.spec["seed"])
-    seed_everything(seed)
-    set_rng_state(checkpoint["rng"])
     info = RunInfo(
         experiment=prepared.name,
-        spec=spec,
-        seed=seed,
+        spec=prepared.spec,
+        seed=int(prepared.spec["seed"]),
         device=str(prepared.device),
         plugins=plugin_versions(pm),
-        track=False,  # no hook writes: the run keeps what it recorded when it finished
+        track=False,  # and no lifecycle hook is called: the run keeps what it recorded when it finished
         tracking_uri=tracking_uri,
     )
-    parts = RunParts(
-        prepared.name, spec, registry=prepared.registry, device=prepared.device, info=info, progress=False,
-        checkpoint=checkpoint,
-    )  # fmt: skip
-    engine = Run(parts)
+    engine = _seeded_engine(info, prepared.registry, prepared.device, False, checkpoint)
     try:
         result = engine.execute()
     finally:
@@ -338,14 +331,10 @@ def _run_one(
     place: Distributed = SINGLE,
 ) -> RunResult:
     """Train and evaluate one defense, reporting through the lifecycle hooks."""
-    seed = int(spec["seed"])
-    seed_everything(seed)
-    if checkpoint is not None:
-        set_rng_state(checkpoint["rng"])
     info = RunInfo(
         experiment=name,
         spec=spec,
-        seed=seed,
+        seed=int(spec["seed"]),
         device=str(device),
         plugins=plugin_versions(pm),
         track=track,
@@ -354,19 +343,7 @@ def _run_one(
         resumed_from=resumed_from,
         tags=dict(tags or {}),
     )
-    engine = Run(
-        RunParts(
-            name,
-            spec,
-            registry=registry,
-            device=device,
-            info=info,
-            progress=progress,
-            checkpoint=checkpoint,
-            peers=peers,
-            place=place,
-        )
-    )
+    engine = _seeded_engine(info, registry, device, progress, checkpoint, peers, place)
     try:  # a run_started that fails half-way (the run created, its artifacts not) still ends the run FAILED
         pm.hook.run_started(run=info)
         result = engine.execute()
@@ -387,6 +364,27 @@ def _run_one(
         result.figures.update(figures or {})
     pm.hook.run_finished(run=info, result=result, status="FINISHED", error=None)
     return result
+
+
+def _seeded_engine(
+    info: RunInfo,
+    registry: Registry,
+    device: torch.device,
+    progress: bool,
+    checkpoint: Mapping[str, Any] | None,
+    peers: Mapping[str, torch.nn.Module] | None = None,
+    place: Distributed = SINGLE,
+) -> Run:
+    """The engine of the run `info`, with the global random state seeded, or restored from `checkpoint`, as a run
+    starts (the network is built after this, from that state)."""
+    seed_everything(info.seed)
+    if checkpoint is not None:
+        set_rng_state(checkpoint["rng"])
+    parts = RunParts(
+        info.experiment, info.spec, registry=registry, device=device, info=info, progress=progress,
+        checkpoint=checkpoint, peers=peers, place=place,
+    )  # fmt: skip
+    return Run(parts)
 
 
 def _fetch_checkpoint(pm: PluginManager, run_id: str, tracking_uri: str | None) -> dict[str, Any]:
