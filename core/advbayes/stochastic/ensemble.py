@@ -7,15 +7,14 @@ attack's draws and the prediction's draws are independent, as for every stochast
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from advbayes.stochastic.draw_state import generator_states, load_generator_states
+from advbayes.stochastic.draw_state import SeededDraws
 
 
 def unflatten_parameters(net: nn.Module, vectors: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -28,7 +27,7 @@ def unflatten_parameters(net: nn.Module, vectors: torch.Tensor) -> dict[str, tor
     return out
 
 
-class SampleEnsemble(nn.Module):
+class SampleEnsemble(SeededDraws, nn.Module):
     """`net` evaluated at N stored parameter samples; before any sample is stored it is `net` itself ([1, B, k])."""
 
     takes_samples = True
@@ -44,7 +43,7 @@ class SampleEnsemble(nn.Module):
         self.register_buffer("stored", torch.zeros(capacity, count))  # one flattened parameter vector per row
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))  # rows in use
         self._seed = seed
-        self._generator: torch.Generator | None = None
+        self._generators: dict[torch.device, torch.Generator] = {}  # the choice's, on the CPU (SeededDraws)
         self._frozen: torch.Tensor | None = None
         self._freezing = False
 
@@ -64,29 +63,15 @@ class SampleEnsemble(nn.Module):
             self.stored[: samples.shape[0]].copy_(samples)
             self.filled.fill_(samples.shape[0])
 
-    def seed(self, seed: int) -> None:
-        """Restart the choice of samples: the same seed reproduces every choice."""
-        self._seed, self._generator = seed, None
-
-    def draw_state(self) -> dict[str, Any]:
-        """The seed and the choice's generator state: what a checkpoint keeps (draw_state.py)."""
-        return generator_states(self._seed, {} if self._generator is None else {torch.device("cpu"): self._generator})
-
-    def load_draw_state(self, state: Mapping[str, Any]) -> None:
-        """Continue the choices that draw_state saved."""
-        self._seed, generators = load_generator_states(state)
-        self._generator = generators.get(torch.device("cpu"))
-
     def _choose(self, samples: int) -> torch.Tensor:
         if self._frozen is not None and self._frozen.numel() == samples:
             return self._frozen
-        if self._generator is None:
-            self._generator = torch.Generator().manual_seed(self._seed)
+        generator = self.generator(torch.device("cpu"))
         count = self.sample_count
         if samples <= count:
-            index = torch.randperm(count, generator=self._generator)[:samples]
+            index = torch.randperm(count, generator=generator)[:samples]
         else:
-            index = torch.randint(count, (samples,), generator=self._generator)
+            index = torch.randint(count, (samples,), generator=generator)
         if self._freezing:
             self._frozen = index
         return index
