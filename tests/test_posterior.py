@@ -15,6 +15,7 @@ from torch.func import functional_call
 import advbayes
 from advbayes.errors import RunError
 from advbayes.posterior import convergence_findings, convergence_verdict, width_statistics
+from advbayes.posterior.convergence import LOSS_FLOOR, loss_change, relative_change
 from advbayes.posterior.optimizers import IVONSteps, make_optimizer
 from advbayes.posterior.width import WIDTH_KEY
 from advbayes.registry import load_registry
@@ -225,7 +226,30 @@ def test_until_converged_stops_a_deterministic_network_once_its_loss_settles() -
     assert 4 <= len(losses) < 80
     assert "posterior/converged" not in result.model_metrics  # no posterior, no posterior verdict
 
-    def change(values: list[float]) -> float:
-        return abs(sum(values[-2:]) - sum(values[-4:-2])) / abs(sum(values[-4:-2]))
+    def change(values: list[float]) -> float:  # window means; a loss below 0.01 nats moves relative to 0.01
+        before, now = sum(values[-4:-2]) / 2, sum(values[-2:]) / 2
+        return abs(now - before) / max(abs(before), 0.01)
 
     assert change(losses) < 0.05 and change(losses[:-1]) >= 0.05
+
+
+def test_a_loss_falling_toward_zero_settles_once_it_moves_less_than_tol_of_the_floor() -> None:
+    # a network that fits its training set: the loss halves every epoch toward 0, so its relative change stays 97 %
+    losses = [2.0 * 0.5**i for i in range(40)]
+    assert relative_change(losses, 5) == pytest.approx(1 - 0.5**5)  # never below any tol: it would never stop
+    settled = loss_change(losses, 5)
+    before, now = sum(losses[-10:-5]) / 5, sum(losses[-5:]) / 5
+    assert settled == pytest.approx((before - now) / LOSS_FLOOR) and settled < 0.02
+    above = [3.0, 2.0, 1.0, 1.5]  # window means above the floor: judged as before
+    assert loss_change(above, 2) == relative_change(above, 2)
+    widths = [1e-4 * 0.5**i for i in range(40)]  # a width is never floored: sigma^2 lives far below 0.01
+    verdict = convergence_verdict(history(widths, losses), 1.0, tol=0.02, window=5)
+    assert verdict is not None and verdict.loss_change == pytest.approx(settled) and not verdict.converged
+
+
+def test_the_digits_bench_stops_a_network_that_fits_its_training_set_before_the_cap() -> None:
+    result = advbayes.run("bench-digits", track=False)  # standard: its loss reaches 5e-6 nats if trained to the cap
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) < 100 and losses[-1] < 0.01  # 300 epochs before the floor
+    assert loss_change(losses, 5) < 0.02 <= loss_change(losses[:-1], 5)  # the first epoch the rule allows
+    assert relative_change(losses, 5) > 0.02  # relative to itself the loss is still moving

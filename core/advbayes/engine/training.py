@@ -18,7 +18,7 @@ from advbayes.engine.distributed import mean_over_ranks, sharded_loss
 from advbayes.errors import RunError
 from advbayes.losses import mean_cross_entropy
 from advbayes.posterior import WIDTH_KEY, ConvergenceVerdict, convergence_verdict, width_statistics
-from advbayes.posterior.convergence import relative_change
+from advbayes.posterior.convergence import loss_change
 from advbayes.posterior.optimizers import OptimizerSteps, make_optimizer
 from advbayes.progress import on_terminal, progress_bar
 from advbayes.stochastic import as_sampled
@@ -189,7 +189,7 @@ class Trainer:
             return verdict.converged
         losses = [float(h["loss"]) for h in self.history if "loss" in h]
         experiment = self.parts.experiment
-        return relative_change(losses, experiment.convergence_window) < experiment.convergence_tol
+        return loss_change(losses, experiment.convergence_window) < experiment.convergence_tol
 
     def verdict(self) -> ConvergenceVerdict | None:
         """The posterior's convergence verdict on the epochs so far (None for a network without Gaussian weights)."""
