@@ -42,6 +42,8 @@ class ChainSamples:
     samples: torch.Tensor
     seconds: float
     accept_rate: float
+    step_size: float = math.nan  # the adapted leapfrog step size, mean over chains
+    leapfrog_steps: float = math.nan  # leapfrog steps per iteration (drawn: their mean), mean over chains
 
     @property
     def samples_per_s(self) -> float:
@@ -69,6 +71,33 @@ def chain_diagnostics(tracked: torch.Tensor) -> dict[str, float]:
     }
 
 
+def jittered_steps_hmc(potential: Callable[..., torch.Tensor], *, step_size: float, num_steps: int) -> Any:
+    """pyro's HMC making, per iteration, a number of leapfrog steps drawn uniformly from ceil(num_steps / 2) to
+    num_steps, at whatever step size warm-up adapts; `draws` keeps the counts drawn.
+
+    Why not pyro's HMC as it is: it keeps the trajectory LENGTH step_size x num_steps of its constructor and divides
+    it by the adapted step size, so 40 steps asked at step size 1e-3 integrate for 0.04 time units, one leapfrog step
+    once warm-up has adapted the step size to 0.04 or more. Why drawn, not fixed: a fixed count can integrate one
+    whole period of the (mass-adapted) posterior and return to where it started (10 steps of 0.66 on a unit
+    Gaussian: ESS 2 of 1,200 samples); a count drawn from an interval breaks that (Neal 2011, section 5.4.2.2).
+    """
+    from pyro.infer.mcmc import HMC
+
+    class JitteredStepsHMC(HMC):  # type: ignore[misc]
+        draws: list[int]  # the step count of every iteration so far
+
+        @property
+        def num_steps(self) -> int:
+            # pyro reads this once per iteration; torch's generator is the one pyro.set_rng_seed seeds
+            steps = int(torch.randint((num_steps + 1) // 2, num_steps + 1, ()).item())
+            self.draws.append(steps)
+            return steps
+
+    kernel = JitteredStepsHMC(potential_fn=potential, step_size=step_size, num_steps=num_steps, adapt_step_size=True)
+    kernel.draws = []
+    return kernel
+
+
 def sample_posterior(
     net: nn.Module,
     log_likelihood: Callable[[dict[str, torch.Tensor]], torch.Tensor],
@@ -83,9 +112,13 @@ def sample_posterior(
     init_jitter: float,
     seed: int,
     progress: bool = False,
+    trajectory_length: float = 0.0,
 ) -> ChainSamples:
     """HMC (or NUTS) on p(theta | data) ~ exp(log_likelihood(theta)) N(theta; 0, prior_sigma^2 I), one chain after
-    another from the network's current weights plus N(0, init_jitter^2) (chains must start apart for R-hat)."""
+    another from the network's current weights plus N(0, init_jitter^2) (chains must start apart for R-hat).
+
+    HMC makes ceil(num_steps / 2) to `num_steps` leapfrog steps per iteration; with `trajectory_length` > 0 it
+    integrates for that time instead (pyro's rule: trajectory_length / the adapted step size steps)."""
     import pyro
     from pyro.infer.mcmc import HMC, MCMC, NUTS
 
@@ -98,7 +131,7 @@ def sample_posterior(
         return prior - log_likelihood({**unflatten_parameters(net, theta), **buffers})
 
     chain_samples = []
-    accepted = []
+    accepted, step_sizes, steps = [], [], []
     started = time.perf_counter()
     said = [started]
 
@@ -126,8 +159,10 @@ def sample_posterior(
         jitter = torch.randn(start.shape, generator=generator).to(start) * init_jitter
         if nuts:
             kernel: Any = NUTS(potential_fn=potential, step_size=step_size, adapt_step_size=True)
+        elif trajectory_length > 0:
+            kernel = HMC(potential_fn=potential, step_size=step_size, trajectory_length=trajectory_length)
         else:
-            kernel = HMC(potential_fn=potential, step_size=step_size, num_steps=num_steps, adapt_step_size=True)
+            kernel = jittered_steps_hmc(potential, step_size=step_size, num_steps=num_steps)
         mcmc = MCMC(
             kernel,
             num_samples=num_samples,
@@ -139,8 +174,21 @@ def sample_posterior(
         mcmc.run()
         chain_samples.append(mcmc.get_samples()["theta"].detach())
         accepted.append(float(mcmc.diagnostics()["acceptance rate"]["chain 0"]))
+        step_sizes.append(float(kernel.step_size))
+        if nuts:  # NUTS chooses each trajectory's length itself: no one step count to report
+            steps.append(math.nan)
+        elif trajectory_length > 0:
+            steps.append(float(max(1, int(trajectory_length / kernel.step_size))))
+        else:
+            steps.append(sum(kernel.draws) / len(kernel.draws))
     seconds = time.perf_counter() - started
-    return ChainSamples(samples=torch.stack(chain_samples), seconds=seconds, accept_rate=sum(accepted) / chains)
+    return ChainSamples(
+        samples=torch.stack(chain_samples),
+        seconds=seconds,
+        accept_rate=sum(accepted) / chains,
+        step_size=sum(step_sizes) / chains,
+        leapfrog_steps=sum(steps) / chains,
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -155,7 +203,12 @@ class HMCDefense(Defense):
     num_samples: int = param(100, kind=int, ge=4, le=100_000, help="samples kept per chain")
     warmup: int = param(100, kind=int, ge=0, le=100_000, help="warm-up iterations per chain (adaptation)")
     chains: int = param(2, kind=int, ge=1, le=16, help="chains, one after another (R-hat needs 2 or more)")
-    num_steps: int = param(20, kind=int, ge=1, le=10_000, help="leapfrog steps per HMC iteration")
+    num_steps: int = param(
+        20, kind=int, ge=1, le=10_000, help="leapfrog steps per iteration, at most (drawn from half of it up)"
+    )
+    trajectory_length: float = param(
+        0.0, ge=0.0, help="> 0: integrate this long per iteration instead (steps = length / adapted step size)"
+    )
     step_size: float = param(1e-3, gt=0.0, le=10.0, help="initial leapfrog step size (adapted in warm-up)")
     nuts: bool = param(False, kind=bool, help="NUTS instead of HMC with num_steps")
     thin: int = param(1, kind=int, ge=1, le=1000, help="keep every thin-th sample")
@@ -203,6 +256,7 @@ class HMCDefense(Defense):
             init_jitter=self.init_jitter,
             seed=context.seed,
             progress=context.progress,
+            trajectory_length=self.trajectory_length,
         )
         kept = drawn.samples[:, :: self.thin]
         # A network's weights are not identifiable (permuting hidden units leaves the function unchanged), so chains
@@ -221,6 +275,7 @@ class HMCDefense(Defense):
         metrics = {f"hmc_{k}": v for k, v in chain_diagnostics(function).items()}
         metrics.update({f"hmc_weight_{k}": v for k, v in chain_diagnostics(kept).items()})
         metrics.update(hmc_accept_rate=drawn.accept_rate, hmc_samples_per_s=drawn.samples_per_s)
+        metrics.update(hmc_step_size=drawn.step_size, hmc_leapfrog_steps=drawn.leapfrog_steps)
         model.store(kept.reshape(-1, kept.shape[-1]))
         converged = metrics["hmc_r_hat_max"] < RHAT_LIMIT
         return {**{f"posterior/{k}": v for k, v in metrics.items()}, "posterior/converged": float(converged)}
