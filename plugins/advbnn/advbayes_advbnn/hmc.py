@@ -177,9 +177,9 @@ def sample_posterior(
         step_sizes.append(float(kernel.step_size))
         if nuts:  # NUTS chooses each trajectory's length itself: no one step count to report
             steps.append(math.nan)
-        elif trajectory_length > 0:
-            steps.append(float(max(1, int(trajectory_length / kernel.step_size))))
-        else:
+        elif trajectory_length > 0:  # pyro's own property: the length over the adapted step size
+            steps.append(float(kernel.num_steps))
+        else:  # reading num_steps here would draw one more count: the mean of those the chain drew
             steps.append(sum(kernel.draws) / len(kernel.draws))
     seconds = time.perf_counter() - started
     return ChainSamples(
