@@ -95,6 +95,32 @@ def test_verdict_rule_at_its_edges(kind: str, low: float, high: float, delta: fl
             "claim 1: a claim is either not testable here or an artifact, not both",
         ),
         ("[claims]\n", "unknown table 'claims'"),
+        (
+            "[[figure]]\nname = 'f'\nexperiments = ['a']\nx_param = 'model.widths'\ntitle = 't'\nmetric = 'm'\n",
+            "figure 1: an x_param figure names 'experiments', a list of two or more, got ['a']",
+        ),
+        (
+            "[[figure]]\nname = 'f'\nexperiment = 'a'\nexperiments = ['a', 'b']\nx_param = 'p'\ntitle = 't'\n"
+            "metric = 'm'\n",
+            "an x_param figure names 'experiments'",
+        ),
+        (
+            "[[figure]]\nname = 'f'\nexperiments = ['a', 'a']\nx_param = 'p'\ntitle = 't'\nmetric = 'm'\n",
+            "figure 1.experiments: expected distinct experiment names",
+        ),
+        (
+            "[[figure]]\nname = 'f'\nexperiments = ['a', 'b']\nx_param = 'p'\ntitle = 't'\nmetric = 's{x}'\n",
+            "x_param reads x from a param; the metric and attack take no {x} then",
+        ),
+        (
+            "[[figure]]\nname = 'f'\nexperiments = ['a', 'b']\nx_param = 'p'\ntitle = 't'\nmetric = 'accuracy'\n"
+            "attack = 'pgd'\n",
+            "x_param with an attack needs its eps",
+        ),
+        (
+            "[[figure]]\nname = 'f'\nexperiment = 'a'\nexperiments = ['a', 'b']\ntitle = 't'\nmetric = 's{x}'\n",
+            "'experiments' goes with an x_param",
+        ),
         ("a = [", "not valid TOML"),
     ],
 )

@@ -125,6 +125,10 @@ class FigureSpec:
     log_y: bool = False
     defenses: tuple[str, ...] = ()
     history: bool = False  # the metric's per-epoch history (x = epoch)
+    # x read from each run's param (e.g. model.widths), y from its metric, over the runs of several experiments:
+    # a trend across experiments that differ in one setting (Carbone et al.'s gradient vs width, vs training inputs)
+    x_param: str = ""
+    experiments: tuple[str, ...] = ()
 
 
 @dataclass
@@ -272,6 +276,24 @@ def _require_strings(table: Any, keys: Sequence[str], where: str) -> None:
             raise RunError(f"{where}: expected a string {key!r}, got {table.get(key)!r}")
 
 
+def _figure_experiments(table: Any, where: str) -> tuple[str, ...]:
+    """A figure's experiments: `experiment`, or with an `x_param` the list `experiments` (two or more)."""
+    if not isinstance(table, dict):
+        raise RunError(f"{where}: expected a table, got {table!r}")
+    if "x_param" not in table:
+        _require_strings(table, ("experiment",), where)
+        if "experiments" in table:
+            raise RunError(f"{where}: 'experiments' goes with an x_param; one experiment's figure names 'experiment'")
+        return (table["experiment"],)
+    _require_strings(table, ("x_param",), where)
+    names = table.get("experiments")
+    if "experiment" in table or not isinstance(names, list) or len(names) < 2:
+        raise RunError(f"{where}: an x_param figure names 'experiments', a list of two or more, got {names!r}")
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
+        raise RunError(f"{where}.experiments: expected distinct experiment names, got {names!r}")
+    return tuple(names)
+
+
 def load_claims(path: Path) -> tuple[list[Claim], list[FigureSpec]]:
     """The claims and figures of a claims file; a one-line error naming the file, entry and key when malformed."""
     if not path.is_file():
@@ -316,14 +338,22 @@ def load_claims(path: Path) -> tuple[list[Claim], list[FigureSpec]]:
     figures = []
     for i, table in enumerate(data.get("figure", [])):
         where = f"{path} figure {i + 1}"
-        _require_strings(table, ("name", "experiment", "title", "metric"), where)
+        experiments = _figure_experiments(table, where)
+        _require_strings(table, ("name", "title", "metric"), where)
         history = bool(table.get("history", False))
-        if not history and "{x}" not in table["metric"] + str(table.get("attack", "")):
-            raise RunError(f"{where}: the metric or the attack needs an {{x}} (or history = true)")
+        if "x_param" in table:
+            if history or "{x}" in table["metric"] + str(table.get("attack", "")):
+                raise RunError(f"{where}: x_param reads x from a param; the metric and attack take no {{x}} then")
+            if table.get("attack") is not None and table.get("eps") is None:
+                raise RunError(f"{where}: x_param with an attack needs its eps")
+        elif not history and "{x}" not in table["metric"] + str(table.get("attack", "")):
+            raise RunError(f"{where}: the metric or the attack needs an {{x}} (or history = true, or an x_param)")
         figures.append(
             FigureSpec(
                 name=table["name"],
-                experiment=table["experiment"],
+                experiment=experiments[0],
+                experiments=experiments if "x_param" in table else (),
+                x_param=str(table.get("x_param", "")),
                 title=table["title"],
                 metric=table["metric"],
                 attack=table.get("attack"),

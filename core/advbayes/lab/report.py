@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from advbayes.results import format_value
 from advbayes.tracking.settings import group_label, varied_settings
 from advbayes.tracking.store import client_for
 
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")  # a number inside a param: "[32]", "5000"
 TRAIN_COLUMNS = ("loss", "ce", "acc", "kl_per_param", "mean_sigma2", "r", "omega_m", "omega_s", "epoch_seconds")
 
 
@@ -239,8 +241,38 @@ def experiment_section(store: RunSource, name: str, out: Path, figures_dir: Path
     return "\n".join(parts)
 
 
+def param_series(store: RunSource, spec: FigureSpec) -> dict[str, dict[float, list[float]]]:
+    """{defense: {x: values}} of an x_param figure: per run of each experiment, x its param, y its metric (or its
+    result at the attack and eps); an x that two experiments share would merge their settings and is an error."""
+    series: dict[str, dict[float, list[float]]] = {}
+    x_from: dict[float, str] = {}
+    for experiment in spec.experiments:
+        for run in store.runs(experiment, missing_ok=True):
+            defense = run.data.tags.get("advbayes.defense", "?")
+            if spec.defenses and defense not in spec.defenses:
+                continue
+            where = f"figure '{spec.name}': run {run.info.run_id} of {experiment}"
+            raw = run.data.params.get(spec.x_param)
+            numbers = NUMBER.findall(raw or "")
+            if len(numbers) != 1:
+                raise RunError(f"{where}: param {spec.x_param} is {raw!r}; the x_param needs one number")
+            x = float(numbers[0])
+            if x_from.setdefault(x, experiment) != experiment:
+                clash = f"{spec.x_param} = {numbers[0]} in {x_from[x]} too"
+                raise RunError(f"{where}: {clash}; x_param must tell the experiments apart")
+            if spec.attack is None:
+                value = run.data.metrics.get(spec.metric)
+            else:
+                value = values_by_key(store.rows(run.info.run_id)).get((spec.attack, float(spec.eps or 0), spec.metric))
+            if value is not None:
+                series.setdefault(defense, {}).setdefault(x, []).append(value)
+    return series
+
+
 def claim_figure(store: RunSource, spec: FigureSpec, folder: Path, out: Path) -> list[str]:
     """One [[figure]] of a claims file, drawn from the store, and its Markdown."""
+    if spec.x_param:
+        return param_figure(store, spec, folder, out)
     defenses = list(spec.defenses) or store.defenses(spec.experiment)
     series: dict[str, dict[float, list[float]]] = {}
     for defense in defenses:
@@ -272,6 +304,30 @@ def claim_figure(store: RunSource, spec: FigureSpec, folder: Path, out: Path) ->
         log_x=not spec.history and min(min(v) for v in series.values()) > 0,
         log_y=spec.log_y,
     )
+    return figure_markdown(figure, spec, folder, out)
+
+
+def param_figure(store: RunSource, spec: FigureSpec, folder: Path, out: Path) -> list[str]:
+    """An x_param [[figure]]: the metric against a setting that differs between experiments, and its Markdown."""
+    series = param_series(store, spec)
+    names = ", ".join(spec.experiments)
+    if not series:
+        if not any(store.defenses(e) for e in spec.experiments):
+            return [f"Figure '{spec.title}': experiments {names} have no finished runs in what was read."]
+        raise RunError(f"figure '{spec.name}': no run of {names} has {spec.metric}")
+    figure = series_figure(
+        series,
+        title=spec.title,
+        xlabel=spec.xlabel or spec.x_param,
+        ylabel=spec.ylabel or spec.metric,
+        log_x=min(min(v) for v in series.values()) > 0,
+        log_y=spec.log_y,
+    )
+    return figure_markdown(figure, spec, folder, out)
+
+
+def figure_markdown(figure: Any, spec: FigureSpec, folder: Path, out: Path) -> list[str]:
+    """A claims file's figure saved as PNG and PDF, and the Markdown that shows it."""
     png, pdf = save_figure(figure, folder, spec.name)
     return [f"![{spec.title}]({png.relative_to(out).as_posix()}) ([PDF]({pdf.relative_to(out).as_posix()}))"]
 
