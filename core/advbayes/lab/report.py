@@ -310,6 +310,7 @@ def claim_figure(store: RunSource, spec: FigureSpec, folder: Path, out: Path) ->
 def param_figure(store: RunSource, spec: FigureSpec, folder: Path, out: Path) -> list[str]:
     """An x_param [[figure]]: the metric against a setting that differs between experiments, and its Markdown."""
     series = param_series(store, spec)
+    xs = [x for by_x in series.values() for x in by_x]
     names = ", ".join(spec.experiments)
     if not series:
         if not any(store.defenses(e) for e in spec.experiments):
@@ -320,7 +321,7 @@ def param_figure(store: RunSource, spec: FigureSpec, folder: Path, out: Path) ->
         title=spec.title,
         xlabel=spec.xlabel or spec.x_param,
         ylabel=spec.ylabel or spec.metric,
-        log_x=min(min(v) for v in series.values()) > 0,
+        log_x=min(xs) > 0 and max(xs) > 10 * min(xs),  # a few settings read best on a linear axis
         log_y=spec.log_y,
     )
     return figure_markdown(figure, spec, folder, out)
