@@ -49,6 +49,18 @@ def test_report_of_a_small_tracked_run_has_the_tables_and_figures(store: str, tm
     assert all((out / image).is_file() and (out / image).stat().st_size > 1000 for image in images)
 
 
+def test_an_experiment_of_one_defense_at_one_eps_gets_its_table_and_no_one_dot_figure(
+    store: str, tmp_path: Path
+) -> None:
+    advbayes.run("moons", tracking_uri=store, pm=create_plugin_manager(), defense="standard", eps=[0.0], epochs=1)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["report", "moons", "--out", str(out), "--tracking-uri", store])
+    assert result.exit_code == 0, result.output
+    text = (out / "report.md").read_text()
+    assert re.search(r"\| standard \| none \| [0-9.]+ \[", text)  # the accuracy row is there
+    assert "### figure: accuracy" not in text and not (out / "report_figures/moons/accuracy_vs_eps.png").exists()
+
+
 def test_report_of_an_unknown_experiment_is_a_one_line_error(store: str, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 

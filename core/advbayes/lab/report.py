@@ -128,7 +128,8 @@ def overlay_figures(
     out: Path,
     folder: Path,
 ) -> list[str]:
-    """The experiment's paper figures (one per metric, defenses overlaid, PNG and PDF) and their Markdown."""
+    """The experiment's paper figures (one per metric with more than one point, defenses overlaid, PNG and PDF)
+    and their Markdown."""
     groups = defense_groups(runs)
     labels = run_labels(runs, groups)
     points = {
@@ -137,6 +138,8 @@ def overlay_figures(
     }
     parts: list[str] = []
     for metric in drawable_metrics(points):
+        if len({(p.defense, p.attack, p.eps) for p in points[metric]}) < 2:
+            continue  # one defense at one attack and eps: a single dot says less than its table row
         png, pdf = save_figure(experiment_figure(points[metric], metric, title=name), folder, f"{metric}_vs_eps")
         parts += ["", f"### figure: {metric}", "", f"![{metric} vs eps]({png.relative_to(out).as_posix()})"]
         parts.append(f"([PDF]({pdf.relative_to(out).as_posix()}))")
