@@ -45,6 +45,7 @@ def test_moons_resolves_fully(tmp_path: Path) -> None:
         "test_size": 500,
         "noise": 0.1,
         "seed": 0,
+        "test_seed": -1,
     }
     assert spec["model"] == {"name": "mlp-small", "use": "mlp", "widths": [32, 32], "dropout": 0.0}
     assert spec["attacks"][0]["use"] == "none"

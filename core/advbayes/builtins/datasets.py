@@ -36,6 +36,14 @@ class HalfMoons(Dataset):
     test_size: int = param(500, kind=int, ge=2, help="test points")
     noise: float = param(0.1, ge=0.0, help="standard deviation of the Gaussian noise")
     seed: int = param(0, kind=int, ge=0, le=SEED_LIMIT, help="seed of the generator (independent of the run's seed)")
+    test_seed: int = param(
+        -1,
+        kind=int,
+        ge=-1,
+        le=SEED_LIMIT,
+        help="-1: test points follow the training points in one stream; >= 0: their own stream, the same test points "
+        "whatever train_size (to compare training sizes on one draw)",
+    )
 
     @property
     def num_classes(self) -> int:
@@ -58,4 +66,6 @@ class HalfMoons(Dataset):
         train = make_half_moons(self.train_size, self.noise, generator)
         if split == "train":
             return TensorDataset(*train)
+        if self.test_seed >= 0:  # above every training seed: never the stream the training points came from
+            generator = torch.Generator().manual_seed(SEED_LIMIT + 1 + self.test_seed)
         return TensorDataset(*make_half_moons(self.test_size, self.noise, generator))
