@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from advbayes.cli import cli
 from advbayes.errors import RunError
-from advbayes.lab.claims import FigureSpec
+from advbayes.lab.figure_specs import FigureSpec
 from advbayes.lab.records import read_records
 from advbayes.lab.report import param_series
 from advbayes.lab.sources import RecordRuns

@@ -16,7 +16,6 @@ name, or a training metric against the epoch).
 from __future__ import annotations
 
 import math
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from typing import Any
 
 from advbayes.errors import RunError
 from advbayes.intervals import Z95, mean_sd
+from advbayes.lab.figure_specs import FigureSpec, figure_spec, require_strings
+from advbayes.lab.figure_specs import x_of as x_of  # still importable here (advbayes.claims forwards to this module)
 from advbayes.tracking.settings import CONVERGED_METRIC
 
 if sys.version_info >= (3, 11):
@@ -108,27 +109,6 @@ class Claim:
     cite: str = ""  # where the paper says it: figure or table, section
     not_testable: str = ""  # why this setup cannot test the claim: the row says so instead of a verdict
     artifact: str = ""  # why the outcome is fixed by the setup: the verdict is shown, labelled an artifact
-
-
-@dataclass(frozen=True)
-class FigureSpec:
-    """A figure of series: `y` against a number parsed from attack or metric names ({x}), or against the epoch."""
-
-    name: str
-    experiment: str
-    title: str
-    metric: str  # may hold {x}: the x value is read from the run metric's name
-    attack: str | None = None  # may hold {x}: the x value is read from the attack's name
-    eps: float | None = None
-    xlabel: str = ""
-    ylabel: str = ""
-    log_y: bool = False
-    defenses: tuple[str, ...] = ()
-    history: bool = False  # the metric's per-epoch history (x = epoch)
-    # x read from each run's param (e.g. model.widths), y from its metric, over the runs of several experiments:
-    # a trend across experiments that differ in one setting (Carbone et al.'s gradient vs width, vs training inputs)
-    x_param: str = ""
-    experiments: tuple[str, ...] = ()
 
 
 @dataclass
@@ -267,33 +247,6 @@ def _quantity(table: Any, where: str, experiment: str) -> Quantity:
     )
 
 
-def _require_strings(table: Any, keys: Sequence[str], where: str) -> None:
-    """A one-line error unless every key of `table` is a string."""
-    if not isinstance(table, dict):
-        raise RunError(f"{where}: expected a table, got {table!r}")
-    for key in keys:
-        if not isinstance(table.get(key), str):
-            raise RunError(f"{where}: expected a string {key!r}, got {table.get(key)!r}")
-
-
-def _figure_experiments(table: Any, where: str) -> tuple[str, ...]:
-    """A figure's experiments: `experiment`, or with an `x_param` the list `experiments` (two or more)."""
-    if not isinstance(table, dict):
-        raise RunError(f"{where}: expected a table, got {table!r}")
-    if "x_param" not in table:
-        _require_strings(table, ("experiment",), where)
-        if "experiments" in table:
-            raise RunError(f"{where}: 'experiments' goes with an x_param; one experiment's figure names 'experiment'")
-        return (table["experiment"],)
-    _require_strings(table, ("x_param",), where)
-    names = table.get("experiments")
-    if "experiment" in table or not isinstance(names, list) or len(names) < 2:
-        raise RunError(f"{where}: an x_param figure names 'experiments', a list of two or more, got {names!r}")
-    if not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
-        raise RunError(f"{where}.experiments: expected distinct experiment names, got {names!r}")
-    return tuple(names)
-
-
 def load_claims(path: Path) -> tuple[list[Claim], list[FigureSpec]]:
     """The claims and figures of a claims file; a one-line error naming the file, entry and key when malformed."""
     if not path.is_file():
@@ -308,7 +261,7 @@ def load_claims(path: Path) -> tuple[list[Claim], list[FigureSpec]]:
     claims = []
     for i, table in enumerate(data.get("claim", [])):
         where = f"{path} claim {i + 1}"
-        _require_strings(table, ("paper", "claim", "paper_number", "experiment"), where)
+        require_strings(table, ("paper", "claim", "paper_number", "experiment"), where)
         kind = table.get("kind", "greater")
         if kind not in KINDS:
             raise RunError(f"{where}.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
@@ -337,34 +290,7 @@ def load_claims(path: Path) -> tuple[list[Claim], list[FigureSpec]]:
         )
     figures = []
     for i, table in enumerate(data.get("figure", [])):
-        where = f"{path} figure {i + 1}"
-        experiments = _figure_experiments(table, where)
-        _require_strings(table, ("name", "title", "metric"), where)
-        history = bool(table.get("history", False))
-        if "x_param" in table:
-            if history or "{x}" in table["metric"] + str(table.get("attack", "")):
-                raise RunError(f"{where}: x_param reads x from a param; the metric and attack take no {{x}} then")
-            if table.get("attack") is not None and table.get("eps") is None:
-                raise RunError(f"{where}: x_param with an attack needs its eps")
-        elif not history and "{x}" not in table["metric"] + str(table.get("attack", "")):
-            raise RunError(f"{where}: the metric or the attack needs an {{x}} (or history = true, or an x_param)")
-        figures.append(
-            FigureSpec(
-                name=table["name"],
-                experiment=experiments[0],
-                experiments=experiments if "x_param" in table else (),
-                x_param=str(table.get("x_param", "")),
-                title=table["title"],
-                metric=table["metric"],
-                attack=table.get("attack"),
-                eps=table.get("eps"),
-                xlabel=str(table.get("xlabel", "")),
-                ylabel=str(table.get("ylabel", "")),
-                log_y=bool(table.get("log_y", False)),
-                defenses=tuple(table.get("defenses", ())),
-                history=history,
-            )
-        )
+        figures.append(figure_spec(table, f"{path} figure {i + 1}"))
     return claims, figures
 
 
@@ -500,10 +426,3 @@ def not_testable_row(claim: Claim) -> list[str]:
 
 CLAIM_HEADER = ("paper", "claim", "paper's number", "tested as", "ours (mean +- sd over seeds; d = A - B, 95 %)",
                 "experiment, run ids", "verdict")  # fmt: skip
-
-
-def x_of(template: str, name: str) -> float | None:
-    """The number that stands for {x} in `template` when `name` matches it (None otherwise)."""
-    pattern = "^" + re.escape(template).replace(re.escape("{x}"), r"([0-9.eE+-]+)") + "$"
-    match = re.match(pattern, name)
-    return float(match.group(1)) if match else None

@@ -17,14 +17,13 @@ from advbayes.lab.claims import (
     CLAIM_HEADER,
     VERDICT_RULE,
     Claim,
-    FigureSpec,
     claim_row,
     evaluate,
     load_claims,
     not_run_row,
     not_testable_row,
-    x_of,
 )
+from advbayes.lab.figure_specs import FigureSpec, x_of
 from advbayes.lab.figures import Point, drawable_metrics, experiment_figure, save_figure, series_figure
 from advbayes.lab.records import read_records
 from advbayes.lab.sources import RecordRuns, RunSource, StoreRuns, values_by_key
