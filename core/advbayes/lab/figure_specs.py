@@ -11,6 +11,8 @@ from typing import Any
 
 from advbayes.errors import RunError
 
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
 
 @dataclass(frozen=True)
 class FigureSpec:
@@ -94,3 +96,9 @@ def x_of(template: str, name: str) -> float | None:
     pattern = "^" + re.escape(template).replace(re.escape("{x}"), r"([0-9.eE+-]+)") + "$"
     match = re.match(pattern, name)
     return float(match.group(1)) if match else None
+
+
+def param_number(value: str | None) -> float | None:
+    """The one number in a run's param value ("[32]", "5000"), the x of an x_param figure; None unless exactly one."""
+    numbers = NUMBER.findall(value or "")
+    return float(numbers[0]) if len(numbers) == 1 else None

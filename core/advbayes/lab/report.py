@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,7 @@ from advbayes.lab.claims import (
     not_run_row,
     not_testable_row,
 )
-from advbayes.lab.figure_specs import FigureSpec, x_of
+from advbayes.lab.figure_specs import FigureSpec, param_number, x_of
 from advbayes.lab.figures import Point, drawable_metrics, experiment_figure, save_figure, series_figure
 from advbayes.lab.records import read_records
 from advbayes.lab.sources import RecordRuns, RunSource, StoreRuns, values_by_key
@@ -31,7 +30,6 @@ from advbayes.results import format_value
 from advbayes.tracking.settings import group_label, varied_settings
 from advbayes.tracking.store import client_for
 
-NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")  # a number inside a param: "[32]", "5000"
 TRAIN_COLUMNS = ("loss", "ce", "acc", "kl_per_param", "mean_sigma2", "r", "omega_m", "omega_s", "epoch_seconds")
 
 
@@ -255,12 +253,11 @@ def param_series(store: RunSource, spec: FigureSpec) -> dict[str, dict[float, li
                 continue
             where = f"figure '{spec.name}': run {run.info.run_id} of {experiment}"
             raw = run.data.params.get(spec.x_param)
-            numbers = NUMBER.findall(raw or "")
-            if len(numbers) != 1:
+            x = param_number(raw)
+            if x is None:
                 raise RunError(f"{where}: param {spec.x_param} is {raw!r}; the x_param needs one number")
-            x = float(numbers[0])
             if x_from.setdefault(x, experiment) != experiment:
-                clash = f"{spec.x_param} = {numbers[0]} in {x_from[x]} too"
+                clash = f"{spec.x_param} = {x:g} in {x_from[x]} too"
                 raise RunError(f"{where}: {clash}; x_param must tell the experiments apart")
             if spec.attack is None:
                 value = run.data.metrics.get(spec.metric)
