@@ -29,6 +29,7 @@ from advbayes import (
     param,
     unflatten_parameters,
 )
+from advbayes_advbnn.linear_grad import OrientedLinearGrad
 
 RHAT_LIMIT = 1.1  # split R-hat above this on any function-space quantity: the chains disagree
 REPORT_EVERY = 30.0  # seconds between progress lines when there is no progress bar
@@ -241,7 +242,9 @@ class HMCDefense(Defense):
         net.eval()
 
         def log_likelihood(params: dict[str, torch.Tensor]) -> torch.Tensor:
-            return -nn.functional.cross_entropy(functional_call(net, params, (x,)), y, reduction="sum")
+            with OrientedLinearGrad():  # a wide first layer's weight gradient, 3x faster per leapfrog step on CPU
+                logits = functional_call(net, params, (x,))
+            return -nn.functional.cross_entropy(logits, y, reduction="sum")
 
         drawn = sample_posterior(
             net,
