@@ -146,8 +146,12 @@ def save_figure(figure: Any, folder: Path, stem: str) -> list[Path]:
     """Write the figure as STEM.png (300 dpi) and STEM.pdf (vector) under `folder`; the paths written."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{safe_file_name(stem)}.{suffix}" for suffix in ("png", "pdf")]
-    for path in paths:  # a PDF without its creation date: the same figure gives the same bytes (make findings)
-        figure.savefig(path, dpi=300, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
+    png, pdf = paths
+    figure.savefig(png, dpi=300)
+    # The PNG's draw has laid the figure out; keeping that layout for the PDF skips a second constrained-layout
+    # pass (a sixth of a figure's time). No creation date: the same figure gives the same bytes (make findings).
+    figure.set_layout_engine("none")
+    figure.savefig(pdf, dpi=300, metadata={"CreationDate": None})
     return paths
 
 
