@@ -52,7 +52,7 @@ test-fast: install
 # docs/findings.md from the run records in docs/records (`advbayes export`), with no store and no network: the same
 # bytes on every machine (docs/reports.md).
 FINDINGS_EXPERIMENTS := sampling-fashion-style smoothing-condition-mnist-5k hmc-mlp-mnist-5k hmc-moons-32 hmc-moons-128 \
-	hmc-moons-256 hmc-moons-32-5k hmc-moons-32-10k hmc-moons-32-15k \
+	hmc-moons-256 hmc-moons-512 hmc-moons-32-5k hmc-moons-32-10k hmc-moons-32-15k \
 	gradient-limit-mnist-5k \
 	advbnn-mnist-5k hvi-vs-advbnn-mnist-5k hvi-vs-advbnn-autoattack-mnist-5k d3-paper-init-mnist-5k d3-collapse-mnist-5k
 FINDINGS_METRICS := accuracy cos_alpha_mean attack_length_mean linear_fraction smooth_fraction softmax_robustness
