@@ -10,35 +10,18 @@ each as plain / oriented and their ratio, on one CPU thread.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 import torch
 from common import timed_together  # benchmarks/common.py, beside this script
 from torch import nn
-from torch.func import functional_call
 
 from advbayes import unflatten_parameters
 from advbayes.builtins.datasets import HalfMoons
-from advbayes_advbnn.hmc import sample_posterior
-from advbayes_advbnn.linear_grad import OrientedLinearGrad
+from advbayes_advbnn.hmc import full_batch_log_likelihood, sample_posterior
 
 LEAPFROG_STEPS = 20
 WARMUP, KEPT = 2, 4  # enough to time an iteration (the diagnostics need 4 kept), far too few for a posterior
 ITERATIONS = WARMUP + KEPT
-
-
-def log_likelihood_of(net: nn.Module, x: torch.Tensor, y: torch.Tensor, oriented: bool) -> Callable[..., torch.Tensor]:
-    """The hmc defense's full-batch log-likelihood, with or without the oriented linear backward."""
-
-    def log_likelihood(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        if oriented:
-            with OrientedLinearGrad():
-                logits = functional_call(net, params, (x,))
-        else:
-            logits = functional_call(net, params, (x,))
-        return -nn.functional.cross_entropy(logits, y, reduction="sum")
-
-    return log_likelihood
 
 
 def main() -> None:
@@ -58,7 +41,9 @@ def main() -> None:
         torch.manual_seed(0)
         net = nn.Sequential(nn.Linear(2, width), nn.ReLU(), nn.Linear(width, 2))
         theta = nn.utils.parameters_to_vector(net.parameters()).detach().requires_grad_()
-        likelihoods = {name: log_likelihood_of(net, x, y, name == "oriented") for name in ("plain", "oriented")}
+        likelihoods = {
+            name: full_batch_log_likelihood(net, x, y, oriented=name == "oriented") for name in ("plain", "oriented")
+        }
         gradient = timed_together(
             {
                 name: lambda f=f: torch.autograd.grad(f(unflatten_parameters(net, theta)), theta)

@@ -143,7 +143,7 @@ def _paper_style() -> Any:
 
 
 def save_figure(figure: Any, folder: Path, stem: str) -> list[Path]:
-    """Write the figure as STEM.png (300 dpi) and STEM.pdf (vector) under `folder`; the paths written."""
+    """Write STEM.png (300 dpi) and STEM.pdf (vector) under `folder`; the paths. Leaves the layout engine off."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{safe_file_name(stem)}.{suffix}" for suffix in ("png", "pdf")]
     png, pdf = paths

@@ -12,6 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from typing import Any, ClassVar
 
 import attrs
@@ -192,6 +193,20 @@ def sample_posterior(
     )
 
 
+def full_batch_log_likelihood(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, oriented: bool = True
+) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """log p(y | x, params) summed over the whole batch, as a function of net's parameters (HMC's likelihood)."""
+
+    def log_likelihood(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        # OrientedLinearGrad: a wide first layer's weight gradient, 3x faster per leapfrog step on CPU
+        with OrientedLinearGrad() if oriented else nullcontext():
+            logits = functional_call(net, params, (x,))
+        return -nn.functional.cross_entropy(logits, y, reduction="sum")
+
+    return log_likelihood
+
+
 @attrs.frozen(kw_only=True)
 class HMCDefense(Defense):
     """HMC reference posterior: a MAP warm start for `epochs`, then `chains` x `num_samples` full-batch HMC samples
@@ -241,11 +256,7 @@ class HMCDefense(Defense):
         y = torch.as_tensor(ys).to(context.device).long()
         net.eval()
 
-        def log_likelihood(params: dict[str, torch.Tensor]) -> torch.Tensor:
-            with OrientedLinearGrad():  # a wide first layer's weight gradient, 3x faster per leapfrog step on CPU
-                logits = functional_call(net, params, (x,))
-            return -nn.functional.cross_entropy(logits, y, reduction="sum")
-
+        log_likelihood = full_batch_log_likelihood(net, x, y)
         drawn = sample_posterior(
             net,
             log_likelihood,

@@ -9,6 +9,7 @@ from torch.func import functional_call
 from torch.nn import functional
 
 from advbayes import unflatten_parameters
+from advbayes_advbnn.hmc import full_batch_log_likelihood
 from advbayes_advbnn.linear_grad import OrientedLinearGrad
 
 
@@ -69,22 +70,17 @@ def test_it_records_its_own_backward_and_leaves_no_grad_and_other_ops_alone() ->
     torch.testing.assert_close(frozen, net(x))
 
 
-def test_a_functional_call_on_a_flat_parameter_vector_gets_the_same_gradient() -> None:
-    """HMC's potential: the network evaluated at a flat theta through functional_call."""
+def test_hmc_full_batch_log_likelihood_at_a_flat_theta_has_autograd_s_own_gradient() -> None:
+    """HMC's potential, the network evaluated at a flat theta through functional_call, against the plain autograd path."""
     torch.manual_seed(2)
     net = nn.Sequential(nn.Linear(2, 128), nn.ReLU(), nn.Linear(128, 2))
     x, y = torch.randn(300, 2), torch.randint(0, 2, (300,))
     theta = nn.utils.parameters_to_vector(net.parameters()).detach().requires_grad_()
-
-    def potential(oriented: bool) -> torch.Tensor:
-        params = unflatten_parameters(net, theta)
-        if oriented:
-            with OrientedLinearGrad():
-                logits = functional_call(net, params, (x,))
-        else:
-            logits = functional_call(net, params, (x,))
-        return functional.cross_entropy(logits, y, reduction="sum")
-
-    (oriented,) = torch.autograd.grad(potential(True), theta)
-    (plain,) = torch.autograd.grad(potential(False), theta)
-    torch.testing.assert_close(oriented, plain, rtol=1e-5, atol=1e-5)
+    params = unflatten_parameters(net, theta)
+    reference = -functional.cross_entropy(functional_call(net, params, (x,)), y, reduction="sum")
+    (expected,) = torch.autograd.grad(reference, theta)
+    for oriented in (True, False):
+        value = full_batch_log_likelihood(net, x, y, oriented=oriented)(unflatten_parameters(net, theta))
+        torch.testing.assert_close(value, reference.detach(), rtol=1e-6, atol=1e-4)
+        (gradient,) = torch.autograd.grad(value, theta)
+        torch.testing.assert_close(gradient, expected, rtol=1e-5, atol=1e-5)
