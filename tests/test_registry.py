@@ -413,3 +413,21 @@ model = "mlp-small"
 defenses = [{ extends = "bnn", name = "bnn", init_sigma = 0.05 }, "standard"]
 attacks = ["none"]
 """
+
+
+def test_a_registry_file_parsed_again_is_an_independent_copy_and_an_edit_or_an_error_is_seen(tmp_path: Path) -> None:
+    """Parsed tables are cached per text (registry/files.py): a caller's change to its table never reaches the next
+    read, an edited file is read as edited, and a broken file fails on every read, naming the file read."""
+    from advbayes.registry.files import read_registry_file
+
+    path = write(tmp_path / "r.toml", BASE)
+    first = read_registry_file(path)
+    first["models"]["wide"]["widths"].append(1)
+    del first["experiments"]
+    assert read_registry_file(path) == tomllib.loads(BASE)
+    write(path, BASE.replace("[64, 64]", "[32]"))
+    assert read_registry_file(path)["models"]["wide"]["widths"] == [32]
+    broken = "[models.a]\nuse = \n"
+    for name in ("one.toml", "two.toml"):
+        with pytest.raises(RegistryError, match=rf"{name}.*TOML syntax error"):
+            read_registry_file(write(tmp_path / name, broken))

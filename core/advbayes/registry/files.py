@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import importlib.resources
 import re
 import sys
@@ -53,9 +54,9 @@ def default_registry_path() -> Path:
 MAX_NESTING = 32  # tables and arrays inside each other; deeper is not a registry an advbayes run can use
 
 
-def read_registry_file(path: Path) -> dict[str, Any]:
-    """Parse one registry file; a syntax error names the file and line."""
-    label = display_path(path)
+def read_registry_file(path: Path, *, label: str | None = None) -> dict[str, Any]:
+    """Parse one registry file; a syntax error names the file (as `label`, else its display path) and line."""
+    label = label or display_path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -74,17 +75,26 @@ def read_registry_file(path: Path) -> dict[str, Any]:
 def parse_toml(text: str, *, file: str, key: str | None = None) -> dict[str, Any]:
     """TOML text as a table; syntax errors, huge integers and absurd nesting are one-line registry errors."""
     try:
-        data = tomllib.loads(text)
+        data, (depth, where) = parsed_table(text)
     except tomllib.TOMLDecodeError as exc:
         raise RegistryError(f"TOML syntax error: {exc}", file=file, key=key) from None
     except RecursionError:  # tomllib parses nested arrays and inline tables recursively
         raise RegistryError(f"values nested more than {MAX_NESTING} deep", file=file, key=key) from None
     except ValueError as exc:  # integers beyond Python's 4,300-digit conversion limit
         raise RegistryError(f"invalid value: {str(exc).split(';')[0]}", file=file, key=key) from None
-    depth, where = nesting_depth(data)
     if depth > MAX_NESTING:
         raise RegistryError(f"values nested more than {MAX_NESTING} deep", file=file, key=key or where)
-    return data
+    return copy.deepcopy(data)  # the cached table stays as parsed whatever the caller does with its copy
+
+
+# Every run, --set check and registry command reads all eight shipped registry files again, and parsing them was
+# 12 of a --set check's 21 ms in-process; the same text always parses to the same table, so a table is kept per text
+# (a failed parse raises every time: lru_cache keeps no exception).
+@functools.lru_cache(maxsize=64)
+def parsed_table(text: str) -> tuple[dict[str, Any], tuple[int, str]]:
+    """tomllib's table of `text` and its nesting depth (nesting_depth), cached per text; callers copy the table."""
+    data = tomllib.loads(text)
+    return data, nesting_depth(data)
 
 
 def nesting_depth(value: Any) -> tuple[int, str]:
@@ -163,7 +173,7 @@ class EntryTables:
         file's [providers] are shown as its claim, never as an install command.
         """
         label = display_path(path)
-        data = read_registry_file(path)
+        data = read_registry_file(path, label=label)
         self.files.append(label)
         for key, table in data.items():
             if key == PROVIDERS:
