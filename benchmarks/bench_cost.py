@@ -5,11 +5,12 @@
 
 The same measurement as `advbayes bench DEFENSE --estimate` (advbayes.lab.cost): the seconds of a training epoch
 of the defense (--train-epochs, default 1) and of its deterministic twin, and the seconds per test example of every
-attack of every threat model at its largest radius, timed on --examples test examples of the network so trained.
-An attack skips what the network gets wrong and stops on what it broke, so the times follow the timed network's
-accuracy, which is printed (with a warning below 0.5: adversarial training after one epoch). Then projects a
-card: the epochs (the bench experiment's cap unless --epochs) x the epoch time, plus per threat model the full
-test split x the radii x the attacks' per-example times, times the protocol's seeds.
+attack of every threat model at its smallest and its largest radius, timed on --examples test examples of the
+network so trained. An attack skips what the network gets wrong and stops on what it broke, so the times follow the
+timed network's accuracy, which is printed (with a warning below 0.5: adversarial training after one epoch), and
+the radius. Then projects a card: the epochs (the bench experiment's cap unless --epochs) x the epoch time, plus
+per threat model the full test split x the two measured radii's times, and a radius between them as a range
+between their times, times the protocol's seeds.
 Run it with --device cuda on a GPU to project a GPU card from that GPU's own measured times.
 """
 
