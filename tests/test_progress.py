@@ -30,6 +30,41 @@ def test_a_line_comes_every_period_even_while_one_batch_runs_and_none_after_clos
     assert out.getvalue().splitlines() == lines  # closed: silent
 
 
+def test_what_a_batch_is_doing_ends_each_line_until_it_is_cleared() -> None:
+    bar = LineProgress(total=512, unit="img", desc="d", every=3600, stream=io.StringIO())
+    try:
+        bar.set_postfix_str("square (4/4) on the 187 of 256 examples still robust")
+        assert bar.line() == (
+            "d: batch 1, 0/512 img (0 %) done, 0:00 elapsed, time left unknown; square (4/4) on the 187 of 256 "
+            "examples still robust"
+        )
+        bar.set_postfix_str("", refresh=False)
+        assert bar.line().endswith("time left unknown")
+    finally:
+        bar.close()
+
+
+def test_a_run_shows_which_sub_attack_of_a_worst_case_attack_is_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine hands its bar to the attacks (EvalContext.status): autoattack's batches take minutes each."""
+    shown: list[str] = []
+    monkeypatch.setattr(advbayes.progress, "on_terminal", lambda: False)
+    monkeypatch.setattr(LineProgress, "set_postfix_str", lambda self, s="", refresh=True: shown.append(s))
+    subs = [{"use": "fgsm", "name": "fgsm"}, {"use": "pgd", "name": "pgd-3", "steps": 3}]
+    advbayes.run(
+        "moons",
+        track=False,
+        progress=True,
+        epochs=1,
+        attacks=[{"use": "worst-case", "name": "both", "attacks": subs, "eps": 0.3}],
+        eps=[0.3],
+        **{"dataset.test_size": 300},
+    )
+    said = [s for s in shown if s.endswith("examples still robust")]  # the training bar shows its loss
+    assert said and re.fullmatch(r"fgsm \(1/2\) on the \d+ of 256 examples still robust", said[0]), shown
+    assert re.fullmatch(r"pgd-3 \(2/2\) on the \d+ of 256 examples still robust", said[1]), shown
+    assert shown[-1] == ""  # cleared when the batch ended
+
+
 def test_the_time_left_is_the_rate_so_far_applied_to_what_remains(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
     monkeypatch.setattr(advbayes.progress.time, "monotonic", lambda: now[0])

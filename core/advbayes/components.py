@@ -132,6 +132,8 @@ class EvalContext(ModelSources):
     build_attack: Callable[[Any], Attack]
     device: torch.device
     prediction_average: str = "probs"
+    # Where an attack says what it is doing inside a batch (a worst-case attack's sub-attack): the progress bar.
+    status: Callable[[str], None] | None = None
 
 
 # ---------------------------------------------------------------------------------------------- interfaces

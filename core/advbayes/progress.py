@@ -31,6 +31,7 @@ class LineProgress:
         self.stream = stream if stream is not None else sys.stderr
         self.n = 0
         self.batches = 0
+        self.postfix = ""  # what the running batch is doing (a worst-case attack's sub-attack), when it says
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._timer = threading.Thread(target=self._report_until_closed, name="advbayes-progress", daemon=True)
@@ -43,7 +44,7 @@ class LineProgress:
         share = f" ({100 * self.n / self.total:.0f} %)" if self.total else ""
         return (
             f"{self.desc}: batch {self.batches + 1}, {self.n}/{self.total} {self.unit}{share} done, "
-            f"{clock_text(elapsed)} elapsed, {left}"
+            f"{clock_text(elapsed)} elapsed, {left}" + (f"; {self.postfix}" if self.postfix else "")
         )
 
     def _report_until_closed(self) -> None:
@@ -60,7 +61,8 @@ class LineProgress:
         self.desc = desc
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
-        """Accepted for tqdm's interface; lines carry no postfix."""
+        """What the running batch is doing, shown at the end of each line until it is cleared."""
+        self.postfix = s
 
     def __enter__(self) -> LineProgress:
         return self

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -81,12 +81,14 @@ class RunParts:
         """A fresh network of the experiment's architecture for its data set."""
         return self.model_builder.build(tuple(self.dataset.input_shape), self.dataset.num_classes)
 
-    def eval_context(self, net: torch.nn.Module) -> EvalContext:
-        """What attacks and metrics may bind to: this run's model, earlier defenses of the experiment, tracked runs."""
+    def eval_context(self, net: torch.nn.Module, status: Callable[[str], None] | None = None) -> EvalContext:
+        """What attacks and metrics may bind to: this run's model, earlier defenses of the experiment, tracked runs;
+        `status` shows what an attack is doing inside a batch."""
         return EvalContext(
             models={**self.peers, self.spec["defense"]["name"]: net},
             load_tracked_model=self.load_tracked_model,
             build_attack=self.build_attack,
             device=self.device,
             prediction_average=self.defense.prediction_average,
+            status=status,
         )

@@ -31,6 +31,12 @@ class Evaluator:
         self.stochastic = False  # probed on the first test batch before evaluation
         self.timed_sizes: set[tuple[int, int, int]] = set()  # (S_A, S_I x R, batch) whose first call has been made
         self.findings: list[Finding] = []
+        self.bar: Any = None  # the running attack's progress bar, for show_status
+
+    def show_status(self, text: str) -> None:
+        """What the running attack is doing inside a batch, on its progress bar (cleared when the batch ends)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
 
     def sample_sweep(self, attack: Attack) -> list[tuple[int, int]]:
         """(S_A, S_I) combinations: the experiment's sweeps, or the attack's and the defense's own counts."""
@@ -46,7 +52,7 @@ class Evaluator:
         parts = self.parts
         net.eval()
         records: list[EvalRecord] = []
-        context = parts.eval_context(net)
+        context = parts.eval_context(net, status=self.show_status)
         self.stochastic = first_batch_is_stochastic(self.parts, net, test)
         metrics = [(name, metric.bind(context)) for name, metric in parts.metrics if metric.per_attack]
         evaluated: dict[str, Attack] = {}
@@ -97,6 +103,7 @@ class Evaluator:
         with progress_bar(
             len(test) * len(measured), "img", f"{self.parts.label} {label}", enabled=self.parts.progress
         ) as bar:
+            self.bar = bar
             for eps in measured:
                 if attack_base.uses_eps:
                     bar.set_description(f"{self.parts.label} {label} eps {eps:g}")
@@ -127,6 +134,7 @@ class Evaluator:
                             per_example=outcomes,
                         )
                     )
+        self.bar = None
         return attack_records, figures
 
     def evaluate_model(self, net: torch.nn.Module, test: Batches) -> tuple[dict[str, float], dict[str, Any]]:

@@ -53,6 +53,7 @@ class WorstCase(Attack):
         5, kind=int, ge=1, le=10_000, help="R: independent S_I predictions that judge each example"
     )
     inner: tuple[Attack, ...] = attrs.field(default=(), eq=False, repr=False, metadata={"internal": True})
+    status: Any = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})  # EvalContext.status
 
     def deterministic_only(self, build_attack: Any) -> str | None:
         """The first sub-attack that needs a deterministic model, if any."""
@@ -82,7 +83,8 @@ class WorstCase(Attack):
 
     def bind(self, context: EvalContext) -> Attack:
         """Build and bind the sub-attacks."""
-        return attrs.evolve(self, inner=tuple(context.build_attack(entry).bind(context) for entry in self.attacks))
+        inner = tuple(context.build_attack(entry).bind(context) for entry in self.attacks)
+        return attrs.evolve(self, inner=inner, status=context.status)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
         """Run each attack on the still-robust examples; keep per example the result with fewest right predictions."""
@@ -93,10 +95,15 @@ class WorstCase(Attack):
         best_x = x.clone()
         right = correct_counts(model, x, y, repeats, self.inference_samples, self.prediction_average)
         diagnostics: dict[str, Any] = {"robust_clean": float((right > 0).float().mean())}
-        for entry, attack in zip(self.attacks, self.inner):
+        for step, (entry, attack) in enumerate(zip(self.attacks, self.inner), start=1):
             active = (right > 0).nonzero().squeeze(1)
             if active.numel() == 0:
                 break
+            if self.status is not None:  # one sub-attack on a batch can take minutes (square: 5,000 queries)
+                self.status(
+                    f"{entry_label(entry, attack)} ({step}/{len(self.inner)}) on the {active.numel()} of {len(y)} "
+                    "examples still robust"
+                )
             configured = attrs.evolve(
                 attack,
                 eps=self.eps,

@@ -235,11 +235,17 @@ def test_worst_case_breaks_exactly_the_examples_some_attack_breaks() -> None:
     ensemble = attack({"use": "worst-case", "attacks": subs, "verdict_repeats": 5}, eps=0.05)
     from advbayes.components import EvalContext
 
-    bound = ensemble.bind(EvalContext(build_attack=lambda entry: attack(entry), device=torch.device("cpu")))
-    combined = bound(net, x, y).x_adv
+    said: list[str] = []
+    context = EvalContext(build_attack=lambda entry: attack(entry), device=torch.device("cpu"), status=said.append)
+    combined = ensemble.bind(context)(net, x, y).x_adv
     robust = [predict(net, attrs.evolve(attack(s), eps=0.05)(net, x, y).x_adv)[0].argmax(-1) == y for s in subs]
     expected = predict(net, x)[0].argmax(-1) == y
+    clean_right = int(expected.sum())
     for mask in robust:
         expected &= mask
     assert torch.equal(predict(net, combined)[0].argmax(-1) == y, expected)
     assert float((combined - x).abs().max()) <= 0.05 + 1e-6
+    # what it says while it works: each sub-attack and the examples it gets (those every earlier one left robust)
+    assert said[0] == f"fgsm (1/2) on the {clean_right} of 256 examples still robust"
+    left = int(((predict(net, x)[0].argmax(-1) == y) & robust[0]).sum())
+    assert said[1:] == ([f"pgd-fixed (2/2) on the {left} of 256 examples still robust"] if left else [])
