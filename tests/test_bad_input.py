@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -618,6 +619,25 @@ def test_a_sigkilled_run_is_found_as_stale_and_resumed(isolated_cwd: Path) -> No
     assert client.get_run(run_id).info.status == "RUNNING"  # still findable, still resumable as it was
     code, output = invoke("runs", "--stale")
     assert run_id in output
+
+
+@pytest.mark.slow  # a fresh process that imports torch and trains: seconds
+def test_a_sigtermed_run_ends_as_on_ctrl_c_marked_killed_with_the_way_to_resume_it(isolated_cwd: Path) -> None:
+    """SIGTERM is how schedulers, `docker stop` and `kill` stop a job: the run is not left RUNNING."""
+    import signal
+
+    from mlflow import MlflowClient
+
+    runner, _ = endless_run(isolated_cwd, until="epoch 4/")
+    runner.send_signal(signal.SIGTERM)
+    _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 143, err[-2000:]
+    (line,) = [line for line in err.splitlines() if line.startswith("Interrupted: ")]
+    found = re.fullmatch(r"Interrupted: tracked run (\w+) is marked KILLED; resume it with --resume \1", line)
+    assert found, line
+    client = MlflowClient(f"sqlite:///{isolated_cwd / 'mlflow.db'}")
+    assert client.get_run(found.group(1)).info.status == "KILLED"
+    assert "Traceback" not in err
 
 
 def test_sqlite_busy_errors_are_retried_and_others_are_not(monkeypatch: pytest.MonkeyPatch) -> None:

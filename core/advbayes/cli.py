@@ -16,7 +16,7 @@ import click
 import tomli_w
 
 from advbayes.cli_options import complete_entries, debug_option, registry_option, tracking_option
-from advbayes.cli_output import exit_now, one_line, show_warning
+from advbayes.cli_output import Terminated, exit_now, one_line, show_warning, stop_on_sigterm
 from advbayes.errors import AdvbayesError, RunError, error_text
 
 KIND_CHOICES = ("datasets", "models", "defenses", "attacks", "metrics", "experiments")
@@ -122,7 +122,7 @@ class AdvbayesGroup(click.Group):
                 )
             else:
                 click.echo("Interrupted: no tracked run was open", err=True)
-            ctx.exit(130)
+            ctx.exit(143 if isinstance(exc, Terminated) else 130)  # 128 + the signal, as shells report it
 
 
 HTTP_TIMEOUT = 30  # seconds without a byte from a tracking server before a request fails
@@ -467,6 +467,7 @@ def plugins_command(as_json: bool, debug: bool) -> None:
 
 def main() -> None:
     """Console entry point; `list` and `show` answer from the output cache when nothing they read has changed."""
+    stop_on_sigterm()
     try:
         _answer(sys.argv[1:])
     except SystemExit as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -57,3 +58,20 @@ def exit_now(code: object) -> None:
         except (OSError, ValueError):  # a closed pipe (advbayes list | head): nothing more can be written anyway
             pass
     os._exit(code & 0xFF)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as a scheduler, `docker stop` or `kill` sends it, delivered as an interruption (exit status 143)."""
+
+
+def stop_on_sigterm() -> None:
+    """End the command on SIGTERM as on Ctrl-C: its tracked run is marked KILLED, a bench keeps its time, and the
+    way to go on is printed (Python's default would end the process at once, the run left RUNNING). A second
+    SIGTERM ends it at once."""
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)
