@@ -19,6 +19,18 @@ from advbayes.results import EvalRecord, eps_label, pack_outcomes
 from advbayes.stochastic import is_stochastic, predict, predict_repeated
 
 
+class BarStatus:
+    """EvalContext.status: what the running attack is doing inside a batch, shown on its progress bar (cleared when
+    the batch ends)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+
 class Evaluator:
     """The run's evaluation: attacks at every eps, predictions on S_I fresh draws (R times when asked), metrics.
     It holds what the evaluation finds (records so far, whether the model is stochastic, the checks' findings)."""
@@ -31,12 +43,7 @@ class Evaluator:
         self.stochastic = False  # probed on the first test batch before evaluation
         self.timed_sizes: set[tuple[int, int, int]] = set()  # (S_A, S_I x R, batch) whose first call has been made
         self.findings: list[Finding] = []
-        self.bar: Any = None  # the running attack's progress bar, for show_status
-
-    def show_status(self, text: str) -> None:
-        """What the running attack is doing inside a batch, on its progress bar (cleared when the batch ends)."""
-        if self.bar is not None:
-            self.bar.set_postfix_str(text)
+        self.status = BarStatus()  # the attacks' EvalContext.status
 
     def sample_sweep(self, attack: Attack) -> list[tuple[int, int]]:
         """(S_A, S_I) combinations: the experiment's sweeps, or the attack's and the defense's own counts."""
@@ -52,7 +59,7 @@ class Evaluator:
         parts = self.parts
         net.eval()
         records: list[EvalRecord] = []
-        context = parts.eval_context(net, status=self.show_status)
+        context = parts.eval_context(net, status=self.status)
         self.stochastic = first_batch_is_stochastic(self.parts, net, test)
         metrics = [(name, metric.bind(context)) for name, metric in parts.metrics if metric.per_attack]
         evaluated: dict[str, Attack] = {}
@@ -103,7 +110,7 @@ class Evaluator:
         with progress_bar(
             len(test) * len(measured), "img", f"{self.parts.label} {label}", enabled=self.parts.progress
         ) as bar:
-            self.bar = bar
+            self.status.bar = bar
             for eps in measured:
                 if attack_base.uses_eps:
                     bar.set_description(f"{self.parts.label} {label} eps {eps:g}")
@@ -134,7 +141,7 @@ class Evaluator:
                             per_example=outcomes,
                         )
                     )
-        self.bar = None
+        self.status.bar = None
         return attack_records, figures
 
     def evaluate_model(self, net: torch.nn.Module, test: Batches) -> tuple[dict[str, float], dict[str, Any]]:
