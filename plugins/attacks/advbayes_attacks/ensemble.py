@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import attrs
@@ -53,7 +54,9 @@ class WorstCase(Attack):
         5, kind=int, ge=1, le=10_000, help="R: independent S_I predictions that judge each example"
     )
     inner: tuple[Attack, ...] = attrs.field(default=(), eq=False, repr=False, metadata={"internal": True})
-    status: Any = attrs.field(default=None, eq=False, repr=False, metadata={"internal": True})  # EvalContext.status
+    status: Callable[[str], None] | None = attrs.field(  # EvalContext.status, set by bind()
+        default=None, eq=False, repr=False, metadata={"internal": True}
+    )
 
     def deterministic_only(self, build_attack: Any) -> str | None:
         """The first sub-attack that needs a deterministic model, if any."""
