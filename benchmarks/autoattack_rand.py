@@ -19,9 +19,8 @@ import argparse
 
 import attrs
 import torch
-from common import OneDraw, timed  # benchmarks/common.py, beside this script
+from common import OneDraw, timed, trained_mnist_cnn  # benchmarks/common.py, beside this script
 
-import advbayes
 from advbayes.components import EvalContext
 from advbayes.plugins import create_plugin_manager
 from advbayes.registry import load_registry
@@ -61,15 +60,6 @@ def official_rand(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, step
         x_adv[index[~still]] = found[~still]
         robust[index[~still]] = False
     return x_adv
-
-
-def trained_mnist_cnn(batch: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """mnist-cnn trained 2 epochs on mnist-5k (seconds; a trained network is confident, as a defense would be) and
-    the first `batch` test digits: both implementations then have every correctly classified example to attack."""
-    result = advbayes.run("quickstart", track=False, attacks=["none"], eps=[0.0], **{"dataset.n_test": batch})
-    dataset = load_registry().build("datasets", {"name": "mnist-5k", "use": "mnist-5k", "n_test": batch})
-    x, y = dataset.data("test").tensors
-    return result.model.net.eval(), x, y
 
 
 def main() -> None:
