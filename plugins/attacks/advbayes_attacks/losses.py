@@ -53,7 +53,7 @@ def _loss(
 
 def predictive_log_probs(logits: torch.Tensor, average: str = "probs") -> torch.Tensor:
     """log of the averaged prediction [B, k] from logits [S, B, k]: log-mean-softmax, or log-softmax of mean logits."""
-    if average == "logits":
+    if average == "logits" or logits.shape[0] == 1:  # one draw: both are its log-softmax (logsumexp of one is exact)
         return F.log_softmax(logits.mean(dim=0), dim=-1)
     return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
 

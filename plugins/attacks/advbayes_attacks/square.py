@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, ClassVar
 
@@ -37,8 +38,11 @@ def _window_profile(rows: int, cols: int, device: torch.device) -> torch.Tensor:
     return profile / profile.square().sum().sqrt()
 
 
+@functools.lru_cache(maxsize=256)  # Square asks for one of a few sides at each of its 5,000 queries
 def l2_square(side: int, device: torch.device, generator_flip: bool) -> torch.Tensor:
-    """A side x side square of unit L2 norm: a positive and a negative half, each a nested-rectangle profile."""
+    """A side x side square of unit L2 norm: a positive and a negative half, each a nested-rectangle profile.
+
+    Cached: callers must not modify it in place."""
     block = torch.zeros(side, side, device=device)
     block[: side // 2] = _window_profile(side // 2, side, device)
     block[side // 2 :] = -_window_profile(side - side // 2, side, device)

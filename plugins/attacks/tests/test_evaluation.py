@@ -215,6 +215,27 @@ def test_square_matches_the_official_implementation_on_500_digits(mnist, norm: s
     assert abs(ours_accuracy - official_accuracy) <= SQUARE_TOLERANCE, (ours_accuracy, official_accuracy)
 
 
+def test_the_cached_l2_square_keeps_unit_norm_and_signed_halves_through_an_l2_attack() -> None:
+    """Square's L2 block is built once per side and reused at every query: the attack must never write into it."""
+    from advbayes_attacks.square import l2_square
+
+    blocks = {
+        (side, flip): l2_square(side, torch.device("cpu"), flip).clone() for side in range(2, 9) for flip in (0, 1)
+    }
+    hits = l2_square.cache_info().hits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x = torch.rand(8, 1, 8, 8)
+    attack({"use": "square", "norm": "2", "eps": 0.5, "queries": 200})(as_sampled(net), x, net(x).argmax(-1))
+    assert l2_square.cache_info().hits > hits + 100  # one block per query (and the initial grid's)
+    for (side, flip), before in blocks.items():
+        block = l2_square(side, torch.device("cpu"), flip)
+        torch.testing.assert_close(block, before, rtol=0, atol=0)
+        assert float(block.square().sum()) == pytest.approx(1.0)
+        halves = (block.t() if flip else block).split([side // 2, side - side // 2])
+        assert bool((halves[0] >= 0).all()) and bool((halves[1] <= 0).all())
+
+
 # 1,000 queries of random search on this MLP, seeds 0-2: ours 0.402-0.410 vs official 0.404-0.414 (Linf 0.08) and
 # 0.380-0.388 vs 0.390-0.396 (L2 1.5); a seed moves either implementation by about a point.
 SQUARE_TOLERANCE = 0.03
