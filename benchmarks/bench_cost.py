@@ -5,12 +5,13 @@
 
 The same measurement as `advbayes bench DEFENSE --estimate` (advbayes.lab.cost): the seconds of a training epoch
 of the defense (--train-epochs, default 1) and of its deterministic twin, and the seconds per test example of every
-attack of every threat model at its smallest and its largest radius, timed on --examples test examples of the
-network so trained. An attack skips what the network gets wrong and stops on what it broke, so the times follow the
-timed network's accuracy, which is printed (with a warning below 0.5: adversarial training after one epoch), and
-the radius. Then projects a card: the epochs (the bench experiment's cap unless --epochs) x the epoch time, plus
-per threat model the full test split x the two measured radii's times, and a radius between them as a range
-between their times, times the protocol's seeds.
+attack of every threat model at its largest radius and with its full budget (at 1e-4 of the smallest radius, where
+nothing breaks, per example the network gets right), timed on --examples test examples of the network so trained.
+An attack skips what the network gets wrong and stops on what it broke, so its time at a radius follows the timed
+network's accuracy (printed, with a warning below 0.5) and robustness; the full budget does not. Then projects a
+card: the epochs (the bench experiment's cap unless --epochs) x the epoch time, plus per threat model the full test
+split x its radii, each costing at least the largest radius's time and at most the full budget's, times the
+protocol's seeds.
 Run it with --device cuda on a GPU to project a GPU card from that GPU's own measured times.
 """
 
