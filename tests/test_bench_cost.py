@@ -134,3 +134,15 @@ def test_bad_estimate_input_is_one_line_before_any_work() -> None:
     assert_one_clear_error(lambda: estimate_bench("bnn", dataset="digits", examples=361), "--examples", "1 to 360")
     assert_one_clear_error(lambda: estimate_bench("bnnn", dataset="digits"), "ENTRY 'bnnn'", "did you mean 'bnn'")
     assert_one_clear_error(lambda: estimate_bench("bnn", dataset="digits", train_epochs=0), "--train-epochs", "got 0")
+
+
+def test_a_timed_network_that_gets_every_timed_example_wrong_stops_the_estimate_in_one_line(isolated_cwd: Path) -> None:
+    """Trained on one digit (a 3), the network calls every digit a 3, and the first four test digits are not: no
+    attack would spend any time on them, so the estimate has nothing to project from and says so."""
+    assert_one_clear_error(
+        lambda: estimate_bench(
+            "standard", dataset="digits", examples=4, train_epochs=20, overrides=[("dataset.n_train", 1)], say=str
+        ),
+        "gets all 4 timed examples wrong",
+        "--train-epochs N",
+    )
