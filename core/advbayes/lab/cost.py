@@ -4,11 +4,12 @@ protocol attack timed on a few test examples, projected to the protocol's test s
 
 An attack skips an example the network already gets wrong and stops on one it has broken, so its time follows how
 robust the network is: autoattack on a converged mnist-cnn took 11.3 s per digit at eps 0.05 and 0.22 s at 0.2
-(2026-12-06), and a network trained for a few epochs to be timed is less robust than the one the bench trains. So
-each attack is timed twice: at the largest radius (the least any radius costs) and at a radius so small that nothing
-breaks, which runs every sub-attack's full budget on every example the network gets right: the most any radius can
-cost. That budget is fixed by the attack and the architecture, not by how robust the weights are, so it bounds the
-trained network's time too. The estimate states the clean accuracy of the network it timed and warns where it is low."""
+(2026-12-06, one thread beside a bench), and a network trained for a few epochs to be timed is less robust than the
+one the bench trains. So each attack is timed twice: at the largest radius (the least any radius costs) and at a
+radius so small that nothing breaks, which runs every sub-attack's full budget on every example the network gets
+right: the most any radius can cost. That budget is fixed by the attack and the architecture, not by how robust the
+weights are, so it bounds the trained network's time too. The estimate states the clean accuracy of the network it
+timed and warns where it is low."""
 
 from __future__ import annotations
 
