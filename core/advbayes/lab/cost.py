@@ -197,15 +197,18 @@ def estimate_bench(
     for threat in protocol.threat_models:
         for attack in protocol.attacks(threat, stochastic, "twin" if twin is not None else None):
             full_eps, largest = min(threat.radii) * FULL_BUDGET_SCALE, max(threat.radii)
+            transfer = attack.get("use") == "transfer"  # crafted on the twin (PGD-40); the defense only predicts
+            victim, attacked = (twin_model, twin_right) if transfer else (model, right)
+            assert victim is not None and attacked is not None
+            own = {k: v for k, v in attack.items() if k not in ("extends", "name")}
             seconds = []
             for eps, label in ((full_eps, "with the full budget"), (largest, "at the largest radius")):
                 say(f"estimate {entry}: timing {attack['name']} {label} (eps {eps:g}) on {examples} examples")
-                if attack.get("use") == "transfer":  # crafted on the twin (PGD-40); the defense only predicts
-                    assert twin_model is not None and twin_right is not None
-                    call, victim, attacked = attack_entry("pgd-40", eps=eps, norm=threat.norm), twin_model, twin_right
-                else:
-                    own = {k: v for k, v in attack.items() if k not in ("extends", "name")}
-                    call, victim, attacked = attack_entry(attack["extends"], **own, eps=eps, **prediction), model, right
+                call = (
+                    attack_entry("pgd-40", eps=eps, norm=threat.norm)
+                    if transfer
+                    else attack_entry(attack["extends"], **own, eps=eps, **prediction)
+                )
                 elapsed = call_seconds(lambda: call(victim, x, y), x.device)  # noqa: B023 - called now
                 # with nothing broken, the time is spent on the examples the victim gets right: per such example
                 seconds.append(elapsed / (attacked if eps == full_eps else examples))
