@@ -220,7 +220,9 @@ def test_the_cached_l2_square_keeps_unit_norm_and_signed_halves_through_an_l2_at
     from advbayes_attacks.square import l2_square
 
     blocks = {
-        (side, flip): l2_square(side, torch.device("cpu"), flip).clone() for side in range(2, 9) for flip in (0, 1)
+        (side, flip): l2_square(side, torch.device("cpu"), flip).clone()
+        for side in range(2, 9)
+        for flip in (False, True)
     }
     hits = l2_square.cache_info().hits
     torch.manual_seed(0)
