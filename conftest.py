@@ -1,19 +1,15 @@
 """Shared fixtures, the same ones plugin authors get from advbayes.testing: an isolated working directory (autouse),
-a temporary MLflow store and a site directory for installable fixture plugins. And two things for the suite's speed:
-its collection order (each worker starts on its share of the tests marked slow) and new sqlite stores copied from
-one migrated template."""
+a temporary MLflow store and a site directory for installable fixture plugins. And two things for the suite: its
+collection order (each worker starts on its share of the tests marked slow, for speed) and a cache of its own."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
-import threading
 from collections.abc import Iterator
-from contextlib import closing
-from typing import Any
 
 import pytest
 
+from advbayes.output_cache import CACHE_ENV
 from advbayes.testing import batched_draws, isolated_cwd, plugin_site, store  # noqa: F401 - pytest finds fixtures by name
 
 
@@ -52,41 +48,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session", autouse=True)
-def new_sqlite_stores_from_a_migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """MLflow builds a new sqlite store by running every schema migration it has: 1.0-1.7 s each time, and the
-    suite's own processes did it 67 times a run (117 s of 786 s of tests on 3 workers). Each worker now runs them
-    once, for real, into a template, and copies the template into every later new store with SQLite's backup API:
-    the same tables, indexes and alembic revision, in milliseconds. advbayes' own creation path (the scratch file
-    moved into place) runs as before; child processes (CLI subprocesses, Ray workers, servers) and any database
-    that is not empty (an old schema, a half-made file) still go through MLflow's migrations."""
-    import mlflow.store.db.utils as db_utils
-    import sqlalchemy
-
-    migrate = db_utils._initialize_tables
-    template = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    building = threading.Lock()
-
-    def initialize(engine: Any) -> None:
-        in_a_file = engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
-        if not in_a_file or sqlalchemy.inspect(engine).get_table_names():
-            migrate(engine)
-            return
-        with building:
-            if not template.exists():
-                built = sqlalchemy.create_engine(f"sqlite:///{template}")
-                try:
-                    migrate(built)
-                finally:
-                    built.dispose()
-        target = engine.raw_connection()
-        try:
-            with closing(sqlite3.connect(template)) as source:
-                source.backup(target.driver_connection)
-        finally:
-            target.close()
-
-    db_utils._initialize_tables = initialize
+def suite_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's own advbayes cache (cached `list`/`show` answers, the migrated empty MLflow store that every
+    new sqlite store is copied from): never the user's, and shared by each worker's tests and the processes they
+    start, so the store template is migrated once per worker."""
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("advbayes-cache"))
     try:
         yield
     finally:
-        db_utils._initialize_tables = migrate
+        if before is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = before

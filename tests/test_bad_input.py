@@ -318,12 +318,24 @@ def test_a_read_only_working_directory_is_one_line(isolated_cwd: Path, monkeypat
     assert_one_clear_line(code, output, isolated_cwd, "cannot be created", "is read-only")
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.1])
-def test_a_store_killed_while_being_created_leaves_nothing_half_made(isolated_cwd: Path, delay: float) -> None:
+@pytest.mark.parametrize(("delay", "template"), [(0.0, False), (0.1, False), (0.0, True)])
+def test_a_store_killed_while_being_created_leaves_nothing_half_made(
+    isolated_cwd: Path, tmp_path_factory: pytest.TempPathFactory, delay: float, template: bool
+) -> None:
+    """Killed while MLflow migrates the new tables (an empty cache), or while it opens a copy of the cached
+    template (tracking/store_template.py)."""
     import signal
 
+    from advbayes.tracking.store import client_for
+
+    cache = tmp_path_factory.mktemp("cache")
+    if template:
+        client_for(f"sqlite:///{tmp_path_factory.mktemp('first') / 'mlflow.db'}")  # leaves the suite's template
+        cache = Path(os.environ["ADVBAYES_CACHE_DIR"])
     creator = subprocess.Popen(
-        [sys.executable, "-c", "from advbayes.tracking import client_for; client_for(None)"], cwd=isolated_cwd
+        [sys.executable, "-c", "from advbayes.tracking import client_for; client_for(None)"],
+        cwd=isolated_cwd,
+        env={**os.environ, "ADVBAYES_CACHE_DIR": str(cache)},
     )
     scratch = isolated_cwd / ".mlflow.db.creating"
     deadline = time.monotonic() + 60

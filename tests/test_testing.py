@@ -81,53 +81,6 @@ def test_install_fixture_plugin_is_found_by_a_fresh_plugin_manager(plugin_site) 
     assert "advbayes-fixture-empty" in advbayes.testing.create_plugin_manager().info
 
 
-def test_a_store_copied_from_the_suites_template_is_what_mlflows_migrations_build(tmp_path) -> None:
-    """The suite copies new sqlite stores from one migrated template (conftest.py): the copy must be the store
-    MLflow's own migrations build, in its schema, indexes, alembic revision and rows, and must work as one."""
-    import sqlite3
-    from contextlib import closing
-
-    import mlflow.store.db.utils as db_utils
-    import sqlalchemy
-    from mlflow import MlflowClient
-
-    def contents(path) -> tuple[list, dict]:
-        """The schema, and every table's rows (the experiments' by name: their times and paths differ)."""
-        with closing(sqlite3.connect(path)) as db:
-            schema = [
-                (kind, name, table, sorted(line.strip().rstrip(",") for line in (sql or "").splitlines()))
-                for kind, name, table, sql in db.execute("select type, name, tbl_name, sql from sqlite_master")
-            ]  # each statement's lines sorted: MLflow's batch migrations order a table's constraints as a set does
-            schema.sort()
-            tables = [name for kind, name, _, _ in schema if kind == "table"]
-            rows = {t: sorted(db.execute(f'select * from "{t}"').fetchall()) for t in tables if t != "experiments"}
-            rows["experiments"] = db.execute("select name, lifecycle_stage from experiments").fetchall()
-        return schema, rows
-
-    assert db_utils._initialize_tables.__name__ == "initialize"  # the suite's copying one is in place
-    copied = tmp_path / "copied.db"
-    MlflowClient(f"sqlite:///{copied}").search_experiments()  # through the suite's copying _initialize_tables
-    migrated = tmp_path / "migrated.db"
-    engine = sqlalchemy.create_engine(f"sqlite:///{migrated}")
-    try:
-        db_utils.InitialBase.metadata.create_all(engine)  # what MLflow's own _initialize_tables does
-        db_utils._upgrade_db(engine)
-    finally:
-        engine.dispose()
-    MlflowClient(f"sqlite:///{migrated}").search_experiments()  # adds the default experiment, as on the copy
-    copied_schema, copied_rows = contents(copied)
-    assert (copied_schema, copied_rows) == contents(migrated)
-    assert (
-        len(copied_schema) > 50
-        and copied_rows["alembic_version"]
-        and copied_rows["experiments"] == [("Default", "active")]
-    )
-    client = MlflowClient(f"sqlite:///{copied}")
-    run = client.create_run(client.create_experiment("x"))
-    client.log_metric(run.info.run_id, "m", 1.0)
-    assert client.get_run(run.info.run_id).data.metrics == {"m": 1.0}
-
-
 def test_the_suites_order_starts_every_worker_on_slow_tests_and_keeps_an_xdist_group_on_one_worker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -10,19 +10,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
-
 from advbayes.errors import RunError, error_text
-
-if TYPE_CHECKING:
-    pass
-
 
 DEFAULT_STORE = "mlflow.db"
 PARENT_ROLE = "parent"
@@ -301,10 +292,24 @@ def client_for(uri: str | None, *, write: bool = True) -> Any:
 def _create_sqlite(database: Path) -> None:
     """Create and migrate a new store in a scratch file beside it, then move it into place in one step: a run
     killed while MLflow builds the tables leaves only the scratch file (rebuilt next time), never a half-made store."""
+    from advbayes.tracking.store_template import copy_template, forget_template, save_template
+
     scratch = database.with_name(f".{database.name}.creating")
-    for leftover in ("", "-journal", "-wal", "-shm"):  # a killed creation's journal must not roll into the new file
-        scratch.with_name(scratch.name + leftover).unlink(missing_ok=True)
+    for leftover in ("", "-journal", "-wal", "-shm", "-migrated", "-migrated-journal"):  # a killed creation's
+        scratch.with_name(scratch.name + leftover).unlink(missing_ok=True)  # journal must not roll into a new file
+    if copy_template(scratch):  # the migrated tables, copied (store_template.py): MLflow adds the Default experiment
+        try:
+            _open_sqlite(f"sqlite:///{quote(str(scratch))}", scratch)
+        except RunError:  # a template MLflow does not accept: migrate as if there were none
+            forget_template()
+            scratch.unlink(missing_ok=True)
+            # under another name: MLflow keeps the engine of a URI it opened, connected to the deleted copy
+            scratch = scratch.with_name(f"{scratch.name}-migrated")
+        else:
+            os.replace(scratch, database)
+            return
     _open_sqlite(f"sqlite:///{quote(str(scratch))}", scratch)
+    save_template(scratch)
     os.replace(scratch, database)
 
 
