@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
 import pytest
 import tomli_w
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from advbayes.cli import cli
 from advbayes.errors import RegistryError
 from advbayes.registry import apply_override, load_registry, parse_override, tomllib
+from advbayes.registry.files import copied
 from helpers import write
 
 BASE = """
@@ -431,3 +435,40 @@ def test_a_registry_file_parsed_again_is_an_independent_copy_and_an_edit_or_an_e
     for name in ("one.toml", "two.toml"):
         with pytest.raises(RegistryError, match=rf"{name}.*TOML syntax error"):
             read_registry_file(write(tmp_path / name, broken))
+
+
+TOML_LEAVES = st.one_of(
+    st.text(max_size=5), st.integers(), st.floats(allow_nan=False), st.booleans(), st.datetimes(), st.dates()
+)
+TOML_VALUES = st.recursive(
+    TOML_LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+)
+
+
+def containers(value: object) -> list[int]:
+    """The ids of every dict and list inside `value`, itself included."""
+    if isinstance(value, dict):
+        return [id(value), *(i for item in value.values() for i in containers(item))]
+    if isinstance(value, list):
+        return [id(value), *(i for item in value for i in containers(item))]
+    return []
+
+
+@given(value=TOML_VALUES)
+def test_a_copied_registry_value_equals_its_deep_copy_and_shares_no_table_or_array(value: object) -> None:
+    """copied() is registry loading's copy.deepcopy: equal, and no dict or list of the original reachable from it
+    (the parse cache's tables stay as parsed whatever a caller does to its copy)."""
+    copy_ = copied(value)
+    assert copy_ == copy.deepcopy(value) and not set(containers(copy_)) & set(containers(value))
+
+
+def test_a_copied_python_object_inside_a_registry_value_is_deep_copied() -> None:
+    """An inline entry from the Python API may hold any object: it is copied as deepcopy copies it."""
+
+    class Holder:
+        def __init__(self) -> None:
+            self.items = [1, 2]
+
+    holder = Holder()
+    copy_ = copied({"x": [holder]})
+    assert copy_["x"][0] is not holder and copy_["x"][0].items == [1, 2] and copy_["x"][0].items is not holder.items

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import difflib
 import functools
 import importlib.resources
@@ -84,7 +85,7 @@ def parse_toml(text: str, *, file: str, key: str | None = None) -> dict[str, Any
         raise RegistryError(f"invalid value: {str(exc).split(';')[0]}", file=file, key=key) from None
     if depth > MAX_NESTING:
         raise RegistryError(f"values nested more than {MAX_NESTING} deep", file=file, key=key or where)
-    return copy.deepcopy(data)  # the cached table stays as parsed whatever the caller does with its copy
+    return copied(data)  # the cached table stays as parsed whatever the caller does with its copy
 
 
 # Every run, --set check and registry command reads all eight shipped registry files again, and parsing them was
@@ -95,6 +96,19 @@ def parsed_table(text: str) -> tuple[dict[str, Any], tuple[int, str]]:
     """tomllib's table of `text` and its nesting depth (nesting_depth), cached per text; callers copy the table."""
     data = tomllib.loads(text)
     return data, nesting_depth(data)
+
+
+IMMUTABLE_LEAVES = (str, int, float, bool, type(None), datetime.date, datetime.time)  # TOML's (datetime a date)
+
+
+def copied(value: Any) -> Any:
+    """What copy.deepcopy gives for a registry value in half its time (0.47 vs 1.00 ms for the shipped files):
+    tables and arrays copied, immutable leaves (every TOML leaf) shared, anything else (an API caller's) deep-copied."""
+    if isinstance(value, dict):
+        return {key: copied(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [copied(item) for item in value]
+    return value if isinstance(value, IMMUTABLE_LEAVES) else copy.deepcopy(value)
 
 
 def nesting_depth(value: Any) -> tuple[int, str]:
@@ -295,5 +309,5 @@ class EntryTables:
                 if old in entry.body or new in entry.body:
                     merged.pop(old, None)
                     merged.pop(new, None)
-            merged.update({k: copy.deepcopy(v) for k, v in entry.body.items() if k != "extends"})
+            merged.update({k: copied(v) for k, v in entry.body.items() if k != "extends"})
         return merged
