@@ -182,9 +182,18 @@ class Square(Attack):
                 better = self._paired(model, candidate, current, y)
                 current[better] = candidate[better]
                 continue
-            active = (margin > 0).nonzero().squeeze(1)
-            if active.numel() == 0:
+            unbroken = margin > 0
+            left = int(unbroken.sum())
+            if left == 0:
                 break
+            if left == len(x):  # none broken yet (every query of a full budget): no gathering and scattering back
+                candidate = self._candidate(x, current, iteration)
+                candidate_margin = self.margins(model, candidate, y)
+                better = candidate_margin < margin
+                current = torch.where(better.view(-1, *([1] * (x.dim() - 1))), candidate, current)
+                margin = torch.where(better, candidate_margin, margin)
+                continue
+            active = unbroken.nonzero().squeeze(1)
             candidate = self._candidate(x[active], current[active], iteration)
             candidate_margin = self.margins(model, candidate, y[active])
             better = candidate_margin < margin[active]
