@@ -96,13 +96,14 @@ def test_a_store_copied_from_the_template_is_what_mlflows_migrations_build(tmp_p
         lambda path: path.write_bytes(b"not a database at all" * 100),
         lambda path: path.write_bytes(path.read_bytes()[:4096]),  # cut short
         lambda path: _set_revision(path, "0000not0a0revision"),  # a schema MLflow does not know
+        lambda path: path.write_bytes((Path.cwd() / "first" / "mlflow.db").read_bytes()),  # a real store put there
     ],
-    ids=["garbage", "truncated", "unknown-revision"],
+    ids=["garbage", "truncated", "unknown-revision", "not-empty"],
 )
 def test_a_damaged_template_is_replaced_and_the_new_store_migrated_as_before(
     tmp_path: Path, reference: Any, damage: Any
 ) -> None:
-    new_store(tmp_path / "first")
+    new_store(tmp_path / "first")  # a run and an experiment "x" in it
     damage(template_path())
     database = new_store(tmp_path / "second")
     assert without_runs(database) == reference

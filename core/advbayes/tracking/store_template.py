@@ -35,11 +35,16 @@ def copy_template(target: Path) -> bool:
         with closing(sqlite3.connect(f"file:{template}?mode=ro", uri=True)) as source:
             with closing(sqlite3.connect(target)) as copy:
                 source.backup(copy)
-        return True
+                (rows,) = copy.execute(
+                    "SELECT (SELECT count(*) FROM experiments) + (SELECT count(*) FROM runs)"
+                ).fetchone()
+        if rows == 0:
+            return True
     except sqlite3.Error:  # damaged or half-written by something else: migrate instead, and make a new one
-        forget_template()
-        target.unlink(missing_ok=True)
-        return False
+        pass
+    forget_template()  # or not empty (a real store put there): a new store must start with nothing in it
+    target.unlink(missing_ok=True)
+    return False
 
 
 def save_template(store: Path) -> None:
