@@ -52,12 +52,6 @@ def suite_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The suite's own advbayes cache (cached `list`/`show` answers, the migrated empty MLflow store that every
     new sqlite store is copied from): never the user's, and shared by each worker's tests and the processes they
     start, so the store template is migrated once per worker."""
-    before = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("advbayes-cache"))
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("advbayes-cache")))
         yield
-    finally:
-        if before is None:
-            os.environ.pop(CACHE_ENV, None)
-        else:
-            os.environ[CACHE_ENV] = before

@@ -326,16 +326,17 @@ def test_a_store_killed_while_being_created_leaves_nothing_half_made(
     template (tracking/store_template.py)."""
     import signal
 
+    from advbayes.output_cache import CACHE_ENV
     from advbayes.tracking.store import client_for
 
     cache = tmp_path_factory.mktemp("cache")
     if template:
         client_for(f"sqlite:///{tmp_path_factory.mktemp('first') / 'mlflow.db'}")  # leaves the suite's template
-        cache = Path(os.environ["ADVBAYES_CACHE_DIR"])
+        cache = Path(os.environ[CACHE_ENV])
     creator = subprocess.Popen(
         [sys.executable, "-c", "from advbayes.tracking import client_for; client_for(None)"],
         cwd=isolated_cwd,
-        env={**os.environ, "ADVBAYES_CACHE_DIR": str(cache)},
+        env={**os.environ, CACHE_ENV: str(cache)},
     )
     scratch = isolated_cwd / ".mlflow.db.creating"
     deadline = time.monotonic() + 60

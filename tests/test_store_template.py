@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from advbayes.output_cache import CACHE_ENV
 from advbayes.tracking.store import client_for
 from advbayes.tracking.store_template import template_path
 
@@ -106,7 +107,7 @@ def test_a_damaged_template_is_replaced_and_the_new_store_migrated_as_before(
     new_store(tmp_path / "first")  # a run and an experiment "x" in it
     damage(template_path())
     database = new_store(tmp_path / "second")
-    assert without_runs(database) == reference
+    assert without_runs(database) == reference and template_path().is_file()
     new_store(tmp_path / "third")  # from the template made again
     assert without_runs(tmp_path / "third" / "mlflow.db") == reference
 
@@ -122,7 +123,7 @@ def test_a_cache_that_cannot_be_written_only_costs_the_migration(
 ) -> None:
     blocked = tmp_path / "a-file-not-a-folder"
     blocked.write_text("")
-    monkeypatch.setenv("ADVBAYES_CACHE_DIR", str(blocked / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(blocked / "cache"))
     database = new_store(tmp_path / "store")
     assert not template_path().exists() and sorted(tmp_path.iterdir()) == [blocked, database.parent]
     assert without_runs(database) == reference

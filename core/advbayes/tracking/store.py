@@ -290,13 +290,15 @@ def client_for(uri: str | None, *, write: bool = True) -> Any:
 
 
 def _create_sqlite(database: Path) -> None:
-    """Create and migrate a new store in a scratch file beside it, then move it into place in one step: a run
-    killed while MLflow builds the tables leaves only the scratch file (rebuilt next time), never a half-made store."""
+    """Create a new store in a scratch file beside it (a copy of the cached template, else migrated by MLflow),
+    then move it into place in one step: a run killed while the tables are built leaves only the scratch file
+    (rebuilt next time), never a half-made store."""
     from advbayes.tracking.store_template import copy_template, forget_template, save_template
 
     scratch = database.with_name(f".{database.name}.creating")
-    for leftover in ("", "-journal", "-wal", "-shm", "-migrated", "-migrated-journal"):  # a killed creation's
-        scratch.with_name(scratch.name + leftover).unlink(missing_ok=True)  # journal must not roll into a new file
+    for name in (scratch.name, f"{scratch.name}-migrated"):  # a killed creation's journal must not roll into a new file
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            scratch.with_name(name + suffix).unlink(missing_ok=True)
     if copy_template(scratch):  # the migrated tables, copied (store_template.py): MLflow adds the Default experiment
         try:
             _open_sqlite(f"sqlite:///{quote(str(scratch))}", scratch)
