@@ -166,3 +166,44 @@ def test_a_verdict_without_its_accuracy_in_the_results_is_one_line(bnn: tuple[di
         RunError, match=r"^run 502f3872\w+: its results hold no accuracy of autoattack-rand-linf at eps"
     ):
         verify_cards([card], records)
+
+
+def weaken(record: dict[str, Any]) -> None:
+    """autoattack-rand's APGD-CE ran 10 steps, not the protocol's 100 (say, from a --registry file)."""
+    key = next(k for k in record["params"] if k.endswith(".attacks.apgd-ce.steps"))
+    record["params"][key] = "10"
+
+
+def drop_dlr(record: dict[str, Any]) -> None:
+    """autoattack-rand ran without its APGD-DLR half."""
+    record["params"] = {k: v for k, v in record["params"].items() if ".attacks.apgd-dlr." not in k}
+
+
+def add_fgsm(record: dict[str, Any]) -> None:
+    """The run attacked with an attack the protocol does not have."""
+    record["params"].update({"attacks.fgsm.use": "fgsm", "attacks.fgsm.name": "fgsm"})
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (weaken, "has attacks.autoattack-rand-l2.attacks.apgd-ce.steps = '10', the protocol's is '100'"),
+        (drop_dlr, "has no attacks.autoattack-rand-l2.attacks.apgd-dlr.attack_samples, the protocol's is '1'"),
+        (add_fgsm, "ran attacks.fgsm.use, which the protocol has not"),
+    ],
+    ids=["weaker", "sub-attack-dropped", "attack-added"],
+)
+def test_a_card_that_says_it_follows_the_protocol_is_held_to_its_attacks(
+    bnn: tuple[dict[str, Any], Path], change: Any, fragment: str
+) -> None:
+    """Before, a card benched with a --registry file that weakened autoattack-rand said it followed the protocol, and
+    its records re-derived it as stated: every number was its runs', made with other attacks than the protocol's."""
+    card, records = bnn
+    edit(next((records / "digits--bnn").glob("L2-seed2-*.json")), change)
+    with pytest.raises(RunError) as caught:
+        verify_cards([card], records)
+    message = str(caught.value)
+    assert message.startswith("card digits--bnn: the card says it follows protocol 1, but seed 2, L2: run ")
+    assert message.endswith(fragment) and "\n" not in message
+    off = {**card, "conforms": False, "deviations": ["small_attacks.toml changes the protocol's attack 'autoattack'"]}
+    assert verify_cards([off], records) == 1  # a card marked off the protocol states no such thing

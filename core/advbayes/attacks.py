@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from advbayes.components import Attack, AttackResult
+    from advbayes.registry import Registry
 
 API_SOURCE = "advbayes.attacks"
 PREDICTION_KEYS = ("inference_samples", "prediction_average")  # how the defense predicts: set by the engine in a run
@@ -195,7 +196,11 @@ def entry(name: str, **overrides: Any) -> OneCallAttack:
     validated as a registry file is."""
     from advbayes.registry import load_registry
 
-    registry = load_registry()
+    return entry_of(load_registry(), name, **overrides)
+
+
+def entry_of(registry: Registry, name: str, **overrides: Any) -> OneCallAttack:
+    """`entry` from a given registry (one loaded with the caller's --registry files)."""
     where = ("registry", f"attacks.{name}", "")
     resolved = registry.resolve("attacks", name, where=where)
     unknown = sorted(set(overrides) - set(resolved) - set(PREDICTION_KEYS))

@@ -22,7 +22,7 @@ import torch
 from advbayes.errors import RunError
 from advbayes.lab.bench_steps import ID_TAG, KEY_TAG, STEP_TAG, BenchSteps, bench_key
 from advbayes.lab.cards import CARD_VERSION, card_name, check_outcomes, deviations, summary, threat_section, write_card
-from advbayes.lab.protocol import TWIN, Protocol, protocol_for
+from advbayes.lab.protocol import TWIN, Protocol, protocol_for, registry_changes
 from advbayes.results import RunResult, unpack_outcomes
 from advbayes.tracking.store import shown_uri
 
@@ -74,8 +74,11 @@ def bench(
     data = prepared.registry.build("datasets", spec["dataset"])
     shape, value_range = tuple(data.input_shape), tuple(data.value_range)
     label = spec["defense"]["name"] if tracked else entry
+    redefined = registry_changes(protocol, prepared.registry)  # --registry files may redefine what it attacks with
+    for line in redefined:
+        say(f"bench {label}: off the protocol: {line}")
     started = time.perf_counter()
-    key = bench_key(entry, protocol, overrides)
+    key = bench_key(entry, protocol, overrides, redefined)
     steps = BenchSteps(name, key, label, tracking_uri, say)
     if resume:
         steps.continue_earlier()  # refused here, before any work, when there is nothing to continue
@@ -132,7 +135,8 @@ def bench(
     card = card_of(protocol, label, spec, seeds, trained, evaluated, run_ids, overrides, stochastic)
     if name != protocol.experiment:  # trained elsewhere: data, network or training may differ from the protocol's
         card["deviations"].append(f"trained by experiment {name}, not the protocol's {protocol.experiment}")
-        card["conforms"] = False
+    card["deviations"] += list(redefined)
+    card["conforms"] = not card["deviations"]
     card["seconds"] = steps.seconds + time.perf_counter() - started  # with earlier processes' time on it
     card["device"] = trained[0].device
     card["runs"]["store"] = shown_uri(steps.store)  # never a password in a card

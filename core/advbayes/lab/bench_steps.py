@@ -25,9 +25,13 @@ SECONDS_TAG = "advbayes.bench.seconds"  # the time the step took, summed over th
 CODE_TAGS = ("advbayes.git_commit", "advbayes.git_dirty", "advbayes.version.advbayes")  # which code made a run
 
 
-def bench_key(entry: str, protocol: Protocol, overrides: Sequence[tuple[str, Any]]) -> str:
-    """The identity of a bench: its entry (or tracked run), data set, protocol version and settings."""
+def bench_key(
+    entry: str, protocol: Protocol, overrides: Sequence[tuple[str, Any]], changed: Mapping[str, Any] | None = None
+) -> str:
+    """The identity of a bench: its entry (or tracked run), data set, protocol version and settings, and the
+    protocol's entries that registry files changed (lab.protocol.registry_changes), as they changed them."""
     what = [entry, protocol.dataset, protocol.version, [[key, value] for key, value in overrides]]
+    what += [sorted(changed.items())] if changed else []  # absent when none: the keys of earlier benches stay
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -22,7 +22,7 @@ import attrs
 import torch
 
 from advbayes.errors import EvaluationWarning, RunError
-from advbayes.lab.protocol import TWIN, protocol_for
+from advbayes.lab.protocol import TWIN, protocol_for, registry_changes
 
 LOW_ACCURACY = 0.5  # below it the timed network leaves most examples unattacked: the low end is far too low
 MAX_TRAIN_EPOCHS = 1000
@@ -70,6 +70,7 @@ class CostEstimate:
     twin_epoch: float
     attacks: tuple[AttackCost, ...]
     seeds: int
+    off_protocol: tuple[str, ...] = ()  # what registry files changed of the protocol's entries (timed as changed)
 
     @property
     def training_seconds(self) -> float:
@@ -105,6 +106,7 @@ class CostEstimate:
                 f"  {a.threat:<5} {a.name:<24} {a.at_largest:9.4f} s/example at the largest radius, "
                 f"{a.full_budget:.4f} with the full budget -> {span(low / 60, high / 60, '.1f')} min per seed"
             )
+        lines += [f"off the protocol (a card would be marked): {line}" for line in self.off_protocol]
         if self.clean_accuracy < LOW_ACCURACY:
             lines.append(
                 f"warning: the timed network gets {1 - self.clean_accuracy:.0%} of the timed examples wrong, which the "
@@ -145,7 +147,7 @@ def estimate_bench(
     say: Callable[[str], None] = print,
 ) -> CostEstimate:
     """Measure and project what `advbayes bench entry` will cost on `device` (nothing is tracked or written)."""
-    from advbayes.attacks import entry as attack_entry
+    from advbayes.attacks import entry_of
     from advbayes.engine.lifecycle import run
     from advbayes.lab.bench import check_entry
     from advbayes.results import RunResult
@@ -158,6 +160,7 @@ def estimate_bench(
     if not 1 <= train_epochs <= MAX_TRAIN_EPOCHS:
         raise RunError(f"--train-epochs: expected 1 to {MAX_TRAIN_EPOCHS}, got {train_epochs}")
     loaded = check_entry(entry, registry)
+    changed = tuple(registry_changes(protocol, loaded))  # timed as changed: what a bench with these files would run
 
     def trained_for(defense: str, epochs: int) -> RunResult:
         say(f"estimate {entry}: {epochs} training epoch(s) of {defense}")
@@ -205,9 +208,9 @@ def estimate_bench(
             for eps, label in ((full_eps, "with the full budget"), (largest, "at the largest radius")):
                 say(f"estimate {entry}: timing {attack['name']} {label} (eps {eps:g}) on {examples} examples")
                 call = (
-                    attack_entry("pgd-40", eps=eps, norm=threat.norm)
+                    entry_of(loaded, attack["attack"]["extends"], eps=eps, norm=threat.norm)
                     if transfer
-                    else attack_entry(attack["extends"], **own, eps=eps, **prediction)
+                    else entry_of(loaded, attack["extends"], **own, eps=eps, **prediction)
                 )
                 elapsed = call_seconds(lambda: call(victim, x, y), x.device)  # noqa: B023 - called now
                 # with nothing broken, the time is spent on the examples the victim gets right: per such example
@@ -232,4 +235,5 @@ def estimate_bench(
         twin_epoch=0.0 if twin is None else float(twin.history[-1]["epoch_seconds"]),
         attacks=tuple(costs),
         seeds=len(protocol.seeds if seeds is None else seeds),
+        off_protocol=changed,
     )
