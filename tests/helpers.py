@@ -3,6 +3,7 @@ use too (install_fixture_plugin, write, draw_network) live in advbayes.testing a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
@@ -14,6 +15,7 @@ from advbayes.params import param
 from advbayes.testing import draw_network, install_fixture_plugin, write
 
 __all__ = [
+    "SMALL_ATTACKS",
     "DivergingDefense",
     "FailingDefense",
     "ShiftAttack",
@@ -22,6 +24,9 @@ __all__ = [
     "install_fixture_plugin",
     "write",
 ]
+
+# a registry file of the protocol's sub-attacks with small budgets (--registry): a bench marked off the protocol
+SMALL_ATTACKS = Path(__file__).with_name("small_attacks.toml")
 
 
 @attrs.frozen(kw_only=True)

@@ -14,6 +14,7 @@ from advbayes.lab.cost import FULL_BUDGET_SCALE, AttackCost, CostEstimate, estim
 from advbayes.lab.protocol import PROTOCOLS
 from advbayes.registry import load_registry
 from advbayes.testing import assert_one_clear_error
+from helpers import SMALL_ATTACKS, write
 
 
 def test_the_projection_is_the_measured_times_scaled_to_the_protocol(isolated_cwd: Path) -> None:
@@ -111,13 +112,36 @@ def test_the_full_budget_is_the_most_work_any_radius_makes_and_does_not_depend_o
     assert trained == pytest.approx(weak, rel=0.05), work_per_right
 
 
-def test_estimate_on_the_command_line_writes_no_card_and_respects_a_changed_cap(isolated_cwd: Path) -> None:
+def test_estimate_on_the_command_line_writes_no_card_and_respects_a_changed_cap_and_registry(
+    isolated_cwd: Path,
+) -> None:
+    """The protocol's sub-attacks at small budgets (--registry): the estimate says a card would be off the protocol."""
     args = ["bench", "standard", "--dataset", "digits", "--estimate", "--examples", "4", "--set", "epochs=7"]
-    result = CliRunner().invoke(cli, args)
+    result = CliRunner().invoke(cli, [*args, "--registry", str(SMALL_ATTACKS)])
     assert result.exit_code == 0, result.output
     assert "x 7 epochs" in result.stdout and "deterministic" in result.stdout and "clean accuracy" in result.stdout
     assert "autoattack-linf" in result.stdout and "transfer" not in result.stdout  # standard is its own twin
+    off = f"off the protocol (a card would be marked): {SMALL_ATTACKS} changes the protocol's attack"
+    assert f"{off} 'autoattack'\n" in result.stdout and f"{off} 'autoattack-rand'\n" in result.stdout
     assert not (isolated_cwd / "cards").exists() and not (isolated_cwd / "mlflow.db").exists()
+
+
+def test_the_estimate_times_the_attacks_its_registry_files_define(isolated_cwd: Path, monkeypatch) -> None:
+    """Before, --estimate timed the shipped entries whatever --registry gave, where the bench runs the files' ones:
+    here autoattack is APGD-CE alone, so the shipped one's Square must never run."""
+    from advbayes_attacks.square import Square
+
+    def shipped_autoattack_ran(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the estimate ran the shipped autoattack's Square")
+
+    monkeypatch.setattr(Square, "__call__", shipped_autoattack_ran)
+    write(
+        isolated_cwd / "mine.toml",
+        '[attacks.autoattack]\nuse = "worst-case"\nattacks = [{ extends = "apgd-ce", name = "apgd-ce", steps = 5 }]\n',
+    )
+    cost = estimate_bench("standard", dataset="digits", examples=4, registry=["mine.toml"], say=lambda line: None)
+    assert cost.off_protocol == ("mine.toml changes the protocol's attack 'autoattack'",)
+    assert [a.name for a in cost.attacks][::3] == ["autoattack-linf", "autoattack-l2"]
 
 
 def test_a_timed_network_that_gets_most_examples_wrong_is_a_warning_that_its_times_are_low() -> None:

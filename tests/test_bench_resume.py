@@ -16,10 +16,19 @@ from advbayes.cli import cli
 from advbayes.errors import RunError
 from advbayes.lab.bench import bench
 from advbayes.lab.bench_steps import ID_TAG, SECONDS_TAG, STEP_TAG, BenchSteps, bench_key
-from advbayes.lab.protocol import PROTOCOLS
+from advbayes.lab.protocol import PROTOCOLS, registry_changes
 from advbayes.plugins import get_plugin_manager
+from advbayes.registry import load_registry
+from helpers import SMALL_ATTACKS
 
 SETTINGS = [("epochs", 2), ("dataset.n_test", 48)]  # a small bench of a stochastic defense, with its twin
+REGISTRY = [SMALL_ATTACKS]  # its attacks at small budgets: what is resumed here is the bench, not their strength
+
+
+def small_bench_key() -> str:
+    """The key of the bench below: its entry and settings, and the protocol's attacks as REGISTRY changes them."""
+    protocol = PROTOCOLS["digits"]
+    return bench_key("bnn", protocol, SETTINGS, registry_changes(protocol, load_registry(REGISTRY)))
 
 
 class InterruptLinf:
@@ -35,7 +44,9 @@ class InterruptLinf:
 
 
 def small_bench(store: str, out: Path, **kwargs: Any) -> dict[str, Any]:
-    return bench("bnn", dataset="digits", seeds=[0], overrides=SETTINGS, tracking_uri=store, out=out, **kwargs)
+    return bench(
+        "bnn", dataset="digits", seeds=[0], overrides=SETTINGS, registry=REGISTRY, tracking_uri=store, out=out, **kwargs
+    )
 
 
 def runs_of(store: str) -> list[Any]:
@@ -51,7 +62,7 @@ def interrupted(tmp_path: Path) -> tuple[str, Path]:
     folder.mkdir()
     store = f"sqlite:///{folder / 'mlflow.db'}"
     args = ["bench", "bnn", "--dataset", "digits", "--seeds", "0", "--set", "epochs=2", "--set", "dataset.n_test=48"]
-    args += ["--tracking-uri", store, "--out", str(folder / "cards")]
+    args += ["--registry", str(SMALL_ATTACKS), "--tracking-uri", store, "--out", str(folder / "cards")]
     pm = get_plugin_manager()
     pm.register(InterruptLinf(), name="test-interrupt-linf")
     try:
@@ -76,7 +87,8 @@ def test_a_resumed_bench_reads_back_what_finished_resumes_what_stopped_and_gives
     assert float(before["0/Linf"].data.tags[SECONDS_TAG]) > 0  # Ctrl-C: the time it ran is kept for the card
     said: list[str] = []
     protocol = PROTOCOLS["digits"]
-    BenchSteps(protocol.experiment, bench_key("bnn", protocol, SETTINGS), "bnn", store, said.append).start_new()
+    assert small_bench_key() != bench_key("bnn", protocol, SETTINGS)  # a bench with the shipped attacks is another
+    BenchSteps(protocol.experiment, small_bench_key(), "bnn", store, said.append).start_new()
     assert said == [
         f"bench bnn: an earlier bench of these settings stopped before its card (run {before['0/Linf'].info.run_id}, "
         "step 0/Linf, KILLED); --resume continues it. This one starts over."
@@ -97,6 +109,10 @@ def test_a_resumed_bench_reads_back_what_finished_resumes_what_stopped_and_gives
     reference = small_bench(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "cards")
     for part in ("clean", "threat_models", "checks", "stochastic", "defense", "deviations"):
         assert card[part] == reference[part], part
+    assert (
+        not card["conforms"]
+        and f"{SMALL_ATTACKS} changes the protocol's attack 'autoattack-rand'" in (card["deviations"])
+    )
 
 
 @pytest.fixture
@@ -109,7 +125,7 @@ def recorded(tmp_path: Path) -> tuple[str, dict[str, str]]:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client, protocol = MlflowClient(store), PROTOCOLS["digits"]
     experiment = client.create_experiment(protocol.experiment)
-    tags = {KEY_TAG: bench_key("bnn", protocol, SETTINGS), ID_TAG: "0123456789ab", **provenance()}
+    tags = {KEY_TAG: small_bench_key(), ID_TAG: "0123456789ab", **provenance()}
     ids = {}
     for step in ("0/train", "0/twin"):
         ids[step] = client.create_run(experiment, tags={**tags, STEP_TAG: step}).info.run_id
@@ -151,7 +167,7 @@ def test_resume_says_when_uncommitted_changes_cannot_be_compared(
     real = tracking_runs.provenance
     monkeypatch.setattr(tracking_runs, "provenance", lambda where=None: {**real(where), "advbayes.git_dirty": "true"})
     protocol, said = PROTOCOLS["digits"], []
-    steps = BenchSteps(protocol.experiment, bench_key("bnn", protocol, SETTINGS), "bnn", store, said.append)
+    steps = BenchSteps(protocol.experiment, small_bench_key(), "bnn", store, said.append)
     steps.continue_earlier()
     assert len(said) == 1 and "was made by a checkout with uncommitted changes, as this one is" in said[0]
     assert steps.bench_id == "0123456789ab" and set(steps.earlier) == {"0/train", "0/twin"}

@@ -23,7 +23,7 @@ from advbayes.lab.cards import CARD_VERSION, check_outcomes, ranked, read_card, 
 from advbayes.lab.leaderboard import write_leaderboard
 from advbayes.lab.protocol import CHECKS, CONVERGED, PROTOCOLS, ThreatModel
 from advbayes.results import EvalRecord, pack_outcomes
-from helpers import install_fixture_plugin
+from helpers import SMALL_ATTACKS, install_fixture_plugin
 
 
 def record(attack: str, eps: float, outcomes: list[int]) -> EvalRecord:
@@ -349,9 +349,11 @@ def test_bench_of_a_tracked_run_attacks_its_trained_model_beside_a_twin_trained_
     with pytest.warns(advbayes.EvaluationWarning):
         source = advbayes.run("bench-digits", tracking_uri=store, **settings)
     assert isinstance(source, advbayes.RunResult) and source.run_id is not None
-    result = CliRunner().invoke(cli, ["bench", source.run_id, "--dataset", "digits"], catch_exceptions=False)
+    small = ["--registry", str(SMALL_ATTACKS)]  # the protocol's sub-attacks at small budgets: marked on the card
+    result = CliRunner().invoke(cli, ["bench", source.run_id, "--dataset", "digits", *small], catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     card = read_card(isolated_cwd / "cards" / "digits--bnn.json")
+    assert f"{SMALL_ATTACKS} changes the protocol's attack 'autoattack-rand'" in card["deviations"]
     runs = card["runs"]["seeds"]["4"]
     assert runs["source"] == source.run_id and set(runs) == {"source", "twin", "Linf", "L2"}
     from mlflow import MlflowClient

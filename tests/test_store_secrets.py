@@ -14,6 +14,7 @@ from servers import postgres_server
 
 from advbayes.cli import cli
 from advbayes.tracking.store import shown_uri
+from helpers import SMALL_ATTACKS
 
 WORD = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
 SECRET = st.text("abcdefghijklmnopqrstuvwxyz0123456789:@!$&'()*+,;=~-._", min_size=1, max_size=12).map(
@@ -62,11 +63,13 @@ def test_a_bench_on_a_password_store_keeps_the_password_out_of_its_card_report_a
         store = database.replace("postgres@", "postgres:PWs3cret@", 1)
         runner = CliRunner()
         settings = ["--set", "epochs=2", "--set", "until_converged=false", "--set", "dataset.n_test=40"]
+        settings += ["--registry", str(SMALL_ATTACKS)]  # the protocol's sub-attacks at small budgets
         bench = runner.invoke(
             cli, ["bench", "bnn", "--dataset", "digits", "--seeds", "0", *settings, "--tracking-uri", store]
         )
         assert bench.exit_code == 0, bench.output
         card = json.loads((isolated_cwd / "cards" / "digits--bnn.json").read_text())
+        assert f"{SMALL_ATTACKS} changes the protocol's attack 'autoattack-rand'" in card["deviations"]
         assert card["runs"]["store"] == database.replace("postgres@", "postgres:***@", 1)
         run = runner.invoke(cli, ["run", "moons", "--set", "epochs=1", "--tracking-uri", store])
         report = runner.invoke(cli, ["report", "moons", "--out", "report", "--tracking-uri", store])
