@@ -184,14 +184,20 @@ def add_fgsm(record: dict[str, Any]) -> None:
     record["params"].update({"attacks.fgsm.use": "fgsm", "attacks.fgsm.name": "fgsm"})
 
 
+def fewer_training_digits(record: dict[str, Any]) -> None:
+    """The network was trained on 100 digits (a --set dataset.n_train of the run benched)."""
+    record["params"]["dataset.n_train"] = "100"
+
+
 @pytest.mark.parametrize(
     "change, fragment",
     [
         (weaken, "has attacks.autoattack-rand-l2.attacks.apgd-ce.steps = '10', the protocol's is '100'"),
         (drop_dlr, "has no attacks.autoattack-rand-l2.attacks.apgd-dlr.attack_samples, the protocol's is '1'"),
-        (add_fgsm, "ran attacks.fgsm.use, which the protocol has not"),
+        (add_fgsm, "has attacks.fgsm.name = 'fgsm', which the protocol does not set"),
+        (fewer_training_digits, "has dataset.n_train = '100', which the protocol does not set"),
     ],
-    ids=["weaker", "sub-attack-dropped", "attack-added"],
+    ids=["weaker", "sub-attack-dropped", "attack-added", "training-set-cut"],
 )
 def test_a_card_that_says_it_follows_the_protocol_is_held_to_its_attacks(
     bnn: tuple[dict[str, Any], Path], change: Any, fragment: str

@@ -346,6 +346,7 @@ def test_bench_of_a_tracked_run_attacks_its_trained_model_beside_a_twin_trained_
 
     store = f"sqlite:///{isolated_cwd / 'mlflow.db'}"
     settings = {"defense": "bnn", "epochs": 2, "until_converged": False, "dataset.n_test": 90, "seed": 4}
+    settings["dataset.n_train"] = 600  # trained on fewer digits than the protocol's: the card must say so
     with pytest.warns(advbayes.EvaluationWarning):
         source = advbayes.run("bench-digits", tracking_uri=store, **settings)
     assert isinstance(source, advbayes.RunResult) and source.run_id is not None
@@ -354,6 +355,8 @@ def test_bench_of_a_tracked_run_attacks_its_trained_model_beside_a_twin_trained_
     assert result.exit_code == 0, result.stderr
     card = read_card(isolated_cwd / "cards" / "digits--bnn.json")
     assert f"{SMALL_ATTACKS} changes the protocol's attack 'autoattack-rand'" in card["deviations"]
+    trained = f"run {source.run_id} was trained with dataset.n_train = '600', which the protocol does not set"
+    assert trained in card["deviations"] and f"off the protocol: {trained}" in result.stdout + result.stderr
     runs = card["runs"]["seeds"]["4"]
     assert runs["source"] == source.run_id and set(runs) == {"source", "twin", "Linf", "L2"}
     from mlflow import MlflowClient

@@ -15,16 +15,19 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from advbayes.errors import RunError
 from advbayes.lab.bench_steps import ID_TAG, KEY_TAG, STEP_TAG, BenchSteps, bench_key
 from advbayes.lab.cards import CARD_VERSION, card_name, check_outcomes, deviations, summary, threat_section, write_card
-from advbayes.lab.protocol import TWIN, Protocol, protocol_for, registry_changes
+from advbayes.lab.protocol import TWIN, Protocol, param_differences, protocol_for, protocol_params, registry_changes
 from advbayes.results import RunResult, unpack_outcomes
 from advbayes.tracking.store import shown_uri
+
+if TYPE_CHECKING:
+    from advbayes.registry import Registry
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run id: bench that tracked run instead of training an entry
 BENCH_TAG = "advbayes.bench"  # the bench a run belongs to: defense entry, data set and protocol version
@@ -75,7 +78,8 @@ def bench(
     shape, value_range = tuple(data.input_shape), tuple(data.value_range)
     label = spec["defense"]["name"] if tracked else entry
     redefined = registry_changes(protocol, prepared.registry)  # --registry files may redefine what it attacks with
-    for line in redefined:
+    trained_off = _trained_off_protocol(entry, protocol, spec, prepared.registry) if tracked else []
+    for line in [*redefined, *trained_off]:
         say(f"bench {label}: off the protocol: {line}")
     started = time.perf_counter()
     key = bench_key(entry, protocol, overrides, redefined)
@@ -135,7 +139,7 @@ def bench(
     card = card_of(protocol, label, spec, seeds, trained, evaluated, run_ids, overrides, stochastic)
     if name != protocol.experiment:  # trained elsewhere: data, network or training may differ from the protocol's
         card["deviations"].append(f"trained by experiment {name}, not the protocol's {protocol.experiment}")
-    card["deviations"] += list(redefined)
+    card["deviations"] += [*redefined, *trained_off]
     card["conforms"] = not card["deviations"]
     card["seconds"] = steps.seconds + time.perf_counter() - started  # with earlier processes' time on it
     card["device"] = trained[0].device
@@ -144,6 +148,17 @@ def bench(
     if out is not None:
         write_card(card, out / card_file(card))
     return card
+
+
+def _trained_off_protocol(run_id: str, protocol: Protocol, spec: dict[str, Any], registry: Registry) -> list[str]:
+    """Where a tracked run's data set and network differ from the protocol's (its test examples are counted apart)."""
+    from advbayes.registry import load_registry
+    from advbayes.tracking.runs import flatten
+
+    expected = protocol_params(protocol, load_registry(pm=registry.pm, include_cwd=False))
+    params = {**flatten(spec["dataset"], "dataset."), **flatten(spec["model"], "model.")}
+    found = param_differences(params, expected, ("dataset.", "model."))
+    return [f"run {run_id} was trained with {line}" for line in found if not line.startswith("dataset.n_test ")]
 
 
 def check_entry(entry: str, registry: Sequence[str | Path]) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 from advbayes.checks import Finding
 from advbayes.errors import RunError
 from advbayes.lab.cards import card_name, check_outcomes, summary, threat_section
-from advbayes.lab.protocol import PROTOCOLS, ThreatModel
+from advbayes.lab.protocol import PROTOCOLS, ThreatModel, param_differences, protocol_params
 from advbayes.lab.records import RecordRun, dumps_record, read_records, record_of
 from advbayes.lab.sources import StoreRuns
 from advbayes.results import EvalRecord, unpack_outcomes
@@ -181,36 +181,20 @@ def _messages(detail: str) -> set[str]:
 def off_protocol_setting(card: Mapping[str, Any], runs: Mapping[str, RecordRun]) -> str | None:
     """For a card of the installed protocol version that says it follows it: the first setting its runs were made
     with that the protocol, resolved in the shipped registry and installed plugins', does not give (the data set,
-    the network, every attack and its sub-attacks), or None. Keys a run does not have are a difference too."""
+    the network, every attack and its sub-attacks, none missing or added), or None."""
     from advbayes.registry import load_registry
-    from advbayes.tracking.runs import flatten
 
     protocol = PROTOCOLS.get(card["protocol"]["dataset"])
     if not card["conforms"] or protocol is None or protocol.version != card["protocol"]["version"]:
         return None
     registry = load_registry(include_cwd=False)
-    experiment = registry.resolve_experiment(protocol.experiment)
-    trained = {**flatten(experiment["dataset"], "dataset."), **flatten(experiment["model"], "model.")}
-    where = ("leaderboard protocol", protocol.dataset, "")
     for seed, roles in card["runs"]["seeds"].items():
         for threat in protocol.threat_models:
-            expected = dict(trained)
-            for attack in protocol.attacks(threat, bool(card["stochastic"]), roles.get("twin")):
-                resolved = registry.resolve("attacks", attack, where=where)
-                expected.update(flatten(resolved, f"attacks.{resolved['name']}."))
+            expected = protocol_params(protocol, registry, threat, bool(card["stochastic"]), roles.get("twin", ""))
             params = runs[roles[threat.name]].data.params
-            for key, value in sorted(expected.items()):
-                if not key.endswith(".eps") and params.get(key) != value:  # a run's attacks take its eps list
-                    has = f"{key} = {params[key]!r}" if key in params else f"no {key}"
-                    return (
-                        f"seed {seed}, {threat.name}: run {roles[threat.name]} has {has}, the protocol's is {value!r}"
-                    )
-            extra = [k for k in sorted(params) if k.startswith("attacks.") and k.endswith(".use") and k not in expected]
-            extra = [k for k in extra if k != "attacks.none.use"]  # the clean row every run has
-            if extra:
-                return (
-                    f"seed {seed}, {threat.name}: run {roles[threat.name]} ran {extra[0]}, which the protocol has not"
-                )
+            found = param_differences(params, expected, ("dataset.", "model.", "attacks."))
+            if found:
+                return f"seed {seed}, {threat.name}: run {roles[threat.name]} has {found[0]}"
     return None
 
 

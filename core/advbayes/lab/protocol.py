@@ -14,6 +14,7 @@ example); the card reports that, per seed and over the seeds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -157,6 +158,41 @@ def registry_changes(protocol: Protocol, registry: Registry) -> dict[str, dict[s
     ours, theirs = protocol_entries(protocol, registry), protocol_entries(protocol, shipped)
     files = ", ".join(extra)
     return {f"{files} changes the protocol's {name}": ours[name] for name in ours if ours[name] != theirs[name]}
+
+
+def protocol_params(
+    protocol: Protocol,
+    registry: Registry,
+    threat: ThreatModel | None = None,
+    stochastic: bool = False,
+    twin_run: str = "",
+) -> dict[str, str]:
+    """The params of a run that follows the protocol, flattened as a run records them: its bench experiment's data
+    set and network and, given a threat model, each of its attacks with their sub-attacks (without their eps: a run's
+    attacks take its eps list)."""
+    from advbayes.tracking.runs import flatten
+
+    experiment = registry.resolve_experiment(protocol.experiment)
+    params = {**flatten(experiment["dataset"], "dataset."), **flatten(experiment["model"], "model.")}
+    where = ("leaderboard protocol", protocol.dataset, "")
+    for attack in [] if threat is None else protocol.attacks(threat, stochastic, twin_run or None):
+        resolved = registry.resolve("attacks", attack, where=where)
+        params.update(flatten(resolved, f"attacks.{resolved['name']}."))
+    return {key: value for key, value in params.items() if not key.endswith(".eps")}
+
+
+def param_differences(params: Mapping[str, str], expected: Mapping[str, str], prefixes: tuple[str, ...]) -> list[str]:
+    """Each key under `prefixes` where a run's params differ from the protocol's, one line each (a key only one
+    side has is a difference; the clean row's attack `none` is every run's)."""
+    keys = {k for k in [*params, *expected] if k.startswith(prefixes) and not k.startswith("attacks.none.")}
+    lines = []
+    for key in sorted(keys):
+        if key not in expected:
+            lines.append(f"{key} = {params[key]!r}, which the protocol does not set")
+        elif params.get(key) != expected[key]:
+            has = f"{key} = {params[key]!r}" if key in params else f"no {key}"
+            lines.append(f"{has}, the protocol's is {expected[key]!r}")
+    return lines
 
 
 def protocol_for(dataset: str) -> Protocol:
