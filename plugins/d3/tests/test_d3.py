@@ -327,7 +327,7 @@ def test_d3_mnist_5k_experiment_runs_on_a_subset() -> None:
             "fgsm",
             {"extends": "pgd-40", "name": "pgd-40", "steps": 2},
             {"extends": "eot-pgd-40", "name": "eot-pgd-40", "steps": 2},
-            "transfer-pgd-40",
+            {"extends": "transfer-pgd-40", "name": "transfer-pgd-40", "attack": {"extends": "pgd-40", "steps": 2}},
         ],
         metrics=[
             "accuracy",
