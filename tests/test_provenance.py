@@ -7,11 +7,13 @@ import platform
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
 
 import advbayes
+from advbayes import hookimpl
 from advbayes.plugins import create_plugin_manager
 from advbayes.tracking.runs import provenance
 
@@ -89,3 +91,43 @@ def test_a_run_started_outside_the_checkout_is_tagged_with_the_checkouts_commit(
     row = next(line for line in text.splitlines() if f"`{result.run_id}`" in line)  # each run's own commit
     assert f"commit {commit[:12]}" in row and ("with uncommitted changes" in row) == dirty
     assert "batch 64, seed 0;" in text  # the seeds of the runs behind the section
+
+
+class InterruptAfterFirstEpoch:
+    """Ctrl-C once epoch 1 is checkpointed (after the tracking plugin's hook)."""
+
+    @hookimpl(trylast=True)
+    def epoch_finished(self, run: Any, epoch: int, metrics: Any, checkpoint: Any) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_a_run_resumed_by_other_code_names_that_code_in_a_tag_a_warning_and_its_report(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, --resume kept only the tags of the code that started a run: a run named one commit while its later
+    epochs and its evaluation ran on another."""
+    import advbayes.tracking.runs as runs
+    from advbayes.lab.report import commit_of
+
+    pm = create_plugin_manager()
+    pm.register(InterruptAfterFirstEpoch(), name="interrupt")
+    with pytest.raises(KeyboardInterrupt) as raised:
+        advbayes.run("moons", tracking_uri=store, pm=pm, epochs=2)
+    run_id = raised.value.advbayes_run_id  # type: ignore[attr-defined]
+    client = MlflowClient(store)
+    started = client.get_run(run_id).data.tags
+    mine = runs.provenance()
+    other = {"advbayes.git_commit": "b" * 40, "advbayes.git_dirty": "true"}
+    monkeypatch.setattr(runs, "_process_provenance", lambda: {**mine, **other})  # this process: another checkout
+    with pytest.warns(advbayes.ProvenanceWarning) as warned:
+        advbayes.run(tracking_uri=store, resume=run_id, pm=create_plugin_manager())
+    tags = client.get_run(run_id).data.tags
+    version = started["advbayes.version.advbayes"]
+    assert tags["advbayes.git_commit"] == started["advbayes.git_commit"]  # the code that started it, as before
+    assert tags[runs.RESUMED_CODE_TAG] == f"commit bbbbbbbbbbbb with uncommitted changes, advbayes {version}"
+    message = str(warned[0].message)
+    assert message.startswith(f"--resume {run_id}: the run was started by {runs.code_text(started)} and goes on with")
+    assert commit_of(tags) == f"{runs.commit_text(started)}, resumed with {tags[runs.RESUMED_CODE_TAG]}"
+    assert runs.resumed_code(tags, {**mine, **other}) is None  # the same other code again is named once
+    assert runs.resumed_code(started, mine) is None  # resumed by the code that started it: nothing to say

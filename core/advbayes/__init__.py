@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         AttackInputError,
         EvaluationWarning,
         PluginError,
+        ProvenanceWarning,
         RegistryError,
         RunError,
     )
@@ -89,6 +90,7 @@ _EXPORTS = {
     "EvalContext": "advbayes.components",
     "EvalRecord": "advbayes.results",
     "EvaluationWarning": "advbayes.errors",
+    "ProvenanceWarning": "advbayes.errors",
     "GaussianParameter": "advbayes.stochastic",
     "LossOutput": "advbayes.components",
     "Metric": "advbayes.components",
@@ -176,6 +178,7 @@ __all__ = [
     "ModelSources",
     "ParamError",
     "PluginError",
+    "ProvenanceWarning",
     "RegistryError",
     "RunError",
     "AttackInputError",

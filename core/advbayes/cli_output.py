@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from advbayes.errors import EvaluationWarning
+from advbayes.errors import EvaluationWarning, ProvenanceWarning
 
 MAX_ERROR = 1000  # characters of an error line; a multi-megabyte key is not echoed whole
 
@@ -30,7 +30,7 @@ def show_warning(
     """warnings.showwarning for commands: advbayes's own warnings as one `advbayes: warning:` line."""
     from advbayes.plugins import PluginLoadWarning
 
-    if issubclass(category, (PluginLoadWarning, EvaluationWarning)):
+    if issubclass(category, (PluginLoadWarning, EvaluationWarning, ProvenanceWarning)):
         click.echo(f"advbayes: warning: {message}", err=True)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)

@@ -47,6 +47,10 @@ class EvaluationWarning(UserWarning):
     """A randomness or gradient-masking check found that an evaluation may overstate robustness."""
 
 
+class ProvenanceWarning(UserWarning):
+    """A tracked run was resumed by other code than started it (another commit, uncommitted changes, advbayes)."""
+
+
 MAX_ERROR_TEXT = 4000  # characters kept of an error's message (MLflow tags hold 5,000)
 
 

@@ -22,7 +22,6 @@ KEY_TAG = "advbayes.bench.key"  # what the bench is: entry, data set, protocol v
 ID_TAG = "advbayes.bench.id"  # which bench: the runs of one bench and of the invocations that continued it
 STEP_TAG = "advbayes.bench.step"  # which of its runs: "SEED/train", "SEED/twin" or "SEED/THREAT"
 SECONDS_TAG = "advbayes.bench.seconds"  # the time the step took, summed over the processes that ran it
-CODE_TAGS = ("advbayes.git_commit", "advbayes.git_dirty", "advbayes.version.advbayes")  # which code made a run
 
 
 def bench_key(
@@ -61,7 +60,7 @@ class BenchSteps:
     def continue_earlier(self) -> None:
         """Take over the latest earlier bench of the same settings; refused in one line when there is none, or when
         its runs were made by other code than this process runs."""
-        from advbayes.tracking.runs import provenance
+        from advbayes.tracking.runs import CODE_TAGS, provenance
 
         runs = self._runs()
         if not runs:

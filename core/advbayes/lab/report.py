@@ -27,6 +27,7 @@ from advbayes.lab.figures import Point, drawable_metrics, experiment_figure, sav
 from advbayes.lab.records import read_records
 from advbayes.lab.sources import RecordRuns, RunSource, StoreRuns, values_by_key
 from advbayes.results import format_value
+from advbayes.tracking.runs import RESUMED_CODE_TAG, commit_text
 from advbayes.tracking.settings import group_label, varied_settings
 from advbayes.tracking.store import client_for
 
@@ -144,10 +145,9 @@ def overlay_figures(
 
 
 def commit_of(tags: Mapping[str, str]) -> str:
-    """`commit C` (with uncommitted changes) from a run's provenance tags."""
-    commit = tags.get("advbayes.git_commit")
-    text = f"commit {commit[:12]}" if commit else "commit unknown"
-    return text + (" with uncommitted changes" if tags.get("advbayes.git_dirty") == "true" else "")
+    """`commit C` (with uncommitted changes) from a run's provenance tags, and the other code that resumed it."""
+    resumed = tags.get(RESUMED_CODE_TAG)
+    return f"{commit_text(tags)}, resumed with {resumed}" if resumed else commit_text(tags)
 
 
 def code_of(tags: Mapping[str, str]) -> str:

@@ -7,6 +7,7 @@ import pickle
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,9 @@ import tomli_w
 
 from advbayes.tracking.lease import Lease, claim, describe
 from advbayes.tracking.runs import (
+    RESUMED_CODE_TAG,
     TRAINING_PREFIX,
+    code_text,
     copy_training_history,
     current_holder,
     flatten,
@@ -26,6 +29,7 @@ from advbayes.tracking.runs import (
     process_tags,
     provenance,
     restart_hint,
+    resumed_code,
     run_params,
 )
 from advbayes.tracking.store import (
@@ -47,7 +51,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from advbayes.errors import AdvbayesError, RunError, error_text
+from advbayes.errors import AdvbayesError, ProvenanceWarning, RunError, error_text
 from advbayes.hookspecs import hookimpl
 from advbayes.results import eps_label, eps_step, metric_names, outcomes_csv, to_csv
 
@@ -97,8 +101,18 @@ def run_started(run: Any) -> None:
         run.run_id = run.resume_run_id
         for key, value in process_tags().items():  # the run lives in this process now
             client.set_tag(run.resume_run_id, key, value)
-        if "error" in client.get_run(run.resume_run_id).data.tags:  # the interruption is over
+        recorded = client.get_run(run.resume_run_id).data.tags
+        if "error" in recorded:  # the interruption is over
             client.delete_tag(run.resume_run_id, "error")
+        mixed = resumed_code(recorded, provenance())
+        if mixed is not None:  # its provenance tags name the code that started it: say which other code went on
+            client.set_tag(run.resume_run_id, RESUMED_CODE_TAG, mixed)
+            warnings.warn(
+                f"--resume {run.resume_run_id}: the run was started by {code_text(recorded)} and goes on with "
+                f"{code_text(provenance())}; its tag {RESUMED_CODE_TAG} and reports name both",
+                ProvenanceWarning,
+                stacklevel=2,
+            )
         return
     spec = run.spec
     tags = {

@@ -103,6 +103,32 @@ def git_commit(where: Path | None = None) -> str | None:
     return _git(["rev-parse", "HEAD"], where or Path(__file__).resolve().parent) or None
 
 
+CODE_TAGS = ("advbayes.git_commit", "advbayes.git_dirty", "advbayes.version.advbayes")  # which code made a run
+RESUMED_CODE_TAG = "advbayes.resumed_with_code"  # the other code that worked on a resumed run, "; "-separated
+
+
+def commit_text(tags: Mapping[str, str]) -> str:
+    """`commit C` (with uncommitted changes) from a run's provenance tags."""
+    commit = tags.get("advbayes.git_commit")
+    text = f"commit {commit[:12]}" if commit else "commit unknown"
+    return text + (" with uncommitted changes" if tags.get("advbayes.git_dirty") == "true" else "")
+
+
+def code_text(tags: Mapping[str, str]) -> str:
+    """`commit C` (with uncommitted changes), advbayes V: the code a run's provenance tags name."""
+    return f"{commit_text(tags)}, advbayes {tags.get('advbayes.version.advbayes', 'unknown')}"
+
+
+def resumed_code(run_tags: Mapping[str, str], mine: Mapping[str, str]) -> str | None:
+    """The run's RESUMED_CODE_TAG once this process's code (`mine`, provenance()) has worked on it, or None when
+    the code is the one that started it or is already named."""
+    if all(run_tags.get(k) == mine.get(k) for k in CODE_TAGS):
+        return None
+    earlier = [part for part in run_tags.get(RESUMED_CODE_TAG, "").split("; ") if part]
+    now = code_text(mine)
+    return None if now in earlier else "; ".join([*earlier, now])
+
+
 def provenance(where: Path | None = None) -> dict[str, str]:
     """Tags that say which code ran: the checkout's commit and whether it had uncommitted changes to tracked files,
     and the versions of Python, torch, MLflow and advbayes (the plugins' versions are tagged on their own).
