@@ -139,7 +139,7 @@ def bench(
     card = card_of(protocol, label, spec, seeds, trained, evaluated, run_ids, overrides, stochastic)
     if name != protocol.experiment:  # trained elsewhere: data, network or training may differ from the protocol's
         card["deviations"].append(f"trained by experiment {name}, not the protocol's {protocol.experiment}")
-    card["deviations"] += [*redefined, *trained_off]
+    card["deviations"] += [*registry_changes(protocol, prepared.registry, stochastic), *trained_off]  # those it ran
     card["conforms"] = not card["deviations"]
     card["seconds"] = steps.seconds + time.perf_counter() - started  # with earlier processes' time on it
     card["device"] = trained[0].device

@@ -160,7 +160,7 @@ def estimate_bench(
     if not 1 <= train_epochs <= MAX_TRAIN_EPOCHS:
         raise RunError(f"--train-epochs: expected 1 to {MAX_TRAIN_EPOCHS}, got {train_epochs}")
     loaded = check_entry(entry, registry)
-    changed = tuple(registry_changes(protocol, loaded))  # timed as changed: what a bench with these files would run
+    registry_changes(protocol, loaded)  # resolves every entry the protocol uses: a broken one fails before training
 
     def trained_for(defense: str, epochs: int) -> RunResult:
         say(f"estimate {entry}: {epochs} training epoch(s) of {defense}")
@@ -235,5 +235,5 @@ def estimate_bench(
         twin_epoch=0.0 if twin is None else float(twin.history[-1]["epoch_seconds"]),
         attacks=tuple(costs),
         seeds=len(protocol.seeds if seeds is None else seeds),
-        off_protocol=changed,
+        off_protocol=tuple(registry_changes(protocol, loaded, stochastic)),  # timed as changed, as a bench runs them
     )

@@ -131,31 +131,36 @@ PROTOCOLS = {
 }
 
 
-def protocol_entries(protocol: Protocol, registry: Registry) -> dict[str, dict[str, Any]]:
+def protocol_entries(
+    protocol: Protocol, registry: Registry, stochastic: bool | None = None
+) -> dict[str, dict[str, Any]]:
     """The entries the protocol evaluates with, resolved in `registry`: its bench experiment, the twin and every
-    attack entry its attack lists extend (of a deterministic and of a stochastic network)."""
+    attack entry its attack lists extend, for a stochastic or a deterministic network (None: both)."""
     where = ("leaderboard protocol", protocol.dataset, "")
     entries = {f"experiment '{protocol.experiment}'": registry.resolve_experiment(protocol.experiment)}
     entries[f"defense '{TWIN}'"] = registry.resolve("defenses", TWIN, where=where)
     for threat in protocol.threat_models:
-        for stochastic in (False, True):
-            for attack in protocol.attacks(threat, stochastic, twin_run="twin"):
+        for kind in (False, True) if stochastic is None else (stochastic,):
+            for attack in protocol.attacks(threat, kind, twin_run="twin"):
                 name = attack.get("attack", attack)["extends"]  # transfer: the attack crafted on the twin
                 entries[f"attack '{name}'"] = registry.resolve("attacks", name, where=where)
     return entries
 
 
-def registry_changes(protocol: Protocol, registry: Registry) -> dict[str, dict[str, Any]]:
-    """The entries the protocol evaluates with that the registry's own files (--registry, ./registry.toml) define
-    otherwise than the shipped registry and installed plugins do, as those files make them, keyed by a line that
-    says so: a card made with them does not follow the protocol."""
+def registry_changes(
+    protocol: Protocol, registry: Registry, stochastic: bool | None = None
+) -> dict[str, dict[str, Any]]:
+    """The entries the protocol evaluates a stochastic or a deterministic network with (None: either) that the
+    registry's own files (--registry, ./registry.toml) define otherwise than the shipped registry and installed
+    plugins do, as those files make them, keyed by a line that says so: a card made with them does not follow the
+    protocol."""
     from advbayes.registry import load_registry
 
     shipped = load_registry(pm=registry.pm, include_cwd=False)
     extra = [f for f in registry.files if f not in shipped.files]
     if not extra:
         return {}
-    ours, theirs = protocol_entries(protocol, registry), protocol_entries(protocol, shipped)
+    ours, theirs = protocol_entries(protocol, registry, stochastic), protocol_entries(protocol, shipped, stochastic)
     files = ", ".join(extra)
     return {f"{files} changes the protocol's {name}": ours[name] for name in ours if ours[name] != theirs[name]}
 
