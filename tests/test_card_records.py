@@ -189,6 +189,13 @@ def fewer_training_digits(record: dict[str, Any]) -> None:
     record["params"]["dataset.n_train"] = "100"
 
 
+def test_a_conforming_card_whose_runs_another_experiment_trained_is_caught(bnn: tuple[dict[str, Any], Path]) -> None:
+    card, records = bnn
+    edit(next((records / "digits--bnn").glob("twin-seed0-*.json")), lambda r: r.update({"experiment": "moons"}))
+    with pytest.raises(RunError, match=r"follows protocol 1, but seed 0: run \w+ \(twin\) is of experiment moons, not"):
+        verify_cards([card], records)
+
+
 @pytest.mark.parametrize(
     "change, fragment",
     [

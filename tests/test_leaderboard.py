@@ -370,6 +370,12 @@ def test_bench_of_a_tracked_run_attacks_its_trained_model_beside_a_twin_trained_
     assert exported.exit_code == 0, exported.output  # the tracked run's card re-derives from its runs (its Linf: clean)
     checked = CliRunner().invoke(cli, ["leaderboard", "--cards", "cards", "--records", "records", "--out", "board"])
     assert checked.exit_code == 0 and "1 card(s) re-derived" in checked.stderr, checked.output
+    write_card({**card, "deviations": [], "conforms": True}, isolated_cwd / "claimed" / "digits--bnn.json")
+    claimed = CliRunner().invoke(cli, ["leaderboard", "--cards", "claimed", "--records", "records", "--out", "board"])
+    assert claimed.exit_code == 2 and claimed.stderr == (
+        "Error: card digits--bnn: the card says it follows protocol 1, but it names the runs of 1 seed(s), the "
+        "protocol asks for 3\n"
+    )  # a card edited to claim the protocol is caught by its runs
     moons = advbayes.run("moons", tracking_uri=store, epochs=1)
     assert isinstance(moons, advbayes.RunResult)
     other = CliRunner().invoke(cli, ["bench", str(moons.run_id), "--dataset", "digits"])

@@ -179,16 +179,22 @@ def _messages(detail: str) -> set[str]:
 
 
 def off_protocol_setting(card: Mapping[str, Any], runs: Mapping[str, RecordRun]) -> str | None:
-    """For a card of the installed protocol version that says it follows it: the first setting its runs were made
-    with that the protocol, resolved in the shipped registry and installed plugins', does not give (the data set,
-    the network, every attack and its sub-attacks, none missing or added), or None."""
+    """For a card of the installed protocol version that says it follows it: the first thing its runs were made
+    with that the protocol, resolved in the shipped registry and installed plugins', does not give (its seeds, the
+    bench experiment, the data set, the network, every attack and its sub-attacks, none missing or added), or None."""
     from advbayes.registry import load_registry
 
     protocol = PROTOCOLS.get(card["protocol"]["dataset"])
     if not card["conforms"] or protocol is None or protocol.version != card["protocol"]["version"]:
         return None
+    if len(card["runs"]["seeds"]) < len(protocol.seeds):
+        return f"it names the runs of {len(card['runs']['seeds'])} seed(s), the protocol asks for {len(protocol.seeds)}"
     registry = load_registry(include_cwd=False)
     for seed, roles in card["runs"]["seeds"].items():
+        for role, run_id in roles.items():
+            if runs[run_id].experiment != protocol.experiment:
+                trained_by = runs[run_id].experiment
+                return f"seed {seed}: run {run_id} ({role}) is of experiment {trained_by}, not {protocol.experiment}"
         for threat in protocol.threat_models:
             expected = protocol_params(protocol, registry, threat, bool(card["stochastic"]), roles.get("twin", ""))
             params = runs[roles[threat.name]].data.params
