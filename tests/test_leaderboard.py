@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,11 @@ def make_card(entry: str, robust: float, passed: bool = True, conforms: bool = T
         "checks": checks,
         "clean": stat(0.95),
         "threat_models": threats,
-        "runs": {"store": "sqlite:///mlflow.db", "experiment_id": "1", "seeds": {"0": {"train": "r" + entry}}},
+        "runs": {
+            "store": "sqlite:///mlflow.db",
+            "experiment_id": "1",
+            "seeds": {str(seed): {"train": f"r{seed or ''}{entry}"} for seed in protocol.seeds},
+        },
         "provenance": {"advbayes.git_commit": "abc"},
         "device": "cpu",
         "seconds": 12.5,
@@ -157,6 +162,15 @@ def test_a_written_card_reads_back_and_a_wrong_one_is_one_line_naming_file_and_k
     path.write_text(json.dumps(broken))
     with pytest.raises(RunError, match="'passed' is False but its checks say otherwise"):
         read_card(path)
+    for change, message in [  # a card edited to claim the protocol, or to drop what it deviates in
+        ({"deviations": ["2 seed(s), the protocol asks for 3"]}, "'conforms' is True but its deviations are ['2 seed"),
+        ({"conforms": False}, "'conforms' is False but its deviations are []"),
+        ({"runs": {**card["runs"], "seeds": {"0": {"train": "r"}}}}, "has 1 seed(s) of 360 test examples; its pro"),
+        ({"clean": {**card["clean"], "n": 90}}, "'conforms' is true but it has 3 seed(s) of 90 test examples; its"),
+    ]:
+        path.write_text(json.dumps({**card, **change}))
+        with pytest.raises(RunError, match=re.escape(message)):
+            read_card(path)
     path.write_text(json.dumps({**card, "advbayes_card": 99}))
     with pytest.raises(RunError, match=r"expected a result card of schema 1 \(advbayes_card\), got 99"):
         read_card(path)
@@ -370,12 +384,13 @@ def test_bench_of_a_tracked_run_attacks_its_trained_model_beside_a_twin_trained_
     assert exported.exit_code == 0, exported.output  # the tracked run's card re-derives from its runs (its Linf: clean)
     checked = CliRunner().invoke(cli, ["leaderboard", "--cards", "cards", "--records", "records", "--out", "board"])
     assert checked.exit_code == 0 and "1 card(s) re-derived" in checked.stderr, checked.output
-    write_card({**card, "deviations": [], "conforms": True}, isolated_cwd / "claimed" / "digits--bnn.json")
+    (isolated_cwd / "claimed").mkdir()  # by hand: write_card refuses a card that contradicts itself
+    (isolated_cwd / "claimed" / "digits--bnn.json").write_text(json.dumps({**card, "deviations": [], "conforms": True}))
     claimed = CliRunner().invoke(cli, ["leaderboard", "--cards", "claimed", "--records", "records", "--out", "board"])
     assert claimed.exit_code == 2 and claimed.stderr == (
-        "Error: card digits--bnn: the card says it follows protocol 1, but it names the runs of 1 seed(s), the "
-        "protocol asks for 3\n"
-    )  # a card edited to claim the protocol is caught by its runs
+        "Error: claimed/digits--bnn.json: 'conforms' is true but it has 1 seed(s) of 90 test examples; its protocol "
+        "asks for 3 of 360\n"
+    )  # a card edited to claim the protocol is caught as it is read
     moons = advbayes.run("moons", tracking_uri=store, epochs=1)
     assert isinstance(moons, advbayes.RunResult)
     other = CliRunner().invoke(cli, ["bench", str(moons.run_id), "--dataset", "digits"])

@@ -19,7 +19,7 @@ from typing import Any
 
 from advbayes.checks import Finding
 from advbayes.errors import RunError
-from advbayes.lab.cards import card_name, check_outcomes, summary, threat_section
+from advbayes.lab.cards import card_name, check_outcomes, inconsistency, summary, threat_section
 from advbayes.lab.protocol import PROTOCOLS, ThreatModel, param_differences, protocol_params
 from advbayes.lab.records import RecordRun, dumps_record, read_records, record_of
 from advbayes.lab.sources import StoreRuns
@@ -180,15 +180,13 @@ def _messages(detail: str) -> set[str]:
 
 def off_protocol_setting(card: Mapping[str, Any], runs: Mapping[str, RecordRun]) -> str | None:
     """For a card of the installed protocol version that says it follows it: the first thing its runs were made
-    with that the protocol, resolved in the shipped registry and installed plugins', does not give (its seeds, the
-    bench experiment, the data set, the network, every attack and its sub-attacks, none missing or added), or None."""
+    with that the protocol, resolved in the shipped registry and installed plugins', does not give (the bench
+    experiment, the data set, the network, every attack and its sub-attacks, none missing or added), or None."""
     from advbayes.registry import load_registry
 
     protocol = PROTOCOLS.get(card["protocol"]["dataset"])
     if not card["conforms"] or protocol is None or protocol.version != card["protocol"]["version"]:
         return None
-    if len(card["runs"]["seeds"]) < len(protocol.seeds):
-        return f"it names the runs of {len(card['runs']['seeds'])} seed(s), the protocol asks for {len(protocol.seeds)}"
     registry = load_registry(include_cwd=False)
     for seed, roles in card["runs"]["seeds"].items():
         for role, run_id in roles.items():
@@ -206,6 +204,9 @@ def off_protocol_setting(card: Mapping[str, Any], runs: Mapping[str, RecordRun])
 
 def verify_card(card: Mapping[str, Any], runs: Mapping[str, RecordRun], where: str) -> None:
     """Raise a one-line RunError at the first thing the card states that its runs' records do not give."""
+    problem = inconsistency(card)
+    if problem is not None:
+        raise RunError(f"{where}: {problem}")
     derived = rederive(card, runs)
     off = off_protocol_setting(card, runs)
     if off is not None:

@@ -183,14 +183,34 @@ def read_card(path: Path) -> dict[str, Any]:
         if check["status"] not in ("passed", "failed", "n/a"):
             status = check["status"]
             raise RunError(f"{path}: check {check['name']}: status must be passed, failed or n/a, not {status!r}")
-    if card["passed"] != all(c["status"] != "failed" for c in card["checks"]):
-        raise RunError(f"{path}: 'passed' is {card['passed']} but its checks say otherwise")
+    problem = inconsistency(card)
+    if problem is not None:
+        raise RunError(f"{path}: {problem}")
     return card
+
+
+def inconsistency(card: Mapping[str, Any]) -> str | None:
+    """What a (schema-valid) card states against itself: 'passed' against its checks, 'conforms' against its
+    deviations, its seeds and test examples; None when nothing."""
+    if card["passed"] != all(c["status"] != "failed" for c in card["checks"]):
+        return f"'passed' is {card['passed']} but its checks say otherwise"
+    if card["conforms"] != (not card["deviations"]):
+        return f"'conforms' is {card['conforms']} but its deviations are {card['deviations']!r}"
+    seeds, examples, protocol = len(card["runs"]["seeds"]), card["clean"]["n"], card["protocol"]
+    if card["conforms"] and (seeds < len(protocol["seeds"]) or examples < protocol["test_examples"]):
+        return (
+            f"'conforms' is true but it has {seeds} seed(s) of {examples} test examples; its protocol asks for "
+            f"{len(protocol['seeds'])} of {protocol['test_examples']}"
+        )
+    return None
 
 
 def write_card(card: Mapping[str, Any], path: Path) -> Path:
     """Write a card (validated first: nothing invalid is ever written) as indented JSON with sorted keys."""
     validate(card, SCHEMA, str(path))
+    problem = inconsistency(card)
+    if problem is not None:
+        raise RunError(f"{path}: {problem}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
     return path
