@@ -83,7 +83,7 @@ def test_digits_and_subsets() -> None:
 
 
 def test_digits_are_scikit_learns_own_values_read_without_its_loader(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Read from scikit-learn's file with numpy: a digits bench no longer imports scikit-learn (2.8 s a process)."""
+    """Read from scikit-learn's file with numpy: a digits bench no longer imports scikit-learn (about 2 s a process)."""
     import sklearn.datasets
 
     from advbayes_vision.datasets import digits_arrays
