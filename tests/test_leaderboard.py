@@ -369,6 +369,7 @@ def test_bench_of_a_tracked_run_attacks_its_trained_model_beside_a_twin_trained_
     assert result.exit_code == 0, result.stderr
     card = read_card(isolated_cwd / "cards" / "digits--bnn.json")
     assert f"{SMALL_ATTACKS} changes the protocol's attack 'autoattack-rand'" in card["deviations"]
+    assert not [d for d in card["deviations"] if "was trained by" in d]  # the source run is this code's
     trained = f"run {source.run_id} was trained with dataset.n_train = '600', which the protocol does not set"
     assert trained in card["deviations"] and f"off the protocol: {trained}" in result.stdout + result.stderr
     runs = card["runs"]["seeds"]["4"]
@@ -396,3 +397,19 @@ def test_bench_of_a_tracked_run_attacks_its_trained_model_beside_a_twin_trained_
     other = CliRunner().invoke(cli, ["bench", str(moons.run_id), "--dataset", "digits"])
     assert other.exit_code == 2
     assert f"Error: run {moons.run_id}: trained on data set 'half-moons', not 'digits'" in other.stderr
+
+
+def test_a_tracked_run_trained_or_resumed_by_other_code_than_the_bench_is_a_deviation() -> None:
+    """A card names one commit: a benched run that other code trained (or resumed) is off the protocol."""
+    from advbayes.lab.bench import trained_by_other_code
+    from advbayes.tracking.runs import RESUMED_CODE_TAG
+
+    mine = {"advbayes.git_commit": "a" * 40, "advbayes.git_dirty": "false", "advbayes.version.advbayes": "0.9"}
+    assert trained_by_other_code("r1", dict(mine), mine) == []
+    other = {**mine, "advbayes.git_commit": "b" * 40, "advbayes.git_dirty": "true"}
+    assert trained_by_other_code("r1", other, mine) == [
+        "run r1 was trained by commit bbbbbbbbbbbb with uncommitted changes, advbayes 0.9, this bench runs commit "
+        "aaaaaaaaaaaa, advbayes 0.9"
+    ]
+    resumed = {**mine, RESUMED_CODE_TAG: "commit cccccccccccc, advbayes 0.9"}
+    assert trained_by_other_code("r1", resumed, mine) == ["run r1 was resumed with commit cccccccccccc, advbayes 0.9"]

@@ -13,7 +13,7 @@ import difflib
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from advbayes.lab.bench_steps import ID_TAG, KEY_TAG, STEP_TAG, BenchSteps, benc
 from advbayes.lab.cards import CARD_VERSION, card_name, check_outcomes, deviations, summary, threat_section, write_card
 from advbayes.lab.protocol import TWIN, Protocol, param_differences, protocol_for, protocol_params, registry_changes
 from advbayes.results import RunResult, unpack_outcomes
-from advbayes.tracking.store import shown_uri
+from advbayes.tracking.store import client_for, shown_uri
 
 if TYPE_CHECKING:
     from advbayes.registry import Registry
@@ -54,6 +54,7 @@ def bench(
     from advbayes.engine.building import tracked_model
     from advbayes.engine.lifecycle import prepare_run, run
     from advbayes.plugins import get_plugin_manager
+    from advbayes.tracking.runs import provenance
 
     protocol = protocol_for(dataset)
     seeds = list(protocol.seeds if seeds is None else seeds)
@@ -78,7 +79,13 @@ def bench(
     shape, value_range = tuple(data.input_shape), tuple(data.value_range)
     label = spec["defense"]["name"] if tracked else entry
     redefined = registry_changes(protocol, prepared.registry)  # --registry files may redefine what it attacks with
-    trained_off = _trained_off_protocol(entry, protocol, spec, prepared.registry) if tracked else []
+    trained_off = []
+    if tracked:  # trained before this bench: by the protocol's settings? by this code (a card names one commit)?
+        source_tags = client_for(tracking_uri, write=False).get_run(entry).data.tags
+        trained_off = [
+            *_trained_off_protocol(entry, protocol, spec, prepared.registry),
+            *trained_by_other_code(entry, source_tags, provenance()),
+        ]
     for line in [*redefined, *trained_off]:
         say(f"bench {label}: off the protocol: {line}")
     started = time.perf_counter()
@@ -159,6 +166,19 @@ def _trained_off_protocol(run_id: str, protocol: Protocol, spec: dict[str, Any],
     params = {**flatten(spec["dataset"], "dataset."), **flatten(spec["model"], "model.")}
     found = param_differences(params, expected, ("dataset.", "model."))
     return [f"run {run_id} was trained with {line}" for line in found if not line.startswith("dataset.n_test ")]
+
+
+def trained_by_other_code(run_id: str, tags: Mapping[str, str], mine: Mapping[str, str]) -> list[str]:
+    """A deviation when a tracked run was trained (or resumed) by other code than the bench's: every number of a
+    card comes from the one commit it names."""
+    from advbayes.tracking.runs import CODE_TAGS, RESUMED_CODE_TAG, code_text
+
+    found = []
+    if any(tags.get(k) != mine.get(k) for k in CODE_TAGS):
+        found.append(f"run {run_id} was trained by {code_text(tags)}, this bench runs {code_text(mine)}")
+    if tags.get(RESUMED_CODE_TAG):
+        found.append(f"run {run_id} was resumed with {tags[RESUMED_CODE_TAG]}")
+    return found
 
 
 def check_entry(entry: str, registry: Sequence[str | Path]) -> Any:
@@ -248,8 +268,6 @@ def _log_card(
 ) -> None:
     """Log the card to each of the defense's runs (bench_card.json), so the store holds it beside them, and name the
     store's experiment in it (the page links to the runs)."""
-    from advbayes.tracking.store import client_for
-
     client = client_for(trained[0].store or uri, write=True)
     card["runs"]["experiment_id"] = client.get_run(trained[0].run_id).info.experiment_id
     text = json.dumps(card, indent=1, sort_keys=True)
@@ -263,7 +281,6 @@ def cards_in_store(uri: str | None) -> list[dict[str, Any]]:
     import tempfile
 
     from advbayes.lab.cards import read_card
-    from advbayes.tracking.store import client_for
 
     client = client_for(uri, write=False)
     newest: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
