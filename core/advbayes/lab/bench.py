@@ -171,10 +171,10 @@ def _trained_off_protocol(run_id: str, protocol: Protocol, spec: dict[str, Any],
 def trained_by_other_code(run_id: str, tags: Mapping[str, str], mine: Mapping[str, str]) -> list[str]:
     """A deviation when a tracked run was trained (or resumed) by other code than the bench's: every number of a
     card comes from the one commit it names."""
-    from advbayes.tracking.runs import CODE_TAGS, RESUMED_CODE_TAG, code_text
+    from advbayes.tracking.runs import RESUMED_CODE_TAG, code_differences, code_text
 
     found = []
-    if any(tags.get(k) != mine.get(k) for k in CODE_TAGS):
+    if code_differences(tags, mine):
         found.append(f"run {run_id} was trained by {code_text(tags)}, this bench runs {code_text(mine)}")
     if tags.get(RESUMED_CODE_TAG):
         found.append(f"run {run_id} was resumed with {tags[RESUMED_CODE_TAG]}")

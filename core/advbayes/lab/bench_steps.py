@@ -60,7 +60,7 @@ class BenchSteps:
     def continue_earlier(self) -> None:
         """Take over the latest earlier bench of the same settings; refused in one line when there is none, or when
         its runs were made by other code than this process runs."""
-        from advbayes.tracking.runs import CODE_TAGS, provenance
+        from advbayes.tracking.runs import code_differences, provenance
 
         runs = self._runs()
         if not runs:
@@ -72,7 +72,7 @@ class BenchSteps:
         self.bench_id = latest.data.tags[ID_TAG]
         mine, dirty = provenance(), None
         for found in (r for r in runs if r.data.tags[ID_TAG] == self.bench_id):
-            differs = [k for k in CODE_TAGS if found.data.tags.get(k) != mine.get(k)]
+            differs = code_differences(found.data.tags, mine)
             if differs:  # the card names one commit: every number in it must come from that code
                 k = differs[0]
                 raise RunError(

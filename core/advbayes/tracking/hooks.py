@@ -104,12 +104,13 @@ def run_started(run: Any) -> None:
         recorded = client.get_run(run.resume_run_id).data.tags
         if "error" in recorded:  # the interruption is over
             client.delete_tag(run.resume_run_id, "error")
-        mixed = resumed_code(recorded, provenance())
+        mine = provenance()
+        mixed = resumed_code(recorded, mine)
         if mixed is not None:  # its provenance tags name the code that started it: say which other code went on
             client.set_tag(run.resume_run_id, RESUMED_CODE_TAG, mixed)
             warnings.warn(
                 f"--resume {run.resume_run_id}: the run was started by {code_text(recorded)} and goes on with "
-                f"{code_text(provenance())}; its tag {RESUMED_CODE_TAG} and reports name both",
+                f"{code_text(mine)}; its tag {RESUMED_CODE_TAG} and reports name both",
                 ProvenanceWarning,
                 stacklevel=2,
             )

@@ -119,10 +119,15 @@ def code_text(tags: Mapping[str, str]) -> str:
     return f"{commit_text(tags)}, advbayes {tags.get('advbayes.version.advbayes', 'unknown')}"
 
 
+def code_differences(run_tags: Mapping[str, str], mine: Mapping[str, str]) -> list[str]:
+    """The CODE_TAGS where the code that made a run (its tags) and this process's (`mine`, provenance()) differ."""
+    return [k for k in CODE_TAGS if run_tags.get(k) != mine.get(k)]
+
+
 def resumed_code(run_tags: Mapping[str, str], mine: Mapping[str, str]) -> str | None:
     """The run's RESUMED_CODE_TAG once this process's code (`mine`, provenance()) has worked on it, or None when
     the code is the one that started it or is already named."""
-    if all(run_tags.get(k) == mine.get(k) for k in CODE_TAGS):
+    if not code_differences(run_tags, mine):
         return None
     earlier = [part for part in run_tags.get(RESUMED_CODE_TAG, "").split("; ") if part]
     now = code_text(mine)
