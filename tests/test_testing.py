@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -81,20 +84,26 @@ def test_install_fixture_plugin_is_found_by_a_fresh_plugin_manager(plugin_site) 
     assert "advbayes-fixture-empty" in advbayes.testing.create_plugin_manager().info
 
 
+def suite_conftest() -> Any:
+    """The suite's conftest.py as a module of its own (pytest's copy is not importable by name)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("suite_conftest", Path(__file__).parents[1] / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    return suite
+
+
 def test_the_suites_order_starts_every_worker_on_slow_tests_and_keeps_an_xdist_group_on_one_worker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """conftest.py's collection order for pytest-xdist's worksteal, which hands each of N workers one contiguous
     block (what is left, split evenly, worker by worker): each block begins with its slow tests, the slow ones are
     spread over the blocks, a group's tests are in one block, and no test is lost or repeated."""
-    import importlib.util
-    from pathlib import Path
     from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("suite_conftest", Path(__file__).parents[1] / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    suite = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(suite)
+    suite = suite_conftest()
 
     def item(name: str, *marks: tuple[str, tuple]) -> SimpleNamespace:
         found = {mark: SimpleNamespace(args=args) for mark, args in marks}
@@ -124,3 +133,26 @@ def test_the_suites_order_starts_every_worker_on_slow_tests_and_keeps_an_xdist_g
     ordered = list(items)
     suite.pytest_collection_modifyitems(None, ordered)
     assert [i.nodeid for i in ordered] == [n for n in names if n[0] != "f"] + [n for n in names if n[0] == "f"]
+
+
+def test_the_suite_keeps_its_temporary_files_in_memory_only_on_a_tmpfs_mount_point_with_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conftest.py moves tmp_path and TMPDIR to /dev/shm only where /proc/mounts lists it as a tmpfs mount point
+    with room; anywhere else the suite keeps pytest's own choice."""
+    suite = suite_conftest()
+    folder = tmp_path / "shm"
+    folder.mkdir()
+    mounts = tmp_path / "mounts"
+    for line, expected in [
+        (f"tmpfs {folder} tmpfs rw,relatime 0 0", True),
+        (f"/dev/vda {folder} ext4 rw,relatime,discard 0 0", False),  # a disk
+        (f"tmpfs {folder}/below tmpfs rw 0 0", False),  # another mount point
+        ("", False),
+    ]:
+        mounts.write_text(f"proc /proc proc rw 0 0\n{line}\n")
+        assert suite.in_memory(folder, mounts) is expected, line
+    mounts.write_text(f"tmpfs {folder} tmpfs rw 0 0\n")
+    assert not suite.in_memory(folder, tmp_path / "no-such-file")  # no /proc: not in memory
+    monkeypatch.setattr(suite, "MEMORY_TMP_FREE", 2**62)
+    assert not suite.in_memory(folder, mounts)  # too little room
