@@ -255,3 +255,34 @@ def test_two_resumes_started_together_leave_one_writer_and_no_duplicate_rows(tmp
         ).fetchall()
     assert duplicates == []
     assert [stage for stage, _ in children] == ["active"]  # no attack run deleted and made again
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times are read from /proc")
+def test_a_holder_id_taken_by_a_process_started_after_the_claim_is_stale_and_the_run_resumable(
+    store: str, tmp_path: Path
+) -> None:
+    """After a reboot or a restarted container the holder's process id may name another, live process: one that
+    started more than PID_REUSE_MARGIN after the claim is not the holder. The start time is checked against the
+    clock around a real start, for a process whose name holds spaces and parentheses."""
+    odd = tmp_path / "x) (y z"
+    odd.symlink_to(Path(subprocess.run(["which", "sleep"], capture_output=True, text=True).stdout.strip()))
+    before = time.time()
+    sleeper = subprocess.Popen([str(odd), "30"])
+    after = time.time()
+    try:
+        time.sleep(0.2)
+        assert Path(f"/proc/{sleeper.pid}/stat").read_text().split(" ", 1)[1].startswith("(x) (y z)")
+        started = leases.process_start(sleeper.pid)
+        assert started is not None and before - 1.5 <= started <= after + 1.5, (before, started, after)
+        run_id = new_run(store)
+        client = client_for(store)
+        plant_writer(store, run_id, 0, socket.gethostname(), sleeper.pid, before - 3600)  # claimed an hour ago
+        assert liveness(client.get_run(run_id)) == "stale"
+        assert claim(client, run_id, purpose="--resume r").number == 1
+        plant_writer(store, run_id, 2, socket.gethostname(), sleeper.pid, after)  # claimed after it started: alive
+        with pytest.raises(RunError, match=rf"^--resume r: the run is being written by process {sleeper.pid} on "):
+            claim(client, run_id, purpose="--resume r")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert leases.process_start(sleeper.pid) is None  # gone: nothing to read

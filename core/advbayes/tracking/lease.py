@@ -25,6 +25,10 @@ WRITER_PREFIX = "advbayes.writer."
 HEARTBEAT_TAG = "advbayes.heartbeat"
 HEARTBEAT_SECONDS = 20.0
 LEASE_EXPIRY = 120.0  # seconds without a heartbeat after which a holder on another machine counts as gone
+# A process on this machine with the holder's id that started this long after the holder's claim is another one.
+# Wide, because the clock the start time is read against can be stepped (NTP): a holder judged gone by mistake
+# would let a second writer in, one judged alive by mistake only refuses a resume.
+PID_REUSE_MARGIN = 60.0
 
 
 def writers(params: Mapping[str, str]) -> dict[int, dict[str, Any]]:
@@ -71,16 +75,19 @@ def last_heartbeat(run: Any, number: int, holder: Mapping[str, Any]) -> float | 
 
 def holder_state(run: Any, number: int | None, holder: Mapping[str, Any]) -> str:
     """Whether writer `number` (None: a run tracked before leases, its holder read from its tags) is "alive",
-    "stale" (gone: its process here is dead, or silent past LEASE_EXPIRY) or "elsewhere" (another machine, no
-    heartbeat to judge by)."""
+    "stale" (gone: its process here is dead or its id now names a process that started after the claim, or it was
+    silent past LEASE_EXPIRY) or "elsewhere" (another machine, no heartbeat to judge by)."""
     host, pid = holder.get("host"), str(holder.get("pid", ""))
     if host == socket.gethostname() and pid.isdigit():
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
             return "stale"
-        except PermissionError:  # a process of another user holds that id: alive
-            return "alive"
+        except PermissionError:  # a process of another user holds that id: alive, unless it started later
+            pass
+        since, started = holder.get("since"), process_start(int(pid))
+        if isinstance(since, int) and started is not None and started > since + PID_REUSE_MARGIN:
+            return "stale"  # the id was given to a new process (a reboot, a restarted container): the holder is gone
         return "alive"
     beat = last_heartbeat(run, number, holder) if number is not None else None
     if beat is None:
@@ -171,6 +178,17 @@ def _file_identity(path: Path | None) -> tuple[int, int] | None:
     except OSError:
         return None
     return (found.st_dev, found.st_ino) if found is not None else None
+
+
+def process_start(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), from /proc; None where that cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22, starttime; the name may hold spaces
+        return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _me() -> dict[str, Any]:
