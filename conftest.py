@@ -28,7 +28,7 @@ def in_memory(folder: Path, mounts_file: Path = Path("/proc/mounts")) -> bool:
         usage = shutil.disk_usage(folder)
     except OSError:
         return False
-    tmpfs = any(line.split()[1:3] == [str(folder), "tmpfs"] for line in mounts if len(line.split()) > 2)
+    tmpfs = any(line.split()[1:3] == [str(folder), "tmpfs"] for line in mounts)  # device, mount point, type
     return tmpfs and usage.free >= MEMORY_TMP_FREE and os.access(folder, os.W_OK | os.X_OK)
 
 

@@ -5,6 +5,7 @@ holder is refused in one line naming it, a dead or silent one is replaced, a rep
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -265,7 +266,9 @@ def test_a_holder_id_taken_by_a_process_started_after_the_claim_is_stale_and_the
     started more than PID_REUSE_MARGIN after the claim is not the holder. The start time is checked against the
     clock around a real start, for a process whose name holds spaces and parentheses."""
     odd = tmp_path / "x) (y z"
-    odd.symlink_to(Path(subprocess.run(["which", "sleep"], capture_output=True, text=True).stdout.strip()))
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    odd.symlink_to(sleep)
     before = time.time()
     sleeper = subprocess.Popen([str(odd), "30"])
     after = time.time()
