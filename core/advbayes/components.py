@@ -55,7 +55,8 @@ class AttackResult:
 
 @attrs.frozen(kw_only=True)
 class LossOutput:
-    """A defense's training loss and its named parts (logged per epoch)."""
+    """A defense's training loss and its named parts (logged per epoch; read after the loss's backward, so a
+    gradient hook may fill one in)."""
 
     loss: torch.Tensor
     parts: Mapping[str, float | torch.Tensor] = attrs.field(factory=dict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import attrs
@@ -45,6 +46,25 @@ def per_draw_input_gradients(
     # retain the graph: the classification loss backpropagates through the same logits afterwards
     (gradients,) = torch.autograd.grad(per_draw.sum(), replicated, create_graph=create_graph, retain_graph=True)
     return logits, gradients
+
+
+def logged_omega_m(model: nn.Module, x: torch.Tensor, draws: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits [K, B, k] on K copies of x, and Omega_M filled in by the training loss's own backward.
+
+    Without a penalty Omega_M is only logged. The loss (mean CE over draws + KL) has, w.r.t. copy k, the gradient
+    of draw k's cross-entropy divided by K x B, which has the same unit directions, so the trainer's backward
+    yields them and a separate backward through the K copies (a third of the step) is saved. The engine reads a
+    loss's parts after its backward; until then the value is nan.
+    """
+    replicated = x.detach().unsqueeze(0).repeat(draws, *([1] * x.dim())).requires_grad_(True)
+    logits = model(replicated, samples=draws, sampled_input=True)
+    value = torch.full((), math.nan, device=x.device)
+
+    def fill(gradient: torch.Tensor) -> None:  # returns None: the gradient itself is left as it is
+        value.copy_(omega_m(unit_directions(gradient.detach())).mean())
+
+    replicated.register_hook(fill)
+    return logits, {"omega_m": value}
 
 
 @attrs.frozen(kw_only=True)
@@ -128,8 +148,13 @@ class D3(Defense):
         """Eq. 19: CE over draws + lambda_M Omega_M + lambda_V Omega_V + lambda_S Omega_S + (alpha / N) KL."""
         x, y = batch
         penalized = self.lambda_m > 0 or self.lambda_v > 0 or self.lambda_s > 0
-        logits, gradients = per_draw_input_gradients(model, x, y, self.draws, self.gradient_of, create_graph=penalized)
-        values = self.penalties(unit_directions(gradients))
+        if not penalized and self.gradient_of == "loss":
+            logits, values = logged_omega_m(model, x, self.draws)
+        else:
+            logits, gradients = per_draw_input_gradients(
+                model, x, y, self.draws, self.gradient_of, create_graph=penalized
+            )
+            values = self.penalties(unit_directions(gradients))
         ce = mean_cross_entropy(logits, y)
         total = ce + self.alpha / context.n_train * kl(model, self.prior_sigma)
         weights = {"omega_m": self.lambda_m, "omega_v": self.lambda_v, "omega_s": self.lambda_s}

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import advbayes
-from advbayes import EvalBatch, EvalContext, TrainContext, frozen
+from advbayes import EvalBatch, EvalContext, TrainContext, frozen, kl
 from advbayes.testing import create_plugin_manager, draw_network, observed_splits, plugin_registry, run_tiny
 from advbayes_d3.defenses import per_draw_input_gradients
 from advbayes_d3.metrics import clearly_below
@@ -111,6 +111,29 @@ def test_one_backward_gives_the_per_draw_gradients(gradient_of: str) -> None:
             (expected,) = torch.autograd.grad(value, xk)
             torch.testing.assert_close(gradients[k], expected, rtol=1e-4, atol=1e-6)
     assert gradients.requires_grad  # double backprop: the penalties can be trained
+
+
+def test_unpenalized_omega_m_comes_from_the_training_backward() -> None:
+    """Without a penalty, Omega_M is read off the trainer's own backward: the same value and the same parameter
+    gradients as a separate per-draw backward followed by the loss's backward, on the same draws."""
+    defense = build_defense({"use": "d3", "bayesian_fraction": 0.5, "init_sigma": 0.3})
+    model = defense.prepare(tiny_network())
+    x, y = torch.rand(5, 1, 2, 3), torch.randint(0, 3, (5,))
+    context = TrainContext(dataset=None, train=None, device=torch.device("cpu"), n_train=50, seed=0, build_attack=None)
+    with frozen(model):
+        output = defense.loss(model, (x, y), context)
+        assert torch.isnan(output.parts["omega_m"])  # filled in by the backward, not before
+        output.loss.backward()
+        hooked = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        logits, gradients = per_draw_input_gradients(model, x, y, defense.draws, "loss", create_graph=False)
+        expected = omega_m(unit_directions(gradients)).mean()
+        ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(defense.draws))
+        (ce + defense.alpha / 50 * kl(model, defense.prior_sigma)).backward()
+    torch.testing.assert_close(output.parts["omega_m"], expected, rtol=1e-5, atol=0.0)
+    assert 0.0 < float(expected) <= 1.0 + 1e-6  # per example, sum_d mean_k(u_d)^2 = |mean_k u|^2 lies in (0, 1]
+    for got, reference in zip(hooked, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-9)
 
 
 def test_the_front_stays_deterministic() -> None:
