@@ -54,7 +54,8 @@ test-fast: install
 FINDINGS_EXPERIMENTS := sampling-fashion-style smoothing-condition-mnist-5k hmc-mlp-mnist-5k hmc-moons-32 hmc-moons-128 \
 	hmc-moons-256 hmc-moons-512 hmc-moons-32-5k hmc-moons-32-10k hmc-moons-32-15k \
 	gradient-limit-mnist-5k \
-	advbnn-mnist-5k hvi-vs-advbnn-mnist-5k hvi-vs-advbnn-autoattack-mnist-5k d3-paper-init-mnist-5k d3-collapse-mnist-5k
+	advbnn-mnist-5k hvi-vs-advbnn-mnist-5k hvi-vs-advbnn-autoattack-mnist-5k d3-paper-init-mnist-5k d3-converged-mnist-5k \
+	d3-collapse-mnist-5k
 FINDINGS_METRICS := accuracy cos_alpha_mean attack_length_mean linear_fraction smooth_fraction softmax_robustness
 
 findings: install
