@@ -29,16 +29,21 @@ from advbayes_d3.penalties import omega_m, omega_s, omega_v1, omega_v2, omega_v3
 VARIANCE_PENALTIES = ("v1", "v2", "v3")
 
 
+def forward_on_copies(model: nn.Module, x: torch.Tensor, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K copies of x along the sample dimension, each requiring its own gradient, and their logits [K, B, k]: draw
+    k's output depends on copy k only, so a gradient w.r.t. the copies holds the K per-draw input gradients."""
+    replicated = x.detach().unsqueeze(0).repeat(draws, *([1] * x.dim())).requires_grad_(True)
+    return replicated, model(replicated, samples=draws, sampled_input=True)
+
+
 def per_draw_input_gradients(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, gradient_of: str, create_graph: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [K, B, k] and the input gradient of each draw's output [K, B, ...], from ONE backward pass.
 
-    The input is replicated K times along the sample dimension, so draw k's output depends on copy k only and
-    the gradient of the sum over draws w.r.t. the copies is the K per-draw gradients.
+    The gradient of the sum over draws w.r.t. the K copies of x is the K per-draw gradients.
     """
-    replicated = x.detach().unsqueeze(0).repeat(draws, *([1] * x.dim())).requires_grad_(True)
-    logits = model(replicated, samples=draws, sampled_input=True)
+    replicated, logits = forward_on_copies(model, x, draws)
     if gradient_of == "loss":
         per_draw = F.cross_entropy(logits.flatten(0, 1), y.repeat(draws), reduction="none")
     else:  # the true-class logit
@@ -53,11 +58,10 @@ def logged_omega_m(model: nn.Module, x: torch.Tensor, draws: int) -> tuple[torch
 
     Without a penalty Omega_M is only logged. The loss (mean CE over draws + KL) has, w.r.t. copy k, the gradient
     of draw k's cross-entropy divided by K x B, which has the same unit directions, so the trainer's backward
-    yields them and a separate backward through the K copies (a third of the step) is saved. The engine reads a
-    loss's parts after its backward; until then the value is nan.
+    yields them and a separate backward through the K copies (about a quarter of the step: benchmarks/d3_step.py)
+    is saved. The engine reads a loss's parts after its backward; until then the value is nan.
     """
-    replicated = x.detach().unsqueeze(0).repeat(draws, *([1] * x.dim())).requires_grad_(True)
-    logits = model(replicated, samples=draws, sampled_input=True)
+    replicated, logits = forward_on_copies(model, x, draws)
     value = torch.full((), math.nan, device=x.device)
 
     def fill(gradient: torch.Tensor) -> None:  # returns None: the gradient itself is left as it is
