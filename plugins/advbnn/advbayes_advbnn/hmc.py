@@ -288,6 +288,11 @@ class HMCDefense(Defense):
             function = torch.stack([torch.stack([function_of(theta) for theta in chain]) for chain in kept])
         metrics = {f"hmc_{k}": v for k, v in chain_diagnostics(function).items()}
         metrics.update({f"hmc_weight_{k}": v for k, v in chain_diagnostics(kept).items()})
+        # Which part disagrees, beside the verdict: the log-likelihood alone, and the weights' norm (unchanged by
+        # permuting units, so comparable across chains; a norm still growing towards the prior's is a chain
+        # still drifting, and the logits' scale, hence the far-off classes' log-probabilities, drift with it).
+        metrics["hmc_loglik_r_hat"] = chain_diagnostics(function[..., :1])["r_hat_max"]
+        metrics["hmc_norm_r_hat"] = chain_diagnostics(kept.norm(dim=-1, keepdim=True))["r_hat_max"]
         metrics.update(hmc_accept_rate=drawn.accept_rate, hmc_samples_per_s=drawn.samples_per_s)
         metrics.update(hmc_step_size=drawn.step_size, hmc_leapfrog_steps=drawn.leapfrog_steps)
         model.store(kept.reshape(-1, kept.shape[-1]))

@@ -79,6 +79,10 @@ def test_hmc_defense_stores_its_samples_as_the_sample_dimension_with_diagnostics
     assert 3 <= metrics["posterior/hmc_leapfrog_steps"] <= MOONS_HMC["defense.num_steps"]
     assert metrics["posterior/hmc_step_size"] > 0
     assert metrics["posterior/converged"] == float(metrics["posterior/hmc_r_hat_max"] < 1.1)
+    # the parts: the log-likelihood is one of the quantities the verdict's maximum runs over
+    assert metrics["posterior/hmc_loglik_r_hat"] <= metrics["posterior/hmc_r_hat_max"]
+    norms = model.stored[:40].double().norm(dim=-1).view(2, 20, 1)  # the kept samples, chain after chain
+    assert metrics["posterior/hmc_norm_r_hat"] == pytest.approx(chain_diagnostics(norms)["r_hat_max"], rel=1e-5)
     x = torch.randn(5, 2)
     with torch.no_grad():
         first, second = model(x, samples=10), model(x, samples=10)

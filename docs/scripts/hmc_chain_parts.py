@@ -1,0 +1,97 @@
+"""Which quantities keep the HMC chains of hmc-mlp-mnist-5k apart: the parts behind its convergence verdict.
+
+The verdict (posterior/converged) is the split R-hat of the log-likelihood and of the predicted log-probabilities of
+32 training examples, all at once. This script reloads each run's stored samples (the newest run per seed) and
+recomputes that verdict's R-hat, then its parts: the log-likelihood alone, the true and the other classes'
+log-probabilities, the weight vector's norm per chain (unchanged by permuting units), how often the samples predict
+the probe examples' labels, and the logits' scale. Runs tracked from commit c85ef6a on did not log the last two
+parts' R-hat (posterior/hmc_loglik_r_hat and hmc_norm_r_hat); later runs do.
+
+Usage: python docs/scripts/hmc_chain_parts.py [--store sqlite:///mlflow.db] [--experiment hmc-mlp-mnist-5k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+
+import torch
+from pyro.ops.stats import split_gelman_rubin
+from torch.func import functional_call
+
+from advbayes import unflatten_parameters
+from advbayes.engine.building import tracked_model
+from advbayes.lab.sources import latest_per_defense
+from advbayes.plugins import create_plugin_manager
+from advbayes.registry import load_registry
+from advbayes.tracking import tracked_runs
+from advbayes_advbnn.hmc import PROBE, chain_diagnostics, full_batch_log_likelihood
+
+
+def r_hat(values: torch.Tensor) -> torch.Tensor:
+    """Split R-hat of every quantity of [chains, N, Q] (nan where no sample changed it)."""
+    return split_gelman_rubin(values.double(), chain_dim=0, sample_dim=1)
+
+
+def main() -> None:
+    """Print, per seed, the verdict's R-hat recomputed beside the logged one, and its parts."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default="sqlite:///mlflow.db")
+    parser.add_argument("--experiment", default="hmc-mlp-mnist-5k")
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    torch.set_num_threads(1)
+    pm = create_plugin_manager()
+    registry = load_registry(pm=pm)
+    spec = registry.resolve_experiment(args.experiment)
+    train = registry.build("datasets", spec["dataset"]).load("train")
+    n = min(len(train), int(spec["defense"].get("max_train", 10_000)))
+    x = torch.stack([torch.as_tensor(train[i][0]) for i in range(n)]).float()
+    y = torch.as_tensor([int(train[i][1]) for i in range(n)]).long()
+    for run in latest_per_defense(tracked_runs(args.store, [args.experiment])):
+        model = tracked_model(pm, run.info.run_id, args.store, torch.device("cpu"))
+        chains = int(run.data.params.get("defense.chains", spec["defense"].get("chains", 2)))
+        kept = model.stored[: int(model.filled)].view(chains, -1, model.stored.shape[-1])  # chain after chain
+        net = model.net
+        log_likelihood = full_batch_log_likelihood(net, x, y)
+        with torch.no_grad():
+            ll = over_samples(kept, lambda t: log_likelihood(unflatten_parameters(net, t)))  # [chains, N]
+            logits = over_samples(kept, lambda t: functional_call(net, unflatten_parameters(net, t), (x[:PROBE],)))
+        log_probs = logits.log_softmax(-1)  # [chains, N, PROBE, classes]
+        true = torch.zeros(log_probs.shape[-2:], dtype=torch.bool)
+        true[torch.arange(PROBE), y[:PROBE]] = True
+        verdict = chain_diagnostics(torch.cat([ll.unsqueeze(-1), log_probs.flatten(2)], dim=-1))["r_hat_max"]
+        parts = r_hat(log_probs.flatten(2)).view(true.shape)
+        norms = kept.norm(dim=-1)
+        logged = run.data.metrics.get("model/posterior/hmc_r_hat_max", float("nan"))
+        lines = [
+            f"verdict's R-hat: recomputed {verdict:.3f}, logged {logged:.3f}",
+            f"log-likelihood: R-hat {chain_diagnostics(ll.unsqueeze(-1))['r_hat_max']:.4f}, per chain mean "
+            + ", ".join(f"{v:.1f}" for v in ll.mean(1)),
+            f"true classes' log-probabilities (those not saturated at 0): R-hat max {finite_max(parts[true])}",
+            f"other classes' log-probabilities: R-hat max {finite_max(parts[~true])}, median "
+            f"{parts[~true].nanmedian():.2f}, mean value {log_probs[:, :, ~true].mean():.1f}",
+            f"weight norm: R-hat {chain_diagnostics(norms.unsqueeze(-1))['r_hat_max']:.3f}; per chain, first -> last "
+            + ", ".join(f"{c[0]:.1f} -> {c[-1]:.1f}" for c in norms),
+            f"samples predicting the probe's labels: {(log_probs.argmax(-1) == y[:PROBE]).float().mean():.4f}; "
+            f"logits' sd over classes, mean {logits.std(-1).mean():.1f}",
+        ]
+        seed = run.data.tags.get("advbayes.seed", "?")
+        print(f"seed {seed} (run {run.info.run_id[:8]}, {kept.shape[1]} kept samples per chain):")
+        print("\n".join(f"  {line}" for line in lines))
+
+
+def over_samples(kept: torch.Tensor, function: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """function of every kept sample of [chains, N, P], stacked as [chains, N, ...]."""
+    return torch.stack([torch.stack([function(theta) for theta in chain]) for chain in kept])
+
+
+def finite_max(values: torch.Tensor) -> str:
+    """The largest finite value, or nan when there is none."""
+    finite = values[values.isfinite()]
+    return f"{finite.max():.3f}" if finite.numel() else "nan"
+
+
+if __name__ == "__main__":
+    main()
