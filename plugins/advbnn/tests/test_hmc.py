@@ -69,6 +69,27 @@ def test_hmc_recovers_bayesian_linear_regression_within_its_monte_carlo_error(
     assert 0.5 < drawn.accept_rate <= 1.0
 
 
+def test_the_acceptance_rate_is_the_share_of_kept_iterations_that_moved() -> None:
+    # A rejected HMC proposal repeats the sample before it, so the share of kept samples that differ from their
+    # predecessor is the acceptance rate, up to the first kept iteration (compared with an unkept sample). The rate
+    # is read off the kernel's counts, not pyro's MCMC.diagnostics(), which also computes every weight's ESS.
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 4), torch.randn(30)
+    net = nn.Linear(4, 1)
+
+    def log_likelihood(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return -((y - functional_call(net, params, (x,)).squeeze(-1)) ** 2).sum() / 2
+
+    kept = 60
+    drawn = sample_posterior(
+        net, log_likelihood, prior_sigma=1.0, num_samples=kept, warmup=20, chains=2, num_steps=40, step_size=0.5,
+        nuts=False, init_jitter=0.1, seed=0,
+    )  # fmt: skip
+    moved = (drawn.samples[:, 1:] != drawn.samples[:, :-1]).any(dim=-1).double().mean()
+    assert 0.0 < float(moved) < 1.0  # some proposals were rejected: the check can tell the two apart
+    assert abs(drawn.accept_rate - float(moved)) <= 1 / kept
+
+
 def test_hmc_defense_stores_its_samples_as_the_sample_dimension_with_diagnostics() -> None:
     result = advbayes.run("moons", track=False, **MOONS_HMC, **{"attacks": ["none"]})
     model = result.model
