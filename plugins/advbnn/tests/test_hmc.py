@@ -211,6 +211,21 @@ def test_without_a_terminal_sampling_says_where_it_is(monkeypatch, capsys) -> No
     assert any(line.startswith("hmc chain 1/2: warmup 3/3,") for line in lines)
 
 
+def test_chain_diagnostics_in_chunks_of_quantities_equal_pyro_on_all_at_once(monkeypatch) -> None:
+    from pyro.ops.stats import effective_sample_size, split_gelman_rubin
+
+    import advbayes_advbnn.hmc as hmc
+
+    torch.manual_seed(0)
+    tracked = torch.randn(2, 40, 10).cumsum(dim=1)  # random walks: R-hat and ESS differ from quantity to quantity
+    monkeypatch.setattr(hmc, "CHUNK_BYTES", 8 * 40**2 * 3)  # 3 quantities per chunk, the last one of 1
+    chunked = chain_diagnostics(tracked)
+    r_hat = split_gelman_rubin(tracked.double(), chain_dim=0, sample_dim=1)
+    ess = effective_sample_size(tracked.double(), chain_dim=0, sample_dim=1)
+    expected = [r_hat.max(), r_hat.median(), ess.min(), ess.median()]
+    assert list(chunked.values()) == pytest.approx([float(v) for v in expected], rel=1e-12)
+
+
 def test_chain_diagnostics_leave_out_quantities_no_sample_changed() -> None:
     torch.manual_seed(0)
     moving = torch.randn(2, 50, 3)
