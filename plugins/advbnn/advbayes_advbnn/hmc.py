@@ -300,8 +300,8 @@ class HMCDefense(Defense):
         metrics = {f"hmc_{k}": v for k, v in chain_diagnostics(function).items()}
         metrics.update({f"hmc_weight_{k}": v for k, v in chain_diagnostics(kept).items()})
         # Which part disagrees, beside the verdict: the log-likelihood alone, and the weights' norm (unchanged by
-        # permuting units, so comparable across chains; a norm still growing towards the prior's is a chain
-        # still drifting, and the logits' scale, hence the far-off classes' log-probabilities, drift with it).
+        # permuting units, so comparable across chains; a norm still growing is a chain still drifting, and the
+        # logits' scale, hence the far-off classes' log-probabilities, drift with it).
         metrics["hmc_loglik_r_hat"] = chain_diagnostics(function[..., :1])["r_hat_max"]
         metrics["hmc_norm_r_hat"] = chain_diagnostics(kept.norm(dim=-1, keepdim=True))["r_hat_max"]
         metrics.update(hmc_accept_rate=drawn.accept_rate, hmc_samples_per_s=drawn.samples_per_s)
