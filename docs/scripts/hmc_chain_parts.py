@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
 
 import torch
 from pyro.ops.stats import split_gelman_rubin
-from torch.func import functional_call
 
-from advbayes import unflatten_parameters
 from advbayes.engine.building import tracked_model
 from advbayes.lab.sources import latest_per_defense
 from advbayes.plugins import create_plugin_manager
 from advbayes.registry import load_registry
 from advbayes.tracking import tracked_runs
-from advbayes_advbnn.hmc import PROBE, chain_diagnostics, full_batch_log_likelihood
+from advbayes_advbnn.hmc import PROBE, chain_diagnostics, full_batch_log_likelihood, function_space
 
 
 def r_hat(values: torch.Tensor) -> torch.Tensor:
@@ -54,14 +51,12 @@ def main() -> None:
         chains = int(run.data.params.get("defense.chains", spec["defense"].get("chains", 2)))
         kept = model.stored[: int(model.filled)].view(chains, -1, model.stored.shape[-1])  # chain after chain
         net = model.net
-        log_likelihood = full_batch_log_likelihood(net, x, y)
-        with torch.no_grad():
-            ll = over_samples(kept, lambda t: log_likelihood(unflatten_parameters(net, t)))  # [chains, N]
-            logits = over_samples(kept, lambda t: functional_call(net, unflatten_parameters(net, t), (x[:PROBE],)))
-        log_probs = logits.log_softmax(-1)  # [chains, N, PROBE, classes]
+        function = function_space(net, full_batch_log_likelihood(net, x, y), x[:PROBE], kept)
+        ll = function[..., 0]  # [chains, N]
+        log_probs = function[..., 1:].unflatten(-1, (PROBE, -1))  # [chains, N, PROBE, classes]
         true = torch.zeros(log_probs.shape[-2:], dtype=torch.bool)
         true[torch.arange(PROBE), y[:PROBE]] = True
-        verdict = chain_diagnostics(torch.cat([ll.unsqueeze(-1), log_probs.flatten(2)], dim=-1))["r_hat_max"]
+        verdict = chain_diagnostics(function)["r_hat_max"]
         parts = r_hat(log_probs.flatten(2)).view(true.shape)
         norms = kept.norm(dim=-1)
         logged = run.data.metrics.get("model/posterior/hmc_r_hat_max", float("nan"))
@@ -75,16 +70,11 @@ def main() -> None:
             f"weight norm: R-hat {chain_diagnostics(norms.unsqueeze(-1))['r_hat_max']:.3f}; per chain, first -> last "
             + ", ".join(f"{c[0]:.1f} -> {c[-1]:.1f}" for c in norms),
             f"samples predicting the probe's labels: {(log_probs.argmax(-1) == y[:PROBE]).float().mean():.4f}; "
-            f"logits' sd over classes, mean {logits.std(-1).mean():.1f}",
+            f"logits' sd over classes, mean {log_probs.std(-1).mean():.1f}",  # log_softmax shifts each row
         ]
         seed = run.data.tags.get("advbayes.seed", "?")
         print(f"seed {seed} (run {run.info.run_id[:8]}, {kept.shape[1]} kept samples per chain):")
         print("\n".join(f"  {line}" for line in lines))
-
-
-def over_samples(kept: torch.Tensor, function: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """function of every kept sample of [chains, N, P], stacked as [chains, N, ...]."""
-    return torch.stack([torch.stack([function(theta) for theta in chain]) for chain in kept])
 
 
 def finite_max(values: torch.Tensor) -> str:

@@ -218,6 +218,24 @@ def full_batch_log_likelihood(
     return log_likelihood
 
 
+def function_space(
+    net: nn.Module,
+    log_likelihood: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    probe: torch.Tensor,
+    kept: torch.Tensor,
+) -> torch.Tensor:
+    """What the convergence verdict judges, per kept sample of [chains, N, P]: its log-likelihood and the probe
+    examples' log-probabilities, as [chains, N, 1 + probes x classes]."""
+
+    def function_of(theta: torch.Tensor) -> torch.Tensor:
+        params = unflatten_parameters(net, theta)
+        outputs = functional_call(net, params, (probe,)).log_softmax(-1).flatten()
+        return torch.cat([log_likelihood(params).view(1), outputs])
+
+    with torch.no_grad():
+        return torch.stack([torch.stack([function_of(theta) for theta in chain]) for chain in kept])
+
+
 @attrs.frozen(kw_only=True)
 class HMCDefense(Defense):
     """HMC reference posterior: a MAP warm start for `epochs`, then `chains` x `num_samples` full-batch HMC samples
@@ -288,15 +306,7 @@ class HMCDefense(Defense):
         # are judged in function space, as Izmailov et al. (2021) do: the log-likelihood and the predicted
         # log-probabilities of PROBE training examples (probabilities saturate at 1 in float32 and then have no
         # R-hat); weight-space R-hat is logged beside them.
-        probe = x[:PROBE]
-
-        def function_of(theta: torch.Tensor) -> torch.Tensor:
-            params = unflatten_parameters(net, theta)
-            outputs = functional_call(net, params, (probe,)).log_softmax(-1).flatten()
-            return torch.cat([log_likelihood(params).view(1), outputs])
-
-        with torch.no_grad():
-            function = torch.stack([torch.stack([function_of(theta) for theta in chain]) for chain in kept])
+        function = function_space(net, log_likelihood, x[:PROBE], kept)
         metrics = {f"hmc_{k}": v for k, v in chain_diagnostics(function).items()}
         metrics.update({f"hmc_weight_{k}": v for k, v in chain_diagnostics(kept).items()})
         # Which part disagrees, beside the verdict: the log-likelihood alone, and the weights' norm (unchanged by
