@@ -4,8 +4,9 @@ The verdict (posterior/converged) is the split R-hat of the log-likelihood and o
 32 training examples, all at once. This script reloads each run's stored samples (the newest run per seed) and
 recomputes that verdict's R-hat, then its parts: the log-likelihood alone, the true and the other classes'
 log-probabilities, the weight vector's norm per chain (unchanged by permuting units), how often the samples predict
-the probe examples' labels, and the logits' scale. Runs tracked from commit c85ef6a on did not log the last two
-parts' R-hat (posterior/hmc_loglik_r_hat and hmc_norm_r_hat); later runs do.
+the probe examples' labels, the logits' scale, and the variance of the weights whose posterior is the prior (those on
+pixels that are zero in every training digit) over the prior's. Runs tracked from commit c85ef6a on did not log
+the norm's and the log-likelihood's R-hat (posterior/hmc_loglik_r_hat and hmc_norm_r_hat); later runs do.
 
 Usage: python docs/scripts/hmc_chain_parts.py [--store sqlite:///mlflow.db] [--experiment hmc-mlp-mnist-5k]
 """
@@ -23,7 +24,14 @@ from advbayes.lab.sources import latest_per_defense
 from advbayes.plugins import create_plugin_manager
 from advbayes.registry import load_registry
 from advbayes.tracking import tracked_runs
-from advbayes_advbnn.hmc import PROBE, chain_diagnostics, full_batch_log_likelihood, function_space
+from advbayes_advbnn.hmc import (
+    PROBE,
+    chain_diagnostics,
+    full_batch_log_likelihood,
+    function_space,
+    prior_only_check,
+    prior_only_weights,
+)
 
 
 def r_hat(values: torch.Tensor) -> torch.Tensor:
@@ -57,6 +65,9 @@ def main() -> None:
         true = torch.zeros(log_probs.shape[-2:], dtype=torch.bool)
         true[torch.arange(PROBE), y[:PROBE]] = True
         verdict = chain_diagnostics(function)["r_hat_max"]
+        sigma = float(run.data.params.get("defense.prior_sigma", spec["defense"].get("prior_sigma", 1.0)))
+        mask = prior_only_weights(net, x)
+        ratio, tolerance = prior_only_check(kept, mask, sigma)
         parts = r_hat(log_probs.flatten(2)).view(true.shape)
         norms = kept.norm(dim=-1)
         logged = run.data.metrics.get("model/posterior/hmc_r_hat_max", float("nan"))
@@ -71,6 +82,9 @@ def main() -> None:
             + ", ".join(f"{c[0]:.1f} -> {c[-1]:.1f}" for c in norms),
             f"samples predicting the probe's labels: {(log_probs.argmax(-1) == y[:PROBE]).float().mean():.4f}; "
             f"logits' sd over classes, mean {log_probs.std(-1).mean():.1f}",  # log_softmax shifts each row
+            f"weights on pixels zero in every training digit ({int(mask.sum())}, posterior = prior): variance over "
+            f"the prior's {ratio:.3f} (a posterior: 1 +- {tolerance:.3f}); per chain "
+            + ", ".join(f"{prior_only_check(chain, mask, sigma)[0]:.3f}" for chain in kept),
         ]
         seed = run.data.tags.get("advbayes.seed", "?")
         print(f"seed {seed} (run {run.info.run_id[:8]}, {kept.shape[1]} kept samples per chain):")

@@ -78,15 +78,24 @@ def chain_diagnostics(tracked: torch.Tensor) -> dict[str, float]:
     }
 
 
-def jittered_steps_hmc(potential: Callable[..., torch.Tensor], *, step_size: float, num_steps: int) -> Any:
-    """pyro's HMC making, per iteration, a number of leapfrog steps drawn uniformly from ceil(num_steps / 2) to
-    num_steps, at whatever step size warm-up adapts; `draws` keeps the counts drawn.
+def jittered_steps_hmc(
+    potential: Callable[..., torch.Tensor],
+    *,
+    step_size: float,
+    num_steps: int,
+    trajectory_length: float = 0.0,
+    adapt_mass_matrix: bool = True,
+) -> Any:
+    """pyro's HMC making, per iteration, a number of leapfrog steps drawn uniformly from ceil(n / 2) to n, at whatever
+    step size warm-up adapts: n = num_steps, or, with trajectory_length > 0, that length over the current step size
+    (at least 1). `draws` keeps the counts drawn.
 
     Why not pyro's HMC as it is: it keeps the trajectory LENGTH step_size x num_steps of its constructor and divides
     it by the adapted step size, so 40 steps asked at step size 1e-3 integrate for 0.04 time units, one leapfrog step
-    once warm-up has adapted the step size to 0.04 or more. Why drawn, not fixed: a fixed count can integrate one
-    whole period of the (mass-adapted) posterior and return to where it started (10 steps of 0.66 on a unit
-    Gaussian: ESS 2 of 1,200 samples); a count drawn from an interval breaks that (Neal 2011, section 5.4.2.2).
+    once warm-up has adapted the step size to 0.04 or more; and given a length, it makes the same count every time.
+    Why drawn, not fixed: a fixed count can integrate one whole period of the (mass-adapted) posterior and return to
+    where it started (10 steps of 0.66 on a unit Gaussian: ESS 2 of 1,200 samples); a count drawn from an interval
+    breaks that (Neal 2011, section 5.4.2.2).
     """
     from pyro.infer.mcmc import HMC
 
@@ -96,13 +105,50 @@ def jittered_steps_hmc(potential: Callable[..., torch.Tensor], *, step_size: flo
         @property
         def num_steps(self) -> int:
             # pyro reads this once per iteration; torch's generator is the one pyro.set_rng_seed seeds
-            steps = int(torch.randint((num_steps + 1) // 2, num_steps + 1, ()).item())
+            most = max(1, round(trajectory_length / self.step_size)) if trajectory_length > 0 else num_steps
+            steps = int(torch.randint((most + 1) // 2, most + 1, ()).item())
             self.draws.append(steps)
             return steps
 
-    kernel = JitteredStepsHMC(potential_fn=potential, step_size=step_size, num_steps=num_steps, adapt_step_size=True)
+    kernel = JitteredStepsHMC(
+        potential_fn=potential,
+        step_size=step_size,
+        num_steps=num_steps,
+        adapt_step_size=True,
+        adapt_mass_matrix=adapt_mass_matrix,
+    )
     kernel.draws = []
     return kernel
+
+
+def prior_only_weights(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Which entries of the flat parameter vector the likelihood cannot reach, as a bool mask: the first layer's
+    weights on input features that are zero in every example of x, when that layer is a Linear on the flattened
+    input (an MLP). Their gradient is a sum of products with those zeros, so their posterior is exactly the prior."""
+    mask = torch.zeros(sum(p.numel() for p in net.parameters()), dtype=torch.bool)
+    layers = list(net) if isinstance(net, nn.Sequential) else [net]
+    first = next((layer for layer in layers if not isinstance(layer, nn.Flatten | nn.Identity)), None)
+    features = x.flatten(1)
+    if not isinstance(first, nn.Linear) or first.in_features != features.shape[1]:
+        return mask
+    zero = (features == 0).all(dim=0).to(mask.device)
+    offset = 0
+    for parameter in net.parameters():
+        if parameter is first.weight:
+            mask[offset : offset + parameter.numel()] = zero.expand(first.out_features, -1).flatten()
+        offset += parameter.numel()
+    return mask
+
+
+def prior_only_check(kept: torch.Tensor, mask: torch.Tensor, prior_sigma: float) -> tuple[float, float]:
+    """The kept samples' mean square of the prior-only weights over prior_sigma^2 (1 on a posterior), and how far
+    from 1 it may fall on one: 4 standard errors of the estimate, sqrt(2 / m) for m independent N(0, sigma^2)
+    weights however correlated the samples of each (nan, nan without such weights)."""
+    m = int(mask.sum())
+    if not m:
+        return math.nan, math.nan
+    ratio = float(kept[..., mask.to(kept.device)].double().square().mean() / prior_sigma**2)
+    return ratio, 4 * math.sqrt(2 / m)
 
 
 def sample_posterior(
@@ -120,14 +166,16 @@ def sample_posterior(
     seed: int,
     progress: bool = False,
     trajectory_length: float = 0.0,
+    adapt_mass_matrix: bool = True,
 ) -> ChainSamples:
     """HMC (or NUTS) on p(theta | data) ~ exp(log_likelihood(theta)) N(theta; 0, prior_sigma^2 I), one chain after
     another from the network's current weights plus N(0, init_jitter^2) (chains must start apart for R-hat).
 
-    HMC makes ceil(num_steps / 2) to `num_steps` leapfrog steps per iteration; with `trajectory_length` > 0 it
-    integrates for that time instead (pyro's rule: trajectory_length / the adapted step size steps)."""
+    HMC makes ceil(num_steps / 2) to `num_steps` leapfrog steps per iteration; with `trajectory_length` > 0, from
+    half of that length to all of it, in steps of the adapted size. Warm-up adapts the step size, and a diagonal mass
+    matrix unless adapt_mass_matrix is False (an identity one)."""
     import pyro
-    from pyro.infer.mcmc import HMC, MCMC, NUTS
+    from pyro.infer.mcmc import MCMC, NUTS
 
     start = nn.utils.parameters_to_vector(net.parameters()).detach()
     buffers = dict(net.named_buffers())
@@ -158,9 +206,12 @@ def sample_posterior(
                 return
             said[0] = now
             total = warmup if stage.lower().startswith("warm") else num_samples
+            last = getattr(kernel, "draws", [])[-1:]  # NUTS draws no count
             print(
                 f"hmc chain {chain + 1}/{chains}: {stage.lower()} {index + 1}/{total}, step size "
-                f"{float(getattr(kernel, 'step_size', math.nan)):.3g}, {now - started:.0f} s",
+                f"{float(getattr(kernel, 'step_size', math.nan)):.3g}"
+                + "".join(f", {n} leapfrog steps" for n in last)
+                + f", {now - started:.0f} s",
                 file=sys.stderr,
                 flush=True,
             )
@@ -172,11 +223,17 @@ def sample_posterior(
         generator = torch.Generator(device="cpu").manual_seed(seed + 1000 + chain)
         jitter = torch.randn(start.shape, generator=generator).to(start) * init_jitter
         if nuts:
-            kernel: Any = NUTS(potential_fn=potential, step_size=step_size, adapt_step_size=True)
-        elif trajectory_length > 0:
-            kernel = HMC(potential_fn=potential, step_size=step_size, trajectory_length=trajectory_length)
+            kernel: Any = NUTS(
+                potential_fn=potential, step_size=step_size, adapt_step_size=True, adapt_mass_matrix=adapt_mass_matrix
+            )
         else:
-            kernel = jittered_steps_hmc(potential, step_size=step_size, num_steps=num_steps)
+            kernel = jittered_steps_hmc(
+                potential,
+                step_size=step_size,
+                num_steps=num_steps,
+                trajectory_length=trajectory_length,
+                adapt_mass_matrix=adapt_mass_matrix,
+            )
         mcmc = MCMC(
             kernel,
             num_samples=num_samples,
@@ -190,8 +247,6 @@ def sample_posterior(
         step_sizes.append(float(kernel.step_size))
         if nuts:  # NUTS chooses each trajectory's length itself: no one step count to report
             steps.append(math.nan)
-        elif trajectory_length > 0:  # pyro's own property: the length over the adapted step size
-            steps.append(float(kernel.num_steps))
         else:  # reading num_steps here would draw one more count: the mean of those the chain drew
             steps.append(sum(kernel.draws) / len(kernel.draws))
     seconds = time.perf_counter() - started
@@ -252,7 +307,10 @@ class HMCDefense(Defense):
         20, kind=int, ge=1, le=10_000, help="leapfrog steps per iteration, at most (drawn from half of it up)"
     )
     trajectory_length: float = param(
-        0.0, ge=0.0, help="> 0: integrate this long per iteration instead (steps = length / adapted step size)"
+        0.0, ge=0.0, help="> 0: integrate from half of this long to this long per iteration instead of num_steps"
+    )
+    adapt_mass_matrix: bool = param(
+        True, kind=bool, help="adapt a diagonal mass matrix in warm-up (false: identity, a prior-scaled trajectory)"
     )
     step_size: float = param(1e-3, gt=0.0, le=10.0, help="initial leapfrog step size (adapted in warm-up)")
     nuts: bool = param(False, kind=bool, help="NUTS instead of HMC with num_steps")
@@ -300,6 +358,7 @@ class HMCDefense(Defense):
             seed=context.seed,
             progress=context.progress,
             trajectory_length=self.trajectory_length,
+            adapt_mass_matrix=self.adapt_mass_matrix,
         )
         kept = drawn.samples[:, :: self.thin]
         # A network's weights are not identifiable (permuting hidden units leaves the function unchanged), so chains
@@ -316,6 +375,14 @@ class HMCDefense(Defense):
         metrics["hmc_norm_r_hat"] = chain_diagnostics(kept.norm(dim=-1, keepdim=True))["r_hat_max"]
         metrics.update(hmc_accept_rate=drawn.accept_rate, hmc_samples_per_s=drawn.samples_per_s)
         metrics.update(hmc_step_size=drawn.step_size, hmc_leapfrog_steps=drawn.leapfrog_steps)
+        # A check with a known answer, where the network has them: the weights on inputs that are zero in every
+        # training example have the prior as posterior, so two chains that agree but have not yet spread them to
+        # the prior's variance (both still drifting from one warm start) are not converged either.
+        mask = prior_only_weights(net, x)
+        ratio, tolerance = prior_only_check(kept, mask, self.prior_sigma)
+        metrics["hmc_prior_only_weights"] = float(mask.sum())
+        if mask.any():
+            metrics["hmc_prior_only_variance_ratio"] = ratio
         model.store(kept.reshape(-1, kept.shape[-1]))
-        converged = metrics["hmc_r_hat_max"] < RHAT_LIMIT
+        converged = metrics["hmc_r_hat_max"] < RHAT_LIMIT and not abs(ratio - 1) > tolerance  # nan: no such weights
         return {**{f"posterior/{k}": v for k, v in metrics.items()}, "posterior/converged": float(converged)}

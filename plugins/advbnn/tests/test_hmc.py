@@ -12,7 +12,13 @@ from torch.func import functional_call
 import advbayes
 from advbayes import SampleEnsemble, hookimpl
 from advbayes.testing import create_plugin_manager
-from advbayes_advbnn.hmc import chain_diagnostics, jittered_steps_hmc, sample_posterior
+from advbayes_advbnn.hmc import (
+    chain_diagnostics,
+    jittered_steps_hmc,
+    prior_only_check,
+    prior_only_weights,
+    sample_posterior,
+)
 
 MOONS_HMC = {
     "defense": "hmc",
@@ -104,12 +110,35 @@ def test_hmc_defense_stores_its_samples_as_the_sample_dimension_with_diagnostics
     assert metrics["posterior/hmc_loglik_r_hat"] <= metrics["posterior/hmc_r_hat_max"]
     norms = model.stored[:40].double().norm(dim=-1).view(2, 20, 1)  # the kept samples, chain after chain
     assert metrics["posterior/hmc_norm_r_hat"] == pytest.approx(chain_diagnostics(norms)["r_hat_max"], rel=1e-5)
+    assert metrics["posterior/hmc_prior_only_weights"] == 0  # two dense inputs: no weight the data cannot reach
+    assert "posterior/hmc_prior_only_variance_ratio" not in metrics
     x = torch.randn(5, 2)
     with torch.no_grad():
         first, second = model(x, samples=10), model(x, samples=10)
     assert first.shape == (10, 5, 2) and not torch.equal(first, second)  # fresh stored samples per call
     # the stored samples moved away from the warm start: they are the chains, not copies of the MAP
     assert model.stored[:40].std(dim=0).mean() > 0
+
+
+def test_on_digits_the_verdict_also_needs_the_prior_scale_on_the_weights_of_pixels_never_inked() -> None:
+    # scikit-learn's 8x8 digits have pixels that are 0 in every training image: their first-layer weights' posterior
+    # is the prior. 20 short iterations from the MAP start cannot spread them to it, whatever R-hat says.
+    settings = {"defense": "hmc", "model": "mlp-small", "attacks": ["none"], "eps": [0.0], "epochs": 1}
+    settings["until_converged"] = False  # no validation split: the chains see the first 300 training digits
+    sampler = {"num_samples": 20, "warmup": 20, "num_steps": 4, "max_train": 300}
+    result = advbayes.run("bench-digits", track=False, **settings, **{f"defense.{k}": v for k, v in sampler.items()})
+    metrics, model = result.model_metrics, result.model
+    registry = advbayes.registry.load_registry()
+    train = registry.build("datasets", registry.resolve_experiment("bench-digits")["dataset"]).load("train")
+    x = torch.stack([torch.as_tensor(train[i][0]) for i in range(300)]).flatten(1)
+    never_inked = int((x == 0).all(dim=0).sum())
+    first = next(m for m in model.net if isinstance(m, nn.Linear))
+    assert never_inked > 0 and metrics["posterior/hmc_prior_only_weights"] == never_inked * first.out_features
+    mask = prior_only_weights(model.net, x)
+    ratio, tolerance = prior_only_check(model.stored[:40].view(2, 20, -1), mask, 1.0)
+    assert metrics["posterior/hmc_prior_only_variance_ratio"] == pytest.approx(ratio, rel=1e-6)
+    assert ratio < 1 - tolerance  # still near the MAP start's small weights
+    assert metrics["posterior/converged"] == 0.0
 
 
 class InterruptAfterFirstAttack:
@@ -183,9 +212,12 @@ def test_hmc_makes_the_leapfrog_steps_it_is_asked_for_at_the_adapted_step_size()
     common = dict(prior_sigma=1.0, num_samples=20, warmup=100, chains=1, step_size=1e-3, nuts=False, init_jitter=0.1)
     drawn = sample_posterior(net, lambda params: torch.zeros(()), num_steps=10, seed=0, **common)
     assert 5 < drawn.leapfrog_steps < 10 and drawn.step_size > 0.1
-    # trajectory_length > 0: pyro's rule, the length over the adapted step size
-    timed = sample_posterior(net, lambda params: torch.zeros(()), num_steps=10, seed=0, trajectory_length=2.0, **common)
-    assert timed.leapfrog_steps == int(2.0 / timed.step_size) > 1
+    # trajectory_length > 0: from half that length to all of it, in steps of the adapted size (pyro's HMC makes the
+    # same count every time); num_steps is then ignored
+    timed = jittered_steps_hmc(standard_normal, step_size=1e-3, num_steps=10, trajectory_length=8.0)
+    counts = gradients_per_kept_iteration(timed, calls)
+    most = round(8.0 / float(timed.step_size))
+    assert most > 10 and set(counts) <= set(range((most + 1) // 2, most + 1)) and len(set(counts)) > 2
 
 
 def test_without_a_terminal_sampling_says_where_it_is(monkeypatch, capsys) -> None:
@@ -235,3 +267,37 @@ def test_chain_diagnostics_leave_out_quantities_no_sample_changed() -> None:
     assert 0.9 < with_constant["r_hat_max"] < 1.2  # independent normal draws: chains agree
     shifted = moving + torch.tensor([0.0, 3.0]).view(2, 1, 1)  # chains apart: R-hat far above 1
     assert chain_diagnostics(shifted)["r_hat_max"] > 2
+
+
+def test_the_weights_on_inputs_zero_in_every_example_are_found_and_get_no_likelihood_gradient() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(50, 1, 2, 3)
+    x[:, 0, 1, 0] = 0.0  # feature 3 of the flattened input: zero in every example
+    x[:10, 0, 0, 2] = 0.0  # feature 2: zero in some examples only
+    net = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    mask = prior_only_weights(net, x)
+    assert mask.shape == (6 * 4 + 4 + 4 * 3 + 3,) and int(mask.sum()) == 4
+    assert mask[:24].view(4, 6)[:, 3].all()  # the first weight matrix's column 3, rows are output units
+    # a second computation: the log-likelihood's gradient, which is exactly zero there and (generically) elsewhere not
+    y = torch.randint(0, 3, (50,))
+    nn.functional.cross_entropy(net(x), y, reduction="sum").backward()
+    gradient = torch.cat([p.grad.flatten() for p in net.parameters()])
+    assert (gradient[mask] == 0).all() and (gradient[~mask] != 0).all()
+    # no such weights where the first parameterized layer does not take the flattened input
+    convolutional = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Flatten(), nn.Linear(12, 3))
+    assert not prior_only_weights(convolutional, x).any()
+
+
+def test_the_prior_only_check_passes_prior_draws_and_fails_chains_short_of_the_prior_scale() -> None:
+    torch.manual_seed(0)
+    mask = torch.zeros(3000, dtype=torch.bool)
+    mask[:2000] = True
+    sigma = 0.5
+    # chains whose samples of each weight are perfectly correlated (one draw repeated): the tolerance still holds
+    stuck = (sigma * torch.randn(2, 1, 3000)).expand(2, 40, 3000)
+    ratio, tolerance = prior_only_check(stuck, mask, sigma)
+    assert tolerance == pytest.approx(4 * (2 / 2000) ** 0.5) and abs(ratio - 1) < tolerance
+    short = 0.7 * stuck  # the variance at 0.49 of the prior's, as the MNIST chains left it
+    assert abs(prior_only_check(short, mask, sigma)[0] - 0.49) < 0.05
+    nothing = prior_only_check(stuck, torch.zeros(3000, dtype=torch.bool), sigma)
+    assert all(v != v for v in nothing)  # nan: no weight to judge
