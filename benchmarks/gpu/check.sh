@@ -41,11 +41,13 @@ check sample_dimension 40 "$PYTHON" benchmarks/sample_dimension.py --device "$DE
 check autoattack_rand 50 "$PYTHON" benchmarks/autoattack_rand.py --device "$DEVICE" --repeats 1 --steps 10
 # Only when asked (ONLY="autoattack hmc d3_step"): the default checks' limits already fill a 480 s call.
 [[ " ${ONLY:-} " == *" autoattack "* ]] && check autoattack 120 "$PYTHON" benchmarks/autoattack.py --device "$DEVICE" --examples 64
-# hmc: the MNIST HMC chains' speed on the device (its iterations/s say how long a chain that converges would take;
-# on one CPU core 1.2 iterations/s, docs/posteriors.md): 2 chains x (20 + 20) iterations, clean accuracy only
-# (its iterations/s: twice the posterior/hmc_samples_per_s it prints, which counts kept samples only).
-[[ " ${ONLY:-} " == *" hmc "* ]] && check hmc 120 bash -c "cd \$(mktemp -d) && $PYTHON -m advbayes.cli run \
-    hmc-mlp-mnist-5k --no-track --device $DEVICE --set 'seeds=[0]' --set defense.warmup=20 \
-    --set defense.num_samples=20 --set 'attacks=[\"none\"]'"
+# hmc: the MNIST MLP's chains at the prior's scale on the device (hmc-mlp-mnist-5k-prior-scale: identity mass,
+# pi/2-long trajectories of ~8,000 leapfrog steps once there; ~4 minutes per iteration on one CPU core,
+# docs/posteriors.md): one chain of 3 warm-up + 4 kept iterations, clean accuracy only. What to read: the seconds of
+# the check over posterior/hmc_leapfrog_steps x 7 (leapfrog steps per second), hmc_step_size, and
+# hmc_prior_only_variance_ratio (1 +- 0.044 once at the prior's scale).
+[[ " ${ONLY:-} " == *" hmc "* ]] && check hmc 180 bash -c "cd \$(mktemp -d) && $PYTHON -m advbayes.cli run \
+    hmc-mlp-mnist-5k-prior-scale --no-track --device $DEVICE --set 'seeds=[0]' --set defense.chains=1 \
+    --set defense.warmup=3 --set defense.num_samples=4 --set 'attacks=[\"none\"]'"
 [[ " ${ONLY:-} " == *" d3_step "* ]] && check d3_step 60 "$PYTHON" benchmarks/d3_step.py --device "$DEVICE" --repeats 5
 echo "== summary"; cat "$OUT/summary.txt"
