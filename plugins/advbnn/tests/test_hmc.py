@@ -190,6 +190,7 @@ def gradients_per_kept_iteration(kernel, potential_calls: list[int]) -> list[int
 
 
 def test_hmc_makes_the_leapfrog_steps_it_is_asked_for_at_the_adapted_step_size() -> None:
+    import pyro
     from pyro.infer.mcmc import HMC
 
     calls = [0]
@@ -214,10 +215,11 @@ def test_hmc_makes_the_leapfrog_steps_it_is_asked_for_at_the_adapted_step_size()
     assert 5 < drawn.leapfrog_steps < 10 and drawn.step_size > 0.1
     # trajectory_length > 0: from half that length to all of it, in steps of the adapted size (pyro's HMC makes the
     # same count every time); num_steps is then ignored
-    timed = jittered_steps_hmc(standard_normal, step_size=1e-3, num_steps=10, trajectory_length=8.0)
+    pyro.set_rng_seed(0)
+    timed = jittered_steps_hmc(standard_normal, step_size=1e-3, num_steps=2, trajectory_length=8.0)
     counts = gradients_per_kept_iteration(timed, calls)
-    most = round(8.0 / float(timed.step_size))
-    assert most > 10 and set(counts) <= set(range((most + 1) // 2, most + 1)) and len(set(counts)) > 2
+    most = round(8.0 / float(timed.step_size))  # 7-16 at the step sizes warm-up adapts here
+    assert most > 4 and set(counts) <= set(range((most + 1) // 2, most + 1)) and len(set(counts)) > 2
 
 
 def test_without_a_terminal_sampling_says_where_it_is(monkeypatch, capsys) -> None:
