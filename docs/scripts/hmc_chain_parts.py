@@ -1,12 +1,13 @@
 """Which quantities keep the HMC chains of hmc-mlp-mnist-5k apart: the parts behind its convergence verdict.
 
 The verdict (posterior/converged) is the split R-hat of the log-likelihood and of the predicted log-probabilities of
-32 training examples, all at once. This script reloads each run's stored samples (the newest run per seed) and
-recomputes that verdict's R-hat, then its parts: the log-likelihood alone, the true and the other classes'
-log-probabilities, the weight vector's norm per chain (unchanged by permuting units), how often the samples predict
-the probe examples' labels, the logits' scale, and the variance of the weights whose posterior is the prior (those on
-pixels that are zero in every training digit) over the prior's. Runs tracked from commit c85ef6a on did not log
-the norm's and the log-likelihood's R-hat (posterior/hmc_loglik_r_hat and hmc_norm_r_hat); later runs do.
+32 training examples, all at once, and (since commit 76bdb4b) the variance of the weights whose posterior is the
+prior. This script reloads each run's stored samples (the newest run per seed) and recomputes that R-hat, then its
+parts: the log-likelihood alone, the true and the other classes' log-probabilities, the weight vector's norm per
+chain (unchanged by permuting units), how often the samples predict the probe examples' labels, the logits' scale,
+the variance of the weights on pixels that are zero in every training digit over the prior's, and how far a weight
+moves per iteration. Runs tracked from commit c85ef6a on did not log the norm's and the log-likelihood's R-hat
+(posterior/hmc_loglik_r_hat and hmc_norm_r_hat); later runs do.
 
 Usage: python docs/scripts/hmc_chain_parts.py [--store sqlite:///mlflow.db] [--experiment hmc-mlp-mnist-5k]
 """
@@ -85,6 +86,8 @@ def main() -> None:
             f"weights on pixels zero in every training digit ({int(mask.sum())}, posterior = prior): variance over "
             f"the prior's {ratio:.3f} (a posterior: 1 +- {tolerance:.3f}); per chain "
             + ", ".join(f"{prior_only_check(chain, mask, sigma)[0]:.3f}" for chain in kept),
+            "a weight's move per kept iteration (root mean square over weights and iterations), per chain: "
+            + ", ".join(f"{(chain[1:] - chain[:-1]).square().mean().sqrt():.4f}" for chain in kept),
         ]
         seed = run.data.tags.get("advbayes.seed", "?")
         print(f"seed {seed} (run {run.info.run_id[:8]}, {kept.shape[1]} kept samples per chain):")

@@ -3,6 +3,8 @@ manager (stored samples as the sample dimension, diagnostics, a resume that does
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -303,3 +305,19 @@ def test_the_prior_only_check_passes_prior_draws_and_fails_chains_short_of_the_p
     assert abs(prior_only_check(short, mask, sigma)[0] - 0.49) < 0.05
     nothing = prior_only_check(stuck, torch.zeros(3000, dtype=torch.bool), sigma)
     assert all(v != v for v in nothing)  # nan: no weight to judge
+
+
+def test_the_effective_sample_size_is_bounded_as_stan_bounds_it_where_pyro_goes_negative() -> None:
+    from pyro.ops.stats import effective_sample_size
+
+    torch.manual_seed(0)
+    # antithetic chains: each sample the negative of the one before, so lag-1 autocorrelation is near -1
+    signs = (torch.arange(40) % 2 * 2 - 1).double().view(1, 40, 1)
+    antithetic = signs.expand(2, 40, 1) + 0.1 * torch.randn(2, 40, 1, dtype=torch.double)
+    assert float(effective_sample_size(antithetic, chain_dim=0, sample_dim=1)) < 0  # pyro's own value
+    assert chain_diagnostics(antithetic)["ess_min"] == pytest.approx(80 * math.log10(80))
+    # where pyro's value is within the bound it is kept
+    independent = torch.randn(2, 200, 3, dtype=torch.double)
+    expected = effective_sample_size(independent, chain_dim=0, sample_dim=1).min()
+    assert 0 < float(expected) < 400 * math.log10(400)
+    assert chain_diagnostics(independent)["ess_min"] == pytest.approx(float(expected), rel=1e-12)
