@@ -5,8 +5,10 @@ For each run of the experiment in the store (the newest per defense), on the fir
 share of examples whose cross-entropy input gradient is exactly 0 for one draw (mean over 20 draws) and for the
 average over 20 draws, the median gap between the top two logits, then the accuracy (S_I = 10 fresh draws, one
 prediction) on clean inputs and under fgsm-posterior, pgd-15-posterior and autoattack-rand, all judged alike.
+With --float64 the model and inputs are cast to float64 first, where exp() underflows only below -745 instead of
+-104: what the same attacks find when the softmax's round-off no longer zeroes their gradient.
 
-Usage: python docs/scripts/gradient_saturation.py EXPERIMENT [--store sqlite:///mlflow.db] [--examples 1000]
+Usage: python docs/scripts/gradient_saturation.py EXPERIMENT [--store sqlite:///mlflow.db] [--examples 1000] [--float64]
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--store", default="sqlite:///mlflow.db")
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--float64", action="store_true", help="cast the model and the inputs to float64 first")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     torch.set_num_threads(1)
@@ -54,16 +57,17 @@ def main() -> None:
     spec = registry.resolve_experiment(args.experiment)
     test = registry.build("datasets", spec["dataset"]).load("test")
     n = min(args.examples, len(test))
-    x = torch.stack([torch.as_tensor(test[i][0]) for i in range(n)]).float()
+    dtype = torch.float64 if args.float64 else torch.float32
+    x = torch.stack([torch.as_tensor(test[i][0]) for i in range(n)]).to(dtype)
     y = torch.as_tensor([int(test[i][1]) for i in range(n)]).long()
     for run in latest_per_defense(tracked_runs(args.store, [args.experiment])):
         torch.manual_seed(0)
-        model = tracked_model(pm, run.info.run_id, args.store, torch.device("cpu"))
+        model = tracked_model(pm, run.info.run_id, args.store, torch.device("cpu")).to(dtype)
         one_draw = sum(zero_gradient_share(model, x, y, 1) for _ in range(DRAWS)) / DRAWS
         with torch.no_grad():
             top2 = model(x, samples=DRAWS).topk(2, dim=-1).values
         seed = run.data.tags.get("advbayes.seed", "?")
-        print(f"seed {seed} (run {run.info.run_id[:8]}), {n} test examples, eps {args.eps}:")
+        print(f"seed {seed} (run {run.info.run_id[:8]}), {n} test examples, eps {args.eps}, {dtype}:")
         print(
             f"  cross-entropy input gradient exactly 0: {one_draw:.3f} of examples for one draw (mean of {DRAWS}), "
             f"{zero_gradient_share(model, x, y, DRAWS):.3f} summed over {DRAWS} draws; median gap between the top "

@@ -23,7 +23,7 @@ from advbayes import (
     mean_loss_gradient,
     param,
 )
-from advbayes_attacks.losses import EXPECTATIONS, LOSSES, attack_loss, predictive_log_probs
+from advbayes_attacks.losses import EXPECTATIONS, LOSSES, attack_loss, example_scaled, predictive_log_probs
 from advbayes_attacks.selection import KEEP, IterateSelection, misclassification_score
 
 RESAMPLING = ("step", "attack")
@@ -91,13 +91,16 @@ class GradientAttack(Attack):
         return f"its {kind} loss needs at least {needed} classes, the data set has {num_classes} (use loss 'ce')"
 
     def losses_of(self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-example attack loss of per-draw logits [S, B, k]."""
-        return attack_loss(logits, y, self.loss, self.expectation, self.kappa, target)
+        """Per-example attack loss of per-draw logits [S, B, k], in float64: a saturated softmax's cross-entropy of
+        1e-200 is 0 in float32, and an attack comparing losses (APGD's checkpoints, the best iterate) would see no
+        progress toward the boundary."""
+        return attack_loss(logits.double(), y, self.loss, self.expectation, self.kappa, target)
 
     def loss_and_gradient(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example attack loss and its input gradient: one call with S_A draws and one backward."""
+        """Per-example attack loss and its input gradient (up to a positive factor per example, which no step
+        reads: see example_scaled): one call with S_A draws and one backward."""
         losses, gradient, _ = self.loss_gradient_logits(model, x, y, target)
         return losses, gradient
 
@@ -107,14 +110,16 @@ class GradientAttack(Attack):
         """Loss, input gradient and the (detached) per-draw logits of S_A draws.
 
         An expectation of losses is a mean of per-draw terms: the model may take it in passes of fewer draws with
-        a backward each (same draws, same sum; what it measures faster). The others need every draw at once.
+        a backward each (same draws, same sum; what it measures faster). The others need every draw at once, and
+        their gradient comes back per example rescaled (example_scaled), so a saturated softmax does not zero it;
+        passes of draws cannot share one example's scale, so expectation "loss" keeps float32's gradient.
         """
         if self.expectation == "loss":
             return mean_loss_gradient(model, x, self.attack_samples, lambda logits: self.losses_of(logits, y, target))
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = model(x, samples=self.attack_samples)
-            losses = self.losses_of(logits, y, target)
+            losses = self.losses_of(example_scaled(logits.double()), y, target)
             (gradient,) = torch.autograd.grad(losses.sum(), x)
         return losses.detach(), gradient, logits.detach()
 
@@ -288,7 +293,8 @@ class PGD(IterativeAttack):
         }
         if not chosen.paired:  # the loss of each returned point (a stochastic model's would be a noisy draw)
             single_last = self.keep == "last" and self.restarts == 1
-            diagnostics["attack_loss"] = (final if single_last else self.evaluate_loss(model, chosen.best, y)).cpu()
+            loss = final if single_last else self.evaluate_loss(model, chosen.best, y)
+            diagnostics["attack_loss"] = loss.to(x.dtype).cpu()  # in the inputs' precision, as reported before
         return AttackResult(x_adv=chosen.best, delta=delta, diagnostics=diagnostics)
 
 

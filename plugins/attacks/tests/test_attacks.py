@@ -125,6 +125,10 @@ def test_vectorized_eot_gradient_equals_the_loop_over_per_draw_networks(expectat
     else:
         loss = sum(F.cross_entropy(logits[s], y, reduction="sum") for s in range(6)) / 6
     (reference,) = torch.autograd.grad(loss, x_ref)
+    if expectation != "loss":  # rescaled per example (example_scaled): equal up to a positive factor per example
+        factor = reference.flatten(1).norm(dim=1) / vectorized.flatten(1).norm(dim=1)
+        assert (factor > 0).all()
+        vectorized = vectorized * factor.view(-1, 1, 1, 1)
     torch.testing.assert_close(vectorized, reference, rtol=1e-4, atol=1e-6)
 
 
@@ -264,3 +268,34 @@ def test_a_dlr_attack_on_two_classes_fails_before_training(attack_entry: str, fr
         == f"experiments.moons: attack '{attack_entry}' cannot run on data set 'half-moons': {fragment}"
     )
     prepare_run("moons", track=False, pm=create_plugin_manager(), overrides=[("attacks", ["apgd-ce"])])  # CE is fine
+
+
+def test_a_saturated_softmax_still_gives_the_cross_entropy_gradient_direction() -> None:
+    # Logits a few hundred apart: softmax - onehot is exactly 0 in float32, not in float64 (exp underflows there only
+    # past ~745). The attack's gradient must point where float64's does, though the network runs in float32.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 4))
+    with torch.no_grad():
+        net[1].weight.mul_(2000.0)
+    x = torch.rand(64, 1, 6, 6)
+    with torch.no_grad():
+        top2 = net(x).topk(2, dim=-1).values
+    gap = top2[:, 0] - top2[:, 1]
+    keep = (gap > 120) & (gap < 600)
+    x, y = x[keep], net(x[keep]).argmax(-1)
+    assert len(x) >= 5
+    inputs = x.clone().requires_grad_(True)
+    (float32,) = torch.autograd.grad(F.cross_entropy(net(inputs), y, reduction="sum"), inputs)
+    assert (float32 == 0).all()  # what an attack following autograd in float32 steps along: nothing
+    inputs64 = x.double().requires_grad_(True)
+    (float64,) = torch.autograd.grad(
+        F.cross_entropy(copy.deepcopy(net).double()(inputs64), y, reduction="sum"), inputs64
+    )
+    _, gradient = attack({"use": "pgd", "eps": 0.1}).loss_and_gradient(as_sampled(net), x, y)
+    assert gradient.dtype == torch.float32 and (gradient.flatten(1).abs().amax(dim=1) > 0).all()
+    reference = float64.flatten(1) / float64.flatten(1).abs().amax(dim=1, keepdim=True)  # norms of 1e-200: rescaled
+    cosine = F.cosine_similarity(gradient.flatten(1).double(), reference, dim=1)
+    assert (cosine > 1 - 1e-5).all()
+    # and PGD moves these examples where a float32 gradient left them: the sign steps of float64's gradient
+    result = attack({"use": "pgd", "eps": 0.05, "steps": 3, "random_start": False})(as_sampled(net), x, y)
+    assert (result.x_adv != x).flatten(1).any(dim=1).all()
