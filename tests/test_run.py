@@ -95,6 +95,19 @@ def test_accuracy_metric_equals_an_independent_count() -> None:
     assert result.table()["none"][0.0] == int((predictions == y).sum()) / len(y)
 
 
+def test_a_gradient_attacks_zero_gradient_share_is_kept_in_the_store(store: str) -> None:
+    # what the zero-gradients check reads, so that a record shows whether an attack's gradient was masked
+    result = advbayes.run("moons", tracking_uri=store, attacks=["none", "fgsm"], eps=[0.1], **FAST)
+    shares = {r.attack_label: r.diagnostics.get("zero_grad_share") for r in result.records}
+    assert shares["none"] is None and 0.0 <= shares["fgsm"] <= 1.0  # `none` has no gradient to report
+    client = MlflowClient(store)
+    children = {c.info.run_name: c.data.metrics for c in children_of(client, client.get_run(result.run_id))}
+    assert children["fgsm"]["zero_grad_share/eps_0.1000"] == pytest.approx(shares["fgsm"])
+    assert not any(key.startswith("zero_grad_share") for key in children["none"])
+    parent = client.get_run(result.run_id).data.metrics
+    assert parent["fgsm/zero_grad_share/eps_0.1000"] == pytest.approx(shares["fgsm"])
+
+
 def test_same_seed_same_run_other_seed_other_run() -> None:
     first = advbayes.run("moons", track=False, **FAST)
     second = advbayes.run("moons", track=False, **FAST)

@@ -137,7 +137,7 @@ class Evaluator:
                             mean_l2=l2_sum / max(count, 1),
                             max_linf=linf_max,
                             examples=count,
-                            diagnostics={"zero_grad_share": zero_share},
+                            diagnostics={} if zero_share is None else {"zero_grad_share": zero_share},
                             per_example=outcomes,
                         )
                     )
@@ -167,17 +167,18 @@ class Evaluator:
         states: dict[str, Any],
         bar: Any = None,
         inference_samples: int | None = None,
-    ) -> tuple[dict[str, float], dict[tuple[str, str], Any], tuple[float, float, int, float], dict[str, str]]:
+    ) -> tuple[dict[str, float], dict[tuple[str, str], Any], tuple[float, float, int, float | None], dict[str, str]]:
         """Attack the test split, predict on S_I fresh draws (R times when the attack asks), update the metric states.
 
         Returns the metric values, their figures by (metric, file), the applied perturbation (sum of L2 lengths,
-        max L_inf, examples), the share of exactly-zero input-gradient components the attack reported, and the
-        metrics' per-example outcomes packed as hex (results.pack_outcomes).
+        max L_inf, examples), the share of exactly-zero input-gradient components the attack reported (None when it
+        reports none: no gradient), and the metrics' per-example outcomes packed as hex (results.pack_outcomes).
         """
         inference_samples = inference_samples or self.parts.defense.inference_samples
         average = self.parts.defense.prediction_average
         repeats = attack.verdict_repeats if self.stochastic else 1
         l2_sum, linf_max, count, zero_sum = 0.0, 0.0, 0, 0.0
+        gradients = False  # whether the attack reports its zero-gradient share (gradient attacks do)
         sizes = (attack.attack_samples, inference_samples * repeats, self.parts.experiment.eval_batch_size)
         if bar is not None and self.stochastic and sizes not in self.timed_sizes:
             self.timed_sizes.add(sizes)
@@ -213,6 +214,7 @@ class Evaluator:
             linf_max = max(linf_max, float(flat.abs().amax())) if flat.numel() else linf_max
             count += len(y)
             zero_sum += float(result.diagnostics.get("zero_grad_share", 0.0)) * len(y)
+            gradients = gradients or "zero_grad_share" in result.diagnostics
             if bar is not None:
                 bar.set_postfix_str("", refresh=False)
                 bar.update(len(y))
@@ -227,7 +229,8 @@ class Evaluator:
         place = self.parts.place
         l2_sum, linf_max, zero_sum = total(l2_sum, place), total(linf_max, place, "max"), total(zero_sum, place)
         count = int(total(count, place))
-        return values, figures, (l2_sum, linf_max, count, zero_sum / max(count, 1)), outcomes
+        zero_share = zero_sum / max(count, 1) if gradients else None
+        return values, figures, (l2_sum, linf_max, count, zero_share), outcomes
 
 
 def first_batch_is_stochastic(parts: RunParts, net: torch.nn.Module, test: Batches) -> bool:

@@ -203,6 +203,8 @@ def _track_attack(run: Any, attack_label: str, records: Sequence[EvalRecord], fi
     parent_metrics: dict[str, float] = {}
     for record in records:
         values = {**record.metrics, "mean_l2": record.mean_l2, "max_linf": record.max_linf}
+        if "zero_grad_share" in record.diagnostics:  # gradient attacks: what the zero-gradients check reads, kept
+            values["zero_grad_share"] = record.diagnostics["zero_grad_share"]  # in the store (and the records)
         for key, value in values.items():
             child_metrics[f"{key}/{eps_label(record.eps)}"] = value
             parent_metrics[f"{attack_label}/{key}/{eps_label(record.eps)}"] = value
