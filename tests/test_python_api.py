@@ -180,3 +180,20 @@ def test_autoattack_rand_takes_s_i_and_warns_when_each_verdict_is_one_draw() -> 
         advbayes.attacks.entry("autoattack-rand", eps=0.1, **quick)(bnn, x, y)
     with pytest.raises(RegistryError, match=r"key 'inference_samples': expected an integer >= 1 \(S_I\), got 0"):
         advbayes.attacks.entry("autoattack-rand", inference_samples=0)
+
+
+def test_first_examples_of_a_tensor_split_equal_item_lookups_of_the_same_split_held_otherwise() -> None:
+    """The in-memory slice and the item-by-item path give the same tensors; n is capped and checked."""
+    from torch.utils.data import Subset, TensorDataset
+
+    generator = torch.Generator().manual_seed(0)
+    held = TensorDataset(torch.rand(12, 1, 4, 4, generator=generator, dtype=torch.float64), torch.arange(12) % 3)
+    mapped = Subset(held, list(range(12)))  # a map-style data set: item lookups, labels as 0-d tensors
+    x, y = advbayes.first_examples(held, 5)
+    x_items, y_items = advbayes.first_examples(mapped, 5)
+    assert x.dtype == torch.float32 and y.dtype == torch.long and x.shape == (5, 1, 4, 4)
+    assert torch.equal(x, x_items) and torch.equal(y, y_items)
+    assert torch.equal(x, held.tensors[0][:5].float()) and y.tolist() == [0, 1, 2, 0, 1]
+    assert len(advbayes.first_examples(mapped, 50)[1]) == 12  # the whole split when it is shorter
+    with pytest.raises(ValueError, match="expected n >= 1, got 0"):
+        advbayes.first_examples(held, 0)

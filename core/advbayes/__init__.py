@@ -13,7 +13,7 @@ from advbayes.version import __version__
 
 if TYPE_CHECKING:
     from advbayes.adversarial import adversarial_examples
-    from advbayes.batches import Batches
+    from advbayes.batches import Batches, first_examples
     from advbayes.components import (
         Attack,
         AttackResult,
@@ -119,6 +119,7 @@ _EXPORTS = {
     "entry_list_param": "advbayes.params",
     "entry_param": "advbayes.params",
     "eval_mode": "advbayes.components",
+    "first_examples": "advbayes.batches",
     "frozen": "advbayes.stochastic",
     "hierarchical_regularizer_terms": "advbayes.stochastic",
     "hookimpl": "advbayes.hookspecs",
@@ -200,6 +201,7 @@ __all__ = [
     "entry_list_param",
     "entry_param",
     "eval_mode",
+    "first_examples",
     "frozen",
     "hierarchical_regularizer_terms",
     "hookimpl",

@@ -9,6 +9,22 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data import Dataset as TorchDataset
 
 
+def first_examples(
+    dataset: TorchDataset, n: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n examples of a split (all of it when shorter) as float inputs and long labels on `device`."""
+    if n < 1:
+        raise ValueError(f"first_examples: expected n >= 1, got {n}")
+    n = min(n, len(dataset))  # type: ignore[arg-type]  # map-style data sets are sized
+    if isinstance(dataset, TensorDataset):  # in memory: a slice, not n item lookups
+        x, y = dataset.tensors[0][:n], dataset.tensors[1][:n]
+    else:
+        items = [dataset[i] for i in range(n)]
+        x = torch.stack([torch.as_tensor(item[0]) for item in items])
+        y = torch.as_tensor([int(item[1]) for item in items])
+    return x.to(device).float(), y.to(device).long()
+
+
 class Batches:
     """Iterates (x, y) batches of a split on a device; tensors are moved once, other data sets use a DataLoader."""
 

@@ -14,19 +14,14 @@ Usage: python docs/scripts/gradient_saturation.py EXPERIMENT [--store sqlite:///
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 from torch import nn
+from tracked_split import experiment_split, newest_models  # docs/scripts/tracked_split.py, beside this script
 
 import advbayes
 import advbayes.attacks
-from advbayes.engine.building import tracked_model
-from advbayes.lab.sources import latest_per_defense
-from advbayes.plugins import create_plugin_manager
-from advbayes.registry import load_registry
-from advbayes.tracking import tracked_runs
 
 DRAWS = 20
 ATTACKS = ("fgsm-posterior", "pgd-15-posterior", "autoattack-rand")
@@ -50,19 +45,12 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--float64", action="store_true", help="cast the model and the inputs to float64 first")
     args = parser.parse_args()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    torch.set_num_threads(1)
-    pm = create_plugin_manager()
-    registry = load_registry(pm=pm)
-    spec = registry.resolve_experiment(args.experiment)
-    test = registry.build("datasets", spec["dataset"]).load("test")
-    n = min(args.examples, len(test))
+    pm, _, x, y = experiment_split(args.experiment, "test", args.examples)
+    n = len(y)
     dtype = torch.float64 if args.float64 else torch.float32
-    x = torch.stack([torch.as_tensor(test[i][0]) for i in range(n)]).to(dtype)
-    y = torch.as_tensor([int(test[i][1]) for i in range(n)]).long()
-    for run in latest_per_defense(tracked_runs(args.store, [args.experiment])):
-        torch.manual_seed(0)
-        model = tracked_model(pm, run.info.run_id, args.store, torch.device("cpu")).to(dtype)
+    x = x.to(dtype)
+    for run, model in newest_models(pm, args.store, args.experiment, seed=0):
+        model = model.to(dtype)
         one_draw = sum(zero_gradient_share(model, x, y, 1) for _ in range(DRAWS)) / DRAWS
         with torch.no_grad():
             top2 = model(x, samples=DRAWS).topk(2, dim=-1).values

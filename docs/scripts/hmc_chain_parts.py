@@ -15,16 +15,11 @@ Usage: python docs/scripts/hmc_chain_parts.py [--store sqlite:///mlflow.db] [--e
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 from pyro.ops.stats import split_gelman_rubin
+from tracked_split import experiment_split, newest_models  # docs/scripts/tracked_split.py, beside this script
 
-from advbayes.engine.building import tracked_model
-from advbayes.lab.sources import latest_per_defense
-from advbayes.plugins import create_plugin_manager
-from advbayes.registry import load_registry
-from advbayes.tracking import tracked_runs
 from advbayes_advbnn.hmc import (
     PROBE,
     chain_diagnostics,
@@ -46,17 +41,10 @@ def main() -> None:
     parser.add_argument("--store", default="sqlite:///mlflow.db")
     parser.add_argument("--experiment", default="hmc-mlp-mnist-5k")
     args = parser.parse_args()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    torch.set_num_threads(1)
-    pm = create_plugin_manager()
-    registry = load_registry(pm=pm)
-    spec = registry.resolve_experiment(args.experiment)
-    train = registry.build("datasets", spec["dataset"]).load("train")
-    n = min(len(train), int(spec["defense"].get("max_train", 10_000)))
-    x = torch.stack([torch.as_tensor(train[i][0]) for i in range(n)]).float()
-    y = torch.as_tensor([int(train[i][1]) for i in range(n)]).long()
-    for run in latest_per_defense(tracked_runs(args.store, [args.experiment])):
-        model = tracked_model(pm, run.info.run_id, args.store, torch.device("cpu"))
+    pm, spec, x, y = experiment_split(args.experiment, "train")
+    n = int(spec["defense"].get("max_train", 10_000))  # the chains' full batch: at most max_train examples
+    x, y = x[:n], y[:n]
+    for run, model in newest_models(pm, args.store, args.experiment):
         chains = int(run.data.params.get("defense.chains", spec["defense"].get("chains", 2)))
         kept = model.stored[: int(model.filled)].view(chains, -1, model.stored.shape[-1])  # chain after chain
         net = model.net

@@ -148,6 +148,7 @@ def estimate_bench(
 ) -> CostEstimate:
     """Measure and project what `advbayes bench entry` will cost on `device` (nothing is tracked or written)."""
     from advbayes.attacks import entry_of
+    from advbayes.batches import first_examples
     from advbayes.engine.lifecycle import run
     from advbayes.lab.bench import check_entry
     from advbayes.results import RunResult
@@ -174,10 +175,8 @@ def estimate_bench(
     trained = trained_for(entry, train_epochs)
     spec, model = trained.spec, as_sampled(trained.model).eval()
     twin = None if spec["defense"].get("use") == TWIN else trained_for(TWIN, 1)
-    test = loaded.build("datasets", spec["dataset"]).load("test")
-    target = torch.device(trained.device)
-    x = torch.stack([torch.as_tensor(test[i][0]) for i in range(examples)]).float().to(target)
-    y = torch.as_tensor([int(test[i][1]) for i in range(examples)]).to(target)
+    test = loaded.build("datasets", spec["dataset"]).data("test")
+    x, y = first_examples(test, examples, trained.device)
     defense = loaded.build("defenses", spec["defense"])
     prediction = {"inference_samples": defense.inference_samples, "prediction_average": defense.prediction_average}
     stochastic = is_stochastic(model, x)
@@ -225,7 +224,7 @@ def estimate_bench(
         defense=entry,
         dataset=dataset,
         protocol=protocol.version,
-        device=str(target),
+        device=str(torch.device(trained.device)),
         stochastic=stochastic,
         examples=examples,
         trained_epochs=train_epochs,

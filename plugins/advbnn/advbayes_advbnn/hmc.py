@@ -26,6 +26,7 @@ from advbayes import (
     SampleEnsemble,
     TrainContext,
     ensemble_accuracy,
+    first_examples,
     mean_cross_entropy,
     param,
     unflatten_parameters,
@@ -343,10 +344,7 @@ class HMCDefense(Defense):
         if not isinstance(model, SampleEnsemble):
             raise TypeError(f"hmc: expected the SampleEnsemble its prepare() built, got {type(model).__name__}")
         net = model.net
-        n = min(len(context.train), self.max_train)  # type: ignore[arg-type]
-        xs, ys = zip(*(context.train[i] for i in range(n)))
-        x = torch.stack([torch.as_tensor(v) for v in xs]).to(context.device).float()
-        y = torch.as_tensor(ys).to(context.device).long()
+        x, y = first_examples(context.train, self.max_train, context.device)
         net.eval()
 
         log_likelihood = full_batch_log_likelihood(net, x, y)
