@@ -131,3 +131,23 @@ def test_a_run_resumed_by_other_code_names_that_code_in_a_tag_a_warning_and_its_
     assert commit_of(tags) == f"{runs.commit_text(started)}, resumed with {tags[runs.RESUMED_CODE_TAG]}"
     assert runs.resumed_code(tags, {**mine, **other}) is None  # the same other code again is named once
     assert runs.resumed_code(started, mine) is None  # resumed by the code that started it: nothing to say
+
+
+def test_a_run_names_the_threads_and_cpu_its_floats_depend_on_and_a_rerun_under_them_repeats_it_bit_for_bit(
+    store: str,
+) -> None:
+    """Thread count and CPU decide how float sums are split and which kernels run: tagged on every run, and
+    the same code, seed, threads and CPU give the same training losses, to the last bit."""
+    import torch
+
+    runs = [advbayes.run("moons", tracking_uri=store, pm=create_plugin_manager(), epochs=2) for _ in range(2)]
+    tags = [MlflowClient(store).get_run(r.run_id).data.tags for r in runs]
+    assert tags[0]["advbayes.torch_threads"] == tags[1]["advbayes.torch_threads"] == str(torch.get_num_threads())
+    cpu = tags[0]["advbayes.cpu"]
+    if Path("/proc/cpuinfo").exists():
+        assert cpu and f": {cpu}\n" in Path("/proc/cpuinfo").read_text()
+    else:
+        assert cpu in (platform.processor(), platform.machine())
+    assert "advbayes.gpu" not in tags[0]  # a CPU run names no GPU
+    losses = [[float(epoch["loss"]) for epoch in r.history] for r in runs]
+    assert len(losses[0]) == 2 and losses[0] == losses[1]

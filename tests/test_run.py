@@ -357,6 +357,8 @@ def test_device_cuda_without_a_gpu_is_an_error_before_any_work(isolated_cwd: Pat
 def test_quickstart_on_cuda(store: str) -> None:
     result = advbayes.run("moons", tracking_uri=store, device="cuda", **FAST)
     assert result.device.startswith("cuda") and result.table()["none"][0.0] > 0.9
+    tags = MlflowClient(store).get_run(result.run_id).data.tags  # the GPU its floats came from
+    assert tags["advbayes.gpu"] == torch.cuda.get_device_name(torch.device(result.device))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -12,7 +12,8 @@ from torch.utils.data import Dataset as TorchDataset
 def first_examples(
     dataset: TorchDataset, n: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first n examples of a split (all of it when shorter) as float inputs and long labels on `device`."""
+    """The first n examples of a split (all of it when shorter) as float inputs and long labels on `device`; of an
+    in-memory split, already float on `device`, the inputs are a view of its tensor (read them, do not write)."""
     if n < 1:
         raise ValueError(f"first_examples: expected n >= 1, got {n}")
     n = min(n, len(dataset))  # type: ignore[arg-type]  # map-style data sets are sized

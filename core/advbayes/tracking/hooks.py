@@ -23,6 +23,7 @@ from advbayes.tracking.runs import (
     copy_training_history,
     current_holder,
     flatten,
+    hardware_tags,
     has_checkpoint,
     liveness,
     log_metric_items,
@@ -125,6 +126,7 @@ def run_started(run: Any) -> None:
         "advbayes.defense": spec["defense"]["name"],
         "advbayes.seed": str(run.seed),
         "advbayes.device": run.device,
+        **hardware_tags(run.device),
         **{f"advbayes.plugin.{name}": version for name, version in run.plugins.items()},
         **run.tags,
     }

@@ -34,6 +34,29 @@ def process_tags() -> dict[str, str]:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
+def hardware_tags(device: str) -> dict[str, str]:
+    """What a run's float results depend on beyond the code: torch's CPU threads (how sums are split), the CPU model
+    (which kernels run) and, on CUDA, the GPU. The same code, seed and these reproduce a CPU run bit for bit."""
+    import torch
+
+    tags = {"advbayes.torch_threads": str(torch.get_num_threads()), "advbayes.cpu": cpu_model()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        tags["advbayes.gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return tags
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere what `platform` knows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass  # not Linux
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def current_holder(run: Any) -> dict[str, Any]:
     """The process that writes (or last wrote) a run: its latest lease, else (runs tracked before leases) its
     host and pid tags."""
