@@ -41,8 +41,9 @@ TEST_WORKERS ?= auto
 TEST_ENV := MLFLOW_DISABLE_TELEMETRY=true OMP_NUM_THREADS=1
 
 # The static checks of `lint` run inside the suite (tests/test_lint.py), beside the other tests on idle cores.
+# --durations: the log names the slowest tests, what to look at first when the suite nears its 5-minute budget.
 test: install
-	$(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+	$(TEST_ENV) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 # The core of the suite without the tests marked slow (real trainings, official-implementation comparisons,
 # fresh processes) or server (a real mlflow server): for the edit-test loop. CI runs `make test`.

@@ -9,6 +9,7 @@ With --float64 the model and inputs are cast to float64 first, where exp() under
 -104: what the same attacks find when the softmax's round-off no longer zeroes their gradient.
 
 Usage: python docs/scripts/gradient_saturation.py EXPERIMENT [--store sqlite:///mlflow.db] [--examples 1000] [--float64]
+       [--attacks fgsm-posterior pgd-15-posterior autoattack-rand] [--attack-samples S_A]
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--float64", action="store_true", help="cast the model and the inputs to float64 first")
+    parser.add_argument(
+        "--attacks", nargs="*", default=list(ATTACKS), help="attack entries to run (default: %(default)s)"
+    )
     args = parser.parse_args()
     pm, _, x, y = experiment_split(args.experiment, "test", args.examples)
     n = len(y)
@@ -55,7 +59,8 @@ def main() -> None:
         with torch.no_grad():
             top2 = model(x, samples=DRAWS).topk(2, dim=-1).values
         seed = run.data.tags.get("advbayes.seed", "?")
-        print(f"seed {seed} (run {run.info.run_id[:8]}), {n} test examples, eps {args.eps}, {dtype}:")
+        name = run.data.tags.get("mlflow.runName", "?")
+        print(f"{name} seed {seed} (run {run.info.run_id[:8]}), {n} test examples, eps {args.eps}, {dtype}:")
         print(
             f"  cross-entropy input gradient exactly 0: {one_draw:.3f} of examples for one draw (mean of {DRAWS}), "
             f"{zero_gradient_share(model, x, y, DRAWS):.3f} summed over {DRAWS} draws; median gap between the top "
@@ -68,9 +73,10 @@ def main() -> None:
             return float((probs.argmax(-1) == y).double().mean())
 
         print(f"  clean {accuracy(x):.3f}")
-        for name in ATTACKS:
+        for name in args.attacks:
             started = time.perf_counter()
-            x_adv = advbayes.attacks.entry(name, eps=args.eps)(model, x, y)
+            given = {} if args.attack_samples is None else {"attack_samples": args.attack_samples}
+            x_adv = advbayes.attacks.entry(name, eps=args.eps, **given)(model, x, y)
             print(f"  {name}: {accuracy(x_adv):.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
