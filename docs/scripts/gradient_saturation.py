@@ -3,8 +3,10 @@ and what a loss unchanged by the logits' scale (autoattack-rand's APGD-DLR) find
 
 For each run of the experiment in the store (the newest per defense), on the first N test examples at one eps: the
 share of examples whose cross-entropy input gradient is exactly 0 for one draw (mean over 20 draws) and for the
-average over 20 draws, the median gap between the top two logits, then the accuracy (S_I = 10 fresh draws, one
-prediction) on clean inputs and under fgsm-posterior, pgd-15-posterior and autoattack-rand, all judged alike.
+average over 20 draws, the median gap between the top two logits, the share of examples and draws whose true class
+float32's softmax rounds to probability 1 (the gradient keeps only the other classes' push), then the accuracy
+(S_I = 10 fresh draws, one prediction) on clean inputs and under each --attacks entry (default: fgsm-posterior,
+pgd-15-posterior and autoattack-rand), all judged alike.
 With --float64 the model and inputs are cast to float64 first, where exp() underflows only below -745 instead of
 -104: what the same attacks find when the softmax's round-off no longer zeroes their gradient.
 
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--float64", action="store_true", help="cast the model and the inputs to float64 first")
+    parser.add_argument("--attack-samples", type=int, default=None, help="S_A for every attack (default: each entry's)")
     parser.add_argument(
         "--attacks", nargs="*", default=list(ATTACKS), help="attack entries to run (default: %(default)s)"
     )
@@ -57,14 +60,20 @@ def main() -> None:
         model = model.to(dtype)
         one_draw = sum(zero_gradient_share(model, x, y, 1) for _ in range(DRAWS)) / DRAWS
         with torch.no_grad():
-            top2 = model(x, samples=DRAWS).topk(2, dim=-1).values
+            logits = model(x, samples=DRAWS)
+        top2 = logits.topk(2, dim=-1).values
+        # float32's softmax rounds the true class's probability to exactly 1 once the others' sum is below its
+        # half-ulp (gaps above ~17): the cross-entropy's gradient then loses its true-class term, and its direction
+        # only pushes the other logits up (a float64 loss keeps both).
+        certain = logits.float().softmax(-1).gather(-1, y.expand(DRAWS, -1).unsqueeze(-1)) == 1
         seed = run.data.tags.get("advbayes.seed", "?")
         name = run.data.tags.get("mlflow.runName", "?")
         print(f"{name} seed {seed} (run {run.info.run_id[:8]}), {n} test examples, eps {args.eps}, {dtype}:")
         print(
             f"  cross-entropy input gradient exactly 0: {one_draw:.3f} of examples for one draw (mean of {DRAWS}), "
             f"{zero_gradient_share(model, x, y, DRAWS):.3f} summed over {DRAWS} draws; median gap between the top "
-            f"two logits {(top2[..., 0] - top2[..., 1]).median():.1f}"
+            f"two logits {(top2[..., 0] - top2[..., 1]).median():.1f}; true class's float32 probability exactly 1 "
+            f"(the gradient's true-class term lost) for {certain.double().mean():.3f} of examples and draws"
         )
 
         def accuracy(inputs: torch.Tensor) -> float:
