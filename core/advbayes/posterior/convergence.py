@@ -4,6 +4,7 @@ both have settled over the last epochs, and the width must have left its initial
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 
 import attrs
@@ -51,13 +52,20 @@ class ConvergenceVerdict:
 
 
 def relative_change(values: Sequence[float], window: int, floor: float = 1e-12) -> float:
-    """|mean of the last `window` values - mean of the `window` before| / max(|the latter|, floor) (nan with fewer
-    than 2 x window values): window means, because one epoch's mean loss carries its batches' noise."""
+    """How much the last `window` values moved from the `window` before, relative to max(|before|, floor): the larger
+    of the change of their means and of their medians (nan with fewer than 2 x window values).
+
+    Window means, because one epoch's mean loss carries its batches' noise; and medians too, because one noisy
+    epoch (an ELBO spike) lifts a window's mean enough to match the window before while the loss is still
+    falling: gradient-limit-mnist-5k stopped a posterior at 5.0 nats that way (means 6.35 -> 6.42, medians 6.26
+    -> 5.87), where its other seeds settled near 2.7."""
     if len(values) < 2 * window:
         return math.nan
-    before = sum(values[-2 * window : -window]) / window
-    now = sum(values[-window:]) / window
-    return abs(now - before) / max(abs(before), floor)
+    before, now = values[-2 * window : -window], values[-window:]
+    scale = max(abs(sum(before) / window), floor)
+    by_mean = abs(sum(now) / window - sum(before) / window)
+    by_median = abs(statistics.median(now) - statistics.median(before))
+    return max(by_mean, by_median) / scale
 
 
 def loss_change(losses: Sequence[float], window: int) -> float:
@@ -115,7 +123,7 @@ def convergence_findings(run: str, verdict: ConvergenceVerdict) -> list[Finding]
         )
     if math.isnan(verdict.width_change) or math.isnan(verdict.loss_change):
         reasons.append(
-            f"convergence not shown: the verdict compares the means of two windows of {verdict.window} epochs, so it "
+            f"convergence not shown: the verdict compares two windows of {verdict.window} epochs, so it "
             f"needs at least {2 * verdict.window} epochs (convergence_window {verdict.window})"
         )
     elif not (verdict.width_change < verdict.tol and verdict.loss_change < verdict.tol):
