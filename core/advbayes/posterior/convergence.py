@@ -62,10 +62,10 @@ def relative_change(values: Sequence[float], window: int, floor: float = 1e-12) 
     if len(values) < 2 * window:
         return math.nan
     before, now = values[-2 * window : -window], values[-window:]
-    scale = max(abs(sum(before) / window), floor)
-    by_mean = abs(sum(now) / window - sum(before) / window)
+    mean_before = sum(before) / window
+    by_mean = abs(sum(now) / window - mean_before)
     by_median = abs(statistics.median(now) - statistics.median(before))
-    return max(by_mean, by_median) / scale
+    return max(by_mean, by_median) / max(abs(mean_before), floor)
 
 
 def loss_change(losses: Sequence[float], window: int) -> float:

@@ -45,8 +45,9 @@ def hardware_tags(device: str) -> dict[str, str]:
     return tags
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere what `platform` knows)."""
+    """The CPU's model name (Linux: /proc/cpuinfo; elsewhere what `platform` knows), read once per process."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:
