@@ -27,7 +27,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/advbayes run quickstart
 
-LINTED := core plugins examples tests benchmarks  # tests/test_lint.py lists the same
+LINTED := core plugins examples tests benchmarks docs/scripts  # tests/test_lint.py lists the same
 
 lint: install
 	$(BIN)/python -m ruff check $(LINTED)
