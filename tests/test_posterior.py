@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from mlflow import MlflowClient
 from torch import nn
@@ -15,7 +16,7 @@ from torch.func import functional_call
 import advbayes
 from advbayes.errors import RunError
 from advbayes.posterior import convergence_findings, convergence_verdict, width_statistics
-from advbayes.posterior.convergence import LOSS_FLOOR, loss_change, relative_change
+from advbayes.posterior.convergence import LOSS_FLOOR, loss_change, relative_change, relative_trend
 from advbayes.posterior.optimizers import IVONSteps, make_optimizer
 from advbayes.posterior.width import WIDTH_KEY
 from advbayes.registry import load_registry
@@ -267,3 +268,31 @@ def test_one_noisy_epoch_cannot_make_a_falling_loss_look_settled() -> None:
     assert relative_change(flat, 5) == pytest.approx(abs(sum(flat[5:]) - sum(flat[:5])) / sum(flat[:5]))
     rising = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.1, 1.1, 1.1]  # a step up: both move
     assert relative_change(rising, 5) == pytest.approx(0.1)
+
+
+def test_relative_trend_is_the_theil_sen_slope_over_the_last_span_relative_to_their_median() -> None:
+    rng = np.random.default_rng(0)
+    values = [float(v) for v in 3.0 - 0.01 * np.arange(14) + rng.normal(0, 0.02, 14)]
+    values[9] = 9.0  # one noisy epoch: the median of the pairwise slopes barely notices it
+    last = values[-10:]
+    expected = scipy.stats.theilslopes(last)[0] / float(np.median(last))  # a second implementation
+    assert relative_trend(values, 10) == pytest.approx(expected, rel=1e-12)
+    assert -0.006 < relative_trend(values, 10) < -0.002  # falling by ~0.01 / 3 per step despite the spike
+    assert relative_trend([5.0 - 0.1 * i for i in range(6)], 4) == pytest.approx(-0.1 / 4.65)  # exact on a line
+    assert relative_trend([2e-4, 4e-4, 6e-4], 3) == pytest.approx(2e-4 / 4e-4)  # sigma^2 is never floored
+    assert relative_trend([0.0, 0.001], 2, floor=LOSS_FLOOR) == pytest.approx(0.001 / LOSS_FLOOR)
+    assert math.isnan(relative_trend(values, 15)) and math.isnan(relative_trend(values, 1))
+
+
+def test_a_converged_verdict_logs_how_fast_width_and_loss_still_moved() -> None:
+    # the rule compares two windows against tol: a loss falling 0.3 % per epoch moves ~1.5 % per 5-epoch window
+    losses = [3.0 * (1 - 0.003 * i) for i in range(20)]
+    widths = [1e-2] * 20
+    verdict = convergence_verdict(history(widths, losses), 1e-4, tol=0.02, window=5)
+    assert verdict is not None and verdict.converged
+    metrics = verdict.metrics()
+    last = losses[-10:]
+    assert metrics["posterior/loss_trend"] == pytest.approx(-3.0 * 0.003 / float(np.median(last)))
+    assert metrics["posterior/width_trend"] == 0.0
+    short = convergence_verdict(history(widths[:6], losses[:6]), 1e-4, tol=0.02, window=5)
+    assert short is not None and math.isnan(short.metrics()["posterior/loss_trend"])

@@ -65,6 +65,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Source:
         seeds=[0, 1],
         epochs=2,
         eps=[0.0, 0.1],
+        convergence_window=1,  # 2 epochs are then enough for the trends of the posterior table
     )
     output = invoke(["export", "moons", "--out", str(folder / "records"), "--tracking-uri", store])
     assert output.startswith("4 run records (")
@@ -115,6 +116,24 @@ def test_records_give_the_stores_tables_and_verdicts(exported: Path, source: Sou
     assert "| not-greater |" not in from_records and "A - B < 0.5" in from_records
     verdict = re.search(r"\| (posterior not converged \()?(held|did not hold|inconclusive)[;|) ]", from_records)
     assert verdict is not None
+
+
+def test_the_report_shows_where_each_posterior_stopped_and_how_fast_it_still_moved(exported: Path) -> None:
+    text = report("--records", "records", out="stopped")
+    table = text.split("### posterior where training stopped")[1].split("\n### ")[0]
+    assert "standard" not in table  # no Gaussian weights, no row
+    for file in sorted((exported / "records" / "moons").glob("bnn-seed*.json")):
+        record = json.loads(file.read_text())
+        (w1, w2), (l1, l2) = (
+            [v for _, v in record["histories"][k]] for k in ("train/posterior/sigma2_mean", "train/loss")
+        )
+        # over 2 epochs (2 x convergence_window 1) the Theil-Sen slope is the one difference, the median the mean
+        width_trend, loss_trend = (w2 - w1) / ((w1 + w2) / 2), (l2 - l1) / ((l1 + l2) / 2)
+        converged = "yes" if record["metrics"]["model/posterior/converged"] == 1 else "no"
+        ratio = record["metrics"]["model/posterior/width_over_initial"]
+        seed = record["tags"]["advbayes.seed"]
+        row = f"| bnn (seed {seed}) | 2 | {converged} | x{ratio:.3g} | {width_trend:+.3%} | {loss_trend:+.3%} |"
+        assert row in table, (row, table)
 
 
 def test_records_hold_no_weights_and_are_one_readable_line_per_value(exported: Path) -> None:
@@ -185,7 +204,7 @@ def test_an_export_keeps_the_records_of_runs_its_store_never_held_unless_a_newer
     other = f"sqlite:///{tmp_path / 'other.db'}"  # another machine's store: standard, seeds 0 and 2
     group = advbayes.run(
         "moons", tracking_uri=other, pm=create_plugin_manager(), defense="standard", seeds=[0, 2], epochs=2,
-        eps=[0.0, 0.1],
+        eps=[0.0, 0.1], convergence_window=1,  # the source's settings: a newer run of the same configuration
     )  # fmt: skip
     assert isinstance(group, advbayes.RunGroup)
     newer_seed0, seed2 = group.run_ids

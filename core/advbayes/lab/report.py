@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ from advbayes.lab.figure_specs import FigureSpec, param_number, x_of
 from advbayes.lab.figures import Point, drawable_metrics, experiment_figure, save_figure, series_figure
 from advbayes.lab.records import read_records
 from advbayes.lab.sources import RecordRuns, RunSource, StoreRuns, values_by_key
+from advbayes.posterior import WIDTH_KEY
+from advbayes.posterior.convergence import LOSS_FLOOR, relative_trend
 from advbayes.results import format_value
 from advbayes.tracking.runs import RESUMED_CODE_TAG, commit_text
 from advbayes.tracking.settings import group_label, varied_settings
@@ -219,6 +222,7 @@ def experiment_section(store: RunSource, name: str, out: Path, figures_dir: Path
             for r in runs
         ]
         parts += ["", "### training (last epoch)", "", markdown_table(["defense", *train_keys], rows)]
+    parts += posterior_at_stop(store, runs, label_of)
     model_keys = sorted({k for r in runs for k in r.data.metrics if k.startswith("model/")})  # not the store's order
     if model_keys:
         rows = [
@@ -239,6 +243,50 @@ def experiment_section(store: RunSource, name: str, out: Path, figures_dir: Path
             parts += ["", f"### figures: {label}", ""]
             parts += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in copied]
     return "\n".join(parts)
+
+
+def posterior_at_stop(store: RunSource, runs: Sequence[Any], label_of: Mapping[str, str]) -> list[str]:
+    """A table of each Gaussian posterior where training stopped: epochs, the rule's verdict, its width against the
+    initial one, and how fast width and loss still moved (relative_trend over the last 2 x convergence_window
+    epochs, from the run's history, so records made before runs logged it get it too). [] without such runs."""
+    rows = []
+    for run in runs:
+        widths = [value for _, value in store.history(run.info.run_id, f"train/{WIDTH_KEY}")]
+        if not widths:
+            continue
+        losses = [value for _, value in store.history(run.info.run_id, "train/loss")]
+        span = 2 * int(run.data.params.get("convergence_window", 5))
+        metrics = run.data.metrics
+        converged = metrics.get("model/posterior/converged")
+        ratio = metrics.get("model/posterior/width_over_initial")
+        rows.append(
+            [
+                label_of[run.info.run_id],
+                str(len(widths)),
+                "-" if converged is None else "yes" if converged == 1 else "no",
+                "-" if ratio is None else f"x{ratio:.3g}",
+                percent_or_dash(relative_trend(widths, span)),
+                percent_or_dash(relative_trend(losses, span, floor=LOSS_FLOOR)),
+            ]
+        )
+    if not rows:
+        return []
+    header = ["defense", "epochs", "converged", "sigma^2 / initial", "sigma^2 trend / epoch", "loss trend / epoch"]
+    return [
+        "",
+        "### posterior where training stopped",
+        "",
+        "Trends: the Theil-Sen slope per epoch over the last 2 x convergence_window epochs, relative to their median "
+        "(the convergence rule compares two windows against its tolerance, so a loss that falls steadily by less "
+        "than the tolerance per window meets it while still falling).",
+        "",
+        markdown_table(header, rows),
+    ]
+
+
+def percent_or_dash(value: float) -> str:
+    """A signed share as `+0.123%`, or `-` for nan (too few epochs)."""
+    return "-" if math.isnan(value) else f"{value:+.3%}"
 
 
 def param_series(store: RunSource, spec: FigureSpec) -> dict[str, dict[float, list[float]]]:

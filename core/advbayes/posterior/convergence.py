@@ -32,6 +32,10 @@ class ConvergenceVerdict:
     initial_width: float
     final_width: float
     diverged: bool = False  # the last window's mean loss is above the first epoch's: settled, but not trained
+    # Where the rule stopped, how fast each still moved (relative_trend over the last 2 x window epochs): the rule
+    # judges a change per window against tol, so a loss falling steadily by less than tol per window passes it.
+    width_trend: float = math.nan
+    loss_trend: float = math.nan
 
     @property
     def left_initial_width(self) -> bool:
@@ -48,6 +52,8 @@ class ConvergenceVerdict:
             "posterior/width_change": self.width_change,
             "posterior/loss_change": self.loss_change,
             "posterior/width_over_initial": ratio,
+            "posterior/width_trend": self.width_trend,
+            "posterior/loss_trend": self.loss_trend,
         }
 
 
@@ -66,6 +72,18 @@ def relative_change(values: Sequence[float], window: int, floor: float = 1e-12) 
     by_mean = abs(sum(now) / window - mean_before)
     by_median = abs(statistics.median(now) - statistics.median(before))
     return max(by_mean, by_median) / max(abs(mean_before), floor)
+
+
+def relative_trend(values: Sequence[float], span: int, floor: float = 1e-12) -> float:
+    """The Theil-Sen slope per step of the last `span` values (the median of their pairwise slopes), relative to
+    max(|their median|, floor): signed, negative while falling (nan with fewer than `span` values, or span < 2).
+
+    A median of slopes, not a least-squares fit, so one noisy epoch does not set the trend."""
+    if span < 2 or len(values) < span:
+        return math.nan
+    last = values[-span:]
+    slopes = [(last[j] - last[i]) / (j - i) for i in range(span) for j in range(i + 1, span)]
+    return statistics.median(slopes) / max(abs(statistics.median(last)), floor)
 
 
 def loss_change(losses: Sequence[float], window: int) -> float:
@@ -101,6 +119,8 @@ def convergence_verdict(
         initial_width=initial_width,
         final_width=widths[-1],
         diverged=diverged,
+        width_trend=relative_trend(widths, 2 * window),
+        loss_trend=relative_trend(losses, 2 * window, floor=LOSS_FLOOR),
     )
     return attrs.evolve(verdict, converged=settled and verdict.left_initial_width and not diverged)
 
