@@ -11,7 +11,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from advbayes.errors import RunError
+from advbayes.experiment import Experiment
 from advbayes.intervals import format_interval, is_companion, mean_sd
 from advbayes.lab.claims import (
     CLAIM_HEADER,
@@ -34,6 +37,7 @@ from advbayes.tracking.runs import RESUMED_CODE_TAG, commit_text
 from advbayes.tracking.settings import group_label, varied_settings
 from advbayes.tracking.store import client_for
 
+DEFAULT_WINDOW = attrs.fields(Experiment).convergence_window.default  # for a run that did not log it
 TRAIN_COLUMNS = ("loss", "ce", "acc", "kl_per_param", "mean_sigma2", "r", "omega_m", "omega_s", "epoch_seconds")
 
 
@@ -255,7 +259,7 @@ def posterior_at_stop(store: RunSource, runs: Sequence[Any], label_of: Mapping[s
         if not widths:
             continue
         losses = [value for _, value in store.history(run.info.run_id, "train/loss")]
-        span = 2 * int(run.data.params.get("convergence_window", 5))
+        span = 2 * int(run.data.params.get("convergence_window", DEFAULT_WINDOW))
         metrics = run.data.metrics
         converged = metrics.get("model/posterior/converged")
         ratio = metrics.get("model/posterior/width_over_initial")
