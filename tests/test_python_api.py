@@ -14,6 +14,7 @@ import advbayes
 import advbayes.attacks
 from advbayes.errors import RegistryError
 from advbayes.stochastic import frozen, kl, to_bayesian
+from advbayes.testing import assert_one_clear_error
 
 
 def small_net() -> nn.Module:
@@ -130,6 +131,27 @@ def test_inputs_outside_the_value_range_are_refused_in_one_line_not_clamped() ->
     assert isinstance(caught.value, ValueError) and "\n" not in str(caught.value)  # as torchattacks: a ValueError
     x_adv = FGSM(eps=0.01, value_range=(-2.0, 2.0))(net, normalized, y)  # the inputs' own range: honoured
     assert float((x_adv - normalized).abs().amax()) <= 0.01 + 1e-6
+
+
+def test_a_registry_entry_takes_the_inputs_value_range_as_the_classes_do_and_a_bad_range_is_one_line() -> None:
+    """The error above says "pass value_range=(low, high)"; entry() refused the key until 2026-12-07."""
+    from advbayes.attacks import FGSM
+
+    net, (x, y) = small_net(), batch()
+    normalized = (x - 0.5) / 0.25
+    torch.manual_seed(0)
+    ten_classes = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))  # APGD-DLR needs 4 classes or more
+    for name, model in (("fgsm", net), ("autoattack-rand", ten_classes)):  # composite: its parts take its range
+        x_adv = advbayes.attacks.entry(name, eps=0.05, value_range=(-2.0, 2.0))(model, normalized, y)
+        assert float((x_adv - normalized).abs().amax()) <= 0.05 + 1e-6
+        assert -2.0 <= float(x_adv.min()) and float(x_adv.max()) <= 2.0
+    unbounded = advbayes.attacks.entry("fgsm", eps=3.0, value_range=(-math.inf, math.inf))(net, normalized, y)
+    assert float((unbounded - normalized).abs().amax()) == pytest.approx(3.0)  # nothing clamps the step
+    by_entry = advbayes.attacks.entry("fgsm", eps=0.05, value_range=[-2, 2])(net, normalized, y)
+    assert torch.equal(by_entry, FGSM(eps=0.05, value_range=(-2.0, 2.0))(net, normalized, y))  # the same step
+    for bad in ((2.0, 1.0), "wide", (0.0, 1.0, 2.0), (0.0, math.nan), (False, 1.0)):
+        for make in (lambda: FGSM(eps=0.05, value_range=bad), lambda: advbayes.attacks.entry("fgsm", value_range=bad)):
+            assert_one_clear_error(make, "key 'value_range'", "two numbers, low < high", f"got {bad!r}")
 
 
 def test_an_linf_eps_wider_than_the_value_range_is_refused_and_an_l2_one_is_not() -> None:

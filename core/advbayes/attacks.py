@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 API_SOURCE = "advbayes.attacks"
 PREDICTION_KEYS = ("inference_samples", "prediction_average")  # how the defense predicts: set by the engine in a run
+CALL_KEYS = (*PREDICTION_KEYS, "value_range")  # set per use, not registry keys: the run engine sets them from its parts
 RANGE_TOLERANCE = 1e-6  # float noise at the edges of the range (e.g. 1.0000001 after a normalization round trip)
 
 
@@ -36,9 +37,9 @@ class OneCallAttack:
     def __init__(self, **params: Any) -> None:
         from advbayes.registry import construct
 
-        own = {key: value for key, value in params.items() if key not in PREDICTION_KEYS}
+        own = {key: value for key, value in params.items() if key not in CALL_KEYS}
         attack = construct(self.component, own, file=API_SOURCE, entry=type(self).__name__)
-        self.attack: Attack = with_prediction(attack, params, type(self).__name__)
+        self.attack: Attack = with_call_settings(attack, params, type(self).__name__)
 
     @classmethod
     def wrapping(cls, attack: Attack, name: str) -> OneCallAttack:
@@ -105,11 +106,12 @@ class OneCallAttack:
         return f"{type(self).__name__}({self.attack!r})"
 
 
-def with_prediction(attack: Attack, params: dict[str, Any], where: str) -> Attack:
-    """The attack with the prediction settings a run takes from its defense (S_I, the average), when given."""
+def with_call_settings(attack: Attack, params: dict[str, Any], where: str) -> Attack:
+    """The attack with the settings a run takes from its defense (S_I, the average) and its data set (the value
+    range), when given, each checked before any work."""
     import attrs
 
-    given = {key: params[key] for key in PREDICTION_KEYS if key in params}
+    given = {key: params[key] for key in CALL_KEYS if key in params}
     samples = given.get("inference_samples", 1)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise RegistryError(
@@ -122,7 +124,24 @@ def with_prediction(attack: Attack, params: dict[str, Any], where: str) -> Attac
             entry=where,
             key="prediction_average",
         )
+    if "value_range" in given:
+        given["value_range"] = checked_range(given["value_range"], where)
     return attrs.evolve(attack, **given) if given else attack
+
+
+def checked_range(value: Any, where: str) -> tuple[float, float]:
+    """value_range as (low, high) floats, or one line saying what was given instead; a bound may be infinite (an
+    unbounded feature, as half-moons' coordinates: nothing to clamp), not nan."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else ()
+    numbers = len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+    if not (numbers and pair[0] < pair[1]):  # nan compares False
+        raise RegistryError(
+            f"expected (low, high): two numbers, low < high, got {value!r}",
+            file=API_SOURCE,
+            entry=where,
+            key="value_range",
+        )
+    return float(pair[0]), float(pair[1])
 
 
 def check_inputs(name: str, attack: Attack, x: torch.Tensor) -> None:
@@ -203,11 +222,11 @@ def entry_of(registry: Registry, name: str, **overrides: Any) -> OneCallAttack:
     """`entry` from a given registry (one loaded with the caller's --registry files)."""
     where = ("registry", f"attacks.{name}", "")
     resolved = registry.resolve("attacks", name, where=where)
-    unknown = sorted(set(overrides) - set(resolved) - set(PREDICTION_KEYS))
+    unknown = sorted(set(overrides) - set(resolved) - set(CALL_KEYS))
     if unknown:
-        keys = sorted({*resolved, *PREDICTION_KEYS})
+        keys = sorted({*resolved, *CALL_KEYS})
         raise RegistryError(f"unknown key '{unknown[0]}'; keys: {', '.join(keys)}", file=API_SOURCE)
-    own = {key: value for key, value in overrides.items() if key not in PREDICTION_KEYS}
+    own = {key: value for key, value in overrides.items() if key not in CALL_KEYS}
     resolved = registry.resolve("attacks", {**resolved, **own}, where=where)
-    attack = with_prediction(registry.build("attacks", resolved), overrides, name)
+    attack = with_call_settings(registry.build("attacks", resolved), overrides, name)
     return OneCallAttack.wrapping(attack, name)
