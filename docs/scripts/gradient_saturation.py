@@ -25,6 +25,7 @@ from tracked_split import experiment_split, newest_models  # docs/scripts/tracke
 
 import advbayes
 import advbayes.attacks
+from advbayes.registry import load_registry
 
 DRAWS = 20
 ATTACKS = ("fgsm-posterior", "pgd-15-posterior", "autoattack-rand")
@@ -34,7 +35,8 @@ def zero_gradient_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor, samp
     """The share of examples whose input gradient of the summed cross-entropy over `samples` draws is exactly 0."""
     inputs = x.clone().requires_grad_(True)
     logits = model(inputs, samples=samples)  # [S, B, k]
-    loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(samples), reduction="sum")
+    # len(logits) is `samples`, or 1 for a deterministic network (its one draw is all there is)
+    loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(len(logits)), reduction="sum")
     (gradient,) = torch.autograd.grad(loss, inputs)
     return float((gradient.flatten(1).abs().sum(1) == 0).double().mean())
 
@@ -52,7 +54,8 @@ def main() -> None:
         "--attacks", nargs="*", default=list(ATTACKS), help="attack entries to run (default: %(default)s)"
     )
     args = parser.parse_args()
-    pm, _, x, y = experiment_split(args.experiment, "test", args.examples)
+    pm, spec, x, y = experiment_split(args.experiment, "test", args.examples)
+    value_range = load_registry(pm=pm).build("datasets", spec["dataset"]).value_range  # what the attacks clamp to
     n = len(y)
     dtype = torch.float64 if args.float64 else torch.float32
     x = x.to(dtype)
@@ -65,7 +68,8 @@ def main() -> None:
         # float32's softmax rounds the true class's probability to exactly 1 once the others' sum is below its
         # half-ulp (gaps above ~17): the cross-entropy's gradient then loses its true-class term, and its direction
         # only pushes the other logits up (a float64 loss keeps both).
-        certain = logits.float().softmax(-1).gather(-1, y.expand(DRAWS, -1).unsqueeze(-1)) == 1
+        draws = logits.shape[0]  # DRAWS, or 1 for a deterministic network
+        certain = logits.float().softmax(-1).gather(-1, y.expand(draws, -1).unsqueeze(-1)) == 1
         seed = run.data.tags.get("advbayes.seed", "?")
         name = run.data.tags.get("mlflow.runName", "?")
         print(f"{name} seed {seed} (run {run.info.run_id[:8]}), {n} test examples, eps {args.eps}, {dtype}:")
@@ -85,7 +89,8 @@ def main() -> None:
         for name in args.attacks:
             started = time.perf_counter()
             given = {} if args.attack_samples is None else {"attack_samples": args.attack_samples}
-            x_adv = advbayes.attacks.entry(name, eps=args.eps, **given)(model, x, y)
+            attack = advbayes.attacks.entry(name, eps=args.eps, value_range=value_range, **given)
+            x_adv = attack(model, x, y)
             print(f"  {name}: {accuracy(x_adv):.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
