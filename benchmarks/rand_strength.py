@@ -69,6 +69,30 @@ def row(name: str, verdicts: dict[str, torch.Tensor], seconds: float | None = No
     return f"{name:<34} {shares} {'' if seconds is None else f'{seconds:>8.0f}'}"
 
 
+def compare(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: dict[str, Callable[[], torch.Tensor]],
+    eps: float,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Print the table: the clean row, then each attack's row, every attack from the same restarted draws and
+    judged on the same fresh ones; returns each attack's per-example verdicts."""
+    print(f"{'':<34} {'one draw':>9} {'S_I = 10':>9} {'all R':>9} {'seconds':>8}")
+    print(row("clean", judged(model, x, y)), flush=True)
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    for name, attack in attacks.items():
+        restart_draws(model, 0)  # each attack's draws whatever ran before it
+        started = time.perf_counter()
+        x_adv = attack().to(x.device)
+        seconds = time.perf_counter() - started
+        if float((x_adv - x).abs().amax()) > eps + 1e-5:
+            raise SystemExit(f"{name}: left the eps ball ({float((x_adv - x).abs().amax()):.4g} > {eps})")
+        found[name] = judged(model, x_adv, y)
+        print(row(name, found[name], seconds), flush=True)
+    return found
+
+
 def official_rand(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """AutoAttack version 'rand' as its authors ship it, on one draw per call."""
     from pyautoattack import AutoAttack
@@ -134,18 +158,7 @@ def main() -> None:
         f"{source}; {len(y)} mnist-5k test digits, L_inf eps {args.eps}, device {device}, "
         f"{torch.get_num_threads()} threads"
     )
-    print(f"{'':<34} {'one draw':>9} {'S_I = 10':>9} {'all R':>9} {'seconds':>8}")
-    print(row("clean", judged(model, x, y)), flush=True)
-    found: dict[str, dict[str, torch.Tensor]] = {}
-    for name, attack in attacks.items():
-        restart_draws(model, 0)  # each attack's draws whatever ran before it
-        started = time.perf_counter()
-        x_adv = attack().to(device)
-        seconds = time.perf_counter() - started
-        if float((x_adv - x).abs().amax()) > args.eps + 1e-5:
-            raise SystemExit(f"{name}: left the eps ball ({float((x_adv - x).abs().amax()):.4g} > {args.eps})")
-        found[name] = judged(model, x_adv, y)
-        print(row(name, found[name], seconds), flush=True)
+    found = compare(model, x, y, attacks, args.eps)
     # The leaderboard protocol's verdict takes the worst case per example over its attacks: robust only if right
     # after every one (each judged on the same draws, so the per-example verdicts combine).
     for label, names in (
