@@ -31,7 +31,7 @@ from advbayes.lab.figures import Point, drawable_metrics, experiment_figure, sav
 from advbayes.lab.records import read_records
 from advbayes.lab.sources import RecordRuns, RunSource, StoreRuns, values_by_key
 from advbayes.posterior import WIDTH_KEY
-from advbayes.posterior.convergence import LOSS_FLOOR, relative_trend
+from advbayes.posterior.convergence import stop_trends
 from advbayes.results import format_value
 from advbayes.tracking.runs import RESUMED_CODE_TAG, commit_text
 from advbayes.tracking.settings import group_label, varied_settings
@@ -259,7 +259,8 @@ def posterior_at_stop(store: RunSource, runs: Sequence[Any], label_of: Mapping[s
         if not widths:
             continue
         losses = [value for _, value in store.history(run.info.run_id, "train/loss")]
-        span = 2 * int(run.data.params.get("convergence_window", DEFAULT_WINDOW))
+        window = int(run.data.params.get("convergence_window", DEFAULT_WINDOW))
+        width_trend, loss_trend = stop_trends(widths, losses, window)
         metrics = run.data.metrics
         converged = metrics.get("model/posterior/converged")
         ratio = metrics.get("model/posterior/width_over_initial")
@@ -269,8 +270,8 @@ def posterior_at_stop(store: RunSource, runs: Sequence[Any], label_of: Mapping[s
                 str(len(widths)),
                 "-" if converged is None else "yes" if converged == 1 else "no",
                 "-" if ratio is None else f"x{ratio:.3g}",
-                percent_or_dash(relative_trend(widths, span)),
-                percent_or_dash(relative_trend(losses, span, floor=LOSS_FLOOR)),
+                percent_or_dash(width_trend),
+                percent_or_dash(loss_trend),
             ]
         )
     if not rows:

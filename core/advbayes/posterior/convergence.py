@@ -86,6 +86,12 @@ def relative_trend(values: Sequence[float], span: int, floor: float = 1e-12) -> 
     return statistics.median(slopes) / max(abs(statistics.median(last)), floor)
 
 
+def stop_trends(widths: Sequence[float], losses: Sequence[float], window: int) -> tuple[float, float]:
+    """(width trend, loss trend): relative_trend of each over the last 2 x window epochs, the loss's relative to at
+    least LOSS_FLOOR nats (a width is never floored: sigma^2 lives far below 0.01)."""
+    return relative_trend(widths, 2 * window), relative_trend(losses, 2 * window, floor=LOSS_FLOOR)
+
+
 def loss_change(losses: Sequence[float], window: int) -> float:
     """relative_change of the training loss, relative to at least LOSS_FLOOR nats."""
     return relative_change(losses, window, floor=LOSS_FLOOR)
@@ -109,6 +115,7 @@ def convergence_verdict(
     changed = loss_change(losses, window)
     settled = width_change < tol and changed < tol  # nan compares False: too few epochs never converge
     diverged = len(losses) >= window and sum(losses[-window:]) / window > losses[0]
+    width_trend, loss_trend = stop_trends(widths, losses, window)
     verdict = ConvergenceVerdict(
         converged=settled,
         epochs=len(widths),
@@ -119,8 +126,8 @@ def convergence_verdict(
         initial_width=initial_width,
         final_width=widths[-1],
         diverged=diverged,
-        width_trend=relative_trend(widths, 2 * window),
-        loss_trend=relative_trend(losses, 2 * window, floor=LOSS_FLOOR),
+        width_trend=width_trend,
+        loss_trend=loss_trend,
     )
     return attrs.evolve(verdict, converged=settled and verdict.left_initial_width and not diverged)
 
