@@ -35,13 +35,11 @@ def test_gradient_saturation_measures_a_deterministic_and_a_stochastic_network(t
     standard = next(block for block in runs if block.startswith("standard"))
     run_id = next(r.run_id for r in group.results if r.spec["defense"]["name"] == "standard")
     assert f"(run {run_id[:8]})" in standard
-    spec = load_registry(pm=pm).resolve_experiment("moons")
-    x, y = first_examples(load_registry(pm=pm).build("datasets", spec["dataset"]).data("test"), 64)
+    registry = load_registry(pm=pm)
+    x, y = first_examples(registry.build("datasets", registry.resolve_experiment("moons")["dataset"]).data("test"), 64)
     model = tracked_model(pm, run_id, store, torch.device("cpu"))
-    with torch.no_grad():
-        expected = float(
-            (model(x, samples=1)[0].argmax(-1) == y).double().mean()
-        )  # deterministic: one draw is the prediction
+    with torch.no_grad():  # deterministic: one draw is the prediction
+        expected = float((model(x, samples=1)[0].argmax(-1) == y).double().mean())
     clean = re.search(r"clean (\d\.\d{3})", standard)
     assert clean is not None and float(clean.group(1)) == round(expected, 3)
     for block in runs:

@@ -25,7 +25,6 @@ from tracked_split import experiment_split, newest_models  # docs/scripts/tracke
 
 import advbayes
 import advbayes.attacks
-from advbayes.registry import load_registry
 
 DRAWS = 20
 ATTACKS = ("fgsm-posterior", "pgd-15-posterior", "autoattack-rand")
@@ -54,8 +53,7 @@ def main() -> None:
         "--attacks", nargs="*", default=list(ATTACKS), help="attack entries to run (default: %(default)s)"
     )
     args = parser.parse_args()
-    pm, spec, x, y = experiment_split(args.experiment, "test", args.examples)
-    value_range = load_registry(pm=pm).build("datasets", spec["dataset"]).value_range  # what the attacks clamp to
+    pm, _, x, y, value_range = experiment_split(args.experiment, "test", args.examples)
     n = len(y)
     dtype = torch.float64 if args.float64 else torch.float32
     x = x.to(dtype)

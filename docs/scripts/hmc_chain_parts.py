@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--store", default="sqlite:///mlflow.db")
     parser.add_argument("--experiment", default="hmc-mlp-mnist-5k")
     args = parser.parse_args()
-    pm, spec, x, y = experiment_split(args.experiment, "train")
+    pm, spec, x, y, _ = experiment_split(args.experiment, "train")
     n = int(spec["defense"].get("max_train", 10_000))  # the chains' full batch: at most max_train examples
     x, y = x[:n], y[:n]
     for run, model in newest_models(pm, args.store, args.experiment):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pluggy
 import torch
@@ -23,18 +23,28 @@ from advbayes.registry import load_registry
 from advbayes.tracking import tracked_runs
 
 
-def experiment_split(
-    experiment: str, split: str, limit: int | None = None
-) -> tuple[pluggy.PluginManager, dict[str, Any], torch.Tensor, torch.Tensor]:
-    """The plugin manager, the resolved experiment and the first `limit` examples of its split, on one CPU thread."""
+class Split(NamedTuple):
+    """An experiment's split as tensors, with what the scripts need beside it."""
+
+    pm: pluggy.PluginManager
+    spec: dict[str, Any]  # the resolved experiment
+    x: torch.Tensor
+    y: torch.Tensor
+    value_range: tuple[float, float]  # the data set's: what an attack on it clamps to
+
+
+def experiment_split(experiment: str, split: str, limit: int | None = None) -> Split:
+    """The plugin manager, the resolved experiment, the first `limit` examples of its split and the data set's value
+    range, on one CPU thread."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     torch.set_num_threads(1)
     pm = create_plugin_manager()
     registry = load_registry(pm=pm)
     spec = registry.resolve_experiment(experiment)
-    data = registry.build("datasets", spec["dataset"]).data(split)
+    dataset = registry.build("datasets", spec["dataset"])
+    data = dataset.data(split)
     x, y = first_examples(data, limit or len(data))  # type: ignore[arg-type]  # map-style data sets are sized
-    return pm, spec, x, y
+    return Split(pm, spec, x, y, dataset.value_range)
 
 
 def newest_models(
