@@ -31,6 +31,14 @@ def correct_counts(
     return (probs.argmax(dim=-1) == y.long()).sum(dim=0)
 
 
+def paired_correct_counts(
+    model: nn.Module, kept: torch.Tensor, found: torch.Tensor, y: torch.Tensor, repeats: int, samples: int, average: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """correct_counts of two candidates per example from ONE call, so both are judged on the same draws (paired)."""
+    counts = correct_counts(model, torch.cat([kept, found]), torch.cat([y, y]), repeats, samples, average)
+    return counts[: len(y)], counts[len(y) :]
+
+
 def entry_label(entry: Any, attack: Attack) -> str:
     """A sub-attack's registry entry name (apgd-ce, apgd-dlr: one component, two entries), else its component."""
     if isinstance(entry, str):
@@ -43,8 +51,13 @@ class WorstCase(Attack):
     """The worst case per example over `attacks`, each run on the examples no earlier attack broke (AutoAttack).
 
     An example counts as broken only when all R independent predictions (S_I fresh draws each) misclassify it;
-    on a deterministic model one prediction decides (R = 1). The sub-attacks take this entry's eps, norm, S_A,
-    value range and prediction rule.
+    on a deterministic model one prediction decides (R = 1). After each sub-attack, its point and the one kept so
+    far are judged on the same fresh draws, and its point is kept where it is right on fewer of the R predictions.
+    On a stochastic model it is also kept on a tie with the clean input: a tie there is no evidence that the attack
+    failed, and keeping the clean input on ties left autoattack-rand weaker than its own APGD-CE
+    (benchmarks/README.md, apgd_step_rule.py). On a deterministic model a tie is a failed attack and the clean
+    input stays, as in the official AutoAttack. The sub-attacks take this entry's eps, norm, S_A, value range and
+    prediction rule.
     """
 
     name: ClassVar[str] = "worst-case"
@@ -94,8 +107,10 @@ class WorstCase(Attack):
         if not self.inner:
             raise RunError("attack 'worst-case' used before bind(): the run engine binds it to its sub-attacks")
         x, y = x.detach(), y.long()
-        repeats = self.verdict_repeats if is_stochastic(model, x) else 1
+        stochastic = is_stochastic(model, x)
+        repeats = self.verdict_repeats if stochastic else 1
         best_x = x.clone()
+        attacked = torch.zeros(len(y), dtype=torch.bool, device=y.device)  # best_x is some sub-attack's point
         right = correct_counts(model, x, y, repeats, self.inference_samples, self.prediction_average)
         diagnostics: dict[str, Any] = {"robust_clean": float((right > 0).float().mean())}
         for step, (entry, attack) in enumerate(zip(self.attacks, self.inner), start=1):
@@ -117,13 +132,16 @@ class WorstCase(Attack):
                 prediction_average=self.prediction_average,
             )
             found = configured(model, x[active], y[active]).x_adv.detach()
-            found_right = correct_counts(
-                model, found, y[active], repeats, self.inference_samples, self.prediction_average
+            kept_right, found_right = paired_correct_counts(
+                model, best_x[active], found, y[active], repeats, self.inference_samples, self.prediction_average
             )
-            better = found_right < right[active]
-            chosen, counts = best_x[active], right[active]
-            chosen[better], counts[better] = found[better], found_right[better]
-            best_x[active], right[active] = chosen, counts
+            better = found_right < kept_right
+            if stochastic:
+                better |= (found_right == kept_right) & ~attacked[active]
+            chosen = best_x[active]
+            chosen[better] = found[better]
+            best_x[active], right[active] = chosen, torch.where(better, found_right, kept_right)
+            attacked[active] |= better
             diagnostics[f"robust_after_{entry_label(entry, attack)}"] = float((right > 0).float().mean())
         delta = best_x - x
         return AttackResult(x_adv=best_x, delta=delta, diagnostics={**lengths(delta), **diagnostics})

@@ -4,6 +4,7 @@ Bayesian network, the worst case per example, attack hygiene (labels, modes, val
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import attrs
 import pytest
@@ -238,6 +239,70 @@ def test_the_cached_l2_square_keeps_unit_norm_and_signed_halves_through_an_l2_at
         assert bool((halves[0] >= 0).all()) and bool((halves[1] <= 0).all())
 
 
+class SharedNoiseMargin(nn.Module):
+    """Two classes; class 1 wins a draw when x[:, 0] + noise > 0, the noise drawn once per draw for the whole batch
+    (as a Bayesian layer draws its weights), so two inputs judged in one call are judged on the same draws. x[:, 1:]
+    is ignored."""
+
+    takes_samples = True
+
+    def forward(self, x: torch.Tensor, samples: int = 1) -> torch.Tensor:
+        margin = x[:, 0] + torch.randn(samples, 1)
+        return torch.stack([torch.zeros_like(margin), margin], dim=-1)
+
+
+@attrs.frozen(kw_only=True)
+class Shift(advbayes.Attack):
+    """A stand-in sub-attack with a known outcome: feature 0 moved by `by`, feature 1 (which the model ignores) by
+    0.5, so the returned point always differs from the clean input."""
+
+    name: ClassVar[str] = "shift"
+    by: float = 0.0
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> advbayes.AttackResult:
+        x_adv = x + torch.tensor([self.by, 0.5])
+        return advbayes.AttackResult(x_adv=x_adv, delta=x_adv - x)
+
+
+def worst_case_of(*shifts: float, repeats: int) -> advbayes.Attack:
+    """worst-case (R = `repeats`) over Shift sub-attacks, built through the registry and bound to the stand-ins."""
+    from advbayes.components import EvalContext
+
+    names = [f"shift-{i}" for i in range(len(shifts))]
+    entries = [{"extends": "fgsm", "name": name} for name in names]
+    ensemble = attack({"use": "worst-case", "attacks": entries, "verdict_repeats": repeats}, eps=1.0)
+    stand_ins = {name: Shift(by=by) for name, by in zip(names, shifts)}
+    return ensemble.bind(EvalContext(build_attack=lambda entry: stand_ins[entry["name"]], device=torch.device("cpu")))
+
+
+def margins(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """400 inputs of class 1 whose feature 0 spans [1, 3]: right on a draw with probability Phi(1) to Phi(3)."""
+    torch.manual_seed(seed)
+    return torch.stack([torch.linspace(1.0, 3.0, 400), torch.zeros(400)], dim=1), torch.ones(400, dtype=torch.long)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_worst_case_keeps_an_attack_point_that_ties_the_clean_input_on_a_stochastic_model(seed: int) -> None:
+    """An attack point the model cannot tell from the clean input is right on exactly the same of the same draws:
+    it is kept (a tie is no evidence the attack failed). Kept only when strictly better, the clean input stays
+    everywhere; judged on separate draws, on some examples in two of these three seeds. The strict rule kept it on about four digits in ten of a noisy
+    Bayesian network (benchmarks/README.md, apgd_step_rule.py)."""
+    x, y = margins(seed)
+    result = worst_case_of(0.0, repeats=20)(SharedNoiseMargin(), x, y)
+    assert torch.equal(result.x_adv, Shift()(SharedNoiseMargin(), x, y).x_adv)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_worst_case_never_trades_an_attack_point_for_one_right_on_more_of_the_same_draws(seed: int) -> None:
+    """The second sub-attack's point (feature 0 lowered by 0.4) is right on every draw where the first's (lowered
+    by 0.8) is, so judged on the same draws it never wins; judged on separate draws it wins on some examples in two
+    of these three seeds."""
+    x, y = margins(seed)
+    result = worst_case_of(-0.8, -0.4, repeats=20)(SharedNoiseMargin(), x, y)
+    assert torch.equal(result.x_adv, Shift(by=-0.8)(SharedNoiseMargin(), x, y).x_adv)
+    assert float(result.diagnostics["robust_after_shift-1"]) == 1.0  # 20 draws all below -2.2: never here
+
+
 # 1,000 queries of random search on this MLP, seeds 0-2: ours 0.402-0.410 vs official 0.404-0.414 (Linf 0.08) and
 # 0.380-0.388 vs 0.390-0.396 (L2 1.5); a seed moves either implementation by about a point.
 SQUARE_TOLERANCE = 0.03
@@ -268,6 +333,7 @@ def test_worst_case_breaks_exactly_the_examples_some_attack_breaks() -> None:
         expected &= mask
     assert torch.equal(predict(net, combined)[0].argmax(-1) == y, expected)
     assert float((combined - x).abs().max()) <= 0.05 + 1e-6
+    assert torch.equal(combined[expected], x[expected])  # a failed attack leaves the clean input, as official AA does
     # what it says while it works: each sub-attack and the examples it gets (those every earlier one left robust)
     assert said[0] == f"fgsm (1/2) on the {clean_right} of 256 examples still robust"
     left = int(((predict(net, x)[0].argmax(-1) == y) & robust[0]).sum())
