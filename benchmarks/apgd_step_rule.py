@@ -1,8 +1,8 @@
 """Strength, not time: does APGD's step-size rule read a noisy loss as a stalled one? APGD-CE (S_A = 20, its last
 iterate, as autoattack-rand runs it) at its default rho 0.75 and with its oscillation rule off, beside EOT-PGD-40
-with the same 20 draws, and autoattack-rand (APGD-CE then APGD-DLR, each example kept where the chain's own R
-predictions were fewest right), on rand_strength.py's network, every attack's examples judged on the same fresh
-draws.
+with the same 20 draws, and autoattack-rand (APGD-CE then APGD-DLR, per example the point right on fewer of R
+predictions on the same draws as the point kept so far, or on a tie with the clean input), on rand_strength.py's
+network, every attack's examples judged on the same fresh draws.
 
     python benchmarks/apgd_step_rule.py [--examples 400] [--eps 0.1] [--device cpu|cuda]
 

@@ -34,7 +34,7 @@ def correct_counts(
 def paired_correct_counts(
     model: nn.Module, kept: torch.Tensor, found: torch.Tensor, y: torch.Tensor, repeats: int, samples: int, average: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """correct_counts of two candidates per example from ONE call, so both are judged on the same draws (paired)."""
+    """correct_counts of two candidates from ONE call: on the same draws where the model draws weights per call."""
     counts = correct_counts(model, torch.cat([kept, found]), torch.cat([y, y]), repeats, samples, average)
     return counts[: len(y)], counts[len(y) :]
 
@@ -52,7 +52,8 @@ class WorstCase(Attack):
 
     An example counts as broken only when all R independent predictions (S_I fresh draws each) misclassify it;
     on a deterministic model one prediction decides (R = 1). After each sub-attack, its point and the one kept so
-    far are judged on the same fresh draws, and its point is kept where it is right on fewer of the R predictions.
+    far are judged in one call on fresh draws (the same weight draws for both, where the model draws its weights per
+    call), and its point is kept where it is right on fewer of the R predictions.
     On a stochastic model it is also kept on a tie with the clean input: a tie there is no evidence that the attack
     failed, and keeping the clean input on ties left autoattack-rand weaker than its own APGD-CE
     (benchmarks/README.md, apgd_step_rule.py). On a deterministic model a tie is a failed attack and the clean
