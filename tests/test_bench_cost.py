@@ -32,7 +32,9 @@ def test_the_projection_is_the_measured_times_scaled_to_the_protocol(isolated_cw
     for a in cost.attacks:  # the full test split at both radii of its threat model (digits has two)
         assert a.radii == 2 and a.test_examples == protocol.test_examples
         every_radius = 2 * protocol.test_examples
-        assert a.seconds_per_seed == pytest.approx((every_radius * a.at_largest, every_radius * a.full_budget))
+        # the high end never below the low (timing noise can put the largest radius above the full budget)
+        high = every_radius * max(a.full_budget, a.at_largest)
+        assert a.seconds_per_seed == pytest.approx((every_radius * a.at_largest, high))
         assert a.at_largest > 0 and a.full_budget > 0
     assert cost.defense_epoch > 0 and cost.twin_epoch > 0
     training = 300 * (cost.defense_epoch + cost.twin_epoch)
