@@ -68,12 +68,15 @@ def _log_params(client: Any, run_id: str, params: Mapping[str, str]) -> None:
         client.log_batch(run_id, params=items[start : start + 100])
 
 
-def _log_metrics(client: Any, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-
+def _metric_items(metrics: Mapping[str, float], step: int = 0) -> list[Any]:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    log_metric_items(client, run_id, [Metric(k, float(v), now, step) for k, v in metrics.items()])
+    return [Metric(k, float(v), now, step) for k, v in metrics.items()]
+
+
+def _log_metrics(client: Any, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    log_metric_items(client, run_id, _metric_items(metrics, step))
 
 
 def _log_figure(client: Any, run_id: str, figure: Any, path: str) -> None:
@@ -210,13 +213,16 @@ def _track_attack(run: Any, attack_label: str, records: Sequence[EvalRecord], fi
         for key, value in values.items():
             child_metrics[f"{key}/{eps_label(record.eps)}"] = value
             parent_metrics[f"{attack_label}/{key}/{eps_label(record.eps)}"] = value
-    _log_metrics(client, child_id, child_metrics)
+    # One write per run, every step in it: a write per eps was a transaction each (a request each on a server).
+    child_items = _metric_items(child_metrics)
     for step, record in enumerate(sorted(records, key=lambda r: r.eps)):  # eps-ordered series for charts
-        _log_metrics(client, child_id, {**record.metrics, "eps": record.eps}, step=step)
-    _log_metrics(client, parent_id, parent_metrics)
+        child_items += _metric_items({**record.metrics, "eps": record.eps}, step=step)
+    log_metric_items(client, child_id, child_items)
+    parent_items = _metric_items(parent_metrics)
     for record in records:  # each metric as a series over eps on the parent: the UI's line charts draw it
         series = {f"{attack_label}/{key}": value for key, value in record.metrics.items()}
-        _log_metrics(client, parent_id, series, step=eps_step(record.eps))
+        parent_items += _metric_items(series, step=eps_step(record.eps))
+    log_metric_items(client, parent_id, parent_items)
     for path, figure in figures.items():
         _log_figure(client, child_id, figure, f"figures/{path}")
     client.set_terminated(child_id, status="FINISHED")
