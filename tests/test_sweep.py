@@ -143,7 +143,7 @@ def warm_ray(ray_stopped_after_the_module: None) -> None:
     sweeps, whose tasks find its workers warm (every new Ray's workers import torch and MLflow again, ~10 s of the 2
     cores per sweep). Its workers keep the environment it starts in, so the batched strategy is set here, and so is
     their niceness: Ray starts workers at nice 15, and beside two busy processes at nice 0 on the 2 cores each got
-    about 4 % of a core. The sqlite sweep below took 118-205 s so, 27 s at nice 0 (2026-12-07)."""
+    about 4 % of a core: the sqlite sweep below took 118 and 205 s so, and 27 s at nice 0 (2026-12-07)."""
     import ray
 
     if not ray.is_initialized():
