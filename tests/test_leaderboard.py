@@ -20,7 +20,16 @@ from advbayes.checks import Finding
 from advbayes.cli import cli
 from advbayes.errors import RunError
 from advbayes.intervals import wilson_interval
-from advbayes.lab.cards import CARD_VERSION, check_outcomes, ranked, read_card, summary, worst_case, write_card
+from advbayes.lab.cards import (
+    CARD_VERSION,
+    check_outcomes,
+    ranked,
+    read_card,
+    stat_problem,
+    summary,
+    worst_case,
+    write_card,
+)
 from advbayes.lab.leaderboard import write_leaderboard
 from advbayes.lab.protocol import CHECKS, CONVERGED, PROTOCOLS, ThreatModel
 from advbayes.results import EvalRecord, pack_outcomes
@@ -99,15 +108,26 @@ def make_card(entry: str, robust: float, passed: bool = True, conforms: bool = T
     """A valid card of the digits protocol (as bench writes them) with a given headline robust accuracy."""
     protocol = PROTOCOLS["digits"]
 
-    def stat(value: float) -> dict[str, Any]:
-        low, high = wilson_interval(value * 360, 360)
-        return {"value": value, "interval": [low, high], "seed_sd": 0.01, "seed_values": [value], "n": 360}
+    def stat(value: float) -> dict[str, Any]:  # the same count of the 360 digits on each of the 3 seeds
+        correct = round(value * 360)
+        low, high = wilson_interval(3 * correct, 3 * 360)
+        return {
+            "value": correct / 360,
+            "interval": [low, high],
+            "seed_sd": 0.0,
+            "seed_values": [correct / 360] * 3,
+            "n": 360,
+        }
+
+    def radius(value: float) -> dict[str, Any]:  # two attacks, the worst case equal to the stronger one
+        section = stat(value)
+        return {**section, "by_attack": {"x": section["value"], "y": min(1.0, section["value"] + 0.1)}}
 
     threats = {
         t.name: {
             "norm": t.norm,
             "headline": f"{t.headline:g}",
-            "radii": {f"{e:g}": {**stat(robust / (1 + i)), "by_attack": {"x": robust}} for i, e in enumerate(t.radii)},
+            "radii": {f"{e:g}": radius(robust / (1 + i)) for i, e in enumerate(t.radii)},
         }
         for t in protocol.threat_models
     }
@@ -177,6 +197,93 @@ def test_a_written_card_reads_back_and_a_wrong_one_is_one_line_naming_file_and_k
     with pytest.raises(RunError, match=r"bad\.json: key 'clean' is missing"):
         write_card({k: v for k, v in card.items() if k != "clean"}, tmp_path / "bad.json")
     assert not (tmp_path / "bad.json").exists()  # nothing invalid is written
+
+
+def _set(path: str, value: Any) -> Any:
+    """An edit of the card: the value at a dotted path (a radius's key, as '0.05', is one step)."""
+
+    def edit(card: dict[str, Any]) -> None:
+        *parents, last = re.split(r"(?<![0-9])\.|\.(?![0-9])", path)  # a dot between digits is in a radius
+        node = card
+        for key in parents:
+            node = node[key]
+        node[last] = value
+
+    return edit
+
+
+LINF = "threat_models.Linf.radii.0.05"
+EXPECTED_LINF = (
+    "threat_models.Linf: expected norm, headline and radii ('inf', '0.05', ['0.05', '0.1']) (its protocol's)"
+)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            _set("clean.value", 1.5),
+            "clean: expected value and seed_sd 0.950000 and 0.000000 (its seed_values' mean and sd), got 1.500000 and",
+        ),
+        (_set("clean.seed_sd", 0.02), "clean: expected value and seed_sd 0.950000 and 0.000000"),
+        (_set("clean.seed_values", [0.95, 0.95]), "clean.seed_values: expected one per seed (3), got 2"),
+        (_set("clean.seed_values", [0.95, 0.95, 0.9501]), "clean.seed_values: expected accuracies of 360 examples"),
+        (_set("clean.seed_values", [0.95, 0.95, 1.05]), "clean.seed_values: expected accuracies of 360 examples"),
+        (_set("clean.interval", [0.96, 0.99]), "clean.interval: expected [low, high] in [0, 1] around its value 0.95"),
+        (_set("clean.interval", [0.9, 1.2]), "clean.interval: expected [low, high] in [0, 1] around its value 0.95"),
+        (_set("clean.interval", [0.9]), "clean.interval: expected [low, high] in [0, 1] around its value 0.95"),
+        (_set(f"{LINF}.n", 0), f"{LINF}.n: expected at least 1 test example, got 0"),
+        (
+            _set(f"{LINF}.by_attack", {"x": 0.4, "y": 0.6}),
+            f"{LINF}: the worst case over its attacks (0.5) is above x's (0.4)",
+        ),
+        (_set(f"{LINF}.by_attack", {"x": 1.2}), f"{LINF}.by_attack: expected accuracies in [0, 1], got {{'x': 1.2}}"),
+        (
+            _set("threat_models.Linf.headline", "0.3"),
+            f"{EXPECTED_LINF}, got ('inf', '0.3'",
+        ),
+        (
+            _set("threat_models.Linf.radii", {}),
+            f"{EXPECTED_LINF}, got ('inf', '0.05', [])",
+        ),
+        (_set("threat_models.Linf.norm", "2"), "threat_models.Linf: expected norm, headline and radii ('inf'"),
+        (
+            lambda card: card["threat_models"].pop("L2"),
+            "threat_models: expected ['L2', 'Linf'] (its protocol's), got ['Linf']",
+        ),
+        (
+            lambda card: card.update(runs={**card["runs"], "seeds": {}}, conforms=False, deviations=["d"]),
+            "runs.seeds: expected the runs of at least one seed, got none",
+        ),
+    ],
+)
+def test_an_accuracy_or_threat_model_that_contradicts_itself_or_its_protocol_is_refused_in_one_line(
+    tmp_path: Path, edit: Any, message: str
+) -> None:
+    """Before this check a card whose headline radius was not among its radii crashed the page (KeyError), and one
+    stating an accuracy of 1.5 or an interval that missed its value was ranked and drawn as given."""
+    card = make_card("bnn", 0.5)
+    edit(card)
+    path = tmp_path / "bnn.json"
+    path.write_text(json.dumps(card))
+    with pytest.raises(RunError) as raised:
+        read_card(path)
+    assert str(raised.value).startswith(f"{path}: {message}") and "\n" not in str(raised.value)
+    with pytest.raises(RunError, match=re.escape(message[:40])):
+        write_card(card, tmp_path / "written.json")
+    assert not (tmp_path / "written.json").exists()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 1), min_size=1, max_size=60), min_size=1, max_size=5), st.data())
+def test_every_accuracy_bench_computes_passes_the_readers_check(per_seed: list[list[int]], data: Any) -> None:
+    """summary() (the writer) and stat_problem() (the reader) agree on every count, seed number and n."""
+    n = len(per_seed[0])
+    per_seed = [(verdicts * n)[:n] for verdicts in per_seed]  # the same n on every seed, as a card has
+    stat = summary(per_seed)
+    assert stat_problem(stat, len(per_seed)) is None
+    shift = data.draw(st.sampled_from([1e-6, -1e-6, 0.5 / n]))
+    assert stat_problem({**stat, "value": stat["value"] + shift}, len(per_seed)) is not None
 
 
 LEAVES = st.sampled_from(["text", 7, 0.5, None, True, [1], {"a": 1}])

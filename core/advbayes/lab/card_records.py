@@ -19,7 +19,7 @@ from typing import Any
 
 from advbayes.checks import Finding
 from advbayes.errors import RunError
-from advbayes.lab.cards import card_name, check_outcomes, inconsistency, summary, threat_section
+from advbayes.lab.cards import card_name, check_outcomes, claims_problem, summary, threat_section
 from advbayes.lab.protocol import PROTOCOLS, ThreatModel, param_differences, protocol_params
 from advbayes.lab.records import RecordRun, dumps_record, read_records, record_of
 from advbayes.lab.sources import StoreRuns
@@ -203,8 +203,10 @@ def off_protocol_setting(card: Mapping[str, Any], runs: Mapping[str, RecordRun])
 
 
 def verify_card(card: Mapping[str, Any], runs: Mapping[str, RecordRun], where: str) -> None:
-    """Raise a one-line RunError at the first thing the card states that its runs' records do not give."""
-    problem = inconsistency(card)
+    """Raise a one-line RunError at the first thing the card states against itself or that its runs' records do not
+    give. Its numbers are compared with the records' rather than checked against each other: that message names what
+    each should be, and numbers equal to the records' are consistent."""
+    problem = claims_problem(card)
     if problem is not None:
         raise RunError(f"{where}: {problem}")
     derived = rederive(card, runs)

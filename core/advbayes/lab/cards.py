@@ -190,18 +190,85 @@ def read_card(path: Path) -> dict[str, Any]:
 
 
 def inconsistency(card: Mapping[str, Any]) -> str | None:
-    """What a (schema-valid) card states against itself: 'passed' against its checks, 'conforms' against its
-    deviations, its seeds and test examples; None when nothing."""
+    """What a (schema-valid) card states against itself: its claims (claims_problem), each accuracy against its
+    seeds' counts, each threat model against its protocol; None when nothing."""
+    problem = claims_problem(card)
+    if problem is not None:
+        return problem
+    clean = stat_problem(card["clean"], len(card["runs"]["seeds"]))
+    return threats_problem(card) if clean is None else f"clean{clean}"
+
+
+def claims_problem(card: Mapping[str, Any]) -> str | None:
+    """'passed' against its checks, 'conforms' against its deviations, its seeds and test examples; None when
+    consistent."""
     if card["passed"] != all(c["status"] != "failed" for c in card["checks"]):
         return f"'passed' is {card['passed']} but its checks say otherwise"
     if card["conforms"] != (not card["deviations"]):
         return f"'conforms' is {card['conforms']} but its deviations are {card['deviations']!r}"
     seeds, examples, protocol = len(card["runs"]["seeds"]), card["clean"]["n"], card["protocol"]
+    if not seeds:
+        return "runs.seeds: expected the runs of at least one seed, got none"
     if card["conforms"] and (seeds < len(protocol["seeds"]) or examples < protocol["test_examples"]):
         return (
             f"'conforms' is true but it has {seeds} seed(s) of {examples} test examples; its protocol asks for "
             f"{len(protocol['seeds'])} of {protocol['test_examples']}"
         )
+    return None
+
+
+def threats_problem(card: Mapping[str, Any]) -> str | None:
+    """Each threat model of the card's protocol, with its norm, headline and radii, and each radius's accuracy
+    consistent: a hand-edited section is refused before it is ranked or drawn."""
+    seeds, sections = len(card["runs"]["seeds"]), card["threat_models"]
+    expected = {t["name"]: t for t in card["protocol"]["threat_models"]}
+    if sorted(sections) != sorted(expected):
+        return f"threat_models: expected {sorted(expected)} (its protocol's), got {sorted(sections)}"
+    for name, threat in expected.items():
+        section, where = sections[name], f"threat_models.{name}"
+        wanted = (threat["norm"], f"{threat['headline']:g}", sorted(f"{r:g}" for r in threat["radii"]))
+        given = (section["norm"], section["headline"], sorted(section["radii"]))
+        if given != wanted:
+            return f"{where}: expected norm, headline and radii {wanted} (its protocol's), got {given}"
+        for radius, stat in section["radii"].items():
+            problem = stat_problem(stat, seeds) or worst_case_problem(stat)
+            if problem is not None:
+                return f"{where}.radii.{radius}{problem}"
+    return None
+
+
+TOLERANCE = 1e-9  # float round-off of a mean over a few seeds
+
+
+def worst_case_problem(stat: Mapping[str, Any]) -> str | None:
+    """Each attack's accuracy in [0, 1] and none below the worst case over them (an example counts only when it
+    survived every attack)."""
+    attacks = stat["by_attack"]
+    if any(not 0 <= v <= 1 for v in attacks.values()):
+        return f".by_attack: expected accuracies in [0, 1], got {attacks}"
+    weakest = min(attacks, key=attacks.get, default=None)
+    if weakest is not None and stat["value"] > attacks[weakest] + TOLERANCE:
+        return f": the worst case over its attacks ({stat['value']:.6g}) is above {weakest}'s ({attacks[weakest]:.6g})"
+    return None
+
+
+def stat_problem(stat: Mapping[str, Any], seeds: int) -> str | None:
+    """An accuracy against itself: a count of n examples per seed, their mean and sd, and a pooled interval in
+    [0, 1] around the mean; what is not, after the key's name (".n: ..."), or None."""
+    values, n, interval = stat["seed_values"], stat["n"], stat["interval"]
+    if n < 1:
+        return f".n: expected at least 1 test example, got {n}"
+    if len(values) != seeds:
+        return f".seed_values: expected one per seed ({seeds}), got {len(values)}"
+    if any(not 0 <= v <= 1 or abs(v * n - round(v * n)) > 1e-6 for v in values):
+        return f".seed_values: expected accuracies of {n} examples (a count / {n}), got {values}"
+    mean, sd = mean_sd(values)
+    if abs(stat["value"] - mean) > TOLERANCE or abs(stat["seed_sd"] - sd) > TOLERANCE:
+        expected, given = f"{mean:.6f} and {sd:.6f}", f"{stat['value']:.6f} and {stat['seed_sd']:.6f}"
+        return f": expected value and seed_sd {expected} (its seed_values' mean and sd), got {given}"
+    low, high = interval if len(interval) == 2 else (math.nan, math.nan)
+    if not (-TOLERANCE <= low <= mean + TOLERANCE and mean - TOLERANCE <= high <= 1 + TOLERANCE):  # nan: False
+        return f".interval: expected [low, high] in [0, 1] around its value {mean:.6g}, got {interval}"
     return None
 
 
