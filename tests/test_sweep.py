@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -127,6 +128,78 @@ def test_a_resume_of_an_unknown_sweep_is_one_line(isolated_cwd: Path) -> None:
     ]
     code, _out, err = sweep(["moons", "--resume", "0123abcd"])
     assert code == 2 and "give no NAME, --grid or --set" in err
+
+
+class OneSilentWait:
+    """Ray's wait and get for one task that finishes after one PROGRESS_SECONDS timeout with nothing ready."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float | None] = []
+
+    def wait(self, refs: list[str], num_returns: int, timeout: float | None = None) -> tuple[list[str], list[str]]:
+        self.timeouts.append(timeout)
+        return ([], refs) if len(self.timeouts) == 1 else (refs[:1], refs[1:])
+
+    def get(self, ref: str) -> dict[str, object]:
+        return {"ok": True, "run_ids": ["r"], "seconds": 1.0, "summary": "clean 0.9"}
+
+
+def test_a_sweep_says_what_each_running_combination_is_at_while_none_finishes(tmp_path: Path) -> None:
+    """Without a terminal, each silent wait prints each running run's epoch or attack, read from the store; a
+    finished run and another sweep's are not in it, and a store that fails to answer is said in the line."""
+    from mlflow.exceptions import MlflowException
+
+    from advbayes.progress import PROGRESS_SECONDS
+    from advbayes.sweep.runner import wait_all
+    from advbayes.tracking import client_for
+
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("grid")
+
+    def parent(label: str, sweep_id: str = "s1", epochs: int = 0, status: str = "RUNNING") -> str:
+        tags = {"advbayes.role": "parent", SWEEP_ID_TAG: sweep_id, COMBINATION_TAG: label}
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        client.log_param(run_id, "epochs", 100)
+        for epoch in range(1, epochs + 1):
+            client.log_metric(run_id, "train/loss", 1.0 / epoch, step=epoch)
+        if status != "RUNNING":
+            client.set_terminated(run_id, status=status)
+        return run_id
+
+    parent("defense=bnn seed=1", epochs=3)
+    attacked = parent("defense=standard seed=1", epochs=39)
+    client.create_run(experiment, tags={"advbayes.role": "attack", "mlflow.parentRunId": attacked}, run_name="pgd-20")
+    parent("defense=bnn seed=0", epochs=5, status="FINISHED")
+    parent("defense=bnn seed=2", sweep_id="other", epochs=7)
+    parent("defense=bnn seed=3")
+    lines: list[str] = []
+    ray, plan = OneSilentWait(), SimpleNamespace(sweep_id="s1")
+    combination = SimpleNamespace(label="defense=bnn seed=0")
+    outcomes = wait_all(ray, {"task": combination}, client, experiment, plan, False, lines.append, tqdm_off)
+    assert ray.timeouts == [PROGRESS_SECONDS, PROGRESS_SECONDS] and [o.ok for o in outcomes] == [True]
+    assert lines[0] == (
+        "sweep s1: 0/1 finished, 0:00 elapsed; running: defense=bnn seed=1: epoch 3/100; "
+        "defense=bnn seed=3: no epoch logged yet; defense=standard seed=1: attack pgd-20"
+    )
+    assert lines[1].startswith("[1/1] finished defense=bnn seed=0 (1 s, run r): clean 0.9") and len(lines) == 2
+
+    class DownStore:
+        def search_runs(self, *args: object, **kwargs: object) -> list[object]:
+            raise MlflowException("connection refused")
+
+    lines.clear()
+    wait_all(OneSilentWait(), {"task": combination}, DownStore(), experiment, plan, False, lines.append, tqdm_off)
+    assert (
+        lines[0]
+        == "sweep s1: 0/1 finished, 0:00 elapsed; the store did not say what runs (MlflowException: connection refused)"
+    )
+
+
+def tqdm_off(**kwargs: object) -> object:
+    """tqdm, disabled as wait_all makes it without a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(**kwargs)
 
 
 @pytest.fixture(scope="module")

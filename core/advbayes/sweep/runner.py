@@ -16,11 +16,13 @@ from urllib.parse import urlparse
 import attrs
 
 from advbayes.errors import AdvbayesError, error_text
+from advbayes.progress import PROGRESS_SECONDS, clock_text
 from advbayes.sweep.plan import COMBINATION_TAG, SWEEP_ID_TAG, Combination, SweepError, SweepPlan
 from advbayes.tracking.store import shown_uri
 
 SWEEP_ROLE = "sweep"  # the record run that holds a sweep's plan (sweep.json); compare and report skip it
 MANIFEST = "sweep.json"
+TRAINING_LOSS = "train/loss"  # logged once per epoch (step = epoch) by every defense that trains
 PROBE_TIMEOUT = 120  # seconds for a worker to answer whether it reaches the tracking store
 CONNECT_TIMEOUT = 5  # seconds for a TCP probe of a cluster address
 
@@ -381,11 +383,19 @@ def wait_all(
 ) -> list[Outcome]:
     """Collect the tasks as they finish: a line per finished combination and a bar over the grid."""
     outcomes: list[Outcome] = []
-    total = len(pending)
+    total, started = len(pending), time.monotonic()
     bar = tqdm(total=total, unit="run", desc=f"sweep {plan.sweep_id}", disable=not progress, dynamic_ncols=True)
     write = bar.write if progress else echo
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_SECONDS)
+        if not ready:  # a combination can take an hour: say what each running one is at, from the store
+            state = running_state(client, experiment, plan)
+            if progress:
+                bar.set_postfix_str(state)
+            else:
+                done = f"{len(outcomes)}/{total} finished, {clock_text(time.monotonic() - started)} elapsed"
+                echo(f"sweep {plan.sweep_id}: {done}; {state}")
+            continue
         combination = pending.pop(ready[0])
         try:
             returned = ray.get(ready[0])
@@ -403,6 +413,29 @@ def wait_all(
         bar.update(1)
     bar.close()
     return outcomes
+
+
+def running_state(client: Any, experiment: str, plan: SweepPlan) -> str:
+    """Each running combination's epoch (or the attack it evaluates), from the runs the workers write; a store that
+    does not answer is said in the line, and the sweep waits on (its runs write to that store and fail on their own)."""
+    from mlflow.exceptions import MlflowException
+
+    from advbayes.tracking import CHILD_ROLE, PARENT_ROLE, ROLE_TAG
+
+    running = "attributes.status = 'RUNNING'"
+    try:
+        parents = client.search_runs([experiment], filter_string=sweep_runs_filter(plan.sweep_id, PARENT_ROLE, running))
+        attacks = client.search_runs([experiment], filter_string=f"tags.`{ROLE_TAG}` = '{CHILD_ROLE}' and {running}")
+        attacking = {run.data.tags.get("mlflow.parentRunId"): run.info.run_name for run in attacks}
+        parts = []
+        for run in parents:
+            label, run_id = run.data.tags.get(COMBINATION_TAG, run.info.run_name), run.info.run_id
+            steps = [m.step for m in client.get_metric_history(run_id, TRAINING_LOSS)]
+            epochs = f"epoch {max(steps)}/{run.data.params.get('epochs', '?')}" if steps else "no epoch logged yet"
+            parts.append(f"{label}: " + (f"attack {attacking[run_id]}" if run_id in attacking else epochs))
+    except MlflowException as exc:
+        return f"the store did not say what runs ({error_text(exc)})"
+    return "running: " + ("; ".join(sorted(parts)) if parts else "none started yet")
 
 
 def _has_cuda() -> bool:
