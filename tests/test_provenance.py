@@ -151,3 +151,21 @@ def test_a_run_names_the_threads_and_cpu_its_floats_depend_on_and_a_rerun_under_
     assert "advbayes.gpu" not in tags[0]  # a CPU run names no GPU
     losses = [[float(epoch["loss"]) for epoch in r.history] for r in runs]
     assert len(losses[0]) == 2 and losses[0] == losses[1]
+
+
+def test_a_reports_setting_names_every_commit_its_runs_came_from_with_their_counts() -> None:
+    """Before, the Setting line named the first run's commit only: advbnn-mnist-5k's 12 records (4 runs from one
+    commit, 8 from another) read as if one commit had made them all."""
+    from types import SimpleNamespace
+
+    from advbayes.lab.report import codes_of
+
+    def run(commit: str, torch: str = "2.5.0") -> SimpleNamespace:
+        tags = {"advbayes.git_commit": commit * 40, "advbayes.git_dirty": "false", "advbayes.version.torch": torch}
+        return SimpleNamespace(data=SimpleNamespace(tags=tags))
+
+    assert codes_of([run("a"), run("a")]) == f"commit {'a' * 12}, torch 2.5.0"
+    mixed = [run("a"), run("b"), run("a"), run("b"), run("b")]
+    assert codes_of(mixed) == f"commit {'a' * 12} (2 runs), commit {'b' * 12} (3 runs), torch 2.5.0"
+    versions = [run("a"), run("a", torch="2.6.0")]  # other versions: each whole code with its count
+    assert codes_of(versions) == f"commit {'a' * 12}, torch 2.5.0 (1 run); commit {'a' * 12}, torch 2.6.0 (1 run)"

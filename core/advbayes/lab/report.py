@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -157,11 +158,28 @@ def commit_of(tags: Mapping[str, str]) -> str:
     return f"{commit_text(tags)}, resumed with {resumed}" if resumed else commit_text(tags)
 
 
+def versions_of(tags: Mapping[str, str]) -> str:
+    """`advbayes A, torch T, mlflow M` from a run's provenance tags."""
+    return ", ".join(
+        f"{p} {tags[key]}" for p in ("advbayes", "torch", "mlflow") if (key := f"advbayes.version.{p}") in tags
+    )
+
+
+def codes_of(runs: Sequence[Any]) -> str:
+    """`commit C, advbayes A, torch T, mlflow M` of the runs; where runs differ (resumed or rerun by other code), each
+    commit or code with its number of runs, in the runs' order."""
+    versions = Counter(versions_of(r.data.tags) for r in runs)
+    shared = len(versions) == 1
+    codes = Counter(commit_of(r.data.tags) if shared else code_of(r.data.tags) for r in runs)
+    listed = [code if len(codes) == 1 else f"{code} ({count} run{'s' * (count > 1)})" for code, count in codes.items()]
+    if not shared:  # each code has commas of its own
+        return "; ".join(listed)
+    return ", ".join(listed) + (f", {next(iter(versions))}" if next(iter(versions)) else "")
+
+
 def code_of(tags: Mapping[str, str]) -> str:
-    """`commit C (uncommitted changes), torch T, mlflow M` from a run's provenance tags."""
-    text = commit_of(tags)
-    versions = [f"{p} {tags[key]}" for p in ("advbayes", "torch", "mlflow") if (key := f"advbayes.version.{p}") in tags]
-    return ", ".join([text, *versions])
+    """`commit C (uncommitted changes), advbayes A, torch T, mlflow M` from a run's provenance tags."""
+    return ", ".join(part for part in (commit_of(tags), versions_of(tags)) if part)
 
 
 def experiment_section(store: RunSource, name: str, out: Path, figures_dir: Path, metrics: Sequence[str] | None) -> str:
@@ -194,7 +212,7 @@ def experiment_section(store: RunSource, name: str, out: Path, figures_dir: Path
         params.get("description", ""),
         "",
         f"Setting: {setting}; device {first.data.tags.get('advbayes.device', '?')}; started {started}; "
-        f"{code_of(first.data.tags)}.",
+        f"{codes_of(runs)}.",
         "",
     ]
     group_of = defense_groups(runs)
