@@ -127,3 +127,25 @@ def test_a_cache_that_cannot_be_written_only_costs_the_migration(
     database = new_store(tmp_path / "store")
     assert not template_path().exists() and sorted(tmp_path.iterdir()) == [blocked, database.parent]
     assert without_runs(database) == reference
+
+
+@pytest.mark.parametrize("name", ["x?q=1", "x#y", "x%3F"])
+def test_the_first_store_in_a_folder_named_like_a_url_leaves_a_whole_template_and_nothing_beside_it(
+    tmp_path: Path, reference: Any, name: str
+) -> None:
+    """Before, the template was read back as `file:{path}?mode=ro`: in a folder named `x?q=1` sqlite opened `x` beside
+    it (created, empty, writable) and the template became a copy of that; `x%3F` read the folder `x?`."""
+    from urllib.parse import quote
+
+    from advbayes.tracking.store import sqlite_path
+
+    folder = tmp_path / name
+    folder.mkdir()
+    uri = f"sqlite:///{quote(str(folder / 'mlflow.db'))}"  # as default_tracking_uri writes a folder's store
+    assert sqlite_path(uri) == folder / "mlflow.db"
+    client_for(uri).search_experiments()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    with closing(sqlite3.connect(template_path())) as template:
+        (tables,) = template.execute("select count(*) from sqlite_master where type = 'table'").fetchone()
+    assert tables > 20
+    assert without_runs(new_store(tmp_path / "next")) == reference  # a copy of that template is a whole store

@@ -26,13 +26,19 @@ def template_path() -> Path:
     return cache_dir() / f"mlflow-{importlib.metadata.version('mlflow')}-empty-store.db"
 
 
+def read_only_uri(path: Path) -> str:
+    """sqlite's URI of `path`, read-only. Percent-encoded: as `file:{path}`, a directory named `x?q=1` ended the path
+    at `?` (sqlite created an empty file `x` beside it, read-write, and the template became a copy of that)."""
+    return f"{path.absolute().as_uri()}?mode=ro"
+
+
 def copy_template(target: Path) -> bool:
     """Fill the new (absent) sqlite file `target` with the template's tables; False when there is no usable one."""
     template = template_path()
     if not template.is_file():
         return False
     try:
-        with closing(sqlite3.connect(f"file:{template}?mode=ro", uri=True)) as source:
+        with closing(sqlite3.connect(read_only_uri(template), uri=True)) as source:
             with closing(sqlite3.connect(target)) as copy:
                 source.backup(copy)
                 (rows,) = copy.execute(
@@ -53,7 +59,7 @@ def save_template(store: Path) -> None:
     partial = template.with_name(f"{template.name}.{os.getpid()}.partial")
     try:
         template.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as source:
+        with closing(sqlite3.connect(read_only_uri(store), uri=True)) as source:
             with closing(sqlite3.connect(partial)) as copy:
                 source.backup(copy)
                 copy.execute("DELETE FROM experiment_tags")
