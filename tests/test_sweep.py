@@ -146,7 +146,8 @@ class OneSilentWait:
 
 def test_a_sweep_says_what_each_running_combination_is_at_while_none_finishes(tmp_path: Path) -> None:
     """Without a terminal, each silent wait prints each running run's epoch or attack, read from the store; a
-    finished run and another sweep's are not in it, and a store that fails to answer is said in the line."""
+    finished run, another sweep's and one a killed earlier try left RUNNING are not in it, and a store that fails to
+    answer is said in the line."""
     from mlflow.exceptions import MlflowException
 
     from advbayes.progress import PROGRESS_SECONDS
@@ -156,9 +157,10 @@ def test_a_sweep_says_what_each_running_combination_is_at_while_none_finishes(tm
     client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.create_experiment("grid")
 
-    def parent(label: str, sweep_id: str = "s1", epochs: int = 0, status: str = "RUNNING") -> str:
+    def parent(label: str, sweep_id: str = "s1", epochs: int = 0, status: str = "RUNNING", age: float = 0) -> str:
         tags = {"advbayes.role": "parent", SWEEP_ID_TAG: sweep_id, COMBINATION_TAG: label}
-        run_id = client.create_run(experiment, tags=tags).info.run_id
+        start = int((time.time() - age) * 1000)
+        run_id = client.create_run(experiment, tags=tags, start_time=start).info.run_id
         client.log_param(run_id, "epochs", 100)
         for epoch in range(1, epochs + 1):
             client.log_metric(run_id, "train/loss", 1.0 / epoch, step=epoch)
@@ -172,6 +174,7 @@ def test_a_sweep_says_what_each_running_combination_is_at_while_none_finishes(tm
     parent("defense=bnn seed=0", epochs=5, status="FINISHED")
     parent("defense=bnn seed=2", sweep_id="other", epochs=7)
     parent("defense=bnn seed=3")
+    parent("defense=bnn seed=4", epochs=9, age=3600)  # left RUNNING an hour ago by a killed earlier try
     lines: list[str] = []
     ray, plan = OneSilentWait(), SimpleNamespace(sweep_id="s1")
     combination = SimpleNamespace(label="defense=bnn seed=0")

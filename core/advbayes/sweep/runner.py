@@ -25,6 +25,7 @@ MANIFEST = "sweep.json"
 TRAINING_LOSS = "train/loss"  # logged once per epoch (step = epoch) by every defense that trains
 PROBE_TIMEOUT = 120  # seconds for a worker to answer whether it reaches the tracking store
 CONNECT_TIMEOUT = 5  # seconds for a TCP probe of a cluster address
+CLOCK_SKEW = 60  # seconds a worker's clock may lag the driver's, when it stamps a run's start
 
 
 @attrs.define
@@ -383,13 +384,13 @@ def wait_all(
 ) -> list[Outcome]:
     """Collect the tasks as they finish: a line per finished combination and a bar over the grid."""
     outcomes: list[Outcome] = []
-    total, started = len(pending), time.monotonic()
+    total, started, since = len(pending), time.monotonic(), int(time.time() - CLOCK_SKEW) * 1000
     bar = tqdm(total=total, unit="run", desc=f"sweep {plan.sweep_id}", disable=not progress, dynamic_ncols=True)
     write = bar.write if progress else echo
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_SECONDS)
         if not ready:  # a combination can take an hour: say what each running one is at, from the store
-            state = running_state(client, experiment, plan)
+            state = running_state(client, experiment, plan, since)
             if progress:
                 bar.set_postfix_str(state)
             else:
@@ -415,14 +416,15 @@ def wait_all(
     return outcomes
 
 
-def running_state(client: Any, experiment: str, plan: SweepPlan) -> str:
-    """Each running combination's epoch (or the attack it evaluates), from the runs the workers write; a store that
-    does not answer is said in the line, and the sweep waits on (its runs write to that store and fail on their own)."""
+def running_state(client: Any, experiment: str, plan: SweepPlan, since_ms: int = 0) -> str:
+    """Each running combination's epoch (or the attack it evaluates), from the runs the workers started after
+    `since_ms` (a killed earlier try of the sweep leaves its runs RUNNING); a store that does not answer is said in the
+    line, and the sweep waits on (its runs write to that store and fail on their own)."""
     from mlflow.exceptions import MlflowException
 
     from advbayes.tracking import CHILD_ROLE, PARENT_ROLE, ROLE_TAG
 
-    running = "attributes.status = 'RUNNING'"
+    running = f"attributes.status = 'RUNNING' and attributes.start_time >= {since_ms}"
     try:
         parents = client.search_runs([experiment], filter_string=sweep_runs_filter(plan.sweep_id, PARENT_ROLE, running))
         attacks = client.search_runs([experiment], filter_string=f"tags.`{ROLE_TAG}` = '{CHILD_ROLE}' and {running}")
