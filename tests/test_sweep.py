@@ -149,6 +149,7 @@ def test_a_sweep_says_what_each_running_combination_is_at_while_none_finishes(tm
     finished run, another sweep's and one a killed earlier try left RUNNING are not in it, and a store that fails to
     answer is said in the line."""
     from mlflow.exceptions import MlflowException
+    from tqdm.auto import tqdm  # what execute() passes; wait_all disables it without a terminal
 
     from advbayes.progress import PROGRESS_SECONDS
     from advbayes.sweep.runner import wait_all
@@ -178,7 +179,7 @@ def test_a_sweep_says_what_each_running_combination_is_at_while_none_finishes(tm
     lines: list[str] = []
     ray, plan = OneSilentWait(), SimpleNamespace(sweep_id="s1")
     combination = SimpleNamespace(label="defense=bnn seed=0")
-    outcomes = wait_all(ray, {"task": combination}, client, experiment, plan, False, lines.append, tqdm_off)
+    outcomes = wait_all(ray, {"task": combination}, client, experiment, plan, False, lines.append, tqdm)
     assert ray.timeouts == [PROGRESS_SECONDS, PROGRESS_SECONDS] and [o.ok for o in outcomes] == [True]
     assert lines[0] == (
         "sweep s1: 0/1 finished, 0:00 elapsed; running: defense=bnn seed=1: epoch 3/100; "
@@ -191,18 +192,11 @@ def test_a_sweep_says_what_each_running_combination_is_at_while_none_finishes(tm
             raise MlflowException("connection refused")
 
     lines.clear()
-    wait_all(OneSilentWait(), {"task": combination}, DownStore(), experiment, plan, False, lines.append, tqdm_off)
+    wait_all(OneSilentWait(), {"task": combination}, DownStore(), experiment, plan, False, lines.append, tqdm)
     assert (
         lines[0]
         == "sweep s1: 0/1 finished, 0:00 elapsed; the store did not say what runs (MlflowException: connection refused)"
     )
-
-
-def tqdm_off(**kwargs: object) -> object:
-    """tqdm, disabled as wait_all makes it without a terminal."""
-    from tqdm.auto import tqdm
-
-    return tqdm(**kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from advbayes.lab.sources import RecordRuns, RunSource, StoreRuns, values_by_key
 from advbayes.posterior import WIDTH_KEY
 from advbayes.posterior.convergence import stop_trends
 from advbayes.results import format_value
-from advbayes.tracking.runs import RESUMED_CODE_TAG, commit_text
+from advbayes.tracking.runs import RESUMED_CODE_TAG, TRAINING_LOSS, commit_text
 from advbayes.tracking.settings import group_label, varied_settings
 from advbayes.tracking.store import client_for
 
@@ -168,13 +168,13 @@ def versions_of(tags: Mapping[str, str]) -> str:
 def codes_of(runs: Sequence[Any]) -> str:
     """`commit C, advbayes A, torch T, mlflow M` of the runs; where runs differ (resumed or rerun by other code), each
     commit or code with its number of runs, in the runs' order."""
-    versions = Counter(versions_of(r.data.tags) for r in runs)
-    shared = len(versions) == 1
-    codes = Counter(commit_of(r.data.tags) if shared else code_of(r.data.tags) for r in runs)
+    versions = {versions_of(r.data.tags) for r in runs}
+    shared = versions.pop() if len(versions) == 1 else None
+    codes = Counter(commit_of(r.data.tags) if shared is not None else code_of(r.data.tags) for r in runs)
     listed = [code if len(codes) == 1 else f"{code} ({count} run{'s' * (count > 1)})" for code, count in codes.items()]
-    if not shared:  # each code has commas of its own
+    if shared is None:  # each code has commas of its own
         return "; ".join(listed)
-    return ", ".join(listed) + (f", {next(iter(versions))}" if next(iter(versions)) else "")
+    return ", ".join([*listed, shared] if shared else listed)
 
 
 def code_of(tags: Mapping[str, str]) -> str:
@@ -276,7 +276,7 @@ def posterior_at_stop(store: RunSource, runs: Sequence[Any], label_of: Mapping[s
         widths = [value for _, value in store.history(run.info.run_id, f"train/{WIDTH_KEY}")]
         if not widths:
             continue
-        losses = [value for _, value in store.history(run.info.run_id, "train/loss")]
+        losses = [value for _, value in store.history(run.info.run_id, TRAINING_LOSS)]
         window = int(run.data.params.get("convergence_window", DEFAULT_WINDOW))
         width_trend, loss_trend = stop_trends(widths, losses, window)
         metrics = run.data.metrics

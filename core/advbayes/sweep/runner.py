@@ -22,7 +22,6 @@ from advbayes.tracking.store import shown_uri
 
 SWEEP_ROLE = "sweep"  # the record run that holds a sweep's plan (sweep.json); compare and report skip it
 MANIFEST = "sweep.json"
-TRAINING_LOSS = "train/loss"  # logged once per epoch (step = epoch) by every defense that trains
 PROBE_TIMEOUT = 120  # seconds for a worker to answer whether it reaches the tracking store
 CONNECT_TIMEOUT = 5  # seconds for a TCP probe of a cluster address
 CLOCK_SKEW = 60  # seconds a worker's clock may lag the driver's, when it stamps a run's start
@@ -423,6 +422,7 @@ def running_state(client: Any, experiment: str, plan: SweepPlan, since_ms: int =
     from mlflow.exceptions import MlflowException
 
     from advbayes.tracking import CHILD_ROLE, PARENT_ROLE, ROLE_TAG
+    from advbayes.tracking.runs import TRAINING_LOSS
 
     running = f"attributes.status = 'RUNNING' and attributes.start_time >= {since_ms}"
     try:

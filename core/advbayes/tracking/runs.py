@@ -214,6 +214,7 @@ def tracked_runs(uri: str | None, experiments: Sequence[str]) -> list[Any]:
 
 
 TRAINING_PREFIX = "train/"  # the per-epoch metrics (step = epoch) that the epoch_finished hook logs
+TRAINING_LOSS = f"{TRAINING_PREFIX}loss"  # logged every epoch by every defense that trains
 
 
 def log_metric_items(client: Any, run_id: str, items: Sequence[Any]) -> None:
