@@ -18,6 +18,7 @@ __all__ = [
     "SMALL_ATTACKS",
     "DivergingDefense",
     "FailingDefense",
+    "InterruptAfterEpoch",
     "ShiftAttack",
     "TestComponents",
     "draw_network",
@@ -41,6 +42,19 @@ class FailingDefense(Defense):
         if self.interrupt:
             raise KeyboardInterrupt
         raise RuntimeError("defense exploded on purpose")
+
+
+class InterruptAfterEpoch:
+    """A plugin that presses Ctrl-C once epoch `epoch` is checkpointed (its hook runs after the tracking plugin's), in
+    every run or in the runs of one defense."""
+
+    def __init__(self, epoch: int, defense: str | None = None) -> None:
+        self.epoch, self.defense = epoch, defense
+
+    @hookimpl(trylast=True)
+    def epoch_finished(self, run: Any, epoch: int, metrics: Any, checkpoint: Any) -> None:
+        if epoch == self.epoch and self.defense in (None, run.spec["defense"]["name"]):
+            raise KeyboardInterrupt
 
 
 @attrs.frozen(kw_only=True)

@@ -20,7 +20,6 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 import advbayes
-from advbayes import hookimpl
 from advbayes.cli import cli
 from advbayes.errors import RunError
 from advbayes.plugins import create_plugin_manager
@@ -28,6 +27,7 @@ from advbayes.tracking import lease as leases
 from advbayes.tracking.lease import HEARTBEAT_TAG, LEASE_EXPIRY, WRITER_PREFIX, claim, writers
 from advbayes.tracking.runs import close_run, liveness, next_step
 from advbayes.tracking.store import client_for
+from helpers import InterruptAfterEpoch
 
 
 def new_run(store: str) -> str:
@@ -200,18 +200,6 @@ def test_runs_close_ends_a_dead_run_and_refuses_a_live_or_finished_one(store: st
         close_run(store, live)
     with pytest.raises(RunError, match="no such run"):
         close_run(store, "0" * 32)
-
-
-class InterruptAfterEpoch:
-    """Ctrl-C once epoch `epoch` is checkpointed (this hook runs after the tracking plugin's)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @hookimpl(trylast=True)
-    def epoch_finished(self, run: Any, epoch: int, metrics: Any, checkpoint: Any) -> None:
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.slow  # two fresh processes that import torch: about 20 s

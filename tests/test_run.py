@@ -15,7 +15,7 @@ from advbayes.errors import RunError
 from advbayes.hookspecs import hookimpl
 from advbayes.plugins import PluginInfo, create_plugin_manager
 from advbayes.registry import load_registry, tomllib
-from helpers import TestComponents, write
+from helpers import InterruptAfterEpoch, TestComponents, write
 
 FAST = {"epochs": 2, "dataset.train_size": 300, "dataset.test_size": 200}
 
@@ -188,18 +188,6 @@ def test_a_diverging_loss_stops_the_run_with_a_clear_error() -> None:
     pm = plugin_manager_with_test_components()
     with pytest.raises(RunError, match=r"training diverged: loss is nan at epoch 1, step 1"):
         advbayes.run("moons", track=False, pm=pm, defense="diverging")
-
-
-class InterruptAfterEpoch:
-    """A plugin that presses Ctrl-C once epoch `epoch` is checkpointed (it runs after the tracking plugin's hook)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @hookimpl(trylast=True)
-    def epoch_finished(self, run, epoch, metrics, checkpoint) -> None:
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_resume_continues_bit_for_bit_like_an_uninterrupted_run(store: str) -> None:

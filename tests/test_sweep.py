@@ -17,6 +17,7 @@ from advbayes.cli import cli
 from advbayes.errors import RegistryError
 from advbayes.registry import load_registry
 from advbayes.sweep import COMBINATION_TAG, SWEEP_ID_TAG, SweepError, parse_grid_option, plan_sweep, split_values
+from helpers import InterruptAfterEpoch
 
 pytestmark = pytest.mark.usefixtures("batched_draws")  # end-to-end runs: no timing race per model
 
@@ -146,8 +147,8 @@ class OneSilentWait:
 
 def test_a_sweep_says_what_each_running_combination_is_at_while_none_finishes(tmp_path: Path) -> None:
     """Without a terminal, each silent wait prints each running run's epoch or attack, read from the store; a
-    finished run, another sweep's and one a killed earlier try left RUNNING are not in it, and a store that fails to
-    answer is said in the line."""
+    finished run, another sweep's and one a killed earlier try left RUNNING are not in it (one a --resume continues
+    is), and a store that fails to answer is said in the line."""
     from mlflow.exceptions import MlflowException
     from tqdm.auto import tqdm  # what execute() passes; wait_all disables it without a terminal
 
@@ -176,14 +177,18 @@ def test_a_sweep_says_what_each_running_combination_is_at_while_none_finishes(tm
     parent("defense=bnn seed=2", sweep_id="other", epochs=7)
     parent("defense=bnn seed=3")
     parent("defense=bnn seed=4", epochs=9, age=3600)  # left RUNNING an hour ago by a killed earlier try
+    continued = parent("defense=bnn seed=5", epochs=11, age=3600)  # started an hour ago, continued by this --resume
     lines: list[str] = []
     ray, plan = OneSilentWait(), SimpleNamespace(sweep_id="s1")
     combination = SimpleNamespace(label="defense=bnn seed=0")
-    outcomes = wait_all(ray, {"task": combination}, client, experiment, plan, False, lines.append, tqdm)
+    outcomes = wait_all(
+        ray, {"task": combination}, client, experiment, plan, False, lines.append, tqdm, frozenset({continued})
+    )
     assert ray.timeouts == [PROGRESS_SECONDS, PROGRESS_SECONDS] and [o.ok for o in outcomes] == [True]
     assert lines[0] == (
         "sweep s1: 0/1 finished, 0:00 elapsed; running: defense=bnn seed=1: epoch 3/100; "
-        "defense=bnn seed=3: no epoch logged yet; defense=standard seed=1: attack pgd-20"
+        "defense=bnn seed=3: no epoch logged yet; defense=bnn seed=5: epoch 11/100; "
+        "defense=standard seed=1: attack pgd-20"
     )
     assert lines[1].startswith("[1/1] finished defense=bnn seed=0 (1 s, run r): clean 0.9") and len(lines) == 2
 
@@ -197,6 +202,68 @@ def test_a_sweep_says_what_each_running_combination_is_at_while_none_finishes(tm
         lines[0]
         == "sweep s1: 0/1 finished, 0:00 elapsed; the store did not say what runs (MlflowException: connection refused)"
     )
+
+
+def test_a_resumed_sweep_continues_unfinished_runs_from_their_checkpoints_and_reads_back_finished_ones(
+    tmp_path: Path,
+) -> None:
+    """A combination of two defenses whose second run was stopped after epoch 2 of 4 (a preempted node): --resume
+    keeps the first run, continues the second from its checkpoint, and the continued run is the run that was never
+    stopped (every epoch's loss, every accuracy). A run another process still writes stops the resume before any
+    work. Driver and worker functions as the Ray task calls them (the Ray path: the slow tests below)."""
+    import advbayes
+    from advbayes.plugins import create_plugin_manager
+    from advbayes.sweep.resume import earlier_runs, finished_labels, resume_lines
+    from advbayes.sweep.runner import run_combination
+    from advbayes.tracking import client_for
+    from advbayes.tracking.lease import claim
+
+    settings = [("defenses", ["standard", "bnn"]), ("epochs", 4), ("until_converged", False)]
+    plan = plan_sweep(load_registry(), "moons", [("seed", [0])], [*settings, ("dataset.train_size", 300)])
+    (combination,) = plan.combinations
+    uri, label = f"sqlite:///{tmp_path / 'mlflow.db'}", combination.label
+    tags = {SWEEP_ID_TAG: plan.sweep_id, COMBINATION_TAG: label}
+    pm = create_plugin_manager()
+    pm.register(InterruptAfterEpoch(2, defense="bnn"), name="interrupt")
+    with pytest.raises(KeyboardInterrupt) as raised:
+        advbayes.run(plan.experiment, spec=combination.spec, tracking_uri=uri, tags=tags, pm=pm)
+    stopped = raised.value.advbayes_run_id
+    client = client_for(uri)
+    (standard,) = [r.info.run_id for r in parent_runs(uri, "moons", plan.sweep_id) if r.info.status == "FINISHED"]
+
+    earlier = earlier_runs(client, plan)
+    assert earlier[label].finished == {"standard": standard} and earlier[label].continued == {"bnn": stopped}
+    assert finished_labels(plan, earlier) == set()
+    assert resume_lines(plan, earlier, set()) == [
+        f"sweep {plan.sweep_id}: {label}: standard FINISHED in run {standard}, read back, not rerun",
+        f"sweep {plan.sweep_id}: {label}: bnn continues run {stopped} from its checkpoint (epoch 2)",
+    ]
+    outcome = run_combination(plan.experiment, combination.spec, "cpu", uri, tags, earlier[label])
+    assert outcome["ok"] and outcome["run_ids"] == [standard, stopped], outcome
+    assert len(parent_runs(uri, "moons", plan.sweep_id)) == 2  # no run started again
+    assert client.get_run(stopped).info.status == "FINISHED"
+    assert finished_labels(plan, earlier_runs(client, plan)) == {label}
+
+    whole = advbayes.run(plan.experiment, spec=combination.spec, tracking_uri=f"sqlite:///{tmp_path / 'whole.db'}")
+    never_stopped = MlflowClient(f"sqlite:///{tmp_path / 'whole.db'}")
+    for result, run_id in zip(whole.results, [standard, stopped], strict=True):
+        for key in ("train/loss", "train/acc"):
+            continued = [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+            assert continued == [(m.step, m.value) for m in never_stopped.get_metric_history(result.run_id, key)]
+        accuracy = "none/accuracy/eps_0.0000"
+        assert (
+            client.get_run(run_id).data.metrics[accuracy] == never_stopped.get_run(result.run_id).data.metrics[accuracy]
+        )
+
+    writing = client.create_run(
+        client.get_experiment_by_name("moons").experiment_id, tags={"advbayes.role": "parent", **tags}
+    )
+    lease = claim(client, writing.info.run_id, purpose="a test").start()  # this process writes it
+    try:
+        with pytest.raises(SweepError, match=rf"run {writing.info.run_id} \({label}, defense .*\) is being written by"):
+            earlier_runs(client, plan)
+    finally:
+        lease.stop()
 
 
 @pytest.fixture(scope="module")

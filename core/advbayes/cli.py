@@ -228,7 +228,7 @@ def run_command(
 @click.option("--cpus-per-run", type=float, default=1.0, show_default=True, help="CPUs each run reserves.")
 @click.option("--device", default="auto", show_default=True, help="auto (a reserved GPU, else cpu), cpu or cuda.")
 @tracking_option
-@click.option("--resume", "resume", default=None, metavar="SWEEP_ID", help="Rerun what did not finish of a sweep.")
+@click.option("--resume", "resume", default=None, metavar="SWEEP_ID", help="Finish a sweep (stopped runs go on).")
 @click.option("--dry-run", is_flag=True, help="Check every combination, print them, run nothing.")
 @debug_option
 def sweep_command(

@@ -197,12 +197,16 @@ def run(
     pm: PluginManager | None = None,
     spec: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
+    finished_runs: Mapping[str, str] | None = None,
+    continued_runs: Mapping[str, str] | None = None,
     **kwargs: Any,
 ) -> RunResult | RunGroup:
     """Run the experiment `name` (or resume tracked run `resume`, or run the resolved table `spec`); keyword
     arguments are dotted-key overrides; `tags` are added to every tracked run.
 
     An experiment with `defenses` or `seeds` runs each defense (x each seed) as its own run and returns a RunGroup.
+    A sweep's --resume gives, per defense name, the tracked run that FINISHED earlier (`finished_runs`: read back,
+    not run again) or the one to continue from its checkpoint (`continued_runs`).
     """
     pm = pm or get_plugin_manager()
     place, device = join(device)  # launched by torchrun: this rank's place, its device
@@ -249,14 +253,29 @@ def run(
                 place=place,
             )
 
+        finished, continued = dict(finished_runs or {}), dict(continued_runs or {})
+
+        def earlier_or_new(variant: dict[str, Any], peers: Mapping[str, torch.nn.Module] | None) -> RunResult:
+            defense = variant["defense"]["name"]
+            if defense in finished:  # read back from its checkpoint: its model is a peer of the defenses after it
+                return replay(
+                    finished[defense], registry=registry, device=str(torch_device), tracking_uri=tracking_uri, pm=pm
+                )
+            if defense in continued:
+                checkpoint = continued_checkpoint(pm, continued[defense], tracking_uri, variant)
+                return one(variant, continued[defense], checkpoint, peers, None)
+            return one(variant, None, None, peers, None)
+
         if len(prepared.variants) > 1 or spec.get("defenses") or spec.get("seeds"):
             results: list[RunResult] = []
             for variant in prepared.variants:
                 peers = {  # sources for transfer attacks: the defenses of the same seed trained before this one
                     r.spec["defense"]["name"]: r.model for r in results if r.spec["seed"] == variant["seed"]
                 }
-                results.append(one(variant, None, None, peers, None))
+                results.append(earlier_or_new(variant, peers))
             return RunGroup(experiment=name, results=results)
+        if prepared.resume is None and prepared.resumed_from is None:
+            return earlier_or_new(spec, None)
         return one(spec, prepared.resume, prepared.checkpoint, None, prepared.resumed_from)
     finally:
         leave(place)
@@ -385,6 +404,22 @@ def _seeded_engine(
         checkpoint=checkpoint, peers=peers, place=place,
     )  # fmt: skip
     return Run(parts)
+
+
+def continued_checkpoint(
+    pm: PluginManager, run_id: str, tracking_uri: str | None, variant: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The checkpoint of the tracked run `run_id`, which a sweep's --resume continues as the run of `variant`: it must
+    have been written with the same settings (a sweep reruns its own plan)."""
+    checkpoint = _fetch_checkpoint(pm, run_id, tracking_uri)
+    stored = checkpoint["spec"]
+    differ = sorted(k for k in {*stored, *variant} if stored.get(k) != variant.get(k))
+    if differ:
+        raise RunError(
+            f"run {run_id}: its checkpoint was written with other settings than this run's (keys {', '.join(differ)}); "
+            "it cannot be continued as this run"
+        )
+    return checkpoint
 
 
 def _fetch_checkpoint(pm: PluginManager, run_id: str, tracking_uri: str | None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import attrs
 from advbayes.errors import AdvbayesError, error_text
 from advbayes.progress import PROGRESS_SECONDS, clock_text
 from advbayes.sweep.plan import COMBINATION_TAG, SWEEP_ID_TAG, Combination, SweepError, SweepPlan
+from advbayes.sweep.resume import Earlier, earlier_runs, finished_labels, resume_lines, sweep_runs_filter
 from advbayes.tracking.store import shown_uri
 
 SWEEP_ROLE = "sweep"  # the record run that holds a sweep's plan (sweep.json); compare and report skip it
@@ -66,7 +67,9 @@ class SweepSummary:
             ids = ", ".join(outcome.run_ids) or "no MLflow run"
             lines.append(f"  FAILED {outcome.label}: {outcome.error} (run {ids})")
         if self.failed:
-            lines.append(f"rerun what did not finish: advbayes sweep --resume {self.plan.sweep_id}")
+            lines.append(
+                f"finish it (stopped runs go on from their checkpoints): advbayes sweep --resume {self.plan.sweep_id}"
+            )
         lines.append(f"compare: advbayes compare {self.plan.experiment} (store {shown_uri(self.tracking_uri)})")
         return "\n".join(lines)
 
@@ -196,16 +199,32 @@ def check_workers_reach(uri: str) -> None:
 
 
 def run_combination(
-    experiment: str, spec: Mapping[str, Any], device: str, tracking_uri: str, tags: Mapping[str, str]
+    experiment: str,
+    spec: Mapping[str, Any],
+    device: str,
+    tracking_uri: str,
+    tags: Mapping[str, str],
+    earlier: Earlier | None = None,
 ) -> dict[str, Any]:
-    """One combination on a Ray worker: `advbayes run` of the resolved spec, its runs tagged; never raises."""
+    """One combination on a Ray worker: `advbayes run` of the resolved spec, its runs tagged, the `earlier` runs a
+    --resume keeps read back or continued; never raises."""
     from advbayes.engine import run
     from advbayes.results import RunGroup
     from advbayes.tracking import headline_columns
 
     started = time.perf_counter()
     try:
-        result = run(experiment, spec=spec, device=device, tracking_uri=tracking_uri, tags=tags, progress=False)
+        earlier = earlier or Earlier()
+        result = run(
+            experiment,
+            spec=spec,
+            device=device,
+            tracking_uri=tracking_uri,
+            tags=tags,
+            progress=False,
+            finished_runs=earlier.finished,
+            continued_runs=earlier.continued,
+        )
     except BaseException as exc:  # noqa: BLE001 - reported to the driver, which lists it and goes on
         run_id = getattr(exc, "advbayes_run_id", None)
         return {"ok": False, "run_ids": [run_id] if run_id else [], "error": error_text(exc), "seconds": 0.0}
@@ -225,14 +244,6 @@ def short_result(result: Any) -> str:
         f"{r.attack_label}@{r.eps:g} {r.metrics['accuracy']:.3f}" for r in result.records if "accuracy" in r.metrics
     ]
     return ", ".join(cells[:4]) + (" ..." if len(cells) > 4 else "")
-
-
-def sweep_runs_filter(sweep_id: str, role: str, condition: str = "") -> str:
-    """The MLflow filter for a sweep's runs of one role (its record run, or its parent runs), and `condition`."""
-    from advbayes.tracking import ROLE_TAG
-
-    text = f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`{ROLE_TAG}` = '{role}'"
-    return f"{text} and {condition}" if condition else text
 
 
 def open_record(client: Any, experiment: str, plan: SweepPlan) -> str:
@@ -263,25 +274,6 @@ def find_record(client: Any, sweep_id: str) -> SweepPlan:
         path = client.download_artifacts(run_id, MANIFEST, folder)
         manifest = json.loads(Path(path).read_text())
     return SweepPlan.from_manifest(manifest)
-
-
-def finished_labels(client: Any, plan: SweepPlan) -> set[str]:
-    """Combinations all of whose runs FINISHED in this sweep (what --resume skips)."""
-    from advbayes.tracking import PARENT_ROLE
-
-    experiment = client.get_experiment_by_name(plan.experiment)
-    if experiment is None:
-        return set()
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=sweep_runs_filter(plan.sweep_id, PARENT_ROLE, "attributes.status = 'FINISHED'"),
-        max_results=50000,
-    )
-    counts: dict[str, int] = {}
-    for run in runs:
-        label = run.data.tags.get(COMBINATION_TAG, "")
-        counts[label] = counts.get(label, 0) + 1
-    return {c.label for c in plan.combinations if counts.get(c.label, 0) >= c.runs}
 
 
 def close_lost_runs(client: Any, experiment: str, plan: SweepPlan, outcome: Outcome) -> None:
@@ -331,7 +323,8 @@ def execute(
     progress = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
     tracking_uri = absolute_store(tracking_uri)
-    skipped = finished_labels(client_for(tracking_uri, write=False), plan) if resume else set()
+    earlier = earlier_runs(client_for(tracking_uri, write=False), plan) if resume else {}
+    skipped = finished_labels(plan, earlier)
     todo = [c for c in plan.combinations if c.label not in skipped]
     stop_ray = connect(address, workers, cpus_per_run)
     import ray
@@ -354,6 +347,7 @@ def execute(
                 task_device,
                 tracking_uri,
                 {SWEEP_ID_TAG: plan.sweep_id, COMBINATION_TAG: c.label},
+                earlier.get(c.label, Earlier()),
             ): c
             for c in todo
         }
@@ -362,7 +356,10 @@ def execute(
             f"({cpus:g} CPU, {gpus:g} GPU each) tracking to {shown_uri(tracking_uri)}"
             + (f"; {len(skipped)} finished before, skipped" if skipped else "")
         )
-        outcomes = wait_all(ray, pending, client, experiment, plan, progress, echo, tqdm)
+        for line in resume_lines(plan, earlier, skipped):
+            echo(line)
+        continued = frozenset(run_id for runs in earlier.values() for run_id in runs.continued.values())
+        outcomes = wait_all(ray, pending, client, experiment, plan, progress, echo, tqdm, continued)
         repair_runs_view(client, experiment, outcomes)
         client.set_terminated(record, status="FINISHED" if all(o.ok for o in outcomes) else "FAILED")
     finally:
@@ -380,8 +377,10 @@ def wait_all(
     progress: bool,
     echo: Any,
     tqdm: Any,
+    continued: frozenset[str] = frozenset(),
 ) -> list[Outcome]:
-    """Collect the tasks as they finish: a line per finished combination and a bar over the grid."""
+    """Collect the tasks as they finish: a line per finished combination and a bar over the grid (`continued`: the
+    runs a --resume continues, started before this wait)."""
     outcomes: list[Outcome] = []
     total, started, since = len(pending), time.monotonic(), int(time.time() - CLOCK_SKEW) * 1000
     bar = tqdm(total=total, unit="run", desc=f"sweep {plan.sweep_id}", disable=not progress, dynamic_ncols=True)
@@ -389,7 +388,7 @@ def wait_all(
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_SECONDS)
         if not ready:  # a combination can take an hour: say what each running one is at, from the store
-            state = running_state(client, experiment, plan, since)
+            state = running_state(client, experiment, plan, since, continued)
             if progress:
                 bar.set_postfix_str(state)
             else:
@@ -415,20 +414,27 @@ def wait_all(
     return outcomes
 
 
-def running_state(client: Any, experiment: str, plan: SweepPlan, since_ms: int = 0) -> str:
+def running_state(
+    client: Any, experiment: str, plan: SweepPlan, since_ms: int = 0, continued: frozenset[str] = frozenset()
+) -> str:
     """Each running combination's epoch (or the attack it evaluates), from the runs the workers started after
-    `since_ms` (a killed earlier try of the sweep leaves its runs RUNNING); a store that does not answer is said in the
-    line, and the sweep waits on (its runs write to that store and fail on their own)."""
+    `since_ms` or continue (a killed earlier try of the sweep leaves its runs RUNNING); a store that does not answer is
+    said in the line, and the sweep waits on (its runs write to that store and fail on their own)."""
     from mlflow.exceptions import MlflowException
 
     from advbayes.tracking import CHILD_ROLE, PARENT_ROLE, ROLE_TAG
     from advbayes.tracking.runs import TRAINING_LOSS
 
-    running = f"attributes.status = 'RUNNING' and attributes.start_time >= {since_ms}"
+    running = "attributes.status = 'RUNNING'"
     try:
-        parents = client.search_runs([experiment], filter_string=sweep_runs_filter(plan.sweep_id, PARENT_ROLE, running))
+        found = client.search_runs([experiment], filter_string=sweep_runs_filter(plan.sweep_id, PARENT_ROLE, running))
+        parents = [r for r in found if r.info.start_time >= since_ms or r.info.run_id in continued]
         attacks = client.search_runs([experiment], filter_string=f"tags.`{ROLE_TAG}` = '{CHILD_ROLE}' and {running}")
-        attacking = {run.data.tags.get("mlflow.parentRunId"): run.info.run_name for run in attacks}
+        attacking = {
+            run.data.tags.get("mlflow.parentRunId"): run.info.run_name
+            for run in attacks
+            if run.info.start_time >= since_ms or run.data.tags.get("mlflow.parentRunId") in continued
+        }
         parts = []
         for run in parents:
             label, run_id = run.data.tags.get(COMBINATION_TAG, run.info.run_name), run.info.run_id

@@ -1,0 +1,93 @@
+"""What a sweep's --resume does not start again: per combination, the defenses whose runs FINISHED in the sweep (read
+back, not rerun) and the unfinished runs it continues from their last checkpoint, so that a sweep stopped by a
+preempted node or a killed driver loses at most an epoch of each run, not the runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from advbayes.sweep.plan import COMBINATION_TAG, SWEEP_ID_TAG, SweepError, SweepPlan
+
+
+@attrs.frozen
+class Earlier:
+    """The runs of one combination a --resume keeps: defense name -> run id."""
+
+    finished: dict[str, str] = attrs.field(factory=dict)
+    continued: dict[str, str] = attrs.field(factory=dict)  # unfinished, with a checkpoint: continued from it
+    epochs: dict[str, int] = attrs.field(factory=dict)  # the epoch each continued run's checkpoint is at
+
+
+def sweep_runs_filter(sweep_id: str, role: str, condition: str = "") -> str:
+    """The MLflow filter for a sweep's runs of one role (its record run, or its parent runs), and `condition`."""
+    from advbayes.tracking import ROLE_TAG
+
+    text = f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`{ROLE_TAG}` = '{role}'"
+    return f"{text} and {condition}" if condition else text
+
+
+def earlier_runs(client: Any, plan: SweepPlan) -> dict[str, Earlier]:
+    """label -> the runs of that combination a --resume keeps: per defense its FINISHED run, else its newest unfinished
+    run with a checkpoint. A run another process still writes stops the resume: continuing it or starting it again
+    would train the same combination twice."""
+    from advbayes.tracking import PARENT_ROLE
+    from advbayes.tracking.lease import describe
+    from advbayes.tracking.runs import TRAINING_LOSS, current_holder, has_checkpoint, liveness
+
+    experiment = client.get_experiment_by_name(plan.experiment)
+    if experiment is None:
+        return {}
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=sweep_runs_filter(plan.sweep_id, PARENT_ROLE),
+        max_results=50000,
+        order_by=["attributes.start_time DESC"],
+    )
+    finished: dict[tuple[str, str], str] = {}
+    for run in runs:
+        if run.info.status == "FINISHED":
+            finished.setdefault(_combination_defense(run), run.info.run_id)
+    kept: dict[str, Earlier] = {}
+    for run in runs:  # newest first
+        key, run_id = _combination_defense(run), run.info.run_id
+        earlier = kept.setdefault(key[0], Earlier())
+        if key in finished:
+            earlier.finished[key[1]] = finished[key]
+            continue
+        if liveness(run) == "alive":
+            raise SweepError(
+                f"--resume {plan.sweep_id}: run {run_id} ({key[0]}, defense {key[1]}) is being written by "
+                f"{describe(current_holder(run))}; let it finish or stop it first"
+            )
+        if key[1] not in earlier.continued and has_checkpoint(client, run_id):
+            earlier.continued[key[1]] = run_id
+            earlier.epochs[key[1]] = max((m.step for m in client.get_metric_history(run_id, TRAINING_LOSS)), default=0)
+    return kept
+
+
+def finished_labels(plan: SweepPlan, earlier: dict[str, Earlier]) -> set[str]:
+    """Combinations each of whose defenses has a FINISHED run in the sweep (what --resume skips)."""
+    return {c.label for c in plan.combinations if len(earlier.get(c.label, Earlier()).finished) >= c.runs}
+
+
+def resume_lines(plan: SweepPlan, earlier: dict[str, Earlier], skipped: set[str]) -> list[str]:
+    """What a --resume keeps of each combination it runs, one line per run."""
+    lines = []
+    for label, runs in sorted(earlier.items()):
+        if label in skipped:
+            continue
+        for defense, run_id in sorted(runs.finished.items()):
+            lines.append(f"sweep {plan.sweep_id}: {label}: {defense} FINISHED in run {run_id}, read back, not rerun")
+        for defense, run_id in sorted(runs.continued.items()):
+            lines.append(
+                f"sweep {plan.sweep_id}: {label}: {defense} continues run {run_id} from its checkpoint "
+                f"(epoch {runs.epochs[defense]})"
+            )
+    return lines
+
+
+def _combination_defense(run: Any) -> tuple[str, str]:
+    tags = run.data.tags
+    return tags.get(COMBINATION_TAG, ""), tags.get("advbayes.defense", run.info.run_name)
