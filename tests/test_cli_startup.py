@@ -140,3 +140,24 @@ raise AssertionError("main() returned")
     assert outcomes["error"].returncode == 2 and outcomes["error"].stderr.startswith("Error: unknown entry")
     assert outcomes["thread"].returncode == 0 and (tmp_path / "thread" / "thread").read_text() == "done"
     assert outcomes["text"].returncode == 1 and outcomes["text"].stderr == "no store here\n"
+
+
+@pytest.mark.parametrize("args", [["plugins"], ["list", "attacks"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path, args: list[str]) -> None:
+    """`advbayes plugins | head -1`: once the pipe's reader has closed it, the command ends with status 1 and says
+    nothing (it printed "Error: BrokenPipeError", or a traceback when the answer came from the output cache). The
+    reader here closes the pipe before the process has written anything; `list` answers from the cache, which a
+    first, whole run filled."""
+    environment = {**os.environ, "ADVBAYES_CACHE_DIR": str(tmp_path / "cache")}
+    environment.pop("ADVBAYES_NO_CACHE", None)
+    command = [sys.executable, "-m", "advbayes.cli", *args]
+    if args[0] == "list":
+        whole = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+        assert whole.returncode == 0 and "pgd-20" in whole.stdout and len(list((tmp_path / "cache").glob("*.out"))) == 1
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader goes away first
+    assert (process.wait(timeout=120), process.stderr.read()) == (1, "")
+    process.stderr.close()

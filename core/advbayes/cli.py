@@ -90,7 +90,7 @@ class AdvbayesGroup(click.Group):
                 raise
             click.echo(f"Error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
             raise
         except Exception as exc:  # MLflow, Ray or a plugin failing in a command: reported, in one line, not hidden
             if _debug(ctx):
@@ -472,6 +472,8 @@ def main() -> None:
         _answer(sys.argv[1:])
     except SystemExit as exc:
         exit_now(exc.code)
+    except BrokenPipeError:  # the reader went away (advbayes list | head): end quietly, with status 1 as click does
+        exit_now(1)
     exit_now(0)
 
 
