@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import subprocess
 import sys
 import warnings
@@ -16,7 +15,7 @@ import click
 import tomli_w
 
 from advbayes.cli_options import complete_entries, debug_option, registry_option, tracking_option
-from advbayes.cli_output import Terminated, exit_now, one_line, show_warning, stop_on_sigterm
+from advbayes.cli_output import Terminated, exit_now, interruption_lines, one_line, show_warning, stop_on_sigterm
 from advbayes.errors import AdvbayesError, RunError, error_text
 
 KIND_CHOICES = ("datasets", "models", "defenses", "attacks", "metrics", "experiments")
@@ -104,24 +103,8 @@ class AdvbayesGroup(click.Group):
 
                 for metric in metric_names(finished):
                     click.echo(format_table(finished, metric) + "\n")
-            run_id = getattr(exc, "advbayes_run_id", None)
-            given = list(getattr(self, "invoked_args", sys.argv[1:]))
-            if getattr(exc, "advbayes_bench", False):  # the bench, not its one run, is what the user goes on with
-                again = shlex.join(["advbayes", *given, *([] if "--resume" in given else ["--resume"])])
-                click.echo(f"Interrupted: the bench's finished runs and checkpoints are kept; go on: {again}", err=True)
-            elif run_id and getattr(exc, "advbayes_checkpointed", True):
-                click.echo(
-                    f"Interrupted: tracked run {run_id} is marked KILLED; resume it with --resume {run_id}", err=True
-                )
-            elif run_id:  # nothing to resume from: say how to start it again
-                again = shlex.join(["advbayes", *given])
-                click.echo(
-                    f"Interrupted: tracked run {run_id} is marked KILLED before its first checkpoint, so there is "
-                    f"nothing to resume; run it again: {again}",
-                    err=True,
-                )
-            else:
-                click.echo("Interrupted: no tracked run was open", err=True)
+            for line in interruption_lines(exc, list(getattr(self, "invoked_args", sys.argv[1:]))):
+                click.echo(line, err=True)
             ctx.exit(143 if isinstance(exc, Terminated) else 130)  # 128 + the signal, as shells report it
 
 

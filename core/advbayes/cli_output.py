@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import atexit
 import os
+import shlex
 import signal
 import sys
 import threading
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -22,6 +24,42 @@ def one_line(text: str) -> str:
     forge a second line), cut at MAX_ERROR characters."""
     escaped = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
     return escaped if len(escaped) <= MAX_ERROR else escaped[: MAX_ERROR - 30] + f"... ({len(escaped)} characters)"
+
+
+def interruption_lines(exc: BaseException, given: list[str]) -> list[str]:
+    """What an interrupted command prints: how to go on with the run it was in (resume it, or start it again when it
+    had no checkpoint yet) and, for an experiment of several runs, how to run those that had not started."""
+    run_id = getattr(exc, "advbayes_run_id", None)
+    if getattr(exc, "advbayes_bench", False):  # the bench, not its one run, is what the user goes on with
+        again = shlex.join(["advbayes", *given, *([] if "--resume" in given else ["--resume"])])
+        return [f"Interrupted: the bench's finished runs and checkpoints are kept; go on: {again}"]
+    if run_id and getattr(exc, "advbayes_checkpointed", True):
+        lines = [f"Interrupted: tracked run {run_id} is marked KILLED; resume it with --resume {run_id}"]
+    elif run_id:  # nothing to resume from: say how to start it again
+        lines = [
+            f"Interrupted: tracked run {run_id} is marked KILLED before its first checkpoint, so there is nothing to "
+            f"resume; run it again: {shlex.join(['advbayes', *given])}"
+        ]
+    else:
+        lines = ["Interrupted: no tracked run was open"]
+    not_started = getattr(exc, "advbayes_not_started", [])
+    if not_started:
+        lines.append(f"{len(not_started)} run(s) of the experiment had not started; run them with:")
+        begun = getattr(exc, "advbayes_seed", None)
+        lines += [f"  {shlex.join(['advbayes', *given, *more])}" for more in not_started_settings(not_started, begun)]
+    return lines
+
+
+def not_started_settings(variants: Sequence[tuple[int, str]], begun: int | None) -> list[list[str]]:
+    """The --set arguments that run the (seed, defense) pairs of an experiment that had not started: one command per
+    defense of seed `begun` (the interrupted run's), one for all the seeds none of whose runs had started."""
+    commands = [
+        ["--set", f"seeds=[{seed}]", "--set", f"defense={defense}"] for seed, defense in variants if seed == begun
+    ]
+    whole = list(dict.fromkeys(seed for seed, _ in variants if seed != begun))
+    if whole:
+        commands.append(["--set", f"seeds=[{', '.join(str(seed) for seed in whole)}]"])
+    return commands
 
 
 def show_warning(

@@ -268,11 +268,17 @@ def run(
 
         if len(prepared.variants) > 1 or spec.get("defenses") or spec.get("seeds"):
             results: list[RunResult] = []
-            for variant in prepared.variants:
+            for index, variant in enumerate(prepared.variants):
                 peers = {  # sources for transfer attacks: the defenses of the same seed trained before this one
                     r.spec["defense"]["name"]: r.model for r in results if r.spec["seed"] == variant["seed"]
                 }
-                results.append(earlier_or_new(variant, peers))
+                try:
+                    results.append(earlier_or_new(variant, peers))
+                except BaseException as exc:  # the CLI says how to run the variants that did not start
+                    later = prepared.variants[index + 1 :]
+                    exc.advbayes_not_started = [(v["seed"], v["defense"]["name"]) for v in later]  # type: ignore[attr-defined]
+                    exc.advbayes_seed = variant["seed"]  # type: ignore[attr-defined]
+                    raise
             return RunGroup(experiment=name, results=results)
         if prepared.resume is None and prepared.resumed_from is None:
             return earlier_or_new(spec, None)
