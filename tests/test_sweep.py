@@ -212,6 +212,8 @@ def test_a_resumed_sweep_continues_unfinished_runs_from_their_checkpoints_and_re
     stopped (every epoch's loss, every accuracy). A run another process still writes stops the resume before any
     work. Driver and worker functions as the Ray task calls them (the Ray path: the slow tests below)."""
     import advbayes
+    from advbayes.engine.lifecycle import continued_checkpoint, expand_variants
+    from advbayes.errors import RunError
     from advbayes.plugins import create_plugin_manager
     from advbayes.sweep.resume import earlier_runs, finished_labels, resume_lines
     from advbayes.sweep.runner import run_combination
@@ -238,6 +240,11 @@ def test_a_resumed_sweep_continues_unfinished_runs_from_their_checkpoints_and_re
         f"sweep {plan.sweep_id}: {label}: standard FINISHED in run {standard}, read back, not rerun",
         f"sweep {plan.sweep_id}: {label}: bnn continues run {stopped} from its checkpoint (epoch 2)",
     ]
+    bnn = expand_variants(combination.spec)[1]  # a run of other settings is not continued as this one
+    with pytest.raises(
+        RunError, match=rf"run {stopped}: its checkpoint was written with other settings .*keys epochs\)"
+    ):
+        continued_checkpoint(pm, stopped, uri, {**bnn, "epochs": 9})
     outcome = run_combination(plan.experiment, combination.spec, "cpu", uri, tags, earlier[label])
     assert outcome["ok"] and outcome["run_ids"] == [standard, stopped], outcome
     assert len(parent_runs(uri, "moons", plan.sweep_id)) == 2  # no run started again

@@ -423,7 +423,7 @@ def continued_checkpoint(
     if differ:
         raise RunError(
             f"run {run_id}: its checkpoint was written with other settings than this run's (keys {', '.join(differ)}); "
-            "it cannot be continued as this run"
+            "it cannot be continued as this run (a sweep run again without --resume starts it over)"
         )
     return checkpoint
 
