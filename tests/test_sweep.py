@@ -273,6 +273,102 @@ def test_a_resumed_sweep_continues_unfinished_runs_from_their_checkpoints_and_re
         lease.stop()
 
 
+class StoppableTasks:
+    """Ray's cancel and wait as an interrupted sweep calls them, recorded."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[tuple[str, bool]] = []
+        self.waited: list[tuple[list[str], int, float | None]] = []
+
+    def cancel(self, ref: str, force: bool = False) -> None:
+        self.cancelled.append((ref, force))
+
+    def wait(self, refs: list[str], num_returns: int, timeout: float | None = None) -> tuple[list[str], list[str]]:
+        self.waited.append((refs, num_returns, timeout))
+        return refs, []
+
+
+def test_an_interrupted_sweep_kills_its_tasks_and_then_marks_their_runs_and_its_record_killed(tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM in the driver: every unfinished task is force-cancelled (its worker process killed) and
+    waited for before its runs are marked KILLED with the reason, so no worker writes after the mark; finished runs
+    and other sweeps' runs are left as they are. The command line then says how to finish the sweep."""
+    from advbayes.cli_output import interruption_lines
+    from advbayes.sweep.runner import stop_tasks
+    from advbayes.tracking import client_for
+
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("grid")
+    record = client.create_run(experiment, tags={SWEEP_ID_TAG: "s1", "advbayes.role": "sweep"}).info.run_id
+
+    def parent(label: str, sweep_id: str = "s1", status: str = "RUNNING") -> str:
+        tags = {"advbayes.role": "parent", SWEEP_ID_TAG: sweep_id, COMBINATION_TAG: label}
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        if status != "RUNNING":
+            client.set_terminated(run_id, status=status)
+        return run_id
+
+    running, queued_done, finished, other = (
+        parent("seed=1"),
+        parent("seed=0"),
+        parent("seed=2", status="FINISHED"),
+        parent("seed=1", sweep_id="s2"),
+    )
+    ray = StoppableTasks()
+    pending = {"ref1": SimpleNamespace(label="seed=1"), "ref0": SimpleNamespace(label="seed=0")}
+    stop_tasks(ray, client, experiment, SimpleNamespace(sweep_id="s1"), record, pending)
+    assert ray.cancelled == [("ref1", True), ("ref0", True)] and ray.waited == [(["ref1", "ref0"], 2, 30)]
+    status = {run_id: client.get_run(run_id) for run_id in (running, queued_done, finished, other, record)}
+    assert [status[r].info.status for r in (running, queued_done, finished, other, record)] == [
+        "KILLED", "KILLED", "FINISHED", "RUNNING", "KILLED"
+    ]  # fmt: skip
+    assert status[running].data.tags["error"] == "KeyboardInterrupt: the sweep stopped"
+    stopped = KeyboardInterrupt()
+    stopped.advbayes_sweep = "sweep s1 stopped with 0 of 2 combination(s) finished; finish it with: ..."  # type: ignore[attr-defined]
+    assert interruption_lines(stopped, ["sweep", "grid"]) == [f"Interrupted: {stopped.advbayes_sweep}"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow  # a fresh process that starts its own Ray and imports torch: ~20 s
+def test_a_sigtermed_sweep_stops_its_runs_killed_and_says_how_to_finish_it(tmp_path: Path) -> None:
+    """A scheduler's SIGTERM to the driver: Ray's own handler printed a stack and ended the process at once, the
+    runs left RUNNING; the sweep now stops as on Ctrl-C (exit status 143), its run KILLED, and the last line is the
+    command that finishes it."""
+    import signal
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [sys.executable, "-m", "advbayes.cli", "sweep", "moons", "--grid", "seed=0", "--set", "defense=bnn"]
+    command += ["--set", "epochs=100000", "--set", "until_converged=false", "--workers", "1", "--tracking-uri", uri]
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and driver.poll() is None:  # until the run has logged an epoch
+            time.sleep(1)
+            found = MlflowClient(uri).search_experiments() if (tmp_path / "mlflow.db").exists() else []
+            runs = [r for e in found for r in MlflowClient(uri).search_runs([e.experiment_id])]
+            if any("train/loss" in r.data.metrics for r in runs):
+                break
+        driver.send_signal(signal.SIGTERM)
+        out, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 143, err
+    (run,) = [r for r in parent_runs(uri, "moons", run_sweep_id(err)) if r.data.tags.get("advbayes.role") == "parent"]
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "KeyboardInterrupt: the sweep stopped"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"Interrupted: sweep {run_sweep_id(err)} stopped with 0 of 1 combination(s) finished; "), err
+    assert last.endswith(
+        f"finish it with: advbayes sweep --resume {run_sweep_id(err)} --tracking-uri {uri} --workers 1"
+    )
+    assert "SIGTERM received" not in err  # Ray's handler did not take over
+
+
+def run_sweep_id(err: str) -> str:
+    """The sweep id in the driver's first `sweep ID: ...` line."""
+    return next(line.split()[1].rstrip(":") for line in err.splitlines() if line.startswith("sweep "))
+
+
 @pytest.fixture(scope="module")
 def ray_stopped_after_the_module() -> Iterator[None]:
     yield

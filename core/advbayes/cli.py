@@ -15,7 +15,14 @@ import click
 import tomli_w
 
 from advbayes.cli_options import complete_entries, debug_option, registry_option, tracking_option
-from advbayes.cli_output import Terminated, exit_now, interruption_lines, one_line, show_warning, stop_on_sigterm
+from advbayes.cli_output import (
+    exit_now,
+    exit_status,
+    interruption_lines,
+    one_line,
+    show_warning,
+    stop_on_sigterm,
+)
 from advbayes.errors import AdvbayesError, RunError, error_text
 
 KIND_CHOICES = ("datasets", "models", "defenses", "attacks", "metrics", "experiments")
@@ -105,7 +112,7 @@ class AdvbayesGroup(click.Group):
                     click.echo(format_table(finished, metric) + "\n")
             for line in interruption_lines(exc, list(getattr(self, "invoked_args", sys.argv[1:]))):
                 click.echo(line, err=True)
-            ctx.exit(143 if isinstance(exc, Terminated) else 130)  # 128 + the signal, as shells report it
+            ctx.exit(exit_status(exc))
 
 
 HTTP_TIMEOUT = 30  # seconds without a byte from a tracking server before a request fails

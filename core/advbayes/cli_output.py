@@ -30,6 +30,8 @@ def interruption_lines(exc: BaseException, given: list[str]) -> list[str]:
     """What an interrupted command prints: how to go on with the run it was in (resume it, or start it again when it
     had no checkpoint yet) and, for an experiment of several runs, how to run those that had not started."""
     run_id = getattr(exc, "advbayes_run_id", None)
+    if getattr(exc, "advbayes_sweep", None):  # a sweep: its runs are continued by its own --resume
+        return [f"Interrupted: {exc.advbayes_sweep}"]  # type: ignore[attr-defined]
     if getattr(exc, "advbayes_bench", False):  # the bench, not its one run, is what the user goes on with
         again = shlex.join(["advbayes", *given, *([] if "--resume" in given else ["--resume"])])
         return [f"Interrupted: the bench's finished runs and checkpoints are kept; go on: {again}"]
@@ -101,6 +103,13 @@ def exit_now(code: object) -> None:
 class Terminated(KeyboardInterrupt):
     """SIGTERM, as a scheduler, `docker stop` or `kill` sends it, delivered as an interruption (exit status 143)."""
 
+    received = False  # set by the handler: Ray's wait re-raises the interruption as a plain KeyboardInterrupt
+
+
+def exit_status(exc: KeyboardInterrupt) -> int:
+    """128 + the signal that interrupted the command, as shells report it: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 143 if isinstance(exc, Terminated) or Terminated.received else 130
+
 
 def stop_on_sigterm() -> None:
     """End the command on SIGTERM as on Ctrl-C: its tracked run is marked KILLED, a bench keeps its time, and the
@@ -109,6 +118,7 @@ def stop_on_sigterm() -> None:
 
     def terminate(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        Terminated.received = True
         raise Terminated()
 
     if threading.current_thread() is threading.main_thread():

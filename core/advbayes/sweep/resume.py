@@ -88,6 +88,20 @@ def resume_lines(plan: SweepPlan, earlier: dict[str, Earlier], skipped: set[str]
     return lines
 
 
+def close_runs(client: Any, experiment: str, plan: SweepPlan, label: str, error: str, status: str) -> list[str]:
+    """A combination's runs its task left RUNNING (its worker died, or the sweep stopped it), marked `status` with
+    the error; their ids."""
+    from advbayes.tracking import PARENT_ROLE
+
+    quoted = label.replace("'", "\\'")
+    condition = f"tags.`{COMBINATION_TAG}` = '{quoted}' and attributes.status = 'RUNNING'"
+    runs = client.search_runs([experiment], filter_string=sweep_runs_filter(plan.sweep_id, PARENT_ROLE, condition))
+    for run in runs:
+        client.set_tag(run.info.run_id, "error", error)
+        client.set_terminated(run.info.run_id, status=status)
+    return [run.info.run_id for run in runs]
+
+
 def _combination_defense(run: Any) -> tuple[str, str]:
     tags = run.data.tags
     return tags.get(COMBINATION_TAG, ""), tags.get("advbayes.defense", run.info.run_name)

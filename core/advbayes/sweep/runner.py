@@ -4,11 +4,15 @@ did not finish."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
+import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -18,7 +22,14 @@ import attrs
 from advbayes.errors import AdvbayesError, error_text
 from advbayes.progress import PROGRESS_SECONDS, clock_text
 from advbayes.sweep.plan import COMBINATION_TAG, SWEEP_ID_TAG, Combination, SweepError, SweepPlan
-from advbayes.sweep.resume import Earlier, earlier_runs, finished_labels, resume_lines, sweep_runs_filter
+from advbayes.sweep.resume import (
+    Earlier,
+    close_runs,
+    earlier_runs,
+    finished_labels,
+    resume_lines,
+    sweep_runs_filter,
+)
 from advbayes.tracking.store import shown_uri
 
 SWEEP_ROLE = "sweep"  # the record run that holds a sweep's plan (sweep.json); compare and report skip it
@@ -26,6 +37,7 @@ MANIFEST = "sweep.json"
 PROBE_TIMEOUT = 120  # seconds for a worker to answer whether it reaches the tracking store
 CONNECT_TIMEOUT = 5  # seconds for a TCP probe of a cluster address
 CLOCK_SKEW = 60  # seconds a worker's clock may lag the driver's, when it stamps a run's start
+STOP_SECONDS = 30  # for the tasks of an interrupted sweep to be killed before their runs are marked KILLED
 
 
 @attrs.define
@@ -125,7 +137,8 @@ def connect(address: str | None, workers: int | None, cpus_per_run: float) -> bo
             return False  # not ours to stop; its workers stay warm (torch and MLflow imported) for the next sweep
         cpus = None if workers is None else max(1, int(workers * max(cpus_per_run, 1)))
         try:
-            ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=256 * 2**20, **quiet)
+            with sigterm_kept():
+                ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=256 * 2**20, **quiet)
         except Exception as exc:  # noqa: BLE001 - any failure to start is reported in one line
             raise SweepError(f"could not start a local Ray: {error_text(exc)}") from None
         return True
@@ -133,10 +146,23 @@ def connect(address: str | None, workers: int | None, cpus_per_run: float) -> bo
         raise SweepError("--workers sizes a local Ray; a cluster (--address) has the workers it has")
     probe_address(address)
     try:
-        ray.init(address=address, **quiet)
+        with sigterm_kept():
+            ray.init(address=address, **quiet)
     except Exception as exc:  # noqa: BLE001 - ConnectionError, ValueError, grpc errors: all one line
         raise SweepError(f"--address {address}: cannot join a Ray cluster ({error_text(exc)})") from None
     return False
+
+
+@contextlib.contextmanager
+def sigterm_kept() -> Iterator[None]:
+    """ray.init installs a SIGTERM handler that prints a stack and ends the driver at once; the command's own (a
+    SIGTERM ends the sweep as Ctrl-C does, with the way to finish it) is put back."""
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(before) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, before)
 
 
 def node_capacity() -> tuple[float, float, float]:
@@ -276,17 +302,17 @@ def find_record(client: Any, sweep_id: str) -> SweepPlan:
     return SweepPlan.from_manifest(manifest)
 
 
-def close_lost_runs(client: Any, experiment: str, plan: SweepPlan, outcome: Outcome) -> None:
-    """A task whose worker died left its runs RUNNING: find them by tag, mark them FAILED with the error."""
-    from advbayes.tracking import PARENT_ROLE
-
-    label = outcome.label.replace("'", "\\'")
-    condition = f"tags.`{COMBINATION_TAG}` = '{label}' and attributes.status = 'RUNNING'"
-    runs = client.search_runs([experiment], filter_string=sweep_runs_filter(plan.sweep_id, PARENT_ROLE, condition))
-    for run in runs:
-        client.set_tag(run.info.run_id, "error", outcome.error)
-        client.set_terminated(run.info.run_id, status="FAILED")
-        outcome.run_ids.append(run.info.run_id)
+def stop_tasks(
+    ray: Any, client: Any, experiment: str, plan: SweepPlan, record: str, pending: Mapping[Any, Combination]
+) -> None:
+    """An interrupted sweep: its unfinished tasks are ended (their worker processes killed, so none writes on), then
+    their runs and the sweep's record run are marked KILLED; --resume continues those runs from their checkpoints."""
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    ray.wait(list(pending), num_returns=len(pending), timeout=STOP_SECONDS)
+    for combination in pending.values():
+        close_runs(client, experiment, plan, combination.label, "KeyboardInterrupt: the sweep stopped", "KILLED")
+    client.set_terminated(record, status="KILLED")
 
 
 def repair_runs_view(client: Any, experiment: str, outcomes: list[Outcome]) -> None:
@@ -359,7 +385,17 @@ def execute(
         for line in resume_lines(plan, earlier, skipped):
             echo(line)
         continued = frozenset(run_id for runs in earlier.values() for run_id in runs.continued.values())
-        outcomes = wait_all(ray, pending, client, experiment, plan, progress, echo, tqdm, continued)
+        try:
+            outcomes = wait_all(ray, pending, client, experiment, plan, progress, echo, tqdm, continued)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop the tasks, mark their runs, say how to finish
+            stop_tasks(ray, client, experiment, plan, record, pending)
+            again = ["advbayes", "sweep", "--resume", plan.sweep_id, "--tracking-uri", tracking_uri]
+            again += ["--address", address] if address else ["--workers", str(workers)] if workers else []
+            exc.advbayes_sweep = (  # type: ignore[attr-defined]  # for the command line's message
+                f"sweep {plan.sweep_id} stopped with {len(todo) - len(pending)} of {len(todo)} combination(s) "
+                f"finished; finish it with: {shlex.join(again)}"
+            )
+            raise
         repair_runs_view(client, experiment, outcomes)
         client.set_terminated(record, status="FINISHED" if all(o.ok for o in outcomes) else "FAILED")
     finally:
@@ -403,7 +439,7 @@ def wait_all(
             outcome = Outcome(
                 label=combination.label, ok=False, run_ids=[], error=f"Ray task failed: {error_text(exc)}"
             )
-            close_lost_runs(client, experiment, plan, outcome)
+            outcome.run_ids += close_runs(client, experiment, plan, combination.label, outcome.error, "FAILED")
         outcomes.append(outcome)
         state = "finished" if outcome.ok else "FAILED"
         detail = outcome.summary if outcome.ok else outcome.error
