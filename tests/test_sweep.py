@@ -327,6 +327,25 @@ def test_an_interrupted_sweep_kills_its_tasks_and_then_marks_their_runs_and_its_
     assert interruption_lines(stopped, ["sweep", "grid"]) == [f"Interrupted: {stopped.advbayes_sweep}"]  # type: ignore[attr-defined]
 
 
+def test_the_command_that_finishes_a_sweep_repeats_the_options_it_ran_with() -> None:
+    """Options at `advbayes sweep`'s own defaults are left out, the others repeated (quoted for a shell); the defaults
+    the command leaves out are those the CLI has."""
+    import shlex
+
+    from advbayes.sweep.resume import OPTION_DEFAULTS, resume_command
+
+    defaults = {f"--{p.name.replace('_', '-')}": p.default for p in cli.commands["sweep"].params}
+    assert {option: defaults[option] for option in OPTION_DEFAULTS} == OPTION_DEFAULTS
+    uri = "sqlite:////runs of x/mlflow.db"
+    assert resume_command("s1", {"--tracking-uri": uri, **OPTION_DEFAULTS, "--workers": 2}) == (
+        f"advbayes sweep --resume s1 --tracking-uri {shlex.quote(uri)} --workers 2"
+    )
+    changed = {"--gpus-per-run": 0.0, "--cpus-per-run": 0.5, "--device": "cpu", "--address": "10.0.0.1:6379"}
+    assert shlex.split(resume_command("s1", changed))[4:] == [
+        "--gpus-per-run", "0", "--cpus-per-run", "0.5", "--device", "cpu", "--address", "10.0.0.1:6379"
+    ]  # fmt: skip
+
+
 @pytest.mark.slow  # a fresh process that starts its own Ray and imports torch: ~20 s
 def test_a_sigtermed_sweep_stops_its_runs_killed_and_says_how_to_finish_it(tmp_path: Path) -> None:
     """A scheduler's SIGTERM to the driver: Ray's own handler printed a stack and ended the process at once, the

@@ -4,6 +4,8 @@ preempted node or a killed driver loses at most an epoch of each run, not the ru
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -100,6 +102,20 @@ def close_runs(client: Any, experiment: str, plan: SweepPlan, label: str, error:
         client.set_tag(run.info.run_id, "error", error)
         client.set_terminated(run.info.run_id, status=status)
     return [run.info.run_id for run in runs]
+
+
+# the values `advbayes sweep` takes when an option is not given: a resume command repeats the others
+OPTION_DEFAULTS: dict[str, Any] = {"--address": None, "--workers": None, "--gpus-per-run": None, "--cpus-per-run": 1.0}
+OPTION_DEFAULTS["--device"] = "auto"
+
+
+def resume_command(sweep_id: str, options: Mapping[str, Any]) -> str:
+    """The command that finishes sweep `sweep_id` with the options it ran with (those not at their defaults)."""
+    words = ["advbayes", "sweep", "--resume", sweep_id]
+    for option, value in options.items():
+        if value is not None and value != OPTION_DEFAULTS.get(option):
+            words += [option, f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(words)
 
 
 def _combination_defense(run: Any) -> tuple[str, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shlex
 import signal
 import socket
 import sys
@@ -27,6 +26,7 @@ from advbayes.sweep.resume import (
     close_runs,
     earlier_runs,
     finished_labels,
+    resume_command,
     resume_lines,
     sweep_runs_filter,
 )
@@ -389,11 +389,11 @@ def execute(
             outcomes = wait_all(ray, pending, client, experiment, plan, progress, echo, tqdm, continued)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop the tasks, mark their runs, say how to finish
             stop_tasks(ray, client, experiment, plan, record, pending)
-            again = ["advbayes", "sweep", "--resume", plan.sweep_id, "--tracking-uri", tracking_uri]
-            again += ["--address", address] if address else ["--workers", str(workers)] if workers else []
+            options: dict[str, Any] = {"--tracking-uri": tracking_uri, "--address": address, "--workers": workers}
+            options |= {"--gpus-per-run": gpus_per_run, "--cpus-per-run": cpus_per_run, "--device": device}
             exc.advbayes_sweep = (  # type: ignore[attr-defined]  # for the command line's message
                 f"sweep {plan.sweep_id} stopped with {len(todo) - len(pending)} of {len(todo)} combination(s) "
-                f"finished; finish it with: {shlex.join(again)}"
+                f"finished; finish it with: {resume_command(plan.sweep_id, options)}"
             )
             raise
         repair_runs_view(client, experiment, outcomes)
