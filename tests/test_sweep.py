@@ -476,7 +476,8 @@ def check_four_runs_and_resume(isolated_cwd: Path) -> None:
         assert run.data.tags[COMBINATION_TAG] == f"lr=0.01 seed={run.data.tags['advbayes.seed']}"
     assert err.count("] finished lr=0.01 seed=") == 2
     assert out.count("  FAILED lr=1000000.0 seed=") == 2 and "training diverged" in out
-    assert f"advbayes sweep --resume {sweep_id}" in out
+    assert f"finish it (stopped runs go on from their checkpoints): advbayes sweep --resume {sweep_id} " in out
+    assert f" --tracking-uri {uri} --workers 4\n" in out  # the store and options it ran with
     before = {r.info.run_id: r.info.status for r in runs}
     assert sorted(before.values()) == ["FAILED"] * 2 + ["FINISHED"] * 2
     code, out, err = sweep(["--resume", sweep_id])  # on the same Ray, 4 CPUs

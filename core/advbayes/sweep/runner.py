@@ -62,6 +62,7 @@ class SweepSummary:
     skipped: list[str]
     tracking_uri: str
     seconds: float
+    again: str = ""  # the command that finishes the sweep (its id, store and options)
 
     @property
     def failed(self) -> list[Outcome]:
@@ -79,9 +80,8 @@ class SweepSummary:
             ids = ", ".join(outcome.run_ids) or "no MLflow run"
             lines.append(f"  FAILED {outcome.label}: {outcome.error} (run {ids})")
         if self.failed:
-            lines.append(
-                f"finish it (stopped runs go on from their checkpoints): advbayes sweep --resume {self.plan.sweep_id}"
-            )
+            again = self.again or f"advbayes sweep --resume {self.plan.sweep_id}"
+            lines.append(f"finish it (stopped runs go on from their checkpoints): {again}")
         lines.append(f"compare: advbayes compare {self.plan.experiment} (store {shown_uri(self.tracking_uri)})")
         return "\n".join(lines)
 
@@ -349,6 +349,8 @@ def execute(
     progress = sys.stderr.isatty() if progress is None else progress
     started = time.perf_counter()
     tracking_uri = absolute_store(tracking_uri)
+    options: dict[str, Any] = {"--tracking-uri": tracking_uri, "--address": address, "--workers": workers}
+    options |= {"--gpus-per-run": gpus_per_run, "--cpus-per-run": cpus_per_run, "--device": device}
     earlier = earlier_runs(client_for(tracking_uri, write=False), plan) if resume else {}
     skipped = finished_labels(plan, earlier)
     todo = [c for c in plan.combinations if c.label not in skipped]
@@ -389,8 +391,6 @@ def execute(
             outcomes = wait_all(ray, pending, client, experiment, plan, progress, echo, tqdm, continued)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop the tasks, mark their runs, say how to finish
             stop_tasks(ray, client, experiment, plan, record, pending)
-            options: dict[str, Any] = {"--tracking-uri": tracking_uri, "--address": address, "--workers": workers}
-            options |= {"--gpus-per-run": gpus_per_run, "--cpus-per-run": cpus_per_run, "--device": device}
             exc.advbayes_sweep = (  # type: ignore[attr-defined]  # for the command line's message
                 f"sweep {plan.sweep_id} stopped with {len(todo) - len(pending)} of {len(todo)} combination(s) "
                 f"finished; finish it with: {resume_command(plan.sweep_id, options)}"
@@ -401,7 +401,8 @@ def execute(
     finally:
         if stop_ray:
             ray.shutdown()
-    return SweepSummary(plan, outcomes, sorted(skipped), tracking_uri, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return SweepSummary(plan, outcomes, sorted(skipped), tracking_uri, seconds, resume_command(plan.sweep_id, options))
 
 
 def wait_all(
