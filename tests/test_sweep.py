@@ -219,6 +219,7 @@ def test_a_resumed_sweep_continues_unfinished_runs_from_their_checkpoints_and_re
     from advbayes.sweep.runner import run_combination
     from advbayes.tracking import client_for
     from advbayes.tracking.lease import claim
+    from advbayes.tracking.runs import next_step
 
     settings = [("defenses", ["standard", "bnn"]), ("epochs", 4), ("until_converged", False)]
     plan = plan_sweep(load_registry(), "moons", [("seed", [0])], [*settings, ("dataset.train_size", 300)])
@@ -233,6 +234,7 @@ def test_a_resumed_sweep_continues_unfinished_runs_from_their_checkpoints_and_re
     client = client_for(uri)
     (standard,) = [r.info.run_id for r in parent_runs(uri, "moons", plan.sweep_id) if r.info.status == "FINISHED"]
 
+    assert next_step(client, client.get_run(stopped)) == f"advbayes sweep --resume {plan.sweep_id}"  # `runs` offers
     earlier = earlier_runs(client, plan)
     assert earlier[label].finished == {"standard": standard} and earlier[label].continued == {"bnn": stopped}
     assert finished_labels(plan, earlier) == set()
@@ -248,8 +250,12 @@ def test_a_resumed_sweep_continues_unfinished_runs_from_their_checkpoints_and_re
     outcome = run_combination(plan.experiment, combination.spec, "cpu", uri, tags, earlier[label])
     assert outcome["ok"] and outcome["run_ids"] == [standard, stopped], outcome
     assert len(parent_runs(uri, "moons", plan.sweep_id)) == 2  # no run started again
-    assert client.get_run(stopped).info.status == "FINISHED"
+    stopped_run = client.get_run(stopped)
+    assert stopped_run.info.status == "FINISHED" and next_step(client, stopped_run) == ""
     assert finished_labels(plan, earlier_runs(client, plan)) == {label}
+    older = client.create_run(stopped_run.info.experiment_id, tags=dict(stopped_run.data.tags))  # an earlier try's
+    client.set_terminated(older.info.run_id, status="KILLED")
+    assert next_step(client, client.get_run(older.info.run_id)) == f"finished since in run {stopped}"
 
     whole = advbayes.run(plan.experiment, spec=combination.spec, tracking_uri=f"sqlite:///{tmp_path / 'whole.db'}")
     never_stopped = MlflowClient(f"sqlite:///{tmp_path / 'whole.db'}")

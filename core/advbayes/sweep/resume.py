@@ -94,9 +94,9 @@ def close_runs(client: Any, experiment: str, plan: SweepPlan, label: str, error:
     """A combination's runs its task left RUNNING (its worker died, or the sweep stopped it), marked `status` with
     the error; their ids."""
     from advbayes.tracking import PARENT_ROLE
+    from advbayes.tracking.runs import filter_value
 
-    quoted = label.replace("'", "\\'")
-    condition = f"tags.`{COMBINATION_TAG}` = '{quoted}' and attributes.status = 'RUNNING'"
+    condition = f"tags.`{COMBINATION_TAG}` = {filter_value(label)} and attributes.status = 'RUNNING'"
     runs = client.search_runs([experiment], filter_string=sweep_runs_filter(plan.sweep_id, PARENT_ROLE, condition))
     for run in runs:
         client.set_tag(run.info.run_id, "error", error)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from advbayes.errors import RunError
+from advbayes.sweep.plan import COMBINATION_TAG, SWEEP_ID_TAG
 from advbayes.tracking.lease import current_writer, holder_state
 from advbayes.tracking.store import (
     CHECKPOINT_DIR,
@@ -279,12 +280,31 @@ def close_run(uri: str | None, run_id: str) -> str:
     return f"run {run_id} ({run.data.tags.get('advbayes.experiment', '?')}) marked FAILED"
 
 
+def filter_value(text: str) -> str:
+    """A value quoted for an MLflow filter string (a label may hold a quote)."""
+    return "'" + text.replace("'", "\\'") + "'"
+
+
+def sweep_step(client: Any, run: Any) -> str:
+    """For an unfinished run of a sweep: the sweep's --resume, or the run that has finished its place since."""
+    keys = (SWEEP_ID_TAG, COMBINATION_TAG, "advbayes.defense")
+    same = " and ".join(f"tags.`{key}` = {filter_value(run.data.tags.get(key, ''))}" for key in keys)
+    done = client.search_runs([run.info.experiment_id], f"{same} and attributes.status = 'FINISHED'", max_results=1)
+    return (
+        f"finished since in run {done[0].info.run_id}"
+        if done
+        else f"advbayes sweep --resume {run.data.tags[SWEEP_ID_TAG]}"
+    )
+
+
 def next_step(client: Any, run: Any) -> str:
     """What `runs` offers for a run: the resume command when it has a checkpoint and no live writer, a fresh start
     (and --close for a stale one) when it has none, nothing for a finished or running one."""
     if run.info.status == "FINISHED" or CLOSED_TAG in run.data.tags or liveness(run) == "alive":
         return ""
     run_id = run.info.run_id
+    if SWEEP_ID_TAG in run.data.tags:  # its sweep's --resume continues it, or starts it again, with the others
+        return sweep_step(client, run)
     if has_checkpoint(client, run_id):
         return f"advbayes run --resume {run_id}"
     experiment = run.data.tags.get("advbayes.experiment", "EXPERIMENT")
