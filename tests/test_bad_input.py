@@ -624,6 +624,7 @@ def test_a_sigkilled_run_is_found_as_stale_and_resumed(isolated_cwd: Path) -> No
     (row,) = [line for line in output.splitlines() if "RUNNING (stale)" in line]
     run_id = row.split()[0]
     assert f"advbayes run --resume {run_id}" in row
+    assert re.search(r" epoch [34]/\d+ ", row), row  # where it stopped: the last epoch it logged, of how many
     code, output = invoke("compare", "moons")
     assert "RUNNING (stale)" in output
     code, output = invoke("run", "--resume", run_id, "--set", "epochs=5")  # changed settings: a new run from it

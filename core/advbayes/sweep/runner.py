@@ -459,25 +459,19 @@ def running_state(
     said in the line, and the sweep waits on (its runs write to that store and fail on their own)."""
     from mlflow.exceptions import MlflowException
 
-    from advbayes.tracking import CHILD_ROLE, PARENT_ROLE, ROLE_TAG
-    from advbayes.tracking.runs import TRAINING_LOSS
+    from advbayes.tracking import PARENT_ROLE
+    from advbayes.tracking.runs import attacks_running, progress_text
 
     running = "attributes.status = 'RUNNING'"
     try:
         found = client.search_runs([experiment], filter_string=sweep_runs_filter(plan.sweep_id, PARENT_ROLE, running))
         parents = [r for r in found if r.info.start_time >= since_ms or r.info.run_id in continued]
-        attacks = client.search_runs([experiment], filter_string=f"tags.`{ROLE_TAG}` = '{CHILD_ROLE}' and {running}")
-        attacking = {
-            run.data.tags.get("mlflow.parentRunId"): run.info.run_name
-            for run in attacks
-            if run.info.start_time >= since_ms or run.data.tags.get("mlflow.parentRunId") in continued
-        }
-        parts = []
-        for run in parents:
-            label, run_id = run.data.tags.get(COMBINATION_TAG, run.info.run_name), run.info.run_id
-            steps = [m.step for m in client.get_metric_history(run_id, TRAINING_LOSS)]
-            epochs = f"epoch {max(steps)}/{run.data.params.get('epochs', '?')}" if steps else "no epoch logged yet"
-            parts.append(f"{label}: " + (f"attack {attacking[run_id]}" if run_id in attacking else epochs))
+        listed = {run.info.run_id for run in parents}
+        attacking = {parent: name for parent, name in attacks_running(client, [experiment]).items() if parent in listed}
+        parts = [
+            f"{run.data.tags.get(COMBINATION_TAG, run.info.run_name)}: {progress_text(client, run, attacking)}"
+            for run in parents
+        ]
     except MlflowException as exc:
         return f"the store did not say what runs ({error_text(exc)})"
     return "running: " + ("; ".join(sorted(parts)) if parts else "none started yet")

@@ -118,7 +118,15 @@ def add_commands(cli: click.Group) -> None:
     ) -> None:
         """List the tracked runs of EXPERIMENTS (all when none is named), newest first, with how to resume each."""
         from advbayes.results import format_grid
-        from advbayes.tracking.runs import close_run, liveness, next_step, status_text, tracked_runs
+        from advbayes.tracking.runs import (
+            attacks_running,
+            close_run,
+            liveness,
+            next_step,
+            progress_text,
+            status_text,
+            tracked_runs,
+        )
         from advbayes.tracking.store import client_for
 
         if close is not None:
@@ -134,6 +142,7 @@ def add_commands(cli: click.Group) -> None:
             return
         rows = []
         client = client_for(tracking_uri, write=False)
+        attacking = attacks_running(client, sorted({run.info.experiment_id for run in runs}))
         for run in runs:
             tags = run.data.tags
             started = datetime.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
@@ -145,10 +154,11 @@ def add_commands(cli: click.Group) -> None:
                     tags.get("advbayes.seed", "?"),
                     status_text(run),
                     started,
+                    "" if run.info.status == "FINISHED" else progress_text(client, run, attacking),
                     next_step(client, run),
                 ]
             )
-        click.echo(format_grid(["run", "experiment", "defense", "seed", "status", "started", "next"], rows))
+        click.echo(format_grid(["run", "experiment", "defense", "seed", "status", "started", "at", "next"], rows))
 
     @cli.command("report")
     @click.argument("experiments", nargs=-1, required=True)
