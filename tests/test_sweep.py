@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,13 +212,14 @@ def test_a_resumed_sweep_continues_unfinished_runs_from_their_checkpoints_and_re
 ) -> None:
     """A combination of two defenses whose second run was stopped after epoch 2 of 4 (a preempted node): --resume
     keeps the first run, continues the second from its checkpoint, and the continued run is the run that was never
-    stopped (every epoch's loss, every accuracy). A run another process still writes stops the resume before any
-    work. Driver and worker functions as the Ray task calls them (the Ray path: the slow tests below)."""
+    stopped (every epoch's loss, every accuracy). A later try a killed process left RUNNING without a checkpoint is
+    closed; a run another process still writes stops the resume before any work. Driver and worker functions as the
+    Ray task calls them (the Ray path: the slow tests below)."""
     import advbayes
     from advbayes.engine.lifecycle import continued_checkpoint, expand_variants
     from advbayes.errors import RunError
     from advbayes.plugins import create_plugin_manager
-    from advbayes.sweep.resume import earlier_runs, finished_labels, resume_lines
+    from advbayes.sweep.resume import close_replaced, earlier_runs, finished_labels, resume_lines
     from advbayes.sweep.runner import run_combination
     from advbayes.tracking import client_for
     from advbayes.tracking.lease import claim
@@ -235,8 +239,24 @@ def test_a_resumed_sweep_continues_unfinished_runs_from_their_checkpoints_and_re
     (standard,) = [r.info.run_id for r in parent_runs(uri, "moons", plan.sweep_id) if r.info.status == "FINISHED"]
 
     assert next_step(client, client.get_run(stopped)) == f"advbayes sweep --resume {plan.sweep_id}"  # `runs` offers
+    # a later try of bnn that a killed process left RUNNING before its first checkpoint: closed, not continued
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    process = {"advbayes.host": socket.gethostname(), "advbayes.pid": dead.stdout.strip()}
+    leftover_tags = {
+        **tags,
+        "advbayes.role": "parent",
+        "advbayes.defense": "bnn",
+        "advbayes.experiment": "moons",
+        **process,
+    }
+    leftover = client.create_run(client.get_run(stopped).info.experiment_id, tags=leftover_tags).info.run_id
     earlier = earlier_runs(client, plan)
     assert earlier[label].finished == {"standard": standard} and earlier[label].continued == {"bnn": stopped}
+    assert earlier[label].replaced == [leftover]
+    assert close_replaced(uri, plan, earlier) == [
+        f"sweep {plan.sweep_id}: {label}: run {leftover} (moons) marked FAILED (left RUNNING, not continued)"
+    ]
+    assert client.get_run(leftover).info.status == "FAILED" and next_step(client, client.get_run(leftover)) == ""
     assert finished_labels(plan, earlier) == set()
     assert resume_lines(plan, earlier, set()) == [
         f"sweep {plan.sweep_id}: {label}: standard FINISHED in run {standard}, read back, not rerun",
@@ -249,7 +269,7 @@ def test_a_resumed_sweep_continues_unfinished_runs_from_their_checkpoints_and_re
         continued_checkpoint(pm, stopped, uri, {**bnn, "epochs": 9})
     outcome = run_combination(plan.experiment, combination.spec, "cpu", uri, tags, earlier[label])
     assert outcome["ok"] and outcome["run_ids"] == [standard, stopped], outcome
-    assert len(parent_runs(uri, "moons", plan.sweep_id)) == 2  # no run started again
+    assert len(parent_runs(uri, "moons", plan.sweep_id)) == 3  # the two and the closed leftover: none started again
     stopped_run = client.get_run(stopped)
     assert stopped_run.info.status == "FINISHED" and next_step(client, stopped_run) == ""
     assert finished_labels(plan, earlier_runs(client, plan)) == {label}

@@ -20,6 +20,7 @@ class Earlier:
     finished: dict[str, str] = attrs.field(factory=dict)
     continued: dict[str, str] = attrs.field(factory=dict)  # unfinished, with a checkpoint: continued from it
     epochs: dict[str, int] = attrs.field(factory=dict)  # the epoch each continued run's checkpoint is at
+    replaced: list[str] = attrs.field(factory=list)  # left RUNNING by a stopped process, not continued: closed
 
 
 def sweep_runs_filter(sweep_id: str, role: str, condition: str = "") -> str:
@@ -32,8 +33,9 @@ def sweep_runs_filter(sweep_id: str, role: str, condition: str = "") -> str:
 
 def earlier_runs(client: Any, plan: SweepPlan) -> dict[str, Earlier]:
     """label -> the runs of that combination a --resume keeps: per defense its FINISHED run, else its newest unfinished
-    run with a checkpoint. A run another process still writes stops the resume: continuing it or starting it again
-    would train the same combination twice."""
+    run with a checkpoint; the runs a stopped process left RUNNING that neither is are to be closed. A run another
+    process still writes stops the resume: continuing it or starting it again would train the same combination
+    twice."""
     from advbayes.tracking import PARENT_ROLE
     from advbayes.tracking.lease import describe
     from advbayes.tracking.runs import TRAINING_LOSS, current_holder, has_checkpoint, liveness
@@ -57,6 +59,7 @@ def earlier_runs(client: Any, plan: SweepPlan) -> dict[str, Earlier]:
         earlier = kept.setdefault(key[0], Earlier())
         if key in finished:
             earlier.finished[key[1]] = finished[key]
+            earlier.replaced.extend([run_id] if run.info.status == "RUNNING" else [])
             continue
         if liveness(run) == "alive":
             raise SweepError(
@@ -66,6 +69,8 @@ def earlier_runs(client: Any, plan: SweepPlan) -> dict[str, Earlier]:
         if key[1] not in earlier.continued and has_checkpoint(client, run_id):
             earlier.continued[key[1]] = run_id
             earlier.epochs[key[1]] = max((m.step for m in client.get_metric_history(run_id, TRAINING_LOSS)), default=0)
+        elif run.info.status == "RUNNING":  # no checkpoint, or an older one than the run continued
+            earlier.replaced.append(run_id)
     return kept
 
 
@@ -88,6 +93,18 @@ def resume_lines(plan: SweepPlan, earlier: dict[str, Earlier], skipped: set[str]
                 f"(epoch {runs.epochs[defense]})"
             )
     return lines
+
+
+def close_replaced(tracking_uri: str, plan: SweepPlan, earlier: dict[str, Earlier]) -> list[str]:
+    """Close (mark FAILED) the runs a stopped process left RUNNING that the resume neither keeps nor continues, so
+    that none stays RUNNING for good; a line for each."""
+    from advbayes.tracking.runs import close_run
+
+    return [
+        f"sweep {plan.sweep_id}: {label}: {close_run(tracking_uri, run_id)} (left RUNNING, not continued)"
+        for label, runs in sorted(earlier.items())
+        for run_id in runs.replaced
+    ]
 
 
 def close_runs(client: Any, experiment: str, plan: SweepPlan, label: str, error: str, status: str) -> list[str]:

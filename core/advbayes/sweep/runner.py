@@ -23,6 +23,7 @@ from advbayes.progress import PROGRESS_SECONDS, clock_text
 from advbayes.sweep.plan import COMBINATION_TAG, SWEEP_ID_TAG, Combination, SweepError, SweepPlan
 from advbayes.sweep.resume import (
     Earlier,
+    close_replaced,
     close_runs,
     earlier_runs,
     finished_labels,
@@ -385,6 +386,8 @@ def execute(
             + (f"; {len(skipped)} finished before, skipped" if skipped else "")
         )
         for line in resume_lines(plan, earlier, skipped):
+            echo(line)
+        for line in close_replaced(tracking_uri, plan, earlier):
             echo(line)
         continued = frozenset(run_id for runs in earlier.values() for run_id in runs.continued.values())
         try:
