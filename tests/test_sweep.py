@@ -372,18 +372,21 @@ def test_the_command_that_finishes_a_sweep_repeats_the_options_it_ran_with() -> 
     ]  # fmt: skip
 
 
-@pytest.mark.slow  # a fresh process that starts its own Ray and imports torch: ~20 s
-def test_a_sigtermed_sweep_stops_its_runs_killed_and_says_how_to_finish_it(tmp_path: Path) -> None:
+@pytest.mark.xdist_group("warm-ray")  # conftest.py deals these to one worker: one Ray for the four
+@pytest.mark.slow  # a driver process joining the warm Ray: ~8 s
+def test_a_sigtermed_sweep_stops_its_runs_killed_and_says_how_to_finish_it(tmp_path: Path, warm_ray: None) -> None:
     """A scheduler's SIGTERM to the driver: Ray's own handler printed a stack and ended the process at once, the
-    runs left RUNNING; the sweep now stops as on Ctrl-C (exit status 143), its run KILLED, and the last line is the
-    command that finishes it."""
+    runs left RUNNING; the sweep now stops as on Ctrl-C (exit status 143), its task killed, its run KILLED, and the
+    last line is the command that finishes it. The driver joins this module's warm Ray as a cluster (--address):
+    its own local Ray would cost ~10 s more of the suite's time, and ray.init installs its handler either way."""
     import signal
-    import subprocess
-    import sys
 
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [sys.executable, "-m", "advbayes.cli", "sweep", "moons", "--grid", "seed=0", "--set", "defense=bnn"]
-    command += ["--set", "epochs=100000", "--set", "until_converged=false", "--workers", "1", "--tracking-uri", uri]
+    command += ["--set", "epochs=100000", "--set", "until_converged=false", "--address", address, "--tracking-uri", uri]
     driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
@@ -404,7 +407,7 @@ def test_a_sigtermed_sweep_stops_its_runs_killed_and_says_how_to_finish_it(tmp_p
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"Interrupted: sweep {run_sweep_id(err)} stopped with 0 of 1 combination(s) finished; "), err
     assert last.endswith(
-        f"finish it with: advbayes sweep --resume {run_sweep_id(err)} --tracking-uri {uri} --workers 1"
+        f"finish it with: advbayes sweep --resume {run_sweep_id(err)} --tracking-uri {uri} --address {address}"
     )
     assert "SIGTERM received" not in err  # Ray's handler did not take over
 
@@ -457,7 +460,7 @@ def test_a_sweep_asking_for_a_gpu_no_node_has_starts_and_stops_its_own_ray_and_r
     assert out == "" and not ray.is_initialized()  # the Ray it started is stopped again
 
 
-@pytest.mark.xdist_group("warm-ray")  # conftest.py deals these to one worker: one Ray for the three
+@pytest.mark.xdist_group("warm-ray")  # conftest.py deals these to one worker: one Ray for the four
 @pytest.mark.slow
 def test_the_ray_cluster_refuses_what_it_cannot_give_before_any_run(warm_ray: None) -> None:
     """On a real local Ray: a GPU request no node has, a CUDA device without a GPU, a store the workers miss."""
@@ -473,7 +476,7 @@ def test_the_ray_cluster_refuses_what_it_cannot_give_before_any_run(warm_ray: No
         check_workers_reach("sqlite:////nonexistent/mlflow.db")
 
 
-@pytest.mark.xdist_group("warm-ray")  # conftest.py deals these to one worker: one Ray for the three
+@pytest.mark.xdist_group("warm-ray")  # conftest.py deals these to one worker: one Ray for the four
 @pytest.mark.slow
 def test_four_concurrent_runs_on_the_sqlite_store_lose_nothing_and_resume_reruns_only_failures(
     isolated_cwd: Path, warm_ray: None
@@ -513,7 +516,7 @@ def check_four_runs_and_resume(isolated_cwd: Path) -> None:
     assert len(new) == 2 and all(r.data.tags[COMBINATION_TAG].startswith("lr=1000000.0") for r in new)
 
 
-@pytest.mark.xdist_group("warm-ray")  # conftest.py deals these to one worker: one Ray for the three
+@pytest.mark.xdist_group("warm-ray")  # conftest.py deals these to one worker: one Ray for the four
 @pytest.mark.slow
 @pytest.mark.server
 def test_a_sweep_on_ray_workers_tracks_to_an_mlflow_server_over_postgresql(tmp_path: Path, warm_ray: None) -> None:
