@@ -372,51 +372,6 @@ def test_the_command_that_finishes_a_sweep_repeats_the_options_it_ran_with() -> 
     ]  # fmt: skip
 
 
-@pytest.mark.xdist_group("warm-ray")  # conftest.py deals these to one worker: one Ray for the four
-@pytest.mark.slow  # a driver process joining the warm Ray: ~8 s
-def test_a_sigtermed_sweep_stops_its_runs_killed_and_says_how_to_finish_it(tmp_path: Path, warm_ray: None) -> None:
-    """A scheduler's SIGTERM to the driver: Ray's own handler printed a stack and ended the process at once, the
-    runs left RUNNING; the sweep now stops as on Ctrl-C (exit status 143), its task killed, its run KILLED, and the
-    last line is the command that finishes it. The driver joins this module's warm Ray as a cluster (--address):
-    its own local Ray would cost ~10 s more of the suite's time, and ray.init installs its handler either way."""
-    import signal
-
-    import ray
-
-    address = ray.get_runtime_context().gcs_address
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    command = [sys.executable, "-m", "advbayes.cli", "sweep", "moons", "--grid", "seed=0", "--set", "defense=bnn"]
-    command += ["--set", "epochs=100000", "--set", "until_converged=false", "--address", address, "--tracking-uri", uri]
-    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and driver.poll() is None:  # until the run has logged an epoch
-            time.sleep(1)
-            found = MlflowClient(uri).search_experiments() if (tmp_path / "mlflow.db").exists() else []
-            runs = [r for e in found for r in MlflowClient(uri).search_runs([e.experiment_id])]
-            if any("train/loss" in r.data.metrics for r in runs):
-                break
-        driver.send_signal(signal.SIGTERM)
-        out, err = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert driver.returncode == 143, err
-    (run,) = [r for r in parent_runs(uri, "moons", run_sweep_id(err)) if r.data.tags.get("advbayes.role") == "parent"]
-    assert run.info.status == "KILLED" and run.data.tags["error"] == "KeyboardInterrupt: the sweep stopped"
-    last = err.strip().splitlines()[-1]
-    assert last.startswith(f"Interrupted: sweep {run_sweep_id(err)} stopped with 0 of 1 combination(s) finished; "), err
-    assert last.endswith(
-        f"finish it with: advbayes sweep --resume {run_sweep_id(err)} --tracking-uri {uri} --address {address}"
-    )
-    assert "SIGTERM received" not in err  # Ray's handler did not take over
-
-
-def run_sweep_id(err: str) -> str:
-    """The sweep id in the driver's first `sweep ID: ...` line."""
-    return next(line.split()[1].rstrip(":") for line in err.splitlines() if line.startswith("sweep "))
-
-
 @pytest.fixture(scope="module")
 def ray_stopped_after_the_module() -> Iterator[None]:
     yield
@@ -554,3 +509,48 @@ def test_a_cluster_address_without_a_port_is_one_line_before_ray_starts(isolated
     assert err.strip().splitlines() == [
         f"Error: --address {address}: expected HOST:PORT with a port from 1 to 65535, or 'auto'"
     ]
+
+
+@pytest.mark.xdist_group("warm-ray")  # conftest.py deals these to one worker: one Ray for the four
+@pytest.mark.slow  # a driver process joining the warm Ray, last of the group, its workers warm: ~8 s
+def test_a_sigtermed_sweep_stops_its_runs_killed_and_says_how_to_finish_it(tmp_path: Path, warm_ray: None) -> None:
+    """A scheduler's SIGTERM to the driver: Ray's own handler printed a stack and ended the process at once, the
+    runs left RUNNING; the sweep now stops as on Ctrl-C (exit status 143), its task killed, its run KILLED, and the
+    last line is the command that finishes it. The driver joins this module's warm Ray as a cluster (--address):
+    its own local Ray would cost ~10 s more of the suite's time, and ray.init installs its handler either way."""
+    import signal
+
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [sys.executable, "-m", "advbayes.cli", "sweep", "moons", "--grid", "seed=0", "--set", "defense=bnn"]
+    command += ["--set", "epochs=100000", "--set", "until_converged=false", "--address", address, "--tracking-uri", uri]
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and driver.poll() is None:  # until the run has logged an epoch
+            time.sleep(1)
+            found = MlflowClient(uri).search_experiments() if (tmp_path / "mlflow.db").exists() else []
+            runs = [r for e in found for r in MlflowClient(uri).search_runs([e.experiment_id])]
+            if any("train/loss" in r.data.metrics for r in runs):
+                break
+        driver.send_signal(signal.SIGTERM)
+        out, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 143, err
+    (run,) = [r for r in parent_runs(uri, "moons", run_sweep_id(err)) if r.data.tags.get("advbayes.role") == "parent"]
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "KeyboardInterrupt: the sweep stopped"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"Interrupted: sweep {run_sweep_id(err)} stopped with 0 of 1 combination(s) finished; "), err
+    assert last.endswith(
+        f"finish it with: advbayes sweep --resume {run_sweep_id(err)} --tracking-uri {uri} --address {address}"
+    )
+    assert "SIGTERM received" not in err  # Ray's handler did not take over
+
+
+def run_sweep_id(err: str) -> str:
+    """The sweep id in the driver's first `sweep ID: ...` line."""
+    return next(line.split()[1].rstrip(":") for line in err.splitlines() if line.startswith("sweep "))
