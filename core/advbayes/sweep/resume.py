@@ -38,7 +38,7 @@ def earlier_runs(client: Any, plan: SweepPlan) -> dict[str, Earlier]:
     twice."""
     from advbayes.tracking import PARENT_ROLE
     from advbayes.tracking.lease import describe
-    from advbayes.tracking.runs import TRAINING_LOSS, current_holder, has_checkpoint, liveness
+    from advbayes.tracking.runs import current_holder, has_checkpoint, last_epoch, liveness
 
     experiment = client.get_experiment_by_name(plan.experiment)
     if experiment is None:
@@ -68,7 +68,7 @@ def earlier_runs(client: Any, plan: SweepPlan) -> dict[str, Earlier]:
             )
         if key[1] not in earlier.continued and has_checkpoint(client, run_id):
             earlier.continued[key[1]] = run_id
-            earlier.epochs[key[1]] = max((m.step for m in client.get_metric_history(run_id, TRAINING_LOSS)), default=0)
+            earlier.epochs[key[1]] = last_epoch(client, run_id)
         elif run.info.status == "RUNNING":  # no checkpoint, or an older one than the run continued
             earlier.replaced.append(run_id)
     return kept
@@ -122,8 +122,13 @@ def close_runs(client: Any, experiment: str, plan: SweepPlan, label: str, error:
 
 
 # the values `advbayes sweep` takes when an option is not given: a resume command repeats the others
-OPTION_DEFAULTS: dict[str, Any] = {"--address": None, "--workers": None, "--gpus-per-run": None, "--cpus-per-run": 1.0}
-OPTION_DEFAULTS["--device"] = "auto"
+OPTION_DEFAULTS: dict[str, Any] = {
+    "--address": None,
+    "--workers": None,
+    "--gpus-per-run": None,
+    "--cpus-per-run": 1.0,
+    "--device": "auto",
+}
 
 
 def resume_command(sweep_id: str, options: Mapping[str, Any]) -> str:

@@ -63,7 +63,7 @@ class SweepSummary:
     skipped: list[str]
     tracking_uri: str
     seconds: float
-    again: str = ""  # the command that finishes the sweep (its id, store and options)
+    again: str  # the command that finishes the sweep (its id, store and options)
 
     @property
     def failed(self) -> list[Outcome]:
@@ -81,8 +81,7 @@ class SweepSummary:
             ids = ", ".join(outcome.run_ids) or "no MLflow run"
             lines.append(f"  FAILED {outcome.label}: {outcome.error} (run {ids})")
         if self.failed:
-            again = self.again or f"advbayes sweep --resume {self.plan.sweep_id}"
-            lines.append(f"finish it (stopped runs go on from their checkpoints): {again}")
+            lines.append(f"finish it (stopped runs go on from their checkpoints): {self.again}")
         lines.append(f"compare: advbayes compare {self.plan.experiment} (store {shown_uri(self.tracking_uri)})")
         return "\n".join(lines)
 

@@ -218,23 +218,24 @@ TRAINING_PREFIX = "train/"  # the per-epoch metrics (step = epoch) that the epoc
 TRAINING_LOSS = f"{TRAINING_PREFIX}loss"  # logged every epoch by every defense that trains
 
 
-def attacks_running(client: Any, experiment_ids: Sequence[str], since_ms: int = 0) -> dict[str, str]:
-    """parent run id -> name of the attack run it has open (RUNNING, started after `since_ms`)."""
+def attacks_running(client: Any, experiment_ids: Sequence[str]) -> dict[str, str]:
+    """parent run id -> name of the attack run it has open (RUNNING: evaluating, or stopped while it did)."""
     running = f"tags.`{ROLE_TAG}` = '{CHILD_ROLE}' and attributes.status = 'RUNNING'"
     found = client.search_runs(list(experiment_ids), filter_string=running, max_results=50000) if experiment_ids else []
-    return {
-        run.data.tags.get("mlflow.parentRunId", ""): run.info.run_name
-        for run in found
-        if run.info.start_time >= since_ms
-    }
+    return {run.data.tags.get("mlflow.parentRunId", ""): run.info.run_name for run in found}
+
+
+def last_epoch(client: Any, run_id: str) -> int:
+    """The last epoch a run has logged (0 before its first)."""
+    return max((m.step for m in client.get_metric_history(run_id, TRAINING_LOSS)), default=0)
 
 
 def progress_text(client: Any, run: Any, attacking: Mapping[str, str]) -> str:
     """Where an unfinished run is (or stopped): the attack it evaluates, else its last logged epoch of how many."""
     if run.info.run_id in attacking:
         return f"attack {attacking[run.info.run_id]}"
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, TRAINING_LOSS)]
-    return f"epoch {max(steps)}/{run.data.params.get('epochs', '?')}" if steps else "no epoch logged yet"
+    epoch = last_epoch(client, run.info.run_id)
+    return f"epoch {epoch}/{run.data.params.get('epochs', '?')}" if epoch else "no epoch logged yet"
 
 
 def log_metric_items(client: Any, run_id: str, items: Sequence[Any]) -> None:
