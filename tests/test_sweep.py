@@ -162,8 +162,11 @@ def test_a_sweep_says_what_each_running_combination_is_at_while_none_finishes(tm
     client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.create_experiment("grid")
 
-    def parent(label: str, sweep_id: str = "s1", epochs: int = 0, status: str = "RUNNING", age: float = 0) -> str:
+    def parent(
+        label: str, sweep_id: str = "s1", epochs: int = 0, status: str = "RUNNING", age: float = 0, defense: str = ""
+    ) -> str:
         tags = {"advbayes.role": "parent", SWEEP_ID_TAG: sweep_id, COMBINATION_TAG: label}
+        tags["advbayes.defense"] = defense or label.split()[0].removeprefix("defense=")
         start = int((time.time() - age) * 1000)
         run_id = client.create_run(experiment, tags=tags, start_time=start).info.run_id
         client.log_param(run_id, "epochs", 100)
@@ -181,6 +184,7 @@ def test_a_sweep_says_what_each_running_combination_is_at_while_none_finishes(tm
     parent("defense=bnn seed=3")
     parent("defense=bnn seed=4", epochs=9, age=3600)  # left RUNNING an hour ago by a killed earlier try
     continued = parent("defense=bnn seed=5", epochs=11, age=3600)  # started an hour ago, continued by this --resume
+    parent("seed=6", epochs=2, defense="adv-hvi")  # a combination of several defenses: its label names none
     lines: list[str] = []
     ray, plan = OneSilentWait(), SimpleNamespace(sweep_id="s1")
     combination = SimpleNamespace(label="defense=bnn seed=0")
@@ -191,7 +195,7 @@ def test_a_sweep_says_what_each_running_combination_is_at_while_none_finishes(tm
     assert lines[0] == (
         "sweep s1: 0/1 finished, 0:00 elapsed; running: defense=bnn seed=1: epoch 3/100; "
         "defense=bnn seed=3: no epoch logged yet; defense=bnn seed=5: epoch 11/100; "
-        "defense=standard seed=1: attack pgd-20"
+        "defense=standard seed=1: attack pgd-20; seed=6 adv-hvi: epoch 2/100"
     )
     assert lines[1].startswith("[1/1] finished defense=bnn seed=0 (1 s, run r): clean 0.9") and len(lines) == 2
 

@@ -470,13 +470,18 @@ def running_state(
         parents = [r for r in found if r.info.start_time >= since_ms or r.info.run_id in continued]
         listed = {run.info.run_id for run in parents}
         attacking = {parent: name for parent, name in attacks_running(client, [experiment]).items() if parent in listed}
-        parts = [
-            f"{run.data.tags.get(COMBINATION_TAG, run.info.run_name)}: {progress_text(client, run, attacking)}"
-            for run in parents
-        ]
+        parts = [f"{running_label(run)}: {progress_text(client, run, attacking)}" for run in parents]
     except MlflowException as exc:
         return f"the store did not say what runs ({error_text(exc)})"
     return "running: " + ("; ".join(sorted(parts)) if parts else "none started yet")
+
+
+def running_label(run: Any) -> str:
+    """A running run's combination, and its defense where the combination does not name it (a combination of an
+    experiment with several defenses runs one run per defense, one after the other)."""
+    label = run.data.tags.get(COMBINATION_TAG, run.info.run_name)
+    defense = run.data.tags.get("advbayes.defense")
+    return f"{label} {defense}" if defense and f"defense={defense}" not in label.split() else label
 
 
 def _has_cuda() -> bool:
