@@ -86,6 +86,7 @@ def test_report_keeps_runs_with_different_settings_apart_and_averages_only_over_
     by_lr = {
         lr: advbayes.run("moons", tracking_uri=store, pm=pm, seeds=[0, 1], epochs=1, lr=lr) for lr in (0.05, 0.001)
     }
+    advbayes.run("moons", tracking_uri=store, pm=pm, seeds=[1], epochs=1, lr=0.01)  # a setting run on one seed
     result = CliRunner().invoke(cli, ["report", "moons", "--out", str(tmp_path), "--tracking-uri", store])
     assert result.exit_code == 0, result.output
     text = (tmp_path / "report.md").read_text()
@@ -94,6 +95,7 @@ def test_report_keeps_runs_with_different_settings_apart_and_averages_only_over_
         row = f"| standard lr={lr}: mean +- sd over 2 seeds | none | {mean:.4f} +- {sd:.4f} |"
         assert row in text, text
         assert f"| standard lr={lr} (seed 1) |" in text
+    assert "| standard lr=0.01 (seed 1) |" in text  # alone in its group, it still names the seed it ran
     assert text.count("mean +- sd over") == 2
 
 

@@ -50,16 +50,15 @@ def defense_groups(runs: Sequence[Any]) -> dict[str, str]:
 
 
 def run_labels(runs: Sequence[Any], groups: Mapping[str, str]) -> dict[str, str]:
-    """run id -> its defense group, with the seed when the report holds several seeds of that group."""
-    seeds: dict[str, set[str | None]] = {}
-    for run in runs:
-        seeds.setdefault(groups[run.info.run_id], set()).add(run.data.tags.get("advbayes.seed"))
-    labels = {}
-    for run in runs:
-        group = groups[run.info.run_id]
-        several = len(seeds[group]) > 1
-        labels[run.info.run_id] = f"{group} (seed {run.data.tags.get('advbayes.seed', '?')})" if several else group
-    return labels
+    """run id -> its defense group, with the seed when the report holds several seeds (a group of one run keeps
+    its seed too: runs stopped at different caps are groups of their own, and their seeds are what pairs them)."""
+    several = len({run.data.tags.get("advbayes.seed") for run in runs}) > 1
+    return {
+        run.info.run_id: f"{groups[run.info.run_id]} (seed {run.data.tags.get('advbayes.seed', '?')})"
+        if several
+        else groups[run.info.run_id]
+        for run in runs
+    }
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
