@@ -59,7 +59,8 @@ def earlier_runs(client: Any, plan: SweepPlan) -> dict[str, Earlier]:
         earlier = kept.setdefault(key[0], Earlier())
         if key in finished:
             earlier.finished[key[1]] = finished[key]
-            earlier.replaced.extend([run_id] if run.info.status == "RUNNING" else [])
+            if run.info.status == "RUNNING":  # a later try of a defense that has finished: closed
+                earlier.replaced.append(run_id)
             continue
         if liveness(run) == "alive":
             raise SweepError(
