@@ -108,8 +108,10 @@ def test_hmc_defense_stores_its_samples_as_the_sample_dimension_with_diagnostics
     assert 3 <= metrics["posterior/hmc_leapfrog_steps"] <= MOONS_HMC["defense.num_steps"]
     assert metrics["posterior/hmc_step_size"] > 0
     assert metrics["posterior/converged"] == float(metrics["posterior/hmc_r_hat_max"] < 1.1)
-    # the parts: the log-likelihood is one of the quantities the verdict's maximum runs over
-    assert metrics["posterior/hmc_loglik_r_hat"] <= metrics["posterior/hmc_r_hat_max"]
+    # the parts: the log-likelihood is one of the quantities the verdict's maximum runs over (computed alone it may
+    # differ in the last bits from its value inside the batched reduction: 2.61597827907139 vs 2.6159782790713897)
+    loglik, r_hat_max = metrics["posterior/hmc_loglik_r_hat"], metrics["posterior/hmc_r_hat_max"]
+    assert loglik <= r_hat_max or loglik == pytest.approx(r_hat_max, rel=1e-12)
     norms = model.stored[:40].double().norm(dim=-1).view(2, 20, 1)  # the kept samples, chain after chain
     assert metrics["posterior/hmc_norm_r_hat"] == pytest.approx(chain_diagnostics(norms)["r_hat_max"], rel=1e-5)
     assert metrics["posterior/hmc_prior_only_weights"] == 0  # two dense inputs: no weight the data cannot reach
