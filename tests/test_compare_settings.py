@@ -41,6 +41,10 @@ def test_varied_settings_are_the_keys_that_differ_within_one_defense_seed_and_ep
     same_but_seed = [FakeRun("bnn", "0", lr="0.01"), FakeRun("bnn", "1", lr="0.01")]
     assert varied_settings(same_but_seed) == []
     assert group_key(same_but_seed[0], []) == group_key(same_but_seed[1], [])
+    # a run continued with `run --resume ID --set ...` logs the experiment's empty `defenses` list, the run it
+    # continued logged none: the list names an experiment's runs, it does not set one (found in shipped records)
+    resumed = [FakeRun("adv-hvi", "0", lr="0.01"), FakeRun("adv-hvi", "1", lr="0.01", defenses="[]")]
+    assert varied_settings(resumed) == [] and group_label(resumed[1], []) == "adv-hvi"
 
 
 def test_the_cap_of_a_run_whose_posterior_converged_does_not_separate_it_from_a_larger_caps_runs() -> None:

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # Params that never separate runs: the seed is what a group averages over, eps is the table's columns, the
-# rest name or describe the experiment rather than set it.
-NOT_SETTINGS = frozenset({"seed", "seeds", "eps", "name", "description"})
+# rest name or describe the experiment rather than set it (a run is one of its defenses and seeds, which its own
+# `defense.*` and `seed` say; a resumed run logs the empty `defenses` its resolved spec has, its original none).
+NOT_SETTINGS = frozenset({"seed", "seeds", "defenses", "eps", "name", "description"})
 DEFENSE_PREFIX = "defense."
 BOOKKEEPING_PREFIX = "advbayes."  # params advbayes keeps for itself (the run's writers, see lease.py)
 CONVERGED_METRIC = "model/posterior/converged"  # 1 or 0 where a run judged its posterior (Bayesian defenses)
