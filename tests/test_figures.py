@@ -67,6 +67,20 @@ def test_several_seeds_are_drawn_as_mean_and_standard_deviation() -> None:
     assert "mean +- sd over 3 seeds" in figure._suptitle.get_text()
 
 
+def test_a_group_of_one_run_beside_groups_of_several_seeds_is_named_so_in_the_title_and_legend() -> None:
+    """Runs stopped at caps of their own are groups of one: their bar is an interval, not an sd over seeds."""
+    values = [0.40, 0.46, 0.43]
+    points = [Point("bnn", s, "fgsm", 0.1, v) for s, v in enumerate(values)]
+    points.append(Point("bnn epochs=311", 1, "fgsm", 0.1, 0.5, 0.45, 0.55))
+    figure = experiment_figure(points, "accuracy", title="x")
+    several, single = drawn(figure.axes[0])
+    mean, sd = mean_sd(values)
+    assert several == ([(0.0, pytest.approx(mean))], [(0.0, pytest.approx(mean - sd), pytest.approx(mean + sd))])
+    assert single == ([(1.0, 0.5)], [(1.0, 0.45, 0.55)])
+    assert "sd over seeds; 95 % interval for one run" in figure._suptitle.get_text()
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["bnn (3 seeds)", "bnn epochs=311 (1 seed)"]
+
+
 def test_a_history_whose_seeds_stopped_at_different_epochs_says_its_bars_cover_the_seeds_still_running() -> None:
     """Seeds trained until converged stop at different epochs: the later means are over fewer seeds."""
     stopped = {1.0: [1.0, 2.0, 3.0], 2.0: [2.0, 4.0], 3.0: [5.0]}
@@ -97,3 +111,10 @@ def test_flags_are_not_drawn_and_file_names_hold_no_colon_slash_or_space() -> No
     assert drawable_metrics(spread) == ["cos_alpha_mean", "margin_q50"]  # quantiles of a drawn mean are its figure's
     assert safe_file_name("pgd:S_A=10 / x") == "pgd_S_A_10_x"
     assert safe_file_name("../..") == "figure"
+
+
+def test_a_heading_longer_than_the_figure_is_wide_goes_on_two_lines() -> None:
+    points = [Point("bnn", s, "none", 0.0, v) for s, v in enumerate([0.91, 0.92, 0.90])]
+    narrow = experiment_figure(points, "accuracy", title="d3-collapse-mnist-5k")  # one panel: a column wide
+    assert narrow._suptitle.get_text() == "d3-collapse-mnist-5k\n(bars: mean +- sd over 3 seeds)"
+    assert experiment_figure(points, "accuracy", title="x")._suptitle.get_text() == "x (bars: mean +- sd over 3 seeds)"

@@ -93,7 +93,11 @@ def experiment_figure(points: Sequence[Point], metric: str, title: str) -> Any:
     with _paper_style():
         figure = Figure(figsize=(width, PANEL_HEIGHT + 0.35), layout="constrained")
         axes_list = figure.subplots(1, panels, sharey=True, squeeze=False)[0]
-        seeds = max((len(ps) for by_d in grouped.values() for by_e in by_d.values() for ps in by_e.values()), default=1)
+        seeds_of = {
+            d: max(len(ps) for by_e in (by_d[d] for by_d in grouped.values() if d in by_d) for ps in by_e.values())
+            for d in defenses
+        }
+        seeds = max(seeds_of.values(), default=1)
         for axes, (attack, by_defense) in zip(axes_list, grouped.items()):
             eps_values = sorted({e for by_eps in by_defense.values() for e in by_eps})
             if len(eps_values) == 1 or _constant_over_eps(by_defense):
@@ -108,9 +112,17 @@ def experiment_figure(points: Sequence[Point], metric: str, title: str) -> Any:
         if metric.startswith("accuracy"):
             axes_list[0].set_ylim(-0.02, 1.02)
         bars = "95 % interval" if seeds == 1 else f"mean +- sd over {seeds} seeds"
-        figure.suptitle(f"{title} (bars: {bars})")
-        handles = [Line2D([], [], color=colours[d], marker="o", markersize=3, label=d) for d in defenses]
-        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(defenses), 4), frameon=False)
+        mixed = len(set(seeds_of.values())) > 1  # groups of one run (runs stopped at their own caps) beside others
+        if mixed:
+            bars = "sd over seeds; 95 % interval for one run"
+        heading = f"{title} (bars: {bars})"  # on two lines where one would run past the width (~12 characters/inch)
+        figure.suptitle(heading if len(heading) <= 12 * width else f"{title}\n(bars: {bars})")
+        labels = {d: f"{d} ({seeds_of[d]} seed{'s' if seeds_of[d] > 1 else ''})" if mixed else d for d in defenses}
+        handles = [Line2D([], [], color=colours[d], marker="o", markersize=3, label=labels[d]) for d in defenses]
+        # as many legend columns as the width holds (~15 characters per inch at this size), at most 4
+        fits = int(width * 15 // (max(map(len, labels.values()), default=1) + 4))
+        columns = max(1, min(len(defenses), 4, fits))
+        figure.legend(handles=handles, loc="outside lower center", ncols=columns, frameon=False)
     return figure
 
 
