@@ -9,6 +9,7 @@ one-point "line"; 0/1 flags are left to the tables.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,10 +94,9 @@ def experiment_figure(points: Sequence[Point], metric: str, title: str) -> Any:
     with _paper_style():
         figure = Figure(figsize=(width, PANEL_HEIGHT + 0.35), layout="constrained")
         axes_list = figure.subplots(1, panels, sharey=True, squeeze=False)[0]
-        seeds_of = {
-            d: max(len(ps) for by_e in (by_d[d] for by_d in grouped.values() if d in by_d) for ps in by_e.values())
-            for d in defenses
-        }
+        seeds_of: dict[str, int] = {}  # per defense group: the most seeds behind one of its points
+        for (defense, _, _), count in Counter((p.defense, p.attack, p.eps) for p in points).items():
+            seeds_of[defense] = max(seeds_of.get(defense, 0), count)
         seeds = max(seeds_of.values(), default=1)
         for axes, (attack, by_defense) in zip(axes_list, grouped.items()):
             eps_values = sorted({e for by_eps in by_defense.values() for e in by_eps})
