@@ -156,14 +156,18 @@ class BayesLinear(StochasticLayer):
         return self._run(key, {"loop": _linear_loop, "batched": _linear_batched}, inputs)
 
 
+def _stacked(rows: list[torch.Tensor]) -> torch.Tensor:
+    """The per-draw outputs as [S, ...]; one draw (every training step, every per-draw pass) as a view, which
+    stack would copy."""
+    return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
+
+
 def _linear_loop(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    if weight.shape[0] == 1:  # one draw (training, per-draw passes): a view, not stack's copy of the output
-        return F.linear(x[0], weight[0], None if bias is None else bias[0]).unsqueeze(0)
     rows = [
         F.linear(x[0 if x.shape[0] == 1 else s], weight[s], None if bias is None else bias[s])
         for s in range(weight.shape[0])
     ]
-    return torch.stack(rows)
+    return _stacked(rows)
 
 
 def _linear_batched(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -212,13 +216,11 @@ class BayesConv2d(StochasticLayer):
         return self._run(key, {"loop": self._loop, "batched": self._batched}, inputs)
 
     def _loop(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if weight.shape[0] == 1:  # one draw: a view, not stack's copy of the output
-            return self._conv(x[0], weight[0], None if bias is None else bias[0], self.groups).unsqueeze(0)
         rows = [
             self._conv(x[0 if x.shape[0] == 1 else s], weight[s], None if bias is None else bias[s], self.groups)
             for s in range(weight.shape[0])
         ]
-        return torch.stack(rows)
+        return _stacked(rows)
 
     def _batched(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         samples, out_channels = weight.shape[:2]
