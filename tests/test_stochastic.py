@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -445,3 +446,58 @@ def test_a_saved_draw_state_makes_another_model_continue_the_same_draws() -> Non
     assert torch.equal(other(x, samples=3), expected)
     with pytest.raises(ValueError, match="the checkpoint has draws of module 'gone', which this network lacks"):
         set_rng_state({**saved, "draws": {"gone": state[""]}}, rebuilt)
+
+
+def test_passes_of_one_call_share_one_sigma_per_parameter_and_give_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # an input gradient by per-draw passes, and a forward without autograd, compose every pass's weights from one
+    # exp(log_sigma) per parameter (not one per pass), bit for bit what computing it in each pass gives
+    strategies.forget_choices()
+    monkeypatch.setattr(strategies.OnlineChoice, "next", lambda self: 1)  # 7 passes of one draw
+    model = to_bayesian(cnn(), init_sigma=0.2, seed=3).eval()
+    x = torch.randn(8, 2, 8, 8)
+    seen: dict[int, list[torch.Tensor]] = {}  # the tensors themselves, alive: their ids stay distinct
+    draw_sigma = type(model.gaussian_parameters()[0]).draw_sigma
+
+    def recorded(parameter: nn.Module) -> torch.Tensor:
+        sigma = draw_sigma(parameter)
+        seen.setdefault(id(parameter), []).append(sigma)
+        return sigma
+
+    def losses_of(logits: torch.Tensor) -> torch.Tensor:
+        return logits.double().logsumexp(dim=-1).mean(dim=0)
+
+    def both() -> tuple[torch.Tensor, ...]:
+        model.seed(5)
+        losses, gradient, logits = model.mean_loss_gradient(x, 7, losses_of)
+        with torch.no_grad():
+            return losses, gradient, logits, model(x, samples=7)
+
+    monkeypatch.setattr(type(model.gaussian_parameters()[0]), "draw_sigma", recorded)
+    shared = both()
+    assert len(seen) == len(model.gaussian_parameters())
+    # 7 passes of the gradient and 7 of the forward each asked for sigma: one tensor served the first 7, one the rest
+    assert all(len(s) == 14 and len({id(t) for t in s[:7]}) == len({id(t) for t in s[7:]}) == 1 for s in seen.values())
+    assert all(s[0] is not s[7] for s in seen.values())
+    assert all(p.shared_sigma is None for p in model.gaussian_parameters())  # nothing lingers after the calls
+    monkeypatch.setattr(type(model), "shared_widths", lambda self: contextlib.nullcontext())
+    for ours, computed_per_pass in zip(shared, both(), strict=True):
+        assert torch.equal(ours, computed_per_pass)
+    strategies.forget_choices()
+
+
+def test_a_forward_under_autograd_after_shared_widths_still_trains_the_widths() -> None:
+    # the shared sigma is computed without autograd: it must never reach a forward whose backward trains sigma
+    model = to_bayesian(mlp(), init_sigma=0.3, seed=2).train()
+    x = torch.randn(5, 12)
+    parameters = model.gaussian_parameters()
+    with model.shared_widths():
+        outer = [p.shared_sigma for p in parameters]
+        assert all(s is not None and not s.requires_grad for s in outer)
+        with model.shared_widths():  # a nested block uses the outer block's sigma and leaves it in place
+            assert all(p.shared_sigma is s for p, s in zip(parameters, outer, strict=True))
+        assert all(p.shared_sigma is s for p, s in zip(parameters, outer, strict=True))
+    assert all(p.shared_sigma is None for p in model.gaussian_parameters())
+    model(x, samples=3).sum().backward()
+    assert all(p.log_sigma.grad is not None and p.log_sigma.grad.abs().sum() > 0 for p in parameters)

@@ -45,6 +45,7 @@ class GaussianParameter(nn.Module):
         self.mu = nn.Parameter(mean.detach().clone())
         self.log_sigma = nn.Parameter(torch.full_like(mean, math.log(init_sigma)))
         self.noise: torch.Tensor | None = None  # [S, *shape], set by the model before each forward
+        self.shared_sigma: torch.Tensor | None = None  # exp(log_sigma) for all passes of one call (shared_widths)
 
     @property
     def sigma(self) -> torch.Tensor:
@@ -81,7 +82,11 @@ class GaussianParameter(nn.Module):
 
     def weights_from(self, noise: torch.Tensor) -> torch.Tensor:
         """w = mu + sigma * noise, for noise [S, *shape]."""
-        return self.mu + self.log_sigma.exp() * noise
+        return self.mu + self.draw_sigma() * noise
+
+    def draw_sigma(self) -> torch.Tensor:
+        """sigma as the draws compose it: the model's one copy for all passes of a call, else computed now."""
+        return self.log_sigma.exp() if self.shared_sigma is None else self.shared_sigma
 
     def kl(self, prior_sigma: float) -> torch.Tensor:
         """KL(q || N(0, prior_sigma^2)) summed over the tensor's entries."""

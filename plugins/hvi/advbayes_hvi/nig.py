@@ -73,4 +73,4 @@ class NIGParameter(GaussianParameter):
 
     def weights_from(self, noise: torch.Tensor) -> torch.Tensor:
         """The hierarchical draw from its three noise channels."""
-        return self.mu + self.log_sigma.exp() * noise[:, 0] + (self.psi * noise[:, 2]).sqrt() * noise[:, 1]
+        return self.mu + self.draw_sigma() * noise[:, 0] + (self.psi * noise[:, 2]).sqrt() * noise[:, 1]
