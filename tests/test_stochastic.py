@@ -22,7 +22,9 @@ from advbayes.stochastic import (
     predict,
     to_bayesian,
 )
+from advbayes.stochastic import model as stochastic_model
 from advbayes.stochastic import strategy as strategies
+from advbayes.stochastic.layers import shared_widths
 from helpers import draw_network
 
 
@@ -481,7 +483,7 @@ def test_passes_of_one_call_share_one_sigma_per_parameter_and_give_the_same_bits
     assert all(len(s) == 14 and len({id(t) for t in s[:7]}) == len({id(t) for t in s[7:]}) == 1 for s in seen.values())
     assert all(s[0] is not s[7] for s in seen.values())
     assert all(p.shared_sigma is None for p in model.gaussian_parameters())  # nothing lingers after the calls
-    monkeypatch.setattr(type(model), "shared_widths", lambda self: contextlib.nullcontext())
+    monkeypatch.setattr(stochastic_model, "shared_widths", lambda parameters: contextlib.nullcontext())
     for ours, computed_per_pass in zip(shared, both(), strict=True):
         assert torch.equal(ours, computed_per_pass)
     strategies.forget_choices()
@@ -492,10 +494,10 @@ def test_a_forward_under_autograd_after_shared_widths_still_trains_the_widths() 
     model = to_bayesian(mlp(), init_sigma=0.3, seed=2).train()
     x = torch.randn(5, 12)
     parameters = model.gaussian_parameters()
-    with model.shared_widths():
+    with shared_widths(parameters):
         outer = [p.shared_sigma for p in parameters]
         assert all(s is not None and not s.requires_grad for s in outer)
-        with model.shared_widths():  # a nested block uses the outer block's sigma and leaves it in place
+        with shared_widths(parameters):  # a nested block uses the outer block's sigma and leaves it in place
             assert all(p.shared_sigma is s for p, s in zip(parameters, outer, strict=True))
         assert all(p.shared_sigma is s for p, s in zip(parameters, outer, strict=True))
     assert all(p.shared_sigma is None for p in model.gaussian_parameters())

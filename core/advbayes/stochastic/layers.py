@@ -8,10 +8,11 @@ An input with S' = 1 (the deterministic trunk's output) is shared by all draws a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import torch
@@ -91,6 +92,24 @@ class GaussianParameter(nn.Module):
     def kl(self, prior_sigma: float) -> torch.Tensor:
         """KL(q || N(0, prior_sigma^2)) summed over the tensor's entries."""
         return kl_terms(self.mu.square(), self.log_sigma, (2 * self.log_sigma).exp(), prior_sigma).sum()
+
+
+@contextlib.contextmanager
+def shared_widths(parameters: Sequence[GaussianParameter]) -> Iterator[None]:
+    """Within the block each parameter's draws use one sigma = exp(log_sigma), computed here without autograd,
+    instead of one per pass: for a model's calls that differentiate the input only, or nothing. The same values (the
+    same exp); over 10 per-draw passes of a fully Bayesian mnist-cnn it saves 9 of 10 exps (3-4 % of a step)."""
+    if not parameters or parameters[0].shared_sigma is not None:  # none, or an enclosing block shares them
+        yield
+        return
+    with torch.no_grad():
+        for parameter in parameters:
+            parameter.shared_sigma = parameter.log_sigma.exp()
+    try:
+        yield
+    finally:
+        for parameter in parameters:
+            parameter.shared_sigma = None
 
 
 def _draw_count(x: torch.Tensor, samples: int) -> int:

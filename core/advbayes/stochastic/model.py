@@ -23,6 +23,7 @@ from advbayes.stochastic.layers import (
     StochasticLayer,
     kl_terms,
     regularizer_terms,
+    shared_widths,
 )
 from advbayes.stochastic.passes import CHUNK_TARGET, loss_gradient_in_passes, measure_pass_size, pass_sizes
 from advbayes.stochastic.strategy import CHUNK_CHOICES as _CHUNK_CHOICES
@@ -130,7 +131,7 @@ class StochasticModel(SeededDraws, nn.Module):
             return self.net(inputs)
         self.draw(samples)
         if not torch.is_grad_enabled():  # no backward follows: the passes may share one sigma per parameter
-            with self.shared_widths():
+            with shared_widths(self.gaussian_parameters()):
                 if self.max_batch is None and self.strategy == "auto" and samples > 1:
                     # the forward is the whole cost: the pass size is chosen on the real calls (a race of whole
                     # passes cost 12 calls per measurement: 203 of a 218 s evaluation on a 2-core CPU)
@@ -139,24 +140,6 @@ class StochasticModel(SeededDraws, nn.Module):
                     return run_chosen(choice, inputs.device, run, work=inputs.shape[1])
                 return self.run_in_passes(inputs, layers, samples, self._chunk_size(inputs, layers, samples))
         return self.run_in_passes(inputs, layers, samples, self._chunk_size(inputs, layers, samples))
-
-    @contextmanager
-    def shared_widths(self) -> Iterator[None]:
-        """Within the block each Gaussian parameter's draws use one sigma = exp(log_sigma), computed here without
-        autograd, instead of one per pass: for calls that differentiate the input only, or nothing. The same values
-        (the same exp); over 10 per-draw passes of a fully Bayesian mnist-cnn it saves 9 of 10 exps (3-4 %)."""
-        parameters = self.gaussian_parameters()
-        if not parameters or parameters[0].shared_sigma is not None:  # none, or an enclosing block shares them
-            yield
-            return
-        with torch.no_grad():
-            for parameter in parameters:
-                parameter.shared_sigma = parameter.log_sigma.exp()
-        try:
-            yield
-        finally:
-            for parameter in parameters:
-                parameter.shared_sigma = None
 
     def _forward_choice(self, inputs: torch.Tensor, samples: int) -> OnlineChoice:
         """The pass sizes raced on the real calls of this signature: all draws in one pass, passes of about
@@ -237,7 +220,7 @@ class StochasticModel(SeededDraws, nn.Module):
         if key not in _GRADIENT_CHOICES:
             per_target = max(1, min(samples, CHUNK_TARGET // max(inputs.shape[1], 1)))
             _GRADIENT_CHOICES[key] = OnlineChoice(sorted({1, per_target, samples}), reference=1)
-        with self.shared_widths():  # only the input's gradient is taken
+        with shared_widths(self.gaussian_parameters()):  # only the input's gradient is taken
             return run_chosen(
                 _GRADIENT_CHOICES[key],
                 inputs.device,
