@@ -7,7 +7,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 
 import torch
@@ -130,16 +130,15 @@ class StochasticModel(SeededDraws, nn.Module):
         if not layers:  # nothing random: one pass, [1, B, k] (or [S, B, k] for a sampled input)
             return self.net(inputs)
         self.draw(samples)
-        if not torch.is_grad_enabled():  # no backward follows: the passes may share one sigma per parameter
-            with shared_widths(self.gaussian_parameters()):
-                if self.max_batch is None and self.strategy == "auto" and samples > 1:
-                    # the forward is the whole cost: the pass size is chosen on the real calls (a race of whole
-                    # passes cost 12 calls per measurement: 203 of a 218 s evaluation on a 2-core CPU)
-                    choice = self._forward_choice(inputs, samples)
-                    run = functools.partial(self.run_in_passes, inputs, layers, samples)  # run(chunk)
-                    return run_chosen(choice, inputs.device, run, work=inputs.shape[1])
-                return self.run_in_passes(inputs, layers, samples, self._chunk_size(inputs, layers, samples))
-        return self.run_in_passes(inputs, layers, samples, self._chunk_size(inputs, layers, samples))
+        backward = torch.is_grad_enabled()  # without one, the passes may share one sigma per parameter
+        with nullcontext() if backward else shared_widths(self.gaussian_parameters()):
+            if not backward and self.max_batch is None and self.strategy == "auto" and samples > 1:
+                # the forward is the whole cost: the pass size is chosen on the real calls (a race of whole passes
+                # cost 12 calls per measurement: 203 of a 218 s evaluation on a 2-core CPU)
+                choice = self._forward_choice(inputs, samples)
+                run = functools.partial(self.run_in_passes, inputs, layers, samples)  # run(chunk)
+                return run_chosen(choice, inputs.device, run, work=inputs.shape[1])
+            return self.run_in_passes(inputs, layers, samples, self._chunk_size(inputs, layers, samples))
 
     def _forward_choice(self, inputs: torch.Tensor, samples: int) -> OnlineChoice:
         """The pass sizes raced on the real calls of this signature: all draws in one pass, passes of about
