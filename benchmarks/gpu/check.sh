@@ -50,6 +50,9 @@ check autoattack_rand 50 "$PYTHON" benchmarks/autoattack_rand.py --device "$DEVI
     hmc-mlp-mnist-5k-prior-scale --no-track --device $DEVICE --set 'seeds=[0]' --set defense.chains=1 \
     --set defense.warmup=3 --set defense.num_samples=4 --set 'attacks=[\"none\"]'"
 [[ " ${ONLY:-} " == *" d3_step "* ]] && check d3_step 60 "$PYTHON" benchmarks/d3_step.py --device "$DEVICE" --repeats 5
+# eot_pgd: EOT-PGD against the per-draw loop on the device (the fully Bayesian mnist-cnn reads 0.95-1.12x on 2 CPU
+# cores, benchmarks/README.md): whether a GPU, where one pass of all draws is the candidate to beat, keeps it above 1.
+[[ " ${ONLY:-} " == *" eot_pgd "* ]] && check eot_pgd 90 "$PYTHON" benchmarks/eot_pgd.py --device "$DEVICE" --repeats 3
 # adv_hvi: issue 30's adv-hvi seeds of hvi-vs-advbnn-autoattack-mnist-5k trained until converged and attacked with
 # autoattack-rand, the records into $OUT/adv-hvi/records (benchmarks/gpu/adv_hvi.sh says how).
 [[ " ${ONLY:-} " == *" adv_hvi "* ]] && check adv_hvi 420 env PYTHON="$PYTHON" DEVICE="$DEVICE" OUT="$OUT" \
