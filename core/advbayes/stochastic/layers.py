@@ -87,7 +87,7 @@ class GaussianParameter(nn.Module):
 
     def draw_sigma(self) -> torch.Tensor:
         """sigma as the draws compose it: the model's one copy for all passes of a call, else computed now."""
-        return self.log_sigma.exp() if self.shared_sigma is None else self.shared_sigma
+        return self.sigma if self.shared_sigma is None else self.shared_sigma
 
     def kl(self, prior_sigma: float) -> torch.Tensor:
         """KL(q || N(0, prior_sigma^2)) summed over the tensor's entries."""
@@ -104,7 +104,7 @@ def shared_widths(parameters: Sequence[GaussianParameter]) -> Iterator[None]:
         return
     with torch.no_grad():
         for parameter in parameters:
-            parameter.shared_sigma = parameter.log_sigma.exp()
+            parameter.shared_sigma = parameter.sigma
     try:
         yield
     finally:
